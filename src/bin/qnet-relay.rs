@@ -1,0 +1,2 @@
+//! qnet-relay: the tunnel's server end.
+fn main() {}

@@ -1,0 +1,1 @@
+//! The I/O shell: the only place that owns sockets and reads the clock.

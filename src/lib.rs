@@ -1,0 +1,11 @@
+//! qnet: an unmodified program's TCP traffic through an encrypted, traffic-shaped tunnel.
+//!
+//! Module dependency rules live in `docs/ARCHITECTURE.md`: `proto`, `keys`, `config`
+//! are leaves; `engine` drives them; `relay` is the server role of the engine.
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod engine;
+pub mod keys;
+pub mod proto;
+pub mod relay;

@@ -1,0 +1,953 @@
+//! The session state machine: handshake, records, streams, keepalive, rekeying.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::Random;
+use super::frame::{Destination, Frame, FrameRepr, HEADER_LEN, MAX_FRAME, MAX_PAYLOAD, OpenError};
+use super::mux::{OpenState, RecvCredit, Stream};
+use super::noise::{self, Handshake, TransportParams};
+use super::record::{Opener, RecordError, Sealer};
+
+/// Tunable limits and timers of a session.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Send PING after this long without sending anything.
+    pub keepalive: Duration,
+    /// The session is dead after this long without receiving anything.
+    pub idle_timeout: Duration,
+    /// The handshake must finish within this.
+    pub handshake_timeout: Duration,
+    /// Send KEY_UPDATE after this many bytes under one key.
+    pub rekey_bytes: u64,
+    /// ... or this many records.
+    pub rekey_records: u64,
+    /// ... or this much time.
+    pub rekey_interval: Duration,
+    /// Credit granted to each stream we receive on.
+    pub stream_window: u32,
+    /// Credit granted to the whole session.
+    pub session_window: u32,
+    /// Most streams open at once.
+    pub max_streams: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            keepalive: Duration::from_secs(25),
+            idle_timeout: Duration::from_secs(90),
+            handshake_timeout: Duration::from_secs(10),
+            rekey_bytes: 1 << 30,
+            rekey_records: 1 << 32,
+            rekey_interval: Duration::from_secs(600),
+            stream_window: 256 * 1024,
+            session_window: 16 * 1024 * 1024,
+            max_streams: 65_536,
+        }
+    }
+}
+
+/// Decides whether a client's static key may use the relay.
+pub type Authorizer = Arc<dyn Fn(&[u8; 32]) -> bool + Send + Sync>;
+
+/// Which end this session is.
+pub enum Role {
+    /// The client, pinning the relay's static public key.
+    Client {
+        /// The relay's static public key.
+        relay_public: [u8; 32],
+    },
+    /// The relay, admitting clients the authorizer accepts.
+    Server {
+        /// Allow-list check, called once the client's key is known.
+        authorize: Authorizer,
+    },
+}
+
+/// Why a session ended. Deliberately coarse: detail would help an attacker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SessionError {
+    /// The handshake failed (wrong key, not on the allow-list, garbage).
+    #[error("handshake failed")]
+    Handshake,
+    /// A record failed authentication or had a bad length.
+    #[error("record rejected: {0}")]
+    Record(RecordError),
+    /// The peer broke the protocol after authenticating (bad frame, flow-control violation).
+    #[error("protocol violation: {0}")]
+    Protocol(&'static str),
+    /// Nothing arrived within the idle or handshake timeout.
+    #[error("timed out")]
+    Timeout,
+    /// The session was closed locally.
+    #[error("session closed")]
+    Closed,
+}
+
+/// Why a stream operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    /// No such stream (never opened, finished or reset).
+    #[error("unknown stream")]
+    UnknownStream,
+    /// The stream's send side is already closed.
+    #[error("stream send side closed")]
+    Finished,
+    /// The session is not established or has ended.
+    #[error("session not established")]
+    NotReady,
+    /// Too many streams open.
+    #[error("too many streams")]
+    TooManyStreams,
+    /// The operation does not fit this end's role or the stream's state.
+    #[error("invalid for this stream")]
+    Invalid,
+}
+
+/// Something the engine must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The handshake finished; `peer` is the other end's static public key.
+    Connected {
+        /// Peer's static key.
+        peer: [u8; 32],
+    },
+    /// Relay: the client wants a stream to `dest` (first data, if any, is readable).
+    Opened {
+        /// The stream.
+        stream: u32,
+        /// Where to connect.
+        dest: Destination,
+        /// Requested downstream profile.
+        profile: u8,
+    },
+    /// Client: the relay answered our OPEN.
+    OpenResult {
+        /// The stream.
+        stream: u32,
+        /// Outcome; on `Err` the stream is gone.
+        result: Result<(), OpenError>,
+    },
+    /// Data or the end of the stream can be read.
+    Readable {
+        /// The stream.
+        stream: u32,
+    },
+    /// Credit returned after a short write.
+    Writable {
+        /// The stream.
+        stream: u32,
+    },
+    /// The peer reset the stream; it is gone.
+    Reset {
+        /// The stream.
+        stream: u32,
+        /// The peer's reason code.
+        code: u8,
+    },
+}
+
+/// Counters for stats and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SessionStats {
+    /// Stream payload bytes sent.
+    pub bytes_sent: u64,
+    /// Stream payload bytes received.
+    pub bytes_received: u64,
+    /// Records sent.
+    pub records_sent: u64,
+    /// Records received.
+    pub records_received: u64,
+    /// Padding bytes sent (PADDING frames and padding inside frames).
+    pub padding_sent: u64,
+    /// KEY_UPDATEs sent.
+    pub key_updates_sent: u64,
+    /// KEY_UPDATEs received.
+    pub key_updates_received: u64,
+    /// Streams opened (either side).
+    pub streams_opened: u64,
+}
+
+enum Hs {
+    ClientAwaitMsg2(Handshake),
+    ServerAwaitMsg1(Handshake),
+    ServerAwaitMsg3(Handshake),
+    Done,
+    Failed,
+}
+
+/// A tunnel session: one handshake, then many multiplexed streams.
+pub struct Session {
+    cfg: SessionConfig,
+    rng: Box<dyn Random>,
+    authorize: Option<Authorizer>,
+    is_client: bool,
+    hs: Hs,
+    sealer: Option<Sealer>,
+    opener: Option<Opener>,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    out_start: usize,
+    streams: HashMap<u32, Stream>,
+    next_stream: u32,
+    highest_peer_stream: u32,
+    peer_params: Option<TransportParams>,
+    send_credit: u64,
+    recv_credit: RecvCredit,
+    events: VecDeque<Event>,
+    started: Instant,
+    last_rx: Instant,
+    last_tx: Instant,
+    key_since: Instant,
+    ping: Option<(u64, Instant)>,
+    ping_seq: u64,
+    rtt: Option<Duration>,
+    error: Option<SessionError>,
+    stats: SessionStats,
+}
+
+impl Session {
+    /// Create a session; a client's first handshake message is ready to transmit at once.
+    pub fn new(
+        now: Instant,
+        cfg: SessionConfig,
+        role: Role,
+        local_private: &[u8; 32],
+        mut rng: Box<dyn Random>,
+    ) -> Session {
+        let params = TransportParams {
+            stream_window: cfg.stream_window,
+            session_window: cfg.session_window,
+        };
+        let mut out = Vec::new();
+        let (hs, authorize, is_client) = match role {
+            Role::Client { relay_public } => {
+                let mut h = Handshake::initiator(local_private, &relay_public, params, &mut *rng);
+                out.extend_from_slice(&h.write_msg1(&mut *rng));
+                (Hs::ClientAwaitMsg2(h), None, true)
+            }
+            Role::Server { authorize } => (
+                Hs::ServerAwaitMsg1(Handshake::responder(local_private, params, &mut *rng)),
+                Some(authorize),
+                false,
+            ),
+        };
+        Session {
+            recv_credit: RecvCredit::new(cfg.session_window),
+            cfg,
+            rng,
+            authorize,
+            is_client,
+            hs,
+            sealer: None,
+            opener: None,
+            inbuf: Vec::new(),
+            out,
+            out_start: 0,
+            streams: HashMap::new(),
+            next_stream: 1,
+            highest_peer_stream: 0,
+            peer_params: None,
+            send_credit: 0,
+            events: VecDeque::new(),
+            started: now,
+            last_rx: now,
+            last_tx: now,
+            key_since: now,
+            ping: None,
+            ping_seq: 0,
+            rtt: None,
+            error: None,
+            stats: SessionStats::default(),
+        }
+    }
+
+    // ---- state ------------------------------------------------------------------
+
+    /// The handshake is done and the session is usable.
+    pub fn is_established(&self) -> bool {
+        matches!(self.hs, Hs::Done) && self.error.is_none()
+    }
+
+    /// Why the session ended, if it has.
+    pub fn error(&self) -> Option<SessionError> {
+        self.error
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> SessionStats {
+        self.stats
+    }
+
+    /// Round-trip time measured by the last PING/PONG.
+    pub fn rtt(&self) -> Option<Duration> {
+        self.rtt
+    }
+
+    /// Streams currently open.
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Session-level send credit left.
+    pub fn send_credit(&self) -> u64 {
+        self.send_credit
+    }
+
+    /// Bytes the given stream may send now (stream and session credit together).
+    pub fn stream_send_capacity(&self, stream: u32) -> usize {
+        self.streams
+            .get(&stream)
+            .filter(|s| !s.fin_sent)
+            .map_or(0, |s| s.send_credit.min(self.send_credit) as usize)
+    }
+
+    /// Profile the peer requested when it opened `stream`.
+    pub fn stream_profile(&self, stream: u32) -> Option<u8> {
+        self.streams.get(&stream).map(|s| s.profile)
+    }
+
+    fn check_live(&self) -> Result<(), StreamError> {
+        if self.is_established() {
+            Ok(())
+        } else {
+            Err(StreamError::NotReady)
+        }
+    }
+
+    fn fail(&mut self, e: SessionError) -> SessionError {
+        if self.error.is_none() {
+            self.error = Some(e);
+        }
+        if matches!(e, SessionError::Handshake) {
+            self.hs = Hs::Failed;
+        }
+        // Nothing more may leave: a failed session must not answer with anything.
+        self.out.clear();
+        self.out_start = 0;
+        e
+    }
+
+    /// End the session locally; nothing more is sent.
+    pub fn close(&mut self) {
+        self.fail(SessionError::Closed);
+    }
+
+    // ---- output -----------------------------------------------------------------
+
+    /// Bytes waiting to go to the peer.
+    pub fn transmit(&self) -> &[u8] {
+        &self.out[self.out_start..]
+    }
+
+    /// `n` bytes of [`Self::transmit`] were written to the transport.
+    pub fn transmit_done(&mut self, n: usize) {
+        self.out_start += n;
+        debug_assert!(self.out_start <= self.out.len());
+        if self.out_start == self.out.len() {
+            self.out.clear();
+            self.out_start = 0;
+        } else if self.out_start > 64 * 1024 && self.out_start * 2 > self.out.len() {
+            self.out.drain(..self.out_start);
+            self.out_start = 0;
+        }
+    }
+
+    /// Next thing the engine must act on.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn seal(&mut self, now: Instant, frame: &FrameRepr<'_>, pad: usize) {
+        let sealer = self.sealer.as_mut().expect("sealing after handshake");
+        sealer.seal(&mut self.out, frame, pad);
+        self.stats.records_sent += 1;
+        self.stats.padding_sent += pad as u64;
+        self.last_tx = now;
+        self.maybe_rekey(now);
+    }
+
+    fn maybe_rekey(&mut self, now: Instant) {
+        let Some(sealer) = self.sealer.as_mut() else {
+            return;
+        };
+        if sealer.bytes() >= self.cfg.rekey_bytes
+            || sealer.records() >= self.cfg.rekey_records
+            || now.duration_since(self.key_since) >= self.cfg.rekey_interval
+        {
+            sealer.seal(&mut self.out, &FrameRepr::KeyUpdate, 0);
+            sealer.update_key();
+            self.key_since = now;
+            self.stats.records_sent += 1;
+            self.stats.key_updates_sent += 1;
+        }
+    }
+
+    /// Send a PADDING record whose frame is `frame_len` bytes (at least the 7-byte header).
+    pub fn send_padding(&mut self, now: Instant, frame_len: usize) -> Result<(), StreamError> {
+        self.check_live()?;
+        let len = frame_len.clamp(HEADER_LEN, MAX_FRAME);
+        self.seal(now, &FrameRepr::Padding, len - HEADER_LEN);
+        Ok(())
+    }
+
+    // ---- streams ----------------------------------------------------------------
+
+    /// Client: open a stream to `dest`, sending as much of `data` as credit allows in OPEN.
+    /// Returns the stream id and how many bytes of `data` were taken.
+    pub fn open(
+        &mut self,
+        now: Instant,
+        dest: Destination,
+        profile: u8,
+        data: &[u8],
+    ) -> Result<(u32, usize), StreamError> {
+        self.check_live()?;
+        if !self.is_client {
+            return Err(StreamError::Invalid);
+        }
+        if self.streams.len() >= self.cfg.max_streams || self.next_stream > u32::MAX - 2 {
+            return Err(StreamError::TooManyStreams);
+        }
+        let id = self.next_stream;
+        self.next_stream += 2;
+        let peer = self.peer_params.expect("established");
+        let room = MAX_PAYLOAD - 1 - dest.wire_len();
+        let take = data
+            .len()
+            .min(room)
+            .min(peer.stream_window as usize)
+            .min(self.send_credit as usize);
+        let mut s = Stream::new(
+            OpenState::Opening,
+            peer.stream_window,
+            self.cfg.stream_window,
+            profile,
+        );
+        s.send_credit -= take as u64;
+        self.send_credit -= take as u64;
+        self.streams.insert(id, s);
+        self.stats.streams_opened += 1;
+        self.stats.bytes_sent += take as u64;
+        self.seal(
+            now,
+            &FrameRepr::Open {
+                stream: id,
+                profile,
+                dest,
+                data: &data[..take],
+            },
+            0,
+        );
+        Ok((id, take))
+    }
+
+    /// Relay: answer an OPEN. On `Err` the stream is dropped with its buffered data.
+    pub fn open_result(
+        &mut self,
+        now: Instant,
+        stream: u32,
+        result: Result<(), OpenError>,
+    ) -> Result<(), StreamError> {
+        self.check_live()?;
+        let s = self
+            .streams
+            .get_mut(&stream)
+            .ok_or(StreamError::UnknownStream)?;
+        if self.is_client || s.open != OpenState::Opening {
+            return Err(StreamError::Invalid);
+        }
+        s.open = OpenState::Open;
+        self.seal(now, &FrameRepr::OpenResult { stream, result }, 0);
+        if result.is_err() {
+            self.drop_stream(now, stream);
+        }
+        Ok(())
+    }
+
+    /// Send as much of `data` as credit allows; returns the bytes taken (0: wait for `Writable`).
+    pub fn write(&mut self, now: Instant, stream: u32, data: &[u8]) -> Result<usize, StreamError> {
+        self.write_padded(now, stream, data, 0)
+    }
+
+    /// Like [`Self::write`], padding every record's frame up to at least `min_frame` bytes.
+    pub fn write_padded(
+        &mut self,
+        now: Instant,
+        stream: u32,
+        data: &[u8],
+        min_frame: usize,
+    ) -> Result<usize, StreamError> {
+        self.check_live()?;
+        let s = self
+            .streams
+            .get_mut(&stream)
+            .ok_or(StreamError::UnknownStream)?;
+        if s.fin_sent {
+            return Err(StreamError::Finished);
+        }
+        let can = (s.send_credit.min(self.send_credit) as usize).min(data.len());
+        if can < data.len() {
+            s.blocked = true;
+        }
+        s.send_credit -= can as u64;
+        self.send_credit -= can as u64;
+        self.stats.bytes_sent += can as u64;
+        let mut sent = 0;
+        while sent < can {
+            let n = (can - sent).min(MAX_PAYLOAD);
+            let frame = FrameRepr::Data {
+                stream,
+                data: &data[sent..sent + n],
+            };
+            let pad = min_frame.min(MAX_FRAME).saturating_sub(frame.buffer_len());
+            self.seal(now, &frame, pad);
+            sent += n;
+        }
+        Ok(can)
+    }
+
+    /// Half-close: send CLOSE; reading goes on until the peer closes too.
+    pub fn finish(&mut self, now: Instant, stream: u32) -> Result<(), StreamError> {
+        self.check_live()?;
+        let s = self
+            .streams
+            .get_mut(&stream)
+            .ok_or(StreamError::UnknownStream)?;
+        if s.fin_sent {
+            return Err(StreamError::Finished);
+        }
+        s.fin_sent = true;
+        let done = s.is_done();
+        self.seal(now, &FrameRepr::Close { stream }, 0);
+        if done {
+            self.streams.remove(&stream);
+        }
+        Ok(())
+    }
+
+    /// Abort the stream both ways; unread data is discarded.
+    pub fn reset(&mut self, now: Instant, stream: u32, code: u8) -> Result<(), StreamError> {
+        self.check_live()?;
+        if !self.streams.contains_key(&stream) {
+            return Err(StreamError::UnknownStream);
+        }
+        self.seal(now, &FrameRepr::Reset { stream, code }, 0);
+        self.drop_stream(now, stream);
+        Ok(())
+    }
+
+    /// Forget a stream, returning the session credit its unread data held.
+    fn drop_stream(&mut self, now: Instant, stream: u32) {
+        if let Some(s) = self.streams.remove(&stream) {
+            let n = s.recv_buf.len();
+            self.session_consumed(now, n);
+        }
+    }
+
+    fn session_consumed(&mut self, now: Instant, n: usize) {
+        if n == 0 {
+            return;
+        }
+        if let Some(increment) = self.recv_credit.consume(n) {
+            if self.is_established() {
+                self.seal(
+                    now,
+                    &FrameRepr::WindowUpdate {
+                        stream: 0,
+                        increment,
+                    },
+                    0,
+                );
+            }
+        }
+    }
+
+    /// The stream's unread bytes as up to two slices (zero-copy read; then [`Self::consume`]).
+    pub fn peek(&self, stream: u32) -> Option<(&[u8], &[u8])> {
+        self.streams.get(&stream).map(|s| s.recv_buf.as_slices())
+    }
+
+    /// The application took `n` bytes from the front of the stream's buffer.
+    pub fn consume(&mut self, now: Instant, stream: u32, n: usize) -> Result<(), StreamError> {
+        let s = self
+            .streams
+            .get_mut(&stream)
+            .ok_or(StreamError::UnknownStream)?;
+        let n = n.min(s.recv_buf.len());
+        s.recv_buf.drain(..n);
+        if s.recv_buf.is_empty() {
+            s.readable_reported = false;
+        }
+        let inc = if s.fin_received {
+            None
+        } else {
+            s.recv_credit.consume(n)
+        };
+        if let (Some(increment), true) = (inc, self.is_established()) {
+            self.seal(now, &FrameRepr::WindowUpdate { stream, increment }, 0);
+        }
+        self.session_consumed(now, n);
+        Ok(())
+    }
+
+    /// Copy out unread bytes. `Ok(Some(0))` (with a non-empty `buf`): the peer closed and
+    /// everything was read. `Ok(None)`: nothing yet.
+    pub fn read(
+        &mut self,
+        now: Instant,
+        stream: u32,
+        buf: &mut [u8],
+    ) -> Result<Option<usize>, StreamError> {
+        let s = self
+            .streams
+            .get_mut(&stream)
+            .ok_or(StreamError::UnknownStream)?;
+        if s.recv_buf.is_empty() {
+            if s.fin_received && !buf.is_empty() {
+                s.fin_read = true;
+                if s.is_done() {
+                    self.streams.remove(&stream);
+                }
+                return Ok(Some(0));
+            }
+            s.readable_reported = false;
+            return Ok(None);
+        }
+        let (a, b) = s.recv_buf.as_slices();
+        let n1 = a.len().min(buf.len());
+        buf[..n1].copy_from_slice(&a[..n1]);
+        let n2 = b.len().min(buf.len() - n1);
+        buf[n1..n1 + n2].copy_from_slice(&b[..n2]);
+        self.consume(now, stream, n1 + n2)?;
+        Ok(Some(n1 + n2))
+    }
+
+    /// The peer closed its side and every byte has been read.
+    pub fn is_read_finished(&self, stream: u32) -> bool {
+        self.streams
+            .get(&stream)
+            .is_none_or(|s| s.fin_received && s.recv_buf.is_empty())
+    }
+
+    // ---- input ------------------------------------------------------------------
+
+    /// Feed bytes received from the transport.
+    pub fn handle_input(&mut self, now: Instant, data: &[u8]) -> Result<(), SessionError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        self.inbuf.extend_from_slice(data);
+        let mut buf = std::mem::take(&mut self.inbuf);
+        let r = self.process(now, &mut buf);
+        self.inbuf = buf;
+        r.map_err(|e| self.fail(e))
+    }
+
+    /// Parse as much of `buf` as possible, then keep the unparsed tail in it.
+    fn process(&mut self, now: Instant, buf: &mut Vec<u8>) -> Result<(), SessionError> {
+        let mut at = self.process_handshake(now, buf)?;
+        if self.opener.is_some() {
+            loop {
+                let opener = self.opener.as_mut().expect("checked");
+                let Some(r) = opener.open(&mut buf[at..]).map_err(SessionError::Record)? else {
+                    break;
+                };
+                self.stats.records_received += 1;
+                self.last_rx = now;
+                let frame = Frame::new_unchecked(&buf[at + r.frame.start..at + r.frame.end]);
+                let repr =
+                    FrameRepr::parse(&frame).map_err(|_| SessionError::Protocol("bad frame"))?;
+                self.handle_frame(now, repr)?;
+                at += r.consumed;
+            }
+        }
+        buf.drain(..at);
+        Ok(())
+    }
+
+    fn process_handshake(&mut self, now: Instant, buf: &[u8]) -> Result<usize, SessionError> {
+        match std::mem::replace(&mut self.hs, Hs::Failed) {
+            Hs::ServerAwaitMsg1(mut h) => {
+                if buf.len() < noise::MSG1_LEN {
+                    self.hs = Hs::ServerAwaitMsg1(h);
+                    return Ok(0);
+                }
+                let m1: [u8; noise::MSG1_LEN] = buf[..noise::MSG1_LEN].try_into().expect("len");
+                let m2 = h
+                    .read_msg1_write_msg2(&m1, &mut *self.rng)
+                    .map_err(|_| SessionError::Handshake)?;
+                self.out.extend_from_slice(&m2);
+                self.last_rx = now;
+                self.hs = Hs::ServerAwaitMsg3(h);
+                let rest = self.process_handshake(now, &buf[noise::MSG1_LEN..])?;
+                Ok(noise::MSG1_LEN + rest)
+            }
+            Hs::ServerAwaitMsg3(h) => {
+                if buf.len() < noise::MSG3_LEN {
+                    self.hs = Hs::ServerAwaitMsg3(h);
+                    return Ok(0);
+                }
+                let m3: [u8; noise::MSG3_LEN] = buf[..noise::MSG3_LEN].try_into().expect("len");
+                let o = h.read_msg3(&m3).map_err(|_| SessionError::Handshake)?;
+                let allowed = self.authorize.as_ref().is_some_and(|f| f(&o.peer_static));
+                if !allowed {
+                    return Err(SessionError::Handshake);
+                }
+                self.established(now, o);
+                Ok(noise::MSG3_LEN)
+            }
+            Hs::ClientAwaitMsg2(h) => {
+                if buf.len() < noise::MSG2_LEN {
+                    self.hs = Hs::ClientAwaitMsg2(h);
+                    return Ok(0);
+                }
+                let m2: [u8; noise::MSG2_LEN] = buf[..noise::MSG2_LEN].try_into().expect("len");
+                let (m3, o) = h
+                    .read_msg2_write_msg3(&m2)
+                    .map_err(|_| SessionError::Handshake)?;
+                self.out.extend_from_slice(&m3);
+                self.established(now, o);
+                Ok(noise::MSG2_LEN)
+            }
+            Hs::Done => {
+                self.hs = Hs::Done;
+                Ok(0)
+            }
+            Hs::Failed => Err(SessionError::Handshake),
+        }
+    }
+
+    fn established(&mut self, now: Instant, o: noise::HandshakeOutput) {
+        self.sealer = Some(Sealer::new(o.send));
+        self.opener = Some(Opener::new(o.recv));
+        self.send_credit = o.peer_params.session_window as u64;
+        self.peer_params = Some(o.peer_params);
+        self.hs = Hs::Done;
+        self.last_rx = now;
+        self.last_tx = now;
+        self.key_since = now;
+        self.events.push_back(Event::Connected {
+            peer: o.peer_static,
+        });
+    }
+
+    fn readable(events: &mut VecDeque<Event>, stream: u32, s: &mut Stream) {
+        if !s.readable_reported {
+            s.readable_reported = true;
+            events.push_back(Event::Readable { stream });
+        }
+    }
+
+    /// Take stream data into the buffer, or discard it (returning credit) if the stream is gone.
+    fn take_data(&mut self, now: Instant, stream: u32, data: &[u8]) -> Result<(), SessionError> {
+        if !self.recv_credit.receive(data.len()) {
+            return Err(SessionError::Protocol("session flow control exceeded"));
+        }
+        self.stats.bytes_received += data.len() as u64;
+        match self.streams.get_mut(&stream) {
+            Some(s) => {
+                if s.fin_received {
+                    return Err(SessionError::Protocol("data after close"));
+                }
+                if !s.recv_credit.receive(data.len()) {
+                    return Err(SessionError::Protocol("stream flow control exceeded"));
+                }
+                if !data.is_empty() {
+                    s.recv_buf.extend(data);
+                    Self::readable(&mut self.events, stream, s);
+                }
+            }
+            None => self.session_consumed(now, data.len()),
+        }
+        Ok(())
+    }
+
+    /// Frames for a stream we do not hold: fine if it existed once (late frames after
+    /// a reset), a violation if it never did.
+    fn check_unknown(&self, stream: u32) -> Result<(), SessionError> {
+        let ours = stream % 2 == 1;
+        let ever = if self.is_client == ours {
+            stream < self.next_stream
+        } else {
+            stream <= self.highest_peer_stream
+        };
+        if ever {
+            Ok(())
+        } else {
+            Err(SessionError::Protocol("frame for a stream never opened"))
+        }
+    }
+
+    fn handle_frame(&mut self, now: Instant, f: FrameRepr<'_>) -> Result<(), SessionError> {
+        match f {
+            FrameRepr::Padding => {}
+            FrameRepr::KeyUpdate => {
+                self.opener.as_mut().expect("established").update_key();
+                self.stats.key_updates_received += 1;
+            }
+            FrameRepr::Ping { payload } => self.seal(now, &FrameRepr::Pong { payload }, 0),
+            FrameRepr::Pong { payload } => {
+                if let Some((seq, sent)) = self.ping {
+                    if seq.to_be_bytes() == payload {
+                        self.rtt = Some(now.duration_since(sent));
+                        self.ping = None;
+                    }
+                }
+            }
+            FrameRepr::Open {
+                stream,
+                profile,
+                dest,
+                data,
+            } => {
+                if self.is_client {
+                    return Err(SessionError::Protocol("OPEN sent to a client"));
+                }
+                if stream % 2 != 1 || stream <= self.highest_peer_stream {
+                    return Err(SessionError::Protocol("OPEN with a stale stream id"));
+                }
+                self.highest_peer_stream = stream;
+                self.stats.streams_opened += 1;
+                let peer = self.peer_params.expect("established");
+                if self.streams.len() >= self.cfg.max_streams {
+                    self.take_data(now, 0, data)?;
+                    self.seal(
+                        now,
+                        &FrameRepr::OpenResult {
+                            stream,
+                            result: Err(OpenError::TooManyStreams),
+                        },
+                        0,
+                    );
+                    return Ok(());
+                }
+                let s = Stream::new(
+                    OpenState::Opening,
+                    peer.stream_window,
+                    self.cfg.stream_window,
+                    profile,
+                );
+                self.streams.insert(stream, s);
+                self.events.push_back(Event::Opened {
+                    stream,
+                    dest,
+                    profile,
+                });
+                self.take_data(now, stream, data)?;
+            }
+            FrameRepr::OpenResult { stream, result } => {
+                if !self.is_client {
+                    return Err(SessionError::Protocol("OPEN_RESULT sent to a relay"));
+                }
+                match self.streams.get_mut(&stream) {
+                    Some(s) if s.open == OpenState::Opening => {
+                        s.open = OpenState::Open;
+                        self.events.push_back(Event::OpenResult { stream, result });
+                        if result.is_err() {
+                            self.drop_stream(now, stream);
+                        }
+                    }
+                    Some(_) => return Err(SessionError::Protocol("second OPEN_RESULT")),
+                    None => self.check_unknown(stream)?,
+                }
+            }
+            FrameRepr::Data { stream, data } => {
+                if !self.streams.contains_key(&stream) {
+                    self.check_unknown(stream)?;
+                }
+                self.take_data(now, stream, data)?;
+            }
+            FrameRepr::WindowUpdate {
+                stream: 0,
+                increment,
+            } => {
+                self.send_credit += increment as u64;
+                for (&id, s) in self.streams.iter_mut() {
+                    if s.blocked && s.send_credit > 0 {
+                        s.blocked = false;
+                        self.events.push_back(Event::Writable { stream: id });
+                    }
+                }
+            }
+            FrameRepr::WindowUpdate { stream, increment } => match self.streams.get_mut(&stream) {
+                Some(s) => {
+                    s.send_credit += increment as u64;
+                    if s.blocked && self.send_credit > 0 {
+                        s.blocked = false;
+                        self.events.push_back(Event::Writable { stream });
+                    }
+                }
+                None => self.check_unknown(stream)?,
+            },
+            FrameRepr::Close { stream } => match self.streams.get_mut(&stream) {
+                Some(s) => {
+                    if s.fin_received {
+                        return Err(SessionError::Protocol("second CLOSE"));
+                    }
+                    s.fin_received = true;
+                    s.readable_reported = false;
+                    Self::readable(&mut self.events, stream, s);
+                }
+                None => self.check_unknown(stream)?,
+            },
+            FrameRepr::Reset { stream, code } => {
+                if self.streams.contains_key(&stream) {
+                    self.drop_stream(now, stream);
+                    self.events.push_back(Event::Reset { stream, code });
+                } else {
+                    self.check_unknown(stream)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ---- time -------------------------------------------------------------------
+
+    /// The earliest time [`Self::handle_timeout`] must be called.
+    pub fn next_timeout(&self) -> Option<Instant> {
+        if self.error.is_some() {
+            return None;
+        }
+        if !matches!(self.hs, Hs::Done) {
+            return Some(self.started + self.cfg.handshake_timeout);
+        }
+        let mut t = self.last_rx + self.cfg.idle_timeout;
+        t = t.min(self.last_tx + self.cfg.keepalive);
+        t = t.min(self.key_since + self.cfg.rekey_interval);
+        Some(t)
+    }
+
+    /// Run timers: handshake and idle timeouts, keepalive PING, time-based rekey.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), SessionError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        if !matches!(self.hs, Hs::Done) {
+            if now >= self.started + self.cfg.handshake_timeout {
+                return Err(self.fail(SessionError::Timeout));
+            }
+            return Ok(());
+        }
+        if now >= self.last_rx + self.cfg.idle_timeout {
+            return Err(self.fail(SessionError::Timeout));
+        }
+        if now >= self.last_tx + self.cfg.keepalive {
+            self.ping_seq += 1;
+            self.ping = Some((self.ping_seq, now));
+            let payload = self.ping_seq.to_be_bytes();
+            self.seal(now, &FrameRepr::Ping { payload }, 0);
+        }
+        self.maybe_rekey(now);
+        Ok(())
+    }
+
+    /// Draw random bytes from the session's source (for engine-side decisions).
+    pub fn random(&mut self, dst: &mut [u8]) {
+        self.rng.fill(dst);
+    }
+}
