@@ -1,0 +1,896 @@
+//! The relay's exit policy: which destinations a client may ask the relay to dial.
+//!
+//! Without `--exit-allow` (or `exit_allow` in `[server]`), the relay uses the
+//! **default policy**: it dials any *globally routable unicast* address on any port
+//! from 1 to 65535, and nothing else. Concretely, before any check an IPv4-mapped
+//! IPv6 address (`::ffff:a.b.c.d`) and a NAT64 well-known-prefix address
+//! (`64:ff9b::a.b.c.d`) are replaced by the IPv4 address they carry. Then:
+//!
+//! IPv4 is allowed unless it falls in one of
+//! - `0.0.0.0/8` ("this network", including the unspecified address `0.0.0.0`)
+//! - `10.0.0.0/8`, `172.16.0.0/12`, `192.168.0.0/16` (private, RFC 1918)
+//! - `100.64.0.0/10` (carrier-grade NAT, RFC 6598)
+//! - `127.0.0.0/8` (loopback)
+//! - `169.254.0.0/16` (link-local)
+//! - `192.0.0.0/24` (IETF protocol assignments), except the anycast addresses
+//!   `192.0.0.9` and `192.0.0.10`
+//! - `192.0.2.0/24`, `198.51.100.0/24`, `203.0.113.0/24` (documentation, RFC 5737)
+//! - `192.88.99.0/24` (deprecated 6to4 relay anycast)
+//! - `198.18.0.0/15` (benchmarking)
+//! - `224.0.0.0/4` (multicast)
+//! - `240.0.0.0/4` (reserved, including the broadcast address `255.255.255.255`)
+//!
+//! IPv6 is allowed only inside `2000::/3`, the global unicast space; that alone rules
+//! out the unspecified address `::`, loopback `::1`, unique-local `fc00::/7`,
+//! link-local `fe80::/10`, multicast `ff00::/8`, discard-only `100::/64`, and the
+//! deprecated IPv4-compatible and site-local forms. Inside `2000::/3` it is denied in
+//! - `2001::/23` (IETF protocol assignments: Teredo, benchmarking, ORCHID, …), except
+//!   `2001:1::1`, `2001:1::2`, `2001:3::/32` (AMT) and `2001:4:112::/48` (AS112)
+//! - `2001:db8::/32` and `3fff::/20` (documentation)
+//! - `2002::/16` (6to4)
+//!
+//! Port 0 is never allowed.
+//!
+//! Any `--exit-allow` rule **replaces** the default: the relay then dials only what
+//! some rule matches, so `0.0.0.0/0:443` really does include the relay's own loopback
+//! and LAN. To keep the default's protection while limiting ports, use the `global`
+//! target, e.g. `global:80,443`.
+//!
+//! Rule syntax: `TARGET[:PORTS]`. `TARGET` is `global`, an IPv4 or IPv6 address (a
+//! single host), or a CIDR block such as `10.0.0.0/8` or `2001:db8::/32` (host bits
+//! must be zero). When ports follow an IPv6 target without a `/len`, the address
+//! needs brackets: `[::1]:22`; `[::1]/128:22` and `::1/128:22` work too. `PORTS` is a
+//! comma-separated list of ports and inclusive ranges, e.g. `80,443,8000-8100`; with
+//! no `PORTS` every port matches. Rule addresses in IPv4-mapped form are stored as
+//! IPv4, matching how destinations are checked.
+//!
+//! This module does no I/O; the relay asks [`ExitPolicy::allows`] after resolving a
+//! destination and before dialing it.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use thiserror::Error;
+
+/// An exit rule that could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("invalid exit rule {rule:?}: {reason}")]
+pub struct ExitRuleError {
+    /// The rule as written.
+    pub rule: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// A block of addresses: a network address with host bits zero, and a prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+fn v4_mask(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+}
+
+fn v6_mask(prefix: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
+}
+
+impl Cidr {
+    /// Builds a block; fails if `prefix` is too long for the family or host bits are set.
+    ///
+    /// An IPv4-mapped IPv6 block of /96 or longer becomes the equivalent IPv4 block.
+    pub fn new(addr: IpAddr, prefix: u8) -> Result<Cidr, String> {
+        let (addr, prefix) = match addr {
+            IpAddr::V6(a) if prefix >= 96 && a.to_ipv4_mapped().is_some() => (
+                IpAddr::V4(a.to_ipv4_mapped().expect("checked above")),
+                prefix - 96,
+            ),
+            other => (other, prefix),
+        };
+        let ok = match addr {
+            IpAddr::V4(a) => {
+                if prefix > 32 {
+                    return Err(format!("prefix /{prefix} is longer than 32"));
+                }
+                u32::from(a) & !v4_mask(prefix) == 0
+            }
+            IpAddr::V6(a) => {
+                if prefix > 128 {
+                    return Err(format!("prefix /{prefix} is longer than 128"));
+                }
+                u128::from(a) & !v6_mask(prefix) == 0
+            }
+        };
+        if !ok {
+            let network = match addr {
+                IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & v4_mask(prefix))),
+                IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & v6_mask(prefix))),
+            };
+            return Err(format!(
+                "host bits set in {addr}/{prefix}; the block is {network}/{prefix}"
+            ));
+        }
+        Ok(Cidr { addr, prefix })
+    }
+
+    /// The network address.
+    pub fn addr(&self) -> IpAddr {
+        self.addr
+    }
+
+    /// The prefix length.
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// Whether `ip` lies in the block; addresses of the other family never do.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => in_v4(a, net, self.prefix),
+            (IpAddr::V6(net), IpAddr::V6(a)) => in_v6(a, net, self.prefix),
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+fn in_v4(a: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
+    let mask = v4_mask(prefix);
+    u32::from(a) & mask == u32::from(net) & mask
+}
+
+fn in_v6(a: Ipv6Addr, net: Ipv6Addr, prefix: u8) -> bool {
+    let mask = v6_mask(prefix);
+    u128::from(a) & mask == u128::from(net) & mask
+}
+
+/// An inclusive range of ports, never including 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PortRange {
+    first: u16,
+    last: u16,
+}
+
+impl PortRange {
+    /// Builds `first..=last`; fails for port 0 or `first > last`.
+    pub fn new(first: u16, last: u16) -> Result<PortRange, String> {
+        if first == 0 {
+            return Err("port 0 is not a destination port".to_owned());
+        }
+        if first > last {
+            return Err(format!("port range {first}-{last} is backwards"));
+        }
+        Ok(PortRange { first, last })
+    }
+
+    /// Lowest port in the range.
+    pub fn first(&self) -> u16 {
+        self.first
+    }
+
+    /// Highest port in the range.
+    pub fn last(&self) -> u16 {
+        self.last
+    }
+
+    /// Whether `port` is in the range.
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}
+
+/// What addresses a rule covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExitTarget {
+    /// Every address the default policy allows (see the module docs).
+    Global,
+    /// One block of addresses.
+    Net(Cidr),
+}
+
+/// One allow rule: a target and the ports it opens (empty list: all ports).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ExitRule {
+    target: ExitTarget,
+    ports: Vec<PortRange>,
+}
+
+fn parse_port(s: &str) -> Result<u16, String> {
+    // u16's parser would accept "+80"; only plain digits are a port.
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{s:?} is not a port number"));
+    }
+    s.parse::<u16>()
+        .map_err(|_| format!("port {s} is larger than 65535"))
+}
+
+fn parse_ports(s: &str) -> Result<Vec<PortRange>, String> {
+    let mut ports = Vec::new();
+    for item in s.split(',') {
+        let item = item.trim();
+        if item.is_empty() {
+            return Err("empty entry in port list".to_owned());
+        }
+        let range = match item.split_once('-') {
+            Some((a, b)) => PortRange::new(parse_port(a.trim())?, parse_port(b.trim())?)?,
+            None => {
+                let p = parse_port(item)?;
+                PortRange::new(p, p)?
+            }
+        };
+        ports.push(range);
+    }
+    Ok(ports)
+}
+
+fn parse_prefix(s: &str) -> Result<u8, String> {
+    if s.is_empty() || s.len() > 3 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("{s:?} is not a prefix length"));
+    }
+    s.parse::<u8>()
+        .map_err(|_| format!("prefix /{s} is too long"))
+}
+
+/// A rule's text cut into its pieces, before any of them is parsed.
+struct RuleParts<'a> {
+    addr: &'a str,
+    prefix: Option<&'a str>,
+    ports: Option<&'a str>,
+    bracketed: bool,
+}
+
+fn parts<'a>(
+    addr: &'a str,
+    prefix: Option<&'a str>,
+    ports: Option<&'a str>,
+    bracketed: bool,
+) -> RuleParts<'a> {
+    RuleParts {
+        addr,
+        prefix,
+        ports,
+        bracketed,
+    }
+}
+
+fn split_rule(s: &str) -> Result<RuleParts<'_>, String> {
+    if let Some(rest) = s.strip_prefix('[') {
+        let (addr, after) = rest
+            .split_once(']')
+            .ok_or_else(|| "missing `]` after IPv6 address".to_owned())?;
+        let (prefix, after) = match after.strip_prefix('/') {
+            Some(p) => match p.split_once(':') {
+                Some((len, ports)) => (Some(len), Some(ports)),
+                None => (Some(p), None),
+            },
+            None => match after.strip_prefix(':') {
+                Some(ports) => (None, Some(ports)),
+                None if after.is_empty() => (None, None),
+                None => return Err(format!("unexpected {after:?} after `]`")),
+            },
+        };
+        return Ok(parts(addr, prefix, after, true));
+    }
+    if let Some((addr, rest)) = s.split_once('/') {
+        let (prefix, ports) = match rest.split_once(':') {
+            Some((len, ports)) => (len, Some(ports)),
+            None => (rest, None),
+        };
+        return Ok(parts(addr, Some(prefix), ports, false));
+    }
+    if s.parse::<IpAddr>().is_ok() {
+        return Ok(parts(s, None, None, false));
+    }
+    match s.rsplit_once(':') {
+        Some((addr, ports)) if !addr.contains(':') => Ok(parts(addr, None, Some(ports), false)),
+        Some(_) => {
+            Err("an IPv6 address followed by ports needs brackets, e.g. [::1]:22".to_owned())
+        }
+        None => Ok(parts(s, None, None, false)),
+    }
+}
+
+impl ExitRule {
+    /// Parses `TARGET[:PORTS]`, e.g. `10.0.0.0/8:80,443,8000-8100` (see the module docs).
+    pub fn parse(text: &str) -> Result<ExitRule, ExitRuleError> {
+        ExitRule::parse_inner(text.trim()).map_err(|reason| ExitRuleError {
+            rule: text.to_owned(),
+            reason,
+        })
+    }
+
+    fn parse_inner(s: &str) -> Result<ExitRule, String> {
+        if s.is_empty() {
+            return Err("empty rule".to_owned());
+        }
+        let RuleParts {
+            addr,
+            prefix,
+            ports,
+            bracketed,
+        } = split_rule(s)?;
+        let ports = match ports {
+            Some(p) => parse_ports(p)?,
+            None => Vec::new(),
+        };
+        if !bracketed && prefix.is_none() && addr.eq_ignore_ascii_case("global") {
+            return Ok(ExitRule {
+                target: ExitTarget::Global,
+                ports,
+            });
+        }
+        let ip: IpAddr = if bracketed {
+            IpAddr::V6(
+                addr.parse::<Ipv6Addr>()
+                    .map_err(|_| format!("{addr:?} is not an IPv6 address"))?,
+            )
+        } else {
+            addr.parse()
+                .map_err(|_| format!("{addr:?} is not an IP address, CIDR block or `global`"))?
+        };
+        let prefix = match prefix {
+            Some(p) => parse_prefix(p)?,
+            None if ip.is_ipv4() => 32,
+            None => 128,
+        };
+        Ok(ExitRule {
+            target: ExitTarget::Net(Cidr::new(ip, prefix)?),
+            ports,
+        })
+    }
+
+    /// Builds a rule from parts; an empty `ports` means every port.
+    pub fn new(target: ExitTarget, ports: Vec<PortRange>) -> ExitRule {
+        ExitRule { target, ports }
+    }
+
+    /// The addresses the rule covers.
+    pub fn target(&self) -> ExitTarget {
+        self.target
+    }
+
+    /// The ports the rule opens; empty means every port.
+    pub fn ports(&self) -> &[PortRange] {
+        &self.ports
+    }
+
+    /// Whether the rule allows `port` on `ip`; `ip` is expected in canonical form.
+    fn matches(&self, ip: IpAddr, port: u16) -> bool {
+        let port_ok = self.ports.is_empty() || self.ports.iter().any(|r| r.contains(port));
+        let addr_ok = match self.target {
+            ExitTarget::Global => is_global_unicast(ip),
+            ExitTarget::Net(net) => net.contains(ip),
+        };
+        port != 0 && port_ok && addr_ok
+    }
+}
+
+impl std::str::FromStr for ExitRule {
+    type Err = ExitRuleError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ExitRule::parse(s)
+    }
+}
+
+impl fmt::Display for ExitRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.target {
+            ExitTarget::Global => f.write_str("global")?,
+            // Brackets keep the port list from reading as more IPv6 groups.
+            ExitTarget::Net(net) if net.addr.is_ipv6() && !self.ports.is_empty() => {
+                write!(f, "[{}]/{}", net.addr, net.prefix)?;
+            }
+            ExitTarget::Net(net) => write!(f, "{net}")?,
+        }
+        for (i, range) in self.ports.iter().enumerate() {
+            f.write_str(if i == 0 { ":" } else { "," })?;
+            write!(f, "{range}")?;
+        }
+        Ok(())
+    }
+}
+
+const fn v4(a: u8, b: u8, c: u8, d: u8, prefix: u8) -> (Ipv4Addr, u8) {
+    (Ipv4Addr::new(a, b, c, d), prefix)
+}
+
+/// IPv4 blocks the default policy refuses (the module docs list them for readers).
+const V4_DENY: &[(Ipv4Addr, u8)] = &[
+    v4(0, 0, 0, 0, 8),
+    v4(10, 0, 0, 0, 8),
+    v4(100, 64, 0, 0, 10),
+    v4(127, 0, 0, 0, 8),
+    v4(169, 254, 0, 0, 16),
+    v4(172, 16, 0, 0, 12),
+    v4(192, 0, 0, 0, 24),
+    v4(192, 0, 2, 0, 24),
+    v4(192, 88, 99, 0, 24),
+    v4(192, 168, 0, 0, 16),
+    v4(198, 18, 0, 0, 15),
+    v4(198, 51, 100, 0, 24),
+    v4(203, 0, 113, 0, 24),
+    v4(224, 0, 0, 0, 4),
+    v4(240, 0, 0, 0, 4),
+];
+
+/// Globally reachable anycast addresses inside [`V4_DENY`] blocks.
+const V4_GLOBAL_EXCEPTIONS: &[(Ipv4Addr, u8)] = &[v4(192, 0, 0, 9, 32), v4(192, 0, 0, 10, 32)];
+
+const fn v6(segments: [u16; 8], prefix: u8) -> (Ipv6Addr, u8) {
+    let [a, b, c, d, e, f, g, h] = segments;
+    (Ipv6Addr::new(a, b, c, d, e, f, g, h), prefix)
+}
+
+const V6_GLOBAL_UNICAST: (Ipv6Addr, u8) = v6([0x2000, 0, 0, 0, 0, 0, 0, 0], 3);
+
+const V6_NAT64: (Ipv6Addr, u8) = v6([0x64, 0xff9b, 0, 0, 0, 0, 0, 0], 96);
+
+/// IPv6 blocks inside `2000::/3` that the default policy refuses.
+const V6_DENY: &[(Ipv6Addr, u8)] = &[
+    v6([0x2001, 0, 0, 0, 0, 0, 0, 0], 23),
+    v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32),
+    v6([0x2002, 0, 0, 0, 0, 0, 0, 0], 16),
+    v6([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20),
+];
+
+/// Globally reachable blocks inside [`V6_DENY`] blocks.
+const V6_GLOBAL_EXCEPTIONS: &[(Ipv6Addr, u8)] = &[
+    v6([0x2001, 1, 0, 0, 0, 0, 0, 1], 128),
+    v6([0x2001, 1, 0, 0, 0, 0, 0, 2], 128),
+    v6([0x2001, 3, 0, 0, 0, 0, 0, 0], 32),
+    v6([0x2001, 4, 0x112, 0, 0, 0, 0, 0], 48),
+];
+
+fn v4_is_global(a: Ipv4Addr) -> bool {
+    V4_GLOBAL_EXCEPTIONS
+        .iter()
+        .any(|&(net, p)| in_v4(a, net, p))
+        || !V4_DENY.iter().any(|&(net, p)| in_v4(a, net, p))
+}
+
+fn v6_is_global(a: Ipv6Addr) -> bool {
+    let (nat64, nat64_len) = V6_NAT64;
+    if in_v6(a, nat64, nat64_len) {
+        // The NAT64 gateway would forward to the embedded IPv4 address, so that is
+        // the destination to judge.
+        return v4_is_global(Ipv4Addr::from(u128::from(a) as u32));
+    }
+    let (unicast, unicast_len) = V6_GLOBAL_UNICAST;
+    in_v6(a, unicast, unicast_len)
+        && (V6_GLOBAL_EXCEPTIONS
+            .iter()
+            .any(|&(net, p)| in_v6(a, net, p))
+            || !V6_DENY.iter().any(|&(net, p)| in_v6(a, net, p)))
+}
+
+/// Whether the default policy allows `ip`: a globally routable unicast address.
+pub fn is_global_unicast(ip: IpAddr) -> bool {
+    match ip.to_canonical() {
+        IpAddr::V4(a) => v4_is_global(a),
+        IpAddr::V6(a) => v6_is_global(a),
+    }
+}
+
+/// The set of destinations the relay will dial.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ExitPolicy {
+    /// `None` is the default policy; `Some` allows exactly what the rules match.
+    rules: Option<Vec<ExitRule>>,
+}
+
+impl ExitPolicy {
+    /// A policy allowing only what some rule matches; no rules allow nothing.
+    pub fn from_rules(rules: Vec<ExitRule>) -> ExitPolicy {
+        ExitPolicy { rules: Some(rules) }
+    }
+
+    /// Parses `--exit-allow` / `exit_allow` values; an empty list gives the default policy.
+    pub fn from_exit_allow<S: AsRef<str>>(rules: &[S]) -> Result<ExitPolicy, ExitRuleError> {
+        if rules.is_empty() {
+            return Ok(ExitPolicy::default());
+        }
+        let parsed = rules
+            .iter()
+            .map(|r| ExitRule::parse(r.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(ExitPolicy::from_rules(parsed))
+    }
+
+    /// The explicit rules, or `None` for the default policy.
+    pub fn rules(&self) -> Option<&[ExitRule]> {
+        self.rules.as_deref()
+    }
+
+    /// Whether the relay may dial `ip` port `port`.
+    pub fn allows(&self, ip: IpAddr, port: u16) -> bool {
+        if port == 0 {
+            return false;
+        }
+        let ip = ip.to_canonical();
+        match &self.rules {
+            None => is_global_unicast(ip),
+            Some(rules) => rules.iter().any(|r| r.matches(ip, port)),
+        }
+    }
+}
+
+impl fmt::Display for ExitPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.rules {
+            None => f.write_str("default (globally routable unicast addresses, all ports)"),
+            Some(rules) if rules.is_empty() => f.write_str("nothing allowed"),
+            Some(rules) => {
+                f.write_str("allow ")?;
+                for (i, rule) in rules.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{rule}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn rule(s: &str) -> ExitRule {
+        ExitRule::parse(s).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn parse_ipv4_rules() {
+        let r = rule("10.0.0.0/8:80,443,8000-8100");
+        assert_eq!(
+            r.target(),
+            ExitTarget::Net(Cidr::new(ip("10.0.0.0"), 8).unwrap())
+        );
+        assert_eq!(
+            r.ports(),
+            [
+                PortRange::new(80, 80).unwrap(),
+                PortRange::new(443, 443).unwrap(),
+                PortRange::new(8000, 8100).unwrap()
+            ]
+        );
+        let bare = rule("192.0.2.7");
+        assert_eq!(
+            bare.target(),
+            ExitTarget::Net(Cidr::new(ip("192.0.2.7"), 32).unwrap())
+        );
+        assert!(bare.ports().is_empty());
+        let host_port = rule("192.0.2.7:22");
+        assert_eq!(host_port.target(), bare.target());
+        assert_eq!(host_port.ports(), [PortRange::new(22, 22).unwrap()]);
+        assert!(rule(" 0.0.0.0/0 ").ports().is_empty());
+    }
+
+    #[test]
+    fn parse_ipv6_rules() {
+        let loopback = ExitTarget::Net(Cidr::new(ip("::1"), 128).unwrap());
+        for text in ["::1/128", "::1", "[::1]", "[::1]/128"] {
+            let r = rule(text);
+            assert_eq!(r.target(), loopback, "{text}");
+            assert!(r.ports().is_empty(), "{text}");
+        }
+        for text in ["[::1]/128:22", "[::1]:22", "::1/128:22"] {
+            let r = rule(text);
+            assert_eq!(r.target(), loopback, "{text}");
+            assert_eq!(r.ports(), [PortRange::new(22, 22).unwrap()], "{text}");
+        }
+        let r = rule("2001:db8::/32:443");
+        assert_eq!(
+            r.target(),
+            ExitTarget::Net(Cidr::new(ip("2001:db8::"), 32).unwrap())
+        );
+        // IPv4-mapped blocks become IPv4.
+        assert_eq!(
+            rule("::ffff:10.0.0.0/104").target(),
+            ExitTarget::Net(Cidr::new(ip("10.0.0.0"), 8).unwrap())
+        );
+    }
+
+    #[test]
+    fn parse_global_rules() {
+        assert_eq!(rule("global").target(), ExitTarget::Global);
+        let r = rule("GLOBAL:80,443");
+        assert_eq!(r.target(), ExitTarget::Global);
+        assert_eq!(r.ports().len(), 2);
+    }
+
+    #[test]
+    fn parse_errors() {
+        for bad in [
+            "",
+            "   ",
+            "10.0.0.0/33",
+            "::/129",
+            "10.0.0.1/8",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "10.0.0.0/8:",
+            "10.0.0.0/8:0",
+            "10.0.0.0/8:65536",
+            "10.0.0.0/8:80,",
+            "10.0.0.0/8:100-90",
+            "10.0.0.0/8:http",
+            "10.0.0.0/8:+80",
+            "10.0.0.0.0",
+            "example.com:80",
+            "[10.0.0.1]:80",
+            "[::1",
+            "[::1]x",
+            "[::1]/:22",
+            "::1:22:",
+            "fe80::1%eth0",
+            "global/8",
+            "[global]",
+        ] {
+            let err = ExitRule::parse(bad).unwrap_err();
+            assert_eq!(err.rule, bad);
+            let msg = err.to_string();
+            assert!(msg.starts_with("invalid exit rule "), "{msg}");
+            assert!(!msg.contains('\n'));
+        }
+        let msg = ExitRule::parse("10.0.0.1/8").unwrap_err().to_string();
+        assert!(msg.contains("10.0.0.0/8"), "{msg}");
+        // A bare IPv6 address with a trailing group is an address, not a port.
+        assert!(rule("::1:22").ports().is_empty());
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for (text, shown) in [
+            ("10.0.0.0/8:80,443,8000-8100", "10.0.0.0/8:80,443,8000-8100"),
+            ("192.0.2.7", "192.0.2.7/32"),
+            ("192.0.2.7:22", "192.0.2.7/32:22"),
+            ("::1", "::1/128"),
+            ("[::1]:22", "[::1]/128:22"),
+            ("::1/128:22", "[::1]/128:22"),
+            ("::/0", "::/0"),
+            ("global:443", "global:443"),
+            ("global", "global"),
+            ("::ffff:10.0.0.0/104:1-2", "10.0.0.0/8:1-2"),
+        ] {
+            let r = rule(text);
+            assert_eq!(r.to_string(), shown, "{text}");
+            assert_eq!(rule(shown), r, "{shown}");
+        }
+    }
+
+    #[test]
+    fn rule_matching() {
+        let r = rule("10.0.0.0/8:80,443,8000-8100");
+        let policy = ExitPolicy::from_rules(vec![r]);
+        assert!(policy.allows(ip("10.1.2.3"), 80));
+        assert!(policy.allows(ip("10.255.255.255"), 8050));
+        assert!(policy.allows(ip("::ffff:10.1.2.3"), 443));
+        assert!(!policy.allows(ip("10.1.2.3"), 22));
+        assert!(!policy.allows(ip("11.0.0.1"), 80));
+        assert!(!policy.allows(ip("8.8.8.8"), 443));
+        assert!(!policy.allows(ip("::1"), 80));
+
+        let all_ports = ExitPolicy::from_rules(vec![rule("192.0.2.7")]);
+        assert!(all_ports.allows(ip("192.0.2.7"), 1));
+        assert!(all_ports.allows(ip("192.0.2.7"), 65535));
+        assert!(!all_ports.allows(ip("192.0.2.7"), 0));
+        assert!(!all_ports.allows(ip("192.0.2.8"), 1));
+
+        let v6 = ExitPolicy::from_rules(vec![rule("[::1]/128:22"), rule("2001:db8::/32")]);
+        assert!(v6.allows(ip("::1"), 22));
+        assert!(!v6.allows(ip("::1"), 23));
+        assert!(v6.allows(ip("2001:db8:ffff::1"), 9));
+        assert!(!v6.allows(ip("127.0.0.1"), 22));
+
+        let everything = ExitPolicy::from_rules(vec![rule("0.0.0.0/0"), rule("::/0")]);
+        assert!(everything.allows(ip("127.0.0.1"), 22));
+        assert!(everything.allows(ip("::1"), 22));
+        assert!(!everything.allows(ip("::1"), 0));
+
+        assert!(!ExitPolicy::from_rules(vec![]).allows(ip("8.8.8.8"), 443));
+    }
+
+    #[test]
+    fn global_rule_keeps_default_protection() {
+        let p = ExitPolicy::from_rules(vec![rule("global:80,443")]);
+        assert!(p.allows(ip("8.8.8.8"), 443));
+        assert!(p.allows(ip("2606:4700::1111"), 80));
+        assert!(!p.allows(ip("8.8.8.8"), 22));
+        assert!(!p.allows(ip("127.0.0.1"), 443));
+        assert!(!p.allows(ip("192.168.1.1"), 80));
+        assert!(!p.allows(ip("::ffff:192.168.1.1"), 80));
+    }
+
+    const DENIED: &[&str] = &[
+        // IPv4
+        "0.0.0.0",
+        "0.1.2.3",
+        "10.0.0.1",
+        "10.255.255.255",
+        "100.64.0.1",
+        "100.127.255.255",
+        "127.0.0.1",
+        "127.255.255.254",
+        "169.254.169.254",
+        "172.16.0.1",
+        "172.31.255.255",
+        "192.0.0.1",
+        "192.0.0.8",
+        "192.0.2.1",
+        "192.88.99.1",
+        "192.168.0.1",
+        "192.168.255.255",
+        "198.18.0.1",
+        "198.19.255.255",
+        "198.51.100.1",
+        "203.0.113.1",
+        "224.0.0.1",
+        "239.255.255.250",
+        "240.0.0.1",
+        "255.255.255.255",
+        // IPv6
+        "::",
+        "::1",
+        "::2",
+        "::127.0.0.1",
+        "100::1",
+        "fc00::1",
+        "fd12:3456::1",
+        "fe80::1",
+        "febf::1",
+        "fec0::1",
+        "ff02::1",
+        "ff0e::1",
+        "64:ff9b:1::1",
+        "5f00::1",
+        "2001::1",
+        "2001:2::1",
+        "2001:20::1",
+        "2001:1::3",
+        "2001:db8::1",
+        "2002:c000:204::1",
+        "3fff::1",
+        "3fff:fff::1",
+        "4000::1",
+        "1fff:ffff::1",
+        // IPv4-mapped and NAT64 forms of denied IPv4
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "::ffff:169.254.169.254",
+        "::ffff:0.0.0.0",
+        "::ffff:255.255.255.255",
+        "::ffff:100.64.0.1",
+        "::ffff:224.0.0.1",
+        "64:ff9b::127.0.0.1",
+        "64:ff9b::10.0.0.1",
+        "64:ff9b::192.168.1.1",
+    ];
+
+    const ALLOWED: &[&str] = &[
+        "1.1.1.1",
+        "8.8.8.8",
+        "9.255.255.255",
+        "11.0.0.0",
+        "100.63.255.255",
+        "100.128.0.0",
+        "126.255.255.255",
+        "128.0.0.1",
+        "169.253.255.255",
+        "172.15.255.255",
+        "172.32.0.0",
+        "192.0.0.9",
+        "192.0.0.10",
+        "192.0.1.1",
+        "192.167.255.255",
+        "192.169.0.0",
+        "198.17.255.255",
+        "198.20.0.0",
+        "223.255.255.255",
+        "2606:4700:4700::1111",
+        "2a00:1450::1",
+        "2001:200::1",
+        "2001:1::1",
+        "2001:1::2",
+        "2001:3::1",
+        "2001:4:112::1",
+        "2001:db7:ffff::1",
+        "2001:db9::1",
+        "2003::1",
+        "3ffe::1",
+        "3fff:1000::1",
+        "::ffff:8.8.8.8",
+        "64:ff9b::8.8.8.8",
+    ];
+
+    #[test]
+    fn default_policy() {
+        let p = ExitPolicy::default();
+        assert_eq!(p.rules(), None);
+        for s in DENIED {
+            assert!(!is_global_unicast(ip(s)), "{s} should be denied");
+            for port in [1, 22, 80, 443, 65535] {
+                assert!(!p.allows(ip(s), port), "{s}:{port} should be denied");
+            }
+        }
+        for s in ALLOWED {
+            assert!(is_global_unicast(ip(s)), "{s} should be allowed");
+            for port in [1, 22, 80, 443, 65535] {
+                assert!(p.allows(ip(s), port), "{s}:{port} should be allowed");
+            }
+            assert!(!p.allows(ip(s), 0), "{s}:0 should be denied");
+        }
+    }
+
+    #[test]
+    fn from_exit_allow() {
+        let empty: [&str; 0] = [];
+        assert_eq!(
+            ExitPolicy::from_exit_allow(&empty).unwrap(),
+            ExitPolicy::default()
+        );
+        let p = ExitPolicy::from_exit_allow(&["127.0.0.1:8080", "global:443"]).unwrap();
+        assert!(p.allows(ip("127.0.0.1"), 8080));
+        assert!(p.allows(ip("8.8.8.8"), 443));
+        assert!(!p.allows(ip("8.8.8.8"), 80));
+        let err = ExitPolicy::from_exit_allow(&["global", "nope"]).unwrap_err();
+        assert_eq!(err.rule, "nope");
+    }
+
+    #[test]
+    fn policy_display() {
+        assert_eq!(
+            ExitPolicy::default().to_string(),
+            "default (globally routable unicast addresses, all ports)"
+        );
+        assert_eq!(
+            ExitPolicy::from_rules(vec![]).to_string(),
+            "nothing allowed"
+        );
+        let p = ExitPolicy::from_exit_allow(&["10.0.0.0/8:80", "[::1]:22"]).unwrap();
+        assert_eq!(p.to_string(), "allow 10.0.0.0/8:80, [::1]/128:22");
+    }
+
+    #[test]
+    fn cidr_edges() {
+        let all4 = Cidr::new(ip("0.0.0.0"), 0).unwrap();
+        assert!(all4.contains(ip("255.255.255.255")));
+        assert!(!all4.contains(ip("::1")));
+        let all6 = Cidr::new(ip("::"), 0).unwrap();
+        assert!(all6.contains(ip("ffff::1")));
+        assert!(!all6.contains(ip("1.2.3.4")));
+        assert!(
+            Cidr::new(ip("1.2.3.4"), 32)
+                .unwrap()
+                .contains(ip("1.2.3.4"))
+        );
+        assert!(Cidr::new(ip("1.2.3.5"), 31).is_err());
+        assert!(Cidr::new(ip("1.2.3.4"), 31).is_ok());
+        assert!(PortRange::new(0, 5).is_err());
+        assert!(PortRange::new(6, 5).is_err());
+    }
+}
