@@ -1,2 +1,107 @@
 //! qnet-relay: the tunnel's server end.
-fn main() {}
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use clap::Parser;
+use parking_lot::RwLock;
+use qnet::config::Config;
+use qnet::engine::{log, session_config};
+use qnet::keys::{load_allow_list, load_private_key};
+use qnet::relay::policy::ExitPolicy;
+use qnet::relay::server::{Relay, RelayConfig};
+
+/// The qnet relay: accepts authenticated sessions and exits to TCP destinations.
+#[derive(Debug, Parser)]
+#[command(name = "qnet-relay", version, about)]
+struct Args {
+    /// Address to listen on (port 0 picks one; the bound address is printed on stderr).
+    #[arg(long)]
+    listen: Option<String>,
+    /// The relay's private key file (mode 600).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// File of admitted client public keys, one base64 key per line; SIGHUP re-reads it.
+    #[arg(long)]
+    clients: Option<PathBuf>,
+    /// Allowed destinations as CIDR[:PORTS] (repeatable); replaces the default policy
+    /// (every globally routable address, nothing private or local).
+    #[arg(long = "exit-allow", value_name = "CIDR[:PORTS]")]
+    exit_allow: Vec<String>,
+    /// Config file (the `[server]` table and `[session]` tunables).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Seconds a destination may take to accept a connection.
+    #[arg(long, default_value_t = 10)]
+    connect_timeout: u64,
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("qnet-relay: {}", e.replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let cfg = match &args.config {
+        Some(p) => Config::load_from(Some(p)),
+        None => Config::load(),
+    }
+    .map_err(|e| e.to_string())?;
+    log::set_level(cfg.log);
+    let listen = args
+        .listen
+        .or(cfg.server.listen.clone())
+        .ok_or("--listen (or [server] listen) is required")?;
+    let listen = std::net::ToSocketAddrs::to_socket_addrs(&listen)
+        .map_err(|e| format!("--listen {listen}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("--listen {listen}: no address"))?;
+    let key_path = args
+        .key
+        .or(cfg.server.key.clone())
+        .ok_or("--key (or [server] key) is required")?;
+    let key = load_private_key(&key_path).map_err(|e| e.to_string())?;
+    let clients_path = args
+        .clients
+        .or(cfg.server.clients.clone())
+        .ok_or("--clients (or [server] clients) is required")?;
+    let clients = load_allow_list(&clients_path).map_err(|e| e.to_string())?;
+    let rules = if args.exit_allow.is_empty() {
+        cfg.server.exit_allow.clone()
+    } else {
+        args.exit_allow
+    };
+    let policy = ExitPolicy::from_exit_allow(&rules).map_err(|e| e.to_string())?;
+    qnet::engine::raise_fd_limit();
+
+    let relay_cfg = RelayConfig {
+        key,
+        clients: Arc::new(RwLock::new(clients)),
+        clients_path: Some(clients_path),
+        policy,
+        session: session_config(&cfg.session),
+        connect_timeout: Duration::from_secs(args.connect_timeout),
+    };
+    let mut relay =
+        Relay::bind(listen, relay_cfg).map_err(|e| format!("listen on {listen}: {e}"))?;
+    let addr = relay.local_addr().map_err(|e| e.to_string())?;
+    // First stderr line, parsed by scripts and tests when --listen uses port 0.
+    eprintln!("qnet-relay listening on {addr}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reload = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(|e| e.to_string())?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .map_err(|e| e.to_string())?;
+    relay.run(&stop, &reload).map_err(|e| e.to_string())
+}

@@ -1,1 +1,118 @@
 //! The I/O shell: the only place that owns sockets and reads the clock.
+//!
+//! Both ends use the same pieces: a [`Link`] carries one [`Session`] over a TCP
+//! connection, and [`pump`] moves a stream's bytes between the session and a local
+//! socket (the app's side on the client, the destination on the relay) with
+//! backpressure in both directions. mio is edge-triggered, so every socket remembers
+//! whether it may still have bytes (`readable`) until a read says `WouldBlock`.
+
+pub mod client;
+pub mod log;
+pub mod pump;
+mod sys;
+
+pub use sys::raise_fd_limit;
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::time::Instant;
+
+use mio::Token;
+
+use crate::proto::{Session, SessionError};
+
+/// Bytes of queued session output above which no more stream data is taken in:
+/// the transport is slower than the sources, so they wait in their kernel buffers.
+pub const HIGH_WATER: usize = 512 * 1024;
+
+/// Size of the scratch buffer for socket reads.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+/// A session carried over a TCP connection.
+pub struct Link {
+    /// The transport.
+    pub sock: mio::net::TcpStream,
+    /// Its token.
+    pub token: Token,
+    /// The protocol state.
+    pub session: Session,
+    /// Peer closed the transport.
+    pub eof: bool,
+}
+
+/// What reading the transport did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LinkRead {
+    /// Drained until `WouldBlock`.
+    Drained,
+    /// The session failed; the link must go.
+    Failed(SessionError),
+    /// The peer closed the connection.
+    Eof,
+}
+
+impl Link {
+    /// Wrap a connected (or connecting) transport.
+    pub fn new(sock: mio::net::TcpStream, token: Token, session: Session) -> Link {
+        Link {
+            sock,
+            token,
+            session,
+            eof: false,
+        }
+    }
+
+    /// Read everything the kernel has into the session.
+    pub fn read_in(&mut self, now: Instant, buf: &mut [u8]) -> io::Result<LinkRead> {
+        loop {
+            match self.sock.read(buf) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(LinkRead::Eof);
+                }
+                Ok(n) => {
+                    if let Err(e) = self.session.handle_input(now, &buf[..n]) {
+                        return Ok(LinkRead::Failed(e));
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(LinkRead::Drained),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Write as much queued output as the kernel takes; `Ok(true)` when all is out.
+    pub fn flush(&mut self) -> io::Result<bool> {
+        loop {
+            let out = self.session.transmit();
+            if out.is_empty() {
+                return Ok(true);
+            }
+            match self.sock.write(out) {
+                Ok(n) => self.session.transmit_done(n),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Below the high-water mark: stream data may be taken in.
+    pub fn has_room(&self) -> bool {
+        self.session.transmit().len() < HIGH_WATER
+    }
+}
+
+/// The session tunables a config file sets, as the protocol core takes them.
+pub fn session_config(p: &crate::config::SessionParams) -> crate::proto::SessionConfig {
+    crate::proto::SessionConfig {
+        keepalive: p.keepalive,
+        idle_timeout: p.idle_timeout,
+        rekey_bytes: p.rekey_bytes,
+        rekey_records: p.rekey_records,
+        rekey_interval: p.rekey_interval,
+        stream_window: p.stream_window,
+        session_window: p.session_window,
+        ..crate::proto::SessionConfig::default()
+    }
+}

@@ -510,6 +510,13 @@ impl Session {
         Ok(can)
     }
 
+    /// Ask for a `Writable` event when the stream next gains credit.
+    pub fn want_writable(&mut self, stream: u32) {
+        if let Some(s) = self.streams.get_mut(&stream) {
+            s.blocked = true;
+        }
+    }
+
     /// Half-close: send CLOSE; reading goes on until the peer closes too.
     pub fn finish(&mut self, now: Instant, stream: u32) -> Result<(), StreamError> {
         self.check_live()?;

@@ -1,0 +1,403 @@
+//! The client engine: one session to the relay, local sockets carried as streams.
+//!
+//! Local sockets come from listeners (`qnet forward`, like `ssh -L`); the preload
+//! library adds app sockets to the same loop. The session is re-established when it
+//! drops; streams that were open on it fail, and nothing is ever sent directly.
+
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, ErrorKind};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+
+use super::pump::{Endpoint, PumpState, Sock};
+use super::{Link, LinkRead, READ_CHUNK};
+use crate::keys::PrivateKey;
+use crate::proto::{Destination, Event, OsRandom, Role, Session, SessionConfig};
+use crate::qlog;
+
+/// What the client engine needs.
+pub struct ClientConfig {
+    /// Relay address, `host:port`.
+    pub relay: String,
+    /// The relay's static public key (pinned).
+    pub relay_key: [u8; 32],
+    /// This client's static private key.
+    pub key: PrivateKey,
+    /// Session limits and timers.
+    pub session: SessionConfig,
+}
+
+impl ClientConfig {
+    /// Take relay, relay key, client key and session tunables from a loaded config.
+    pub fn from_config(cfg: &crate::config::Config) -> Result<ClientConfig, String> {
+        let relay = cfg
+            .relay
+            .clone()
+            .ok_or("no relay configured (config `relay` or QNET_RELAY)")?;
+        let relay_key = cfg
+            .relay_key
+            .ok_or("no relay key configured (config `relay_key` or QNET_RELAY_KEY)")?;
+        let key_path = cfg
+            .key
+            .as_ref()
+            .ok_or("no client key configured (config `key` or QNET_KEY)")?;
+        let key = crate::keys::load_private_key(key_path).map_err(|e| e.to_string())?;
+        Ok(ClientConfig {
+            relay,
+            relay_key: relay_key.0,
+            key,
+            session: super::session_config(&cfg.session),
+        })
+    }
+}
+
+/// Parse `host:port` (IPv6 as `[addr]:port`) into a destination, validating the hostname.
+pub fn parse_destination(s: &str) -> Result<Destination, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(Destination::Addr(a));
+    }
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{s}: expected host:port"))?;
+    let port: u16 = port.parse().map_err(|_| format!("{s}: bad port"))?;
+    if !crate::proto::frame::valid_hostname(host) {
+        return Err(format!("{s}: invalid hostname"));
+    }
+    Ok(Destination::Name(host.to_owned(), port))
+}
+
+/// Statistics the client keeps about itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClientStats {
+    /// Sessions established.
+    pub sessions: u64,
+    /// Streams that opened successfully.
+    pub streams_ok: u64,
+    /// Streams the relay refused or that failed with the session.
+    pub streams_failed: u64,
+}
+
+struct Forward {
+    listener: TcpListener,
+    dest: Destination,
+}
+
+struct Flow {
+    ep: Endpoint,
+    open: bool,
+    started: Instant,
+    dest: Destination,
+}
+
+const FIRST_LOCAL: usize = 1 << 20;
+
+/// The client event loop.
+pub struct Client {
+    poll: Poll,
+    cfg: ClientConfig,
+    link: Option<Link>,
+    link_token: Token,
+    forwards: HashMap<Token, Forward>,
+    /// Accepted local sockets waiting for the session.
+    waiting: VecDeque<(Sock, Destination)>,
+    flows: HashMap<u32, Flow>,
+    by_token: HashMap<Token, u32>,
+    next_token: usize,
+    retry_at: Option<Instant>,
+    backoff: Duration,
+    buf: Vec<u8>,
+    /// Counters.
+    pub stats: ClientStats,
+}
+
+impl Client {
+    /// Create the loop (nothing is connected until [`Client::run`]).
+    pub fn new(cfg: ClientConfig) -> io::Result<Client> {
+        Ok(Client {
+            poll: Poll::new()?,
+            cfg,
+            link: None,
+            link_token: Token(0),
+            forwards: HashMap::new(),
+            waiting: VecDeque::new(),
+            flows: HashMap::new(),
+            by_token: HashMap::new(),
+            next_token: FIRST_LOCAL,
+            retry_at: None,
+            backoff: Duration::from_millis(100),
+            buf: vec![0u8; READ_CHUNK],
+            stats: ClientStats::default(),
+        })
+    }
+
+    fn token(&mut self) -> Token {
+        self.next_token += 1;
+        Token(self.next_token)
+    }
+
+    /// Carry every connection accepted on `listen` to `dest`; returns the bound address.
+    pub fn forward(&mut self, listen: SocketAddr, dest: Destination) -> io::Result<SocketAddr> {
+        let mut listener = TcpListener::bind(listen)?;
+        let addr = listener.local_addr()?;
+        let t = self.token();
+        self.poll
+            .registry()
+            .register(&mut listener, t, Interest::READABLE)?;
+        self.forwards.insert(t, Forward { listener, dest });
+        Ok(addr)
+    }
+
+    fn connect_relay(&mut self, now: Instant) {
+        self.retry_at = None;
+        let addr = match self.cfg.relay.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(a)) => a,
+            _ => {
+                qlog!(Error, "cannot resolve relay address {}", self.cfg.relay);
+                return self.link_down(now, "relay address does not resolve");
+            }
+        };
+        let mut sock = match TcpStream::connect(addr) {
+            Ok(s) => s,
+            Err(e) => return self.link_down(now, &format!("cannot connect to relay {addr}: {e}")),
+        };
+        let _ = sock.set_nodelay(true);
+        self.link_token = self.token();
+        if let Err(e) = self.poll.registry().register(
+            &mut sock,
+            self.link_token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            return self.link_down(now, &format!("register: {e}"));
+        }
+        let session = Session::new(
+            now,
+            self.cfg.session.clone(),
+            Role::Client {
+                relay_public: self.cfg.relay_key,
+            },
+            self.cfg.key.as_bytes(),
+            Box::new(OsRandom),
+        );
+        self.link = Some(Link::new(sock, self.link_token, session));
+    }
+
+    /// The session is gone: fail its flows and the waiting sockets, retry later.
+    fn link_down(&mut self, now: Instant, why: &str) {
+        qlog!(Warn, "relay session down: {why}");
+        if let Some(mut l) = self.link.take() {
+            let _ = self.poll.registry().deregister(&mut l.sock);
+        }
+        for (_, mut f) in self.flows.drain() {
+            let _ = f.ep.sock.deregister(self.poll.registry());
+            self.stats.streams_failed += 1;
+        }
+        self.by_token.clear();
+        self.stats.streams_failed += self.waiting.len() as u64;
+        self.waiting.clear();
+        self.retry_at = Some(now + self.backoff);
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
+    }
+
+    /// Run until `stop` returns true (checked at least every 100 ms).
+    pub fn run(&mut self, mut stop: impl FnMut(&Client) -> bool) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        self.connect_relay(Instant::now());
+        while !stop(self) {
+            let now = Instant::now();
+            let mut deadline = self.retry_at;
+            if let Some(l) = &self.link {
+                deadline = match (deadline, l.session.next_timeout()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            let timeout = deadline
+                .map(|t| t.saturating_duration_since(now))
+                .unwrap_or(Duration::from_millis(100))
+                .min(Duration::from_millis(100));
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            let now = Instant::now();
+            for ev in events.iter() {
+                let t = ev.token();
+                let readable = ev.is_readable() || ev.is_read_closed();
+                let writable = ev.is_writable() || ev.is_error();
+                if t == self.link_token && self.link.is_some() {
+                    self.link_event(now, readable);
+                } else if self.forwards.contains_key(&t) {
+                    self.accept(t);
+                } else if let Some(&s) = self.by_token.get(&t) {
+                    if let Some(f) = self.flows.get_mut(&s) {
+                        f.ep.readable |= readable;
+                        f.ep.writable |= writable;
+                    }
+                }
+            }
+            if self.link.is_none() && self.retry_at.is_some_and(|t| t <= now) {
+                self.connect_relay(now);
+            }
+            if let Some(l) = self.link.as_mut() {
+                if l.session.next_timeout().is_some_and(|t| t <= now) {
+                    if let Err(e) = l.session.handle_timeout(now) {
+                        self.link_down(now, &e.to_string());
+                    }
+                }
+            }
+            self.service(now);
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self, t: Token) {
+        loop {
+            let Some(f) = self.forwards.get(&t) else {
+                return;
+            };
+            match f.listener.accept() {
+                Ok((sock, _)) => {
+                    let dest = f.dest.clone();
+                    if self.link.is_none() && self.retry_at.is_some() {
+                        // Fail closed at once: no relay, no connection.
+                        self.stats.streams_failed += 1;
+                        drop(sock);
+                        continue;
+                    }
+                    self.waiting.push_back((Sock::Tcp(sock), dest));
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    qlog!(Error, "accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn link_event(&mut self, now: Instant, readable: bool) {
+        let Some(l) = self.link.as_mut() else {
+            return;
+        };
+        if readable {
+            match l.read_in(now, &mut self.buf) {
+                Ok(LinkRead::Drained) => {}
+                Ok(LinkRead::Eof) => self.link_down(now, "relay closed the connection"),
+                Ok(LinkRead::Failed(e)) => self.link_down(now, &e.to_string()),
+                Err(e) => self.link_down(now, &e.to_string()),
+            }
+        }
+    }
+
+    fn service(&mut self, now: Instant) {
+        let Some(l) = self.link.as_mut() else {
+            return;
+        };
+        while let Some(ev) = l.session.poll_event() {
+            match ev {
+                Event::Connected { .. } => {
+                    qlog!(Info, "session to {} established", self.cfg.relay);
+                    self.stats.sessions += 1;
+                    self.backoff = Duration::from_millis(100);
+                }
+                Event::OpenResult { stream, result } => match result {
+                    Ok(()) => {
+                        if let Some(f) = self.flows.get_mut(&stream) {
+                            f.open = true;
+                            self.stats.streams_ok += 1;
+                            qlog!(
+                                Debug,
+                                "stream {stream} to {} open after {:?}",
+                                f.dest,
+                                now - f.started
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        if let Some(mut f) = self.flows.remove(&stream) {
+                            qlog!(Info, "relay refused stream to {}: {e}", f.dest);
+                            let _ = f.ep.sock.deregister(self.poll.registry());
+                            self.by_token.remove(&f.ep.token);
+                            self.stats.streams_failed += 1;
+                        }
+                    }
+                },
+                Event::Reset { stream, .. } => {
+                    if let Some(mut f) = self.flows.remove(&stream) {
+                        let _ = f.ep.sock.deregister(self.poll.registry());
+                        self.by_token.remove(&f.ep.token);
+                    }
+                }
+                Event::Readable { .. } | Event::Writable { .. } | Event::Opened { .. } => {}
+            }
+        }
+        if l.session.is_established() {
+            while let Some((sock, dest)) = self.waiting.pop_front() {
+                match l.session.open(now, dest.clone(), 0, &[]) {
+                    Ok((id, _)) => {
+                        self.next_token += 1;
+                        let t = Token(self.next_token);
+                        let mut ep = Endpoint::new(sock, t, id);
+                        if ep.sock.register(self.poll.registry(), t).is_ok() {
+                            self.by_token.insert(t, id);
+                            self.flows.insert(
+                                id,
+                                Flow {
+                                    ep,
+                                    open: false,
+                                    started: now,
+                                    dest,
+                                },
+                            );
+                        }
+                    }
+                    Err(e) => {
+                        qlog!(Warn, "cannot open stream: {e}");
+                        self.stats.streams_failed += 1;
+                    }
+                }
+            }
+        }
+        let mut finished = vec![];
+        for (&id, f) in self.flows.iter_mut() {
+            if !f.open {
+                continue;
+            }
+            let room = l.has_room();
+            let r =
+                f.ep.pump_down(now, &mut l.session)
+                    .and_then(|_| f.ep.pump_up(now, &mut l.session, room, &mut self.buf));
+            if r.is_err() {
+                let _ = l.session.reset(now, id, 1);
+                finished.push(id);
+            } else if f.ep.state() == PumpState::Done {
+                finished.push(id);
+            }
+        }
+        for id in finished {
+            if let Some(mut f) = self.flows.remove(&id) {
+                let _ = f.ep.sock.deregister(self.poll.registry());
+                self.by_token.remove(&f.ep.token);
+            }
+        }
+        let flushed = l.flush();
+        let err = l.session.error();
+        match (flushed, err) {
+            (Err(e), _) => self.link_down(now, &e.to_string()),
+            (_, Some(e)) => self.link_down(now, &e.to_string()),
+            _ => {}
+        }
+    }
+
+    /// Whether the session is up.
+    pub fn is_connected(&self) -> bool {
+        self.link
+            .as_ref()
+            .is_some_and(|l| l.session.is_established())
+    }
+}

@@ -1,0 +1,205 @@
+//! Moving one stream's bytes between its session and a local socket.
+
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::Shutdown;
+use std::time::Instant;
+
+use mio::event::Source;
+use mio::{Interest, Registry, Token};
+
+use super::READ_CHUNK;
+use crate::proto::{Session, StreamError};
+
+/// The local end of a stream: a TCP connection or a unix socket (a socketpair end).
+#[derive(Debug)]
+pub enum Sock {
+    /// A TCP connection (relay destinations, forwarded clients).
+    Tcp(mio::net::TcpStream),
+    /// A unix stream socket (the engine's end of an app socketpair).
+    Unix(mio::net::UnixStream),
+}
+
+impl Sock {
+    fn shutdown_write(&self) -> io::Result<()> {
+        match self {
+            Sock::Tcp(s) => s.shutdown(Shutdown::Write),
+            Sock::Unix(s) => s.shutdown(Shutdown::Write),
+        }
+    }
+
+    /// Register with both interests.
+    pub fn register(&mut self, r: &Registry, t: Token) -> io::Result<()> {
+        let i = Interest::READABLE | Interest::WRITABLE;
+        match self {
+            Sock::Tcp(s) => s.register(r, t, i),
+            Sock::Unix(s) => s.register(r, t, i),
+        }
+    }
+
+    /// Remove from the poller.
+    pub fn deregister(&mut self, r: &Registry) -> io::Result<()> {
+        match self {
+            Sock::Tcp(s) => s.deregister(r),
+            Sock::Unix(s) => s.deregister(r),
+        }
+    }
+
+    /// Pending socket error (non-blocking connect outcome).
+    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+        match self {
+            Sock::Tcp(s) => s.take_error(),
+            Sock::Unix(s) => s.take_error(),
+        }
+    }
+}
+
+impl Read for Sock {
+    fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => s.read(b),
+            Sock::Unix(s) => s.read(b),
+        }
+    }
+}
+
+impl Write for Sock {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        match self {
+            Sock::Tcp(s) => s.write(b),
+            Sock::Unix(s) => s.write(b),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A stream's local socket and what is known about it.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// The socket.
+    pub sock: Sock,
+    /// Its token.
+    pub token: Token,
+    /// The stream it carries.
+    pub stream: u32,
+    /// A readiness event said readable and no read has hit `WouldBlock` since.
+    pub readable: bool,
+    /// Likewise for writing.
+    pub writable: bool,
+    /// The local side sent EOF and the stream was finished.
+    pub read_eof: bool,
+    /// The session's data ended and the local socket was shut down for writing.
+    pub write_shut: bool,
+}
+
+/// What a pump step concluded about the stream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PumpState {
+    /// Still moving bytes.
+    Open,
+    /// Both directions finished: drop the endpoint.
+    Done,
+}
+
+impl Endpoint {
+    /// A fresh endpoint (no readiness known yet).
+    pub fn new(sock: Sock, token: Token, stream: u32) -> Endpoint {
+        Endpoint {
+            sock,
+            token,
+            stream,
+            readable: false,
+            writable: false,
+            read_eof: false,
+            write_shut: false,
+        }
+    }
+
+    /// Session → local: write buffered stream bytes out, then pass on the end of the stream.
+    pub fn pump_down(&mut self, now: Instant, session: &mut Session) -> io::Result<()> {
+        while self.writable {
+            let Some((a, _)) = session.peek(self.stream) else {
+                break;
+            };
+            if a.is_empty() {
+                break;
+            }
+            match self.sock.write(a) {
+                Ok(n) => session
+                    .consume(now, self.stream, n)
+                    .map_err(|e| io::Error::other(e.to_string()))?,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => self.writable = false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !self.write_shut && session.is_read_finished(self.stream) {
+            if let Some((a, _)) = session.peek(self.stream) {
+                if !a.is_empty() {
+                    return Ok(());
+                }
+            }
+            self.write_shut = true;
+            // Mark the end as seen so the session can forget the stream once both sides are done.
+            let _ = session.read(now, self.stream, &mut [0u8; 1]);
+            // The peer may already have closed its reading side; that is not an error here.
+            let _ = self.sock.shutdown_write();
+        }
+        Ok(())
+    }
+
+    /// Local → session: read what the socket has, as far as credit and `room` allow.
+    pub fn pump_up(
+        &mut self,
+        now: Instant,
+        session: &mut Session,
+        room: bool,
+        buf: &mut [u8],
+    ) -> io::Result<()> {
+        if !room {
+            return Ok(());
+        }
+        while self.readable && !self.read_eof {
+            let cap = session
+                .stream_send_capacity(self.stream)
+                .min(buf.len())
+                .min(READ_CHUNK);
+            if cap == 0 {
+                session.want_writable(self.stream);
+                break;
+            }
+            match self.sock.read(&mut buf[..cap]) {
+                Ok(0) => {
+                    self.read_eof = true;
+                    match session.finish(now, self.stream) {
+                        Ok(()) | Err(StreamError::UnknownStream) | Err(StreamError::Finished) => {}
+                        Err(e) => return Err(io::Error::other(e.to_string())),
+                    }
+                }
+                Ok(n) => {
+                    let took = session
+                        .write(now, self.stream, &buf[..n])
+                        .map_err(|e| io::Error::other(e.to_string()))?;
+                    debug_assert_eq!(took, n, "read no more than the credit");
+                    if session.transmit().len() >= super::HIGH_WATER {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => self.readable = false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Both directions have ended.
+    pub fn state(&self) -> PumpState {
+        if self.read_eof && self.write_shut {
+            PumpState::Done
+        } else {
+            PumpState::Open
+        }
+    }
+}

@@ -1,0 +1,4 @@
+//! The server role of the engine: accept, authenticate, exit policy, dial.
+
+pub mod policy;
+pub mod server;

@@ -1,0 +1,622 @@
+//! The relay's event loop: accept clients, authenticate, resolve, dial, pump.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::io::{self, ErrorKind};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use parking_lot::RwLock;
+
+use super::policy::ExitPolicy;
+use crate::engine::pump::{Endpoint, PumpState, Sock};
+use crate::engine::{Link, LinkRead, READ_CHUNK};
+use crate::keys::{PrivateKey, PublicKey, load_allow_list};
+use crate::proto::{
+    Destination, Event, OpenError, OsRandom, Role, Session, SessionConfig, SessionError,
+};
+use crate::qlog;
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const RESOLVER_THREADS: usize = 4;
+
+/// Everything the relay needs to run.
+pub struct RelayConfig {
+    /// The relay's static private key.
+    pub key: PrivateKey,
+    /// Admitted client keys (shared so SIGHUP can replace them).
+    pub clients: Arc<RwLock<BTreeSet<PublicKey>>>,
+    /// Where the allow-list is read from on reload.
+    pub clients_path: Option<PathBuf>,
+    /// Which destinations may be dialled.
+    pub policy: ExitPolicy,
+    /// Session limits and timers.
+    pub session: SessionConfig,
+    /// How long a destination may take to accept a connection.
+    pub connect_timeout: Duration,
+}
+
+enum UpState {
+    Resolving,
+    Connecting {
+        rest: Vec<SocketAddr>,
+        deadline: Instant,
+    },
+    Connected,
+}
+
+struct Upstream {
+    state: UpState,
+    ep: Option<Endpoint>,
+}
+
+struct Conn {
+    link: Link,
+    ups: HashMap<u32, Upstream>,
+    /// Failed handshake: read and discard until this time, then close without a byte.
+    drain_until: Option<Instant>,
+}
+
+enum Owner {
+    Conn,
+    Up(Token, u32),
+}
+
+struct Resolved {
+    conn: Token,
+    stream: u32,
+    port: u16,
+    addrs: io::Result<Vec<SocketAddr>>,
+}
+
+/// A bound relay, ready to run.
+pub struct Relay {
+    poll: Poll,
+    listener: TcpListener,
+    cfg: RelayConfig,
+    conns: HashMap<Token, Conn>,
+    owners: HashMap<Token, Owner>,
+    next_token: usize,
+    deadlines: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    resolve_tx: crossbeam::channel::Sender<(Token, u32, String, u16)>,
+    resolved_rx: crossbeam::channel::Receiver<Resolved>,
+    buf: Vec<u8>,
+}
+
+fn open_error(e: &io::Error) -> OpenError {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => OpenError::Refused,
+        Some(libc::ETIMEDOUT) => OpenError::TimedOut,
+        Some(libc::ENETUNREACH) => OpenError::NetUnreachable,
+        Some(libc::EHOSTUNREACH) => OpenError::HostUnreachable,
+        Some(libc::EACCES) | Some(libc::EPERM) => OpenError::Forbidden,
+        _ => OpenError::Failure,
+    }
+}
+
+impl Relay {
+    /// Bind the listening socket and start the resolver threads.
+    pub fn bind(addr: SocketAddr, cfg: RelayConfig) -> io::Result<Relay> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(addr)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (resolve_tx, resolve_rx) = crossbeam::channel::unbounded::<(Token, u32, String, u16)>();
+        let (resolved_tx, resolved_rx) = crossbeam::channel::unbounded();
+        // getaddrinfo blocks; a few threads keep slow names from stalling the event loop.
+        for i in 0..RESOLVER_THREADS {
+            let rx = resolve_rx.clone();
+            let tx = resolved_tx.clone();
+            let waker = waker.clone();
+            std::thread::Builder::new()
+                .name(format!("qnet-resolve-{i}"))
+                .spawn(move || {
+                    for (conn, stream, host, port) in rx {
+                        let addrs = (host.as_str(), port).to_socket_addrs().map(|a| a.collect());
+                        if tx
+                            .send(Resolved {
+                                conn,
+                                stream,
+                                port,
+                                addrs,
+                            })
+                            .is_err()
+                        {
+                            break;
+                        }
+                        let _ = waker.wake();
+                    }
+                })?;
+        }
+        Ok(Relay {
+            poll,
+            listener,
+            cfg,
+            conns: HashMap::new(),
+            owners: HashMap::new(),
+            next_token: 2,
+            deadlines: BinaryHeap::new(),
+            resolve_tx,
+            resolved_rx,
+            buf: vec![0u8; READ_CHUNK],
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    fn token(&mut self) -> Token {
+        self.next_token += 1;
+        Token(self.next_token)
+    }
+
+    /// Serve until `stop` is set; `reload` set by SIGHUP re-reads the allow-list.
+    pub fn run(&mut self, stop: &AtomicBool, reload: &AtomicBool) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        while !stop.load(Ordering::Relaxed) {
+            let timeout = self
+                .next_deadline()
+                .map(|t| t.saturating_duration_since(Instant::now()));
+            // Wake at least once a second so stop/reload flags are seen even without EINTR.
+            let timeout = Some(
+                timeout
+                    .unwrap_or(Duration::from_secs(1))
+                    .min(Duration::from_secs(1)),
+            );
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            if reload.swap(false, Ordering::Relaxed) {
+                self.reload_clients();
+            }
+            let now = Instant::now();
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(now)?,
+                    WAKER => {}
+                    t => self.socket_event(
+                        now,
+                        t,
+                        ev.is_readable() || ev.is_read_closed(),
+                        ev.is_writable() || ev.is_error(),
+                    ),
+                }
+            }
+            while let Ok(r) = self.resolved_rx.try_recv() {
+                self.on_resolved(now, r);
+            }
+            self.run_timers(Instant::now());
+        }
+        Ok(())
+    }
+
+    fn reload_clients(&mut self) {
+        let Some(path) = &self.cfg.clients_path else {
+            return;
+        };
+        match load_allow_list(path) {
+            Ok(set) => {
+                qlog!(
+                    Info,
+                    "reloaded {} client keys from {}",
+                    set.len(),
+                    path.display()
+                );
+                *self.cfg.clients.write() = set;
+            }
+            Err(e) => qlog!(Error, "allow-list not reloaded, keeping the old one: {e}"),
+        }
+    }
+
+    fn accept(&mut self, now: Instant) -> io::Result<()> {
+        loop {
+            let (mut sock, peer) = match self.listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: log and keep serving the connections we have.
+                    qlog!(Error, "accept failed: {e}");
+                    return Ok(());
+                }
+            };
+            let _ = sock.set_nodelay(true);
+            let t = self.token();
+            self.poll
+                .registry()
+                .register(&mut sock, t, Interest::READABLE | Interest::WRITABLE)?;
+            let clients = self.cfg.clients.clone();
+            let authorize: crate::proto::session::Authorizer =
+                Arc::new(move |k: &[u8; 32]| clients.read().contains(&PublicKey(*k)));
+            let session = Session::new(
+                now,
+                self.cfg.session.clone(),
+                Role::Server { authorize },
+                self.cfg.key.as_bytes(),
+                Box::new(OsRandom),
+            );
+            qlog!(Debug, "connection from {peer}");
+            self.owners.insert(t, Owner::Conn);
+            self.conns.insert(
+                t,
+                Conn {
+                    link: Link::new(sock, t, session),
+                    ups: HashMap::new(),
+                    drain_until: None,
+                },
+            );
+        }
+    }
+
+    fn socket_event(&mut self, now: Instant, t: Token, readable: bool, writable: bool) {
+        match self.owners.get(&t) {
+            Some(Owner::Conn) => self.conn_event(now, t, readable),
+            Some(Owner::Up(c, s)) => {
+                let (c, s) = (*c, *s);
+                self.up_event(now, c, s, readable, writable);
+                self.service(now, c);
+            }
+            None => {}
+        }
+    }
+
+    fn conn_event(&mut self, now: Instant, t: Token, readable: bool) {
+        let Some(conn) = self.conns.get_mut(&t) else {
+            return;
+        };
+        if readable {
+            if conn.drain_until.is_some() {
+                // Discard everything a failed peer sends; answer nothing.
+                loop {
+                    match io::Read::read(&mut conn.link.sock, &mut self.buf) {
+                        Ok(0) => return self.drop_conn(t),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                        Err(_) => return self.drop_conn(t),
+                    }
+                }
+            }
+            match conn.link.read_in(now, &mut self.buf) {
+                Ok(LinkRead::Drained) => {}
+                Ok(LinkRead::Eof) | Err(_) => {
+                    // Deliver what was decoded before the close, then let the streams finish.
+                    self.service(now, t);
+                    return self.drop_conn(t);
+                }
+                Ok(LinkRead::Failed(e)) => return self.session_failed(now, t, e),
+            }
+        }
+        self.service(now, t);
+    }
+
+    fn session_failed(&mut self, now: Instant, t: Token, e: SessionError) {
+        let Some(conn) = self.conns.get_mut(&t) else {
+            return;
+        };
+        if e == SessionError::Handshake && !conn.link.session.is_established() {
+            // A prober learns nothing from timing either: close after a random 2-10 s.
+            let mut r = [0u8; 2];
+            conn.link.session.random(&mut r);
+            let ms = 2000 + (u16::from_le_bytes(r) as u64 % 8000);
+            conn.drain_until = Some(now + Duration::from_millis(ms));
+            qlog!(Info, "handshake failed; draining connection");
+            return;
+        }
+        qlog!(Info, "session ended: {e}");
+        self.drop_conn(t);
+    }
+
+    fn drop_conn(&mut self, t: Token) {
+        if let Some(mut conn) = self.conns.remove(&t) {
+            let _ = self.poll.registry().deregister(&mut conn.link.sock);
+            self.owners.remove(&t);
+            for (_, up) in conn.ups.drain() {
+                if let Some(mut ep) = up.ep {
+                    let _ = ep.sock.deregister(self.poll.registry());
+                    self.owners.remove(&ep.token);
+                }
+            }
+        }
+    }
+
+    fn drop_up(&mut self, c: Token, s: u32) {
+        if let Some(conn) = self.conns.get_mut(&c) {
+            if let Some(up) = conn.ups.remove(&s) {
+                if let Some(mut ep) = up.ep {
+                    let _ = ep.sock.deregister(self.poll.registry());
+                    self.owners.remove(&ep.token);
+                }
+            }
+        }
+    }
+
+    fn up_event(&mut self, now: Instant, c: Token, s: u32, readable: bool, writable: bool) {
+        let Some(conn) = self.conns.get_mut(&c) else {
+            return;
+        };
+        let Some(up) = conn.ups.get_mut(&s) else {
+            return;
+        };
+        let Some(ep) = up.ep.as_mut() else {
+            return;
+        };
+        ep.readable |= readable;
+        ep.writable |= writable;
+        if let UpState::Connecting { .. } = up.state {
+            if !writable {
+                return;
+            }
+            let outcome = match ep.sock.take_error() {
+                Ok(Some(e)) | Err(e) => Err(e),
+                Ok(None) => match &ep.sock {
+                    Sock::Tcp(t) => t.peer_addr().map(|_| ()),
+                    Sock::Unix(_) => Ok(()),
+                },
+            };
+            match outcome {
+                Ok(()) => {
+                    up.state = UpState::Connected;
+                    let _ = conn.link.session.open_result(now, s, Ok(()));
+                }
+                Err(e) if e.kind() == ErrorKind::NotConnected => ep.writable = false,
+                Err(e) => self.connect_next(now, c, s, Some(open_error(&e))),
+            }
+        }
+    }
+
+    /// Try the next resolved address, or report `last` if none is left.
+    fn connect_next(&mut self, now: Instant, c: Token, s: u32, last: Option<OpenError>) {
+        let rest = match self.conns.get_mut(&c).and_then(|conn| conn.ups.get_mut(&s)) {
+            Some(Upstream {
+                state: UpState::Connecting { rest, .. },
+                ..
+            }) => std::mem::take(rest),
+            _ => Vec::new(),
+        };
+        self.start_connect(now, c, s, rest, last.unwrap_or(OpenError::Failure));
+    }
+
+    fn start_connect(
+        &mut self,
+        now: Instant,
+        c: Token,
+        s: u32,
+        mut addrs: Vec<SocketAddr>,
+        mut last: OpenError,
+    ) {
+        // Drop any previous attempt's socket first.
+        if let Some(ep) = self
+            .conns
+            .get_mut(&c)
+            .and_then(|conn| conn.ups.get_mut(&s))
+            .and_then(|u| u.ep.take())
+        {
+            let mut ep = ep;
+            let _ = ep.sock.deregister(self.poll.registry());
+            self.owners.remove(&ep.token);
+        }
+        while !addrs.is_empty() {
+            let addr = addrs.remove(0);
+            match TcpStream::connect(addr) {
+                Ok(sock) => {
+                    let _ = sock.set_nodelay(true);
+                    let t = self.token();
+                    let mut ep = Endpoint::new(Sock::Tcp(sock), t, s);
+                    if ep.sock.register(self.poll.registry(), t).is_err() {
+                        continue;
+                    }
+                    let deadline = now + self.cfg.connect_timeout;
+                    self.owners.insert(t, Owner::Up(c, s));
+                    self.deadlines.push(Reverse((deadline, c.0, s)));
+                    if let Some(up) = self.conns.get_mut(&c).and_then(|conn| conn.ups.get_mut(&s)) {
+                        up.ep = Some(ep);
+                        up.state = UpState::Connecting {
+                            rest: addrs,
+                            deadline,
+                        };
+                    }
+                    return;
+                }
+                Err(e) => last = open_error(&e),
+            }
+        }
+        if let Some(conn) = self.conns.get_mut(&c) {
+            let _ = conn.link.session.open_result(now, s, Err(last));
+            conn.ups.remove(&s);
+        }
+    }
+
+    fn on_open(&mut self, now: Instant, c: Token, s: u32, dest: Destination) {
+        let Some(conn) = self.conns.get_mut(&c) else {
+            return;
+        };
+        conn.ups.insert(
+            s,
+            Upstream {
+                state: UpState::Resolving,
+                ep: None,
+            },
+        );
+        match dest {
+            Destination::Addr(a) => {
+                if !self.cfg.policy.allows(a.ip(), a.port()) {
+                    qlog!(Info, "exit policy refuses {a}");
+                    let _ = conn
+                        .link
+                        .session
+                        .open_result(now, s, Err(OpenError::Forbidden));
+                    conn.ups.remove(&s);
+                    return;
+                }
+                self.start_connect(now, c, s, vec![a], OpenError::Failure);
+            }
+            Destination::Name(host, port) => {
+                // The policy is applied to the resolved addresses.
+                let _ = self.resolve_tx.send((c, s, host, port));
+            }
+        }
+    }
+
+    fn on_resolved(&mut self, now: Instant, r: Resolved) {
+        let Some(conn) = self.conns.get_mut(&r.conn) else {
+            return;
+        };
+        if !conn.ups.contains_key(&r.stream) {
+            return;
+        }
+        let (allowed, failure) = match r.addrs {
+            Ok(addrs) if addrs.is_empty() => (vec![], OpenError::NameNotFound),
+            Ok(addrs) => {
+                let allowed: Vec<_> = addrs
+                    .into_iter()
+                    .filter(|a| self.cfg.policy.allows(a.ip(), r.port))
+                    .collect();
+                (allowed, OpenError::Forbidden)
+            }
+            Err(_) => (vec![], OpenError::NameNotFound),
+        };
+        if allowed.is_empty() {
+            let _ = conn.link.session.open_result(now, r.stream, Err(failure));
+            conn.ups.remove(&r.stream);
+        } else {
+            self.start_connect(now, r.conn, r.stream, allowed, OpenError::Failure);
+        }
+        self.service(now, r.conn);
+    }
+
+    /// Handle session events, move stream bytes, flush: everything after input on `c`.
+    fn service(&mut self, now: Instant, c: Token) {
+        loop {
+            let Some(conn) = self.conns.get_mut(&c) else {
+                return;
+            };
+            let Some(ev) = conn.link.session.poll_event() else {
+                break;
+            };
+            match ev {
+                Event::Connected { peer } => {
+                    qlog!(Info, "client {} authenticated", PublicKey(peer).to_base64());
+                }
+                Event::Opened { stream, dest, .. } => {
+                    qlog!(Debug, "stream {stream} to {dest}");
+                    self.on_open(now, c, stream, dest);
+                }
+                Event::Reset { stream, .. } => self.drop_up(c, stream),
+                Event::Readable { .. } | Event::Writable { .. } | Event::OpenResult { .. } => {}
+            }
+        }
+        self.pump_all(now, c);
+        let Some(conn) = self.conns.get_mut(&c) else {
+            return;
+        };
+        if conn.drain_until.is_some() {
+            return;
+        }
+        match conn.link.flush() {
+            Ok(_) => {}
+            Err(_) => return self.drop_conn(c),
+        }
+        if let Some(e) = conn.link.session.error() {
+            return self.session_failed(now, c, e);
+        }
+        if conn.link.eof && conn.link.session.transmit().is_empty() {
+            self.drop_conn(c);
+        }
+    }
+
+    fn pump_all(&mut self, now: Instant, c: Token) {
+        let Some(conn) = self.conns.get_mut(&c) else {
+            return;
+        };
+        if !conn.link.session.is_established() {
+            return;
+        }
+        let mut dead = vec![];
+        let mut done = vec![];
+        for (&s, up) in conn.ups.iter_mut() {
+            let (UpState::Connected, Some(ep)) = (&up.state, up.ep.as_mut()) else {
+                continue;
+            };
+            let room = conn.link.has_room();
+            let r = ep
+                .pump_down(now, &mut conn.link.session)
+                .and_then(|_| ep.pump_up(now, &mut conn.link.session, room, &mut self.buf));
+            if r.is_err() {
+                dead.push(s);
+            } else if ep.state() == PumpState::Done {
+                done.push(s);
+            }
+        }
+        for s in dead {
+            if let Some(conn) = self.conns.get_mut(&c) {
+                let _ = conn.link.session.reset(now, s, 1);
+            }
+            self.drop_up(c, s);
+        }
+        for s in done {
+            self.drop_up(c, s);
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let sessions = self
+            .conns
+            .values()
+            .filter_map(|c| c.drain_until.or_else(|| c.link.session.next_timeout()));
+        let connects = self.deadlines.peek().map(|Reverse((t, _, _))| *t);
+        sessions.chain(connects).min()
+    }
+
+    fn run_timers(&mut self, now: Instant) {
+        while let Some(Reverse((t, c, s))) = self.deadlines.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.deadlines.pop();
+            let c = Token(c);
+            let still = matches!(
+                self.conns.get(&c).and_then(|conn| conn.ups.get(&s)),
+                Some(Upstream { state: UpState::Connecting { deadline, .. }, .. }) if *deadline == t
+            );
+            if still {
+                self.connect_next(now, c, s, Some(OpenError::TimedOut));
+                self.service(now, c);
+            }
+        }
+        let due: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.drain_until
+                    .or_else(|| c.link.session.next_timeout())
+                    .is_some_and(|t| t <= now)
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        for t in due {
+            let Some(conn) = self.conns.get_mut(&t) else {
+                continue;
+            };
+            if conn.drain_until.is_some() {
+                self.drop_conn(t);
+                continue;
+            }
+            match conn.link.session.handle_timeout(now) {
+                Ok(()) => self.service(now, t),
+                Err(e) => self.session_failed(now, t, e),
+            }
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! A real `qnet-relay` process on loopback, driven by the client engine's port forward.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use qnet::engine::client::{Client, ClientConfig, parse_destination};
+use qnet::keys::{PrivateKey, write_private_key};
+use qnet::proto::SessionConfig;
+
+fn tempdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("qnet-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+struct Relay {
+    child: Child,
+    addr: SocketAddr,
+    public: [u8; 32],
+    clients: PathBuf,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_relay(dir: &Path, allowed: &[[u8; 32]], exit_allow: &[&str]) -> Relay {
+    let key = PrivateKey::generate();
+    let public = key.public().0;
+    let key_path = dir.join("relay.key");
+    let _ = std::fs::remove_file(&key_path);
+    write_private_key(&key_path, &key).unwrap();
+    let clients = dir.join("clients");
+    let list: String = allowed
+        .iter()
+        .map(|k| format!("{}\n", qnet::keys::PublicKey(*k).to_base64()))
+        .collect();
+    std::fs::write(&clients, list).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qnet-relay"));
+    cmd.args(["--listen", "127.0.0.1:0", "--key"])
+        .arg(&key_path)
+        .arg("--clients")
+        .arg(&clients)
+        .env("QNET_CONFIG", dir.join("none.toml"))
+        .stderr(Stdio::piped());
+    std::fs::write(dir.join("none.toml"), "").unwrap();
+    for r in exit_allow {
+        cmd.args(["--exit-allow", r]);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("qnet-relay listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .unwrap();
+    // Keep draining stderr so the relay never blocks on a full pipe.
+    thread::spawn(move || for _ in err.lines() {});
+    Relay {
+        child,
+        addr,
+        public,
+        clients,
+    }
+}
+
+/// An echo server that counts the connections it accepted.
+fn echo_server() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            c.fetch_add(1, Ordering::SeqCst);
+            thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut s);
+                let _ = s.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    (addr, count)
+}
+
+struct Forward {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    handle: Option<thread::JoinHandle<Client>>,
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn forward(relay: &Relay, key: PrivateKey, to: &str) -> Forward {
+    let cfg = ClientConfig {
+        relay: relay.addr.to_string(),
+        relay_key: relay.public,
+        key,
+        session: SessionConfig::default(),
+    };
+    let mut client = Client::new(cfg).unwrap();
+    let addr = client
+        .forward(
+            "127.0.0.1:0".parse().unwrap(),
+            parse_destination(to).unwrap(),
+        )
+        .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let handle = thread::spawn(move || {
+        client.run(|_| s.load(Ordering::SeqCst)).unwrap();
+        client
+    });
+    Forward {
+        addr,
+        stop,
+        handle: Some(handle),
+    }
+}
+
+fn read_to_end_timeout(s: &mut TcpStream, limit: Duration) -> std::io::Result<Vec<u8>> {
+    s.set_read_timeout(Some(limit))?;
+    let mut out = vec![];
+    s.read_to_end(&mut out)?;
+    Ok(out)
+}
+
+#[test]
+fn bytes_cross_the_relay_both_ways_with_half_close() {
+    let dir = tempdir("cross");
+    let client_key = PrivateKey::generate();
+    let relay = start_relay(&dir, &[client_key.public().0], &["127.0.0.0/8"]);
+    let (echo, accepted) = echo_server();
+    let fwd = forward(&relay, client_key, &echo.to_string());
+
+    let data: Vec<u8> = (0..4 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut s = TcpStream::connect(fwd.addr).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let d = data.clone();
+    let writer = thread::spawn(move || {
+        w.write_all(&d).unwrap();
+        // Half-close: the echo server sees EOF, echoes everything, then closes.
+        w.shutdown(Shutdown::Write).unwrap();
+    });
+    let got = read_to_end_timeout(&mut s, Duration::from_secs(30)).unwrap();
+    writer.join().unwrap();
+    assert_eq!(got.len(), data.len());
+    assert!(got == data, "echoed bytes differ");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn many_parallel_connections_share_one_session() {
+    let dir = tempdir("parallel");
+    let client_key = PrivateKey::generate();
+    let relay = start_relay(&dir, &[client_key.public().0], &["127.0.0.0/8"]);
+    let (echo, accepted) = echo_server();
+    let fwd = forward(&relay, client_key, &echo.to_string());
+    let addr = fwd.addr;
+    let handles: Vec<_> = (0..50)
+        .map(|i| {
+            thread::spawn(move || {
+                let mut s = TcpStream::connect(addr).unwrap();
+                let msg = format!("connection {i} says hello").repeat(100);
+                s.write_all(msg.as_bytes()).unwrap();
+                s.shutdown(Shutdown::Write).unwrap();
+                let got = read_to_end_timeout(&mut s, Duration::from_secs(30)).unwrap();
+                assert_eq!(got, msg.as_bytes());
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 50);
+    drop(fwd);
+}
+
+#[test]
+fn hostname_is_resolved_by_the_relay() {
+    let dir = tempdir("hostname");
+    let client_key = PrivateKey::generate();
+    let relay = start_relay(&dir, &[client_key.public().0], &["127.0.0.0/8"]);
+    let (echo, _) = echo_server();
+    let fwd = forward(&relay, client_key, &format!("localhost:{}", echo.port()));
+    let mut s = TcpStream::connect(fwd.addr).unwrap();
+    s.write_all(b"by name").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(
+        read_to_end_timeout(&mut s, Duration::from_secs(10)).unwrap(),
+        b"by name"
+    );
+}
+
+/// The local side of a refused stream is closed without data, promptly (an unlisted
+/// client learns only when the relay's 2-10 s drain ends).
+fn assert_closed_without_data(fwd: &Forward) {
+    let mut s = TcpStream::connect(fwd.addr).unwrap();
+    let _ = s.write_all(b"hello?");
+    let t = Instant::now();
+    let got = read_to_end_timeout(&mut s, Duration::from_secs(15)).unwrap_or_default();
+    assert!(got.is_empty(), "got {got:?}");
+    assert!(t.elapsed() < Duration::from_secs(14), "not closed promptly");
+}
+
+#[test]
+fn refused_destination_and_default_exit_policy() {
+    let dir = tempdir("refused");
+    let client_key = PrivateKey::generate();
+    let relay = start_relay(&dir, &[client_key.public().0], &["127.0.0.0/8"]);
+    // A port nobody listens on.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let fwd = forward(&relay, client_key.clone(), &closed.to_string());
+    assert_closed_without_data(&fwd);
+    drop(fwd);
+
+    // Without --exit-allow the relay refuses loopback destinations.
+    let dir = tempdir("policy");
+    let relay = start_relay(&dir, &[client_key.public().0], &[]);
+    let (echo, accepted) = echo_server();
+    let fwd = forward(&relay, client_key, &echo.to_string());
+    assert_closed_without_data(&fwd);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "the relay dialled a forbidden address"
+    );
+}
+
+#[test]
+fn client_not_on_the_list_opens_nothing_until_sighup_adds_it() {
+    let dir = tempdir("allowlist");
+    let client_key = PrivateKey::generate();
+    let other = PrivateKey::generate();
+    let relay = start_relay(&dir, &[other.public().0], &["127.0.0.0/8"]);
+    let (echo, accepted) = echo_server();
+    let fwd = forward(&relay, client_key.clone(), &echo.to_string());
+    for _ in 0..2 {
+        assert_closed_without_data(&fwd);
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 0);
+
+    // Add the key and reload: the same client gets through on its next session.
+    std::fs::write(
+        &relay.clients,
+        format!(
+            "{}\n{}\n",
+            other.public().to_base64(),
+            client_key.public().to_base64()
+        ),
+    )
+    .unwrap();
+    let st = Command::new("kill")
+        .args(["-HUP", &relay.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut s = TcpStream::connect(fwd.addr).unwrap();
+        let _ = s.write_all(b"let me in");
+        let _ = s.shutdown(Shutdown::Write);
+        if read_to_end_timeout(&mut s, Duration::from_secs(5)).unwrap_or_default() == b"let me in" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "reloaded key never admitted");
+        thread::sleep(Duration::from_millis(200));
+    }
+    assert!(accepted.load(Ordering::SeqCst) >= 1);
+}
+
+#[test]
+fn probes_get_no_reply_bytes() {
+    let dir = tempdir("probe");
+    let relay = start_relay(&dir, &[], &["127.0.0.0/8"]);
+    let mut rng = qnet::proto::SeededRandom::new(7);
+    for len in [1usize, 47, 48, 64, 73, 500] {
+        let mut junk = vec![0u8; len];
+        qnet::proto::Random::fill(&mut rng, &mut junk);
+        let mut s = TcpStream::connect(relay.addr).unwrap();
+        s.write_all(&junk).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(1500)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(0) => {}
+            Ok(n) => panic!("{len} random bytes drew {n} reply bytes"),
+            Err(e) => assert!(
+                matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::ConnectionReset
+                ),
+                "{e}"
+            ),
+        }
+    }
+}
+
+#[test]
+fn relay_rejects_bad_arguments_with_one_line() {
+    let dir = tempdir("badargs");
+    let key_path = dir.join("k");
+    std::fs::write(&key_path, PrivateKey::generate().to_base64()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(dir.join("clients"), "").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_qnet-relay"))
+        .args(["--listen", "127.0.0.1:0", "--key"])
+        .arg(&key_path)
+        .arg("--clients")
+        .arg(dir.join("clients"))
+        .env("QNET_CONFIG", "/nonexistent/qnet.toml")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    // QNET_CONFIG pointing nowhere is itself an error, named as such.
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("QNET_CONFIG") || err.contains("nonexistent"),
+        "{err}"
+    );
+
+    std::fs::write(dir.join("empty.toml"), "").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_qnet-relay"))
+        .args(["--listen", "127.0.0.1:0", "--key"])
+        .arg(&key_path)
+        .arg("--clients")
+        .arg(dir.join("clients"))
+        .env("QNET_CONFIG", dir.join("empty.toml"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("chmod 600"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_qnet-relay"))
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--key",
+            "/nonexistent",
+            "--clients",
+            "/nonexistent",
+            "--exit-allow",
+            "10.0.0.0/33",
+        ])
+        .env("QNET_CONFIG", dir.join("empty.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+}
