@@ -1,81 +1,19 @@
 //! A real `qnet-relay` process on loopback, driven by the client engine's port forward.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{Relay, start_relay, tempdir};
 use qnet::engine::client::{Client, ClientConfig, parse_destination};
-use qnet::keys::{PrivateKey, write_private_key};
+use qnet::keys::PrivateKey;
 use qnet::proto::SessionConfig;
-
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("qnet-test-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-struct Relay {
-    child: Child,
-    addr: SocketAddr,
-    public: [u8; 32],
-    clients: PathBuf,
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_relay(dir: &Path, allowed: &[[u8; 32]], exit_allow: &[&str]) -> Relay {
-    let key = PrivateKey::generate();
-    let public = key.public().0;
-    let key_path = dir.join("relay.key");
-    let _ = std::fs::remove_file(&key_path);
-    write_private_key(&key_path, &key).unwrap();
-    let clients = dir.join("clients");
-    let list: String = allowed
-        .iter()
-        .map(|k| format!("{}\n", qnet::keys::PublicKey(*k).to_base64()))
-        .collect();
-    std::fs::write(&clients, list).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_qnet-relay"));
-    cmd.args(["--listen", "127.0.0.1:0", "--key"])
-        .arg(&key_path)
-        .arg("--clients")
-        .arg(&clients)
-        .env("QNET_CONFIG", dir.join("none.toml"))
-        .stderr(Stdio::piped());
-    std::fs::write(dir.join("none.toml"), "").unwrap();
-    for r in exit_allow {
-        cmd.args(["--exit-allow", r]);
-    }
-    let mut child = cmd.spawn().unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    err.read_line(&mut line).unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("qnet-relay listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .parse()
-        .unwrap();
-    // Keep draining stderr so the relay never blocks on a full pipe.
-    thread::spawn(move || for _ in err.lines() {});
-    Relay {
-        child,
-        addr,
-        public,
-        clients,
-    }
-}
 
 /// An echo server that counts the connections it accepted.
 fn echo_server() -> (SocketAddr, Arc<AtomicUsize>) {

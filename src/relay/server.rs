@@ -1,7 +1,7 @@
 //! The relay's event loop: accept clients, authenticate, resolve, dial, pump.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::io::{self, ErrorKind};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -59,6 +59,11 @@ struct Upstream {
 struct Conn {
     link: Link,
     ups: HashMap<u32, Upstream>,
+    /// Streams an event touched since the last pump: only these are pumped, so an
+    /// event costs O(1) streams, not O(all).
+    dirty: HashSet<u32>,
+    /// Streams that stopped reading because the session's output was over the high-water mark.
+    stalled: HashSet<u32>,
     /// Failed handshake: read and discard until this time, then close without a byte.
     drain_until: Option<Instant>,
 }
@@ -253,6 +258,8 @@ impl Relay {
                 Conn {
                     link: Link::new(sock, t, session),
                     ups: HashMap::new(),
+                    dirty: HashSet::new(),
+                    stalled: HashSet::new(),
                     drain_until: None,
                 },
             );
@@ -354,6 +361,7 @@ impl Relay {
         };
         ep.readable |= readable;
         ep.writable |= writable;
+        conn.dirty.insert(s);
         if let UpState::Connecting { .. } = up.state {
             if !writable {
                 return;
@@ -368,6 +376,7 @@ impl Relay {
             match outcome {
                 Ok(()) => {
                     up.state = UpState::Connected;
+                    conn.dirty.insert(s);
                     let _ = conn.link.session.open_result(now, s, Ok(()));
                 }
                 Err(e) if e.kind() == ErrorKind::NotConnected => ep.writable = false,
@@ -514,10 +523,13 @@ impl Relay {
                     self.on_open(now, c, stream, dest);
                 }
                 Event::Reset { stream, .. } => self.drop_up(c, stream),
-                Event::Readable { .. } | Event::Writable { .. } | Event::OpenResult { .. } => {}
+                Event::Readable { stream } | Event::Writable { stream } => {
+                    conn.dirty.insert(stream);
+                }
+                Event::OpenResult { .. } => {}
             }
         }
-        self.pump_all(now, c);
+        self.pump_dirty(now, c);
         let Some(conn) = self.conns.get_mut(&c) else {
             return;
         };
@@ -528,6 +540,21 @@ impl Relay {
             Ok(_) => {}
             Err(_) => return self.drop_conn(c),
         }
+        // Output drained below the mark: the streams that waited for room read on.
+        if conn.link.has_room() && !conn.stalled.is_empty() {
+            let stalled = std::mem::take(&mut conn.stalled);
+            conn.dirty.extend(stalled);
+            self.pump_dirty(now, c);
+            let Some(conn) = self.conns.get_mut(&c) else {
+                return;
+            };
+            if conn.link.flush().is_err() {
+                return self.drop_conn(c);
+            }
+        }
+        let Some(conn) = self.conns.get_mut(&c) else {
+            return;
+        };
         if let Some(e) = conn.link.session.error() {
             return self.session_failed(now, c, e);
         }
@@ -536,7 +563,7 @@ impl Relay {
         }
     }
 
-    fn pump_all(&mut self, now: Instant, c: Token) {
+    fn pump_dirty(&mut self, now: Instant, c: Token) {
         let Some(conn) = self.conns.get_mut(&c) else {
             return;
         };
@@ -545,7 +572,10 @@ impl Relay {
         }
         let mut dead = vec![];
         let mut done = vec![];
-        for (&s, up) in conn.ups.iter_mut() {
+        for s in std::mem::take(&mut conn.dirty) {
+            let Some(up) = conn.ups.get_mut(&s) else {
+                continue;
+            };
             let (UpState::Connected, Some(ep)) = (&up.state, up.ep.as_mut()) else {
                 continue;
             };
@@ -557,6 +587,8 @@ impl Relay {
                 dead.push(s);
             } else if ep.state() == PumpState::Done {
                 done.push(s);
+            } else if ep.readable && !ep.read_eof && !conn.link.has_room() {
+                conn.stalled.insert(s);
             }
         }
         for s in dead {

@@ -1,0 +1,175 @@
+//! The relay holds 10,000 concurrent streams of one session (a real relay process).
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::{start_relay, tempdir};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use qnet::keys::PrivateKey;
+use qnet::proto::{Destination, Event, OsRandom, Role, Session, SessionConfig};
+
+const STREAMS: usize = 10_000;
+
+/// A one-thread echo server that reports how many connections it holds open at once.
+fn echo_server() -> (SocketAddr, Arc<AtomicUsize>) {
+    let mut l = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_addr().unwrap();
+    let open = Arc::new(AtomicUsize::new(0));
+    let o = open.clone();
+    thread::spawn(move || {
+        let mut poll = Poll::new().unwrap();
+        poll.registry()
+            .register(&mut l, Token(0), Interest::READABLE)
+            .unwrap();
+        let mut conns = HashMap::new();
+        let mut next = 1;
+        let mut events = Events::with_capacity(1024);
+        let mut buf = [0u8; 4096];
+        loop {
+            poll.poll(&mut events, Some(Duration::from_millis(100)))
+                .unwrap();
+            for ev in events.iter() {
+                if ev.token() == Token(0) {
+                    while let Ok((mut s, _)) = l.accept() {
+                        poll.registry()
+                            .register(&mut s, Token(next), Interest::READABLE)
+                            .unwrap();
+                        conns.insert(next, s);
+                        next += 1;
+                    }
+                    o.store(conns.len(), Ordering::SeqCst);
+                    continue;
+                }
+                let t = ev.token().0;
+                let mut closed = false;
+                if let Some(s) = conns.get_mut(&t) {
+                    loop {
+                        match s.read(&mut buf) {
+                            Ok(0) => {
+                                closed = true;
+                                break;
+                            }
+                            // Small messages: a loopback socket buffer always takes them.
+                            Ok(n) => s.write_all(&buf[..n]).unwrap(),
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                            Err(_) => {
+                                closed = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+                if closed {
+                    conns.remove(&t);
+                    o.store(conns.len(), Ordering::SeqCst);
+                }
+            }
+        }
+    });
+    (addr, open)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn relay_holds_ten_thousand_concurrent_streams() {
+    let dir = tempdir("scale");
+    let key = PrivateKey::generate();
+    let relay = start_relay(&dir, &[key.public().0], &["127.0.0.0/8"]);
+    let (echo, open_at_echo) = echo_server();
+    let rss_before = rss_kib(relay.child.id());
+
+    let mut sock = TcpStream::connect(relay.addr).unwrap();
+    sock.set_nodelay(true).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let mut s = Session::new(
+        Instant::now(),
+        SessionConfig::default(),
+        Role::Client {
+            relay_public: relay.public,
+        },
+        key.as_bytes(),
+        Box::new(OsRandom),
+    );
+    let mut buf = vec![0u8; 1 << 16];
+    let mut opened = 0;
+    let mut ok = 0;
+    let mut echoed: HashMap<u32, Vec<u8>> = HashMap::new();
+    let mut ids = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while echoed.values().filter(|v| v.len() == 12).count() < STREAMS {
+        assert!(
+            Instant::now() < deadline,
+            "ok {ok}, echoed {}",
+            echoed.len()
+        );
+        let now = Instant::now();
+        if s.is_established() {
+            // At most 500 dials pending: a burst of 10,000 SYNs overflows the echo server's accept
+            // backlog, and the retransmitted ones would outlast the relay's connect timeout.
+            while opened < STREAMS && opened - ok < 500 && s.transmit().len() < 256 * 1024 {
+                let msg = format!("stream{opened:06}");
+                let (id, took) = s
+                    .open(now, Destination::Addr(echo), 0, msg.as_bytes())
+                    .unwrap();
+                assert_eq!(took, 12);
+                ids.push(id);
+                opened += 1;
+            }
+        }
+        while !s.transmit().is_empty() {
+            let n = sock.write(s.transmit()).unwrap();
+            s.transmit_done(n);
+        }
+        match sock.read(&mut buf) {
+            Ok(0) => panic!("relay closed the session"),
+            Ok(n) => s.handle_input(Instant::now(), &buf[..n]).unwrap(),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("{e}"),
+        }
+        while let Some(ev) = s.poll_event() {
+            match ev {
+                Event::OpenResult { result, .. } => {
+                    result.unwrap();
+                    ok += 1;
+                }
+                Event::Readable { stream } => {
+                    let mut b = [0u8; 64];
+                    while let Ok(Some(n)) = s.read(Instant::now(), stream, &mut b) {
+                        if n == 0 {
+                            break;
+                        }
+                        echoed.entry(stream).or_default().extend_from_slice(&b[..n]);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    // Every stream is still open at both ends of the relay at this moment.
+    assert_eq!(ok, STREAMS);
+    assert_eq!(open_at_echo.load(Ordering::SeqCst), STREAMS);
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(echoed[id], format!("stream{i:06}").as_bytes());
+    }
+    let rss_after = rss_kib(relay.child.id());
+    eprintln!(
+        "relay RSS {rss_before} KiB idle, {rss_after} KiB with {STREAMS} streams: {:.1} KiB per stream",
+        (rss_after - rss_before) as f64 / STREAMS as f64
+    );
+}
