@@ -93,6 +93,8 @@ struct Flow {
 }
 
 const FIRST_LOCAL: usize = 1 << 20;
+/// Pump/flush rounds per wakeup before other sockets get a turn.
+const MAX_ROUNDS: usize = 16;
 
 /// The client event loop.
 pub struct Client {
@@ -109,6 +111,8 @@ pub struct Client {
     retry_at: Option<Instant>,
     backoff: Duration,
     buf: Vec<u8>,
+    /// Work was left after the last service round: poll without sleeping.
+    busy: bool,
     /// Counters.
     pub stats: ClientStats,
 }
@@ -129,6 +133,7 @@ impl Client {
             retry_at: None,
             backoff: Duration::from_millis(100),
             buf: vec![0u8; READ_CHUNK],
+            busy: false,
             stats: ClientStats::default(),
         })
     }
@@ -214,10 +219,14 @@ impl Client {
                     (a, b) => a.or(b),
                 };
             }
-            let timeout = deadline
-                .map(|t| t.saturating_duration_since(now))
-                .unwrap_or(Duration::from_millis(100))
-                .min(Duration::from_millis(100));
+            let timeout = if self.busy {
+                Duration::ZERO
+            } else {
+                deadline
+                    .map(|t| t.saturating_duration_since(now))
+                    .unwrap_or(Duration::from_millis(100))
+                    .min(Duration::from_millis(100))
+            };
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -363,34 +372,47 @@ impl Client {
                 }
             }
         }
-        let mut finished = vec![];
-        for (&id, f) in self.flows.iter_mut() {
-            if !f.open {
-                continue;
+        // Pump until no stream waits for room; a stream that stopped at the high-water
+        // mark gets no new readiness edge once the flush drains, so it must be retried here.
+        self.busy = false;
+        for round in 0..MAX_ROUNDS {
+            let mut finished = vec![];
+            let mut stalled = false;
+            for (&id, f) in self.flows.iter_mut() {
+                if !f.open {
+                    continue;
+                }
+                let room = l.has_room();
+                let r =
+                    f.ep.pump_down(now, &mut l.session)
+                        .and_then(|_| f.ep.pump_up(now, &mut l.session, room, &mut self.buf));
+                if r.is_err() {
+                    let _ = l.session.reset(now, id, 1);
+                    finished.push(id);
+                } else if f.ep.state() == PumpState::Done {
+                    finished.push(id);
+                } else if f.ep.readable && !f.ep.read_eof && l.session.stream_send_capacity(id) > 0
+                {
+                    stalled = true;
+                }
             }
-            let room = l.has_room();
-            let r =
-                f.ep.pump_down(now, &mut l.session)
-                    .and_then(|_| f.ep.pump_up(now, &mut l.session, room, &mut self.buf));
-            if r.is_err() {
-                let _ = l.session.reset(now, id, 1);
-                finished.push(id);
-            } else if f.ep.state() == PumpState::Done {
-                finished.push(id);
+            for id in finished {
+                if let Some(mut f) = self.flows.remove(&id) {
+                    let _ = f.ep.sock.deregister(self.poll.registry());
+                    self.by_token.remove(&f.ep.token);
+                }
             }
-        }
-        for id in finished {
-            if let Some(mut f) = self.flows.remove(&id) {
-                let _ = f.ep.sock.deregister(self.poll.registry());
-                self.by_token.remove(&f.ep.token);
+            let flushed = l.flush();
+            if let Some(e) = l.session.error() {
+                return self.link_down(now, &e.to_string());
             }
-        }
-        let flushed = l.flush();
-        let err = l.session.error();
-        match (flushed, err) {
-            (Err(e), _) => self.link_down(now, &e.to_string()),
-            (_, Some(e)) => self.link_down(now, &e.to_string()),
-            _ => {}
+            match flushed {
+                Err(e) => return self.link_down(now, &e.to_string()),
+                // WouldBlock: the transport's writable edge will call us again.
+                Ok(false) => break,
+                Ok(true) if !stalled => break,
+                Ok(true) => self.busy = round + 1 == MAX_ROUNDS,
+            }
         }
     }
 

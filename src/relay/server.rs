@@ -25,6 +25,8 @@ use crate::qlog;
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 const RESOLVER_THREADS: usize = 4;
+/// Pump/flush rounds for one connection before other sockets get a turn.
+const MAX_ROUNDS: usize = 16;
 
 /// Everything the relay needs to run.
 pub struct RelayConfig {
@@ -92,6 +94,8 @@ pub struct Relay {
     resolve_tx: crossbeam::channel::Sender<(Token, u32, String, u16)>,
     resolved_rx: crossbeam::channel::Receiver<Resolved>,
     buf: Vec<u8>,
+    /// Connections with work left after their last round: poll without sleeping.
+    busy: HashSet<Token>,
 }
 
 fn open_error(e: &io::Error) -> OpenError {
@@ -151,6 +155,7 @@ impl Relay {
             resolve_tx,
             resolved_rx,
             buf: vec![0u8; READ_CHUNK],
+            busy: HashSet::new(),
         })
     }
 
@@ -196,6 +201,13 @@ impl Relay {
                         ev.is_readable() || ev.is_read_closed(),
                         ev.is_writable() || ev.is_error(),
                     ),
+                }
+            }
+            for c in std::mem::take(&mut self.busy) {
+                if let Some(conn) = self.conns.get_mut(&c) {
+                    let stalled = std::mem::take(&mut conn.stalled);
+                    conn.dirty.extend(stalled);
+                    self.service(now, c);
                 }
             }
             while let Ok(r) = self.resolved_rx.try_recv() {
@@ -529,27 +541,27 @@ impl Relay {
                 Event::OpenResult { .. } => {}
             }
         }
-        self.pump_dirty(now, c);
-        let Some(conn) = self.conns.get_mut(&c) else {
-            return;
-        };
-        if conn.drain_until.is_some() {
-            return;
-        }
-        match conn.link.flush() {
-            Ok(_) => {}
-            Err(_) => return self.drop_conn(c),
-        }
-        // Output drained below the mark: the streams that waited for room read on.
-        if conn.link.has_room() && !conn.stalled.is_empty() {
-            let stalled = std::mem::take(&mut conn.stalled);
-            conn.dirty.extend(stalled);
+        // Pump and flush until no stream waits for room: a stream that stopped at the
+        // high-water mark gets no new readiness edge once the flush drains.
+        for round in 0..MAX_ROUNDS {
             self.pump_dirty(now, c);
             let Some(conn) = self.conns.get_mut(&c) else {
                 return;
             };
-            if conn.link.flush().is_err() {
-                return self.drop_conn(c);
+            if conn.drain_until.is_some() {
+                return;
+            }
+            let flushed = match conn.link.flush() {
+                Ok(f) => f,
+                Err(_) => return self.drop_conn(c),
+            };
+            if !flushed || conn.stalled.is_empty() || !conn.link.has_room() {
+                break;
+            }
+            let stalled = std::mem::take(&mut conn.stalled);
+            conn.dirty.extend(stalled);
+            if round + 1 == MAX_ROUNDS {
+                self.busy.insert(c);
             }
         }
         let Some(conn) = self.conns.get_mut(&c) else {
