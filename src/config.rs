@@ -18,6 +18,14 @@
 //! key = "/etc/qnet/relay.key"
 //! clients = "/etc/qnet/clients"
 //! exit_allow = ["global:80,443"]
+//! [intercept]                    # read by libqnet.so inside the app
+//! bypass = ["127.0.0.0/8", "::1/128"]  # connected directly (CIDR); unix sockets always are
+//! remote_dns = true              # names resolve at the relay; the app sees fake addresses
+//! fake_net_v4 = "240.0.0.0/4"    # where the fake addresses come from (reserved, unroutable)
+//! fake_net_v6 = "100::/64"       # RFC 6666 discard-only block
+//! allow_udp = false              # UDP/raw/packet sockets on inet families are refused
+//! allow_setuid_exec = false      # exec of setuid/setcap programs (which drop LD_PRELOAD) is refused
+//! connect_timeout_secs = 30      # a blocking connect through the tunnel gives up after this
 //! ```
 //!
 //! The relay server's table is `[server]`, not `[relay]`: TOML cannot have both the
@@ -179,6 +187,122 @@ pub struct Config {
     pub session: SessionParams,
     /// Relay server settings, from the `[server]` table.
     pub server: ServerConfig,
+    /// What the preloaded library intercepts, from the `[intercept]` table.
+    pub intercept: InterceptConfig,
+}
+
+/// An IP network written as `addr/len`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Cidr {
+    /// The network address (host bits zero).
+    pub addr: std::net::IpAddr,
+    /// Prefix length.
+    pub len: u8,
+}
+
+impl Cidr {
+    /// Whether `ip` is inside (an IPv4 net also matches v4-mapped IPv6 addresses).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        use std::net::IpAddr;
+        let (a, l) = s
+            .split_once('/')
+            .ok_or_else(|| format!("expected addr/len, e.g. 10.0.0.0/8 (got {s:?})"))?;
+        let addr: IpAddr = a
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse()
+            .map_err(|_| format!("{a:?} is not an IP address (got {s:?})"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len: u8 = l
+            .parse()
+            .ok()
+            .filter(|&n| n <= max)
+            .ok_or_else(|| format!("prefix length must be 0 to {max} (got {s:?})"))?;
+        let c = Cidr { addr, len };
+        let zeroed = match addr {
+            IpAddr::V4(v) => {
+                let m = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                IpAddr::V4((u32::from(v) & m).into())
+            }
+            IpAddr::V6(v) => {
+                let m = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                IpAddr::V6((u128::from(v) & m).into())
+            }
+        };
+        if zeroed != addr {
+            return Err(format!(
+                "host bits set in {s:?} (did you mean {zeroed}/{len}?)"
+            ));
+        }
+        Ok(c)
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+/// What libqnet.so does inside an app, from the `[intercept]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterceptConfig {
+    /// Destinations connected directly, not through the tunnel.
+    pub bypass: Vec<Cidr>,
+    /// Resolve names at the relay, answering the app with fake addresses.
+    pub remote_dns: bool,
+    /// Fake IPv4 addresses come from here.
+    pub fake_net_v4: Cidr,
+    /// Fake IPv6 addresses come from here.
+    pub fake_net_v6: Cidr,
+    /// Let the app create UDP, raw and packet sockets (which bypass the tunnel).
+    pub allow_udp: bool,
+    /// Let the app exec setuid/setcap programs, which lose LD_PRELOAD and connect directly.
+    pub allow_setuid_exec: bool,
+    /// A tunneled blocking connect gives up after this long (ETIMEDOUT).
+    pub connect_timeout: Duration,
+}
+
+impl Default for InterceptConfig {
+    fn default() -> Self {
+        InterceptConfig {
+            bypass: vec![
+                "127.0.0.0/8".parse().expect("valid"),
+                "::1/128".parse().expect("valid"),
+            ],
+            remote_dns: true,
+            fake_net_v4: "240.0.0.0/4".parse().expect("valid"),
+            fake_net_v6: "100::/64".parse().expect("valid"),
+            allow_udp: false,
+            allow_setuid_exec: false,
+            connect_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 /// A configuration problem, displayed as one line naming where it is.
@@ -241,6 +365,19 @@ struct RawConfig {
     log: Option<Value>,
     session: Option<RawSession>,
     server: Option<RawServer>,
+    intercept: Option<RawIntercept>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "an [intercept] table")]
+struct RawIntercept {
+    bypass: Option<Value>,
+    remote_dns: Option<Value>,
+    fake_net_v4: Option<Value>,
+    fake_net_v6: Option<Value>,
+    allow_udp: Option<Value>,
+    allow_setuid_exec: Option<Value>,
+    connect_timeout_secs: Option<Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -314,6 +451,21 @@ impl Origin<'_> {
         check_path(&s)
             .map(|()| PathBuf::from(s))
             .map_err(|m| self.err(field, m))
+    }
+
+    fn boolean(&self, field: &str, value: Value) -> Result<bool, ConfigError> {
+        match value {
+            Value::Boolean(b) => Ok(b),
+            other => Err(self.err(
+                field,
+                format!("expected true or false, got {}", other.type_str()),
+            )),
+        }
+    }
+
+    fn cidr(&self, field: &str, value: Value) -> Result<Cidr, ConfigError> {
+        let s = self.string(field, value)?;
+        s.parse().map_err(|m: String| self.err(field, m))
     }
 
     fn host_port(&self, field: &str, value: Value) -> Result<String, ConfigError> {
@@ -532,6 +684,9 @@ impl Config {
         if let Some(s) = raw.server {
             config.server = ServerConfig::from_raw(s, o)?;
         }
+        if let Some(s) = raw.intercept {
+            config.intercept = InterceptConfig::from_raw(s, o)?;
+        }
         Ok(config)
     }
 
@@ -621,6 +776,65 @@ impl Config {
         };
         config.apply_env(get)?;
         Ok(config)
+    }
+}
+
+impl InterceptConfig {
+    fn from_raw(raw: RawIntercept, o: &Origin<'_>) -> Result<InterceptConfig, ConfigError> {
+        let mut c = InterceptConfig::default();
+        if let Some(v) = raw.bypass {
+            let Value::Array(items) = v else {
+                return Err(o.err(
+                    "intercept.bypass",
+                    format!("expected an array of CIDR strings, got {}", v.type_str()),
+                ));
+            };
+            c.bypass = items
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| o.cidr(&format!("intercept.bypass[{i}]"), v))
+                .collect::<Result<_, _>>()?;
+        }
+        if let Some(v) = raw.remote_dns {
+            c.remote_dns = o.boolean("intercept.remote_dns", v)?;
+        }
+        for (field, v, slot, v4) in [
+            (
+                "intercept.fake_net_v4",
+                raw.fake_net_v4,
+                &mut c.fake_net_v4,
+                true,
+            ),
+            (
+                "intercept.fake_net_v6",
+                raw.fake_net_v6,
+                &mut c.fake_net_v6,
+                false,
+            ),
+        ] {
+            if let Some(v) = v {
+                let n = o.cidr(field, v)?;
+                let host_bits = if n.addr.is_ipv4() { 32 } else { 128 } - u32::from(n.len);
+                if n.addr.is_ipv4() != v4 {
+                    return Err(o.err(field, "wrong address family"));
+                }
+                if host_bits < 8 {
+                    return Err(o.err(field, "too small: needs at least 8 host bits"));
+                }
+                *slot = n;
+            }
+        }
+        if let Some(v) = raw.allow_udp {
+            c.allow_udp = o.boolean("intercept.allow_udp", v)?;
+        }
+        if let Some(v) = raw.allow_setuid_exec {
+            c.allow_setuid_exec = o.boolean("intercept.allow_setuid_exec", v)?;
+        }
+        if let Some(v) = raw.connect_timeout_secs {
+            c.connect_timeout =
+                Duration::from_secs(o.positive("intercept.connect_timeout_secs", v)?);
+        }
+        Ok(c)
     }
 }
 
@@ -772,6 +986,64 @@ mod tests {
         assert_eq!(c.session.session_window, 16_777_216);
         assert!(c.server.exit_allow.is_empty());
         assert!(c.relay.is_none() && c.relay_key.is_none() && c.key.is_none());
+    }
+
+    #[test]
+    fn intercept_table() {
+        let c = parse(
+            r#"
+[intercept]
+bypass = ["10.0.0.0/8", "[fd00::]/8"]
+remote_dns = false
+fake_net_v4 = "10.255.0.0/16"
+allow_udp = true
+connect_timeout_secs = 5
+"#,
+        )
+        .unwrap();
+        let i = &c.intercept;
+        assert_eq!(i.bypass.len(), 2);
+        assert!(i.bypass[0].contains("10.1.2.3".parse().unwrap()));
+        assert!(i.bypass[0].contains("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!i.bypass[0].contains("11.0.0.1".parse().unwrap()));
+        assert!(i.bypass[1].contains("fd12::1".parse().unwrap()));
+        assert!(!i.remote_dns && i.allow_udp && !i.allow_setuid_exec);
+        assert_eq!(i.fake_net_v4.to_string(), "10.255.0.0/16");
+        assert_eq!(i.fake_net_v6.to_string(), "100::/64");
+        assert_eq!(i.connect_timeout, Duration::from_secs(5));
+        let d = InterceptConfig::default();
+        assert!(d.bypass[0].contains("127.9.9.9".parse().unwrap()));
+        assert!(d.bypass[1].contains("::1".parse().unwrap()));
+        for (text, needle) in [
+            (
+                "[intercept]\nbypass = \"10.0.0.0/8\"",
+                "intercept.bypass: expected an array",
+            ),
+            (
+                "[intercept]\nbypass = [\"10.0.0.1/8\"]",
+                "intercept.bypass[0]: host bits set",
+            ),
+            (
+                "[intercept]\nbypass = [\"10.0.0.0/33\"]",
+                "prefix length must be 0 to 32",
+            ),
+            (
+                "[intercept]\nfake_net_v4 = \"100::/64\"",
+                "intercept.fake_net_v4: wrong address family",
+            ),
+            (
+                "[intercept]\nfake_net_v6 = \"100::/124\"",
+                "needs at least 8 host bits",
+            ),
+            (
+                "[intercept]\nremote_dns = \"yes\"",
+                "intercept.remote_dns: expected true or false",
+            ),
+            ("[intercept]\nudp = true", "unknown field"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
     }
 
     #[test]
