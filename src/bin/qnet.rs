@@ -1,4 +1,4 @@
-//! qnet: the tunnel's command line (keys, port forwarding).
+//! qnet: the tunnel's command line (keys, port forwarding, running programs through it).
 
 use std::error::Error;
 use std::io::{self, Read as _, Write as _};
@@ -34,18 +34,31 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Run a program with its TCP connections carried through the tunnel (LD_PRELOAD=libqnet.so).
+    Run {
+        /// Config file for the program's library (sets QNET_CONFIG).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The program and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 type CmdResult = Result<(), Box<dyn Error>>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Run { config, command } = cli.command {
+        return run(config, command);
+    }
     let (name, result) = match cli.command {
         Command::Keygen => ("keygen", keygen()),
         Command::Pubkey => ("pubkey", pubkey()),
         Command::Forward { listen, to, config } => {
             ("forward", forward(&listen, &to, config.as_deref()))
         }
+        Command::Run { .. } => unreachable!("handled above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -92,4 +105,77 @@ fn forward(listen: &str, to: &str, config: Option<&Path>) -> CmdResult {
     eprintln!("qnet forward listening on {addr}, to {to}");
     engine.run(|_| false)?;
     Ok(())
+}
+
+/// Where libqnet.so is: `QNET_LIB`, else beside this binary, else `../lib/` of its prefix.
+fn find_library() -> Result<PathBuf, String> {
+    if let Some(p) = std::env::var_os("QNET_LIB").filter(|p| !p.is_empty()) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().map_err(|e| format!("cannot locate myself: {e}"))?;
+    let dir = exe.parent().unwrap_or(Path::new("/"));
+    for cand in [dir.join("libqnet.so"), dir.join("../lib/libqnet.so")] {
+        if cand.is_file() {
+            return cand
+                .canonicalize()
+                .map_err(|e| format!("{}: {e}", cand.display()));
+        }
+    }
+    Err(format!(
+        "libqnet.so not found beside {} or in ../lib (set QNET_LIB)",
+        exe.display()
+    ))
+}
+
+/// The program `name` as the shell would find it.
+fn find_program(name: &std::ffi::OsStr) -> Option<PathBuf> {
+    let p = Path::new(name);
+    if p.components().count() > 1 {
+        return Some(p.to_path_buf());
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(p))
+        .find(|c| c.is_file())
+}
+
+fn run(config: Option<PathBuf>, command: Vec<std::ffi::OsString>) -> ExitCode {
+    use std::os::unix::process::CommandExt;
+    let fail = |msg: String| {
+        eprintln!("qnet run: {}", msg.replace('\n', " "));
+        ExitCode::from(127)
+    };
+    let lib = match find_library() {
+        Ok(l) => l,
+        Err(e) => return fail(e),
+    };
+    let prog = &command[0];
+    let Some(path) = find_program(prog) else {
+        return fail(format!("{}: command not found", prog.to_string_lossy()));
+    };
+    match qnet::elf::file_linkage(&path) {
+        Ok(qnet::elf::Linkage::Static) => {
+            return fail(format!(
+                "{} is statically linked: LD_PRELOAD cannot intercept it, and its connections \
+                 would bypass the tunnel; use a SOCKS front door for it instead",
+                path.display()
+            ));
+        }
+        Ok(_) => {}
+        Err(e) => return fail(e),
+    }
+    // Keep what is preloaded already, after us (proxychains-ng sits after qnet this way).
+    let mut preload = lib.into_os_string();
+    if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
+        preload.push(" ");
+        preload.push(old);
+    }
+    let mut cmd = std::process::Command::new(prog);
+    cmd.args(&command[1..]).env("LD_PRELOAD", preload);
+    if let Some(c) = config {
+        cmd.env("QNET_CONFIG", c);
+    }
+    // exec in place: the program gets our pid, signals and terminal, and its exit status
+    // is the command's status with nothing in between.
+    let err = cmd.exec();
+    fail(format!("{}: {err}", prog.to_string_lossy()))
 }
