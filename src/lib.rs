@@ -5,7 +5,10 @@
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod dns;
+pub mod elf;
 pub mod engine;
+mod hooks;
 pub mod keys;
 pub mod proto;
 pub mod relay;

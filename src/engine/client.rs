@@ -12,11 +12,15 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 
+use super::fdtab::{self, ConnState};
 use super::pump::{Endpoint, PumpState, Sock};
 use super::{Link, LinkRead, READ_CHUNK};
 use crate::keys::PrivateKey;
 use crate::proto::{Destination, Event, OsRandom, Role, Session, SessionConfig};
 use crate::qlog;
+use std::io::Read as _;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
 
 /// What the client engine needs.
 pub struct ClientConfig {
@@ -90,7 +94,64 @@ struct Flow {
     open: bool,
     started: Instant,
     dest: Destination,
+    app: Option<AppConn>,
+    /// Filler bytes still to discard before the app's own data (see [`AppConn`]).
+    skip: usize,
 }
+
+/// An app socket handed over by the preload library's `connect` hook.
+pub struct Attach {
+    /// The engine's end of the socketpair whose other end is now the app's fd.
+    pub sock: mio::net::UnixStream,
+    /// Where the stream goes.
+    pub dest: Destination,
+    /// How to report the outcome.
+    pub app: AppConn,
+}
+
+/// How the outcome of an app's connect gets back to it.
+///
+/// A non-blocking connect must not look writable before the relay has answered, so the
+/// hook fills the app end's (shrunk) send buffer with `filler` bytes. On success the
+/// engine discards them, which makes the app's fd writable (an epoll edge, as for a TCP
+/// connect), and puts the buffer size back through `restore`.
+pub struct AppConn {
+    /// Bytes of filler queued ahead of the app's data.
+    pub filler: usize,
+    /// A duplicate of the app's end and its original `SO_SNDBUF` (as `setsockopt` takes it).
+    pub restore: Option<(OwnedFd, i32)>,
+    /// The outcome, read by the app's `getsockopt(SO_ERROR)` and `connect` hooks.
+    pub state: Arc<ConnState>,
+    /// A blocking connect waits here.
+    pub reply: Option<crossbeam::channel::Sender<Result<(), i32>>>,
+}
+
+impl AppConn {
+    fn finish(mut self, result: Result<(), i32>) {
+        if result.is_ok() {
+            if let Some((fd, size)) = self.restore.take() {
+                let _ = super::sys::setsockopt_int(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_SNDBUF,
+                    size,
+                );
+            }
+        }
+        self.state.set(result.err().unwrap_or(0));
+        if let Some(r) = self.reply.take() {
+            let _ = r.send(result);
+        }
+    }
+}
+
+/// Where commands from app threads come in.
+struct Commands {
+    rx: crossbeam::channel::Receiver<Attach>,
+    wake: mio::unix::pipe::Receiver,
+}
+
+const WAKE: Token = Token(1);
 
 const FIRST_LOCAL: usize = 1 << 20;
 /// Pump/flush rounds per wakeup before other sockets get a turn.
@@ -104,7 +165,10 @@ pub struct Client {
     link_token: Token,
     forwards: HashMap<Token, Forward>,
     /// Accepted local sockets waiting for the session.
-    waiting: VecDeque<(Sock, Destination)>,
+    waiting: VecDeque<(Sock, Destination, Option<AppConn>)>,
+    commands: Option<Commands>,
+    /// The relay failure was already reported on stderr (once per outage).
+    told_down: bool,
     flows: HashMap<u32, Flow>,
     by_token: HashMap<Token, u32>,
     next_token: usize,
@@ -127,6 +191,8 @@ impl Client {
             link_token: Token(0),
             forwards: HashMap::new(),
             waiting: VecDeque::new(),
+            commands: None,
+            told_down: false,
             flows: HashMap::new(),
             by_token: HashMap::new(),
             next_token: FIRST_LOCAL,
@@ -155,6 +221,38 @@ impl Client {
         Ok(addr)
     }
 
+    /// Take app sockets from a channel (the preload library); the pipe wakes the loop.
+    pub fn accept_commands(
+        &mut self,
+        rx: crossbeam::channel::Receiver<Attach>,
+        mut wake: mio::unix::pipe::Receiver,
+    ) -> io::Result<()> {
+        self.poll
+            .registry()
+            .register(&mut wake, WAKE, Interest::READABLE)?;
+        self.commands = Some(Commands { rx, wake });
+        Ok(())
+    }
+
+    fn take_commands(&mut self) {
+        let Some(c) = self.commands.as_mut() else {
+            return;
+        };
+        let mut sink = [0u8; 64];
+        while matches!(c.wake.read(&mut sink), Ok(n) if n > 0) {}
+        let cmds: Vec<Attach> = c.rx.try_iter().collect();
+        for a in cmds {
+            if self.link.is_none() && self.retry_at.is_some() {
+                // Fail closed at once: no relay, no connection.
+                self.stats.streams_failed += 1;
+                a.app.finish(Err(libc::ECONNREFUSED));
+                continue;
+            }
+            self.waiting
+                .push_back((Sock::Unix(a.sock), a.dest, Some(a.app)));
+        }
+    }
+
     fn connect_relay(&mut self, now: Instant) {
         self.retry_at = None;
         let addr = match self.cfg.relay.to_socket_addrs().map(|mut a| a.next()) {
@@ -169,6 +267,7 @@ impl Client {
             Err(e) => return self.link_down(now, &format!("cannot connect to relay {addr}: {e}")),
         };
         let _ = sock.set_nodelay(true);
+        fdtab::mark_internal(sock.as_raw_fd());
         self.link_token = self.token();
         if let Err(e) = self.poll.registry().register(
             &mut sock,
@@ -192,16 +291,34 @@ impl Client {
     /// The session is gone: fail its flows and the waiting sockets, retry later.
     fn link_down(&mut self, now: Instant, why: &str) {
         qlog!(Warn, "relay session down: {why}");
+        let was_up = self.is_connected();
+        if self.commands.is_some() && !self.told_down && !was_up {
+            // The one line an app user sees when the tunnel cannot be reached at all.
+            if super::log::enabled(crate::config::LogLevel::Error) {
+                eprintln!(
+                    "qnet: relay {} unusable ({why}); tunneled connections fail, nothing is sent directly",
+                    self.cfg.relay
+                );
+            }
+            self.told_down = true;
+        }
         if let Some(mut l) = self.link.take() {
             let _ = self.poll.registry().deregister(&mut l.sock);
         }
         for (_, mut f) in self.flows.drain() {
             let _ = f.ep.sock.deregister(self.poll.registry());
+            if let Some(app) = f.app.take() {
+                app.finish(Err(libc::ECONNREFUSED));
+            }
             self.stats.streams_failed += 1;
         }
         self.by_token.clear();
         self.stats.streams_failed += self.waiting.len() as u64;
-        self.waiting.clear();
+        for (_, _, app) in self.waiting.drain(..) {
+            if let Some(app) = app {
+                app.finish(Err(libc::ECONNREFUSED));
+            }
+        }
         self.retry_at = Some(now + self.backoff);
         self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
     }
@@ -237,7 +354,9 @@ impl Client {
                 let t = ev.token();
                 let readable = ev.is_readable() || ev.is_read_closed();
                 let writable = ev.is_writable() || ev.is_error();
-                if t == self.link_token && self.link.is_some() {
+                if t == WAKE {
+                    self.take_commands();
+                } else if t == self.link_token && self.link.is_some() {
                     self.link_event(now, readable);
                 } else if self.forwards.contains_key(&t) {
                     self.accept(t);
@@ -277,7 +396,7 @@ impl Client {
                         drop(sock);
                         continue;
                     }
-                    self.waiting.push_back((Sock::Tcp(sock), dest));
+                    self.waiting.push_back((Sock::Tcp(sock), dest, None));
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -312,12 +431,18 @@ impl Client {
                 Event::Connected { .. } => {
                     qlog!(Info, "session to {} established", self.cfg.relay);
                     self.stats.sessions += 1;
+                    self.told_down = false;
                     self.backoff = Duration::from_millis(100);
                 }
                 Event::OpenResult { stream, result } => match result {
                     Ok(()) => {
                         if let Some(f) = self.flows.get_mut(&stream) {
                             f.open = true;
+                            if let Some(app) = f.app.take() {
+                                // Drop the filler before the app can write (see AppConn).
+                                f.skip = discard(&mut f.ep.sock, app.filler, &mut self.buf);
+                                app.finish(Ok(()));
+                            }
                             self.stats.streams_ok += 1;
                             qlog!(
                                 Debug,
@@ -330,6 +455,9 @@ impl Client {
                     Err(e) => {
                         if let Some(mut f) = self.flows.remove(&stream) {
                             qlog!(Info, "relay refused stream to {}: {e}", f.dest);
+                            if let Some(app) = f.app.take() {
+                                app.finish(Err(e.errno()));
+                            }
                             let _ = f.ep.sock.deregister(self.poll.registry());
                             self.by_token.remove(&f.ep.token);
                             self.stats.streams_failed += 1;
@@ -346,7 +474,7 @@ impl Client {
             }
         }
         if l.session.is_established() {
-            while let Some((sock, dest)) = self.waiting.pop_front() {
+            while let Some((sock, dest, app)) = self.waiting.pop_front() {
                 match l.session.open(now, dest.clone(), 0, &[]) {
                     Ok((id, _)) => {
                         self.next_token += 1;
@@ -361,13 +489,23 @@ impl Client {
                                     open: false,
                                     started: now,
                                     dest,
+                                    app,
+                                    skip: 0,
                                 },
                             );
+                        } else {
+                            let _ = l.session.reset(now, id, 1);
+                            if let Some(app) = app {
+                                app.finish(Err(libc::ENOBUFS));
+                            }
                         }
                     }
                     Err(e) => {
                         qlog!(Warn, "cannot open stream: {e}");
                         self.stats.streams_failed += 1;
+                        if let Some(app) = app {
+                            app.finish(Err(libc::EAGAIN));
+                        }
                     }
                 }
             }
@@ -381,6 +519,12 @@ impl Client {
             for (&id, f) in self.flows.iter_mut() {
                 if !f.open {
                     continue;
+                }
+                if f.skip > 0 {
+                    f.skip = discard(&mut f.ep.sock, f.skip, &mut self.buf);
+                    if f.skip > 0 {
+                        continue;
+                    }
                 }
                 let room = l.has_room();
                 let r =
@@ -416,10 +560,32 @@ impl Client {
         }
     }
 
+    /// Register the poller's and wake pipe's fds as the engine's own (preload library).
+    pub fn mark_internal_fds(&self) {
+        fdtab::mark_internal(self.poll.as_raw_fd());
+        if let Some(c) = &self.commands {
+            fdtab::mark_internal(c.wake.as_raw_fd());
+        }
+    }
+
     /// Whether the session is up.
     pub fn is_connected(&self) -> bool {
         self.link
             .as_ref()
             .is_some_and(|l| l.session.is_established())
     }
+}
+
+/// Read and drop up to `n` bytes that are already queued; returns how many are still due.
+fn discard(sock: &mut Sock, mut n: usize, buf: &mut [u8]) -> usize {
+    while n > 0 {
+        let want = n.min(buf.len());
+        match sock.read(&mut buf[..want]) {
+            Ok(0) => return 0,
+            Ok(k) => n -= k,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return n,
+        }
+    }
+    0
 }

@@ -6,9 +6,12 @@
 //! backpressure in both directions. mio is edge-triggered, so every socket remembers
 //! whether it may still have bytes (`readable`) until a read says `WouldBlock`.
 
+pub mod app;
 pub mod client;
+pub mod fdtab;
 pub mod log;
 pub mod pump;
+pub mod resolve;
 mod sys;
 
 pub use sys::raise_fd_limit;

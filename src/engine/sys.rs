@@ -15,3 +15,167 @@ pub fn raise_fd_limit() {
         unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
     }
 }
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// A connected pair of unix stream sockets, both close-on-exec.
+pub(super) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: socketpair writes two fds into the valid two-element array.
+    cvt(unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    })?;
+    // SAFETY: both fds were just created and are owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// The file status flags (`O_NONBLOCK` …) of an fd.
+pub(super) fn status_flags(fd: RawFd) -> io::Result<libc::c_int> {
+    // SAFETY: F_GETFL takes no pointer; a bad fd gives EBADF.
+    cvt(unsafe { libc::fcntl(fd, libc::F_GETFL) })
+}
+
+/// Set the file status flags of an fd.
+pub(super) fn set_status_flags(fd: RawFd, flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: F_SETFL takes an int argument.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) }).map(drop)
+}
+
+/// Whether an fd has close-on-exec set.
+pub(super) fn is_cloexec(fd: RawFd) -> io::Result<bool> {
+    // SAFETY: F_GETFD takes no pointer.
+    cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) }).map(|f| f & libc::FD_CLOEXEC != 0)
+}
+
+/// Put `src`'s open file description at fd number `dst` (closing what `dst` was).
+pub(super) fn dup_onto(src: &OwnedFd, dst: RawFd, cloexec: bool) -> io::Result<()> {
+    let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
+    // SAFETY: dup3 takes two fd numbers; `src` is open for the duration of the call.
+    cvt(unsafe { libc::dup3(src.as_raw_fd(), dst, flags) }).map(drop)
+}
+
+/// A close-on-exec duplicate of an fd.
+pub(super) fn dup(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC returns a new fd that we then own.
+    let n = cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) })?;
+    // SAFETY: `n` is a fresh fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// Read an int-valued socket option.
+pub(super) fn getsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+) -> io::Result<libc::c_int> {
+    let mut v: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into the valid, owned `v`.
+    cvt(unsafe { libc::getsockopt(fd, level, name, (&raw mut v).cast(), &mut len) })?;
+    Ok(v)
+}
+
+/// Set an int-valued socket option.
+pub(super) fn setsockopt_int(
+    fd: RawFd,
+    level: libc::c_int,
+    name: libc::c_int,
+    v: libc::c_int,
+) -> io::Result<()> {
+    let len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: the kernel reads `len` bytes from the valid `v`.
+    cvt(unsafe { libc::setsockopt(fd, level, name, (&raw const v).cast(), len) }).map(drop)
+}
+
+/// Write zero bytes without blocking until the socket's send buffer is full; returns the count.
+pub(super) fn fill_send_buffer(fd: RawFd) -> io::Result<usize> {
+    let chunk = [0u8; 512];
+    let mut total = 0;
+    loop {
+        // SAFETY: send reads `chunk.len()` bytes from the valid array.
+        let n = unsafe {
+            libc::send(
+                fd,
+                chunk.as_ptr().cast(),
+                chunk.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock {
+                return Ok(total);
+            }
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        } else {
+            total += n as usize;
+        }
+    }
+}
+
+/// A zero-filled memory region shared with every process forked from this one.
+pub(super) fn shared_zeroed(len: usize) -> io::Result<&'static mut [u8]> {
+    // SAFETY: an anonymous shared mapping with no address hint; checked for MAP_FAILED.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the mapping is `len` bytes, readable and writable, zeroed, never unmapped,
+    // and this is the only reference to it.
+    Ok(unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) })
+}
+
+/// This process's id.
+pub(super) fn getpid() -> u32 {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() as u32 }
+}
+
+/// Close an fd, ignoring errors (used for fds whose owner is gone, e.g. after fork).
+pub(super) fn close(fd: RawFd) {
+    // SAFETY: the caller gives up the fd; nothing else in this process uses it.
+    unsafe { libc::close(fd) };
+}
+
+/// The fake-address table in memory shared with forked children (see `crate::dns`).
+pub(super) fn shared_fake_table(
+    capacity: usize,
+) -> io::Result<(&'static crate::dns::Header, &'static [crate::dns::Slot])> {
+    use crate::dns::{Header, SLOTS_OFFSET, Slot, table_bytes};
+    let mem = shared_zeroed(table_bytes(capacity))?;
+    let base = mem.as_mut_ptr();
+    // SAFETY: the mapping is page-aligned (≥ the 64-byte alignment of Header and the
+    // 8-byte alignment of Slot, at SLOTS_OFFSET, a multiple of 8), large enough for the
+    // header and `capacity` slots (table_bytes), zeroed, and both types consist only of
+    // atomics for which all-zero is a valid value; it lives for the rest of the process.
+    unsafe {
+        let header = &*base.cast::<Header>();
+        let slots = std::slice::from_raw_parts(base.add(SLOTS_OFFSET).cast::<Slot>(), capacity);
+        Ok((header, slots))
+    }
+}

@@ -1,0 +1,448 @@
+//! The preload library's safe operations: what each hook decides, and the one engine
+//! thread per process that carries the app's tunneled sockets.
+//!
+//! Hooks decode raw arguments and call these functions, which answer
+//! [`Decision::Bypass`] (call the real function), a result, or an errno. Nothing here
+//! touches raw pointers. The engine thread starts on the first tunneled connect and
+//! never before, so a preloaded program that makes no connection pays nothing.
+
+use std::cell::Cell;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+
+use super::client::{AppConn, Attach, Client, ClientConfig};
+use super::fdtab::{self, ConnState, FdInfo, Kind};
+use super::sys;
+use crate::config::Config;
+use crate::proto::Destination;
+
+thread_local! {
+    // const and destructor-free: safe to touch from any hook at any point of a thread's life.
+    static BYPASS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether the calling thread must pass every hook straight through (engine threads,
+/// and hooks re-entered by qnet's own calls).
+#[inline]
+pub fn bypassed() -> bool {
+    BYPASS.with(Cell::get)
+}
+
+/// Sets the bypass flag for its lifetime; nesting is fine.
+pub struct BypassGuard(bool);
+
+impl BypassGuard {
+    /// Enter: qnet's own libc calls from here on reach the real functions.
+    pub fn enter() -> BypassGuard {
+        BypassGuard(BYPASS.with(|b| b.replace(true)))
+    }
+}
+
+impl Drop for BypassGuard {
+    fn drop(&mut self) {
+        let prev = self.0;
+        BYPASS.with(|b| b.set(prev));
+    }
+}
+
+/// Interception is on: set at load for the preloaded `.so`, by `qnet_init` for a static link.
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+
+/// Turn interception on for this process.
+pub fn activate() {
+    ACTIVE.store(true, Ordering::Release);
+}
+
+/// Whether hooks intercept at all.
+#[inline]
+pub fn active() -> bool {
+    ACTIVE.load(Ordering::Acquire)
+}
+
+/// What a hook must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision<T> {
+    /// Call the real function with the original arguments.
+    Bypass,
+    /// Return this value (success).
+    Done(T),
+    /// Fail with this errno.
+    Refuse(i32),
+}
+
+// ---- configuration ------------------------------------------------------------------
+
+static CONFIG: OnceLock<Result<Config, String>> = OnceLock::new();
+
+/// The process's config, loaded once; an error fails every tunneled call closed.
+pub fn config() -> Result<&'static Config, &'static str> {
+    CONFIG
+        .get_or_init(|| {
+            let _g = BypassGuard::enter();
+            let c = Config::load().map_err(|e| e.to_string());
+            if let Ok(c) = &c {
+                super::log::set_level(c.log);
+            }
+            c
+        })
+        .as_ref()
+        .map_err(String::as_str)
+}
+
+static TOLD: AtomicBool = AtomicBool::new(false);
+
+/// The one stderr line for a failure the app's user must see (printed once per process).
+pub fn tell_once(msg: &str) {
+    if !TOLD.swap(true, Ordering::Relaxed) {
+        let _g = BypassGuard::enter();
+        eprintln!("qnet: {msg}");
+    }
+}
+
+// ---- the engine thread --------------------------------------------------------------
+
+struct Engine {
+    tx: crossbeam::channel::Sender<Attach>,
+    wake: Mutex<mio::unix::pipe::Sender>,
+    pid: u32,
+}
+
+static ENGINE: Mutex<Option<Engine>> = Mutex::new(None);
+
+fn start_engine(cfg: &Config) -> Result<Engine, String> {
+    let client_cfg = ClientConfig::from_config(cfg)?;
+    let mut client = Client::new(client_cfg).map_err(|e| format!("engine: {e}"))?;
+    let (wake_tx, wake_rx) = mio::unix::pipe::new().map_err(|e| format!("engine: {e}"))?;
+    let (tx, rx) = crossbeam::channel::unbounded();
+    client
+        .accept_commands(rx, wake_rx)
+        .map_err(|e| format!("engine: {e}"))?;
+    client.mark_internal_fds();
+    fdtab::mark_internal(wake_tx.as_raw_fd());
+    std::thread::Builder::new()
+        .name("qnet-engine".into())
+        .spawn(move || {
+            BYPASS.with(|b| b.set(true));
+            if let Err(e) = client.run(|_| false) {
+                tell_once(&format!("engine stopped: {e}; tunneled connections fail"));
+            }
+        })
+        .map_err(|e| format!("engine thread: {e}"))?;
+    Ok(Engine {
+        tx,
+        wake: Mutex::new(wake_tx),
+        pid: sys::getpid(),
+    })
+}
+
+thread_local! {
+    static FORK_HELD: std::cell::RefCell<Option<(parking_lot::MutexGuard<'static, Option<Engine>>, fdtab::Locks)>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// `pthread_atfork` prepare: hold every lock, so the child never inherits one that a
+/// thread which does not exist there was holding.
+pub fn fork_prepare() {
+    let g = ENGINE.lock();
+    let l = fdtab::lock_all();
+    FORK_HELD.with(|h| *h.borrow_mut() = Some((g, l)));
+}
+
+/// `pthread_atfork` parent: release what [`fork_prepare`] took.
+pub fn fork_parent() {
+    FORK_HELD.with(|h| h.borrow_mut().take());
+}
+
+/// `pthread_atfork` child: the child holds copies of the parent's engine fds but no
+/// engine thread; close them, and let the child start its own engine on first use.
+pub fn fork_child() {
+    let _guard = BypassGuard::enter();
+    let held = FORK_HELD.with(|h| h.borrow_mut().take());
+    if let Some((mut g, locks)) = held {
+        // The parent's pipe fd is closed below with the other engine fds.
+        std::mem::forget(g.take());
+        drop(g);
+        drop(locks);
+    }
+    for fd in fdtab::release_internal_after_fork() {
+        sys::close(fd);
+    }
+}
+
+fn send(attach: Attach) -> Result<(), i32> {
+    let cfg = match config() {
+        Ok(c) => c,
+        Err(e) => {
+            tell_once(&format!(
+                "{e}; tunneled connections fail, nothing is sent directly"
+            ));
+            return Err(libc::ECONNREFUSED);
+        }
+    };
+    let mut g = ENGINE.lock();
+    if g.as_ref().is_some_and(|e| e.pid != sys::getpid()) {
+        // A fork child that raced after_fork_child: start over.
+        std::mem::forget(g.take());
+    }
+    if g.is_none() {
+        match start_engine(cfg) {
+            Ok(e) => *g = Some(e),
+            Err(e) => {
+                tell_once(&format!(
+                    "{e}; tunneled connections fail, nothing is sent directly"
+                ));
+                return Err(libc::ECONNREFUSED);
+            }
+        }
+    }
+    let e = g.as_ref().expect("started");
+    e.tx.send(attach).map_err(|_| libc::ECONNREFUSED)?;
+    let _ = std::io::Write::write(&mut *e.wake.lock(), &[1]);
+    Ok(())
+}
+
+// ---- connect ------------------------------------------------------------------------
+
+/// Decide what `connect(fd, addr)` does for an inet stream socket.
+pub fn connect(fd: i32, addr: SocketAddr) -> Decision<()> {
+    let _g = BypassGuard::enter();
+    match fdtab::kind(fd) {
+        Kind::Internal => return Decision::Refuse(libc::EBADF),
+        Kind::Tunneled => {
+            return match fdtab::with_info(fd, |i| {
+                let st = i.state.get();
+                let first = !i.reported;
+                i.reported = true;
+                (st, first)
+            }) {
+                Some((None, _)) => Decision::Refuse(libc::EALREADY),
+                Some((Some(0), _)) => Decision::Refuse(libc::EISCONN),
+                Some((Some(e), true)) => Decision::Refuse(e),
+                _ => Decision::Refuse(libc::ECONNABORTED),
+            };
+        }
+        Kind::None => {}
+    }
+    let cfg = match config() {
+        Ok(c) => c,
+        Err(e) => {
+            tell_once(&format!("{e}; connections fail, nothing is sent directly"));
+            return Decision::Refuse(libc::ECONNREFUSED);
+        }
+    };
+    let ip = canonical(addr.ip());
+    let dest = if super::resolve::is_fake(cfg, ip) {
+        match super::resolve::name_of(cfg, ip) {
+            Some(name) => Destination::Name(name, addr.port()),
+            None => return Decision::Refuse(libc::EHOSTUNREACH),
+        }
+    } else if cfg.intercept.bypass.iter().any(|n| n.contains(ip)) {
+        return Decision::Bypass;
+    } else {
+        Destination::Addr(SocketAddr::new(ip, addr.port()))
+    };
+    match tunnel(fd, addr, dest, cfg) {
+        Ok(()) => Decision::Done(()),
+        Err(e) => Decision::Refuse(e),
+    }
+}
+
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn tunnel(fd: i32, peer: SocketAddr, dest: Destination, cfg: &Config) -> Result<(), i32> {
+    let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
+    let flags = sys::status_flags(fd).map_err(errno)?;
+    let cloexec = sys::is_cloexec(fd).map_err(errno)?;
+    let nonblocking = flags & libc::O_NONBLOCK != 0;
+    let (app, engine) = sys::socketpair().map_err(errno)?;
+    sys::set_status_flags(app.as_raw_fd(), flags).map_err(errno)?;
+    sys::set_status_flags(engine.as_raw_fd(), libc::O_NONBLOCK).map_err(errno)?;
+    let state = ConnState::new();
+    let info = FdInfo {
+        peer,
+        state: state.clone(),
+        reported: false,
+        options: Default::default(),
+    };
+    fdtab::mark_internal(engine.as_raw_fd());
+    let sock = mio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(engine));
+    if nonblocking {
+        let fill_fd = app.as_raw_fd();
+        let size =
+            sys::getsockopt_int(fill_fd, libc::SOL_SOCKET, libc::SO_SNDBUF).map_err(errno)?;
+        sys::setsockopt_int(fill_fd, libc::SOL_SOCKET, libc::SO_SNDBUF, 1).map_err(errno)?;
+        let filler = sys::fill_send_buffer(fill_fd).map_err(errno)?;
+        let keep = sys::dup(fill_fd).map_err(errno)?;
+        fdtab::mark_internal(keep.as_raw_fd());
+        sys::dup_onto(&app, fd, cloexec).map_err(errno)?;
+        drop(app);
+        fdtab::add_tunneled(fd, info);
+        // The kernel doubles what setsockopt is given; hand back half of what we read.
+        let conn = AppConn {
+            filler,
+            restore: Some((keep, size / 2)),
+            state,
+            reply: None,
+        };
+        send(Attach {
+            sock,
+            dest,
+            app: conn,
+        })?;
+        return Err(libc::EINPROGRESS);
+    }
+    let (tx, rx) = crossbeam::channel::bounded(1);
+    send(Attach {
+        sock,
+        dest,
+        app: AppConn {
+            filler: 0,
+            restore: None,
+            state,
+            reply: Some(tx),
+        },
+    })?;
+    let started = Instant::now();
+    let result = rx
+        .recv_timeout(cfg.intercept.connect_timeout)
+        .unwrap_or(Err(libc::ETIMEDOUT));
+    crate::qlog!(
+        Debug,
+        "connect to {peer}: {result:?} after {:?}",
+        started.elapsed()
+    );
+    result?;
+    sys::dup_onto(&app, fd, cloexec).map_err(errno)?;
+    info.state.set(0);
+    fdtab::add_tunneled(
+        fd,
+        FdInfo {
+            reported: true,
+            ..info
+        },
+    );
+    Ok(())
+}
+
+// ---- answers for tunneled fds -------------------------------------------------------
+
+/// `getpeername`: the original destination for a tunneled fd.
+pub fn peer_of(fd: i32) -> Decision<SocketAddr> {
+    if fdtab::kind(fd) != Kind::Tunneled {
+        return Decision::Bypass;
+    }
+    match fdtab::with_info(fd, |i| (i.peer, i.state.get())) {
+        Some((p, Some(0))) => Decision::Done(p),
+        Some(_) => Decision::Refuse(libc::ENOTCONN),
+        None => Decision::Bypass,
+    }
+}
+
+/// `getsockname`: an unspecified local address of the peer's family (the real one is the relay's).
+pub fn local_of(fd: i32) -> Decision<SocketAddr> {
+    if fdtab::kind(fd) != Kind::Tunneled {
+        return Decision::Bypass;
+    }
+    match fdtab::with_info(fd, |i| i.peer) {
+        Some(SocketAddr::V4(_)) => Decision::Done("0.0.0.0:0".parse().expect("valid")),
+        Some(SocketAddr::V6(_)) => Decision::Done("[::]:0".parse().expect("valid")),
+        None => Decision::Bypass,
+    }
+}
+
+/// `getsockopt`: answers a TCP socket would give, for the options a unix socket lacks.
+pub fn sockopt_get(fd: i32, level: i32, name: i32) -> Decision<Vec<u8>> {
+    if fdtab::kind(fd) != Kind::Tunneled {
+        return Decision::Bypass;
+    }
+    let int = |v: i32| Decision::Done(v.to_ne_bytes().to_vec());
+    let Some((peer, state, first, stored)) = fdtab::with_info(fd, |i| {
+        let first = !i.reported;
+        if level == libc::SOL_SOCKET && name == libc::SO_ERROR && i.state.get().is_some() {
+            i.reported = true;
+        }
+        (
+            i.peer,
+            i.state.get(),
+            first,
+            i.options.get(&(level, name)).cloned(),
+        )
+    }) else {
+        return Decision::Bypass;
+    };
+    match (level, name) {
+        (libc::SOL_SOCKET, libc::SO_ERROR) => match state {
+            Some(e) if e != 0 && first => int(e),
+            _ => int(0),
+        },
+        (libc::SOL_SOCKET, libc::SO_DOMAIN) => int(if peer.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        }),
+        (libc::SOL_SOCKET, libc::SO_PROTOCOL) => int(libc::IPPROTO_TCP),
+        (libc::SOL_SOCKET, libc::SO_TYPE) => int(libc::SOCK_STREAM),
+        (libc::SOL_SOCKET, _) => Decision::Bypass,
+        (libc::IPPROTO_TCP, libc::TCP_MAXSEG) if stored.is_none() => int(1448),
+        _ => match stored {
+            Some(v) => Decision::Done(v),
+            None => int(0),
+        },
+    }
+}
+
+/// `setsockopt`: socket-level options go to the real socket; TCP and IP options are
+/// remembered and answered back, since the relay's TCP connection is where they would act.
+pub fn sockopt_set(fd: i32, level: i32, name: i32, value: &[u8]) -> Decision<()> {
+    if fdtab::kind(fd) != Kind::Tunneled || level == libc::SOL_SOCKET {
+        return Decision::Bypass;
+    }
+    fdtab::with_info(fd, |i| i.options.insert((level, name), value.to_vec()));
+    Decision::Done(())
+}
+
+/// `close`: engine fds are not the app's to close; tunneled fds are forgotten.
+pub fn close(fd: i32) -> Decision<()> {
+    match fdtab::kind(fd) {
+        Kind::None => Decision::Bypass,
+        Kind::Internal if !bypassed() => Decision::Done(()),
+        _ => {
+            fdtab::forget(fd);
+            Decision::Bypass
+        }
+    }
+}
+
+/// `socket`: refuse what would leave outside the tunnel (UDP, raw, packet) unless allowed.
+pub fn socket(domain: i32, ty: i32) -> Decision<()> {
+    let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
+    let inet = domain == libc::AF_INET || domain == libc::AF_INET6;
+    let leaky = domain == libc::AF_PACKET || (inet && base != libc::SOCK_STREAM);
+    if !leaky {
+        return Decision::Bypass;
+    }
+    let _g = BypassGuard::enter();
+    match config() {
+        Ok(c) if c.intercept.allow_udp => Decision::Bypass,
+        _ => {
+            crate::qlog!(
+                Warn,
+                "refused a non-TCP inet socket (domain {domain}, type {base}): it would bypass the tunnel"
+            );
+            tell_once(
+                "refused a UDP/raw/packet socket (it would bypass the tunnel); set intercept.allow_udp to permit",
+            );
+            Decision::Refuse(libc::EPERM)
+        }
+    }
+}

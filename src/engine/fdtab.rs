@@ -1,0 +1,239 @@
+//! Which fds of the process are tunneled app sockets and which belong to the engine.
+//!
+//! Every hook asks this table first, so the answer for an fd that is neither is one
+//! relaxed atomic load (no lock, no allocation). Details of tunneled fds (the original
+//! destination, the connect outcome, TCP options the app set) sit behind a mutex that
+//! only tunneled fds ever touch.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+
+use parking_lot::Mutex;
+
+/// Fds below this are looked up in the lock-free table; above it, in the map.
+const TABLE: usize = 1 << 16;
+
+const NONE: u8 = 0;
+const TUNNELED: u8 = 1;
+const INTERNAL: u8 = 2;
+
+static KINDS: [AtomicU8; TABLE] = [const { AtomicU8::new(NONE) }; TABLE];
+static HIGH: Mutex<Option<HashMap<i32, u8>>> = Mutex::new(None);
+static INFO: Mutex<Option<HashMap<i32, FdInfo>>> = Mutex::new(None);
+
+/// What an fd is to qnet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Not ours: every hook passes it straight through.
+    None,
+    /// An app socket carried by the tunnel.
+    Tunneled,
+    /// The engine's own (poller, wake pipe, relay connection, stream sockets).
+    Internal,
+}
+
+/// Outcome of a tunneled connect, shared between the app's fd and the engine's flow.
+#[derive(Debug)]
+pub struct ConnState(AtomicI32);
+
+const CONNECTING: i32 = -1;
+
+impl ConnState {
+    /// A connect in progress.
+    pub fn new() -> Arc<ConnState> {
+        Arc::new(ConnState(AtomicI32::new(CONNECTING)))
+    }
+
+    /// The relay answered: 0 for connected, else the errno.
+    pub fn set(&self, errno: i32) {
+        self.0.store(errno, Ordering::Release);
+    }
+
+    /// `None` while connecting, else `Some(0)` or `Some(errno)`.
+    pub fn get(&self) -> Option<i32> {
+        match self.0.load(Ordering::Acquire) {
+            CONNECTING => None,
+            e => Some(e),
+        }
+    }
+}
+
+/// What we remember about a tunneled fd.
+#[derive(Debug, Clone)]
+pub struct FdInfo {
+    /// The address the app connected to (a fake address for names).
+    pub peer: SocketAddr,
+    /// The connect outcome.
+    pub state: Arc<ConnState>,
+    /// The outcome was already reported once through `SO_ERROR` or a second `connect`.
+    pub reported: bool,
+    /// Options the app set at levels the unix socket underneath does not have (IPPROTO_TCP …).
+    pub options: HashMap<(i32, i32), Vec<u8>>,
+}
+
+fn set_kind(fd: i32, k: u8) {
+    if fd < 0 {
+        return;
+    }
+    if (fd as usize) < TABLE {
+        KINDS[fd as usize].store(k, Ordering::Release);
+    } else {
+        let mut h = HIGH.lock();
+        let m = h.get_or_insert_with(HashMap::new);
+        if k == NONE {
+            m.remove(&fd);
+        } else {
+            m.insert(fd, k);
+        }
+    }
+}
+
+/// What `fd` is; the fast path every hook takes.
+#[inline]
+pub fn kind(fd: i32) -> Kind {
+    let k = if fd < 0 {
+        NONE
+    } else if (fd as usize) < TABLE {
+        KINDS[fd as usize].load(Ordering::Acquire)
+    } else {
+        HIGH.lock()
+            .as_ref()
+            .and_then(|m| m.get(&fd).copied())
+            .unwrap_or(NONE)
+    };
+    match k {
+        TUNNELED => Kind::Tunneled,
+        INTERNAL => Kind::Internal,
+        _ => Kind::None,
+    }
+}
+
+/// Mark an engine fd so the app cannot close it.
+pub fn mark_internal(fd: i32) {
+    set_kind(fd, INTERNAL);
+}
+
+/// Record a tunneled app fd.
+pub fn add_tunneled(fd: i32, info: FdInfo) {
+    INFO.lock()
+        .get_or_insert_with(HashMap::new)
+        .insert(fd, info);
+    set_kind(fd, TUNNELED);
+}
+
+/// The fd was closed (or replaced by `dup2`): forget whatever it was.
+pub fn forget(fd: i32) {
+    if kind(fd) == Kind::Tunneled {
+        if let Some(m) = INFO.lock().as_mut() {
+            m.remove(&fd);
+        }
+    }
+    set_kind(fd, NONE);
+}
+
+/// `new` is now a duplicate of `old`: it inherits what `old` is (dup, dup2, dup3).
+pub fn duplicate(old: i32, new: i32) {
+    forget(new);
+    if kind(old) == Kind::Tunneled {
+        let info = INFO.lock().as_ref().and_then(|m| m.get(&old).cloned());
+        if let Some(i) = info {
+            add_tunneled(new, i);
+        }
+    }
+}
+
+/// Run `f` on a tunneled fd's record.
+pub fn with_info<R>(fd: i32, f: impl FnOnce(&mut FdInfo) -> R) -> Option<R> {
+    INFO.lock().as_mut().and_then(|m| m.get_mut(&fd)).map(f)
+}
+
+/// Every engine fd in `lo..=hi`, ascending (for `close_range`, which must skip them).
+pub fn internal_in(lo: u32, hi: u32) -> Vec<i32> {
+    let mut v: Vec<i32> = (lo as usize..=(hi as usize).min(TABLE - 1))
+        .filter(|&fd| KINDS[fd].load(Ordering::Acquire) == INTERNAL)
+        .map(|fd| fd as i32)
+        .collect();
+    if let Some(m) = HIGH.lock().as_ref() {
+        v.extend(
+            m.iter()
+                .filter(|&(&fd, &k)| k == INTERNAL && fd as u32 >= lo && fd as u32 <= hi)
+                .map(|(&fd, _)| fd),
+        );
+    }
+    v.sort_unstable();
+    v
+}
+
+/// Both of the table's locks, held across `fork` (see `app::fork_prepare`).
+pub struct Locks {
+    _high: parking_lot::MutexGuard<'static, Option<HashMap<i32, u8>>>,
+    _info: parking_lot::MutexGuard<'static, Option<HashMap<i32, FdInfo>>>,
+}
+
+/// Take both locks (in the one order used everywhere: HIGH before INFO is never nested
+/// elsewhere, so any order is deadlock-free).
+pub fn lock_all() -> Locks {
+    Locks {
+        _high: HIGH.lock(),
+        _info: INFO.lock(),
+    }
+}
+
+/// After fork, the child's copies of the parent's engine fds are plain fds of the child.
+/// Returns them so the child can close them (its own engine starts fresh).
+pub fn release_internal_after_fork() -> Vec<i32> {
+    let v = internal_in(0, u32::MAX);
+    for &fd in &v {
+        set_kind(fd, NONE);
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_follow_dup_and_close() {
+        // High numbers no real fd of the test process uses.
+        let (a, b, big) = (60_001, 60_002, 70_000);
+        assert_eq!(kind(a), Kind::None);
+        add_tunneled(
+            a,
+            FdInfo {
+                peer: "192.0.2.1:80".parse().unwrap(),
+                state: ConnState::new(),
+                reported: false,
+                options: HashMap::new(),
+            },
+        );
+        assert_eq!(kind(a), Kind::Tunneled);
+        duplicate(a, b);
+        assert_eq!(kind(b), Kind::Tunneled);
+        assert_eq!(with_info(b, |i| i.peer.port()), Some(80));
+        forget(a);
+        assert_eq!(kind(a), Kind::None);
+        assert_eq!(kind(b), Kind::Tunneled, "the duplicate stays tunneled");
+        mark_internal(big);
+        assert_eq!(kind(big), Kind::Internal);
+        assert_eq!(internal_in(60_000, 80_000), vec![big]);
+        duplicate(a, b);
+        assert_eq!(
+            kind(b),
+            Kind::None,
+            "dup2 of a plain fd over a tunneled one clears it"
+        );
+        forget(big);
+        assert_eq!(kind(big), Kind::None);
+    }
+
+    #[test]
+    fn conn_state() {
+        let s = ConnState::new();
+        assert_eq!(s.get(), None);
+        s.set(libc::ECONNREFUSED);
+        assert_eq!(s.get(), Some(libc::ECONNREFUSED));
+    }
+}
