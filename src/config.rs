@@ -25,6 +25,7 @@
 //! fake_net_v6 = "100::/64"       # RFC 6666 discard-only block
 //! allow_udp = false              # UDP/raw/packet sockets on inet families are refused
 //! allow_setuid_exec = false      # exec of setuid/setcap programs (which drop LD_PRELOAD) is refused
+//! allow_inbound = false          # listen() on a non-loopback address is refused
 //! connect_timeout_secs = 30      # a blocking connect through the tunnel gives up after this
 //! ```
 //!
@@ -286,6 +287,8 @@ pub struct InterceptConfig {
     pub allow_setuid_exec: bool,
     /// A tunneled blocking connect gives up after this long (ETIMEDOUT).
     pub connect_timeout: Duration,
+    /// Let the app listen on non-loopback addresses (inbound connections are not tunneled).
+    pub allow_inbound: bool,
 }
 
 impl Default for InterceptConfig {
@@ -301,6 +304,7 @@ impl Default for InterceptConfig {
             allow_udp: false,
             allow_setuid_exec: false,
             connect_timeout: Duration::from_secs(30),
+            allow_inbound: false,
         }
     }
 }
@@ -378,6 +382,7 @@ struct RawIntercept {
     allow_udp: Option<Value>,
     allow_setuid_exec: Option<Value>,
     connect_timeout_secs: Option<Value>,
+    allow_inbound: Option<Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -826,6 +831,9 @@ impl InterceptConfig {
         }
         if let Some(v) = raw.allow_udp {
             c.allow_udp = o.boolean("intercept.allow_udp", v)?;
+        }
+        if let Some(v) = raw.allow_inbound {
+            c.allow_inbound = o.boolean("intercept.allow_inbound", v)?;
         }
         if let Some(v) = raw.allow_setuid_exec {
             c.allow_setuid_exec = o.boolean("intercept.allow_setuid_exec", v)?;

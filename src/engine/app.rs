@@ -446,3 +446,104 @@ pub fn socket(domain: i32, ty: i32) -> Decision<()> {
         }
     }
 }
+
+// ---- process life -------------------------------------------------------------------
+
+/// `execve` and friends: a setuid/setgid or file-capability program loses LD_PRELOAD in
+/// the loader, so its connections would leave directly. Refused unless configured.
+pub fn exec(path: &std::path::Path) -> Decision<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let _g = BypassGuard::enter();
+    let Ok(meta) = std::fs::metadata(path) else {
+        // Let the real exec report ENOENT, EACCES …
+        return Decision::Bypass;
+    };
+    let privileged = meta.permissions().mode() & 0o6000 != 0 || sys::has_file_caps(path);
+    if !privileged || config().is_ok_and(|c| c.intercept.allow_setuid_exec) {
+        return Decision::Bypass;
+    }
+    tell_once(&format!(
+        "refused to exec {}: it is setuid/setgid or has file capabilities, so LD_PRELOAD would not \
+         apply and its connections would bypass the tunnel (intercept.allow_setuid_exec permits it)",
+        path.display()
+    ));
+    Decision::Refuse(libc::EPERM)
+}
+
+/// `listen`: inbound connections are not tunneled; only loopback listeners by default.
+pub fn listen(local: Option<SocketAddr>) -> Decision<()> {
+    let Some(local) = local else {
+        return Decision::Bypass;
+    };
+    let _g = BypassGuard::enter();
+    let allowed =
+        canonical(local.ip()).is_loopback() || config().is_ok_and(|c| c.intercept.allow_inbound);
+    if allowed {
+        return Decision::Bypass;
+    }
+    tell_once(&format!(
+        "refused to listen on {local}: inbound connections would not go through the tunnel \
+         (intercept.allow_inbound permits it)"
+    ));
+    Decision::Refuse(libc::EPERM)
+}
+
+/// The `LD_PRELOAD` value a child must get so it stays tunneled: `current` with `lib`
+/// first, unless it is there already.
+pub fn preload_value(current: Option<&str>, lib: &str) -> Option<String> {
+    match current {
+        Some(c) if c.split([' ', ':']).any(|p| p == lib) => None,
+        Some(c) if !c.trim().is_empty() => Some(format!("{lib} {c}")),
+        _ => Some(lib.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preload_value_keeps_others_and_adds_us_once() {
+        assert_eq!(
+            preload_value(None, "/l/libqnet.so").as_deref(),
+            Some("/l/libqnet.so")
+        );
+        assert_eq!(
+            preload_value(Some("/p/libproxychains4.so"), "/l/libqnet.so").as_deref(),
+            Some("/l/libqnet.so /p/libproxychains4.so")
+        );
+        assert_eq!(
+            preload_value(Some("/x.so:/l/libqnet.so"), "/l/libqnet.so"),
+            None
+        );
+    }
+
+    #[test]
+    fn exec_and_listen_policy() {
+        assert_eq!(exec(std::path::Path::new("/bin/sh")), Decision::Bypass);
+        assert_eq!(
+            exec(std::path::Path::new("/no/such/file")),
+            Decision::Bypass
+        );
+        if let Some(su) = ["/usr/bin/su", "/bin/su", "/usr/bin/passwd"]
+            .iter()
+            .map(std::path::Path::new)
+            .find(|p| p.exists())
+        {
+            assert_eq!(exec(su), Decision::Refuse(libc::EPERM));
+        }
+        assert_eq!(
+            listen(Some("127.0.0.1:80".parse().unwrap())),
+            Decision::Bypass
+        );
+        assert_eq!(
+            listen(Some("[::ffff:127.0.0.1]:80".parse().unwrap())),
+            Decision::Bypass
+        );
+        assert_eq!(
+            listen(Some("0.0.0.0:80".parse().unwrap())),
+            Decision::Refuse(libc::EPERM)
+        );
+        assert_eq!(listen(None), Decision::Bypass);
+    }
+}

@@ -179,3 +179,22 @@ pub(super) fn shared_fake_table(
         Ok((header, slots))
     }
 }
+
+/// Whether a file carries file capabilities (`security.capability`), which, like the
+/// setuid bit, make the loader ignore LD_PRELOAD.
+pub(super) fn has_file_caps(path: &std::path::Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: both strings are NUL-terminated; a NULL buffer of size 0 asks for the size only.
+    let n = unsafe {
+        libc::getxattr(
+            c.as_ptr(),
+            c"security.capability".as_ptr(),
+            std::ptr::null_mut(),
+            0,
+        )
+    };
+    n > 0
+}

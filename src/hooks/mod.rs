@@ -11,6 +11,7 @@
 #![allow(clippy::missing_safety_doc)] // C entry points: their contract is libc's.
 #![allow(unreachable_pub)] // exported C symbols: reached by the dynamic linker, not by Rust paths.
 
+mod exec;
 pub(crate) mod real;
 
 use std::ffi::{CStr, CString, c_char, c_int, c_long, c_uint, c_void};
@@ -187,6 +188,15 @@ extern "C" fn on_load() {
             && main.dli_fbase != ours.dli_fbase
     };
     if in_shared_object {
+        // SAFETY: as above; dli_fname is a NUL-terminated path owned by the loader.
+        let name = unsafe {
+            let mut ours: libc::Dl_info = std::mem::zeroed();
+            libc::dladdr(on_load as *const c_void, &mut ours);
+            (!ours.dli_fname.is_null()).then(|| CStr::from_ptr(ours.dli_fname).to_owned())
+        };
+        if let Some(n) = name {
+            let _ = exec::LIBRARY.set(n);
+        }
         enable();
     }
 }
@@ -453,6 +463,35 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int
         }
         // SAFETY: as above.
         _ => unsafe { real(domain, ty, proto) },
+    })
+}
+
+/// `listen(2)`: inbound connections are not tunneled, so only loopback by default.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
+    let Some(real) = real!(listen: fn(c_int, c_int) -> c_int) else {
+        set_errno(libc::ENOSYS);
+        return -1;
+    };
+    if !intercepting() {
+        // SAFETY: the caller's arguments, passed on unchanged.
+        return unsafe { real(fd, backlog) };
+    }
+    guarded("listen", -1, || {
+        let gsn = real!(getsockname: fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int);
+        // SAFETY: sockaddr_storage is plain old data; getsockname fills at most `len` bytes.
+        let local = unsafe {
+            let mut ss: libc::sockaddr_storage = std::mem::zeroed();
+            let mut len = size_of::<libc::sockaddr_storage>() as socklen_t;
+            match gsn {
+                Some(f) if f(fd, (&raw mut ss).cast(), &mut len) == 0 => {
+                    sockaddr_in((&raw const ss).cast(), len)
+                }
+                _ => None,
+            }
+        };
+        // SAFETY: as above.
+        decided(app::listen(local), || unsafe { real(fd, backlog) })
     })
 }
 

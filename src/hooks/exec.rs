@@ -1,0 +1,258 @@
+//! The exec family and `posix_spawn`: children stay tunneled (LD_PRELOAD is put back if
+//! the app dropped it from the environment it passes) and programs the loader would run
+//! without LD_PRELOAD (setuid, setgid, file capabilities) are refused.
+//!
+//! glibc's `execvp`, `execl*` and `posix_spawn` reach the kernel through internal calls,
+//! not through `execve`'s PLT entry, so each is hooked on its own.
+
+use std::ffi::{CStr, CString, c_char, c_int};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::ptr;
+use std::sync::OnceLock;
+
+use super::{guarded, intercepting, real, set_errno};
+use crate::engine::app::{self, Decision};
+
+unsafe extern "C" {
+    static mut environ: *const *const c_char;
+}
+
+/// The path of this libqnet.so, found at load; `None` when linked into a program.
+pub(super) static LIBRARY: OnceLock<CString> = OnceLock::new();
+
+/// The environment a child gets: `envp` with LD_PRELOAD naming this library.
+/// The returned vector owns any new string; the pointer array borrows from both.
+struct ChildEnv {
+    _owned: Option<CString>,
+    ptrs: Vec<*const c_char>,
+}
+
+unsafe fn child_env(envp: *const *const c_char) -> Option<ChildEnv> {
+    let lib = LIBRARY.get()?.to_str().ok()?;
+    let mut ptrs = Vec::new();
+    let mut current = None;
+    let mut at = None;
+    if !envp.is_null() {
+        let mut i = 0;
+        // SAFETY: `envp` is a NULL-terminated array of C strings (exec's contract).
+        unsafe {
+            while !(*envp.add(i)).is_null() {
+                let p = *envp.add(i);
+                let s = CStr::from_ptr(p).to_bytes();
+                if let Some(v) = s.strip_prefix(b"LD_PRELOAD=") {
+                    current = std::str::from_utf8(v).ok();
+                    at = Some(ptrs.len());
+                }
+                ptrs.push(p);
+                i += 1;
+            }
+        }
+    }
+    let new = app::preload_value(current, lib)?;
+    let owned = CString::new(format!("LD_PRELOAD={new}")).ok()?;
+    match at {
+        Some(i) => ptrs[i] = owned.as_ptr(),
+        None => ptrs.push(owned.as_ptr()),
+    }
+    ptrs.push(ptr::null());
+    Some(ChildEnv {
+        _owned: Some(owned),
+        ptrs,
+    })
+}
+
+/// Where the shell would find `file` on `PATH` (for the setuid check only; the real
+/// function still does its own search).
+fn search_path(file: &CStr) -> Option<PathBuf> {
+    let f = Path::new(std::ffi::OsStr::from_bytes(file.to_bytes()));
+    if file.to_bytes().contains(&b'/') {
+        return Some(f.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(f))
+        .find(|c| c.is_file())
+}
+
+/// The decision for executing `path` (a NUL-terminated string; null passes through).
+unsafe fn check(path: *const c_char, search: bool) -> Decision<()> {
+    if path.is_null() {
+        return Decision::Bypass;
+    }
+    // SAFETY: a NUL-terminated path, by the exec functions' contract.
+    let c = unsafe { CStr::from_ptr(path) };
+    let target = if search {
+        search_path(c)
+    } else {
+        Some(Path::new(std::ffi::OsStr::from_bytes(c.to_bytes())).to_path_buf())
+    };
+    match target {
+        Some(t) => app::exec(&t),
+        None => Decision::Bypass,
+    }
+}
+
+type Execve =
+    unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
+
+/// `execve(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execve(
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    let real: Option<Execve> =
+        real!(execve: fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int);
+    let Some(real) = real else {
+        set_errno(libc::ENOSYS);
+        return -1;
+    };
+    if !intercepting() {
+        // SAFETY: the caller's arguments, passed on unchanged.
+        return unsafe { real(path, argv, envp) };
+    }
+    guarded("execve", -1, || {
+        // SAFETY: the caller's path.
+        if let Decision::Refuse(e) = unsafe { check(path, false) } {
+            set_errno(e);
+            return -1;
+        }
+        // SAFETY: the caller's environment array.
+        match unsafe { child_env(envp) } {
+            // SAFETY: the caller's path and argv with an environment that outlives the call.
+            Some(env) => unsafe { real(path, argv, env.ptrs.as_ptr()) },
+            // SAFETY: as above.
+            None => unsafe { real(path, argv, envp) },
+        }
+    })
+}
+
+/// `execv(3)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: execv is execve with the current environment.
+    unsafe { execve(path, argv, environ) }
+}
+
+/// `execvpe(3)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execvpe(
+    file: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    let real: Option<Execve> =
+        real!(execvpe: fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int);
+    let Some(real) = real else {
+        set_errno(libc::ENOSYS);
+        return -1;
+    };
+    if !intercepting() {
+        // SAFETY: the caller's arguments, passed on unchanged.
+        return unsafe { real(file, argv, envp) };
+    }
+    guarded("execvpe", -1, || {
+        // SAFETY: the caller's file name.
+        if let Decision::Refuse(e) = unsafe { check(file, true) } {
+            set_errno(e);
+            return -1;
+        }
+        // SAFETY: the caller's environment array.
+        match unsafe { child_env(envp) } {
+            // SAFETY: the caller's arguments with an environment that outlives the call.
+            Some(env) => unsafe { real(file, argv, env.ptrs.as_ptr()) },
+            // SAFETY: as above.
+            None => unsafe { real(file, argv, envp) },
+        }
+    })
+}
+
+/// `execvp(3)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: execvp is execvpe with the current environment.
+    unsafe { execvpe(file, argv, environ) }
+}
+
+type Spawn = unsafe extern "C" fn(
+    *mut libc::pid_t,
+    *const c_char,
+    *const libc::posix_spawn_file_actions_t,
+    *const libc::posix_spawnattr_t,
+    *const *const c_char,
+    *const *const c_char,
+) -> c_int;
+
+#[allow(clippy::too_many_arguments)] // posix_spawn's six plus the function and its search mode
+unsafe fn spawn(
+    real: Spawn,
+    search: bool,
+    pid: *mut libc::pid_t,
+    path: *const c_char,
+    actions: *const libc::posix_spawn_file_actions_t,
+    attr: *const libc::posix_spawnattr_t,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    // SAFETY: the caller's path.
+    if let Decision::Refuse(e) = unsafe { check(path, search) } {
+        return e;
+    }
+    // SAFETY: the caller's environment array.
+    match unsafe { child_env(envp) } {
+        // SAFETY: the caller's arguments; the environment is copied before the call returns.
+        Some(env) => unsafe { real(pid, path, actions, attr, argv, env.ptrs.as_ptr()) },
+        // SAFETY: as above.
+        None => unsafe { real(pid, path, actions, attr, argv, envp) },
+    }
+}
+
+/// `posix_spawn(3)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn posix_spawn(
+    pid: *mut libc::pid_t,
+    path: *const c_char,
+    actions: *const libc::posix_spawn_file_actions_t,
+    attr: *const libc::posix_spawnattr_t,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    let real: Option<Spawn> = real!(posix_spawn: fn(*mut libc::pid_t, *const c_char, *const libc::posix_spawn_file_actions_t, *const libc::posix_spawnattr_t, *const *const c_char, *const *const c_char) -> c_int);
+    let Some(real) = real else {
+        return libc::ENOSYS;
+    };
+    if !intercepting() {
+        // SAFETY: the caller's arguments, passed on unchanged.
+        return unsafe { real(pid, path, actions, attr, argv, envp) };
+    }
+    // SAFETY: the caller's arguments.
+    guarded("posix_spawn", libc::EIO, || unsafe {
+        spawn(real, false, pid, path, actions, attr, argv, envp)
+    })
+}
+
+/// `posix_spawnp(3)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn posix_spawnp(
+    pid: *mut libc::pid_t,
+    file: *const c_char,
+    actions: *const libc::posix_spawn_file_actions_t,
+    attr: *const libc::posix_spawnattr_t,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    let real: Option<Spawn> = real!(posix_spawnp: fn(*mut libc::pid_t, *const c_char, *const libc::posix_spawn_file_actions_t, *const libc::posix_spawnattr_t, *const *const c_char, *const *const c_char) -> c_int);
+    let Some(real) = real else {
+        return libc::ENOSYS;
+    };
+    if !intercepting() {
+        // SAFETY: the caller's arguments, passed on unchanged.
+        return unsafe { real(pid, file, actions, attr, argv, envp) };
+    }
+    // SAFETY: the caller's arguments.
+    guarded("posix_spawnp", libc::EIO, || unsafe {
+        spawn(real, true, pid, file, actions, attr, argv, envp)
+    })
+}
