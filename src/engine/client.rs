@@ -290,13 +290,21 @@ impl Client {
 
     /// The session is gone: fail its flows and the waiting sockets, retry later.
     fn link_down(&mut self, now: Instant, why: &str) {
-        qlog!(Warn, "relay session down: {why}");
-        let was_up = self.is_connected();
-        if self.commands.is_some() && !self.told_down && !was_up {
-            // The one line an app user sees when the tunnel cannot be reached at all.
+        qlog!(Info, "relay session down: {why}");
+        // The one line an app user sees when tunneled connects fail for want of a relay
+        // (once per outage). A session that never opened a stream may have had its key
+        // refused: XK lets the relay stay silent, so the client cannot tell for sure.
+        let failing = self.flows.values().any(|f| f.app.is_some())
+            || self.waiting.iter().any(|w| w.2.is_some());
+        if failing && !self.told_down {
             if super::log::enabled(crate::config::LogLevel::Error) {
+                let hint = if self.stats.streams_ok == 0 {
+                    " (check the relay address and key, and that this client's key is on its list)"
+                } else {
+                    ""
+                };
                 eprintln!(
-                    "qnet: relay {} unusable ({why}); tunneled connections fail, nothing is sent directly",
+                    "qnet: relay {} unusable: {why}{hint}; tunneled connections fail, nothing is sent directly",
                     self.cfg.relay
                 );
             }
@@ -431,17 +439,20 @@ impl Client {
                 Event::Connected { .. } => {
                     qlog!(Info, "session to {} established", self.cfg.relay);
                     self.stats.sessions += 1;
-                    self.told_down = false;
                     self.backoff = Duration::from_millis(100);
                 }
                 Event::OpenResult { stream, result } => match result {
                     Ok(()) => {
                         if let Some(f) = self.flows.get_mut(&stream) {
                             f.open = true;
+                            self.told_down = false;
                             if let Some(app) = f.app.take() {
-                                // Drop the filler before the app can write (see AppConn).
-                                f.skip = discard(&mut f.ep.sock, app.filler, &mut self.buf);
+                                // Publish the outcome first: dropping the filler makes the
+                                // app's fd writable, and the app then asks SO_ERROR and
+                                // getpeername at once.
+                                let filler = app.filler;
                                 app.finish(Ok(()));
+                                f.skip = discard(&mut f.ep.sock, filler, &mut self.buf);
                             }
                             self.stats.streams_ok += 1;
                             qlog!(
