@@ -498,6 +498,32 @@ pub fn preload_value(current: Option<&str>, lib: &str) -> Option<String> {
     }
 }
 
+/// An fd arrived over SCM_RIGHTS: a TCP connection made outside this process's tunnel
+/// (to a destination not in the bypass nets) would let the app send directly, so it is
+/// refused. Unconnected sockets are fine: their `connect` comes through the hook.
+pub fn received_fd(fd: i32) -> Decision<()> {
+    let _g = BypassGuard::enter();
+    if fdtab::kind(fd) != Kind::None {
+        return Decision::Bypass;
+    }
+    let Some(peer) = sys::inet_peer(fd) else {
+        return Decision::Bypass;
+    };
+    let bypassed = config().is_ok_and(|c| {
+        c.intercept
+            .bypass
+            .iter()
+            .any(|n| n.contains(canonical(peer.ip())))
+    });
+    if bypassed {
+        return Decision::Bypass;
+    }
+    tell_once(&format!(
+        "refused a connection to {peer} received from another process: it does not go through the tunnel"
+    ));
+    Decision::Refuse(libc::EPERM)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

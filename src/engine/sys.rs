@@ -198,3 +198,32 @@ pub(super) fn has_file_caps(path: &std::path::Path) -> bool {
     };
     n > 0
 }
+
+/// The peer of a connected inet socket, if it is one.
+pub(super) fn inet_peer(fd: RawFd) -> Option<std::net::SocketAddr> {
+    // SAFETY: sockaddr_storage is plain old data; the kernel writes at most `len` bytes.
+    unsafe {
+        let mut ss: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        if libc::getpeername(fd, (&raw mut ss).cast(), &mut len) != 0 {
+            return None;
+        }
+        match i32::from(ss.ss_family) {
+            libc::AF_INET => {
+                let a = &*(&raw const ss).cast::<libc::sockaddr_in>();
+                Some(std::net::SocketAddr::new(
+                    std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).into(),
+                    u16::from_be(a.sin_port),
+                ))
+            }
+            libc::AF_INET6 => {
+                let a = &*(&raw const ss).cast::<libc::sockaddr_in6>();
+                Some(std::net::SocketAddr::new(
+                    std::net::Ipv6Addr::from(a.sin6_addr.s6_addr).into(),
+                    u16::from_be(a.sin6_port),
+                ))
+            }
+            _ => None,
+        }
+    }
+}

@@ -729,6 +729,65 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
     })
 }
 
+/// `recvmsg(2)`: an inet connection passed in with SCM_RIGHTS that bypasses the tunnel
+/// is closed and the call fails (the fast path is untouched: only messages carrying
+/// control data are looked at).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
+    let Some(real) = real!(recvmsg: fn(c_int, *mut msghdr, c_int) -> ssize_t) else {
+        set_errno(libc::ENOSYS);
+        return -1;
+    };
+    // SAFETY: the caller's arguments, passed on unchanged.
+    let r = unsafe { real(fd, msg, flags) };
+    // SAFETY: `msg` is the caller's msghdr, just filled in by the kernel.
+    if r < 0 || msg.is_null() || unsafe { (*msg).msg_controllen } == 0 || !intercepting() {
+        return r;
+    }
+    guarded("recvmsg", -1, || {
+        let mut refused = false;
+        // SAFETY: walking the control buffer the kernel filled, with libc's CMSG macros.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                    let data = libc::CMSG_DATA(c).cast::<c_int>();
+                    let n = ((*c).cmsg_len as usize - (data as usize - c as usize))
+                        / size_of::<c_int>();
+                    for i in 0..n {
+                        let got = ptr::read_unaligned(data.add(i));
+                        if let Decision::Refuse(_) = app::received_fd(got) {
+                            refused = true;
+                        }
+                    }
+                }
+                c = libc::CMSG_NXTHDR(msg, c);
+            }
+            if refused {
+                // Close every passed fd: the app must not keep half of a message.
+                let mut c = libc::CMSG_FIRSTHDR(msg);
+                while !c.is_null() {
+                    if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                        let data = libc::CMSG_DATA(c).cast::<c_int>();
+                        let n = ((*c).cmsg_len as usize - (data as usize - c as usize))
+                            / size_of::<c_int>();
+                        for i in 0..n {
+                            close(ptr::read_unaligned(data.add(i)));
+                        }
+                    }
+                    c = libc::CMSG_NXTHDR(msg, c);
+                }
+            }
+        }
+        if refused {
+            set_errno(libc::EPERM);
+            -1
+        } else {
+            r
+        }
+    })
+}
+
 /// `sendmmsg(2)`: each message as `sendmsg` would see it.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sendmmsg(
@@ -811,6 +870,12 @@ pub unsafe extern "C" fn syscall(
                 }
                 libc::SYS_socket => return socket(a1 as c_int, a2 as c_int, a3 as c_int) as c_long,
                 libc::SYS_close => return close(a1 as c_int) as c_long,
+                libc::SYS_close_range => {
+                    return close_range(a1 as c_uint, a2 as c_uint, a3 as c_int) as c_long;
+                }
+                libc::SYS_recvmsg => {
+                    return recvmsg(a1 as c_int, a2 as *mut msghdr, a3 as c_int) as c_long;
+                }
                 _ => {}
             }
         }
