@@ -213,6 +213,7 @@ pub fn connect(fd: i32, addr: SocketAddr) -> Decision<()> {
     let _g = BypassGuard::enter();
     match fdtab::kind(fd) {
         Kind::Internal => return Decision::Refuse(libc::EBADF),
+        Kind::Datagram => return datagram_send(fd),
         Kind::Tunneled => {
             return match fdtab::with_info(fd, |i| {
                 let st = i.state.get();
@@ -270,6 +271,7 @@ fn tunnel(fd: i32, peer: SocketAddr, dest: Destination, cfg: &Config) -> Result<
     let state = ConnState::new();
     let info = FdInfo {
         peer,
+        local: local_for(peer),
         state: state.clone(),
         reported: false,
         options: Default::default(),
@@ -348,15 +350,42 @@ pub fn peer_of(fd: i32) -> Decision<SocketAddr> {
     }
 }
 
-/// `getsockname`: an unspecified local address of the peer's family (the real one is the relay's).
+/// `getsockname`: a local address and port, as a connected TCP socket has.
 pub fn local_of(fd: i32) -> Decision<SocketAddr> {
     if fdtab::kind(fd) != Kind::Tunneled {
         return Decision::Bypass;
     }
-    match fdtab::with_info(fd, |i| i.peer) {
-        Some(SocketAddr::V4(_)) => Decision::Done("0.0.0.0:0".parse().expect("valid")),
-        Some(SocketAddr::V6(_)) => Decision::Done("[::]:0".parse().expect("valid")),
+    match fdtab::with_info(fd, |i| i.local) {
+        // The relay connection may have come up after the connect began: fill the address in now.
+        Some(a) => Decision::Done(SocketAddr::new(local_ip(a.is_ipv4()), a.port())),
         None => Decision::Bypass,
+    }
+}
+
+/// This host's address on the relay connection, set by the engine once connected.
+static RELAY_LOCAL: Mutex<Option<IpAddr>> = Mutex::new(None);
+
+/// The engine's relay connection is up from this local address.
+pub fn set_relay_local(ip: IpAddr) {
+    *RELAY_LOCAL.lock() = Some(ip);
+}
+
+/// The local address a tunneled socket to `peer` reports: the relay connection's own
+/// address when the family matches (else unspecified) and a random ephemeral port.
+fn local_for(peer: SocketAddr) -> SocketAddr {
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    // Linux's default ephemeral range, 32768–60999.
+    let port = 32768 + u16::from_ne_bytes(b) % (60999 - 32768 + 1);
+    SocketAddr::new(local_ip(peer.is_ipv4()), port)
+}
+
+fn local_ip(v4: bool) -> IpAddr {
+    match (v4, *RELAY_LOCAL.lock()) {
+        (true, Some(IpAddr::V4(a))) => IpAddr::V4(a),
+        (false, Some(IpAddr::V6(a))) => IpAddr::V6(a),
+        (true, _) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+        (false, _) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
     }
 }
 
@@ -423,8 +452,19 @@ pub fn close(fd: i32) -> Decision<()> {
     }
 }
 
-/// `socket`: refuse what would leave outside the tunnel (UDP, raw, packet) unless allowed.
-pub fn socket(domain: i32, ty: i32) -> Decision<()> {
+/// What `socket` does with a new socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewSocket {
+    /// Nothing to remember.
+    Plain,
+    /// An inet datagram socket: created (programs probe for IPv6 with one), but every
+    /// connect and send on it is refused.
+    Datagram,
+}
+
+/// `socket`: raw and packet sockets would leave outside the tunnel and are refused; UDP
+/// sockets are created but cannot send (see [`NewSocket::Datagram`]), unless allowed.
+pub fn socket(domain: i32, ty: i32) -> Decision<NewSocket> {
     let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
     let inet = domain == libc::AF_INET || domain == libc::AF_INET6;
     let leaky = domain == libc::AF_PACKET || (inet && base != libc::SOCK_STREAM);
@@ -432,19 +472,31 @@ pub fn socket(domain: i32, ty: i32) -> Decision<()> {
         return Decision::Bypass;
     }
     let _g = BypassGuard::enter();
-    match config() {
-        Ok(c) if c.intercept.allow_udp => Decision::Bypass,
-        _ => {
-            crate::qlog!(
-                Warn,
-                "refused a non-TCP inet socket (domain {domain}, type {base}): it would bypass the tunnel"
-            );
-            tell_once(
-                "refused a UDP/raw/packet socket (it would bypass the tunnel); set intercept.allow_udp to permit",
-            );
-            Decision::Refuse(libc::EPERM)
-        }
+    if config().is_ok_and(|c| c.intercept.allow_udp) {
+        return Decision::Bypass;
     }
+    if inet && base == libc::SOCK_DGRAM {
+        return Decision::Done(NewSocket::Datagram);
+    }
+    crate::qlog!(
+        Warn,
+        "refused a raw/packet socket (domain {domain}, type {base})"
+    );
+    tell_once(
+        "refused a raw/packet socket (it would bypass the tunnel); set intercept.allow_udp to permit",
+    );
+    Decision::Refuse(libc::EPERM)
+}
+
+/// A connect or send on a datagram socket (see [`NewSocket::Datagram`]).
+pub fn datagram_send(fd: i32) -> Decision<()> {
+    if fdtab::kind(fd) != Kind::Datagram {
+        return Decision::Bypass;
+    }
+    tell_once(
+        "refused to send UDP (it would bypass the tunnel); set intercept.allow_udp to permit",
+    );
+    Decision::Refuse(libc::EPERM)
 }
 
 // ---- process life -------------------------------------------------------------------

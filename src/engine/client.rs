@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, ErrorKind};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
@@ -128,6 +128,9 @@ pub struct AppConn {
 
 impl AppConn {
     fn finish(mut self, result: Result<(), i32>) {
+        // The outcome first: growing the send buffer back already wakes the app, which
+        // then asks SO_ERROR and getpeername at once.
+        self.state.set(result.err().unwrap_or(0));
         if result.is_ok() {
             if let Some((fd, size)) = self.restore.take() {
                 let _ = super::sys::setsockopt_int(
@@ -138,7 +141,6 @@ impl AppConn {
                 );
             }
         }
-        self.state.set(result.err().unwrap_or(0));
         if let Some(r) = self.reply.take() {
             let _ = r.send(result);
         }
@@ -255,15 +257,21 @@ impl Client {
 
     fn connect_relay(&mut self, now: Instant) {
         self.retry_at = None;
-        let addr = match self.cfg.relay.to_socket_addrs().map(|mut a| a.next()) {
-            Ok(Some(a)) => a,
-            _ => {
-                qlog!(Error, "cannot resolve relay address {}", self.cfg.relay);
-                return self.link_down(now, "relay address does not resolve");
+        let addr = match relay_address(&self.cfg.relay) {
+            Ok(a) => a,
+            Err(e) => {
+                qlog!(
+                    Error,
+                    "cannot resolve relay address {}: {e}",
+                    self.cfg.relay
+                );
+                return self.link_down(now, &format!("relay address does not resolve: {e}"));
             }
         };
-        let mut sock = match TcpStream::connect(addr) {
-            Ok(s) => s,
+        // Through the next connect() in load order, never a preloaded app's hooks first:
+        // chaining with proxychains-ng depends on it (docs/ARCHITECTURE.md).
+        let mut sock = match super::sys::connect_next(addr) {
+            Ok(s) => TcpStream::from_std(s),
             Err(e) => return self.link_down(now, &format!("cannot connect to relay {addr}: {e}")),
         };
         let _ = sock.set_nodelay(true);
@@ -438,6 +446,9 @@ impl Client {
             match ev {
                 Event::Connected { .. } => {
                     qlog!(Info, "session to {} established", self.cfg.relay);
+                    if let Ok(a) = l.sock.local_addr() {
+                        super::app::set_relay_local(a.ip());
+                    }
                     self.stats.sessions += 1;
                     self.backoff = Duration::from_millis(100);
                 }
@@ -599,4 +610,20 @@ fn discard(sock: &mut Sock, mut n: usize, buf: &mut [u8]) -> usize {
         }
     }
     0
+}
+
+/// The relay's `host:port` as an address: numeric at once, a name through the next
+/// resolver in load order (see `sys::resolve_next`).
+fn relay_address(relay: &str) -> io::Result<SocketAddr> {
+    if let Ok(a) = relay.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let (host, port) = relay
+        .rsplit_once(':')
+        .ok_or_else(|| io::Error::other("expected host:port"))?;
+    let port: u16 = port.parse().map_err(|_| io::Error::other("bad port"))?;
+    super::sys::resolve_next(host.trim_start_matches('[').trim_end_matches(']'), port)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| io::Error::other("no address"))
 }

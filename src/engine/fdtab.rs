@@ -18,6 +18,7 @@ const TABLE: usize = 1 << 16;
 const NONE: u8 = 0;
 const TUNNELED: u8 = 1;
 const INTERNAL: u8 = 2;
+const DATAGRAM: u8 = 3;
 
 static KINDS: [AtomicU8; TABLE] = [const { AtomicU8::new(NONE) }; TABLE];
 static HIGH: Mutex<Option<HashMap<i32, u8>>> = Mutex::new(None);
@@ -32,6 +33,8 @@ pub enum Kind {
     Tunneled,
     /// The engine's own (poller, wake pipe, relay connection, stream sockets).
     Internal,
+    /// An inet datagram socket the app may create but not send on (UDP would bypass the tunnel).
+    Datagram,
 }
 
 /// Outcome of a tunneled connect, shared between the app's fd and the engine's flow.
@@ -65,6 +68,9 @@ impl ConnState {
 pub struct FdInfo {
     /// The address the app connected to (a fake address for names).
     pub peer: SocketAddr,
+    /// What `getsockname` answers: this host's address toward the relay (when the
+    /// family matches) and an ephemeral port of its own, as a TCP socket would have.
+    pub local: SocketAddr,
     /// The connect outcome.
     pub state: Arc<ConnState>,
     /// The outcome was already reported once through `SO_ERROR` or a second `connect`.
@@ -106,6 +112,7 @@ pub fn kind(fd: i32) -> Kind {
     match k {
         TUNNELED => Kind::Tunneled,
         INTERNAL => Kind::Internal,
+        DATAGRAM => Kind::Datagram,
         _ => Kind::None,
     }
 }
@@ -113,6 +120,11 @@ pub fn kind(fd: i32) -> Kind {
 /// Mark an engine fd so the app cannot close it.
 pub fn mark_internal(fd: i32) {
     set_kind(fd, INTERNAL);
+}
+
+/// Mark a datagram socket whose sends are refused.
+pub fn mark_datagram(fd: i32) {
+    set_kind(fd, DATAGRAM);
 }
 
 /// Record a tunneled app fd.
@@ -136,6 +148,9 @@ pub fn forget(fd: i32) {
 /// `new` is now a duplicate of `old`: it inherits what `old` is (dup, dup2, dup3).
 pub fn duplicate(old: i32, new: i32) {
     forget(new);
+    if kind(old) == Kind::Datagram {
+        mark_datagram(new);
+    }
     if kind(old) == Kind::Tunneled {
         let info = INFO.lock().as_ref().and_then(|m| m.get(&old).cloned());
         if let Some(i) = info {
@@ -204,6 +219,7 @@ mod tests {
             a,
             FdInfo {
                 peer: "192.0.2.1:80".parse().unwrap(),
+                local: "192.0.2.9:40000".parse().unwrap(),
                 state: ConnState::new(),
                 reported: false,
                 options: HashMap::new(),
@@ -227,6 +243,17 @@ mod tests {
         );
         forget(big);
         assert_eq!(kind(big), Kind::None);
+    }
+
+    #[test]
+    fn datagram_marks_follow_dup() {
+        let (a, b) = (60_101, 60_102);
+        mark_datagram(a);
+        duplicate(a, b);
+        assert_eq!(kind(b), Kind::Datagram);
+        forget(a);
+        forget(b);
+        assert_eq!((kind(a), kind(b)), (Kind::None, Kind::None));
     }
 
     #[test]

@@ -91,15 +91,15 @@ pub fn lookup(cfg: &Config, name: &str, family: i32) -> Lookup {
     };
     match map.lookup_or_insert(name) {
         Ok(index) => {
-            // AF_UNSPEC gets the IPv4 fake only: a second family would make happy-eyeballs
-            // clients open a second stream to the same name for nothing.
-            let ip = if family == libc::AF_INET6 {
-                IpAddr::V6(map.v6(index))
-            } else {
-                IpAddr::V4(map.v4(index))
+            // AF_UNSPEC gets both, IPv4 first: programs asked to use IPv6 only (curl -6)
+            // ask for AF_UNSPEC and filter themselves.
+            let ips = match family {
+                libc::AF_INET => vec![IpAddr::V4(map.v4(index))],
+                libc::AF_INET6 => vec![IpAddr::V6(map.v6(index))],
+                _ => vec![IpAddr::V4(map.v4(index)), IpAddr::V6(map.v6(index))],
             };
             let canon = name.trim_end_matches('.').to_ascii_lowercase();
-            Lookup::Addrs(vec![ip], canon)
+            Lookup::Addrs(ips, canon)
         }
         Err(DnsError::Full) => {
             super::app::tell_once("fake-address table full; further names do not resolve");

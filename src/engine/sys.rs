@@ -227,3 +227,139 @@ pub(super) fn inet_peer(fd: RawFd) -> Option<std::net::SocketAddr> {
         }
     }
 }
+
+/// `dlsym(RTLD_NEXT, name)`: the definition after the object holding this code. Inside
+/// libqnet.so that is what the app would reach past us (libc, or proxychains-ng when it
+/// is preloaded after us), so the relay connection is chained as the user ordered it;
+/// inside a program it is libc.
+fn next_symbol(name: &std::ffi::CStr) -> Option<usize> {
+    // SAFETY: a NUL-terminated name; dlsym has no other preconditions.
+    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
+    (p != 0).then_some(p)
+}
+
+/// Start a non-blocking TCP connect to `addr` through the next `connect` in load order
+/// (never through qnet's own hook). The connect completes later, as with mio's.
+pub(super) fn connect_next(addr: std::net::SocketAddr) -> io::Result<std::net::TcpStream> {
+    let Some(connect) = next_symbol(c"connect") else {
+        return Err(io::Error::other("no connect() after libqnet in load order"));
+    };
+    // SAFETY: `connect` is the address of a function with connect(2)'s prototype.
+    let connect: unsafe extern "C" fn(
+        libc::c_int,
+        *const libc::sockaddr,
+        libc::socklen_t,
+    ) -> libc::c_int = unsafe { std::mem::transmute(connect) };
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket creation; the fd is owned right below.
+    let fd = cvt(unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })?;
+    // SAFETY: `fd` is a fresh socket owned by nobody else.
+    let sock = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    // SAFETY: sockaddr_storage is plain old data; the address is written within its size.
+    let (ss, len) = unsafe {
+        let mut ss: libc::sockaddr_storage = std::mem::zeroed();
+        let len = match addr {
+            std::net::SocketAddr::V4(a) => {
+                let s = (&raw mut ss).cast::<libc::sockaddr_in>();
+                (*s).sin_family = libc::AF_INET as libc::sa_family_t;
+                (*s).sin_port = a.port().to_be();
+                (*s).sin_addr.s_addr = u32::from(*a.ip()).to_be();
+                size_of::<libc::sockaddr_in>()
+            }
+            std::net::SocketAddr::V6(a) => {
+                let s = (&raw mut ss).cast::<libc::sockaddr_in6>();
+                (*s).sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                (*s).sin6_port = a.port().to_be();
+                (*s).sin6_addr.s6_addr = a.ip().octets();
+                (*s).sin6_scope_id = a.scope_id();
+                size_of::<libc::sockaddr_in6>()
+            }
+        };
+        (ss, len as libc::socklen_t)
+    };
+    // SAFETY: a valid socket and a sockaddr of `len` bytes.
+    let r = unsafe { connect(sock.as_raw_fd(), (&raw const ss).cast(), len) };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+    }
+    Ok(sock)
+}
+
+/// Resolve `host` through the next `getaddrinfo` in load order (see [`next_symbol`]).
+pub(super) fn resolve_next(host: &str, port: u16) -> io::Result<Vec<std::net::SocketAddr>> {
+    type Gai = unsafe extern "C" fn(
+        *const libc::c_char,
+        *const libc::c_char,
+        *const libc::addrinfo,
+        *mut *mut libc::addrinfo,
+    ) -> libc::c_int;
+    type Free = unsafe extern "C" fn(*mut libc::addrinfo);
+    let (Some(gai), Some(free)) = (next_symbol(c"getaddrinfo"), next_symbol(c"freeaddrinfo"))
+    else {
+        return Err(io::Error::other(
+            "no getaddrinfo() after libqnet in load order",
+        ));
+    };
+    // SAFETY: both are the addresses of functions with these prototypes.
+    let (gai, free) = unsafe {
+        (
+            std::mem::transmute::<usize, Gai>(gai),
+            std::mem::transmute::<usize, Free>(free),
+        )
+    };
+    let c = std::ffi::CString::new(host).map_err(|_| io::Error::other("NUL in host name"))?;
+    // SAFETY: addrinfo is plain old data; zero is "any family, any type".
+    let mut hints: libc::addrinfo = unsafe { std::mem::zeroed() };
+    hints.ai_socktype = libc::SOCK_STREAM;
+    let mut res: *mut libc::addrinfo = std::ptr::null_mut();
+    // SAFETY: valid strings and hints; `res` receives a list we free below.
+    let r = unsafe { gai(c.as_ptr(), std::ptr::null(), &hints, &mut res) };
+    if r != 0 {
+        return Err(io::Error::other(format!(
+            "cannot resolve {host} (getaddrinfo error {r})"
+        )));
+    }
+    let mut out = Vec::new();
+    let mut p = res;
+    // SAFETY: walking the list getaddrinfo returned; each ai_addr has ai_addrlen bytes.
+    unsafe {
+        while !p.is_null() {
+            let a = (*p).ai_addr;
+            if !a.is_null() {
+                match i32::from((*a).sa_family) {
+                    libc::AF_INET => {
+                        let s = &*a.cast::<libc::sockaddr_in>();
+                        out.push(std::net::SocketAddr::new(
+                            std::net::Ipv4Addr::from(u32::from_be(s.sin_addr.s_addr)).into(),
+                            port,
+                        ));
+                    }
+                    libc::AF_INET6 => {
+                        let s = &*a.cast::<libc::sockaddr_in6>();
+                        out.push(std::net::SocketAddr::new(
+                            std::net::Ipv6Addr::from(s.sin6_addr.s6_addr).into(),
+                            port,
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            p = (*p).ai_next;
+        }
+        free(res);
+    }
+    Ok(out)
+}

@@ -379,7 +379,7 @@ pub unsafe extern "C" fn dup(old: c_int) -> c_int {
     };
     // SAFETY: the caller's argument, passed on unchanged.
     let new = unsafe { real(old) };
-    if app::active() && fdtab::kind(old) == Kind::Tunneled {
+    if app::active() && matches!(fdtab::kind(old), Kind::Tunneled | Kind::Datagram) {
         return dup_result(old, new);
     }
     new
@@ -438,7 +438,7 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> c_int {
     let r = unsafe { real(fd, cmd, arg) };
     if (cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC)
         && app::active()
-        && fdtab::kind(fd) == Kind::Tunneled
+        && matches!(fdtab::kind(fd), Kind::Tunneled | Kind::Datagram)
     {
         return dup_result(fd, r);
     }
@@ -460,6 +460,14 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int
         Decision::Refuse(e) => {
             set_errno(e);
             -1
+        }
+        Decision::Done(app::NewSocket::Datagram) => {
+            // SAFETY: as above.
+            let fd = unsafe { real(domain, ty, proto) };
+            if fd >= 0 {
+                fdtab::mark_datagram(fd);
+            }
+            fd
         }
         // SAFETY: as above.
         _ => unsafe { real(domain, ty, proto) },
@@ -665,11 +673,15 @@ pub unsafe extern "C" fn sendto(
         set_errno(libc::ENOSYS);
         return -1;
     };
-    if !intercepting() || (addr.is_null() && fdtab::kind(fd) != Kind::Tunneled) {
+    if !intercepting() || fdtab::kind(fd) == Kind::None && addr.is_null() {
         // SAFETY: the caller's arguments, passed on unchanged.
         return unsafe { real(fd, buf, n, flags, addr, len) };
     }
     guarded("sendto", -1, || {
+        if let Decision::Refuse(e) = app::datagram_send(fd) {
+            set_errno(e);
+            return -1;
+        }
         // SAFETY: the caller's address buffer.
         match unsafe { send_with_address(fd, addr, len, flags) } {
             // SAFETY: the caller's data buffer, sent on the now tunneled fd without an address.
@@ -702,11 +714,15 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
             (*msg).msg_namelen,
         )
     };
-    if name.is_null() && fdtab::kind(fd) != Kind::Tunneled {
+    if name.is_null() && fdtab::kind(fd) == Kind::None {
         // SAFETY: as above.
         return unsafe { real(fd, msg, flags) };
     }
     guarded("sendmsg", -1, || {
+        if let Decision::Refuse(e) = app::datagram_send(fd) {
+            set_errno(e);
+            return -1;
+        }
         // SAFETY: the caller's address buffer.
         match unsafe { send_with_address(fd, name, namelen, flags) } {
             Some(Ok(f)) => {
@@ -807,7 +823,7 @@ pub unsafe extern "C" fn sendmmsg(
     // SAFETY: the caller's array of `count` messages.
     let any_name =
         (0..count as usize).any(|i| unsafe { !(*msgs.add(i)).msg_hdr.msg_name.is_null() });
-    if !any_name && fdtab::kind(fd) != Kind::Tunneled {
+    if !any_name && fdtab::kind(fd) == Kind::None {
         // SAFETY: as above.
         return unsafe { real(fd, msgs, count, flags) };
     }
