@@ -173,6 +173,7 @@ impl Relay {
     pub fn run(&mut self, stop: &AtomicBool, reload: &AtomicBool) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         while !stop.load(Ordering::Relaxed) {
+            self.purge_stale_deadlines();
             let timeout = self
                 .next_deadline()
                 .map(|t| t.saturating_duration_since(Instant::now()));
@@ -623,6 +624,25 @@ impl Relay {
         sessions.chain(connects).min()
     }
 
+    /// Whether a connect deadline still guards a dial in progress.
+    fn deadline_live(&self, t: Instant, c: Token, s: u32) -> bool {
+        matches!(
+            self.conns.get(&c).and_then(|conn| conn.ups.get(&s)),
+            Some(Upstream { state: UpState::Connecting { deadline, .. }, .. }) if *deadline == t
+        )
+    }
+
+    /// Drop deadlines of dials that finished: otherwise every stream would wake the loop
+    /// once more, `connect_timeout` after it opened.
+    fn purge_stale_deadlines(&mut self) {
+        while let Some(Reverse((t, c, s))) = self.deadlines.peek().copied() {
+            if self.deadline_live(t, Token(c), s) {
+                break;
+            }
+            self.deadlines.pop();
+        }
+    }
+
     fn run_timers(&mut self, now: Instant) {
         while let Some(Reverse((t, c, s))) = self.deadlines.peek().copied() {
             if t > now {
@@ -630,11 +650,7 @@ impl Relay {
             }
             self.deadlines.pop();
             let c = Token(c);
-            let still = matches!(
-                self.conns.get(&c).and_then(|conn| conn.ups.get(&s)),
-                Some(Upstream { state: UpState::Connecting { deadline, .. }, .. }) if *deadline == t
-            );
-            if still {
+            if self.deadline_live(t, c, s) {
                 self.connect_next(now, c, s, Some(OpenError::TimedOut));
                 self.service(now, c);
             }
