@@ -123,6 +123,7 @@ fn start_engine(cfg: &Config) -> Result<Engine, String> {
         .accept_commands(rx, wake_rx)
         .map_err(|e| format!("engine: {e}"))?;
     client.mark_internal_fds();
+    client.set_max_wait(std::time::Duration::from_secs(3600));
     fdtab::mark_internal(wake_tx.as_raw_fd());
     std::thread::Builder::new()
         .name("qnet-engine".into())
@@ -423,6 +424,12 @@ pub fn sockopt_get(fd: i32, level: i32, name: i32) -> Decision<Vec<u8>> {
         (libc::SOL_SOCKET, libc::SO_TYPE) => int(libc::SOCK_STREAM),
         (libc::SOL_SOCKET, _) => Decision::Bypass,
         (libc::IPPROTO_TCP, libc::TCP_MAXSEG) if stored.is_none() => int(1448),
+        (libc::IPPROTO_TCP, libc::TCP_INFO) => {
+            // What the app's side knows: established, no retransmissions, no RTT sample.
+            let mut info = vec![0u8; size_of::<libc::tcp_info>()];
+            info[0] = 1; // TCP_ESTABLISHED in linux/tcp.h
+            Decision::Done(info)
+        }
         _ => match stored {
             Some(v) => Decision::Done(v),
             None => int(0),

@@ -179,6 +179,8 @@ pub struct Client {
     buf: Vec<u8>,
     /// Work was left after the last service round: poll without sleeping.
     busy: bool,
+    /// Longest sleep between checks of `run`'s stop condition.
+    max_wait: Duration,
     /// Counters.
     pub stats: ClientStats,
 }
@@ -202,6 +204,7 @@ impl Client {
             backoff: Duration::from_millis(100),
             buf: vec![0u8; READ_CHUNK],
             busy: false,
+            max_wait: Duration::from_millis(100),
             stats: ClientStats::default(),
         })
     }
@@ -339,7 +342,14 @@ impl Client {
         self.backoff = (self.backoff * 2).min(Duration::from_secs(5));
     }
 
-    /// Run until `stop` returns true (checked at least every 100 ms).
+    /// Sleep at most this long between checks of `run`'s stop condition (default 100 ms).
+    /// The preload library's engine never stops, so it sleeps until something is due:
+    /// an idle program must not be woken ten times a second.
+    pub fn set_max_wait(&mut self, d: Duration) {
+        self.max_wait = d;
+    }
+
+    /// Run until `stop` returns true (checked at least every `max_wait`).
     pub fn run(&mut self, mut stop: impl FnMut(&Client) -> bool) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         self.connect_relay(Instant::now());
@@ -357,8 +367,8 @@ impl Client {
             } else {
                 deadline
                     .map(|t| t.saturating_duration_since(now))
-                    .unwrap_or(Duration::from_millis(100))
-                    .min(Duration::from_millis(100))
+                    .unwrap_or(self.max_wait)
+                    .min(self.max_wait)
             };
             match self.poll.poll(&mut events, Some(timeout)) {
                 Ok(()) => {}
