@@ -510,7 +510,7 @@ pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut s
         set_errno(libc::ENOSYS);
         return -1;
     };
-    if !intercepting() || fdtab::kind(fd) != Kind::Tunneled {
+    if fdtab::kind(fd) != Kind::Tunneled || !intercepting() {
         // SAFETY: the caller's arguments, passed on unchanged.
         return unsafe { real(fd, addr, len) };
     }
@@ -533,7 +533,7 @@ pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut s
         set_errno(libc::ENOSYS);
         return -1;
     };
-    if !intercepting() || fdtab::kind(fd) != Kind::Tunneled {
+    if fdtab::kind(fd) != Kind::Tunneled || !intercepting() {
         // SAFETY: the caller's arguments, passed on unchanged.
         return unsafe { real(fd, addr, len) };
     }
@@ -564,7 +564,7 @@ pub unsafe extern "C" fn getsockopt(
         set_errno(libc::ENOSYS);
         return -1;
     };
-    if !intercepting() || fdtab::kind(fd) != Kind::Tunneled {
+    if fdtab::kind(fd) != Kind::Tunneled || !intercepting() {
         // SAFETY: the caller's arguments, passed on unchanged.
         return unsafe { real(fd, level, name, val, len) };
     }
@@ -607,7 +607,7 @@ pub unsafe extern "C" fn setsockopt(
         set_errno(libc::ENOSYS);
         return -1;
     };
-    if !intercepting() || fdtab::kind(fd) != Kind::Tunneled {
+    if fdtab::kind(fd) != Kind::Tunneled || !intercepting() {
         // SAFETY: the caller's arguments, passed on unchanged.
         return unsafe { real(fd, level, name, val, len) };
     }
@@ -673,7 +673,8 @@ pub unsafe extern "C" fn sendto(
         set_errno(libc::ENOSYS);
         return -1;
     };
-    if !intercepting() || fdtab::kind(fd) == Kind::None && addr.is_null() {
+    // The table first: it is the cheaper check, and decides alone for most sends.
+    if addr.is_null() && fdtab::kind(fd) == Kind::None || !intercepting() {
         // SAFETY: the caller's arguments, passed on unchanged.
         return unsafe { real(fd, buf, n, flags, addr, len) };
     }
