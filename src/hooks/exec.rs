@@ -96,15 +96,15 @@ unsafe fn check(path: *const c_char, search: bool) -> Decision<()> {
 type Execve =
     unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
 
-/// `execve(2)`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn execve(
+/// The shared body of `execve` and `execvpe` (`search`: look `path` up on PATH).
+unsafe fn exec_hook(
+    what: &str,
+    real: Option<Execve>,
+    search: bool,
     path: *const c_char,
     argv: *const *const c_char,
     envp: *const *const c_char,
 ) -> c_int {
-    let real: Option<Execve> =
-        real!(execve: fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int);
     let Some(real) = real else {
         set_errno(libc::ENOSYS);
         return -1;
@@ -113,9 +113,9 @@ pub unsafe extern "C" fn execve(
         // SAFETY: the caller's arguments, passed on unchanged.
         return unsafe { real(path, argv, envp) };
     }
-    guarded("execve", -1, || {
+    guarded(what, -1, || {
         // SAFETY: the caller's path.
-        if let Decision::Refuse(e) = unsafe { check(path, false) } {
+        if let Decision::Refuse(e) = unsafe { check(path, search) } {
             set_errno(e);
             return -1;
         }
@@ -127,6 +127,19 @@ pub unsafe extern "C" fn execve(
             None => unsafe { real(path, argv, envp) },
         }
     })
+}
+
+/// `execve(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execve(
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    let real: Option<Execve> =
+        real!(execve: fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int);
+    // SAFETY: the caller's arguments.
+    unsafe { exec_hook("execve", real, false, path, argv, envp) }
 }
 
 /// `execv(3)`.
@@ -145,28 +158,8 @@ pub unsafe extern "C" fn execvpe(
 ) -> c_int {
     let real: Option<Execve> =
         real!(execvpe: fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int);
-    let Some(real) = real else {
-        set_errno(libc::ENOSYS);
-        return -1;
-    };
-    if !intercepting() {
-        // SAFETY: the caller's arguments, passed on unchanged.
-        return unsafe { real(file, argv, envp) };
-    }
-    guarded("execvpe", -1, || {
-        // SAFETY: the caller's file name.
-        if let Decision::Refuse(e) = unsafe { check(file, true) } {
-            set_errno(e);
-            return -1;
-        }
-        // SAFETY: the caller's environment array.
-        match unsafe { child_env(envp) } {
-            // SAFETY: the caller's arguments with an environment that outlives the call.
-            Some(env) => unsafe { real(file, argv, env.ptrs.as_ptr()) },
-            // SAFETY: as above.
-            None => unsafe { real(file, argv, envp) },
-        }
-    })
+    // SAFETY: the caller's arguments.
+    unsafe { exec_hook("execvpe", real, true, file, argv, envp) }
 }
 
 /// `execvp(3)`.

@@ -385,6 +385,20 @@ pub unsafe extern "C" fn dup(old: c_int) -> c_int {
     new
 }
 
+/// The shared body of `dup2` and `dup3`: `call` performs the real duplication.
+fn dup_onto_hook(old: c_int, new: c_int, call: impl FnOnce() -> c_int) -> c_int {
+    if !app::active() || (fdtab::kind(old) == Kind::None && fdtab::kind(new) == Kind::None) {
+        return call();
+    }
+    if fdtab::kind(new) == Kind::Internal && !app::bypassed() {
+        // The engine owns that number; replacing it would cut every tunneled connection.
+        set_errno(libc::EBUSY);
+        return -1;
+    }
+    let r = call();
+    dup_result(old, r)
+}
+
 /// `dup2(2)`: the target number's old meaning ends.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
@@ -392,18 +406,8 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
         set_errno(libc::ENOSYS);
         return -1;
     };
-    if !app::active() || (fdtab::kind(old) == Kind::None && fdtab::kind(new) == Kind::None) {
-        // SAFETY: the caller's arguments, passed on unchanged.
-        return unsafe { real(old, new) };
-    }
-    if fdtab::kind(new) == Kind::Internal && !app::bypassed() {
-        // The engine owns that number; replacing it would cut every tunneled connection.
-        set_errno(libc::EBUSY);
-        return -1;
-    }
-    // SAFETY: as above.
-    let r = unsafe { real(old, new) };
-    dup_result(old, r)
+    // SAFETY: the caller's arguments, passed on unchanged.
+    dup_onto_hook(old, new, || unsafe { real(old, new) })
 }
 
 /// `dup3(2)`.
@@ -413,17 +417,8 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
         set_errno(libc::ENOSYS);
         return -1;
     };
-    if !app::active() || (fdtab::kind(old) == Kind::None && fdtab::kind(new) == Kind::None) {
-        // SAFETY: the caller's arguments, passed on unchanged.
-        return unsafe { real(old, new, flags) };
-    }
-    if fdtab::kind(new) == Kind::Internal && !app::bypassed() {
-        set_errno(libc::EBUSY);
-        return -1;
-    }
-    // SAFETY: as above.
-    let r = unsafe { real(old, new, flags) };
-    dup_result(old, r)
+    // SAFETY: the caller's arguments, passed on unchanged.
+    dup_onto_hook(old, new, || unsafe { real(old, new, flags) })
 }
 
 /// `fcntl(2)`; the third argument is read as a `long`, which covers every command's type
@@ -503,10 +498,18 @@ pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
     })
 }
 
-/// `getpeername(2)`: the original destination, not the socket underneath.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-    let Some(real) = real!(getpeername: fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int) else {
+type NameFn = unsafe extern "C" fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;
+
+/// The shared body of `getpeername` and `getsockname` for a tunneled fd.
+unsafe fn name_hook(
+    what: &str,
+    fd: c_int,
+    addr: *mut sockaddr,
+    len: *mut socklen_t,
+    real: Option<NameFn>,
+    decide: fn(c_int) -> Decision<SocketAddr>,
+) -> c_int {
+    let Some(real) = real else {
         set_errno(libc::ENOSYS);
         return -1;
     };
@@ -514,8 +517,8 @@ pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut s
         // SAFETY: the caller's arguments, passed on unchanged.
         return unsafe { real(fd, addr, len) };
     }
-    guarded("getpeername", -1, || match app::peer_of(fd) {
-        // SAFETY: getpeername's contract: `addr`/`len` are the caller's buffers.
+    guarded(what, -1, || match decide(fd) {
+        // SAFETY: the function's contract: `addr`/`len` are the caller's buffers.
         Decision::Done(sa) => unsafe { write_sockaddr(sa, addr, len) },
         Decision::Refuse(e) => {
             set_errno(e);
@@ -526,27 +529,22 @@ pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut s
     })
 }
 
-/// `getsockname(2)`.
+/// `getpeername(2)`: the original destination, not the socket underneath.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
+    let real: Option<NameFn> =
+        real!(getpeername: fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int);
+    // SAFETY: the caller's arguments.
+    unsafe { name_hook("getpeername", fd, addr, len, real, app::peer_of) }
+}
+
+/// `getsockname(2)`: a local address as a connected TCP socket has one.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut socklen_t) -> c_int {
-    let Some(real) = real!(getsockname: fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int) else {
-        set_errno(libc::ENOSYS);
-        return -1;
-    };
-    if fdtab::kind(fd) != Kind::Tunneled || !intercepting() {
-        // SAFETY: the caller's arguments, passed on unchanged.
-        return unsafe { real(fd, addr, len) };
-    }
-    guarded("getsockname", -1, || match app::local_of(fd) {
-        // SAFETY: the caller's buffers.
-        Decision::Done(sa) => unsafe { write_sockaddr(sa, addr, len) },
-        Decision::Refuse(e) => {
-            set_errno(e);
-            -1
-        }
-        // SAFETY: as above.
-        Decision::Bypass => unsafe { real(fd, addr, len) },
-    })
+    let real: Option<NameFn> =
+        real!(getsockname: fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int);
+    // SAFETY: the caller's arguments.
+    unsafe { name_hook("getsockname", fd, addr, len, real, app::local_of) }
 }
 
 /// `getsockopt(2)`.
