@@ -1,5 +1,6 @@
 //! The one seal/open pair every record goes through, so the AEAD backend can be
-//! swapped (feature `aead-ring`) without touching the record layer; the benchmark decides.
+//! swapped without touching the record layer. benches/core decided for ring (feature
+//! `aead-ring`, on by default); `--no-default-features` builds the chacha20poly1305 crate.
 
 /// Authentication tag length.
 pub const TAG_LEN: usize = 16;
