@@ -87,6 +87,8 @@ pub struct Stream {
     pub recv_credit: RecvCredit,
     /// Downstream timing profile requested in OPEN.
     pub profile: u8,
+    /// DATA records sent and received on this stream (OPEN's first data counts as one).
+    pub records: (u64, u64),
 }
 
 impl Stream {
@@ -103,6 +105,7 @@ impl Stream {
             readable_reported: false,
             recv_credit: RecvCredit::new(recv_window),
             profile,
+            records: (0, 0),
         }
     }
 

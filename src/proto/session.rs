@@ -305,6 +305,11 @@ impl Session {
             .map_or(0, |s| s.send_credit.min(self.send_credit) as usize)
     }
 
+    /// DATA records (sent, received) on `stream` so far.
+    pub fn stream_records(&self, stream: u32) -> Option<(u64, u64)> {
+        self.streams.get(&stream).map(|s| s.records)
+    }
+
     /// Profile the peer requested when it opened `stream`.
     pub fn stream_profile(&self, stream: u32) -> Option<u8> {
         self.streams.get(&stream).map(|s| s.profile)
@@ -496,6 +501,7 @@ impl Session {
         s.send_credit -= can as u64;
         self.send_credit -= can as u64;
         self.stats.bytes_sent += can as u64;
+        s.records.0 += can.div_ceil(MAX_PAYLOAD) as u64;
         let mut sent = 0;
         while sent < can {
             let n = (can - sent).min(MAX_PAYLOAD);
@@ -763,6 +769,7 @@ impl Session {
                 if !s.recv_credit.receive(data.len()) {
                     return Err(SessionError::Protocol("stream flow control exceeded"));
                 }
+                s.records.1 += 1;
                 if !data.is_empty() {
                     s.recv_buf.extend(data);
                     Self::readable(&mut self.events, stream, s);
