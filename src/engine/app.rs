@@ -58,6 +58,36 @@ pub fn activate() {
     ACTIVE.store(true, Ordering::Release);
 }
 
+/// Whether the library at `ours` was preloaded (named in `LD_PRELOAD` or
+/// /etc/ld.so.preload) rather than linked into the program or dlopen'ed: only a preloaded
+/// library intercepts from load; a program that links it opts in with `qnet_init`.
+pub fn preloaded(ours: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let _g = BypassGuard::enter();
+    let id = |p: &std::path::Path| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let me = id(ours);
+    let base = ours.file_name();
+    let mut lists = Vec::new();
+    if let Some(v) = std::env::var_os("LD_PRELOAD") {
+        lists.push(v.to_string_lossy().into_owned());
+    }
+    if let Ok(v) = std::fs::read_to_string("/etc/ld.so.preload") {
+        lists.push(v);
+    }
+    lists.iter().any(|l| {
+        l.split([' ', ':', '\n', '\t'])
+            .filter(|e| !e.is_empty())
+            .any(|e| {
+                let p = std::path::Path::new(e);
+                if e.contains('/') {
+                    me.is_some() && id(p) == me
+                } else {
+                    Some(p.as_os_str()) == base
+                }
+            })
+    })
+}
+
 /// Whether hooks intercept at all.
 #[inline]
 pub fn active() -> bool {
@@ -110,7 +140,11 @@ struct Engine {
     tx: crossbeam::channel::Sender<Attach>,
     wake: Mutex<mio::unix::pipe::Sender>,
     pid: u32,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
+
+/// `qnet_shutdown` was called: the engine stops and no new one starts.
+static SHUT_DOWN: AtomicBool = AtomicBool::new(false);
 
 static ENGINE: Mutex<Option<Engine>> = Mutex::new(None);
 
@@ -125,11 +159,11 @@ fn start_engine(cfg: &Config) -> Result<Engine, String> {
     client.mark_internal_fds();
     client.set_max_wait(std::time::Duration::from_secs(3600));
     fdtab::mark_internal(wake_tx.as_raw_fd());
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("qnet-engine".into())
         .spawn(move || {
             BYPASS.with(|b| b.set(true));
-            if let Err(e) = client.run(|_| false) {
+            if let Err(e) = client.run(|_| SHUT_DOWN.load(Ordering::Acquire)) {
                 tell_once(&format!("engine stopped: {e}; tunneled connections fail"));
             }
         })
@@ -138,7 +172,62 @@ fn start_engine(cfg: &Config) -> Result<Engine, String> {
         tx,
         wake: Mutex::new(wake_tx),
         pid: sys::getpid(),
+        thread: Some(thread),
     })
+}
+
+/// Stop the engine thread (closing the relay session and every tunneled flow) and start
+/// no other: later tunneled connects fail closed.
+pub fn shutdown() {
+    SHUT_DOWN.store(true, Ordering::Release);
+    let engine = ENGINE.lock().take();
+    if let Some(mut e) = engine {
+        if e.pid != sys::getpid() {
+            std::mem::forget(e);
+            return;
+        }
+        let _ = std::io::Write::write(&mut *e.wake.lock(), &[1]);
+        if let Some(t) = e.thread.take() {
+            let _g = BypassGuard::enter();
+            let _ = t.join();
+        }
+    }
+}
+
+/// Whether [`shutdown`] has been called.
+pub fn is_shut_down() -> bool {
+    SHUT_DOWN.load(Ordering::Acquire)
+}
+
+/// Load the config now (the C API's `qnet_init`); `path` as `--config` does. A config
+/// already loaded (by an earlier call or a preloaded library's first hook) stays.
+pub fn init(path: Option<&std::path::Path>) -> Result<(), String> {
+    let _g = BypassGuard::enter();
+    let mut result = Ok(());
+    let loaded = CONFIG.get_or_init(|| {
+        let c = Config::load_from(path).map_err(|e| e.to_string());
+        if let Ok(c) = &c {
+            super::log::set_level(c.log);
+        }
+        c
+    });
+    if let Err(e) = loaded {
+        result = Err(e.clone());
+    }
+    install_fork_handlers();
+    result
+}
+
+/// Register the fork handlers once (the preloaded library at load, the C API at init).
+pub fn install_fork_handlers() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(sys::register_atfork);
+}
+
+/// Turn interception on, with the fork handlers it relies on.
+pub fn enable() {
+    install_fork_handlers();
+    activate();
 }
 
 thread_local! {
@@ -185,6 +274,9 @@ fn send(attach: Attach) -> Result<(), i32> {
             return Err(libc::ECONNREFUSED);
         }
     };
+    if is_shut_down() {
+        return Err(libc::ECONNREFUSED);
+    }
     let mut g = ENGINE.lock();
     if g.as_ref().is_some_and(|e| e.pid != sys::getpid()) {
         // A fork child that raced after_fork_child: start over.
@@ -276,6 +368,7 @@ fn tunnel(fd: i32, peer: SocketAddr, dest: Destination, cfg: &Config) -> Result<
         state: state.clone(),
         reported: false,
         options: Default::default(),
+        counters: Default::default(),
     };
     fdtab::mark_internal(engine.as_raw_fd());
     let sock = mio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(engine));
@@ -289,6 +382,7 @@ fn tunnel(fd: i32, peer: SocketAddr, dest: Destination, cfg: &Config) -> Result<
         fdtab::mark_internal(keep.as_raw_fd());
         sys::dup_onto(&app, fd, cloexec).map_err(errno)?;
         drop(app);
+        let counters = info.counters.clone();
         fdtab::add_tunneled(fd, info);
         // The kernel doubles what setsockopt is given; hand back half of what we read.
         let conn = AppConn {
@@ -296,6 +390,7 @@ fn tunnel(fd: i32, peer: SocketAddr, dest: Destination, cfg: &Config) -> Result<
             restore: Some((keep, size / 2)),
             state,
             reply: None,
+            counters,
         };
         send(Attach {
             sock,
@@ -313,6 +408,7 @@ fn tunnel(fd: i32, peer: SocketAddr, dest: Destination, cfg: &Config) -> Result<
             restore: None,
             state,
             reply: Some(tx),
+            counters: info.counters.clone(),
         },
     })?;
     let started = Instant::now();
@@ -335,6 +431,132 @@ fn tunnel(fd: i32, peer: SocketAddr, dest: Destination, cfg: &Config) -> Result<
         },
     );
     Ok(())
+}
+
+/// A new connected stream socket to `dest` for the C API's `qnet_connect`: the app end of
+/// a socketpair whose other end the engine carries (blocking, close-on-exec).
+pub fn connect_stream(
+    dest: Destination,
+    peer: SocketAddr,
+    timeout: std::time::Duration,
+) -> Result<std::os::fd::OwnedFd, i32> {
+    let _g = BypassGuard::enter();
+    let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
+    let (app, engine) = sys::socketpair().map_err(errno)?;
+    sys::set_status_flags(engine.as_raw_fd(), libc::O_NONBLOCK).map_err(errno)?;
+    fdtab::mark_internal(engine.as_raw_fd());
+    let sock = mio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(engine));
+    let state = ConnState::new();
+    let counters: std::sync::Arc<fdtab::FlowCounters> = Default::default();
+    let (tx, rx) = crossbeam::channel::bounded(1);
+    send(Attach {
+        sock,
+        dest,
+        app: AppConn {
+            filler: 0,
+            restore: None,
+            state: state.clone(),
+            reply: Some(tx),
+            counters: counters.clone(),
+        },
+    })?;
+    rx.recv_timeout(timeout).unwrap_or(Err(libc::ETIMEDOUT))?;
+    state.set(0);
+    fdtab::add_tunneled(
+        app.as_raw_fd(),
+        FdInfo {
+            peer,
+            local: local_for(peer),
+            state,
+            reported: true,
+            options: Default::default(),
+            counters,
+        },
+    );
+    Ok(app)
+}
+
+/// The engine's counters for a tunneled fd.
+pub fn flow_counters(fd: i32) -> Option<std::sync::Arc<fdtab::FlowCounters>> {
+    if fdtab::kind(fd) != Kind::Tunneled {
+        return None;
+    }
+    fdtab::with_info(fd, |i| i.counters.clone())
+}
+
+/// Process-wide counters the engine publishes for `qnet_stats`.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// 0 no engine, 1 connecting, 2 established, 3 down (retrying).
+    pub session_state: std::sync::atomic::AtomicU32,
+    /// Tunneled flows open now.
+    pub streams_open: std::sync::atomic::AtomicU32,
+    /// Relay sessions established since start.
+    pub sessions: std::sync::atomic::AtomicU64,
+    /// Streams the relay accepted.
+    pub streams_ok: std::sync::atomic::AtomicU64,
+    /// Streams refused or lost with their session.
+    pub streams_failed: std::sync::atomic::AtomicU64,
+    /// Stream bytes sent, all sessions.
+    pub bytes_sent: std::sync::atomic::AtomicU64,
+    /// Stream bytes received, all sessions.
+    pub bytes_received: std::sync::atomic::AtomicU64,
+    /// Records sent, all sessions.
+    pub records_sent: std::sync::atomic::AtomicU64,
+    /// Records received, all sessions.
+    pub records_received: std::sync::atomic::AtomicU64,
+    /// Padding bytes sent.
+    pub padding: std::sync::atomic::AtomicU64,
+    /// Last measured round-trip time to the relay, µs (0: none yet).
+    pub rtt_us: std::sync::atomic::AtomicU64,
+}
+
+/// The engine's published counters.
+pub static STATS: std::sync::LazyLock<EngineStats> = std::sync::LazyLock::new(EngineStats::default);
+
+/// Publish the live session's counters (called by the engine after each service round).
+pub fn publish_stats(
+    session: &crate::proto::Session,
+    client: &super::client::ClientStats,
+    closed: &crate::proto::SessionStats,
+    flows: usize,
+) {
+    use Ordering::Relaxed;
+    let st = session.stats();
+    let s = &*STATS;
+    s.session_state
+        .store(if session.is_established() { 2 } else { 1 }, Relaxed);
+    s.streams_open.store(flows as u32, Relaxed);
+    s.sessions.store(client.sessions, Relaxed);
+    s.streams_ok.store(client.streams_ok, Relaxed);
+    s.streams_failed.store(client.streams_failed, Relaxed);
+    s.bytes_sent
+        .store(closed.bytes_sent + st.bytes_sent, Relaxed);
+    s.bytes_received
+        .store(closed.bytes_received + st.bytes_received, Relaxed);
+    s.records_sent
+        .store(closed.records_sent + st.records_sent, Relaxed);
+    s.records_received
+        .store(closed.records_received + st.records_received, Relaxed);
+    s.padding
+        .store(closed.padding_sent + st.padding_sent, Relaxed);
+    if let Some(rtt) = session.rtt() {
+        s.rtt_us.store(rtt.as_micros() as u64, Relaxed);
+    }
+}
+
+/// Publish that the session is down (counters of the sessions that ended stay).
+pub fn publish_down(client: &super::client::ClientStats, closed: &crate::proto::SessionStats) {
+    use Ordering::Relaxed;
+    let s = &*STATS;
+    s.session_state.store(3, Relaxed);
+    s.streams_open.store(0, Relaxed);
+    s.streams_failed.store(client.streams_failed, Relaxed);
+    s.bytes_sent.store(closed.bytes_sent, Relaxed);
+    s.bytes_received.store(closed.bytes_received, Relaxed);
+    s.records_sent.store(closed.records_sent, Relaxed);
+    s.records_received.store(closed.records_received, Relaxed);
+    s.padding.store(closed.padding_sent, Relaxed);
 }
 
 // ---- answers for tunneled fds -------------------------------------------------------

@@ -97,6 +97,8 @@ struct Flow {
     app: Option<AppConn>,
     /// Filler bytes still to discard before the app's own data (see [`AppConn`]).
     skip: usize,
+    /// Where the app reads this flow's counters (`qnet_flow_stats`).
+    counters: Option<Arc<fdtab::FlowCounters>>,
 }
 
 /// An app socket handed over by the preload library's `connect` hook.
@@ -124,6 +126,8 @@ pub struct AppConn {
     pub state: Arc<ConnState>,
     /// A blocking connect waits here.
     pub reply: Option<crossbeam::channel::Sender<Result<(), i32>>>,
+    /// The flow's counters, shared with the app's fd record.
+    pub counters: Arc<fdtab::FlowCounters>,
 }
 
 impl AppConn {
@@ -181,6 +185,8 @@ pub struct Client {
     busy: bool,
     /// Longest sleep between checks of `run`'s stop condition.
     max_wait: Duration,
+    /// Counters of sessions that ended, so totals survive reconnects.
+    closed: crate::proto::SessionStats,
     /// Counters.
     pub stats: ClientStats,
 }
@@ -205,6 +211,7 @@ impl Client {
             buf: vec![0u8; READ_CHUNK],
             busy: false,
             max_wait: Duration::from_millis(100),
+            closed: crate::proto::SessionStats::default(),
             stats: ClientStats::default(),
         })
     }
@@ -323,6 +330,16 @@ impl Client {
         }
         if let Some(mut l) = self.link.take() {
             let _ = self.poll.registry().deregister(&mut l.sock);
+            let st = l.session.stats();
+            let c = &mut self.closed;
+            c.bytes_sent += st.bytes_sent;
+            c.bytes_received += st.bytes_received;
+            c.records_sent += st.records_sent;
+            c.records_received += st.records_received;
+            c.padding_sent += st.padding_sent;
+        }
+        if self.commands.is_some() {
+            super::app::publish_down(&self.stats, &self.closed);
         }
         for (_, mut f) in self.flows.drain() {
             let _ = f.ep.sock.deregister(self.poll.registry());
@@ -467,6 +484,9 @@ impl Client {
                         if let Some(f) = self.flows.get_mut(&stream) {
                             f.open = true;
                             self.told_down = false;
+                            if let Some(c) = &f.counters {
+                                c.stream.store(stream, std::sync::atomic::Ordering::Relaxed);
+                            }
                             if let Some(app) = f.app.take() {
                                 // Publish the outcome first: dropping the filler makes the
                                 // app's fd writable, and the app then asks SO_ERROR and
@@ -521,6 +541,7 @@ impl Client {
                                     open: false,
                                     started: now,
                                     dest,
+                                    counters: app.as_ref().map(|a| a.counters.clone()),
                                     app,
                                     skip: 0,
                                 },
@@ -562,6 +583,15 @@ impl Client {
                 let r =
                     f.ep.pump_down(now, &mut l.session)
                         .and_then(|_| f.ep.pump_up(now, &mut l.session, room, &mut self.buf));
+                if let Some(c) = &f.counters {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    c.bytes_sent.store(f.ep.sent, Relaxed);
+                    c.bytes_received.store(f.ep.received, Relaxed);
+                    if let Some((o, i)) = l.session.stream_records(id) {
+                        c.frames_sent.store(o, Relaxed);
+                        c.frames_received.store(i, Relaxed);
+                    }
+                }
                 if r.is_err() {
                     let _ = l.session.reset(now, id, 1);
                     finished.push(id);
@@ -579,6 +609,9 @@ impl Client {
                 }
             }
             let flushed = l.flush();
+            if self.commands.is_some() {
+                super::app::publish_stats(&l.session, &self.stats, &self.closed, self.flows.len());
+            }
             if let Some(e) = l.session.error() {
                 return self.link_down(now, &e.to_string());
             }

@@ -63,6 +63,21 @@ impl ConnState {
     }
 }
 
+/// Counters of one tunneled flow, written by the engine, read by `qnet_flow_stats`.
+#[derive(Debug, Default)]
+pub struct FlowCounters {
+    /// Stream bytes sent toward the destination.
+    pub bytes_sent: std::sync::atomic::AtomicU64,
+    /// Stream bytes received from it.
+    pub bytes_received: std::sync::atomic::AtomicU64,
+    /// DATA records sent.
+    pub frames_sent: std::sync::atomic::AtomicU64,
+    /// DATA records received.
+    pub frames_received: std::sync::atomic::AtomicU64,
+    /// The stream id in the session (0 before it opens).
+    pub stream: std::sync::atomic::AtomicU32,
+}
+
 /// What we remember about a tunneled fd.
 #[derive(Debug, Clone)]
 pub struct FdInfo {
@@ -77,6 +92,8 @@ pub struct FdInfo {
     pub reported: bool,
     /// Options the app set at levels the unix socket underneath does not have (IPPROTO_TCP …).
     pub options: HashMap<(i32, i32), Vec<u8>>,
+    /// What the engine counted for this flow.
+    pub counters: Arc<FlowCounters>,
 }
 
 fn set_kind(fd: i32, k: u8) {
@@ -223,6 +240,7 @@ mod tests {
                 state: ConnState::new(),
                 reported: false,
                 options: HashMap::new(),
+                counters: Arc::default(),
             },
         );
         assert_eq!(kind(a), Kind::Tunneled);

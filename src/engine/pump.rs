@@ -91,6 +91,10 @@ pub struct Endpoint {
     pub read_eof: bool,
     /// The session's data ended and the local socket was shut down for writing.
     pub write_shut: bool,
+    /// Stream bytes taken from the local socket into the session.
+    pub sent: u64,
+    /// Stream bytes written from the session to the local socket.
+    pub received: u64,
 }
 
 /// What a pump step concluded about the stream.
@@ -113,6 +117,8 @@ impl Endpoint {
             writable: false,
             read_eof: false,
             write_shut: false,
+            sent: 0,
+            received: 0,
         }
     }
 
@@ -126,9 +132,12 @@ impl Endpoint {
                 break;
             }
             match self.sock.write(a) {
-                Ok(n) => session
-                    .consume(now, self.stream, n)
-                    .map_err(|e| io::Error::other(e.to_string()))?,
+                Ok(n) => {
+                    self.received += n as u64;
+                    session
+                        .consume(now, self.stream, n)
+                        .map_err(|e| io::Error::other(e.to_string()))?
+                }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => self.writable = false,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -182,6 +191,7 @@ impl Endpoint {
                         .write(now, self.stream, &buf[..n])
                         .map_err(|e| io::Error::other(e.to_string()))?;
                     debug_assert_eq!(took, n, "read no more than the credit");
+                    self.sent += took as u64;
                     if session.transmit().len() >= super::HIGH_WATER {
                         break;
                     }

@@ -363,3 +363,18 @@ pub(super) fn resolve_next(host: &str, port: u16) -> io::Result<Vec<std::net::So
     }
     Ok(out)
 }
+
+/// Register the fork handlers of `engine::app` with `pthread_atfork`.
+pub(super) fn register_atfork() {
+    extern "C" fn prepare() {
+        super::app::fork_prepare();
+    }
+    extern "C" fn parent() {
+        super::app::fork_parent();
+    }
+    extern "C" fn child() {
+        super::app::fork_child();
+    }
+    // SAFETY: the three handlers are plain functions valid for the process's life.
+    unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+}

@@ -16,7 +16,9 @@ pub(crate) mod real;
 
 use std::ffi::{CStr, CString, c_char, c_int, c_long, c_uint, c_void};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::unix::ffi::OsStrExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
 use std::ptr;
 
 use libc::{addrinfo, hostent, msghdr, size_t, sockaddr, socklen_t, ssize_t};
@@ -176,8 +178,8 @@ fn is_inet_stream(fd: c_int) -> bool {
 
 extern "C" fn on_load() {
     // Interception starts at load only when this code sits in a shared object of its own
-    // (libqnet.so). Linked into a program (libqnet.a, or the qnet binaries) it stays off
-    // until qnet_init asks, so linking the archive never changes a program by itself.
+    // (libqnet.so) that was preloaded. Linked into a program (libqnet.a, -lqnet, or the
+    // qnet binaries) it stays off until qnet_init asks, so linking never changes a program.
     // SAFETY: getauxval has no preconditions; dladdr only reads the given addresses.
     let in_shared_object = unsafe {
         let phdr = libc::getauxval(libc::AT_PHDR) as *const c_void;
@@ -194,30 +196,22 @@ extern "C" fn on_load() {
             libc::dladdr(on_load as *const c_void, &mut ours);
             (!ours.dli_fname.is_null()).then(|| CStr::from_ptr(ours.dli_fname).to_owned())
         };
+        let preloaded = name
+            .as_ref()
+            .is_some_and(|n| app::preloaded(Path::new(std::ffi::OsStr::from_bytes(n.to_bytes()))));
         if let Some(n) = name {
             let _ = exec::LIBRARY.set(n);
         }
-        enable();
+        // Linked into a program (-lqnet) the hooks stay off until qnet_init opts in.
+        if preloaded {
+            enable();
+        }
     }
 }
 
-/// Turn interception on (from load, or `qnet_init`'s opt-in) and install the fork handlers.
-pub fn enable() {
-    extern "C" fn prepare() {
-        app::fork_prepare();
-    }
-    extern "C" fn parent() {
-        app::fork_parent();
-    }
-    extern "C" fn child() {
-        app::fork_child();
-    }
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: the three handlers are plain functions valid for the process's life.
-        unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
-    });
-    app::activate();
+/// Turn interception on and install the fork handlers.
+fn enable() {
+    app::enable();
 }
 
 #[used]
