@@ -1,0 +1,649 @@
+//! The qnet C API (`include/qnet.h`, generated from this file by cbindgen).
+//!
+//! Every function is `extern "C"`, runs inside a panic boundary (a panic returns
+//! `QNET_ERR_PANIC`, or -1 with errno `EIO`, and never unwinds into C), checks every
+//! pointer for NULL, and is safe to call from any thread. Errors leave a message for
+//! `qnet_last_error` and a code for `qnet_last_result`, per thread.
+#![allow(unsafe_code)]
+#![allow(unreachable_pub)] // exported C symbols: reached by the linker, not by Rust paths
+#![allow(clippy::missing_safety_doc)] // each function documents its contract for C callers
+
+use std::cell::{Cell, RefCell};
+use std::ffi::{CStr, c_char, c_int, c_void};
+use std::net::SocketAddr;
+use std::os::fd::IntoRawFd;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use crate::engine::app;
+use crate::proto::Destination;
+
+/// `qnet_init` flag: intercept this program's plain `connect()`, name lookups and the
+/// rest, as the preloaded library does. Without it, linking qnet changes nothing.
+pub const QNET_INIT_INTERCEPT: u32 = 1;
+
+/// Version of the `qnet_flow_stats` and `qnet_stats` layouts this library fills.
+pub const QNET_STATS_VERSION: u32 = 1;
+
+/// What a qnet call did. 0 is success; every other value has a `qnet_strerror` text.
+///
+/// cbindgen:prefix-with-name=false
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(non_camel_case_types)] // the C names, as C callers write them
+pub enum QnetResult {
+    /// Success.
+    QNET_OK = 0,
+    /// A required pointer was NULL.
+    QNET_ERR_NULL = 1,
+    /// An argument is out of range or malformed (a bad host name, port 0, an unknown profile).
+    QNET_ERR_INVALID = 2,
+    /// The configuration could not be loaded or is incomplete (relay, relay key, key).
+    QNET_ERR_CONFIG = 3,
+    /// `qnet_init` has not been called.
+    QNET_ERR_NOT_INITIALIZED = 4,
+    /// `qnet_shutdown` has been called.
+    QNET_ERR_SHUT_DOWN = 5,
+    /// The relay cannot be reached or refused this client.
+    QNET_ERR_RELAY = 6,
+    /// The destination refused the connection.
+    QNET_ERR_REFUSED = 7,
+    /// The connection timed out.
+    QNET_ERR_TIMED_OUT = 8,
+    /// No route to the destination's network or host.
+    QNET_ERR_UNREACHABLE = 9,
+    /// The relay could not resolve the name.
+    QNET_ERR_NAME = 10,
+    /// The relay's exit policy forbids the destination.
+    QNET_ERR_FORBIDDEN = 11,
+    /// The fd is not a qnet connection.
+    QNET_ERR_NOT_TUNNELED = 12,
+    /// The caller's buffer or struct is too small.
+    QNET_ERR_BUFFER_TOO_SMALL = 13,
+    /// Not supported by this build (timing profiles come with the scheduler).
+    QNET_ERR_UNSUPPORTED = 14,
+    /// An internal error was caught; nothing was sent directly.
+    QNET_ERR_PANIC = 15,
+    /// A system call failed.
+    QNET_ERR_IO = 16,
+}
+
+impl QnetResult {
+    fn text(self) -> &'static CStr {
+        match self {
+            QnetResult::QNET_OK => c"success",
+            QnetResult::QNET_ERR_NULL => c"a required pointer was NULL",
+            QnetResult::QNET_ERR_INVALID => c"invalid argument",
+            QnetResult::QNET_ERR_CONFIG => c"configuration error",
+            QnetResult::QNET_ERR_NOT_INITIALIZED => c"qnet_init has not been called",
+            QnetResult::QNET_ERR_SHUT_DOWN => c"qnet_shutdown has been called",
+            QnetResult::QNET_ERR_RELAY => c"the relay is unreachable or refused this client",
+            QnetResult::QNET_ERR_REFUSED => c"connection refused",
+            QnetResult::QNET_ERR_TIMED_OUT => c"connection timed out",
+            QnetResult::QNET_ERR_UNREACHABLE => c"network or host unreachable",
+            QnetResult::QNET_ERR_NAME => c"the relay could not resolve the name",
+            QnetResult::QNET_ERR_FORBIDDEN => c"forbidden by the relay's exit policy",
+            QnetResult::QNET_ERR_NOT_TUNNELED => c"not a qnet connection",
+            QnetResult::QNET_ERR_BUFFER_TOO_SMALL => c"buffer too small",
+            QnetResult::QNET_ERR_UNSUPPORTED => c"not supported by this build",
+            QnetResult::QNET_ERR_PANIC => c"internal error (caught); nothing was sent directly",
+            QnetResult::QNET_ERR_IO => c"system call failed",
+        }
+    }
+
+    /// The result a failed connect's errno stands for.
+    fn from_errno(e: i32) -> QnetResult {
+        match e {
+            libc::ECONNREFUSED => QnetResult::QNET_ERR_REFUSED,
+            libc::ETIMEDOUT => QnetResult::QNET_ERR_TIMED_OUT,
+            libc::ENETUNREACH | libc::EHOSTUNREACH => QnetResult::QNET_ERR_UNREACHABLE,
+            libc::EACCES => QnetResult::QNET_ERR_FORBIDDEN,
+            _ => QnetResult::QNET_ERR_IO,
+        }
+    }
+
+    fn errno(self) -> i32 {
+        match self {
+            QnetResult::QNET_OK => 0,
+            QnetResult::QNET_ERR_NULL
+            | QnetResult::QNET_ERR_INVALID
+            | QnetResult::QNET_ERR_BUFFER_TOO_SMALL => libc::EINVAL,
+            QnetResult::QNET_ERR_CONFIG
+            | QnetResult::QNET_ERR_RELAY
+            | QnetResult::QNET_ERR_REFUSED => libc::ECONNREFUSED,
+            QnetResult::QNET_ERR_NOT_INITIALIZED | QnetResult::QNET_ERR_SHUT_DOWN => libc::ENOTCONN,
+            QnetResult::QNET_ERR_TIMED_OUT => libc::ETIMEDOUT,
+            QnetResult::QNET_ERR_UNREACHABLE | QnetResult::QNET_ERR_NAME => libc::EHOSTUNREACH,
+            QnetResult::QNET_ERR_FORBIDDEN => libc::EACCES,
+            QnetResult::QNET_ERR_NOT_TUNNELED => libc::EBADF,
+            QnetResult::QNET_ERR_UNSUPPORTED => libc::ENOTSUP,
+            QnetResult::QNET_ERR_PANIC | QnetResult::QNET_ERR_IO => libc::EIO,
+        }
+    }
+}
+
+/// Per-flow counters. Set `size` to `sizeof(struct qnet_flow_stats)` before the call;
+/// the library fills what fits and sets `version`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct QnetFlowStats {
+    /// Set by the caller: the size of the struct it passes.
+    pub size: u32,
+    /// Set by the library: the layout version it filled (`QNET_STATS_VERSION`).
+    pub version: u32,
+    /// Stream bytes sent toward the destination.
+    pub bytes_sent: u64,
+    /// Stream bytes received from it.
+    pub bytes_received: u64,
+    /// Records carrying the flow's data, sent.
+    pub frames_sent: u64,
+    /// Records carrying the flow's data, received.
+    pub frames_received: u64,
+    /// Padding bytes added to the flow's records (0 until the timing scheduler).
+    pub padding_bytes: u64,
+    /// Delay added by the timing scheduler, µs (0 until it exists).
+    pub added_delay_us: u64,
+    /// 1 connecting, 2 open, 3 failed.
+    pub state: u32,
+    /// The flow's stream id in the relay session.
+    pub stream_id: u32,
+    /// Room for later fields; zero.
+    pub reserved: [u8; 48],
+}
+
+/// Process-wide counters. Set `size` as for `qnet_flow_stats`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct QnetStats {
+    /// Set by the caller: the size of the struct it passes.
+    pub size: u32,
+    /// Set by the library: the layout version it filled.
+    pub version: u32,
+    /// 0 no session yet, 1 connecting, 2 established, 3 down (retrying).
+    pub session_state: u32,
+    /// Flows open now.
+    pub streams_open: u32,
+    /// Relay sessions established since start.
+    pub sessions_established: u64,
+    /// Streams the relay accepted.
+    pub streams_opened: u64,
+    /// Streams refused or lost with their session.
+    pub streams_failed: u64,
+    /// Stream bytes sent.
+    pub bytes_sent: u64,
+    /// Stream bytes received.
+    pub bytes_received: u64,
+    /// Records sent.
+    pub records_sent: u64,
+    /// Records received.
+    pub records_received: u64,
+    /// Padding bytes sent.
+    pub padding_bytes: u64,
+    /// Delay added by the timing scheduler, µs (0 until it exists).
+    pub added_delay_us: u64,
+    /// Last round-trip time to the relay, µs (0: not measured yet).
+    pub rtt_us: u64,
+    /// Room for later fields; zero.
+    pub reserved: [u8; 64],
+}
+
+// ---- state and errors ------------------------------------------------------------------
+
+const UNINIT: u8 = 0;
+const READY: u8 = 1;
+const DOWN: u8 = 2;
+static STATE: AtomicU8 = AtomicU8::new(UNINIT);
+
+thread_local! {
+    static LAST: Cell<QnetResult> = const { Cell::new(QnetResult::QNET_OK) };
+    static LAST_MSG: RefCell<String> = const { RefCell::new(String::new()) };
+}
+
+fn fail(r: QnetResult, msg: impl Into<String>) -> QnetResult {
+    LAST.with(|l| l.set(r));
+    LAST_MSG.with(|m| *m.borrow_mut() = msg.into());
+    r
+}
+
+fn ready() -> Result<(), QnetResult> {
+    match STATE.load(Ordering::Acquire) {
+        READY => Ok(()),
+        UNINIT => Err(fail(
+            QnetResult::QNET_ERR_NOT_INITIALIZED,
+            "qnet_init has not been called",
+        )),
+        _ => Err(fail(
+            QnetResult::QNET_ERR_SHUT_DOWN,
+            "qnet_shutdown has been called",
+        )),
+    }
+}
+
+/// Run `f` in the panic boundary; a panic becomes `QNET_ERR_PANIC`.
+fn boundary(name: &str, f: impl FnOnce() -> QnetResult) -> QnetResult {
+    let _g = app::BypassGuard::enter();
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(_) => fail(
+            QnetResult::QNET_ERR_PANIC,
+            format!("internal error in {name}"),
+        ),
+    }
+}
+
+/// A connect-like call: an fd, or -1 with errno set and the result recorded.
+fn boundary_fd(name: &str, f: impl FnOnce() -> Result<c_int, QnetResult>) -> c_int {
+    let _g = app::BypassGuard::enter();
+    let r = catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        Err(fail(
+            QnetResult::QNET_ERR_PANIC,
+            format!("internal error in {name}"),
+        ))
+    });
+    match r {
+        Ok(fd) => fd,
+        Err(e) => {
+            // SAFETY: this thread's errno slot.
+            unsafe { *libc::__errno_location() = e.errno() };
+            -1
+        }
+    }
+}
+
+fn str_arg<'a>(p: *const c_char, what: &str) -> Result<&'a str, QnetResult> {
+    if p.is_null() {
+        return Err(fail(QnetResult::QNET_ERR_NULL, format!("{what} is NULL")));
+    }
+    // SAFETY: the caller passes a NUL-terminated string (documented).
+    unsafe { CStr::from_ptr(p) }
+        .to_str()
+        .map_err(|_| fail(QnetResult::QNET_ERR_INVALID, format!("{what} is not UTF-8")))
+}
+
+// ---- the API ---------------------------------------------------------------------------
+
+/// Initialise the library: load the configuration from `config_path` (NULL: `QNET_CONFIG`,
+/// then `~/.config/qnet/qnet.toml`, then `/etc/qnet/qnet.toml`; `QNET_RELAY`,
+/// `QNET_RELAY_KEY`, `QNET_KEY` and `QNET_LOG` override it). `flags` may contain
+/// `QNET_INIT_INTERCEPT`. No thread starts and nothing connects until the first
+/// `qnet_connect` (or intercepted connect). Calling it again is allowed and changes
+/// nothing but can add `QNET_INIT_INTERCEPT`.
+///
+/// Returns `QNET_OK`, `QNET_ERR_CONFIG` (see `qnet_last_error`), `QNET_ERR_INVALID` for
+/// unknown flags, or `QNET_ERR_SHUT_DOWN`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn qnet_init(config_path_or_null: *const c_char, flags: u32) -> QnetResult {
+    boundary("qnet_init", || {
+        if STATE.load(Ordering::Acquire) == DOWN {
+            return fail(
+                QnetResult::QNET_ERR_SHUT_DOWN,
+                "qnet_shutdown has been called",
+            );
+        }
+        if flags & !QNET_INIT_INTERCEPT != 0 {
+            return fail(
+                QnetResult::QNET_ERR_INVALID,
+                format!("unknown flags {flags:#x}"),
+            );
+        }
+        let path = if config_path_or_null.is_null() {
+            None
+        } else {
+            match str_arg(config_path_or_null, "config_path") {
+                Ok(p) => Some(Path::new(p)),
+                Err(e) => return e,
+            }
+        };
+        if let Err(e) = app::init(path) {
+            return fail(QnetResult::QNET_ERR_CONFIG, e);
+        }
+        let cfg = match app::config() {
+            Ok(c) => c,
+            Err(e) => return fail(QnetResult::QNET_ERR_CONFIG, e),
+        };
+        // The relay, its key and ours must all be there (the key file readable, mode 600).
+        if let Err(e) = crate::engine::client::ClientConfig::from_config(cfg) {
+            return fail(QnetResult::QNET_ERR_CONFIG, e);
+        }
+        if flags & QNET_INIT_INTERCEPT != 0 {
+            app::enable();
+        }
+        let _ = STATE.compare_exchange(UNINIT, READY, Ordering::AcqRel, Ordering::Acquire);
+        QnetResult::QNET_OK
+    })
+}
+
+fn timeout_of(ms: c_int) -> Duration {
+    if ms <= 0 {
+        app::config()
+            .map(|c| c.intercept.connect_timeout)
+            .unwrap_or(Duration::from_secs(30))
+    } else {
+        Duration::from_millis(ms as u64)
+    }
+}
+
+fn open(dest: Destination, peer: SocketAddr, timeout_ms: c_int) -> Result<c_int, QnetResult> {
+    match app::connect_stream(dest.clone(), peer, timeout_of(timeout_ms)) {
+        Ok(fd) => Ok(fd.into_raw_fd()),
+        Err(e) => {
+            let r = match app::STATS.session_state.load(Ordering::Relaxed) {
+                // No session ever came up (or it is down): the relay is the problem.
+                0 | 1 | 3 if e == libc::ECONNREFUSED => QnetResult::QNET_ERR_RELAY,
+                _ => QnetResult::from_errno(e),
+            };
+            let text = std::io::Error::from_raw_os_error(e);
+            Err(fail(r, format!("connect to {dest}: {text}")))
+        }
+    }
+}
+
+/// Open a TCP connection to `host` (a name, resolved by the relay, or a numeric address)
+/// and `port` through the tunnel. Blocks until the relay reports the destination's
+/// answer or `timeout_ms` passes (0 or less: the configured connect timeout).
+///
+/// Returns a connected, blocking stream socket the caller owns (close it with `close`),
+/// or -1 with errno set (ECONNREFUSED, ETIMEDOUT, EHOSTUNREACH, EACCES …) and the reason
+/// in `qnet_last_result`/`qnet_last_error`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn qnet_connect(host: *const c_char, port: u16, timeout_ms: c_int) -> c_int {
+    boundary_fd("qnet_connect", || {
+        ready()?;
+        let h = str_arg(host, "host")?;
+        if port == 0 {
+            return Err(fail(QnetResult::QNET_ERR_INVALID, "port 0"));
+        }
+        let trimmed = h.trim_start_matches('[').trim_end_matches(']');
+        let (dest, peer) = match trimmed.parse::<std::net::IpAddr>() {
+            Ok(ip) => {
+                let a = SocketAddr::new(ip, port);
+                (Destination::Addr(a), a)
+            }
+            Err(_) => {
+                if !crate::proto::frame::valid_hostname(h) {
+                    return Err(fail(
+                        QnetResult::QNET_ERR_INVALID,
+                        format!("{h:?} is not a host name"),
+                    ));
+                }
+                // getpeername of such a socket shows the unspecified address and the port.
+                (
+                    Destination::Name(h.to_ascii_lowercase(), port),
+                    SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), port),
+                )
+            }
+        };
+        open(dest, peer, timeout_ms)
+    })
+}
+
+/// Like `qnet_connect`, to an IPv4 or IPv6 socket address (`len` bytes at `addr`).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn qnet_connect_addr(
+    addr: *const libc::sockaddr,
+    len: libc::socklen_t,
+    timeout_ms: c_int,
+) -> c_int {
+    boundary_fd("qnet_connect_addr", || {
+        ready()?;
+        if addr.is_null() {
+            return Err(fail(QnetResult::QNET_ERR_NULL, "addr is NULL"));
+        }
+        // SAFETY: the caller passes `len` readable bytes at `addr` (documented).
+        let sa = unsafe { sockaddr_in(addr, len) }.ok_or_else(|| {
+            fail(
+                QnetResult::QNET_ERR_INVALID,
+                "not an IPv4 or IPv6 address of full length",
+            )
+        })?;
+        if sa.port() == 0 {
+            return Err(fail(QnetResult::QNET_ERR_INVALID, "port 0"));
+        }
+        open(Destination::Addr(sa), sa, timeout_ms)
+    })
+}
+
+unsafe fn sockaddr_in(addr: *const libc::sockaddr, len: libc::socklen_t) -> Option<SocketAddr> {
+    // SAFETY: bounded by the length checks; unaligned reads.
+    unsafe {
+        match c_int::from((*addr).sa_family) {
+            libc::AF_INET if len as usize >= size_of::<libc::sockaddr_in>() => {
+                let a = std::ptr::read_unaligned(addr.cast::<libc::sockaddr_in>());
+                Some(SocketAddr::new(
+                    std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).into(),
+                    u16::from_be(a.sin_port),
+                ))
+            }
+            libc::AF_INET6 if len as usize >= size_of::<libc::sockaddr_in6>() => {
+                let a = std::ptr::read_unaligned(addr.cast::<libc::sockaddr_in6>());
+                Some(SocketAddr::new(
+                    std::net::Ipv6Addr::from(a.sin6_addr.s6_addr).into(),
+                    u16::from_be(a.sin6_port),
+                ))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The result of this thread's last failed qnet call (`QNET_OK` if none). Thread-local.
+#[unsafe(no_mangle)]
+pub extern "C" fn qnet_last_result() -> QnetResult {
+    LAST.with(Cell::get)
+}
+
+/// Copy this thread's last error message into `buf` (`len` bytes, NUL-terminated,
+/// truncated to fit; `buf` may be NULL when `len` is 0). Returns the length the whole
+/// message needs including its NUL. Thread-local.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn qnet_last_error(buf: *mut c_char, len: usize) -> usize {
+    let _g = app::BypassGuard::enter();
+    catch_unwind(AssertUnwindSafe(|| {
+        LAST_MSG.with(|m| {
+            let m = m.borrow();
+            let bytes = m.as_bytes();
+            if !buf.is_null() && len > 0 {
+                let n = bytes.len().min(len - 1);
+                // SAFETY: the caller's buffer of `len` bytes; n + 1 <= len.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf.cast::<u8>(), n);
+                    *buf.add(n) = 0;
+                }
+            }
+            bytes.len() + 1
+        })
+    }))
+    .unwrap_or(0)
+}
+
+/// Ask for a timing profile ("performance", "default", "high-security") on a qnet
+/// connection. Returns `QNET_ERR_UNSUPPORTED` in this build (the timing scheduler is not
+/// there yet), `QNET_ERR_INVALID` for another name, `QNET_ERR_NOT_TUNNELED` for an fd
+/// that is not a qnet connection, `QNET_ERR_NULL`. Thread-safe.
+#[unsafe(no_mangle)]
+pub extern "C" fn qnet_set_profile(fd: c_int, profile: *const c_char) -> QnetResult {
+    boundary("qnet_set_profile", || {
+        if let Err(e) = ready() {
+            return e;
+        }
+        let p = match str_arg(profile, "profile") {
+            Ok(p) => p,
+            Err(e) => return e,
+        };
+        if !matches!(p, "performance" | "default" | "high-security") {
+            return fail(
+                QnetResult::QNET_ERR_INVALID,
+                format!("unknown profile {p:?}"),
+            );
+        }
+        if app::flow_counters(fd).is_none() {
+            return fail(
+                QnetResult::QNET_ERR_NOT_TUNNELED,
+                format!("fd {fd} is not a qnet connection"),
+            );
+        }
+        fail(
+            QnetResult::QNET_ERR_UNSUPPORTED,
+            "timing profiles need the timing scheduler, which this build does not have yet",
+        )
+    })
+}
+
+/// Fill `out` with the counters of the qnet connection `fd`. `out->size` must be at least
+/// the version-1 size; `QNET_ERR_BUFFER_TOO_SMALL` otherwise. Thread-safe.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn qnet_flow_stats(fd: c_int, out: *mut QnetFlowStats) -> QnetResult {
+    boundary("qnet_flow_stats", || {
+        if let Err(e) = ready() {
+            return e;
+        }
+        if out.is_null() {
+            return fail(QnetResult::QNET_ERR_NULL, "out is NULL");
+        }
+        // SAFETY: the caller's struct; only `size` is read before the size check.
+        let size = unsafe { std::ptr::read_unaligned(out.cast::<u32>()) } as usize;
+        if size < size_of::<QnetFlowStats>() {
+            return fail(
+                QnetResult::QNET_ERR_BUFFER_TOO_SMALL,
+                format!("size {size} < {}", size_of::<QnetFlowStats>()),
+            );
+        }
+        let Some(c) = app::flow_counters(fd) else {
+            return fail(
+                QnetResult::QNET_ERR_NOT_TUNNELED,
+                format!("fd {fd} is not a qnet connection"),
+            );
+        };
+        use Ordering::Relaxed;
+        let v = QnetFlowStats {
+            size: size_of::<QnetFlowStats>() as u32,
+            version: QNET_STATS_VERSION,
+            bytes_sent: c.bytes_sent.load(Relaxed),
+            bytes_received: c.bytes_received.load(Relaxed),
+            frames_sent: c.frames_sent.load(Relaxed),
+            frames_received: c.frames_received.load(Relaxed),
+            padding_bytes: 0,
+            added_delay_us: 0,
+            state: 2,
+            stream_id: c.stream.load(Relaxed),
+            reserved: [0; 48],
+        };
+        // SAFETY: the caller's struct is at least this large (checked).
+        unsafe { std::ptr::write_unaligned(out, v) };
+        QnetResult::QNET_OK
+    })
+}
+
+/// Fill `out` with the process-wide counters. `out->size` as for `qnet_flow_stats`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn qnet_stats(out: *mut QnetStats) -> QnetResult {
+    boundary("qnet_stats", || {
+        if let Err(e) = ready() {
+            return e;
+        }
+        if out.is_null() {
+            return fail(QnetResult::QNET_ERR_NULL, "out is NULL");
+        }
+        // SAFETY: as in qnet_flow_stats.
+        let size = unsafe { std::ptr::read_unaligned(out.cast::<u32>()) } as usize;
+        if size < size_of::<QnetStats>() {
+            return fail(
+                QnetResult::QNET_ERR_BUFFER_TOO_SMALL,
+                format!("size {size} < {}", size_of::<QnetStats>()),
+            );
+        }
+        use Ordering::Relaxed;
+        let s = &*app::STATS;
+        let v = QnetStats {
+            size: size_of::<QnetStats>() as u32,
+            version: QNET_STATS_VERSION,
+            session_state: s.session_state.load(Relaxed),
+            streams_open: s.streams_open.load(Relaxed),
+            sessions_established: s.sessions.load(Relaxed),
+            streams_opened: s.streams_ok.load(Relaxed),
+            streams_failed: s.streams_failed.load(Relaxed),
+            bytes_sent: s.bytes_sent.load(Relaxed),
+            bytes_received: s.bytes_received.load(Relaxed),
+            records_sent: s.records_sent.load(Relaxed),
+            records_received: s.records_received.load(Relaxed),
+            padding_bytes: s.padding.load(Relaxed),
+            added_delay_us: 0,
+            rtt_us: s.rtt_us.load(Relaxed),
+            reserved: [0; 64],
+        };
+        // SAFETY: the caller's struct is at least this large (checked).
+        unsafe { std::ptr::write_unaligned(out, v) };
+        QnetResult::QNET_OK
+    })
+}
+
+/// Fill `buf` with `len` random bytes from the operating system's generator (the
+/// health-tested entropy ring replaces it in a later version). Works before `qnet_init`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn qnet_entropy(buf: *mut c_void, len: usize) -> QnetResult {
+    boundary("qnet_entropy", || {
+        if len == 0 {
+            return QnetResult::QNET_OK;
+        }
+        if buf.is_null() {
+            return fail(QnetResult::QNET_ERR_NULL, "buf is NULL");
+        }
+        // SAFETY: the caller's buffer of `len` writable bytes.
+        let b = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) };
+        match getrandom::fill(b) {
+            Ok(()) => QnetResult::QNET_OK,
+            Err(e) => fail(QnetResult::QNET_ERR_IO, format!("getrandom: {e}")),
+        }
+    })
+}
+
+/// A static, NUL-terminated description of `code` (never NULL; unknown codes get
+/// "unknown qnet result").
+#[unsafe(no_mangle)]
+pub extern "C" fn qnet_strerror(code: u32) -> *const c_char {
+    let all = [
+        QnetResult::QNET_OK,
+        QnetResult::QNET_ERR_NULL,
+        QnetResult::QNET_ERR_INVALID,
+        QnetResult::QNET_ERR_CONFIG,
+        QnetResult::QNET_ERR_NOT_INITIALIZED,
+        QnetResult::QNET_ERR_SHUT_DOWN,
+        QnetResult::QNET_ERR_RELAY,
+        QnetResult::QNET_ERR_REFUSED,
+        QnetResult::QNET_ERR_TIMED_OUT,
+        QnetResult::QNET_ERR_UNREACHABLE,
+        QnetResult::QNET_ERR_NAME,
+        QnetResult::QNET_ERR_FORBIDDEN,
+        QnetResult::QNET_ERR_NOT_TUNNELED,
+        QnetResult::QNET_ERR_BUFFER_TOO_SMALL,
+        QnetResult::QNET_ERR_UNSUPPORTED,
+        QnetResult::QNET_ERR_PANIC,
+        QnetResult::QNET_ERR_IO,
+    ];
+    all.iter()
+        .find(|r| **r as u32 == code)
+        .map_or(c"unknown qnet result".as_ptr(), |r| r.text().as_ptr())
+}
+
+/// The library's version, a static NUL-terminated string such as "0.1.0".
+#[unsafe(no_mangle)]
+pub extern "C" fn qnet_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// Stop the engine: the relay session and every qnet connection close, and every later
+/// call returns `QNET_ERR_SHUT_DOWN` (intercepted connects fail closed). Blocks until the
+/// engine thread has exited. Calling it twice returns `QNET_ERR_SHUT_DOWN`.
+#[unsafe(no_mangle)]
+pub extern "C" fn qnet_shutdown() -> QnetResult {
+    boundary("qnet_shutdown", || {
+        if let Err(e) = ready() {
+            return e;
+        }
+        STATE.store(DOWN, Ordering::Release);
+        app::shutdown();
+        QnetResult::QNET_OK
+    })
+}
