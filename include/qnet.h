@@ -1,9 +1,9 @@
 /* qnet: an unmodified program's TCP traffic through an encrypted, traffic-shaped tunnel.
  *
- * The C API of libqnet.a / libqnet.so. Link statically with
- *   cc app.c $(pkg-config --cflags --libs --static qnet)
- * or dynamically with
+ * The C API of libqnet.a / libqnet.so. Link dynamically with
  *   cc app.c $(pkg-config --cflags --libs qnet)
+ * or statically (-l:libqnet.a, since the linker prefers libqnet.so beside it) with
+ *   cc app.c $(pkg-config --cflags --libs --static qnet | sed 's/-lqnet /-l:libqnet.a /')
  * Every function is thread-safe, checks its pointers for NULL and never lets a Rust
  * panic unwind into C (it returns QNET_ERR_PANIC, or -1 with errno EIO, instead).
  * Strings returned by the library are static and must not be freed; fds returned by
@@ -196,7 +196,9 @@ const char *qnet_strerror(uint32_t code);
 const char *qnet_version(void);
 
 // Stop the engine: the relay session and every qnet connection close, and every later
-// call returns `QNET_ERR_SHUT_DOWN` (intercepted connects fail closed). Blocks until the
+// call returns `QNET_ERR_SHUT_DOWN` (intercepted connects fail closed), except those that
+// need no engine: `qnet_entropy`, `qnet_strerror`, `qnet_version`, `qnet_last_result`
+// and `qnet_last_error`. Blocks until the
 // engine thread has exited. Calling it twice returns `QNET_ERR_SHUT_DOWN`.
 qnet_result qnet_shutdown(void);
 

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use super::client::{AppConn, Attach, Client, ClientConfig};
+use super::client::{AppConn, Attach, Client, ClientConfig, Failure};
 use super::fdtab::{self, ConnState, FdInfo, Kind};
 use super::sys;
 use crate::config::Config;
@@ -107,21 +107,33 @@ pub enum Decision<T> {
 
 // ---- configuration ------------------------------------------------------------------
 
-static CONFIG: OnceLock<Result<Config, String>> = OnceLock::new();
+static CONFIG: OnceLock<Config> = OnceLock::new();
+/// Why loading the config implicitly (first hook) failed: kept, so a broken config fails
+/// every tunneled call the same way without re-reading files.
+static CONFIG_ERR: Mutex<Option<String>> = Mutex::new(None);
+
+fn loaded(c: Config) -> &'static Config {
+    super::log::set_level(c.log);
+    CONFIG.get_or_init(|| c)
+}
 
 /// The process's config, loaded once; an error fails every tunneled call closed.
-pub fn config() -> Result<&'static Config, &'static str> {
-    CONFIG
-        .get_or_init(|| {
-            let _g = BypassGuard::enter();
-            let c = Config::load().map_err(|e| e.to_string());
-            if let Ok(c) = &c {
-                super::log::set_level(c.log);
-            }
-            c
-        })
-        .as_ref()
-        .map_err(String::as_str)
+pub fn config() -> Result<&'static Config, String> {
+    if let Some(c) = CONFIG.get() {
+        return Ok(c);
+    }
+    let mut err = CONFIG_ERR.lock();
+    if let Some(e) = err.as_ref() {
+        return Err(e.clone());
+    }
+    let _g = BypassGuard::enter();
+    match Config::load() {
+        Ok(c) => Ok(loaded(c)),
+        Err(e) => {
+            *err = Some(e.to_string());
+            Err(e.to_string())
+        }
+    }
 }
 
 static TOLD: AtomicBool = AtomicBool::new(false);
@@ -200,22 +212,22 @@ pub fn is_shut_down() -> bool {
 }
 
 /// Load the config now (the C API's `qnet_init`); `path` as `--config` does. A config
-/// already loaded (by an earlier call or a preloaded library's first hook) stays.
-pub fn init(path: Option<&std::path::Path>) -> Result<(), String> {
+/// already loaded stays; a failed attempt leaves nothing behind, so it can be retried.
+/// `check` must accept it before it is kept.
+pub fn init(
+    path: Option<&std::path::Path>,
+    check: impl Fn(&Config) -> Result<(), String>,
+) -> Result<(), String> {
     let _g = BypassGuard::enter();
-    let mut result = Ok(());
-    let loaded = CONFIG.get_or_init(|| {
-        let c = Config::load_from(path).map_err(|e| e.to_string());
-        if let Ok(c) = &c {
-            super::log::set_level(c.log);
-        }
-        c
-    });
-    if let Err(e) = loaded {
-        result = Err(e.clone());
-    }
     install_fork_handlers();
-    result
+    if let Some(c) = CONFIG.get() {
+        return check(c);
+    }
+    let c = Config::load_from(path).map_err(|e| e.to_string())?;
+    check(&c)?;
+    loaded(c);
+    *CONFIG_ERR.lock() = None;
+    Ok(())
 }
 
 /// Register the fork handlers once (the preloaded library at load, the C API at init).
@@ -414,7 +426,8 @@ fn tunnel(fd: i32, peer: SocketAddr, dest: Destination, cfg: &Config) -> Result<
     let started = Instant::now();
     let result = rx
         .recv_timeout(cfg.intercept.connect_timeout)
-        .unwrap_or(Err(libc::ETIMEDOUT));
+        .unwrap_or(Err(Failure::Errno(libc::ETIMEDOUT)))
+        .map_err(Failure::errno);
     crate::qlog!(
         Debug,
         "connect to {peer}: {result:?} after {:?}",
@@ -439,9 +452,9 @@ pub fn connect_stream(
     dest: Destination,
     peer: SocketAddr,
     timeout: std::time::Duration,
-) -> Result<std::os::fd::OwnedFd, i32> {
+) -> Result<std::os::fd::OwnedFd, Failure> {
     let _g = BypassGuard::enter();
-    let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
+    let errno = |e: std::io::Error| Failure::Errno(e.raw_os_error().unwrap_or(libc::EIO));
     let (app, engine) = sys::socketpair().map_err(errno)?;
     sys::set_status_flags(engine.as_raw_fd(), libc::O_NONBLOCK).map_err(errno)?;
     fdtab::mark_internal(engine.as_raw_fd());
@@ -459,8 +472,10 @@ pub fn connect_stream(
             reply: Some(tx),
             counters: counters.clone(),
         },
-    })?;
-    rx.recv_timeout(timeout).unwrap_or(Err(libc::ETIMEDOUT))?;
+    })
+    .map_err(Failure::Errno)?;
+    rx.recv_timeout(timeout)
+        .unwrap_or(Err(Failure::Errno(libc::ETIMEDOUT)))?;
     state.set(0);
     fdtab::add_tunneled(
         app.as_raw_fd(),

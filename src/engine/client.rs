@@ -125,16 +125,16 @@ pub struct AppConn {
     /// The outcome, read by the app's `getsockopt(SO_ERROR)` and `connect` hooks.
     pub state: Arc<ConnState>,
     /// A blocking connect waits here.
-    pub reply: Option<crossbeam::channel::Sender<Result<(), i32>>>,
+    pub reply: Option<crossbeam::channel::Sender<Result<(), Failure>>>,
     /// The flow's counters, shared with the app's fd record.
     pub counters: Arc<fdtab::FlowCounters>,
 }
 
 impl AppConn {
-    fn finish(mut self, result: Result<(), i32>) {
+    fn finish(mut self, result: Result<(), Failure>) {
         // The outcome first: growing the send buffer back already wakes the app, which
         // then asks SO_ERROR and getpeername at once.
-        self.state.set(result.err().unwrap_or(0));
+        self.state.set(result.err().map_or(0, Failure::errno));
         if result.is_ok() {
             if let Some((fd, size)) = self.restore.take() {
                 let _ = super::sys::setsockopt_int(
@@ -147,6 +147,25 @@ impl AppConn {
         }
         if let Some(r) = self.reply.take() {
             let _ = r.send(result);
+        }
+    }
+}
+
+/// Why an app's connect failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Locally, or the session failed: this errno.
+    Errno(i32),
+    /// The relay answered OPEN with this reason.
+    Open(crate::proto::OpenError),
+}
+
+impl Failure {
+    /// The errno a local `connect` reports for it.
+    pub fn errno(self) -> i32 {
+        match self {
+            Failure::Errno(e) => e,
+            Failure::Open(e) => e.errno(),
         }
     }
 }
@@ -257,7 +276,7 @@ impl Client {
             if self.link.is_none() && self.retry_at.is_some() {
                 // Fail closed at once: no relay, no connection.
                 self.stats.streams_failed += 1;
-                a.app.finish(Err(libc::ECONNREFUSED));
+                a.app.finish(Err(Failure::Errno(libc::ECONNREFUSED)));
                 continue;
             }
             self.waiting
@@ -285,7 +304,10 @@ impl Client {
             Err(e) => return self.link_down(now, &format!("cannot connect to relay {addr}: {e}")),
         };
         let _ = sock.set_nodelay(true);
-        fdtab::mark_internal(sock.as_raw_fd());
+        if self.commands.is_some() {
+            // Inside an app (preloaded or the C API): the app must not close it.
+            fdtab::mark_internal(sock.as_raw_fd());
+        }
         self.link_token = self.token();
         if let Err(e) = self.poll.registry().register(
             &mut sock,
@@ -344,7 +366,7 @@ impl Client {
         for (_, mut f) in self.flows.drain() {
             let _ = f.ep.sock.deregister(self.poll.registry());
             if let Some(app) = f.app.take() {
-                app.finish(Err(libc::ECONNREFUSED));
+                app.finish(Err(Failure::Errno(libc::ECONNREFUSED)));
             }
             self.stats.streams_failed += 1;
         }
@@ -352,7 +374,7 @@ impl Client {
         self.stats.streams_failed += self.waiting.len() as u64;
         for (_, _, app) in self.waiting.drain(..) {
             if let Some(app) = app {
-                app.finish(Err(libc::ECONNREFUSED));
+                app.finish(Err(Failure::Errno(libc::ECONNREFUSED)));
             }
         }
         self.retry_at = Some(now + self.backoff);
@@ -508,7 +530,7 @@ impl Client {
                         if let Some(mut f) = self.flows.remove(&stream) {
                             qlog!(Info, "relay refused stream to {}: {e}", f.dest);
                             if let Some(app) = f.app.take() {
-                                app.finish(Err(e.errno()));
+                                app.finish(Err(Failure::Open(e)));
                             }
                             let _ = f.ep.sock.deregister(self.poll.registry());
                             self.by_token.remove(&f.ep.token);
@@ -532,6 +554,7 @@ impl Client {
                         self.next_token += 1;
                         let t = Token(self.next_token);
                         let mut ep = Endpoint::new(sock, t, id);
+                        ep.counters = app.as_ref().map(|a| a.counters.clone());
                         if ep.sock.register(self.poll.registry(), t).is_ok() {
                             self.by_token.insert(t, id);
                             self.flows.insert(
@@ -549,7 +572,7 @@ impl Client {
                         } else {
                             let _ = l.session.reset(now, id, 1);
                             if let Some(app) = app {
-                                app.finish(Err(libc::ENOBUFS));
+                                app.finish(Err(Failure::Errno(libc::ENOBUFS)));
                             }
                         }
                     }
@@ -557,7 +580,7 @@ impl Client {
                         qlog!(Warn, "cannot open stream: {e}");
                         self.stats.streams_failed += 1;
                         if let Some(app) = app {
-                            app.finish(Err(libc::EAGAIN));
+                            app.finish(Err(Failure::Errno(libc::EAGAIN)));
                         }
                     }
                 }
@@ -585,8 +608,6 @@ impl Client {
                         .and_then(|_| f.ep.pump_up(now, &mut l.session, room, &mut self.buf));
                 if let Some(c) = &f.counters {
                     use std::sync::atomic::Ordering::Relaxed;
-                    c.bytes_sent.store(f.ep.sent, Relaxed);
-                    c.bytes_received.store(f.ep.received, Relaxed);
                     if let Some((o, i)) = l.session.stream_records(id) {
                         c.frames_sent.store(o, Relaxed);
                         c.frames_received.store(i, Relaxed);

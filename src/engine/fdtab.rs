@@ -21,6 +21,8 @@ const INTERNAL: u8 = 2;
 const DATAGRAM: u8 = 3;
 
 static KINDS: [AtomicU8; TABLE] = [const { AtomicU8::new(NONE) }; TABLE];
+/// How many fds are marked: zero lets range operations skip the table.
+static MARKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 static HIGH: Mutex<Option<HashMap<i32, u8>>> = Mutex::new(None);
 static INFO: Mutex<Option<HashMap<i32, FdInfo>>> = Mutex::new(None);
 
@@ -100,17 +102,32 @@ fn set_kind(fd: i32, k: u8) {
     if fd < 0 {
         return;
     }
-    if (fd as usize) < TABLE {
-        KINDS[fd as usize].store(k, Ordering::Release);
+    let old = if (fd as usize) < TABLE {
+        KINDS[fd as usize].swap(k, Ordering::AcqRel)
     } else {
         let mut h = HIGH.lock();
         let m = h.get_or_insert_with(HashMap::new);
         if k == NONE {
-            m.remove(&fd);
+            m.remove(&fd).unwrap_or(NONE)
         } else {
-            m.insert(fd, k);
+            m.insert(fd, k).unwrap_or(NONE)
         }
+    };
+    match (old == NONE, k == NONE) {
+        (true, false) => {
+            MARKED.fetch_add(1, Ordering::AcqRel);
+        }
+        (false, true) => {
+            MARKED.fetch_sub(1, Ordering::AcqRel);
+        }
+        _ => {}
     }
+}
+
+/// No fd is marked at all (a program that never tunneled anything).
+#[inline]
+pub fn is_empty() -> bool {
+    MARKED.load(Ordering::Acquire) == 0
 }
 
 /// What `fd` is; the fast path every hook takes.

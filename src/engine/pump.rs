@@ -95,6 +95,9 @@ pub struct Endpoint {
     pub sent: u64,
     /// Stream bytes written from the session to the local socket.
     pub received: u64,
+    /// Shared copies of `sent`/`received` for the app (`qnet_flow_stats`), updated before
+    /// the end of the stream is passed on, so an app that saw EOF sees every byte counted.
+    pub counters: Option<std::sync::Arc<super::fdtab::FlowCounters>>,
 }
 
 /// What a pump step concluded about the stream.
@@ -119,6 +122,7 @@ impl Endpoint {
             write_shut: false,
             sent: 0,
             received: 0,
+            counters: None,
         }
     }
 
@@ -134,6 +138,10 @@ impl Endpoint {
             match self.sock.write(a) {
                 Ok(n) => {
                     self.received += n as u64;
+                    if let Some(c) = &self.counters {
+                        c.bytes_received
+                            .fetch_add(n as u64, std::sync::atomic::Ordering::Release);
+                    }
                     session
                         .consume(now, self.stream, n)
                         .map_err(|e| io::Error::other(e.to_string()))?
@@ -192,6 +200,10 @@ impl Endpoint {
                         .map_err(|e| io::Error::other(e.to_string()))?;
                     debug_assert_eq!(took, n, "read no more than the credit");
                     self.sent += took as u64;
+                    if let Some(c) = &self.counters {
+                        c.bytes_sent
+                            .fetch_add(took as u64, std::sync::atomic::Ordering::Release);
+                    }
                     if session.transmit().len() >= super::HIGH_WATER {
                         break;
                     }

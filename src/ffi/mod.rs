@@ -296,15 +296,11 @@ pub extern "C" fn qnet_init(config_path_or_null: *const c_char, flags: u32) -> Q
                 Err(e) => return e,
             }
         };
-        if let Err(e) = app::init(path) {
-            return fail(QnetResult::QNET_ERR_CONFIG, e);
-        }
-        let cfg = match app::config() {
-            Ok(c) => c,
-            Err(e) => return fail(QnetResult::QNET_ERR_CONFIG, e),
-        };
         // The relay, its key and ours must all be there (the key file readable, mode 600).
-        if let Err(e) = crate::engine::client::ClientConfig::from_config(cfg) {
+        let check = |c: &crate::config::Config| {
+            crate::engine::client::ClientConfig::from_config(c).map(drop)
+        };
+        if let Err(e) = app::init(path, check) {
             return fail(QnetResult::QNET_ERR_CONFIG, e);
         }
         if flags & QNET_INIT_INTERCEPT != 0 {
@@ -326,16 +322,24 @@ fn timeout_of(ms: c_int) -> Duration {
 }
 
 fn open(dest: Destination, peer: SocketAddr, timeout_ms: c_int) -> Result<c_int, QnetResult> {
+    use crate::engine::client::Failure;
+    use crate::proto::OpenError;
     match app::connect_stream(dest.clone(), peer, timeout_of(timeout_ms)) {
         Ok(fd) => Ok(fd.into_raw_fd()),
-        Err(e) => {
-            let r = match app::STATS.session_state.load(Ordering::Relaxed) {
-                // No session ever came up (or it is down): the relay is the problem.
-                0 | 1 | 3 if e == libc::ECONNREFUSED => QnetResult::QNET_ERR_RELAY,
-                _ => QnetResult::from_errno(e),
+        Err(f) => {
+            let r = match f {
+                Failure::Open(OpenError::NameNotFound) => QnetResult::QNET_ERR_NAME,
+                Failure::Open(OpenError::Forbidden) => QnetResult::QNET_ERR_FORBIDDEN,
+                Failure::Open(e) => QnetResult::from_errno(e.errno()),
+                // Failing before any answer from the relay: the relay is the problem.
+                Failure::Errno(libc::ECONNREFUSED) => QnetResult::QNET_ERR_RELAY,
+                Failure::Errno(e) => QnetResult::from_errno(e),
             };
-            let text = std::io::Error::from_raw_os_error(e);
-            Err(fail(r, format!("connect to {dest}: {text}")))
+            let text = std::io::Error::from_raw_os_error(f.errno());
+            Err(fail(
+                r,
+                format!("connect to {dest}: {text} ({})", r.text().to_string_lossy()),
+            ))
         }
     }
 }
@@ -634,7 +638,9 @@ pub extern "C" fn qnet_version() -> *const c_char {
 }
 
 /// Stop the engine: the relay session and every qnet connection close, and every later
-/// call returns `QNET_ERR_SHUT_DOWN` (intercepted connects fail closed). Blocks until the
+/// call returns `QNET_ERR_SHUT_DOWN` (intercepted connects fail closed), except those that
+/// need no engine: `qnet_entropy`, `qnet_strerror`, `qnet_version`, `qnet_last_result`
+/// and `qnet_last_error`. Blocks until the
 /// engine thread has exited. Calling it twice returns `QNET_ERR_SHUT_DOWN`.
 #[unsafe(no_mangle)]
 pub extern "C" fn qnet_shutdown() -> QnetResult {

@@ -253,8 +253,9 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
         set_errno(libc::ENOSYS);
         return -1;
     };
-    // The table is checked even for qnet's own threads, so the engine's closes unmark its fds.
-    if !app::active() || fdtab::kind(fd) == Kind::None {
+    // The table is kept true whether or not interception is on (the C API's fds are in it
+    // too), and even for qnet's own threads, so the engine's closes unmark its fds.
+    if fdtab::kind(fd) == Kind::None {
         // SAFETY: the caller's argument, passed on unchanged.
         return unsafe { real(fd) };
     }
@@ -271,7 +272,7 @@ pub unsafe extern "C" fn fclose(f: *mut libc::FILE) -> c_int {
         set_errno(libc::ENOSYS);
         return -1;
     };
-    if app::active() && !f.is_null() {
+    if !fdtab::is_empty() && !f.is_null() {
         // SAFETY: `f` is the caller's open FILE.
         let fd = unsafe { libc::fileno(f) };
         if fd >= 0 && fdtab::kind(fd) != Kind::None {
@@ -323,7 +324,7 @@ pub unsafe extern "C" fn close_range(lo: c_uint, hi: c_uint, flags: c_int) -> c_
         set_errno(libc::ENOSYS);
         return -1;
     };
-    if !intercepting() {
+    if fdtab::is_empty() || app::bypassed() {
         // SAFETY: the caller's arguments, passed on unchanged.
         return unsafe { real(lo, hi, flags) };
     }
@@ -339,7 +340,7 @@ pub unsafe extern "C" fn closefrom(lo: c_int) {
     let Some(real) = real!(closefrom: fn(c_int) -> ()) else {
         return;
     };
-    if !intercepting() || lo < 0 {
+    if fdtab::is_empty() || app::bypassed() || lo < 0 {
         // SAFETY: the caller's argument, passed on unchanged.
         return unsafe { real(lo) };
     }
@@ -373,7 +374,7 @@ pub unsafe extern "C" fn dup(old: c_int) -> c_int {
     };
     // SAFETY: the caller's argument, passed on unchanged.
     let new = unsafe { real(old) };
-    if app::active() && matches!(fdtab::kind(old), Kind::Tunneled | Kind::Datagram) {
+    if matches!(fdtab::kind(old), Kind::Tunneled | Kind::Datagram) {
         return dup_result(old, new);
     }
     new
@@ -381,7 +382,7 @@ pub unsafe extern "C" fn dup(old: c_int) -> c_int {
 
 /// The shared body of `dup2` and `dup3`: `call` performs the real duplication.
 fn dup_onto_hook(old: c_int, new: c_int, call: impl FnOnce() -> c_int) -> c_int {
-    if !app::active() || (fdtab::kind(old) == Kind::None && fdtab::kind(new) == Kind::None) {
+    if fdtab::kind(old) == Kind::None && fdtab::kind(new) == Kind::None {
         return call();
     }
     if fdtab::kind(new) == Kind::Internal && !app::bypassed() {
@@ -426,7 +427,6 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> c_int {
     // SAFETY: the caller's arguments, passed on unchanged.
     let r = unsafe { real(fd, cmd, arg) };
     if (cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC)
-        && app::active()
         && matches!(fdtab::kind(fd), Kind::Tunneled | Kind::Datagram)
     {
         return dup_result(fd, r);
