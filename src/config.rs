@@ -23,7 +23,7 @@
 //! remote_dns = true              # names resolve at the relay; the app sees fake addresses
 //! fake_net_v4 = "240.0.0.0/4"    # where the fake addresses come from (reserved, unroutable)
 //! fake_net_v6 = "100::/64"       # RFC 6666 discard-only block
-//! allow_udp = false              # UDP/raw/packet sockets on inet families are refused
+//! allow_udp = false              # sending UDP and raw/packet sockets on inet families are refused
 //! allow_setuid_exec = false      # exec of setuid/setcap programs (which drop LD_PRELOAD) is refused
 //! allow_inbound = false          # listen() on a non-loopback address is refused
 //! connect_timeout_secs = 30      # a blocking connect through the tunnel gives up after this
@@ -281,7 +281,7 @@ pub struct InterceptConfig {
     pub fake_net_v4: Cidr,
     /// Fake IPv6 addresses come from here.
     pub fake_net_v6: Cidr,
-    /// Let the app create UDP, raw and packet sockets (which bypass the tunnel).
+    /// Let the app send UDP and create raw and packet sockets (which bypass the tunnel).
     pub allow_udp: bool,
     /// Let the app exec setuid/setcap programs, which lose LD_PRELOAD and connect directly.
     pub allow_setuid_exec: bool,
