@@ -13,3 +13,4 @@ mod hooks;
 pub mod keys;
 pub mod proto;
 pub mod relay;
+pub mod socks;

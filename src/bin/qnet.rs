@@ -34,6 +34,21 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Serve SOCKS5 (RFC 1928) locally: every CONNECT becomes a stream through the relay,
+    /// which resolves names (use socks5h:// with curl). For browsers, proxychains chains and
+    /// static binaries that LD_PRELOAD cannot reach.
+    Socks {
+        /// Address to listen on, e.g. 127.0.0.1:1080 (port 0 picks one; printed on stderr).
+        #[arg(long)]
+        listen: String,
+        /// Require RFC 1929 username/password with this user; the password is read from
+        /// the environment variable QNET_SOCKS_PASSWORD.
+        #[arg(long)]
+        user: Option<String>,
+        /// Config file (default: QNET_CONFIG, ~/.config/qnet/qnet.toml, /etc/qnet/qnet.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Run a program with its TCP connections carried through the tunnel (LD_PRELOAD=libqnet.so).
     Run {
         /// Config file for the program's library (sets QNET_CONFIG).
@@ -58,6 +73,11 @@ fn main() -> ExitCode {
         Command::Forward { listen, to, config } => {
             ("forward", forward(&listen, &to, config.as_deref()))
         }
+        Command::Socks {
+            listen,
+            user,
+            config,
+        } => ("socks", socks(&listen, user, config.as_deref())),
         Command::Run { .. } => unreachable!("handled above"),
     };
     match result {
@@ -103,6 +123,33 @@ fn forward(listen: &str, to: &str, config: Option<&Path>) -> CmdResult {
     let mut engine = qnet::engine::client::Client::new(client)?;
     let addr = engine.forward(listen, dest)?;
     eprintln!("qnet forward listening on {addr}, to {to}");
+    engine.run(|_| false)?;
+    Ok(())
+}
+
+fn socks(listen: &str, user: Option<String>, config: Option<&Path>) -> CmdResult {
+    let cfg = qnet::config::Config::load_from(config)?;
+    qnet::engine::log::set_level(cfg.log);
+    let client = qnet::engine::client::ClientConfig::from_config(&cfg)?;
+    let listen: std::net::SocketAddr = listen
+        .parse()
+        .map_err(|e| format!("--listen {listen}: {e}"))?;
+    let auth = match user {
+        None => qnet::socks::SocksAuth::default(),
+        Some(u) => {
+            let p = std::env::var("QNET_SOCKS_PASSWORD")
+                .map_err(|_| "--user needs the password in QNET_SOCKS_PASSWORD".to_owned())?;
+            if u.len() > 255 || p.len() > 255 || u.is_empty() {
+                return Err("user and password must be 1 to 255 bytes".into());
+            }
+            qnet::socks::SocksAuth {
+                credentials: Some((u.into_bytes(), p.into_bytes())),
+            }
+        }
+    };
+    let mut engine = qnet::engine::client::Client::new(client)?;
+    let addr = engine.socks(listen, auth)?;
+    eprintln!("qnet socks listening on {addr}");
     engine.run(|_| false)?;
     Ok(())
 }

@@ -18,7 +18,7 @@ use super::{Link, LinkRead, READ_CHUNK};
 use crate::keys::PrivateKey;
 use crate::proto::{Destination, Event, OsRandom, Role, Session, SessionConfig};
 use crate::qlog;
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
@@ -95,6 +95,8 @@ struct Flow {
     started: Instant,
     dest: Destination,
     app: Option<AppConn>,
+    /// A SOCKS client waiting for its CONNECT reply.
+    socks: bool,
     /// Filler bytes still to discard before the app's own data (see [`AppConn`]).
     skip: usize,
     /// Where the app reads this flow's counters (`qnet_flow_stats`).
@@ -151,6 +153,39 @@ impl AppConn {
     }
 }
 
+/// A local socket waiting for the session, and what it came from.
+struct Pending {
+    sock: Sock,
+    dest: Destination,
+    app: Option<AppConn>,
+    /// A SOCKS client: it gets a SOCKS reply when the relay answers.
+    socks: bool,
+    /// Bytes that arrived before the stream existed (pipelined after a SOCKS request).
+    first: Vec<u8>,
+}
+
+impl Pending {
+    fn plain(sock: Sock, dest: Destination, app: Option<AppConn>) -> Pending {
+        Pending {
+            sock,
+            dest,
+            app,
+            socks: false,
+            first: Vec::new(),
+        }
+    }
+}
+
+/// A SOCKS client in its handshake.
+struct Handshaking {
+    sock: TcpStream,
+    hs: crate::socks::Handshake,
+    started: Instant,
+}
+
+/// How long a SOCKS client may take to send its request.
+const SOCKS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Why an app's connect failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
@@ -190,7 +225,11 @@ pub struct Client {
     link_token: Token,
     forwards: HashMap<Token, Forward>,
     /// Accepted local sockets waiting for the session.
-    waiting: VecDeque<(Sock, Destination, Option<AppConn>)>,
+    waiting: VecDeque<Pending>,
+    /// `qnet socks` listeners.
+    socks_listeners: HashMap<Token, (TcpListener, crate::socks::SocksAuth)>,
+    /// SOCKS clients still in their handshake.
+    handshakes: HashMap<Token, Handshaking>,
     commands: Option<Commands>,
     /// The relay failure was already reported on stderr (once per outage).
     told_down: bool,
@@ -220,6 +259,8 @@ impl Client {
             link_token: Token(0),
             forwards: HashMap::new(),
             waiting: VecDeque::new(),
+            socks_listeners: HashMap::new(),
+            handshakes: HashMap::new(),
             commands: None,
             told_down: false,
             flows: HashMap::new(),
@@ -252,6 +293,118 @@ impl Client {
         Ok(addr)
     }
 
+    /// Serve SOCKS5 on `listen` (`qnet socks`): each CONNECT becomes a stream to its
+    /// destination, resolved by the relay; returns the bound address.
+    pub fn socks(
+        &mut self,
+        listen: SocketAddr,
+        auth: crate::socks::SocksAuth,
+    ) -> io::Result<SocketAddr> {
+        let mut listener = TcpListener::bind(listen)?;
+        let addr = listener.local_addr()?;
+        let t = self.token();
+        self.poll
+            .registry()
+            .register(&mut listener, t, Interest::READABLE)?;
+        self.socks_listeners.insert(t, (listener, auth));
+        Ok(addr)
+    }
+
+    fn socks_accept(&mut self, t: Token) {
+        loop {
+            let Some((l, auth)) = self.socks_listeners.get(&t) else {
+                return;
+            };
+            match l.accept() {
+                Ok((mut sock, _)) => {
+                    let hs = crate::socks::Handshake::new(auth.clone());
+                    let ht = self.token();
+                    if self
+                        .poll
+                        .registry()
+                        .register(&mut sock, ht, Interest::READABLE)
+                        .is_ok()
+                    {
+                        self.handshakes.insert(
+                            ht,
+                            Handshaking {
+                                sock,
+                                hs,
+                                started: Instant::now(),
+                            },
+                        );
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    qlog!(Error, "accept: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn socks_read(&mut self, t: Token) {
+        use crate::socks::Progress;
+        let Some(h) = self.handshakes.get_mut(&t) else {
+            return;
+        };
+        loop {
+            let n = match h.sock.read(&mut self.buf) {
+                Ok(0) => {
+                    self.handshakes.remove(&t);
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    self.handshakes.remove(&t);
+                    return;
+                }
+            };
+            match h.hs.feed(&self.buf[..n]) {
+                Progress::More { reply } => {
+                    // Handshake replies are a few bytes on a fresh socket: they fit.
+                    if h.sock.write_all(&reply).is_err() {
+                        self.handshakes.remove(&t);
+                        return;
+                    }
+                }
+                Progress::Refuse(r) => {
+                    qlog!(Info, "SOCKS client refused: {}", r.reason);
+                    let _ = h.sock.write_all(&r.reply);
+                    self.handshakes.remove(&t);
+                    return;
+                }
+                Progress::Connect { reply, dest, rest } => {
+                    let mut h = self.handshakes.remove(&t).expect("present");
+                    let _ = self.poll.registry().deregister(&mut h.sock);
+                    if h.sock.write_all(&reply).is_err() {
+                        return;
+                    }
+                    if self.link.is_none() && self.retry_at.is_some() {
+                        // Fail closed at once: no relay, no connection.
+                        self.stats.streams_failed += 1;
+                        let _ = h.sock.write_all(&crate::socks::connect_reply(Err(
+                            crate::proto::OpenError::Failure,
+                        )));
+                        return;
+                    }
+                    self.waiting.push_back(Pending {
+                        sock: Sock::Tcp(h.sock),
+                        dest,
+                        app: None,
+                        socks: true,
+                        first: rest,
+                    });
+                    return;
+                }
+            }
+        }
+    }
+
     /// Take app sockets from a channel (the preload library); the pipe wakes the loop.
     pub fn accept_commands(
         &mut self,
@@ -280,7 +433,7 @@ impl Client {
                 continue;
             }
             self.waiting
-                .push_back((Sock::Unix(a.sock), a.dest, Some(a.app)));
+                .push_back(Pending::plain(Sock::Unix(a.sock), a.dest, Some(a.app)));
         }
     }
 
@@ -335,7 +488,7 @@ impl Client {
         // (once per outage). A session that never opened a stream may have had its key
         // refused: XK lets the relay stay silent, so the client cannot tell for sure.
         let failing = self.flows.values().any(|f| f.app.is_some())
-            || self.waiting.iter().any(|w| w.2.is_some());
+            || self.waiting.iter().any(|w| w.app.is_some());
         if failing && !self.told_down {
             if super::log::enabled(crate::config::LogLevel::Error) {
                 let hint = if self.stats.streams_ok == 0 {
@@ -372,8 +525,8 @@ impl Client {
         }
         self.by_token.clear();
         self.stats.streams_failed += self.waiting.len() as u64;
-        for (_, _, app) in self.waiting.drain(..) {
-            if let Some(app) = app {
+        for p in self.waiting.drain(..) {
+            if let Some(app) = p.app {
                 app.finish(Err(Failure::Errno(libc::ECONNREFUSED)));
             }
         }
@@ -421,6 +574,10 @@ impl Client {
                 let writable = ev.is_writable() || ev.is_error();
                 if t == WAKE {
                     self.take_commands();
+                } else if self.socks_listeners.contains_key(&t) {
+                    self.socks_accept(t);
+                } else if self.handshakes.contains_key(&t) {
+                    self.socks_read(t);
                 } else if t == self.link_token && self.link.is_some() {
                     self.link_event(now, readable);
                 } else if self.forwards.contains_key(&t) {
@@ -461,7 +618,8 @@ impl Client {
                         drop(sock);
                         continue;
                     }
-                    self.waiting.push_back((Sock::Tcp(sock), dest, None));
+                    self.waiting
+                        .push_back(Pending::plain(Sock::Tcp(sock), dest, None));
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
@@ -488,6 +646,10 @@ impl Client {
     }
 
     fn service(&mut self, now: Instant) {
+        if !self.handshakes.is_empty() {
+            self.handshakes
+                .retain(|_, h| now.duration_since(h.started) < SOCKS_HANDSHAKE_TIMEOUT);
+        }
         let Some(l) = self.link.as_mut() else {
             return;
         };
@@ -506,6 +668,10 @@ impl Client {
                         if let Some(f) = self.flows.get_mut(&stream) {
                             f.open = true;
                             self.told_down = false;
+                            if f.socks {
+                                f.socks = false;
+                                socks_reply(&mut f.ep.sock, Ok(()));
+                            }
                             if let Some(c) = &f.counters {
                                 c.stream.store(stream, std::sync::atomic::Ordering::Relaxed);
                             }
@@ -529,6 +695,9 @@ impl Client {
                     Err(e) => {
                         if let Some(mut f) = self.flows.remove(&stream) {
                             qlog!(Info, "relay refused stream to {}: {e}", f.dest);
+                            if f.socks {
+                                socks_reply(&mut f.ep.sock, Err(e));
+                            }
                             if let Some(app) = f.app.take() {
                                 app.finish(Err(Failure::Open(e)));
                             }
@@ -548,9 +717,20 @@ impl Client {
             }
         }
         if l.session.is_established() {
-            while let Some((sock, dest, app)) = self.waiting.pop_front() {
-                match l.session.open(now, dest.clone(), 0, &[]) {
-                    Ok((id, _)) => {
+            while let Some(Pending {
+                sock,
+                dest,
+                app,
+                socks,
+                first,
+            }) = self.waiting.pop_front()
+            {
+                match l.session.open(now, dest.clone(), 0, &first) {
+                    Ok((id, taken)) => {
+                        if taken < first.len() {
+                            // Allowed before OPEN_RESULT; small pipelined data always fits.
+                            let _ = l.session.write(now, id, &first[taken..]);
+                        }
                         self.next_token += 1;
                         let t = Token(self.next_token);
                         let mut ep = Endpoint::new(sock, t, id);
@@ -566,6 +746,7 @@ impl Client {
                                     dest,
                                     counters: app.as_ref().map(|a| a.counters.clone()),
                                     app,
+                                    socks,
                                     skip: 0,
                                 },
                             );
@@ -690,4 +871,9 @@ fn relay_address(relay: &str) -> io::Result<SocketAddr> {
         .into_iter()
         .next()
         .ok_or_else(|| io::Error::other("no address"))
+}
+
+/// Answer a SOCKS client's CONNECT (a few bytes on an idle socket: they fit).
+fn socks_reply(sock: &mut Sock, result: Result<(), crate::proto::OpenError>) {
+    let _ = sock.write_all(&crate::socks::connect_reply(result));
 }
