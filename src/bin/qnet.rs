@@ -203,7 +203,8 @@ fn run(config: Option<PathBuf>, command: Vec<std::ffi::OsString>) -> ExitCode {
         Ok(qnet::elf::Linkage::Static) => {
             return fail(format!(
                 "{} is statically linked: LD_PRELOAD cannot intercept it, and its connections \
-                 would bypass the tunnel; use a SOCKS front door for it instead",
+                 would bypass the tunnel; run `qnet socks --listen 127.0.0.1:1080` and point \
+                 the program's SOCKS5 proxy setting there instead",
                 path.display()
             ));
         }
