@@ -5,6 +5,8 @@
 //! relay_key = "<base64 public key of the relay>"
 //! key = "/path/to/client.key"    # client's private key file
 //! log = "warn"                   # off|error|warn|info|debug|trace
+//! upstream = "socks5://127.0.0.1:9050"  # reach the relay through a SOCKS5 proxy (user:pass@ optional)
+//! isolate = false                # fresh SOCKS credentials per session (a circuit each with Tor)
 //! [session]
 //! keepalive_secs = 25            # PING after this much idle time
 //! idle_timeout_secs = 90         # session dead if nothing received for this long
@@ -184,12 +186,56 @@ pub struct Config {
     pub key: Option<PathBuf>,
     /// Log verbosity.
     pub log: LogLevel,
+    /// Reach the relay through this SOCKS5 proxy.
+    pub upstream: Option<Upstream>,
     /// Session tunables, from the `[session]` table.
     pub session: SessionParams,
     /// Relay server settings, from the `[server]` table.
     pub server: ServerConfig,
     /// What the preloaded library intercepts, from the `[intercept]` table.
     pub intercept: InterceptConfig,
+}
+
+/// A SOCKS5 proxy the client reaches its relay through (`upstream = "socks5://…"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// `host:port` of the proxy.
+    pub proxy: String,
+    /// RFC 1929 username and password, if the URL has them.
+    pub credentials: Option<(String, String)>,
+    /// Use fresh random credentials for every session (`isolate = true`): Tor's
+    /// IsolateSOCKSAuth then gives each session a circuit of its own.
+    pub isolate: bool,
+}
+
+impl Upstream {
+    /// Parse `socks5://[user:pass@]host:port`.
+    pub fn parse(url: &str) -> Result<Upstream, String> {
+        let rest = url
+            .strip_prefix("socks5://")
+            .or_else(|| url.strip_prefix("socks5h://"))
+            .ok_or_else(|| format!("expected socks5://[user:pass@]host:port (got {url:?})"))?;
+        let (creds, hostport) = match rest.rsplit_once('@') {
+            Some((c, h)) => {
+                let (u, p) = c
+                    .split_once(':')
+                    .ok_or_else(|| format!("credentials must be user:password (got {url:?})"))?;
+                if u.is_empty() || u.len() > 255 || p.len() > 255 {
+                    return Err(format!(
+                        "user and password must be 1 to 255 bytes (got {url:?})"
+                    ));
+                }
+                (Some((u.to_owned(), p.to_owned())), h)
+            }
+            None => (None, rest),
+        };
+        check_host_port(hostport.trim_end_matches('/'))?;
+        Ok(Upstream {
+            proxy: hostport.trim_end_matches('/').to_owned(),
+            credentials: creds,
+            isolate: false,
+        })
+    }
 }
 
 /// An IP network written as `addr/len`.
@@ -365,6 +411,8 @@ pub enum ConfigError {
 struct RawConfig {
     relay: Option<Value>,
     relay_key: Option<Value>,
+    upstream: Option<Value>,
+    isolate: Option<Value>,
     key: Option<Value>,
     log: Option<Value>,
     session: Option<RawSession>,
@@ -668,6 +716,18 @@ impl Config {
                 ));
             }
             config.relay = Some(o.host_port("relay", v)?);
+        }
+        if let Some(v) = raw.upstream {
+            let s = o.string("upstream", v)?;
+            config.upstream = Some(Upstream::parse(&s).map_err(|m| o.err("upstream", m))?);
+        }
+        if let Some(v) = raw.isolate {
+            let b = o.boolean("isolate", v)?;
+            match config.upstream.as_mut() {
+                Some(u) => u.isolate = b,
+                None if b => return Err(o.err("isolate", "needs an upstream")),
+                None => {}
+            }
         }
         if let Some(v) = raw.relay_key {
             let s = o.string("relay_key", v)?;
@@ -994,6 +1054,26 @@ mod tests {
         assert_eq!(c.session.session_window, 16_777_216);
         assert!(c.server.exit_allow.is_empty());
         assert!(c.relay.is_none() && c.relay_key.is_none() && c.key.is_none());
+    }
+
+    #[test]
+    fn upstream_and_isolate() {
+        let c = parse("upstream = \"socks5://u:p@127.0.0.1:9050\"\nisolate = true\n").unwrap();
+        let u = c.upstream.unwrap();
+        assert_eq!(u.proxy, "127.0.0.1:9050");
+        assert_eq!(u.credentials, Some(("u".into(), "p".into())));
+        assert!(u.isolate);
+        let c = parse("upstream = \"socks5h://[::1]:1080\"").unwrap();
+        assert_eq!(c.upstream.unwrap().credentials, None);
+        for (text, needle) in [
+            ("upstream = \"http://x:1\"", "upstream: expected socks5://"),
+            ("upstream = \"socks5://nopass@h:1\"", "user:password"),
+            ("upstream = \"socks5://h\"", "upstream:"),
+            ("isolate = true", "isolate: needs an upstream"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
     }
 
     #[test]

@@ -267,6 +267,157 @@ enum Step {
     End(Progress),
 }
 
+/// The client side of a SOCKS5 CONNECT (the engine reaching its relay through an
+/// upstream proxy such as Tor), sans-IO.
+#[derive(Debug)]
+pub struct ClientHandshake {
+    credentials: Option<(Vec<u8>, Vec<u8>)>,
+    target: Destination,
+    state: ClientState,
+    buf: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientState {
+    Method,
+    Auth,
+    Reply,
+}
+
+/// What the client handshake needs next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientProgress {
+    /// Send these bytes (may be empty) and read more.
+    More(Vec<u8>),
+    /// Connected: the first `consumed` bytes fed in the last call were the proxy's; the rest
+    /// belong to the tunnel.
+    Done {
+        /// Bytes of the last input that were the proxy's reply.
+        consumed: usize,
+    },
+}
+
+impl ClientHandshake {
+    /// Start a CONNECT to `target`; returns the handshake and the greeting to send.
+    pub fn start(target: Destination, credentials: Option<(Vec<u8>, Vec<u8>)>) -> (Self, Vec<u8>) {
+        let greeting = if credentials.is_some() {
+            vec![5, 1, 2]
+        } else {
+            vec![5, 1, 0]
+        };
+        let h = ClientHandshake {
+            credentials,
+            target,
+            state: ClientState::Method,
+            buf: Vec::new(),
+        };
+        (h, greeting)
+    }
+
+    fn request(&self) -> Vec<u8> {
+        let mut r = vec![5, 1, 0];
+        match &self.target {
+            Destination::Addr(SocketAddr::V4(a)) => {
+                r.push(1);
+                r.extend_from_slice(&a.ip().octets());
+            }
+            Destination::Addr(SocketAddr::V6(a)) => {
+                r.push(4);
+                r.extend_from_slice(&a.ip().octets());
+            }
+            Destination::Name(n, _) => {
+                r.push(3);
+                r.push(n.len() as u8);
+                r.extend_from_slice(n.as_bytes());
+            }
+        }
+        r.extend_from_slice(&self.target.port().to_be_bytes());
+        r
+    }
+
+    /// Feed bytes from the proxy. An error ends the attempt (the message says why).
+    pub fn feed(&mut self, input: &[u8]) -> Result<ClientProgress, String> {
+        self.buf.extend_from_slice(input);
+        let mut out = Vec::new();
+        loop {
+            match self.state {
+                ClientState::Method => {
+                    if self.buf.len() < 2 {
+                        return Ok(ClientProgress::More(out));
+                    }
+                    let m = self.buf[1];
+                    if self.buf[0] != 5 {
+                        return Err("the proxy does not speak SOCKS5".into());
+                    }
+                    self.buf.drain(..2);
+                    match (m, &self.credentials) {
+                        (0, _) => {
+                            out.extend(self.request());
+                            self.state = ClientState::Reply;
+                        }
+                        (2, Some((u, p))) => {
+                            out.push(1);
+                            out.push(u.len() as u8);
+                            out.extend_from_slice(u);
+                            out.push(p.len() as u8);
+                            out.extend_from_slice(p);
+                            self.state = ClientState::Auth;
+                        }
+                        _ => {
+                            return Err(
+                                "the proxy accepts none of our authentication methods".into()
+                            );
+                        }
+                    }
+                }
+                ClientState::Auth => {
+                    if self.buf.len() < 2 {
+                        return Ok(ClientProgress::More(out));
+                    }
+                    if self.buf[1] != 0 {
+                        return Err("the proxy refused our username/password".into());
+                    }
+                    self.buf.drain(..2);
+                    out.extend(self.request());
+                    self.state = ClientState::Reply;
+                }
+                ClientState::Reply => {
+                    let b = &self.buf;
+                    if b.len() < 5 {
+                        return Ok(ClientProgress::More(out));
+                    }
+                    if b[0] != 5 {
+                        return Err("malformed reply from the proxy".into());
+                    }
+                    if b[1] != 0 {
+                        return Err(format!(
+                            "the proxy could not connect (SOCKS reply {})",
+                            b[1]
+                        ));
+                    }
+                    let len = match b[3] {
+                        1 => 4 + 4 + 2,
+                        4 => 4 + 16 + 2,
+                        3 => 4 + 1 + b[4] as usize + 2,
+                        _ => return Err("malformed reply from the proxy".into()),
+                    };
+                    if b.len() < len {
+                        return Ok(ClientProgress::More(out));
+                    }
+                    if !out.is_empty() {
+                        return Err("the proxy answered before our request".into());
+                    }
+                    // Whatever follows the reply is the tunnel's, and came in this call.
+                    let tail = b.len() - len;
+                    return Ok(ClientProgress::Done {
+                        consumed: input.len() - tail,
+                    });
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,6 +545,68 @@ mod tests {
             "{p:?}"
         );
         assert!(matches!(h.feed(b"x"), Progress::Refuse(_)));
+    }
+
+    #[test]
+    fn client_handshake_against_our_server() {
+        for creds in [None, Some((b"user".to_vec(), b"pw".to_vec()))] {
+            let auth = SocksAuth {
+                credentials: creds.clone(),
+            };
+            let mut server = Handshake::new(auth);
+            let target = Destination::Name("relay.example".into(), 7000);
+            let (mut client, mut to_server) = ClientHandshake::start(target.clone(), creds);
+            let mut connected = false;
+            for _ in 0..4 {
+                match server.feed(&to_server) {
+                    Progress::More { reply } => match client.feed(&reply).unwrap() {
+                        ClientProgress::More(out) => to_server = out,
+                        ClientProgress::Done { .. } => panic!("done before the CONNECT"),
+                    },
+                    Progress::Connect { reply, dest, .. } => {
+                        assert_eq!(dest, target);
+                        let mut r = reply;
+                        r.extend(connect_reply(Ok(())));
+                        r.extend_from_slice(b"tunnel");
+                        // Fed in one piece: the proxy's bytes end where the tunnel's begin.
+                        let ClientProgress::Done { consumed } = client.feed(&r).unwrap() else {
+                            panic!("not done")
+                        };
+                        assert_eq!(&r[consumed..], b"tunnel");
+                        connected = true;
+                        break;
+                    }
+                    Progress::Refuse(r) => panic!("{r:?}"),
+                }
+            }
+            assert!(connected);
+        }
+    }
+
+    #[test]
+    fn client_handshake_in_one_piece() {
+        let t = Destination::Addr("192.0.2.1:7000".parse().unwrap());
+        let (mut c, _) = ClientHandshake::start(t, None);
+        let mut all = vec![5, 0];
+        all.extend(connect_reply(Ok(())));
+        all.extend_from_slice(b"xyz");
+        // The method reply, the connect reply and tunnel bytes in one read: the request
+        // must still be sent, so this is an error, not a silent success.
+        assert!(c.feed(&all).is_err());
+    }
+
+    #[test]
+    fn client_handshake_failures() {
+        let t = Destination::Addr("192.0.2.1:7000".parse().unwrap());
+        let (mut c, _) = ClientHandshake::start(t.clone(), None);
+        assert!(c.feed(&[5, 0xFF]).is_err());
+        let (mut c, _) = ClientHandshake::start(t.clone(), Some((b"u".to_vec(), b"p".to_vec())));
+        assert!(matches!(c.feed(&[5, 2]), Ok(ClientProgress::More(_))));
+        assert!(c.feed(&[1, 1]).is_err());
+        let (mut c, _) = ClientHandshake::start(t, None);
+        assert!(matches!(c.feed(&[5, 0]), Ok(ClientProgress::More(_))));
+        let e = c.feed(&connect_reply(Err(OpenError::Refused))).unwrap_err();
+        assert!(e.contains("reply 5"), "{e}");
     }
 
     #[test]

@@ -56,6 +56,7 @@ fn forward(relay: &Relay, key: PrivateKey, to: &str) -> Forward {
         relay_key: relay.public,
         key,
         session: SessionConfig::default(),
+        upstream: None,
     };
     let mut client = Client::new(cfg).unwrap();
     let addr = client

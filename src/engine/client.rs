@@ -32,6 +32,8 @@ pub struct ClientConfig {
     pub key: PrivateKey,
     /// Session limits and timers.
     pub session: SessionConfig,
+    /// Reach the relay through this SOCKS5 proxy.
+    pub upstream: Option<crate::config::Upstream>,
 }
 
 impl ClientConfig {
@@ -54,6 +56,7 @@ impl ClientConfig {
             relay_key: relay_key.0,
             key,
             session: super::session_config(&cfg.session),
+            upstream: cfg.upstream.clone(),
         })
     }
 }
@@ -439,22 +442,27 @@ impl Client {
 
     fn connect_relay(&mut self, now: Instant) {
         self.retry_at = None;
-        let addr = match relay_address(&self.cfg.relay) {
+        // With an upstream proxy the TCP connection goes to it, and it connects to the relay.
+        let first_hop = self
+            .cfg
+            .upstream
+            .as_ref()
+            .map_or(self.cfg.relay.as_str(), |u| u.proxy.as_str());
+        let addr = match relay_address(first_hop) {
             Ok(a) => a,
             Err(e) => {
-                qlog!(
-                    Error,
-                    "cannot resolve relay address {}: {e}",
-                    self.cfg.relay
-                );
-                return self.link_down(now, &format!("relay address does not resolve: {e}"));
+                qlog!(Error, "cannot resolve {first_hop}: {e}");
+                return self.link_down(now, &format!("{first_hop} does not resolve: {e}"));
             }
         };
         // Through the next connect() in load order, never a preloaded app's hooks first:
         // chaining with proxychains-ng depends on it (docs/ARCHITECTURE.md).
         let mut sock = match super::sys::connect_next(addr) {
             Ok(s) => TcpStream::from_std(s),
-            Err(e) => return self.link_down(now, &format!("cannot connect to relay {addr}: {e}")),
+            Err(e) => {
+                return self
+                    .link_down(now, &format!("cannot connect to {first_hop} ({addr}): {e}"));
+            }
         };
         let _ = sock.set_nodelay(true);
         if self.commands.is_some() {
@@ -478,7 +486,31 @@ impl Client {
             self.cfg.key.as_bytes(),
             Box::new(OsRandom),
         );
-        self.link = Some(Link::new(sock, self.link_token, session));
+        let mut link = Link::new(sock, self.link_token, session);
+        if let Some(u) = &self.cfg.upstream {
+            let target = match parse_destination(&self.cfg.relay) {
+                Ok(d) => d,
+                Err(e) => return self.link_down(now, &e),
+            };
+            let creds = if u.isolate {
+                // Fresh credentials per session: Tor's IsolateSOCKSAuth gives it its own circuit.
+                let mut r = [0u8; 16];
+                let _ = getrandom::fill(&mut r);
+                let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
+                Some((
+                    format!("qnet-{}", &hex[..16]).into_bytes(),
+                    hex.as_bytes()[16..].to_vec(),
+                ))
+            } else {
+                u.credentials
+                    .as_ref()
+                    .map(|(a, b)| (a.clone().into_bytes(), b.clone().into_bytes()))
+            };
+            let (h, greeting) = crate::socks::ClientHandshake::start(target, creds);
+            link.proxy = Some(h);
+            link.proxy_out = greeting;
+        }
+        self.link = Some(link);
     }
 
     /// The session is gone: fail its flows and the waiting sockets, retry later.
@@ -640,6 +672,9 @@ impl Client {
                 Ok(LinkRead::Drained) => {}
                 Ok(LinkRead::Eof) => self.link_down(now, "relay closed the connection"),
                 Ok(LinkRead::Failed(e)) => self.link_down(now, &e.to_string()),
+                Ok(LinkRead::ProxyFailed(e)) => {
+                    self.link_down(now, &format!("upstream proxy: {e}"))
+                }
                 Err(e) => self.link_down(now, &e.to_string()),
             }
         }
@@ -766,6 +801,11 @@ impl Client {
                     }
                 }
             }
+        }
+        if self.commands.is_some() {
+            // Before the pump hands received bytes to the app: an app that read them must
+            // find them counted.
+            super::app::publish_stats(&l.session, &self.stats, &self.closed, self.flows.len());
         }
         // Pump until no stream waits for room; a stream that stopped at the high-water
         // mark gets no new readiness edge once the flush drains, so it must be retried here.

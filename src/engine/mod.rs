@@ -40,6 +40,10 @@ pub struct Link {
     pub session: Session,
     /// Peer closed the transport.
     pub eof: bool,
+    /// A SOCKS5 upstream still being asked to connect us to the relay.
+    pub proxy: Option<crate::socks::ClientHandshake>,
+    /// Bytes for the upstream proxy, sent before anything of the session.
+    pub proxy_out: Vec<u8>,
 }
 
 /// What reading the transport did.
@@ -51,6 +55,8 @@ pub enum LinkRead {
     Failed(SessionError),
     /// The peer closed the connection.
     Eof,
+    /// The upstream proxy could not connect us to the relay.
+    ProxyFailed(String),
 }
 
 impl Link {
@@ -61,6 +67,8 @@ impl Link {
             token,
             session,
             eof: false,
+            proxy: None,
+            proxy_out: Vec::new(),
         }
     }
 
@@ -73,7 +81,21 @@ impl Link {
                     return Ok(LinkRead::Eof);
                 }
                 Ok(n) => {
-                    if let Err(e) = self.session.handle_input(now, &buf[..n]) {
+                    let mut data = &buf[..n];
+                    if let Some(p) = self.proxy.as_mut() {
+                        match p.feed(data) {
+                            Ok(crate::socks::ClientProgress::More(out)) => {
+                                self.proxy_out.extend(out);
+                                continue;
+                            }
+                            Ok(crate::socks::ClientProgress::Done { consumed }) => {
+                                self.proxy = None;
+                                data = &data[consumed..];
+                            }
+                            Err(e) => return Ok(LinkRead::ProxyFailed(e)),
+                        }
+                    }
+                    if let Err(e) = self.session.handle_input(now, data) {
                         return Ok(LinkRead::Failed(e));
                     }
                 }
@@ -86,6 +108,20 @@ impl Link {
 
     /// Write as much queued output as the kernel takes; `Ok(true)` when all is out.
     pub fn flush(&mut self) -> io::Result<bool> {
+        while !self.proxy_out.is_empty() {
+            match self.sock.write(&self.proxy_out) {
+                Ok(n) => {
+                    self.proxy_out.drain(..n);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if self.proxy.is_some() {
+            // The session's first bytes wait until the proxy has connected us.
+            return Ok(true);
+        }
         loop {
             let out = self.session.transmit();
             if out.is_empty() {

@@ -310,7 +310,8 @@ impl Relay {
             }
             match conn.link.read_in(now, &mut self.buf) {
                 Ok(LinkRead::Drained) => {}
-                Ok(LinkRead::Eof) | Err(_) => {
+                // The relay never dials through an upstream proxy, so ProxyFailed cannot occur.
+                Ok(LinkRead::Eof) | Ok(LinkRead::ProxyFailed(_)) | Err(_) => {
                     // Deliver what was decoded before the close, then let the streams finish.
                     self.service(now, t);
                     return self.drop_conn(t);

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""A SOCKS5 server (CONNECT, no auth) that logs every target it connects to.
+"""A SOCKS5 server (CONNECT; no auth, or any username/password) that logs every target
+it connects to and the username it was given.
 
 usage: socks_log.py ADDR PORT LOGFILE   (prints "ready" once listening)
 The matrix runs it on the client side to prove which connections went through it.
@@ -41,8 +42,18 @@ class Handler(socketserver.BaseRequestHandler):
         s = self.request
         try:
             _, n = recv_exact(s, 2)
-            recv_exact(s, n)
-            s.sendall(b"\x05\x00")
+            methods = recv_exact(s, n)
+            user = "-"
+            if 2 in methods:
+                # RFC 1929, any credentials accepted: the log shows which were used.
+                s.sendall(b"\x05\x02")
+                _, ul = recv_exact(s, 2)
+                user = recv_exact(s, ul).decode()
+                (pl,) = recv_exact(s, 1)
+                recv_exact(s, pl)
+                s.sendall(b"\x01\x00")
+            else:
+                s.sendall(b"\x05\x00")
             _, cmd, _, atyp = recv_exact(s, 4)
             if atyp == 1:
                 host = socket.inet_ntop(socket.AF_INET, recv_exact(s, 4))
@@ -52,7 +63,7 @@ class Handler(socketserver.BaseRequestHandler):
                 host = recv_exact(s, recv_exact(s, 1)[0]).decode()
             port = int.from_bytes(recv_exact(s, 2), "big")
             with open(LOG, "a") as f:
-                f.write("CONNECT %s %d\n" % (host, port))
+                f.write("CONNECT %s %d user=%s\n" % (host, port, user))
             try:
                 out = socket.create_connection((host, port), timeout=10)
             except OSError:
