@@ -11,6 +11,9 @@ import socketserver
 import sys
 import threading
 
+# Where Handler logs; the command line sets it, servers.py keeps the default.
+LOG = "/dev/null"
+
 
 def recv_exact(s, n):
     b = b""
