@@ -79,11 +79,10 @@ pub fn preloaded(ours: &std::path::Path) -> bool {
             .filter(|e| !e.is_empty())
             .any(|e| {
                 let p = std::path::Path::new(e);
-                if e.contains('/') {
-                    me.is_some() && id(p) == me
-                } else {
-                    Some(p.as_os_str()) == base
-                }
+                // The same file, or failing that the same file name: an entry the loader
+                // expanded ($LIB, $PLATFORM) or that does not stat must not leave a preloaded
+                // library passive, which would let the app connect directly.
+                (me.is_some() && id(p) == me) || p.file_name() == base
             })
     })
 }
@@ -730,6 +729,18 @@ pub fn socket(domain: i32, ty: i32) -> Decision<NewSocket> {
         "refused a raw/packet socket (it would bypass the tunnel); set intercept.allow_udp to permit",
     );
     Decision::Refuse(libc::EPERM)
+}
+
+/// A connect or send with an inet address on a datagram socket created where the
+/// `socket` hook could not see it (before interception, in a parent before exec, passed
+/// over a unix socket): marked and refused like one it did see, unless UDP is allowed.
+pub fn unknown_datagram(fd: i32) -> Decision<()> {
+    let _g = BypassGuard::enter();
+    if config().is_ok_and(|c| c.intercept.allow_udp) {
+        return Decision::Bypass;
+    }
+    fdtab::mark_datagram(fd);
+    datagram_send(fd)
 }
 
 /// A connect or send on a datagram socket (see [`NewSocket::Datagram`]).

@@ -153,13 +153,13 @@ unsafe fn write_sockaddr(sa: SocketAddr, addr: *mut sockaddr, len: *mut socklen_
     0
 }
 
-/// Whether `fd` is an inet stream socket (the only kind we tunnel).
-fn is_inet_stream(fd: c_int) -> bool {
-    let mut ty: c_int = 0;
+/// The socket type (`SOCK_STREAM`, `SOCK_DGRAM` …) of `fd`, or -1 if it is no socket.
+fn socket_type(fd: c_int) -> c_int {
+    let mut ty: c_int = -1;
     let mut len = size_of::<c_int>() as socklen_t;
     let real = real!(getsockopt: fn(c_int, c_int, c_int, *mut c_void, *mut socklen_t) -> c_int);
     let Some(getsockopt) = real else {
-        return false;
+        return -1;
     };
     // SAFETY: getsockopt writes at most `len` bytes into `ty`.
     let r = unsafe {
@@ -171,7 +171,7 @@ fn is_inet_stream(fd: c_int) -> bool {
             &mut len,
         )
     };
-    r == 0 && ty == libc::SOCK_STREAM
+    if r == 0 { ty } else { -1 }
 }
 
 // ---- load time -------------------------------------------------------------------------
@@ -237,9 +237,17 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
             // SAFETY: as above.
             return unsafe { real(fd, addr, len) };
         };
-        if fdtab::kind(fd) == Kind::None && !is_inet_stream(fd) {
-            // SAFETY: as above.
-            return unsafe { real(fd, addr, len) };
+        if fdtab::kind(fd) == Kind::None {
+            match socket_type(fd) {
+                libc::SOCK_STREAM => {}
+                // A datagram socket we never saw created (inherited, passed in): same policy.
+                libc::SOCK_DGRAM => {
+                    // SAFETY: as above.
+                    return decided(app::unknown_datagram(fd), || unsafe { real(fd, addr, len) });
+                }
+                // SAFETY: as above.
+                _ => return unsafe { real(fd, addr, len) },
+            }
         }
         // SAFETY: as above.
         decided(app::connect(fd, sa), || unsafe { real(fd, addr, len) })
@@ -640,7 +648,15 @@ unsafe fn send_with_address(
     }
     // SAFETY: the caller's address buffer of `len` bytes.
     let sa = unsafe { sockaddr_in(addr, len) }?;
-    if flags & libc::MSG_FASTOPEN == 0 || !is_inet_stream(fd) {
+    let ty = socket_type(fd);
+    if ty == libc::SOCK_DGRAM {
+        // A datagram socket we never saw created (inherited, passed in): same policy.
+        return match app::unknown_datagram(fd) {
+            Decision::Refuse(e) => Some(Err(e)),
+            _ => None,
+        };
+    }
+    if flags & libc::MSG_FASTOPEN == 0 || ty != libc::SOCK_STREAM {
         return None;
     }
     match app::connect(fd, sa) {
@@ -849,7 +865,19 @@ pub unsafe extern "C" fn syscall(
     a5: c_long,
     a6: c_long,
 ) -> c_long {
-    if app::active() && !app::bypassed() {
+    let routed = matches!(
+        n,
+        libc::SYS_connect
+            | libc::SYS_sendto
+            | libc::SYS_sendmsg
+            | libc::SYS_sendmmsg
+            | libc::SYS_socket
+            | libc::SYS_close
+            | libc::SYS_close_range
+            | libc::SYS_recvmsg
+    );
+    // The number first: most raw syscalls (futex, getrandom) must not pay for the rest.
+    if routed && app::active() && !app::bypassed() {
         // SAFETY: the raw syscall's arguments, reinterpreted as its libc wrapper's.
         unsafe {
             match n {
@@ -1230,29 +1258,42 @@ thread_local! {
     };
 }
 
-fn static_host(name: *const c_char, af: c_int) -> Result<*mut hostent, ()> {
+/// Run one of the `_r` bodies into this thread's storage, as the non-reentrant functions
+/// return their answer (the previous one is overwritten, as they document). `Err(())`:
+/// ask the real function.
+type HostFill = dyn FnOnce(
+    *mut hostent,
+    *mut c_char,
+    size_t,
+    *mut *mut hostent,
+    *mut c_int,
+) -> Result<c_int, ()>;
+
+fn static_host(fill: Box<HostFill>) -> Result<*mut hostent, ()> {
     HOST.with(|h| {
         let h = h.get();
         let mut result: *mut hostent = ptr::null_mut();
         let mut herr: c_int = 0;
-        // SAFETY: this thread's storage; the previous answer is overwritten, as documented
-        // for gethostbyname.
-        let r = unsafe {
-            hostbyname_r(
-                name,
-                af,
-                &raw mut (*h).ent,
-                (&raw mut (*h).buf).cast(),
-                size_of::<[u64; 160]>(),
-                &mut result,
-                &mut herr,
-            )
-        }?;
+        // SAFETY: pointers into this thread's storage, valid for the call.
+        let r = fill(
+            unsafe { &raw mut (*h).ent },
+            unsafe { (&raw mut (*h).buf).cast() },
+            size_of::<[u64; 160]>(),
+            &mut result,
+            &mut herr,
+        )?;
         if r != 0 || result.is_null() {
-            set_h_errno(if herr == 0 { NO_RECOVERY } else { herr });
+            set_h_errno(if herr == 0 { HOST_NOT_FOUND } else { herr });
         }
         Ok(result)
     })
+}
+
+fn static_host_by_name(name: *const c_char, af: c_int) -> Result<*mut hostent, ()> {
+    // SAFETY: the caller's name; the rest points into this thread's storage.
+    static_host(Box::new(move |e, b, l, r, h| unsafe {
+        hostbyname_r(name, af, e, b, l, r, h)
+    }))
 }
 
 /// `gethostbyname(3)`.
@@ -1266,7 +1307,7 @@ pub unsafe extern "C" fn gethostbyname(name: *const c_char) -> *mut hostent {
         return unsafe { real(name) };
     }
     guarded("gethostbyname", ptr::null_mut(), || {
-        match static_host(name, libc::AF_INET) {
+        match static_host_by_name(name, libc::AF_INET) {
             Ok(p) => p,
             // SAFETY: as above.
             Err(()) => unsafe { real(name) },
@@ -1285,7 +1326,7 @@ pub unsafe extern "C" fn gethostbyname2(name: *const c_char, af: c_int) -> *mut 
         return unsafe { real(name, af) };
     }
     guarded("gethostbyname2", ptr::null_mut(), || {
-        match static_host(name, af) {
+        match static_host_by_name(name, af) {
             Ok(p) => p,
             // SAFETY: as above.
             Err(()) => unsafe { real(name, af) },
@@ -1324,7 +1365,12 @@ unsafe fn hostbyaddr_r(
     result: *mut *mut hostent,
     h_errnop: *mut c_int,
 ) -> Result<c_int, ()> {
-    let cfg = config_or_fail().ok_or(())?;
+    let Some(cfg) = config_or_fail() else {
+        // Fail closed: a reverse lookup through the real resolver would send a PTR query.
+        // SAFETY: the caller's out-parameters (checked for null).
+        unsafe { set_host_result(result, h_errnop, NO_RECOVERY) };
+        return Ok(libc::EIO);
+    };
     if !cfg.intercept.remote_dns {
         return Err(());
     }
@@ -1414,34 +1460,14 @@ pub unsafe extern "C" fn gethostbyaddr(
         return unsafe { real(addr, len, af) };
     }
     guarded("gethostbyaddr", ptr::null_mut(), || {
-        HOST.with(|h| {
-            let h = h.get();
-            let mut result: *mut hostent = ptr::null_mut();
-            let mut herr: c_int = 0;
-            // SAFETY: this thread's storage, overwritten as gethostbyaddr documents.
-            let r = unsafe {
-                hostbyaddr_r(
-                    addr,
-                    len,
-                    af,
-                    &raw mut (*h).ent,
-                    (&raw mut (*h).buf).cast(),
-                    size_of::<[u64; 160]>(),
-                    &mut result,
-                    &mut herr,
-                )
-            };
-            match r {
-                Ok(_) => {
-                    if result.is_null() {
-                        set_h_errno(if herr == 0 { HOST_NOT_FOUND } else { herr });
-                    }
-                    result
-                }
-                // SAFETY: the caller's arguments (remote DNS off).
-                Err(()) => unsafe { real(addr, len, af) },
-            }
-        })
+        // SAFETY: the caller's address; the rest points into this thread's storage.
+        let fill =
+            Box::new(move |e, b, l, r, h| unsafe { hostbyaddr_r(addr, len, af, e, b, l, r, h) });
+        match static_host(fill) {
+            Ok(p) => p,
+            // SAFETY: the caller's arguments (remote DNS off).
+            Err(()) => unsafe { real(addr, len, af) },
+        }
     })
 }
 
