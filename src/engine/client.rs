@@ -102,8 +102,6 @@ struct Flow {
     socks: bool,
     /// Filler bytes still to discard before the app's own data (see [`AppConn`]).
     skip: usize,
-    /// Where the app reads this flow's counters (`qnet_flow_stats`).
-    counters: Option<Arc<fdtab::FlowCounters>>,
 }
 
 /// An app socket handed over by the preload library's `connect` hook.
@@ -707,7 +705,7 @@ impl Client {
                                 f.socks = false;
                                 socks_reply(&mut f.ep.sock, Ok(()));
                             }
-                            if let Some(c) = &f.counters {
+                            if let Some(c) = &f.ep.counters {
                                 c.stream.store(stream, std::sync::atomic::Ordering::Relaxed);
                             }
                             if let Some(app) = f.app.take() {
@@ -779,7 +777,6 @@ impl Client {
                                     open: false,
                                     started: now,
                                     dest,
-                                    counters: app.as_ref().map(|a| a.counters.clone()),
                                     app,
                                     socks,
                                     skip: 0,
@@ -827,7 +824,7 @@ impl Client {
                 let r =
                     f.ep.pump_down(now, &mut l.session)
                         .and_then(|_| f.ep.pump_up(now, &mut l.session, room, &mut self.buf));
-                if let Some(c) = &f.counters {
+                if let Some(c) = &f.ep.counters {
                     use std::sync::atomic::Ordering::Relaxed;
                     if let Some((o, i)) = l.session.stream_records(id) {
                         c.frames_sent.store(o, Relaxed);
@@ -851,9 +848,6 @@ impl Client {
                 }
             }
             let flushed = l.flush();
-            if self.commands.is_some() {
-                super::app::publish_stats(&l.session, &self.stats, &self.closed, self.flows.len());
-            }
             if let Some(e) = l.session.error() {
                 return self.link_down(now, &e.to_string());
             }
@@ -864,6 +858,9 @@ impl Client {
                 Ok(true) if !stalled => break,
                 Ok(true) => self.busy = round + 1 == MAX_ROUNDS,
             }
+        }
+        if self.commands.is_some() {
+            super::app::publish_stats(&l.session, &self.stats, &self.closed, self.flows.len());
         }
     }
 

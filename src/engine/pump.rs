@@ -91,11 +91,7 @@ pub struct Endpoint {
     pub read_eof: bool,
     /// The session's data ended and the local socket was shut down for writing.
     pub write_shut: bool,
-    /// Stream bytes taken from the local socket into the session.
-    pub sent: u64,
-    /// Stream bytes written from the session to the local socket.
-    pub received: u64,
-    /// Shared copies of `sent`/`received` for the app (`qnet_flow_stats`), updated before
+    /// Byte counts for the app (`qnet_flow_stats`), updated as each write happens, before
     /// the end of the stream is passed on, so an app that saw EOF sees every byte counted.
     pub counters: Option<std::sync::Arc<super::fdtab::FlowCounters>>,
 }
@@ -120,8 +116,6 @@ impl Endpoint {
             writable: false,
             read_eof: false,
             write_shut: false,
-            sent: 0,
-            received: 0,
             counters: None,
         }
     }
@@ -137,7 +131,6 @@ impl Endpoint {
             }
             match self.sock.write(a) {
                 Ok(n) => {
-                    self.received += n as u64;
                     if let Some(c) = &self.counters {
                         c.bytes_received
                             .fetch_add(n as u64, std::sync::atomic::Ordering::Release);
@@ -199,7 +192,6 @@ impl Endpoint {
                         .write(now, self.stream, &buf[..n])
                         .map_err(|e| io::Error::other(e.to_string()))?;
                     debug_assert_eq!(took, n, "read no more than the credit");
-                    self.sent += took as u64;
                     if let Some(c) = &self.counters {
                         c.bytes_sent
                             .fetch_add(took as u64, std::sync::atomic::Ordering::Release);
