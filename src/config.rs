@@ -20,6 +20,8 @@
 //! key = "/etc/qnet/relay.key"
 //! clients = "/etc/qnet/clients"
 //! exit_allow = ["global:80,443"]
+//! upstream = "socks5://127.0.0.1:9050"  # exit through a SOCKS5 proxy; names go to it unresolved
+//! isolate = false                # fresh SOCKS credentials per client session
 //! [intercept]                    # read by libqnet.so inside the app
 //! bypass = ["127.0.0.0/8", "::1/128"]  # connected directly (CIDR); unix sockets always are
 //! remote_dns = true              # names resolve at the relay; the app sees fake addresses
@@ -173,6 +175,8 @@ pub struct ServerConfig {
     pub clients: Option<PathBuf>,
     /// Exit rules as written; parsed by the relay's exit policy. Empty means the default policy.
     pub exit_allow: Vec<String>,
+    /// Exit through this SOCKS5 proxy instead of dialling destinations directly.
+    pub upstream: Option<Upstream>,
 }
 
 /// A validated configuration.
@@ -452,6 +456,8 @@ struct RawServer {
     key: Option<Value>,
     clients: Option<Value>,
     exit_allow: Option<Value>,
+    upstream: Option<Value>,
+    isolate: Option<Value>,
 }
 
 /// Builds field errors for one config source.
@@ -982,6 +988,18 @@ impl ServerConfig {
                 s.exit_allow.push(rule);
             }
         }
+        if let Some(v) = raw.upstream {
+            let u = o.string("server.upstream", v)?;
+            s.upstream = Some(Upstream::parse(&u).map_err(|m| o.err("server.upstream", m))?);
+        }
+        if let Some(v) = raw.isolate {
+            let b = o.boolean("server.isolate", v)?;
+            match s.upstream.as_mut() {
+                Some(u) => u.isolate = b,
+                None if b => return Err(o.err("server.isolate", "needs server.upstream")),
+                None => {}
+            }
+        }
         Ok(s)
     }
 }
@@ -1070,6 +1088,14 @@ mod tests {
             ("upstream = \"socks5://nopass@h:1\"", "user:password"),
             ("upstream = \"socks5://h\"", "upstream:"),
             ("isolate = true", "isolate: needs an upstream"),
+            (
+                "[server]\nisolate = true",
+                "server.isolate: needs server.upstream",
+            ),
+            (
+                "[server]\nupstream = \"socks4://h:1\"",
+                "server.upstream: expected socks5://",
+            ),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text}: {e}");

@@ -297,6 +297,60 @@ pub enum ClientProgress {
     },
 }
 
+/// Fresh random RFC 1929 credentials: Tor's IsolateSOCKSAuth gives every distinct pair a
+/// circuit of its own, so one pair per session keeps sessions apart.
+pub fn isolation_credentials() -> (Vec<u8>, Vec<u8>) {
+    let mut r = [0u8; 16];
+    // Unpredictability is not what isolation needs (distinctness is), so a failed
+    // getrandom leaves a time-derived value rather than failing the connection.
+    if getrandom::fill(&mut r).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        r.copy_from_slice(&t.to_le_bytes());
+    }
+    let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    (
+        format!("qnet-{}", &hex[..16]).into_bytes(),
+        hex.as_bytes()[16..].to_vec(),
+    )
+}
+
+/// Why a SOCKS5 upstream did not connect us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyError {
+    /// The proxy's CONNECT reply code, when it answered with a failure.
+    pub reply: Option<u8>,
+    why: &'static str,
+}
+
+impl std::fmt::Display for ProxyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.reply {
+            Some(r) => write!(f, "the proxy could not connect (SOCKS reply {r})"),
+            None => f.write_str(self.why),
+        }
+    }
+}
+
+impl ProxyError {
+    fn protocol(why: &'static str) -> ProxyError {
+        ProxyError { reply: None, why }
+    }
+
+    /// The stream-open error a relay reports for this failure.
+    pub fn open_error(&self) -> OpenError {
+        match self.reply {
+            Some(2) => OpenError::Forbidden,
+            Some(3) => OpenError::NetUnreachable,
+            Some(4) => OpenError::HostUnreachable,
+            Some(5) => OpenError::Refused,
+            Some(6) => OpenError::TimedOut,
+            _ => OpenError::Failure,
+        }
+    }
+}
+
 impl ClientHandshake {
     /// Start a CONNECT to `target`; returns the handshake and the greeting to send.
     pub fn start(target: Destination, credentials: Option<(Vec<u8>, Vec<u8>)>) -> (Self, Vec<u8>) {
@@ -335,8 +389,25 @@ impl ClientHandshake {
         r
     }
 
+    /// How many bytes the next step needs at least: reading no more than this never takes
+    /// bytes that follow the proxy's reply, so a caller can hand the socket straight on.
+    pub fn wanted(&self) -> usize {
+        let have = self.buf.len();
+        let need = match self.state {
+            ClientState::Method | ClientState::Auth => 2,
+            ClientState::Reply if have < 5 => 5,
+            ClientState::Reply => match self.buf[3] {
+                4 => 4 + 16 + 2,
+                3 => 4 + 1 + self.buf[4] as usize + 2,
+                // IPv4, or a malformed type the next feed reports.
+                _ => 4 + 4 + 2,
+            },
+        };
+        need.saturating_sub(have).max(1)
+    }
+
     /// Feed bytes from the proxy. An error ends the attempt (the message says why).
-    pub fn feed(&mut self, input: &[u8]) -> Result<ClientProgress, String> {
+    pub fn feed(&mut self, input: &[u8]) -> Result<ClientProgress, ProxyError> {
         self.buf.extend_from_slice(input);
         let mut out = Vec::new();
         loop {
@@ -347,7 +418,7 @@ impl ClientHandshake {
                     }
                     let m = self.buf[1];
                     if self.buf[0] != 5 {
-                        return Err("the proxy does not speak SOCKS5".into());
+                        return Err(ProxyError::protocol("the proxy does not speak SOCKS5"));
                     }
                     self.buf.drain(..2);
                     match (m, &self.credentials) {
@@ -364,9 +435,9 @@ impl ClientHandshake {
                             self.state = ClientState::Auth;
                         }
                         _ => {
-                            return Err(
-                                "the proxy accepts none of our authentication methods".into()
-                            );
+                            return Err(ProxyError::protocol(
+                                "the proxy accepts none of our authentication methods",
+                            ));
                         }
                     }
                 }
@@ -375,7 +446,9 @@ impl ClientHandshake {
                         return Ok(ClientProgress::More(out));
                     }
                     if self.buf[1] != 0 {
-                        return Err("the proxy refused our username/password".into());
+                        return Err(ProxyError::protocol(
+                            "the proxy refused our username/password",
+                        ));
                     }
                     self.buf.drain(..2);
                     out.extend(self.request());
@@ -387,25 +460,27 @@ impl ClientHandshake {
                         return Ok(ClientProgress::More(out));
                     }
                     if b[0] != 5 {
-                        return Err("malformed reply from the proxy".into());
+                        return Err(ProxyError::protocol("malformed reply from the proxy"));
                     }
                     if b[1] != 0 {
-                        return Err(format!(
-                            "the proxy could not connect (SOCKS reply {})",
-                            b[1]
-                        ));
+                        return Err(ProxyError {
+                            reply: Some(b[1]),
+                            why: "",
+                        });
                     }
                     let len = match b[3] {
                         1 => 4 + 4 + 2,
                         4 => 4 + 16 + 2,
                         3 => 4 + 1 + b[4] as usize + 2,
-                        _ => return Err("malformed reply from the proxy".into()),
+                        _ => return Err(ProxyError::protocol("malformed reply from the proxy")),
                     };
                     if b.len() < len {
                         return Ok(ClientProgress::More(out));
                     }
                     if !out.is_empty() {
-                        return Err("the proxy answered before our request".into());
+                        return Err(ProxyError::protocol(
+                            "the proxy answered before our request",
+                        ));
                     }
                     // Whatever follows the reply is the tunnel's, and came in this call.
                     let tail = b.len() - len;
@@ -596,6 +671,37 @@ mod tests {
     }
 
     #[test]
+    fn reading_what_is_wanted_never_takes_tunnel_bytes() {
+        // Replies carrying each address type, followed by tunnel bytes.
+        let mut domain = vec![5, 0, 0, 3, 9];
+        domain.extend_from_slice(b"relay.lan");
+        domain.extend_from_slice(&[0x1b, 0x58]);
+        let mut v6 = vec![5, 0, 0, 4];
+        v6.extend_from_slice(&[0; 18]);
+        for reply in [connect_reply(Ok(())), domain, v6] {
+            let t = Destination::Name("example.org".into(), 443);
+            let (mut c, _) = ClientHandshake::start(t, Some((b"u".to_vec(), b"p".to_vec())));
+            let mut wire = vec![5, 2, 1, 0];
+            wire.extend_from_slice(&reply);
+            wire.extend_from_slice(b"TUNNEL");
+            let mut at = 0;
+            loop {
+                let n = c.wanted();
+                let chunk = &wire[at..at + n];
+                at += n;
+                match c.feed(chunk).unwrap() {
+                    ClientProgress::More(_) => {}
+                    ClientProgress::Done { consumed } => {
+                        assert_eq!(consumed, n);
+                        break;
+                    }
+                }
+            }
+            assert_eq!(&wire[at..], b"TUNNEL");
+        }
+    }
+
+    #[test]
     fn client_handshake_failures() {
         let t = Destination::Addr("192.0.2.1:7000".parse().unwrap());
         let (mut c, _) = ClientHandshake::start(t.clone(), None);
@@ -606,7 +712,8 @@ mod tests {
         let (mut c, _) = ClientHandshake::start(t, None);
         assert!(matches!(c.feed(&[5, 0]), Ok(ClientProgress::More(_))));
         let e = c.feed(&connect_reply(Err(OpenError::Refused))).unwrap_err();
-        assert!(e.contains("reply 5"), "{e}");
+        assert!(e.to_string().contains("reply 5"), "{e}");
+        assert_eq!(e.open_error(), OpenError::Refused);
     }
 
     #[test]

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use clap::Parser;
 use parking_lot::RwLock;
-use qnet::config::Config;
+use qnet::config::{Config, Upstream};
 use qnet::engine::{log, session_config};
 use qnet::keys::{load_allow_list, load_private_key};
 use qnet::relay::policy::ExitPolicy;
-use qnet::relay::server::{Relay, RelayConfig};
+use qnet::relay::server::{ExitProxy, Relay, RelayConfig};
 
 /// The qnet relay: accepts authenticated sessions and exits to TCP destinations.
 #[derive(Debug, Parser)]
@@ -37,6 +37,12 @@ struct Args {
     /// Seconds a destination may take to accept a connection.
     #[arg(long, default_value_t = 10)]
     connect_timeout: u64,
+    /// Exit through this SOCKS5 proxy (e.g. Tor's SocksPort): names go to it unresolved.
+    #[arg(long, value_name = "socks5://[USER:PASS@]HOST:PORT")]
+    upstream: Option<String>,
+    /// Present fresh SOCKS credentials per client session (a Tor circuit each).
+    #[arg(long)]
+    isolate: bool,
 }
 
 fn main() -> ExitCode {
@@ -80,6 +86,30 @@ fn run(args: Args) -> Result<(), String> {
         args.exit_allow
     };
     let policy = ExitPolicy::from_exit_allow(&rules).map_err(|e| e.to_string())?;
+    let mut upstream = match &args.upstream {
+        Some(u) => Some(Upstream::parse(u).map_err(|e| format!("--upstream: {e}"))?),
+        None => cfg.server.upstream.clone(),
+    };
+    if args.isolate {
+        upstream
+            .as_mut()
+            .ok_or("--isolate needs an upstream (--upstream or [server] upstream)")?
+            .isolate = true;
+    }
+    let upstream = match upstream {
+        Some(u) => {
+            let addr = std::net::ToSocketAddrs::to_socket_addrs(&u.proxy)
+                .map_err(|e| format!("upstream {}: {e}", u.proxy))?
+                .next()
+                .ok_or_else(|| format!("upstream {}: no address", u.proxy))?;
+            Some(ExitProxy {
+                addr,
+                credentials: u.credentials.map(|(a, b)| (a.into_bytes(), b.into_bytes())),
+                isolate: u.isolate,
+            })
+        }
+        None => None,
+    };
     qnet::engine::raise_fd_limit();
 
     let relay_cfg = RelayConfig {
@@ -89,6 +119,7 @@ fn run(args: Args) -> Result<(), String> {
         policy,
         session: session_config(&cfg.session),
         connect_timeout: Duration::from_secs(args.connect_timeout),
+        upstream,
     };
     let mut relay =
         Relay::bind(listen, relay_cfg).map_err(|e| format!("listen on {listen}: {e}"))?;

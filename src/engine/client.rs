@@ -491,14 +491,7 @@ impl Client {
                 Err(e) => return self.link_down(now, &e),
             };
             let creds = if u.isolate {
-                // Fresh credentials per session: Tor's IsolateSOCKSAuth gives it its own circuit.
-                let mut r = [0u8; 16];
-                let _ = getrandom::fill(&mut r);
-                let hex: String = r.iter().map(|b| format!("{b:02x}")).collect();
-                Some((
-                    format!("qnet-{}", &hex[..16]).into_bytes(),
-                    hex.as_bytes()[16..].to_vec(),
-                ))
+                Some(crate::socks::isolation_credentials())
             } else {
                 u.credentials
                     .as_ref()

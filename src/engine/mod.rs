@@ -92,7 +92,7 @@ impl Link {
                                 self.proxy = None;
                                 data = &data[consumed..];
                             }
-                            Err(e) => return Ok(LinkRead::ProxyFailed(e)),
+                            Err(e) => return Ok(LinkRead::ProxyFailed(e.to_string())),
                         }
                     }
                     if let Err(e) = self.session.handle_input(now, data) {

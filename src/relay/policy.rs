@@ -530,6 +530,20 @@ impl ExitPolicy {
             Some(rules) => rules.iter().any(|r| r.matches(ip, port)),
         }
     }
+
+    /// Whether some rule allows `port` at any address: all that can be checked of a name
+    /// handed unresolved to an exit proxy.
+    pub fn allows_port(&self, port: u16) -> bool {
+        if port == 0 {
+            return false;
+        }
+        match &self.rules {
+            None => true,
+            Some(rules) => rules
+                .iter()
+                .any(|r| r.ports.is_empty() || r.ports.iter().any(|p| p.contains(port))),
+        }
+    }
 }
 
 impl fmt::Display for ExitPolicy {
@@ -873,6 +887,19 @@ mod tests {
         );
         let p = ExitPolicy::from_exit_allow(&["10.0.0.0/8:80", "[::1]:22"]).unwrap();
         assert_eq!(p.to_string(), "allow 10.0.0.0/8:80, [::1]/128:22");
+    }
+
+    #[test]
+    fn ports_alone_for_names_sent_to_a_proxy() {
+        let p = ExitPolicy::from_exit_allow(&["10.0.0.0/8:80,443", "global:22"]).unwrap();
+        assert!(p.allows_port(80) && p.allows_port(22));
+        assert!(!p.allows_port(8080) && !p.allows_port(0));
+        assert!(
+            ExitPolicy::from_exit_allow::<&str>(&[])
+                .unwrap()
+                .allows_port(8080)
+        );
+        assert!(!ExitPolicy::from_rules(vec![]).allows_port(80));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
-use std::io::{self, ErrorKind};
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use crate::proto::{
     Destination, Event, OpenError, OsRandom, Role, Session, SessionConfig, SessionError,
 };
 use crate::qlog;
+use crate::socks::{ClientHandshake, ClientProgress, isolation_credentials};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
@@ -40,8 +41,22 @@ pub struct RelayConfig {
     pub policy: ExitPolicy,
     /// Session limits and timers.
     pub session: SessionConfig,
-    /// How long a destination may take to accept a connection.
+    /// How long a destination may take to accept a connection (through the upstream
+    /// proxy: the TCP connect and its SOCKS reply together).
     pub connect_timeout: Duration,
+    /// Exit through this SOCKS5 proxy instead of dialling destinations directly.
+    pub upstream: Option<ExitProxy>,
+}
+
+/// A SOCKS5 proxy the relay exits through (Tor's SocksPort, a corporate proxy).
+pub struct ExitProxy {
+    /// Where the proxy listens.
+    pub addr: SocketAddr,
+    /// RFC 1929 credentials to present, unless `isolate` makes fresh ones.
+    pub credentials: Option<(Vec<u8>, Vec<u8>)>,
+    /// Fresh credentials per client session: Tor's IsolateSOCKSAuth then keeps each
+    /// client's streams on circuits of their own.
+    pub isolate: bool,
 }
 
 enum UpState {
@@ -50,12 +65,20 @@ enum UpState {
         rest: Vec<SocketAddr>,
         deadline: Instant,
     },
+    /// Connected to the exit proxy; its SOCKS5 CONNECT is under way.
+    Proxying {
+        hs: ClientHandshake,
+        out: Vec<u8>,
+        deadline: Instant,
+    },
     Connected,
 }
 
 struct Upstream {
     state: UpState,
     ep: Option<Endpoint>,
+    /// With an exit proxy: the destination to ask it for once the TCP connect is up.
+    via_proxy: Option<Destination>,
 }
 
 struct Conn {
@@ -68,6 +91,8 @@ struct Conn {
     stalled: HashSet<u32>,
     /// Failed handshake: read and discard until this time, then close without a byte.
     drain_until: Option<Instant>,
+    /// The credentials this session's streams present to the exit proxy.
+    proxy_creds: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 enum Owner {
@@ -265,6 +290,13 @@ impl Relay {
                 Box::new(OsRandom),
             );
             qlog!(Debug, "connection from {peer}");
+            let proxy_creds = self.cfg.upstream.as_ref().and_then(|u| {
+                if u.isolate {
+                    Some(isolation_credentials())
+                } else {
+                    u.credentials.clone()
+                }
+            });
             self.owners.insert(t, Owner::Conn);
             self.conns.insert(
                 t,
@@ -274,6 +306,7 @@ impl Relay {
                     dirty: HashSet::new(),
                     stalled: HashSet::new(),
                     drain_until: None,
+                    proxy_creds,
                 },
             );
         }
@@ -299,7 +332,7 @@ impl Relay {
             if conn.drain_until.is_some() {
                 // Discard everything a failed peer sends; answer nothing.
                 loop {
-                    match io::Read::read(&mut conn.link.sock, &mut self.buf) {
+                    match conn.link.sock.read(&mut self.buf) {
                         Ok(0) => return self.drop_conn(t),
                         Ok(_) => {}
                         Err(e) if e.kind() == ErrorKind::WouldBlock => return,
@@ -310,7 +343,7 @@ impl Relay {
             }
             match conn.link.read_in(now, &mut self.buf) {
                 Ok(LinkRead::Drained) => {}
-                // The relay never dials through an upstream proxy, so ProxyFailed cannot occur.
+                // The relay's own socket never goes through a proxy, so ProxyFailed cannot occur.
                 Ok(LinkRead::Eof) | Ok(LinkRead::ProxyFailed(_)) | Err(_) => {
                     // Deliver what was decoded before the close, then let the streams finish.
                     self.service(now, t);
@@ -388,14 +421,86 @@ impl Relay {
                 },
             };
             match outcome {
-                Ok(()) => {
-                    up.state = UpState::Connected;
-                    conn.dirty.insert(s);
-                    let _ = conn.link.session.open_result(now, s, Ok(()));
+                Ok(()) => match up.via_proxy.take() {
+                    Some(target) => {
+                        let UpState::Connecting { deadline, .. } = up.state else {
+                            unreachable!("checked above")
+                        };
+                        let (hs, out) = ClientHandshake::start(target, conn.proxy_creds.clone());
+                        up.state = UpState::Proxying { hs, out, deadline };
+                    }
+                    None => {
+                        up.state = UpState::Connected;
+                        conn.dirty.insert(s);
+                        let _ = conn.link.session.open_result(now, s, Ok(()));
+                        return;
+                    }
+                },
+                Err(e) if e.kind() == ErrorKind::NotConnected => {
+                    ep.writable = false;
+                    return;
                 }
-                Err(e) if e.kind() == ErrorKind::NotConnected => ep.writable = false,
-                Err(e) => self.connect_next(now, c, s, Some(open_error(&e))),
+                Err(e) => return self.connect_next(now, c, s, Some(open_error(&e))),
             }
+        }
+        if let UpState::Proxying { .. } = up.state {
+            self.drive_proxy(now, c, s);
+        }
+    }
+
+    /// Move the exit proxy's SOCKS5 handshake along. Reads take no more than the
+    /// handshake wants, so the destination's first bytes stay in the socket for the pump.
+    fn drive_proxy(&mut self, now: Instant, c: Token, s: u32) {
+        let Some(conn) = self.conns.get_mut(&c) else {
+            return;
+        };
+        let Some(Upstream {
+            state: UpState::Proxying { hs, out, .. },
+            ep: Some(ep),
+            ..
+        }) = conn.ups.get_mut(&s)
+        else {
+            return;
+        };
+        let failure = 'io: loop {
+            while !out.is_empty() && ep.writable {
+                match ep.sock.write(out) {
+                    Ok(n) => {
+                        out.drain(..n);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => ep.writable = false,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => break 'io Some(open_error(&e)),
+                }
+            }
+            if !ep.readable {
+                return;
+            }
+            let want = hs.wanted();
+            match ep.sock.read(&mut self.buf[..want]) {
+                Ok(0) => break Some(OpenError::Failure),
+                Ok(n) => match hs.feed(&self.buf[..n]) {
+                    Ok(ClientProgress::More(more)) => out.extend(more),
+                    Ok(ClientProgress::Done { .. }) => break None,
+                    Err(e) => {
+                        qlog!(Info, "exit proxy: {e}");
+                        break Some(e.open_error());
+                    }
+                },
+                Err(e) if e.kind() == ErrorKind::WouldBlock => ep.readable = false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => break Some(open_error(&e)),
+            }
+        };
+        match failure {
+            None => {
+                if let Some(up) = conn.ups.get_mut(&s) {
+                    up.state = UpState::Connected;
+                }
+                conn.dirty.insert(s);
+                let _ = conn.link.session.open_result(now, s, Ok(()));
+            }
+            Some(e) => self.start_connect(now, c, s, Vec::new(), e),
         }
     }
 
@@ -470,8 +575,31 @@ impl Relay {
             Upstream {
                 state: UpState::Resolving,
                 ep: None,
+                via_proxy: None,
             },
         );
+        if let Some(proxy) = self.cfg.upstream.as_ref().map(|u| u.addr) {
+            // Names go to the proxy unresolved (no DNS query leaves here: Tor resolves at
+            // its exit). Literal addresses are checked against the exit policy as usual;
+            // for names only the port can be, and the proxy's own policy decides the rest.
+            let allowed = match &dest {
+                Destination::Addr(a) => self.cfg.policy.allows(a.ip(), a.port()),
+                Destination::Name(_, port) => self.cfg.policy.allows_port(*port),
+            };
+            if !allowed {
+                qlog!(Info, "exit policy refuses {dest}");
+                let _ = conn
+                    .link
+                    .session
+                    .open_result(now, s, Err(OpenError::Forbidden));
+                conn.ups.remove(&s);
+                return;
+            }
+            if let Some(up) = conn.ups.get_mut(&s) {
+                up.via_proxy = Some(dest);
+            }
+            return self.start_connect(now, c, s, vec![proxy], OpenError::Failure);
+        }
         match dest {
             Destination::Addr(a) => {
                 if !self.cfg.policy.allows(a.ip(), a.port()) {
@@ -625,11 +753,14 @@ impl Relay {
         sessions.chain(connects).min()
     }
 
-    /// Whether a connect deadline still guards a dial in progress.
+    /// Whether a connect deadline still guards a dial (or its proxy handshake) in progress.
     fn deadline_live(&self, t: Instant, c: Token, s: u32) -> bool {
         matches!(
             self.conns.get(&c).and_then(|conn| conn.ups.get(&s)),
-            Some(Upstream { state: UpState::Connecting { deadline, .. }, .. }) if *deadline == t
+            Some(Upstream {
+                state: UpState::Connecting { deadline, .. } | UpState::Proxying { deadline, .. },
+                ..
+            }) if *deadline == t
         )
     }
 
