@@ -1,0 +1,828 @@
+//! The per-flow timing scheduler: which queued bytes, or which padding, may leave when.
+//!
+//! Sans-IO like `proto`: no sockets, no clock reads, no OS randomness. Time is a `u64`
+//! of nanoseconds the caller passes in; randomness is a per-flow ChaCha20 stream seeded
+//! with the `[u8; 32]` the caller passes. The engine keeps the bytes; [`FlowSched`]
+//! only counts them and says how many may leave, in order, as which frame. A runtime
+//! verifier (`verify`) checks every decision and fails the flow closed on a violation.
+//! What each mode does and what the evaluation measured: `docs/TIMING.md`.
+
+mod modes;
+mod verify;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+
+pub use verify::{Check, Violation};
+
+use modes::{FrontSchedule, JitterDist};
+use verify::{Release, Taken, Verifier};
+
+/// Largest DATA payload of one frame.
+pub const MAX_DATA: usize = crate::proto::frame::MAX_PAYLOAD;
+/// Frame header bytes (type, stream id, payload length).
+pub const FRAME_HEADER: usize = crate::proto::frame::HEADER_LEN;
+/// Largest frame (header + payload + padding).
+pub const MAX_FRAME: usize = crate::proto::frame::MAX_FRAME;
+/// Bytes a record adds to its frame on the wire (masked length + AEAD tag).
+pub const RECORD_OVERHEAD: usize = 18;
+/// One millisecond in the scheduler's nanoseconds.
+pub const MS: u64 = 1_000_000;
+
+/// How a flow's departures are timed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Everything leaves at once: no delay, no padding.
+    Off,
+    /// obfs4 iat-like jitter from a per-flow seeded weighted distribution.
+    Jitter,
+    /// The source documents' phase formula: two-band jitter on [1, 1.5) ∪ [2.5, 3) ms.
+    Topological,
+    /// Exponential delays with a configured mean (Loopix-like), capped.
+    Poisson,
+    /// Tamaraw/BuFLO-like: one fixed-size cell per interval, padding when idle.
+    Constant,
+    /// FRONT-like: Rayleigh-placed padding frames at flow start; data not delayed.
+    Adaptive,
+}
+
+impl Mode {
+    /// Every mode, in documentation order.
+    pub const ALL: [Mode; 6] = [
+        Mode::Off,
+        Mode::Jitter,
+        Mode::Topological,
+        Mode::Poisson,
+        Mode::Constant,
+        Mode::Adaptive,
+    ];
+
+    /// The mode named `name` (the names of [`Mode::name`]).
+    pub fn parse(name: &str) -> Option<Mode> {
+        Mode::ALL.into_iter().find(|m| m.name() == name)
+    }
+
+    /// The mode's lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::Jitter => "jitter",
+            Mode::Topological => "topological",
+            Mode::Poisson => "poisson",
+            Mode::Constant => "constant",
+            Mode::Adaptive => "adaptive",
+        }
+    }
+}
+
+/// A mode and its parameters; fields a mode does not use are ignored by it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Params {
+    /// Which schedule.
+    pub mode: Mode,
+    /// Longest a byte may wait in the scheduler (ns); the cap wins over every schedule.
+    pub hold_cap_ns: u64,
+    /// Largest DATA payload per frame, 1..=[`MAX_DATA`] (1448 gives obfs4-sized frames).
+    pub max_payload: usize,
+    /// jitter: smallest delay bin (ns).
+    pub jitter_min_ns: u64,
+    /// jitter: largest delay bin (ns).
+    pub jitter_max_ns: u64,
+    /// jitter: number of bins, 1..=100, spread evenly over min..=max.
+    pub jitter_bins: usize,
+    /// poisson: mean delay (ns).
+    pub poisson_mean_ns: u64,
+    /// constant: time between cells (ns).
+    pub interval_ns: u64,
+    /// constant: frame length of every cell, data or padding (FRAME_HEADER + 1..=MAX_FRAME).
+    pub cell: usize,
+    /// constant: stop sending cells after this long with nothing queued (ns).
+    pub quiet_ns: u64,
+    /// constant: pad each burst's cell count to a multiple of this (1 = no rounding).
+    pub pad_multiple: u32,
+    /// constant: how late after its slot a cell may still leave (ns); later slots are skipped.
+    pub grid_slack_ns: u64,
+    /// adaptive: frame length of each padding frame.
+    pub padding_len: usize,
+    /// adaptive: fewest padding frames a flow draws as its budget.
+    pub budget_min: u32,
+    /// adaptive: most padding frames a flow draws as its budget.
+    pub budget_max: u32,
+    /// adaptive: smallest Rayleigh scale of the padding times (ns).
+    pub window_min_ns: u64,
+    /// adaptive: largest Rayleigh scale of the padding times (ns).
+    pub window_max_ns: u64,
+}
+
+/// A frame that fills one TCP segment of 1448 bytes as a record (1448 - 18).
+pub const SEGMENT_FRAME: usize = 1448 - RECORD_OVERHEAD;
+
+impl Params {
+    /// Off, with every other field at a usable default.
+    pub const OFF: Params = Params {
+        mode: Mode::Off,
+        hold_cap_ns: 50 * MS,
+        max_payload: MAX_DATA,
+        jitter_min_ns: MS / 10,
+        jitter_max_ns: 10 * MS,
+        jitter_bins: 100,
+        poisson_mean_ns: 5 * MS,
+        interval_ns: 10 * MS,
+        cell: SEGMENT_FRAME,
+        quiet_ns: 500 * MS,
+        pad_multiple: 1,
+        grid_slack_ns: 2 * MS,
+        padding_len: SEGMENT_FRAME,
+        budget_min: 50,
+        budget_max: 300,
+        window_min_ns: 500 * MS,
+        window_max_ns: 3000 * MS,
+    };
+
+    /// These parameters with another mode.
+    pub const fn with_mode(self, mode: Mode) -> Params {
+        Params { mode, ..self }
+    }
+
+    /// Why these parameters are unusable, or Ok.
+    pub fn validate(&self) -> Result<(), &'static str> {
+        if !(1..=MAX_DATA).contains(&self.max_payload) {
+            return Err("max_payload must be 1..=16384");
+        }
+        if self.jitter_min_ns > self.jitter_max_ns || !(1..=100).contains(&self.jitter_bins) {
+            return Err("jitter needs min <= max and 1..=100 bins");
+        }
+        if self.interval_ns == 0 || !(FRAME_HEADER + 1..=MAX_FRAME).contains(&self.cell) {
+            return Err("constant needs an interval > 0 and a cell of 8..=16391 bytes");
+        }
+        if self.pad_multiple == 0 {
+            return Err("pad_multiple must be at least 1");
+        }
+        if !(FRAME_HEADER..=MAX_FRAME).contains(&self.padding_len)
+            || self.budget_min > self.budget_max
+            || self.window_min_ns > self.window_max_ns
+        {
+            return Err("adaptive needs a padding frame of 7..=16391 bytes, min <= max");
+        }
+        Ok(())
+    }
+
+    /// The nearest valid parameters: `FlowSched::new` cannot fail, so it clamps.
+    fn sanitized(mut self) -> Params {
+        self.max_payload = self.max_payload.clamp(1, MAX_DATA);
+        self.jitter_max_ns = self.jitter_max_ns.max(self.jitter_min_ns);
+        self.jitter_bins = self.jitter_bins.clamp(1, 100);
+        self.interval_ns = self.interval_ns.max(1);
+        self.cell = self.cell.clamp(FRAME_HEADER + 1, MAX_FRAME);
+        self.pad_multiple = self.pad_multiple.max(1);
+        self.padding_len = self.padding_len.clamp(FRAME_HEADER, MAX_FRAME);
+        self.budget_max = self.budget_max.max(self.budget_min);
+        self.window_max_ns = self.window_max_ns.max(self.window_min_ns);
+        self
+    }
+}
+
+/// Which way a flow's bytes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// Client → relay.
+    Up,
+    /// Relay → client.
+    Down,
+}
+
+/// A named set of parameters for both directions; its number travels in OPEN.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Profile {
+    /// No shaping at all.
+    Performance = 1,
+    /// Moderate cost, chosen by the evaluation in docs/TIMING.md.
+    Default = 2,
+    /// Constant-rate cells: the strongest measured defense, at its measured cost.
+    HighSecurity = 3,
+}
+
+impl Profile {
+    /// Every profile.
+    pub const ALL: [Profile; 3] = [
+        Profile::Performance,
+        Profile::Default,
+        Profile::HighSecurity,
+    ];
+
+    /// "performance", "default" or "high-security".
+    pub fn parse(name: &str) -> Option<Profile> {
+        Profile::ALL.into_iter().find(|p| p.name() == name)
+    }
+
+    /// The profile's configuration name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Performance => "performance",
+            Profile::Default => "default",
+            Profile::HighSecurity => "high-security",
+        }
+    }
+
+    /// The OPEN frame's profile byte; 0 on the wire means "the relay's default".
+    pub fn wire(self) -> u8 {
+        self as u8
+    }
+
+    /// The profile a non-zero OPEN profile byte names.
+    pub fn from_wire(b: u8) -> Option<Profile> {
+        Profile::ALL.into_iter().find(|p| p.wire() == b)
+    }
+
+    /// The parameters for one direction (the evaluation in docs/TIMING.md chose them).
+    pub fn params(self, dir: Direction) -> Params {
+        match (self, dir) {
+            (Profile::Performance, _) => Params::OFF,
+            (Profile::Default, _) => Params {
+                hold_cap_ns: 50 * MS,
+                budget_min: 50,
+                budget_max: 300,
+                window_min_ns: 500 * MS,
+                window_max_ns: 3000 * MS,
+                ..Params::OFF.with_mode(Mode::Adaptive)
+            },
+            (Profile::HighSecurity, Direction::Up) => Params {
+                hold_cap_ns: 2000 * MS,
+                interval_ns: 20 * MS,
+                cell: SEGMENT_FRAME,
+                quiet_ns: 1000 * MS,
+                pad_multiple: 50,
+                ..Params::OFF.with_mode(Mode::Constant)
+            },
+            (Profile::HighSecurity, Direction::Down) => Params {
+                hold_cap_ns: 2000 * MS,
+                interval_ns: 5 * MS,
+                cell: 4 * SEGMENT_FRAME,
+                quiet_ns: 1000 * MS,
+                pad_multiple: 50,
+                ..Params::OFF.with_mode(Mode::Constant)
+            },
+        }
+    }
+}
+
+/// What may leave now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Departure {
+    /// Take `bytes` (≥ 1) from the head of the flow's byte queue and send them as one DATA frame padded to at least `frame_len` bytes (0 = no padding).
+    Data {
+        /// Payload bytes to take from the head of the queue.
+        bytes: usize,
+        /// Pad the frame to this length (0 = no padding).
+        frame_len: usize,
+    },
+    /// Send one PADDING frame of `frame_len` bytes (same record size as a data cell, so indistinguishable by size).
+    Padding {
+        /// Frame length of the padding frame.
+        frame_len: usize,
+    },
+}
+
+/// Counters of one flow's scheduler.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowSchedStats {
+    /// Application bytes that departed.
+    pub real_bytes: u64,
+    /// Padding bytes in frames: DATA frames' padding plus whole PADDING frames.
+    pub padding_bytes: u64,
+    /// DATA frames that departed.
+    pub data_frames: u64,
+    /// PADDING frames that departed.
+    pub padding_frames: u64,
+    /// Sum over DATA frames of how long the frame's oldest byte waited (ns).
+    pub total_hold_ns: u64,
+    /// Longest wait of any DATA frame's oldest byte (ns).
+    pub max_hold_ns: u64,
+    /// Releases the hold cap forced earlier than the mode's schedule.
+    pub cap_releases: u64,
+    /// Constant mode: grid slots skipped because `poll` came later than the slack.
+    pub missed_slots: u64,
+    /// Verifier violations (0 or 1: the first one kills the flow).
+    pub violations: u64,
+}
+
+/// Bytes that arrived together and share a release time.
+#[derive(Debug, Clone, Copy)]
+struct Chunk {
+    arrival: u64,
+    release: u64,
+    len: usize,
+}
+
+/// Constant mode's grid: slots at `t0 + n·interval`.
+struct ConstState {
+    t0: u64,
+    /// Index of the next unused slot.
+    n: u64,
+    active: bool,
+    /// Cells sent in this burst (for `pad_multiple`).
+    cells: u64,
+    /// A slot of this burst was skipped, so its count cannot honour `pad_multiple`.
+    missed: bool,
+    /// Last data arrival, departure or close: the quiet period counts from it.
+    last_data: u64,
+}
+
+enum State {
+    /// Off and poisson: nothing beyond the queue.
+    Plain,
+    Jitter(JitterDist),
+    Topo {
+        phase: u32,
+    },
+    Constant(ConstState),
+    Adaptive {
+        schedule: FrontSchedule,
+        next_pad: Option<u64>,
+    },
+}
+
+/// Broken-on-purpose behaviour, so tests can show each verifier check firing.
+#[cfg_attr(not(test), allow(dead_code))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// Ignore the hold cap when scheduling.
+    IgnoreCap,
+    /// Schedule a release before the arrival.
+    EarlyRelease,
+    /// Report a delay sample beyond the mode's bound.
+    SampleOutOfRange,
+    /// Take bytes whose release time has not come.
+    IgnoreRelease,
+    /// Take one byte more than the credit allows.
+    OverspendCredit,
+    /// Constant: a cell one byte short.
+    WrongCellSize,
+    /// Constant: a cell half an interval off the grid.
+    OffGrid,
+    /// Adaptive: hand out padding times without spending the budget.
+    OverBudget,
+    /// Topological: k = 2.
+    TopoK,
+    /// Topological: a delay one nanosecond off the formula.
+    TopoRebuild,
+    /// Topological: force Δ into the upper half turn (k = 1 every time).
+    TopoBias,
+}
+
+/// The timing scheduler of one flow in one direction.
+pub struct FlowSched {
+    params: Params,
+    rng: ChaCha20Rng,
+    chunks: VecDeque<Chunk>,
+    queued: usize,
+    closed: bool,
+    /// Release time of the newest chunk: later chunks never leave before it.
+    last_release: u64,
+    state: State,
+    verifier: Verifier,
+    /// A violation found in `on_data`, reported by the next `poll`.
+    pending: Option<Violation>,
+    dead: Option<Violation>,
+    stats: FlowSchedStats,
+    fault: Option<Fault>,
+}
+
+impl FlowSched {
+    /// A flow created at `now`, its randomness from `seed` (never reuse a seed across flows).
+    pub fn new(params: Params, seed: [u8; 32], now: u64) -> FlowSched {
+        let params = params.sanitized();
+        let mut rng = ChaCha20Rng::from_seed(seed);
+        let (state, lo, hi) = match params.mode {
+            Mode::Off | Mode::Constant | Mode::Adaptive => (State::Plain, 0, 0),
+            Mode::Jitter => {
+                let d = JitterDist::new(
+                    &mut rng,
+                    params.jitter_bins,
+                    params.jitter_min_ns,
+                    params.jitter_max_ns,
+                );
+                let hi = d.max();
+                (State::Jitter(d), params.jitter_min_ns, hi)
+            }
+            // The two bands [1, 1.5) and [2.5, 3) ms lie inside these bounds.
+            Mode::Topological => (
+                State::Topo {
+                    phase: rng.next_u32(),
+                },
+                MS,
+                3 * MS,
+            ),
+            Mode::Poisson => (State::Plain, 0, u64::MAX),
+        };
+        let mut verifier = Verifier::new(&params, now, lo, hi);
+        let state = match params.mode {
+            Mode::Constant => State::Constant(ConstState {
+                t0: now,
+                n: 0,
+                active: false,
+                cells: 0,
+                missed: false,
+                last_data: now,
+            }),
+            Mode::Adaptive => {
+                let budget = modes::uniform_u64(
+                    &mut rng,
+                    u64::from(params.budget_min),
+                    u64::from(params.budget_max),
+                ) as u32;
+                let scale =
+                    modes::uniform_u64(&mut rng, params.window_min_ns, params.window_max_ns);
+                verifier.set_budget(budget);
+                let mut schedule = FrontSchedule::new(budget, scale, now);
+                let next_pad = schedule.next(&mut rng);
+                State::Adaptive { schedule, next_pad }
+            }
+            _ => state,
+        };
+        FlowSched {
+            params,
+            rng,
+            chunks: VecDeque::new(),
+            queued: 0,
+            closed: false,
+            last_release: now,
+            state,
+            verifier,
+            pending: None,
+            dead: None,
+            stats: FlowSchedStats::default(),
+            fault: None,
+        }
+    }
+
+    /// The parameters in force (after clamping).
+    pub fn params(&self) -> &Params {
+        &self.params
+    }
+
+    /// `len` new application bytes were queued at `now` (the engine holds the bytes, in order).
+    pub fn on_data(&mut self, now: u64, len: usize) {
+        if len == 0 || self.dead.is_some() || self.pending.is_some() {
+            return;
+        }
+        if self.closed {
+            self.pending = Some(Violation {
+                check: Check::DataAfterClose,
+                at_ns: now,
+                value: len as u64,
+                bound: 0,
+            });
+            return;
+        }
+        let (bias, bad_k, bad_delay) = (
+            self.fault(Fault::TopoBias),
+            self.fault(Fault::TopoK),
+            self.fault(Fault::TopoRebuild),
+        );
+        let interval = self.params.interval_ns;
+        let sample = match &mut self.state {
+            State::Plain if self.params.mode == Mode::Poisson => Some(modes::exponential(
+                &mut self.rng,
+                self.params.poisson_mean_ns,
+            )),
+            State::Jitter(dist) => Some(dist.sample(&mut self.rng)),
+            State::Topo { phase } => {
+                let mut phi = self.rng.next_u32();
+                if bias {
+                    phi = phase.wrapping_add(phi | 1 << 31);
+                }
+                // Δ = (φ − φ_prev) mod 2π: wrapping subtraction of fractions of a turn.
+                let delta = phi.wrapping_sub(*phase);
+                *phase = phi;
+                // k = round(Δ / 2π), Δ / 2π in [0, 1): 1 exactly from half a turn on.
+                let k = if bad_k { 2 } else { u64::from(delta >> 31) };
+                let delay = modes::topo_delay(k, delta) + u64::from(bad_delay);
+                if let Err(v) = self.verifier.topo(now, k, delta, delay) {
+                    self.pending = Some(v);
+                }
+                Some(delay)
+            }
+            State::Constant(st) => {
+                if !st.active {
+                    // Restart on the flow's own grid, at the first slot not before now.
+                    let ceil = now.saturating_sub(st.t0).div_ceil(interval);
+                    st.n = st.n.max(ceil);
+                    st.active = true;
+                    st.cells = 0;
+                    st.missed = false;
+                }
+                st.last_data = now;
+                None
+            }
+            _ => None,
+        };
+        let release = match sample {
+            Some(d) => self.schedule(now, d),
+            None => now,
+        };
+        self.queued += len;
+        self.chunks.push_back(Chunk {
+            arrival: now,
+            release,
+            len,
+        });
+    }
+
+    /// The release time of bytes arriving at `now` whose mode drew `sample` ns of delay.
+    fn schedule(&mut self, now: u64, sample: u64) -> u64 {
+        let want = now.saturating_add(sample).max(self.last_release);
+        let cap_at = now.saturating_add(self.params.hold_cap_ns);
+        let mut release = if want > cap_at && !self.fault(Fault::IgnoreCap) {
+            self.stats.cap_releases += 1;
+            cap_at
+        } else {
+            want
+        };
+        let mut reported = sample;
+        if self.fault(Fault::EarlyRelease) {
+            release = now.saturating_sub(1);
+        }
+        if self.fault(Fault::SampleOutOfRange) {
+            reported = self.verifier_hi().saturating_add(1);
+        }
+        let r = Release {
+            arrival: now,
+            sample: reported,
+            prev_release: self.last_release,
+            release,
+        };
+        if let Err(v) = self.verifier.release(&r) {
+            self.pending.get_or_insert(v);
+        }
+        self.last_release = release;
+        release
+    }
+
+    fn verifier_hi(&self) -> u64 {
+        match &self.state {
+            State::Jitter(d) => d.max(),
+            State::Topo { .. } => 3 * MS,
+            _ => u64::MAX - 1,
+        }
+    }
+
+    /// The application closed its sending side at `now` (constant mode stops after its quiet period / padding target).
+    pub fn on_close(&mut self, now: u64) {
+        self.closed = true;
+        if let State::Constant(st) = &mut self.state {
+            // The quiet period runs from the close too, so the last cell does not mark it.
+            st.last_data = st.last_data.max(now);
+        }
+    }
+
+    /// The next departure due at or before `now`, given `credit` bytes of flow-control credit the engine can spend now; None when nothing is due. Call repeatedly until None.
+    ///
+    /// # Errors
+    /// A [`Violation`] of a scheduler invariant; the flow is dead from then on and every
+    /// later call returns the same violation (reset the stream).
+    pub fn poll(&mut self, now: u64, credit: usize) -> Result<Option<Departure>, Violation> {
+        if let Some(v) = self.dead {
+            return Err(v);
+        }
+        let r = match self.pending.take() {
+            Some(v) => Err(v),
+            None => match self.params.mode {
+                Mode::Constant => self.poll_constant(now, credit),
+                Mode::Adaptive => self.poll_adaptive(now, credit),
+                _ => self.poll_data(now, credit, 0),
+            },
+        };
+        r.inspect_err(|&v| {
+            self.stats.violations += 1;
+            self.dead = Some(v);
+        })
+    }
+
+    /// A DATA frame of the due bytes, padded to `frame_len`, if any are due and credited.
+    fn poll_data(
+        &mut self,
+        now: u64,
+        credit: usize,
+        frame_len: usize,
+    ) -> Result<Option<Departure>, Violation> {
+        let payload = if self.params.mode == Mode::Constant {
+            self.params.max_payload.min(self.params.cell - FRAME_HEADER)
+        } else {
+            self.params.max_payload
+        };
+        let limit = self.queued.min(credit).min(payload);
+        if limit == 0 {
+            return Ok(None);
+        }
+        let take = if self.fault(Fault::OverspendCredit) {
+            (limit + 1).min(self.queued)
+        } else {
+            limit
+        };
+        let ignore_release = self.fault(Fault::IgnoreRelease);
+        let mut t = Taken {
+            bytes: 0,
+            last_arrival: 0,
+            last_release: 0,
+        };
+        let mut oldest = None;
+        while t.bytes < take {
+            let Some(c) = self.chunks.front_mut() else {
+                break;
+            };
+            if c.release > now && !ignore_release {
+                break;
+            }
+            let n = c.len.min(take - t.bytes);
+            oldest.get_or_insert(c.arrival);
+            t.bytes += n;
+            t.last_arrival = c.arrival;
+            t.last_release = c.release;
+            c.len -= n;
+            if c.len == 0 {
+                self.chunks.pop_front();
+            }
+        }
+        let Some(oldest) = oldest else {
+            return Ok(None);
+        };
+        self.queued -= t.bytes;
+        self.verifier.data(now, &t, limit, frame_len)?;
+        let hold = now.saturating_sub(oldest);
+        let s = &mut self.stats;
+        s.real_bytes += t.bytes as u64;
+        s.data_frames += 1;
+        s.padding_bytes += frame_len.saturating_sub(FRAME_HEADER + t.bytes) as u64;
+        s.total_hold_ns += hold;
+        s.max_hold_ns = s.max_hold_ns.max(hold);
+        Ok(Some(Departure::Data {
+            bytes: t.bytes,
+            frame_len,
+        }))
+    }
+
+    fn padding(&mut self, now: u64, frame_len: usize) -> Result<Option<Departure>, Violation> {
+        self.verifier.padding(now, frame_len)?;
+        self.stats.padding_frames += 1;
+        self.stats.padding_bytes += frame_len as u64;
+        Ok(Some(Departure::Padding { frame_len }))
+    }
+
+    fn poll_constant(&mut self, now: u64, credit: usize) -> Result<Option<Departure>, Violation> {
+        let p = self.params;
+        let mut cell = p.cell;
+        if self.fault(Fault::WrongCellSize) {
+            cell -= 1;
+        }
+        let off_grid = self.fault(Fault::OffGrid);
+        let State::Constant(st) = &mut self.state else {
+            unreachable!("constant mode has constant state");
+        };
+        if st.active && st.t0 + st.n * p.interval_ns <= now {
+            let mut slot = st.t0 + st.n * p.interval_ns;
+            if now - slot > p.grid_slack_ns {
+                // The engine came late: skip to the latest slot, and past it if it too is
+                // beyond the slack, rather than sending a burst that breaks the rate.
+                let behind = (now - slot) / p.interval_ns;
+                st.missed = true;
+                st.n += behind;
+                slot += behind * p.interval_ns;
+                self.stats.missed_slots += behind;
+                if now - slot > p.grid_slack_ns {
+                    st.n += 1;
+                    self.stats.missed_slots += 1;
+                    slot = u64::MAX;
+                }
+            }
+            let quiet = now.saturating_sub(st.last_data) >= p.quiet_ns;
+            let rounded = st.missed || st.cells % u64::from(p.pad_multiple) == 0;
+            if self.queued == 0 && quiet && rounded {
+                // A burst with skipped slots stops without rounding: it never could.
+                st.active = false;
+            } else if slot <= now {
+                st.n += 1;
+                st.cells += 1;
+                let reported = if off_grid {
+                    slot + p.interval_ns / 2
+                } else {
+                    slot
+                };
+                self.verifier.slot(now, reported)?;
+                if self.queued > 0 && credit > 0 {
+                    st.last_data = now;
+                    return self.poll_data(now, credit, cell);
+                }
+                // No bytes, or no credit for them: padding keeps the rate.
+                return self.padding(now, cell);
+            }
+        }
+        // Off the grid only when the head byte has waited its cap.
+        let head = self.chunks.front().map(|c| c.arrival);
+        if let Some(head) = head.filter(|&h| credit > 0 && now >= h.saturating_add(p.hold_cap_ns)) {
+            self.verifier.cap_release(now, head)?;
+            self.stats.cap_releases += 1;
+            if let State::Constant(st) = &mut self.state {
+                st.last_data = now;
+            }
+            return self.poll_data(now, credit, cell);
+        }
+        Ok(None)
+    }
+
+    fn poll_adaptive(&mut self, now: u64, credit: usize) -> Result<Option<Departure>, Violation> {
+        if let Some(d) = self.poll_data(now, credit, 0)? {
+            return Ok(Some(d));
+        }
+        let refund = self.fault(Fault::OverBudget);
+        let State::Adaptive { schedule, next_pad } = &mut self.state else {
+            unreachable!("adaptive mode has adaptive state");
+        };
+        match *next_pad {
+            Some(t) if t <= now => {
+                if refund {
+                    schedule.refund();
+                }
+                *next_pad = schedule.next(&mut self.rng);
+                let len = self.params.padding_len;
+                self.padding(now, len)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The earliest time poll could return Some (None: idle, nothing queued or scheduled).
+    ///
+    /// Credit is not considered: with bytes due and no credit, wait for credit instead.
+    pub fn next_deadline(&self) -> Option<u64> {
+        if self.pending.is_some() {
+            // Due at once, so the engine's next poll reports the violation.
+            return Some(0);
+        }
+        if self.dead.is_some() {
+            return None;
+        }
+        let head = self.chunks.front();
+        match &self.state {
+            State::Constant(st) => {
+                let cap = head.map(|c| c.arrival.saturating_add(self.params.hold_cap_ns));
+                let slot = st.active.then(|| st.t0 + st.n * self.params.interval_ns);
+                match (slot, cap) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            State::Adaptive { next_pad, .. } => match (head, *next_pad) {
+                (Some(c), Some(p)) => Some(c.release.min(p)),
+                (Some(c), None) => Some(c.release),
+                (None, p) => p,
+            },
+            _ => head.map(|c| c.release),
+        }
+    }
+
+    /// Bytes queued and not yet departed.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// True when the flow has nothing queued and will never emit again (closed and done).
+    pub fn is_finished(&self) -> bool {
+        if !self.closed || self.queued > 0 || self.dead.is_some() || self.pending.is_some() {
+            return false;
+        }
+        match &self.state {
+            State::Constant(st) => !st.active,
+            State::Adaptive { next_pad, .. } => next_pad.is_none(),
+            _ => true,
+        }
+    }
+
+    /// The first violation, once the flow is dead.
+    pub fn violation(&self) -> Option<Violation> {
+        self.dead
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> FlowSchedStats {
+        self.stats
+    }
+
+    /// Make this flow misbehave, to prove the verifier catches it.
+    #[cfg(test)]
+    pub(crate) fn inject(&mut self, fault: Fault) {
+        self.fault = Some(fault);
+    }
+
+    /// Constant false outside tests, so release builds drop every fault branch.
+    #[inline(always)]
+    fn fault(&self, f: Fault) -> bool {
+        cfg!(test) && self.fault == Some(f)
+    }
+}
