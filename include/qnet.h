@@ -184,8 +184,9 @@ qnet_result qnet_flow_stats(int fd, struct qnet_flow_stats *out);
 // Fill `out` with the process-wide counters. `out->size` as for `qnet_flow_stats`.
 qnet_result qnet_stats(struct qnet_stats *out);
 
-// Fill `buf` with `len` random bytes from the operating system's generator (the
-// health-tested entropy ring replaces it in a later version). Works before `qnet_init`.
+// Fill `buf` with `len` random bytes from qnet's entropy ring (health-tested sources,
+// per-thread ChaCha20, safe across fork). Works before `qnet_init`. `QNET_ERR_IO` if
+// the OS random source has failed, after which no call produces bytes.
 qnet_result qnet_entropy(void *buf, size_t len);
 
 // A static, NUL-terminated description of `code` (never NULL; unknown codes get

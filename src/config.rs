@@ -31,6 +31,9 @@
 //! allow_setuid_exec = false      # exec of setuid/setcap programs (which drop LD_PRELOAD) is refused
 //! allow_inbound = false          # listen() on a non-loopback address is refused
 //! connect_timeout_secs = 30      # a blocking connect through the tunnel gives up after this
+//! [entropy]                      # extra inputs of the entropy ring (the OS is always used)
+//! min_entropy = 4.0              # claimed min-entropy per byte of sources without their own
+//! sources = ["/dev/hwrng", { path = "/dev/qrandom0", min_entropy = 6.0 }]
 //! ```
 //!
 //! The relay server's table is `[server]`, not `[relay]`: TOML cannot have both the
@@ -198,6 +201,33 @@ pub struct Config {
     pub server: ServerConfig,
     /// What the preloaded library intercepts, from the `[intercept]` table.
     pub intercept: InterceptConfig,
+    /// Extra entropy sources, from the `[entropy]` table.
+    pub entropy: EntropyConfig,
+}
+
+/// Extra inputs of the entropy ring, from the `[entropy]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EntropyConfig {
+    /// Paths read besides the OS generator, in order.
+    pub sources: Vec<EntropySource>,
+}
+
+/// One path the entropy ring reads: a device, a regular file or a FIFO.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntropySource {
+    /// Where the bytes come from.
+    pub path: PathBuf,
+    /// Claimed min-entropy per byte (0 < H ≤ 8); sets the health tests' cutoffs.
+    pub min_entropy: f64,
+}
+
+// min_entropy is validated to be a finite number, so equality is reflexive.
+impl Eq for EntropySource {}
+
+impl EntropySource {
+    /// Claimed min-entropy per byte when the config gives none: low enough that a raw,
+    /// unwhitened hardware source passes, high enough that a stuck or badly biased one fails.
+    pub const DEFAULT_MIN_ENTROPY: f64 = 4.0;
 }
 
 /// A SOCKS5 proxy the client reaches its relay through (`upstream = "socks5://…"`).
@@ -422,6 +452,14 @@ struct RawConfig {
     session: Option<RawSession>,
     server: Option<RawServer>,
     intercept: Option<RawIntercept>,
+    entropy: Option<RawEntropy>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "an [entropy] table")]
+struct RawEntropy {
+    sources: Option<Value>,
+    min_entropy: Option<Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -709,6 +747,11 @@ impl Config {
         rebase(&mut config.key, base);
         rebase(&mut config.server.key, base);
         rebase(&mut config.server.clients, base);
+        for s in &mut config.entropy.sources {
+            if s.path.is_relative() {
+                s.path = base.join(&s.path);
+            }
+        }
         Ok(config)
     }
 
@@ -757,6 +800,9 @@ impl Config {
         }
         if let Some(s) = raw.intercept {
             config.intercept = InterceptConfig::from_raw(s, o)?;
+        }
+        if let Some(s) = raw.entropy {
+            config.entropy = EntropyConfig::from_raw(s, o)?;
         }
         Ok(config)
     }
@@ -907,6 +953,79 @@ impl InterceptConfig {
         if let Some(v) = raw.connect_timeout_secs {
             c.connect_timeout =
                 Duration::from_secs(o.positive("intercept.connect_timeout_secs", v)?);
+        }
+        Ok(c)
+    }
+}
+
+impl EntropyConfig {
+    fn from_raw(raw: RawEntropy, o: &Origin<'_>) -> Result<EntropyConfig, ConfigError> {
+        let min_entropy = |field: &str, v: Value| {
+            let h = match v {
+                Value::Float(f) => f,
+                Value::Integer(n) => n as f64,
+                other => {
+                    return Err(o.err(
+                        field,
+                        format!("expected a number, got {}", other.type_str()),
+                    ));
+                }
+            };
+            if h > 0.0 && h <= 8.0 {
+                Ok(h)
+            } else {
+                Err(o.err(
+                    field,
+                    format!("must be greater than 0 and at most 8 bits per byte (got {h})"),
+                ))
+            }
+        };
+        let default_h = match raw.min_entropy {
+            Some(v) => min_entropy("entropy.min_entropy", v)?,
+            None => EntropySource::DEFAULT_MIN_ENTROPY,
+        };
+        let mut c = EntropyConfig::default();
+        let Some(v) = raw.sources else {
+            return Ok(c);
+        };
+        let Value::Array(items) = v else {
+            return Err(o.err(
+                "entropy.sources",
+                format!(
+                    "expected an array of paths or {{ path, min_entropy }} tables, got {}",
+                    v.type_str()
+                ),
+            ));
+        };
+        for (i, item) in items.into_iter().enumerate() {
+            let field = format!("entropy.sources[{i}]");
+            let source = match item {
+                Value::Table(mut t) => {
+                    let path = t
+                        .remove("path")
+                        .ok_or_else(|| o.err(&field, "missing path"))?;
+                    let path = o.path(&format!("{field}.path"), path)?;
+                    let h = match t.remove("min_entropy") {
+                        Some(v) => min_entropy(&format!("{field}.min_entropy"), v)?,
+                        None => default_h,
+                    };
+                    if let Some(k) = t.keys().next() {
+                        return Err(o.err(
+                            &field,
+                            format!("unknown field `{k}` (expected path, min_entropy)"),
+                        ));
+                    }
+                    EntropySource {
+                        path,
+                        min_entropy: h,
+                    }
+                }
+                other => EntropySource {
+                    path: o.path(&field, other)?,
+                    min_entropy: default_h,
+                },
+            };
+            c.sources.push(source);
         }
         Ok(c)
     }
@@ -1100,6 +1219,86 @@ mod tests {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn entropy_table() {
+        let c = parse(
+            "[entropy]\nmin_entropy = 5\nsources = [\"/dev/hwrng\", { path = \"/dev/qrandom0\", min_entropy = 6.5 }]",
+        )
+        .unwrap();
+        assert_eq!(
+            c.entropy.sources,
+            [
+                EntropySource {
+                    path: PathBuf::from("/dev/hwrng"),
+                    min_entropy: 5.0
+                },
+                EntropySource {
+                    path: PathBuf::from("/dev/qrandom0"),
+                    min_entropy: 6.5
+                },
+            ]
+        );
+        let c = parse("[entropy]\nsources = [\"/dev/hwrng\"]").unwrap();
+        assert_eq!(
+            c.entropy.sources[0].min_entropy,
+            EntropySource::DEFAULT_MIN_ENTROPY
+        );
+        assert!(parse("").unwrap().entropy.sources.is_empty());
+        for (text, expect) in [
+            (
+                "[entropy]\nsources = \"/dev/hwrng\"",
+                "config /etc/qnet/qnet.toml: entropy.sources: expected an array of paths or { path, min_entropy } tables, got string",
+            ),
+            (
+                "[entropy]\nsources = [1]",
+                "config /etc/qnet/qnet.toml: entropy.sources[0]: expected a string, got integer",
+            ),
+            (
+                "[entropy]\nsources = [\"\"]",
+                "config /etc/qnet/qnet.toml: entropy.sources[0]: must not be empty",
+            ),
+            (
+                "[entropy]\nsources = [{ min_entropy = 3.0 }]",
+                "config /etc/qnet/qnet.toml: entropy.sources[0]: missing path",
+            ),
+            (
+                "[entropy]\nsources = [\"/a\", { path = \"/b\", min_entropy = 9.0 }]",
+                "config /etc/qnet/qnet.toml: entropy.sources[1].min_entropy: must be greater than 0 and at most 8 bits per byte (got 9)",
+            ),
+            (
+                "[entropy]\nsources = [{ path = \"/b\", bits = 2 }]",
+                "config /etc/qnet/qnet.toml: entropy.sources[0]: unknown field `bits` (expected path, min_entropy)",
+            ),
+            (
+                "[entropy]\nmin_entropy = 0",
+                "config /etc/qnet/qnet.toml: entropy.min_entropy: must be greater than 0 and at most 8 bits per byte (got 0)",
+            ),
+            (
+                "[entropy]\nmin_entropy = \"high\"",
+                "config /etc/qnet/qnet.toml: entropy.min_entropy: expected a number, got string",
+            ),
+            (
+                "[entropy]\nmin_entropy = nan",
+                "config /etc/qnet/qnet.toml: entropy.min_entropy: must be greater than 0 and at most 8 bits per byte (got NaN)",
+            ),
+        ] {
+            assert_eq!(err(text), expect, "{text}");
+        }
+        assert!(err("[entropy]\nsource = []").contains("unknown field `source`"));
+    }
+
+    #[test]
+    fn entropy_source_paths_are_rebased() {
+        let dir = TempDir::new("entropy");
+        let path = dir.write(
+            "etc/qnet.toml",
+            "[entropy]\nsources = [\"fifo\", { path = \"/dev/hwrng\" }]\n",
+        );
+        let c = Config::from_path(&path).unwrap();
+        assert_eq!(c.entropy.sources[0].path, dir.0.join("etc/fifo"));
+        assert_eq!(c.entropy.sources[1].path, PathBuf::from("/dev/hwrng"));
     }
 
     #[test]

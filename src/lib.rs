@@ -8,6 +8,7 @@ pub mod config;
 pub mod dns;
 pub mod elf;
 pub mod engine;
+pub mod entropy;
 pub mod ffi;
 mod hooks;
 pub mod keys;

@@ -49,6 +49,23 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Write random bytes from qnet's entropy ring (health-tested sources, ChaCha20) to
+    /// standard output.
+    Entropy {
+        /// How many bytes to write.
+        #[arg(long)]
+        bytes: u64,
+        /// An extra source to mix in (a device, file or FIFO); repeatable. A source that
+        /// fails its health tests is dropped with a message on stderr.
+        #[arg(long = "source", value_name = "PATH")]
+        sources: Vec<PathBuf>,
+        /// Claimed min-entropy per byte of the --source paths (0 < H <= 8).
+        #[arg(long, value_name = "H", default_value_t = qnet::entropy::EntropySource::DEFAULT_MIN_ENTROPY)]
+        min_entropy: f64,
+        /// Print the ring's counters to stderr at the end.
+        #[arg(long)]
+        stats: bool,
+    },
     /// Run a program with its TCP connections carried through the tunnel (LD_PRELOAD=libqnet.so).
     Run {
         /// Config file for the program's library (sets QNET_CONFIG).
@@ -78,6 +95,12 @@ fn main() -> ExitCode {
             user,
             config,
         } => ("socks", socks(&listen, user, config.as_deref())),
+        Command::Entropy {
+            bytes,
+            sources,
+            min_entropy,
+            stats,
+        } => ("entropy", entropy(bytes, sources, min_entropy, stats)),
         Command::Run { .. } => unreachable!("handled above"),
     };
     match result {
@@ -152,6 +175,50 @@ fn socks(listen: &str, user: Option<String>, config: Option<&Path>) -> CmdResult
     eprintln!("qnet socks listening on {addr}");
     engine.run(|_| false)?;
     Ok(())
+}
+
+fn entropy(bytes: u64, sources: Vec<PathBuf>, min_entropy: f64, stats: bool) -> CmdResult {
+    use qnet::entropy::{EntropyConfig, EntropySource};
+    if !sources.is_empty() {
+        qnet::entropy::configure(&EntropyConfig {
+            sources: sources
+                .into_iter()
+                .map(|path| EntropySource { path, min_entropy })
+                .collect(),
+        })?;
+        // Give the collector its first round, so the sources are in the output (or their
+        // rejection on stderr) before the bytes are written. A FIFO without a writer
+        // just delays this; the OS source serves meanwhile.
+        if !qnet::entropy::settle(std::time::Duration::from_secs(5)) {
+            eprintln!("qnet entropy: sources not read within 5 s; continuing without them");
+        }
+    }
+    let result = write_random(bytes);
+    if stats {
+        eprintln!("{}", qnet::entropy::stats());
+    }
+    result
+}
+
+fn write_random(mut left: u64) -> CmdResult {
+    let mut out = io::stdout().lock();
+    let mut buf = vec![0u8; 64 * 1024];
+    while left > 0 {
+        let n = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        qnet::entropy::fill(&mut buf[..n])?;
+        match out.write_all(&buf[..n]) {
+            Ok(()) => {}
+            // The reader has had enough (`| head -c`, rngtest stopping): not an error.
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        left -= n as u64;
+    }
+    buf.fill(0);
+    match out.flush() {
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        r => Ok(r?),
+    }
 }
 
 /// Where libqnet.so is: `QNET_LIB`, else beside this binary, else `../lib/` of its prefix.

@@ -583,8 +583,9 @@ pub unsafe extern "C" fn qnet_stats(out: *mut QnetStats) -> QnetResult {
     })
 }
 
-/// Fill `buf` with `len` random bytes from the operating system's generator (the
-/// health-tested entropy ring replaces it in a later version). Works before `qnet_init`.
+/// Fill `buf` with `len` random bytes from qnet's entropy ring (health-tested sources,
+/// per-thread ChaCha20, safe across fork). Works before `qnet_init`. `QNET_ERR_IO` if
+/// the OS random source has failed, after which no call produces bytes.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn qnet_entropy(buf: *mut c_void, len: usize) -> QnetResult {
     boundary("qnet_entropy", || {
@@ -596,9 +597,9 @@ pub unsafe extern "C" fn qnet_entropy(buf: *mut c_void, len: usize) -> QnetResul
         }
         // SAFETY: the caller's buffer of `len` writable bytes.
         let b = unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) };
-        match getrandom::fill(b) {
+        match crate::entropy::fill(b) {
             Ok(()) => QnetResult::QNET_OK,
-            Err(e) => fail(QnetResult::QNET_ERR_IO, format!("getrandom: {e}")),
+            Err(e) => fail(QnetResult::QNET_ERR_IO, e.to_string()),
         }
     })
 }
