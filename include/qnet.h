@@ -171,10 +171,11 @@ qnet_result qnet_last_result(void);
 // message needs including its NUL. Thread-local.
 size_t qnet_last_error(char *buf, size_t len);
 
-// Ask for a timing profile ("performance", "default", "high-security") on a qnet
-// connection. Returns `QNET_ERR_UNSUPPORTED` in this build (the timing scheduler is not
-// there yet), `QNET_ERR_INVALID` for another name, `QNET_ERR_NOT_TUNNELED` for an fd
-// that is not a qnet connection, `QNET_ERR_NULL`. Thread-safe.
+// Switch a qnet connection's timing profile ("performance", "default", "high-security")
+// for the bytes the program sends from now on (the relay's side keeps the profile asked
+// for at connect time: set `[timing]` rules or `QNET_PROFILE` to choose both). Returns
+// `QNET_ERR_INVALID` for another name, `QNET_ERR_NOT_TUNNELED` for an fd that is not a
+// qnet connection, `QNET_ERR_NULL`. Thread-safe.
 qnet_result qnet_set_profile(int fd, const char *profile);
 
 // Fill `out` with the counters of the qnet connection `fd`. `out->size` must be at least

@@ -63,6 +63,10 @@ use thiserror::Error;
 use toml::Value;
 
 use crate::keys::PublicKey;
+use crate::sched::Profile;
+
+mod timing;
+pub use timing::{TimingConfig, TimingMatch, TimingRule, parse_profile};
 
 /// The system-wide config file, read when neither `QNET_CONFIG` nor the user's file exists.
 pub const SYSTEM_CONFIG_PATH: &str = "/etc/qnet/qnet.toml";
@@ -180,6 +184,10 @@ pub struct ServerConfig {
     pub exit_allow: Vec<String>,
     /// Exit through this SOCKS5 proxy instead of dialling destinations directly.
     pub upstream: Option<Upstream>,
+    /// The downstream timing profile for streams whose OPEN asks for none (profile 0).
+    pub profile: Option<Profile>,
+    /// Profiles a client may ask for; others get `profile`. Empty: all.
+    pub allow_profiles: Vec<Profile>,
 }
 
 /// A validated configuration.
@@ -203,6 +211,8 @@ pub struct Config {
     pub intercept: InterceptConfig,
     /// Extra entropy sources, from the `[entropy]` table.
     pub entropy: EntropyConfig,
+    /// Timing profiles per destination, from the `[timing]` table.
+    pub timing: TimingConfig,
 }
 
 /// Extra inputs of the entropy ring, from the `[entropy]` table.
@@ -453,6 +463,14 @@ struct RawConfig {
     server: Option<RawServer>,
     intercept: Option<RawIntercept>,
     entropy: Option<RawEntropy>,
+    timing: Option<RawTiming>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a [timing] table")]
+struct RawTiming {
+    profile: Option<Value>,
+    rules: Option<Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -496,6 +514,8 @@ struct RawServer {
     exit_allow: Option<Value>,
     upstream: Option<Value>,
     isolate: Option<Value>,
+    profile: Option<Value>,
+    allow_profiles: Option<Value>,
 }
 
 /// Builds field errors for one config source.
@@ -548,6 +568,16 @@ impl Origin<'_> {
         check_path(&s)
             .map(|()| PathBuf::from(s))
             .map_err(|m| self.err(field, m))
+    }
+
+    fn array(&self, field: &str, value: Value) -> Result<Vec<Value>, ConfigError> {
+        match value {
+            Value::Array(a) => Ok(a),
+            other => Err(self.err(
+                field,
+                format!("expected an array, got {}", other.type_str()),
+            )),
+        }
     }
 
     fn boolean(&self, field: &str, value: Value) -> Result<bool, ConfigError> {
@@ -804,6 +834,23 @@ impl Config {
         if let Some(s) = raw.entropy {
             config.entropy = EntropyConfig::from_raw(s, o)?;
         }
+        if let Some(t) = raw.timing {
+            if let Some(v) = t.profile {
+                let p = o.string("timing.profile", v)?;
+                config.timing.profile =
+                    parse_profile(&p).map_err(|m| o.err("timing.profile", m))?;
+            }
+            if let Some(v) = t.rules {
+                for (i, item) in o.array("timing.rules", v)?.into_iter().enumerate() {
+                    let field = format!("timing.rules[{i}]");
+                    let r = o.string(&field, item)?;
+                    config
+                        .timing
+                        .rules
+                        .push(TimingRule::parse(&r).map_err(|m| o.err(&field, m))?);
+                }
+            }
+        }
         Ok(config)
     }
 
@@ -830,6 +877,11 @@ impl Config {
             self.log = v
                 .parse()
                 .map_err(|e: ParseLogLevelError| env_err("QNET_LOG", e.to_string()))?;
+        }
+        if let Some(v) = non_empty(&get, "QNET_PROFILE") {
+            // One profile for every flow of this process: the rules step aside.
+            self.timing.profile = parse_profile(&v).map_err(|m| env_err("QNET_PROFILE", m))?;
+            self.timing.rules.clear();
         }
         Ok(())
     }
@@ -1117,6 +1169,18 @@ impl ServerConfig {
                 Some(u) => u.isolate = b,
                 None if b => return Err(o.err("server.isolate", "needs server.upstream")),
                 None => {}
+            }
+        }
+        if let Some(v) = raw.profile {
+            let p = o.string("server.profile", v)?;
+            s.profile = Some(parse_profile(&p).map_err(|m| o.err("server.profile", m))?);
+        }
+        if let Some(v) = raw.allow_profiles {
+            for (i, item) in o.array("server.allow_profiles", v)?.into_iter().enumerate() {
+                let field = format!("server.allow_profiles[{i}]");
+                let p = o.string(&field, item)?;
+                s.allow_profiles
+                    .push(parse_profile(&p).map_err(|m| o.err(&field, m))?);
             }
         }
         Ok(s)

@@ -14,4 +14,5 @@ mod hooks;
 pub mod keys;
 pub mod proto;
 pub mod relay;
+pub mod sched;
 pub mod socks;

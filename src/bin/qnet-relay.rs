@@ -13,6 +13,7 @@ use qnet::engine::{log, session_config};
 use qnet::keys::{load_allow_list, load_private_key};
 use qnet::relay::policy::ExitPolicy;
 use qnet::relay::server::{ExitProxy, Relay, RelayConfig};
+use qnet::sched::Profile;
 
 /// The qnet relay: accepts authenticated sessions and exits to TCP destinations.
 #[derive(Debug, Parser)]
@@ -120,6 +121,8 @@ fn run(args: Args) -> Result<(), String> {
         session: session_config(&cfg.session),
         connect_timeout: Duration::from_secs(args.connect_timeout),
         upstream,
+        profile: cfg.server.profile.unwrap_or(Profile::Performance),
+        allow_profiles: cfg.server.allow_profiles.clone(),
     };
     let mut relay =
         Relay::bind(listen, relay_cfg).map_err(|e| format!("listen on {listen}: {e}"))?;

@@ -14,6 +14,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::fdtab::{self, ConnState};
 use super::pump::{Endpoint, PumpState, Sock};
+use super::shape::Shaper;
 use super::{Link, LinkRead, READ_CHUNK};
 use crate::keys::PrivateKey;
 use crate::proto::{Destination, Event, OsRandom, Role, Session, SessionConfig};
@@ -34,6 +35,8 @@ pub struct ClientConfig {
     pub session: SessionConfig,
     /// Reach the relay through this SOCKS5 proxy.
     pub upstream: Option<crate::config::Upstream>,
+    /// Which timing profile each flow gets.
+    pub timing: crate::config::TimingConfig,
 }
 
 impl ClientConfig {
@@ -57,6 +60,7 @@ impl ClientConfig {
             key,
             session: super::session_config(&cfg.session),
             upstream: cfg.upstream.clone(),
+            timing: cfg.timing.clone(),
         })
     }
 }
@@ -85,6 +89,10 @@ pub struct ClientStats {
     pub streams_ok: u64,
     /// Streams the relay refused or that failed with the session.
     pub streams_failed: u64,
+    /// Shaped streams the timing verifier (or the session) stopped.
+    pub shaping_failures: u64,
+    /// How late shaped departures were served.
+    pub lateness: super::wheel::Lateness,
 }
 
 struct Forward {
@@ -213,6 +221,8 @@ struct Commands {
 }
 
 const WAKE: Token = Token(1);
+/// The timerfd of shaped departures.
+const TIMER: Token = Token(2);
 
 const FIRST_LOCAL: usize = 1 << 20;
 /// Pump/flush rounds per wakeup before other sockets get a turn.
@@ -246,6 +256,12 @@ pub struct Client {
     max_wait: Duration,
     /// Counters of sessions that ended, so totals survive reconnects.
     closed: crate::proto::SessionStats,
+    /// Shaped flows' next departures (keys are stream ids).
+    wheel: super::wheel::Wheel,
+    /// Wakes the loop for the wheel's next deadline with nanosecond precision.
+    timer: super::TimerFd,
+    /// The deadline the timerfd is armed for.
+    timer_at: Option<u64>,
     /// Counters.
     pub stats: ClientStats,
 }
@@ -253,8 +269,15 @@ pub struct Client {
 impl Client {
     /// Create the loop (nothing is connected until [`Client::run`]).
     pub fn new(cfg: ClientConfig) -> io::Result<Client> {
+        let poll = Poll::new()?;
+        let timer = super::TimerFd::new()?;
+        poll.registry().register(
+            &mut mio::unix::SourceFd(&timer.as_raw_fd()),
+            TIMER,
+            Interest::READABLE,
+        )?;
         Ok(Client {
-            poll: Poll::new()?,
+            poll,
             cfg,
             link: None,
             link_token: Token(0),
@@ -273,6 +296,9 @@ impl Client {
             busy: false,
             max_wait: Duration::from_millis(100),
             closed: crate::proto::SessionStats::default(),
+            wheel: super::wheel::Wheel::new(),
+            timer,
+            timer_at: None,
             stats: ClientStats::default(),
         })
     }
@@ -568,8 +594,10 @@ impl Client {
     pub fn run(&mut self, mut stop: impl FnMut(&Client) -> bool) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         self.connect_relay(Instant::now());
+        super::lower_timer_slack();
         while !stop(self) {
             let now = Instant::now();
+            self.arm_timer(now);
             let mut deadline = self.retry_at;
             if let Some(l) = &self.link {
                 deadline = match (deadline, l.session.next_timeout()) {
@@ -597,6 +625,9 @@ impl Client {
                 let writable = ev.is_writable() || ev.is_error();
                 if t == WAKE {
                     self.take_commands();
+                } else if t == TIMER {
+                    self.timer.clear();
+                    self.timer_at = None;
                 } else if self.socks_listeners.contains_key(&t) {
                     self.socks_accept(t);
                 } else if self.handshakes.contains_key(&t) {
@@ -622,9 +653,49 @@ impl Client {
                     }
                 }
             }
+            self.expire_timers(now);
             self.service(now);
         }
         Ok(())
+    }
+
+    /// Point the timerfd at the wheel's earliest deadline.
+    fn arm_timer(&mut self, now: Instant) {
+        let next = self.wheel.next_deadline();
+        if next == self.timer_at {
+            return;
+        }
+        self.timer_at = next;
+        if let Some(d) = next {
+            let after = Duration::from_nanos(d.saturating_sub(super::shape::now_ns(now)));
+            if self.timer.arm(after).is_err() {
+                // Without the timer, poll every tick rather than miss departures.
+                self.busy = true;
+            }
+        }
+    }
+
+    /// Count how late the due departures are served; the pump that follows sends them.
+    fn expire_timers(&mut self, now: Instant) {
+        if self.wheel.is_empty() {
+            return;
+        }
+        let t = super::shape::now_ns(now);
+        let mut due = Vec::new();
+        self.wheel.expire(t, &mut due);
+        for (stream, deadline) in due {
+            let Some(sh) = self
+                .flows
+                .get_mut(&(stream as u32))
+                .and_then(|f| f.ep.shaper.as_mut())
+            else {
+                continue;
+            };
+            if sh.armed == Some(deadline) {
+                sh.armed = None;
+                self.stats.lateness.record(t - deadline);
+            }
+        }
     }
 
     fn accept(&mut self, t: Token) {
@@ -751,16 +822,46 @@ impl Client {
                 first,
             }) = self.waiting.pop_front()
             {
-                match l.session.open(now, dest.clone(), 0, &first) {
+                let profile = match &dest {
+                    Destination::Addr(a) => {
+                        self.cfg.timing.profile_for(Some(a.ip()), None, a.port())
+                    }
+                    Destination::Name(n, port) => self.cfg.timing.profile_for(None, Some(n), *port),
+                };
+                let shaper = match Shaper::new(profile, crate::sched::Direction::Up, now) {
+                    Ok(s) => s.map(Box::new),
+                    Err(e) => {
+                        // No randomness for the schedule: fail closed rather than send unshaped.
+                        qlog!(Error, "cannot shape a stream to {dest}: {e}");
+                        self.stats.streams_failed += 1;
+                        if let Some(app) = app {
+                            app.finish(Err(Failure::Errno(libc::EIO)));
+                        }
+                        continue;
+                    }
+                };
+                // The first bytes ride in OPEN unshaped only when the flow is not shaped.
+                let (eager, held) = if shaper.is_some() {
+                    (&[][..], &first[..])
+                } else {
+                    (&first[..], &[][..])
+                };
+                match l.session.open(now, dest.clone(), profile.wire(), eager) {
                     Ok((id, taken)) => {
-                        if taken < first.len() {
+                        if taken < eager.len() {
                             // Allowed before OPEN_RESULT; small pipelined data always fits.
-                            let _ = l.session.write(now, id, &first[taken..]);
+                            let _ = l.session.write(now, id, &eager[taken..]);
                         }
                         self.next_token += 1;
                         let t = Token(self.next_token);
                         let mut ep = Endpoint::new(sock, t, id);
                         ep.counters = app.as_ref().map(|a| a.counters.clone());
+                        ep.shaper = shaper;
+                        if let Some(sh) = ep.shaper.as_mut() {
+                            if !held.is_empty() {
+                                sh.push(now, held);
+                            }
+                        }
                         if ep.sock.register(self.poll.registry(), t).is_ok() {
                             self.by_token.insert(t, id);
                             self.flows.insert(
@@ -813,6 +914,24 @@ impl Client {
                         continue;
                     }
                 }
+                if let Some(want) =
+                    f.ep.counters
+                        .as_ref()
+                        .map(|c| c.profile.swap(0, std::sync::atomic::Ordering::Relaxed))
+                        .and_then(crate::sched::Profile::from_wire)
+                {
+                    // qnet_set_profile: the upstream schedule changes from here on.
+                    let old = f.ep.shaper.take();
+                    match Shaper::switch(old, want, crate::sched::Direction::Up, now) {
+                        Ok(sh) => f.ep.shaper = sh,
+                        Err(e) => {
+                            qlog!(Error, "cannot reshape the stream to {}: {e}", f.dest);
+                            let _ = l.session.reset(now, id, 1);
+                            finished.push(id);
+                            continue;
+                        }
+                    }
+                }
                 let room = l.has_room();
                 let r =
                     f.ep.pump_down(now, &mut l.session)
@@ -824,12 +943,28 @@ impl Client {
                         c.frames_received.store(i, Relaxed);
                     }
                 }
+                if let Some(sh) = f.ep.shaper.as_mut() {
+                    if let Some(d) = sh.next_timer(now, &l.session, id) {
+                        if sh.armed.is_none_or(|a| d < a) {
+                            self.wheel.insert(d, u64::from(id));
+                            sh.armed = Some(d);
+                        }
+                    }
+                }
                 if r.is_err() {
+                    if f.ep.shaper.is_some() {
+                        self.stats.shaping_failures += 1;
+                        qlog!(Warn, "shaped stream to {} failed closed: {:?}", f.dest, r);
+                    }
                     let _ = l.session.reset(now, id, 1);
                     finished.push(id);
                 } else if f.ep.state() == PumpState::Done {
                     finished.push(id);
-                } else if f.ep.readable && !f.ep.read_eof && l.session.stream_send_capacity(id) > 0
+                } else if f.ep.readable
+                    && !f.ep.read_eof
+                    && l.session.stream_send_capacity(id) > 0
+                    // A full shaper waits for its schedule, not for another round.
+                    && f.ep.shaper.as_ref().is_none_or(|sh| sh.room() > 0)
                 {
                     stalled = true;
                 }
@@ -860,6 +995,7 @@ impl Client {
     /// Register the poller's and wake pipe's fds as the engine's own (preload library).
     pub fn mark_internal_fds(&self) {
         fdtab::mark_internal(self.poll.as_raw_fd());
+        fdtab::mark_internal(self.timer.as_raw_fd());
         if let Some(c) = &self.commands {
             fdtab::mark_internal(c.wake.as_raw_fd());
         }

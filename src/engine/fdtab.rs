@@ -78,6 +78,9 @@ pub struct FlowCounters {
     pub frames_received: std::sync::atomic::AtomicU64,
     /// The stream id in the session (0 before it opens).
     pub stream: std::sync::atomic::AtomicU32,
+    /// A timing profile `qnet_set_profile` asked for and the engine has not applied yet
+    /// (its wire number; 0: none).
+    pub profile: AtomicU8,
 }
 
 /// What we remember about a tunneled fd.

@@ -12,9 +12,11 @@ pub mod fdtab;
 pub mod log;
 pub mod pump;
 pub mod resolve;
+pub mod shape;
 mod sys;
+pub mod wheel;
 
-pub use sys::raise_fd_limit;
+pub use sys::{TimerFd, lower_timer_slack, raise_fd_limit};
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::time::Instant;

@@ -94,6 +94,10 @@ pub struct Endpoint {
     /// Byte counts for the app (`qnet_flow_stats`), updated as each write happens, before
     /// the end of the stream is passed on, so an app that saw EOF sees every byte counted.
     pub counters: Option<std::sync::Arc<super::fdtab::FlowCounters>>,
+    /// The timing scheduler holding this stream's outgoing bytes (`None`: sent at once).
+    pub shaper: Option<Box<super::shape::Shaper>>,
+    /// The local side's EOF is still held by the shaper: finish the stream once it drains.
+    fin_pending: bool,
 }
 
 /// What a pump step concluded about the stream.
@@ -117,6 +121,8 @@ impl Endpoint {
             read_eof: false,
             write_shut: false,
             counters: None,
+            shaper: None,
+            fin_pending: false,
         }
     }
 
@@ -167,6 +173,9 @@ impl Endpoint {
         room: bool,
         buf: &mut [u8],
     ) -> io::Result<()> {
+        if self.shaper.is_some() {
+            return self.pump_up_shaped(now, session, buf);
+        }
         if !room {
             return Ok(());
         }
@@ -208,9 +217,57 @@ impl Endpoint {
         Ok(())
     }
 
-    /// Both directions have ended.
+    /// Local → shaper → session: read what the shaper has room for, then send whatever
+    /// its schedule says is due. The link's high-water mark is not consulted: the schedule
+    /// and the stream's credit bound what one flow adds to the session's output.
+    fn pump_up_shaped(
+        &mut self,
+        now: Instant,
+        session: &mut Session,
+        buf: &mut [u8],
+    ) -> io::Result<()> {
+        let Some(sh) = self.shaper.as_mut() else {
+            return Ok(());
+        };
+        while self.readable && !self.read_eof {
+            let cap = sh.room().min(buf.len()).min(READ_CHUNK);
+            if cap == 0 {
+                break;
+            }
+            match self.sock.read(&mut buf[..cap]) {
+                Ok(0) => {
+                    self.read_eof = true;
+                    self.fin_pending = true;
+                    sh.close(now);
+                }
+                Ok(n) => sh.push(now, &buf[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => self.readable = false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let sent = sh
+            .drain(now, session, self.stream)
+            .map_err(io::Error::other)?;
+        if let Some(c) = &self.counters {
+            c.bytes_sent
+                .fetch_add(sent as u64, std::sync::atomic::Ordering::Release);
+        }
+        if self.fin_pending && sh.queued() == 0 {
+            // The data is out; padding cells may still follow on stream 0.
+            self.fin_pending = false;
+            match session.finish(now, self.stream) {
+                Ok(()) | Err(StreamError::UnknownStream) | Err(StreamError::Finished) => {}
+                Err(e) => return Err(io::Error::other(e.to_string())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Both directions have ended (and a shaper's padding tail is done).
     pub fn state(&self) -> PumpState {
-        if self.read_eof && self.write_shut {
+        let shaper_done = self.shaper.as_ref().is_none_or(|s| s.is_finished());
+        if self.read_eof && self.write_shut && !self.fin_pending && shaper_done {
             PumpState::Done
         } else {
             PumpState::Open

@@ -462,10 +462,11 @@ pub unsafe extern "C" fn qnet_last_error(buf: *mut c_char, len: usize) -> usize 
     .unwrap_or(0)
 }
 
-/// Ask for a timing profile ("performance", "default", "high-security") on a qnet
-/// connection. Returns `QNET_ERR_UNSUPPORTED` in this build (the timing scheduler is not
-/// there yet), `QNET_ERR_INVALID` for another name, `QNET_ERR_NOT_TUNNELED` for an fd
-/// that is not a qnet connection, `QNET_ERR_NULL`. Thread-safe.
+/// Switch a qnet connection's timing profile ("performance", "default", "high-security")
+/// for the bytes the program sends from now on (the relay's side keeps the profile asked
+/// for at connect time: set `[timing]` rules or `QNET_PROFILE` to choose both). Returns
+/// `QNET_ERR_INVALID` for another name, `QNET_ERR_NOT_TUNNELED` for an fd that is not a
+/// qnet connection, `QNET_ERR_NULL`. Thread-safe.
 #[unsafe(no_mangle)]
 pub extern "C" fn qnet_set_profile(fd: c_int, profile: *const c_char) -> QnetResult {
     boundary("qnet_set_profile", || {
@@ -476,22 +477,21 @@ pub extern "C" fn qnet_set_profile(fd: c_int, profile: *const c_char) -> QnetRes
             Ok(p) => p,
             Err(e) => return e,
         };
-        if !matches!(p, "performance" | "default" | "high-security") {
+        let Some(profile) = crate::sched::Profile::parse(p) else {
             return fail(
                 QnetResult::QNET_ERR_INVALID,
                 format!("unknown profile {p:?}"),
             );
-        }
-        if app::flow_counters(fd).is_none() {
+        };
+        let Some(counters) = app::flow_counters(fd) else {
             return fail(
                 QnetResult::QNET_ERR_NOT_TUNNELED,
                 format!("fd {fd} is not a qnet connection"),
             );
-        }
-        fail(
-            QnetResult::QNET_ERR_UNSUPPORTED,
-            "timing profiles need the timing scheduler, which this build does not have yet",
-        )
+        };
+        // The engine applies it to the bytes the app sends from now on.
+        counters.profile.store(profile.wire(), Ordering::Relaxed);
+        QnetResult::QNET_OK
     })
 }
 

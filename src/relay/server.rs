@@ -15,16 +15,22 @@ use parking_lot::RwLock;
 
 use super::policy::ExitPolicy;
 use crate::engine::pump::{Endpoint, PumpState, Sock};
+use crate::engine::shape::{Shaper, now_ns};
+use crate::engine::wheel::{Lateness, Wheel};
 use crate::engine::{Link, LinkRead, READ_CHUNK};
+use crate::engine::{TimerFd, lower_timer_slack};
 use crate::keys::{PrivateKey, PublicKey, load_allow_list};
 use crate::proto::{
     Destination, Event, OpenError, OsRandom, Role, Session, SessionConfig, SessionError,
 };
 use crate::qlog;
+use crate::sched::{Direction, Profile};
 use crate::socks::{ClientHandshake, ClientProgress, isolation_credentials};
 
 const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
+/// The timerfd of shaped departures.
+const TIMER: Token = Token(2);
 const RESOLVER_THREADS: usize = 4;
 /// Pump/flush rounds for one connection before other sockets get a turn.
 const MAX_ROUNDS: usize = 16;
@@ -46,6 +52,11 @@ pub struct RelayConfig {
     pub connect_timeout: Duration,
     /// Exit through this SOCKS5 proxy instead of dialling destinations directly.
     pub upstream: Option<ExitProxy>,
+    /// The downstream timing profile for streams whose OPEN asks for none (0) or for one
+    /// outside `allow_profiles`.
+    pub profile: Profile,
+    /// Profiles clients may ask for (empty: all).
+    pub allow_profiles: Vec<Profile>,
 }
 
 /// A SOCKS5 proxy the relay exits through (Tor's SocksPort, a corporate proxy).
@@ -77,6 +88,8 @@ enum UpState {
 struct Upstream {
     state: UpState,
     ep: Option<Endpoint>,
+    /// The downstream scheduler, handed to the endpoint once it connects.
+    shaper: Option<Box<Shaper>>,
     /// With an exit proxy: the destination to ask it for once the TCP connect is up.
     via_proxy: Option<Destination>,
 }
@@ -121,6 +134,14 @@ pub struct Relay {
     buf: Vec<u8>,
     /// Connections with work left after their last round: poll without sleeping.
     busy: HashSet<Token>,
+    /// Shaped streams' next departures, keyed `connection token << 32 | stream`.
+    wheel: Wheel,
+    timer: TimerFd,
+    timer_at: Option<u64>,
+    /// How late shaped departures were served.
+    pub lateness: Lateness,
+    /// Shaped streams the timing verifier (or the session) stopped.
+    pub shaping_failures: u64,
 }
 
 fn open_error(e: &io::Error) -> OpenError {
@@ -142,6 +163,12 @@ impl Relay {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let timer = TimerFd::new()?;
+        poll.registry().register(
+            &mut mio::unix::SourceFd(&std::os::fd::AsRawFd::as_raw_fd(&timer)),
+            TIMER,
+            Interest::READABLE,
+        )?;
         let (resolve_tx, resolve_rx) = crossbeam::channel::unbounded::<(Token, u32, String, u16)>();
         let (resolved_tx, resolved_rx) = crossbeam::channel::unbounded();
         // getaddrinfo blocks; a few threads keep slow names from stalling the event loop.
@@ -175,12 +202,17 @@ impl Relay {
             cfg,
             conns: HashMap::new(),
             owners: HashMap::new(),
-            next_token: 2,
+            next_token: 3,
             deadlines: BinaryHeap::new(),
             resolve_tx,
             resolved_rx,
             buf: vec![0u8; READ_CHUNK],
             busy: HashSet::new(),
+            wheel: Wheel::new(),
+            timer,
+            timer_at: None,
+            lateness: Lateness::default(),
+            shaping_failures: 0,
         })
     }
 
@@ -197,8 +229,10 @@ impl Relay {
     /// Serve until `stop` is set; `reload` set by SIGHUP re-reads the allow-list.
     pub fn run(&mut self, stop: &AtomicBool, reload: &AtomicBool) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
+        lower_timer_slack();
         while !stop.load(Ordering::Relaxed) {
             self.purge_stale_deadlines();
+            self.arm_timer();
             let timeout = self
                 .next_deadline()
                 .map(|t| t.saturating_duration_since(Instant::now()));
@@ -221,6 +255,10 @@ impl Relay {
                 match ev.token() {
                     LISTENER => self.accept(now)?,
                     WAKER => {}
+                    TIMER => {
+                        self.timer.clear();
+                        self.timer_at = None;
+                    }
                     t => self.socket_event(
                         now,
                         t,
@@ -240,8 +278,57 @@ impl Relay {
                 self.on_resolved(now, r);
             }
             self.run_timers(Instant::now());
+            self.expire_shaped(Instant::now());
         }
         Ok(())
+    }
+
+    /// Point the timerfd at the wheel's earliest deadline.
+    fn arm_timer(&mut self) {
+        let next = self.wheel.next_deadline();
+        if next == self.timer_at {
+            return;
+        }
+        self.timer_at = next;
+        if let Some(d) = next {
+            let after = Duration::from_nanos(d.saturating_sub(now_ns(Instant::now())));
+            // Should arming fail, the 1 s poll cap still serves the departures, late.
+            let _ = self.timer.arm(after);
+        }
+    }
+
+    /// Serve the shaped streams whose departures are due.
+    fn expire_shaped(&mut self, now: Instant) {
+        if self.wheel.is_empty() {
+            return;
+        }
+        let t = now_ns(now);
+        let mut due = Vec::new();
+        self.wheel.expire(t, &mut due);
+        let mut touched = HashSet::new();
+        for (key, deadline) in due {
+            let (c, s) = (Token((key >> 32) as usize), key as u32);
+            let Some(conn) = self.conns.get_mut(&c) else {
+                continue;
+            };
+            let Some(sh) = conn
+                .ups
+                .get_mut(&s)
+                .and_then(|u| u.ep.as_mut())
+                .and_then(|ep| ep.shaper.as_mut())
+            else {
+                continue;
+            };
+            if sh.armed == Some(deadline) {
+                sh.armed = None;
+                self.lateness.record(t - deadline);
+                conn.dirty.insert(s);
+                touched.insert(c);
+            }
+        }
+        for c in touched {
+            self.service(now, c);
+        }
     }
 
     fn reload_clients(&mut self) {
@@ -431,6 +518,7 @@ impl Relay {
                     }
                     None => {
                         up.state = UpState::Connected;
+                        ep.shaper = up.shaper.take();
                         conn.dirty.insert(s);
                         let _ = conn.link.session.open_result(now, s, Ok(()));
                         return;
@@ -496,6 +584,9 @@ impl Relay {
             None => {
                 if let Some(up) = conn.ups.get_mut(&s) {
                     up.state = UpState::Connected;
+                    if let Some(ep) = up.ep.as_mut() {
+                        ep.shaper = up.shaper.take();
+                    }
                 }
                 conn.dirty.insert(s);
                 let _ = conn.link.session.open_result(now, s, Ok(()));
@@ -566,7 +657,24 @@ impl Relay {
         }
     }
 
-    fn on_open(&mut self, now: Instant, c: Token, s: u32, dest: Destination) {
+    fn on_open(&mut self, now: Instant, c: Token, s: u32, dest: Destination, asked: u8) {
+        // The client's wish for the downstream, within what this relay allows.
+        let profile = Profile::from_wire(asked)
+            .filter(|p| self.cfg.allow_profiles.is_empty() || self.cfg.allow_profiles.contains(p))
+            .unwrap_or(self.cfg.profile);
+        let shaper = match Shaper::new(profile, Direction::Down, now) {
+            Ok(sh) => sh.map(Box::new),
+            Err(e) => {
+                qlog!(Error, "cannot shape stream {s}: {e}");
+                if let Some(conn) = self.conns.get_mut(&c) {
+                    let _ = conn
+                        .link
+                        .session
+                        .open_result(now, s, Err(OpenError::Failure));
+                }
+                return;
+            }
+        };
         let Some(conn) = self.conns.get_mut(&c) else {
             return;
         };
@@ -575,6 +683,7 @@ impl Relay {
             Upstream {
                 state: UpState::Resolving,
                 ep: None,
+                shaper,
                 via_proxy: None,
             },
         );
@@ -660,9 +769,13 @@ impl Relay {
                 Event::Connected { peer } => {
                     qlog!(Info, "client {} authenticated", PublicKey(peer).to_base64());
                 }
-                Event::Opened { stream, dest, .. } => {
+                Event::Opened {
+                    stream,
+                    dest,
+                    profile,
+                } => {
                     qlog!(Debug, "stream {stream} to {dest}");
-                    self.on_open(now, c, stream, dest);
+                    self.on_open(now, c, stream, dest, profile);
                 }
                 Event::Reset { stream, .. } => self.drop_up(c, stream),
                 Event::Readable { stream } | Event::Writable { stream } => {
@@ -725,6 +838,18 @@ impl Relay {
             let r = ep
                 .pump_down(now, &mut conn.link.session)
                 .and_then(|_| ep.pump_up(now, &mut conn.link.session, room, &mut self.buf));
+            if let Some(sh) = ep.shaper.as_mut() {
+                if let Some(d) = sh.next_timer(now, &conn.link.session, s) {
+                    if sh.armed.is_none_or(|a| d < a) {
+                        self.wheel.insert(d, (c.0 as u64) << 32 | u64::from(s));
+                        sh.armed = Some(d);
+                    }
+                }
+                if let Err(e) = &r {
+                    self.shaping_failures += 1;
+                    qlog!(Warn, "shaped stream {s} failed closed: {e}");
+                }
+            }
             if r.is_err() {
                 dead.push(s);
             } else if ep.state() == PumpState::Done {

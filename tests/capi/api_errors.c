@@ -513,13 +513,29 @@ static void live(const char *host, int port, const char *forbidden, const char *
     EXPECT(qnet_flow_stats(fd, &fs), QNET_ERR_BUFFER_TOO_SMALL);
     EXPECT(qnet_flow_stats(fd, NULL), QNET_ERR_NULL);
 
-    /* Profiles: no timing scheduler yet (UNSUPPORTED) or accepted (OK, once it exists). */
-    EXPECT2(qnet_set_profile(fd, "default"), QNET_ERR_UNSUPPORTED, QNET_OK);
-    EXPECT2(qnet_set_profile(fd, "performance"), QNET_ERR_UNSUPPORTED, QNET_OK);
-    EXPECT2(qnet_set_profile(fd, "high-security"), QNET_ERR_UNSUPPORTED, QNET_OK);
+    /* Profiles: accepted on a qnet fd; other names and NULL refused. */
+    EXPECT(qnet_set_profile(fd, "default"), QNET_OK);
+    EXPECT(qnet_set_profile(fd, "performance"), QNET_OK);
+    EXPECT(qnet_set_profile(fd, "high-security"), QNET_OK);
     EXPECT(qnet_set_profile(fd, "no-such-profile"), QNET_ERR_INVALID);
     EXPECT(qnet_set_profile(fd, ""), QNET_ERR_INVALID);
     EXPECT(qnet_set_profile(fd, NULL), QNET_ERR_NULL);
+
+    /* A connection switched to each shaping profile before its request still gets the
+       whole response (the request leaves under the new schedule). */
+    const char *shaped[] = {"high-security", "default"};
+    for (size_t i = 0; i < 2; i++) {
+        int sfd = qnet_connect(host, (uint16_t)port, 10000);
+        CHECK(sfd >= 0, "qnet_connect for %s = %d", shaped[i], sfd);
+        if (sfd < 0)
+            continue;
+        EXPECT(qnet_set_profile(sfd, shaped[i]), QNET_OK);
+        size_t sgot = 0;
+        int srr = read_response(sfd, &sgot);
+        CHECK(srr == 0 && sgot == got, "HTTP exchange under %s: %zu bytes (want %zu)", shaped[i],
+              sgot, got);
+        close(sfd);
+    }
 
     struct qnet_stats st;
     memset(&st, 0, sizeof st);
