@@ -146,8 +146,7 @@ fn forward(listen: &str, to: &str, config: Option<&Path>) -> CmdResult {
     let mut engine = qnet::engine::client::Client::new(client)?;
     let addr = engine.forward(listen, dest)?;
     eprintln!("qnet forward listening on {addr}, to {to}");
-    engine.run(|_| false)?;
-    Ok(())
+    run_until_signalled(&mut engine, "forward")
 }
 
 fn socks(listen: &str, user: Option<String>, config: Option<&Path>) -> CmdResult {
@@ -173,7 +172,24 @@ fn socks(listen: &str, user: Option<String>, config: Option<&Path>) -> CmdResult
     let mut engine = qnet::engine::client::Client::new(client)?;
     let addr = engine.socks(listen, auth)?;
     eprintln!("qnet socks listening on {addr}");
-    engine.run(|_| false)?;
+    run_until_signalled(&mut engine, "socks")
+}
+
+/// Serve until SIGTERM or SIGINT, then say how the shaped departures fared.
+fn run_until_signalled(engine: &mut qnet::engine::client::Client, what: &str) -> CmdResult {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, stop.clone()).map_err(|e| e.to_string())?;
+    }
+    engine.run(|_| stop.load(std::sync::atomic::Ordering::Relaxed))?;
+    let st = &engine.stats;
+    if st.lateness.buckets.iter().any(|&n| n > 0) || st.shaping_failures > 0 {
+        eprintln!(
+            "qnet {what}: shaped departures late by {}; {} shaped streams failed closed",
+            st.lateness.summary(),
+            st.shaping_failures
+        );
+    }
     Ok(())
 }
 
