@@ -81,7 +81,9 @@ impl Generator {
 
     /// Generate the next buffer: the old key is used once and overwritten.
     pub(crate) fn refill(&mut self) {
-        self.buf.fill(0);
+        // Served bytes are zero already; only an unserved tail (after a draw that did not
+        // fit) is not, and it is discarded.
+        self.buf[self.pos..].fill(0);
         // A key is used for one buffer only, so the all-zero nonce never repeats under it.
         let mut c = ChaCha20::new(&self.key.into(), &[0u8; 12].into());
         c.apply_keystream(&mut self.buf);

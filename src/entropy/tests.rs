@@ -134,6 +134,21 @@ fn fork_epoch_discards_the_buffer() {
 }
 
 #[test]
+fn a_new_pid_reseeds_within_pid_check_every_refills() {
+    let sh = ring(getrandom_fill);
+    let mut l = Local::new(sh);
+    l.next_u64().unwrap();
+    // As after a clone() that ran no atfork handler.
+    l.pid = l.pid.wrapping_add(1);
+    for _ in 0..PID_CHECK_EVERY {
+        drain_buffer(&mut l);
+        l.next_u64().unwrap();
+    }
+    assert_eq!(sh.reseeds.load(Ordering::Relaxed), 2);
+    assert_eq!(l.pid, std::process::id());
+}
+
+#[test]
 fn stuck_os_source_fails_closed() {
     let sh = ring(|b| {
         b.fill(0);
