@@ -169,9 +169,4 @@ impl FrontSchedule {
         let t = self.scale_ns * (-2.0 * tail.ln()).sqrt();
         Some(self.t0.saturating_add(t as u64))
     }
-
-    /// Test hook (`Fault::OverBudget`): forget that a time was handed out.
-    pub(crate) fn refund(&mut self) {
-        self.remaining += 1;
-    }
 }

@@ -662,3 +662,35 @@ fn ten_thousand_flows_in_one_simulated_loop() {
     assert_eq!(got, expect);
     assert!(wakeups > 10_000);
 }
+
+#[test]
+fn adaptive_bursts_stay_within_the_budget() {
+    let p = Params {
+        padding_burst: 8,
+        ..test_params(Mode::Adaptive)
+    };
+    let mut grouped = 0;
+    for n in 0..100 {
+        let mut f = FlowSched::new(p, seed(n), 0);
+        f.on_close(0);
+        let mut times = Vec::new();
+        while let Some(t) = f.next_deadline() {
+            while let Some(d) = f.poll(t, 0).unwrap() {
+                assert_eq!(
+                    d,
+                    Departure::Padding {
+                        frame_len: p.padding_len
+                    }
+                );
+                times.push(t);
+            }
+        }
+        assert!(f.is_finished());
+        assert!(times.len() <= p.budget_max as usize);
+        grouped += times.windows(2).filter(|w| w[0] == w[1]).count();
+    }
+    assert!(
+        grouped > 1000,
+        "padding frames did not come in bursts ({grouped})"
+    );
+}

@@ -1,0 +1,984 @@
+//! How well does each timing mode resist flow correlation, and at what cost?
+//!
+//! A seeded generator makes user sessions (web-like, bulk and interactive flows); every
+//! flow goes through `qnet::sched::FlowSched` in simulation, upstream at the client and
+//! downstream at the relay. An entry observer sees each user's records (sizes and
+//! times only, every flow of the user multiplexed); an exit observer sees each flow's
+//! real packets between relay and destination, 20–80 ms away plus jitter. Correlators
+//! then try to match every exit flow to its user. Not modelled: TCP congestion
+//! control, flow-control credit (unlimited here), cross traffic at the relay.
+//!
+//! `cargo run --release --example eval_timing -- [--users N] [--seeds N] [--secs S]
+//! [--window-ms W] [--quick] [--check] [--rows a,b,…]` (see `scripts/eval-timing`).
+
+use std::collections::VecDeque;
+use std::process::ExitCode;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use qnet::sched::{
+    Departure, Direction, FRAME_HEADER, FlowSched, MS, Mode, Params, Profile, RECORD_OVERHEAD,
+    SEGMENT_FRAME,
+};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+
+/// TCP payload per packet on the exit side.
+const MSS: u32 = 1448;
+
+struct Opts {
+    users: usize,
+    seeds: u64,
+    secs: u64,
+    window_ms: u64,
+    max_lag: usize,
+    check: bool,
+    sweep: bool,
+    rows: Option<Vec<String>>,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: eval_timing [--users N] [--seeds N] [--secs S] [--window-ms W] [--max-lag L] [--quick] [--check] [--rows off,jitter,…]"
+    );
+    std::process::exit(2)
+}
+
+fn parse_opts() -> Opts {
+    let mut o = Opts {
+        users: 200,
+        seeds: 5,
+        secs: 40,
+        window_ms: 50,
+        max_lag: 4,
+        check: false,
+        sweep: false,
+        rows: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut num = || -> u64 {
+            args.next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| usage())
+        };
+        match a.as_str() {
+            "--users" => o.users = num() as usize,
+            "--seeds" => o.seeds = num(),
+            "--secs" => o.secs = num(),
+            "--window-ms" => o.window_ms = num(),
+            "--max-lag" => o.max_lag = num() as usize,
+            "--quick" => {
+                o.users = 60;
+                o.seeds = 2;
+                o.secs = 20;
+            }
+            "--check" => o.check = true,
+            "--sweep" => o.sweep = true,
+            "--rows" => {
+                let v = args.next().unwrap_or_else(|| usage());
+                o.rows = Some(v.split(',').map(str::to_owned).collect());
+            }
+            _ => usage(),
+        }
+    }
+    if o.users < 2 || o.seeds == 0 || o.secs == 0 || o.window_ms == 0 {
+        usage();
+    }
+    o
+}
+
+/// Rows whose name ends so run one scheduler per user session (all its flows in one
+/// FIFO) instead of one per flow.
+const PER_SESSION: &str = "(per session)";
+
+/// The configurations compared: each mode with representative parameters, then the profiles.
+fn rows(sweep: bool) -> Vec<(String, Params, Params)> {
+    let same = |name: &str, p: Params| (name.to_owned(), p, p);
+    let mut v = vec![
+        same("off", Params::OFF),
+        same("jitter", Params::OFF.with_mode(Mode::Jitter)),
+        same("topological", Params::OFF.with_mode(Mode::Topological)),
+        same(
+            "poisson",
+            Params {
+                poisson_mean_ns: 20 * MS,
+                hold_cap_ns: 200 * MS,
+                ..Params::OFF.with_mode(Mode::Poisson)
+            },
+        ),
+        // Tamaraw's published rates: outgoing every 40 ms, incoming every 12 ms, counts
+        // padded to multiples of 100; cells fill one TCP segment.
+        (
+            "constant".to_owned(),
+            Params {
+                interval_ns: 40 * MS,
+                cell: SEGMENT_FRAME,
+                pad_multiple: 100,
+                quiet_ns: 500 * MS,
+                hold_cap_ns: 2000 * MS,
+                ..Params::OFF.with_mode(Mode::Constant)
+            },
+            Params {
+                interval_ns: 12 * MS,
+                cell: SEGMENT_FRAME,
+                pad_multiple: 100,
+                quiet_ns: 500 * MS,
+                hold_cap_ns: 2000 * MS,
+                ..Params::OFF.with_mode(Mode::Constant)
+            },
+        ),
+        same("adaptive", Params::OFF.with_mode(Mode::Adaptive)),
+    ];
+    if sweep {
+        // Candidates the profiles were chosen from (docs/TIMING.md).
+        let ad = |budget: (u32, u32), win: (u64, u64)| Params {
+            budget_min: budget.0,
+            budget_max: budget.1,
+            window_min_ns: win.0 * MS,
+            window_max_ns: win.1 * MS,
+            ..Params::OFF.with_mode(Mode::Adaptive)
+        };
+        for (bu, bd, win, burst) in [
+            ((10, 60), (20, 120), (500, 3000), 1),
+            ((20, 100), (40, 200), (500, 3000), 1),
+            ((10, 60), (40, 200), (2000, 8000), 1),
+            ((20, 100), (40, 200), (500, 3000), 20),
+            ((20, 100), (40, 200), (1000, 5000), 40),
+            ((10, 60), (60, 300), (1000, 5000), 60),
+            ((10, 60), (40, 200), (500, 3000), 40),
+        ] {
+            for session in ["", PER_SESSION] {
+                let a = |b| Params {
+                    padding_burst: burst,
+                    ..ad(b, win)
+                };
+                v.push((
+                    format!(
+                        "adaptive up {}-{} down {}-{} w {}-{}ms burst {burst} {session}",
+                        bu.0, bu.1, bd.0, bd.1, win.0, win.1
+                    ),
+                    a(bu),
+                    a(bd),
+                ));
+            }
+        }
+        let cst = |iv: u64, cells: usize, quiet: u64, mult: u32| Params {
+            interval_ns: iv * MS,
+            cell: cells * SEGMENT_FRAME,
+            quiet_ns: quiet * MS,
+            pad_multiple: mult,
+            hold_cap_ns: 2000 * MS,
+            ..Params::OFF.with_mode(Mode::Constant)
+        };
+        for (up, down) in [
+            ((20, 1, 2000, 50), (5, 4, 2000, 50)),
+            ((20, 1, 5000, 100), (5, 4, 5000, 100)),
+            ((20, 1, 2000, 200), (4, 8, 2000, 200)),
+            ((10, 1, 3000, 100), (3, 8, 3000, 100)),
+        ] {
+            for session in ["", PER_SESSION] {
+                v.push((
+                    format!(
+                        "constant up {}ms×{} down {}ms×{} quiet {}ms ×{} {session}",
+                        up.0, up.1, down.0, down.1, up.2, up.3
+                    ),
+                    cst(up.0, up.1, up.2, up.3),
+                    cst(down.0, down.1, down.2, down.3),
+                ));
+            }
+        }
+    }
+    v.push((format!("constant {PER_SESSION}"), v[4].1, v[4].2));
+    for p in Profile::ALL {
+        v.push((
+            format!("profile:{}", p.name()),
+            p.params(Direction::Up),
+            p.params(Direction::Down),
+        ));
+    }
+    for p in [Profile::Default, Profile::HighSecurity] {
+        v.push((
+            format!("profile:{} {PER_SESSION}", p.name()),
+            p.params(Direction::Up),
+            p.params(Direction::Down),
+        ));
+    }
+    v
+}
+
+// ---------------------------------------------------------------- traffic
+
+fn unit(r: &mut ChaCha20Rng) -> f64 {
+    (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn between(r: &mut ChaCha20Rng, lo: f64, hi: f64) -> f64 {
+    lo + (hi - lo) * unit(r)
+}
+
+fn exp_ns(r: &mut ChaCha20Rng, mean_ns: f64) -> u64 {
+    (-mean_ns * (1.0 - unit(r)).ln()) as u64
+}
+
+fn lognormal(r: &mut ChaCha20Rng, median: f64, sigma: f64) -> f64 {
+    let z = (-2.0 * (1.0 - unit(r)).ln()).sqrt() * (2.0 * std::f64::consts::PI * unit(r)).cos();
+    median * (sigma * z).exp()
+}
+
+/// One flow as the application and the destination produce it.
+struct Flow {
+    user: usize,
+    start: u64,
+    /// Client writes (time at the client, bytes).
+    up: Vec<(u64, u32)>,
+    /// Destination packets (time at the exit, bytes).
+    down: Vec<(u64, u32)>,
+}
+
+/// Server packets for `size` bytes from `t` at `rate` bytes/s.
+fn transfer(out: &mut Vec<(u64, u32)>, t: u64, size: u64, rate: f64) -> u64 {
+    let mut left = size;
+    let mut at = t;
+    let gap = (f64::from(MSS) / rate * 1e9) as u64;
+    while left > 0 {
+        let n = left.min(u64::from(MSS)) as u32;
+        out.push((at, n));
+        left -= u64::from(n);
+        at += gap;
+    }
+    at
+}
+
+fn generate(seed: u64, users: usize, secs: u64, lat: &mut Vec<u64>) -> Vec<Flow> {
+    let mut r = ChaCha20Rng::seed_from_u64(seed);
+    let horizon = secs * 1000 * MS;
+    let mut flows = Vec::new();
+    for user in 0..users {
+        let l = (between(&mut r, 20.0, 80.0) * MS as f64) as u64;
+        lat.push(l);
+        let rtt = 2 * l;
+        let n = 3 + r.next_u32() % 6;
+        for _ in 0..n {
+            let start = (unit(&mut r) * 0.8 * horizon as f64) as u64;
+            let mut f = Flow {
+                user,
+                start,
+                up: Vec::new(),
+                down: Vec::new(),
+            };
+            let kind = unit(&mut r);
+            if kind < 0.6 {
+                // Web-like: a few request/response rounds separated by reading pauses.
+                let mut t = start;
+                for _ in 0..1 + r.next_u32() % 4 {
+                    f.up.push((t, 200 + r.next_u32() % 1300));
+                    let size = lognormal(&mut r, 50_000.0, 1.5).clamp(2_000.0, 2e6) as u64;
+                    let think = (between(&mut r, 20.0, 150.0) * MS as f64) as u64;
+                    let rate = between(&mut r, 1e6, 8e6);
+                    let end = transfer(&mut f.down, t + rtt / 2 + think, size, rate);
+                    t = end + rtt / 2 + (between(&mut r, 200.0, 3000.0) * MS as f64) as u64;
+                }
+            } else if kind < 0.75 {
+                // Bulk: one request, then a download (or an upload one time in five).
+                f.up.push((start, 300 + r.next_u32() % 500));
+                let size = between(&mut r, 1e6, 8e6) as u64;
+                let rate = between(&mut r, 1e6, 5e6);
+                if r.next_u32() % 5 == 0 {
+                    let mut t = start + rtt;
+                    let mut left = size;
+                    let gap = (16_384.0 / rate * 1e9) as u64;
+                    while left > 0 {
+                        let n = left.min(16_384) as u32;
+                        f.up.push((t, n));
+                        left -= u64::from(n);
+                        t += gap;
+                    }
+                } else {
+                    transfer(&mut f.down, start + rtt / 2 + 30 * MS, size, rate);
+                }
+            } else {
+                // Interactive: keystrokes echoed, now and then a burst of output.
+                let end = start + (between(&mut r, 5.0, 25.0) * 1000.0 * MS as f64) as u64;
+                let mut t = start;
+                while t < end {
+                    f.up.push((t, 1 + r.next_u32() % 50));
+                    f.down.push((t + rtt / 2 + MS, 1 + r.next_u32() % 200));
+                    if r.next_u32() % 10 == 0 {
+                        let size = between(&mut r, 1e3, 2e4) as u64;
+                        transfer(&mut f.down, t + rtt / 2 + 5 * MS, size, 2e6);
+                    }
+                    t += exp_ns(&mut r, 250.0 * MS as f64) + MS;
+                }
+            }
+            f.up.sort_unstable();
+            f.down.sort_unstable();
+            flows.push(f);
+        }
+    }
+    flows
+}
+
+// ---------------------------------------------------------------- simulation
+
+/// One record as it leaves the scheduler, with the flows its payload belongs to.
+struct Rec {
+    t: u64,
+    wire: u32,
+    /// (flow, bytes) of the payload, in queue order; empty for padding.
+    parts: Vec<(u32, u32)>,
+}
+
+fn flow_seed(seed: u64, flow: usize, dir: u8) -> [u8; 32] {
+    let mut s = [0u8; 32];
+    s[..8].copy_from_slice(&seed.to_le_bytes());
+    s[8..16].copy_from_slice(&(flow as u64).to_le_bytes());
+    s[16] = dir;
+    s[31] = 0x5c;
+    s
+}
+
+/// Runs tagged arrivals (time, bytes, flow) through one scheduler, credit unlimited:
+/// one flow's direction, or every flow of a session in one FIFO.
+fn schedule(
+    p: Params,
+    seed: [u8; 32],
+    created: u64,
+    arr: &[(u64, u32, u32)],
+    holds: &mut Vec<u32>,
+) -> Vec<Rec> {
+    let mut f = FlowSched::new(p, seed, created);
+    let mut out = Vec::new();
+    let mut q: VecDeque<(u64, u32, u32)> = VecDeque::new();
+    let mut i = 0;
+    let mut now = created;
+    let mut closed = false;
+    loop {
+        while i < arr.len() && arr[i].0 <= now {
+            f.on_data(arr[i].0.max(created), arr[i].1 as usize);
+            q.push_back(arr[i]);
+            i += 1;
+        }
+        if i == arr.len() && !closed {
+            f.on_close(now);
+            closed = true;
+        }
+        while let Some(d) = f.poll(now, usize::MAX).expect("scheduler violation") {
+            match d {
+                Departure::Data { bytes, frame_len } => {
+                    holds.push(((now - q[0].0) / 1000) as u32);
+                    let mut parts = Vec::with_capacity(1);
+                    let mut left = bytes as u32;
+                    while left > 0 {
+                        let n = left.min(q[0].1);
+                        parts.push((q[0].2, n));
+                        q[0].1 -= n;
+                        left -= n;
+                        if q[0].1 == 0 {
+                            q.pop_front();
+                        }
+                    }
+                    let frame = frame_len.max(FRAME_HEADER + bytes);
+                    out.push(Rec {
+                        t: now,
+                        wire: (frame + RECORD_OVERHEAD) as u32,
+                        parts,
+                    });
+                }
+                Departure::Padding { frame_len } => out.push(Rec {
+                    t: now,
+                    wire: (frame_len + RECORD_OVERHEAD) as u32,
+                    parts: Vec::new(),
+                }),
+            }
+        }
+        if f.is_finished() {
+            break;
+        }
+        let next = [arr.get(i).map(|a| a.0), f.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min();
+        match next {
+            Some(t) => now = t.max(now + 1),
+            None => break,
+        }
+    }
+    out
+}
+
+/// Per-window counts of one observation point, up and down.
+#[derive(Clone)]
+struct Series {
+    bytes: [Vec<f32>; 2],
+    pkts: [Vec<f32>; 2],
+}
+
+impl Series {
+    fn new(n: usize) -> Series {
+        Series {
+            bytes: [vec![0.0; n], vec![0.0; n]],
+            pkts: [vec![0.0; n], vec![0.0; n]],
+        }
+    }
+    /// `bytes` seen at `t`, as TCP segments of at most one MSS each.
+    fn add(&mut self, dir: usize, t: u64, bytes: u32, w: u64) {
+        let i = ((t / w) as usize).min(self.bytes[dir].len() - 1);
+        self.bytes[dir][i] += bytes as f32;
+        self.pkts[dir][i] += bytes.div_ceil(MSS) as f32;
+    }
+}
+
+/// A tiny deterministic jitter source per (flow, direction).
+fn jitter(r: &mut ChaCha20Rng) -> u64 {
+    r.next_u64() % (5 * MS)
+}
+
+struct RunOut {
+    /// [correlator] → (accuracy, auc, tpr@1e-2, tpr@1e-3)
+    attack: Vec<[f64; 4]>,
+    wire: [u64; 2],
+    real: [u64; 2],
+    holds: Vec<u32>,
+    fct: Vec<u64>,
+}
+
+const CORRELATORS: [&str; 4] = [
+    "pearson-bytes",
+    "pearson-pkts",
+    "spearman-bytes",
+    "ipd-cosine",
+];
+
+fn run(o: &Opts, seed: u64, up: Params, down: Params, session: bool) -> RunOut {
+    let mut lat = Vec::new();
+    let flows = generate(seed, o.users, o.secs, &mut lat);
+    let w = o.window_ms * MS;
+    let horizon = flows
+        .iter()
+        .flat_map(|f| f.up.iter().chain(&f.down))
+        .map(|a| a.0)
+        .max()
+        .unwrap_or(0)
+        + 5000 * MS;
+    let nw = (horizon / w) as usize + 1;
+    let mut entry = vec![Series::new(nw); o.users];
+    let mut entry_times: Vec<Vec<u64>> = vec![Vec::new(); o.users];
+    let mut span = Vec::with_capacity(flows.len());
+    let mut out = RunOut {
+        attack: Vec::new(),
+        wire: [0; 2],
+        real: [0; 2],
+        holds: Vec::new(),
+        fct: Vec::new(),
+    };
+    let mut jr = ChaCha20Rng::seed_from_u64(seed ^ 0x6a17);
+    let nf = flows.len();
+    let mut exit = vec![Series::new(nw); nf];
+    let mut exit_times: Vec<Vec<u64>> = vec![Vec::new(); nf];
+    let mut last_delivery: Vec<u64> = flows.iter().map(|f| f.start).collect();
+    let mut prev_exit = vec![0u64; nf];
+    // Which flows share one scheduler: each flow alone, or every flow of a user.
+    let groups: Vec<Vec<usize>> = if session {
+        let mut g = vec![Vec::new(); o.users];
+        for (fi, f) in flows.iter().enumerate() {
+            g[f.user].push(fi);
+        }
+        g.retain(|v| !v.is_empty());
+        g
+    } else {
+        (0..nf).map(|fi| vec![fi]).collect()
+    };
+    for g in &groups {
+        let user = flows[g[0]].user;
+        let l = lat[user];
+        let created = g.iter().map(|&fi| flows[fi].start).min().unwrap_or(0);
+        let tagged = |dir: usize| -> Vec<(u64, u32, u32)> {
+            let mut v: Vec<(u64, u32, u32)> = g
+                .iter()
+                .flat_map(|&fi| {
+                    let a = if dir == 0 {
+                        &flows[fi].up
+                    } else {
+                        &flows[fi].down
+                    };
+                    a.iter().map(move |&(t, n)| (t, n, fi as u32))
+                })
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        // Upstream: records leave the client (entry sees them at once); the relay writes
+        // their bytes to the destination after the path latency.
+        let recs = schedule(
+            up,
+            flow_seed(seed, g[0], 0),
+            created,
+            &tagged(0),
+            &mut out.holds,
+        );
+        for r in &recs {
+            out.wire[0] += u64::from(r.wire);
+            entry[user].add(0, r.t, r.wire, w);
+            entry_times[user].push(r.t);
+            for &(fi, n) in &r.parts {
+                let fi = fi as usize;
+                out.real[0] += u64::from(n);
+                let t = (r.t + l + jitter(&mut jr)).max(prev_exit[fi]);
+                prev_exit[fi] = t;
+                exit[fi].add(0, t, n, w);
+                for _ in 0..n.div_ceil(MSS) {
+                    exit_times[fi].push(t);
+                }
+                last_delivery[fi] = last_delivery[fi].max(t);
+            }
+        }
+        // Downstream: the exit sees the destination's packets; records leave the relay
+        // on the scheduler's time and reach the entry after the latency.
+        for &fi in g {
+            for &(t, n) in &flows[fi].down {
+                exit[fi].add(1, t, n, w);
+                exit_times[fi].push(t);
+            }
+        }
+        let recs = schedule(
+            down,
+            flow_seed(seed, g[0], 1),
+            created,
+            &tagged(1),
+            &mut out.holds,
+        );
+        let mut prev = 0;
+        for r in &recs {
+            out.wire[1] += u64::from(r.wire);
+            let t = (r.t + l + jitter(&mut jr)).max(prev);
+            prev = t;
+            entry[user].add(1, t, r.wire, w);
+            entry_times[user].push(t);
+            for &(fi, n) in &r.parts {
+                out.real[1] += u64::from(n);
+                let fi = fi as usize;
+                last_delivery[fi] = last_delivery[fi].max(t);
+            }
+        }
+    }
+    for (fi, f) in flows.iter().enumerate() {
+        out.fct.push(last_delivery[fi] - f.start);
+        let ex_times = &mut exit_times[fi];
+        ex_times.sort_unstable();
+        let first = (ex_times[0] / w) as usize;
+        let last = (ex_times[ex_times.len() - 1] / w) as usize;
+        span.push((first.saturating_sub(2), (last + 2).min(nw - 1)));
+        ex_times.truncate(301);
+    }
+    let exit_first = exit_times;
+    for t in &mut entry_times {
+        t.sort_unstable();
+    }
+
+    // Scores: [correlator][flow][user].
+    let nu = o.users;
+    let mut scores = vec![vec![0f32; flows.len() * nu]; CORRELATORS.len()];
+    let mut xs = Vec::new();
+    let mut ys = Vec::new();
+    for (fi, f) in flows.iter().enumerate() {
+        let (a, b) = span[fi];
+        let ipd_x = ipds(&exit_first[fi]);
+        for u in 0..nu {
+            let (pb, lag) = best_lag(&exit[fi].bytes, &entry[u].bytes, a, b, o.max_lag);
+            let (pp, _) = best_lag(&exit[fi].pkts, &entry[u].pkts, a, b, o.max_lag);
+            // Spearman at the lag Pearson found, per direction, averaged.
+            let mut sp = 0.0;
+            let mut nd = 0.0;
+            for d in 0..2 {
+                if lagged(
+                    &exit[fi].bytes[d],
+                    &entry[u].bytes[d],
+                    a,
+                    b,
+                    d,
+                    lag,
+                    &mut xs,
+                    &mut ys,
+                ) {
+                    sp += spearman(&xs, &ys);
+                    nd += 1.0;
+                }
+            }
+            let sp = if nd > 0.0 { sp / nd } else { 0.0 };
+            let t0 = exit_first[fi][0].saturating_sub(80 * MS);
+            let et = &entry_times[u];
+            let k = et.partition_point(|&t| t < t0);
+            let ipd_y = ipds(&et[k..(k + 301).min(et.len())]);
+            let cos = cosine(&ipd_x, &ipd_y);
+            let at = fi * nu + u;
+            scores[0][at] = pb as f32;
+            scores[1][at] = pp as f32;
+            scores[2][at] = sp as f32;
+            scores[3][at] = cos as f32;
+        }
+        let _ = f;
+    }
+    let owners: Vec<usize> = flows.iter().map(|f| f.user).collect();
+    out.attack = scores.iter().map(|s| evaluate(s, &owners, nu)).collect();
+    out
+}
+
+fn ipds(t: &[u64]) -> Vec<f64> {
+    t.windows(2).map(|w| (w[1] - w[0]) as f64 / 1e6).collect()
+}
+
+fn cosine(a: &[f64], b: &[f64]) -> f64 {
+    let n = a.len().max(b.len());
+    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
+    for i in 0..n {
+        let x = a.get(i).copied().unwrap_or(0.0);
+        let y = b.get(i).copied().unwrap_or(0.0);
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    if aa == 0.0 || bb == 0.0 {
+        0.0
+    } else {
+        ab / (aa * bb).sqrt()
+    }
+}
+
+/// Fills xs/ys with exit windows a..=b and the entry windows `lag` later (down) or
+/// earlier (up); false when the exit side has no variance there.
+#[allow(clippy::too_many_arguments)]
+fn lagged(
+    x: &[f32],
+    y: &[f32],
+    a: usize,
+    b: usize,
+    dir: usize,
+    lag: usize,
+    xs: &mut Vec<f32>,
+    ys: &mut Vec<f32>,
+) -> bool {
+    xs.clear();
+    ys.clear();
+    for (i, &xv) in x.iter().enumerate().take(b + 1).skip(a) {
+        let j = if dir == 0 {
+            i.checked_sub(lag)
+        } else {
+            Some(i + lag)
+        };
+        xs.push(xv);
+        ys.push(j.and_then(|j| y.get(j)).copied().unwrap_or(0.0));
+    }
+    let first = xs[0];
+    xs.iter().any(|&v| v != first)
+}
+
+fn pearson(x: &[f32], y: &[f32]) -> f64 {
+    let n = x.len() as f64;
+    let (mut sx, mut sy, mut sxx, mut syy, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for (&a, &b) in x.iter().zip(y) {
+        let (a, b) = (f64::from(a), f64::from(b));
+        sx += a;
+        sy += b;
+        sxx += a * a;
+        syy += b * b;
+        sxy += a * b;
+    }
+    let vx = sxx - sx * sx / n;
+    let vy = syy - sy * sy / n;
+    if vx <= 1e-9 || vy <= 1e-9 {
+        return 0.0;
+    }
+    (sxy - sx * sy / n) / (vx * vy).sqrt()
+}
+
+fn ranks(v: &[f32]) -> Vec<f32> {
+    let mut idx: Vec<usize> = (0..v.len()).collect();
+    idx.sort_unstable_by(|&a, &b| v[a].total_cmp(&v[b]));
+    let mut r = vec![0f32; v.len()];
+    let mut i = 0;
+    while i < idx.len() {
+        let mut j = i;
+        while j + 1 < idx.len() && v[idx[j + 1]] == v[idx[i]] {
+            j += 1;
+        }
+        let avg = (i + j) as f32 / 2.0;
+        for &k in &idx[i..=j] {
+            r[k] = avg;
+        }
+        i = j + 1;
+    }
+    r
+}
+
+fn spearman(x: &[f32], y: &[f32]) -> f64 {
+    pearson(&ranks(x), &ranks(y))
+}
+
+/// Mean over the directions the exit flow has traffic in of Pearson at one shared lag,
+/// maximised over lags 0..=max_lag windows; returns (score, lag).
+fn best_lag(
+    x: &[Vec<f32>; 2],
+    y: &[Vec<f32>; 2],
+    a: usize,
+    b: usize,
+    max_lag: usize,
+) -> (f64, usize) {
+    let mut best = (f64::NEG_INFINITY, 0);
+    let mut xs = Vec::new();
+    let mut ys = Vec::new();
+    for lag in 0..=max_lag {
+        let mut s = 0.0;
+        let mut n = 0.0;
+        for d in 0..2 {
+            if lagged(&x[d], &y[d], a, b, d, lag, &mut xs, &mut ys) {
+                s += pearson(&xs, &ys);
+                n += 1.0;
+            }
+        }
+        let s = if n > 0.0 { s / n } else { 0.0 };
+        if s > best.0 {
+            best = (s, lag);
+        }
+    }
+    best
+}
+
+/// Top-1 accuracy (ties share credit), ROC AUC (ties count half), TPR at FPR 1e-2, 1e-3.
+fn evaluate(s: &[f32], owners: &[usize], nu: usize) -> [f64; 4] {
+    let mut acc = 0.0;
+    let mut pos = Vec::new();
+    let mut neg = Vec::new();
+    for (fi, &owner) in owners.iter().enumerate() {
+        let row = &s[fi * nu..(fi + 1) * nu];
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        if row[owner] == max {
+            acc += 1.0 / row.iter().filter(|&&v| v == max).count() as f64;
+        }
+        for (u, &v) in row.iter().enumerate() {
+            if u == owner {
+                pos.push(v);
+            } else {
+                neg.push(v);
+            }
+        }
+    }
+    neg.sort_unstable_by(|a, b| b.total_cmp(a));
+    // AUC = P(pos > neg) + P(pos = neg) / 2, by binary search in the sorted negatives.
+    let mut auc = 0.0;
+    for &p in &pos {
+        let greater = neg.partition_point(|&n| n > p);
+        let ge = neg.partition_point(|&n| n >= p);
+        let below = neg.len() - ge;
+        auc += below as f64 + (ge - greater) as f64 / 2.0;
+    }
+    auc /= (pos.len() * neg.len()) as f64;
+    let tpr = |fpr: f64| {
+        let k = (fpr * neg.len() as f64).floor() as usize;
+        let thr = neg[k.min(neg.len() - 1)];
+        pos.iter().filter(|&&p| p > thr).count() as f64 / pos.len() as f64
+    };
+    [acc / owners.len() as f64, auc, tpr(1e-2), tpr(1e-3)]
+}
+
+// ---------------------------------------------------------------- report
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (m, var.sqrt())
+}
+
+fn ms(v: &[f64], scale: f64, prec: usize) -> String {
+    let (m, s) = mean_sd(v);
+    format!("{:.p$} ± {:.p$}", m * scale, s * scale, p = prec)
+}
+
+fn percentile(v: &mut [u32], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    let k = ((v.len() - 1) as f64 * q).round() as usize;
+    let (_, x, _) = v.select_nth_unstable(k);
+    f64::from(*x)
+}
+
+fn main() -> ExitCode {
+    let o = parse_opts();
+    let mut table = rows(o.sweep);
+    if let Some(want) = &o.rows {
+        table.retain(|r| want.iter().any(|w| w == &r.0));
+        if !table.iter().any(|r| r.0 == "off") {
+            table.insert(0, rows(false).remove(0));
+        }
+    }
+    eprintln!(
+        "eval_timing: {} users, {} seeds, {} s, {} ms windows, lags 0..={}, {} configurations",
+        o.users,
+        o.seeds,
+        o.secs,
+        o.window_ms,
+        o.max_lag,
+        table.len()
+    );
+    // Rows with the same parameters (a profile equal to a mode row) are simulated once.
+    let canon: Vec<usize> = (0..table.len())
+        .map(|r| {
+            (0..r)
+                .find(|&k| {
+                    table[k].1 == table[r].1
+                        && table[k].2 == table[r].2
+                        && table[k].0.ends_with(PER_SESSION) == table[r].0.ends_with(PER_SESSION)
+                })
+                .unwrap_or(r)
+        })
+        .collect();
+    let jobs: Vec<(usize, u64)> = (0..table.len())
+        .filter(|&r| canon[r] == r)
+        .flat_map(|r| (0..o.seeds).map(move |s| (r, s)))
+        .collect();
+    let results: Mutex<Vec<Option<RunOut>>> = Mutex::new((0..jobs.len()).map(|_| None).collect());
+    let next = AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(2));
+    let started = std::time::Instant::now();
+    std::thread::scope(|sc| {
+        for _ in 0..threads {
+            sc.spawn(|| {
+                loop {
+                    let j = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&(r, s)) = jobs.get(j) else { break };
+                    let (name, up, down) = &table[r];
+                    let out = run(&o, 1000 + s, *up, *down, name.ends_with(PER_SESSION));
+                    results.lock().unwrap_or_else(|e| e.into_inner())[j] = Some(out);
+                }
+            });
+        }
+    });
+    let results: Vec<RunOut> = results
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .into_iter()
+        .map(|r| r.expect("every job ran"))
+        .collect();
+    eprintln!(
+        "eval_timing: simulated in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let of = |r: usize| -> Vec<&RunOut> {
+        let r = canon[r];
+        jobs.iter()
+            .zip(&results)
+            .filter(|((jr, _), _)| *jr == r)
+            .map(|(_, out)| out)
+            .collect()
+    };
+    let off_row = table.iter().position(|r| r.0 == "off").expect("off row");
+    let chance = 1.0 / o.users as f64;
+
+    println!(
+        "Top-1 matching accuracy per correlator (chance {:.3}), mean ± sd over {} seeds:\n",
+        chance, o.seeds
+    );
+    println!("| configuration | {} |", CORRELATORS.join(" | "));
+    println!("|---|{}", "---|".repeat(CORRELATORS.len()));
+    let mut best_of = Vec::new();
+    for (ri, row) in table.iter().enumerate() {
+        let runs = of(ri);
+        let accs: Vec<Vec<f64>> = (0..CORRELATORS.len())
+            .map(|c| runs.iter().map(|r| r.attack[c][0]).collect())
+            .collect();
+        let best = (0..CORRELATORS.len())
+            .max_by(|&a, &b| mean_sd(&accs[a]).0.total_cmp(&mean_sd(&accs[b]).0))
+            .unwrap_or(0);
+        best_of.push(best);
+        let cells: Vec<String> = accs.iter().map(|a| ms(a, 1.0, 3)).collect();
+        println!("| {} | {} |", row.0, cells.join(" | "));
+    }
+
+    println!("\nThe strongest correlator per configuration, and the cost:\n");
+    println!(
+        "| configuration | correlator | top-1 acc | × chance | ROC AUC | TPR@FPR 1e-2 | TPR@FPR 1e-3 | overhead up | overhead down | overhead total | added latency p50 (ms) | p99 (ms) | FCT change (median) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut off_acc = 0.0;
+    for (ri, row) in table.iter().enumerate() {
+        let runs = of(ri);
+        let c = best_of[ri];
+        let get = |k: usize| -> Vec<f64> { runs.iter().map(|r| r.attack[c][k]).collect() };
+        let acc = get(0);
+        if ri == off_row {
+            off_acc = mean_sd(&acc).0;
+        }
+        let offs = of(off_row);
+        let over = |d: Option<usize>| -> Vec<f64> {
+            runs.iter()
+                .zip(&offs)
+                .map(|(r, b)| {
+                    let (w, bw) = match d {
+                        Some(d) => (r.wire[d], b.wire[d]),
+                        None => (r.wire[0] + r.wire[1], b.wire[0] + b.wire[1]),
+                    };
+                    w as f64 / bw as f64 - 1.0
+                })
+                .collect()
+        };
+        let mut p50 = Vec::new();
+        let mut p99 = Vec::new();
+        let mut fct = Vec::new();
+        for (r, b) in runs.iter().zip(&offs) {
+            let mut h = r.holds.clone();
+            p50.push(percentile(&mut h, 0.5) / 1000.0);
+            p99.push(percentile(&mut h, 0.99) / 1000.0);
+            let mut ch: Vec<f64> = r
+                .fct
+                .iter()
+                .zip(&b.fct)
+                .map(|(&m, &base)| m as f64 / base.max(1) as f64 - 1.0)
+                .collect();
+            ch.sort_unstable_by(f64::total_cmp);
+            fct.push(ch[ch.len() / 2]);
+        }
+        let (am, _) = mean_sd(&acc);
+        println!(
+            "| {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            row.0,
+            CORRELATORS[c],
+            ms(&acc, 1.0, 3),
+            am / chance,
+            ms(&get(1), 1.0, 3),
+            ms(&get(2), 1.0, 3),
+            ms(&get(3), 1.0, 3),
+            pct(&over(Some(0))),
+            pct(&over(Some(1))),
+            pct(&over(None)),
+            ms(&p50, 1.0, 2),
+            ms(&p99, 1.0, 2),
+            pct(&fct),
+        );
+    }
+    println!(
+        "\noverhead = wire bytes (records incl. padding) / wire bytes with off - 1; added latency = wait of each DATA frame's oldest byte in the scheduler; FCT = last byte delivered - flow start, per flow against off."
+    );
+    if o.check {
+        // The correlator must work: unshaped traffic has to be matched far above chance.
+        let need = (20.0 * chance).max(0.5);
+        if off_acc < need {
+            eprintln!(
+                "eval_timing: FAIL: off accuracy {off_acc:.3} < {need:.3}: the correlator does not work"
+            );
+            return ExitCode::FAILURE;
+        }
+        eprintln!("eval_timing: check ok: off accuracy {off_acc:.3} >= {need:.3}");
+    }
+    ExitCode::SUCCESS
+}
+
+fn pct(v: &[f64]) -> String {
+    let (m, s) = mean_sd(v);
+    format!("{:+.1} ± {:.1} %", m * 100.0, s * 100.0)
+}
