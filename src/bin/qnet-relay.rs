@@ -63,6 +63,7 @@ fn run(args: Args) -> Result<(), String> {
     }
     .map_err(|e| e.to_string())?;
     log::set_level(cfg.log);
+    qnet::entropy::configure(&cfg.entropy).map_err(|e| e.to_string())?;
     let listen = args
         .listen
         .or(cfg.server.listen.clone())

@@ -137,6 +137,7 @@ fn pubkey() -> CmdResult {
 
 fn forward(listen: &str, to: &str, config: Option<&Path>) -> CmdResult {
     let cfg = qnet::config::Config::load_from(config)?;
+    qnet::entropy::configure(&cfg.entropy)?;
     qnet::engine::log::set_level(cfg.log);
     let client = qnet::engine::client::ClientConfig::from_config(&cfg)?;
     let dest = qnet::engine::client::parse_destination(to)?;
@@ -151,6 +152,7 @@ fn forward(listen: &str, to: &str, config: Option<&Path>) -> CmdResult {
 
 fn socks(listen: &str, user: Option<String>, config: Option<&Path>) -> CmdResult {
     let cfg = qnet::config::Config::load_from(config)?;
+    qnet::entropy::configure(&cfg.entropy)?;
     qnet::engine::log::set_level(cfg.log);
     let client = qnet::engine::client::ClientConfig::from_config(&cfg)?;
     let listen: std::net::SocketAddr = listen

@@ -161,6 +161,7 @@ static ENGINE: Mutex<Option<Engine>> = Mutex::new(None);
 
 fn start_engine(cfg: &Config) -> Result<Engine, String> {
     let client_cfg = ClientConfig::from_config(cfg)?;
+    crate::entropy::configure(&cfg.entropy).map_err(|e| e.to_string())?;
     let mut client = Client::new(client_cfg).map_err(|e| format!("engine: {e}"))?;
     let (wake_tx, wake_rx) = mio::unix::pipe::new().map_err(|e| format!("engine: {e}"))?;
     let (tx, rx) = crossbeam::channel::unbounded();

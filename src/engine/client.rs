@@ -17,7 +17,7 @@ use super::pump::{Endpoint, PumpState, Sock};
 use super::shape::Shaper;
 use super::{Link, LinkRead, READ_CHUNK};
 use crate::keys::PrivateKey;
-use crate::proto::{Destination, Event, OsRandom, Role, Session, SessionConfig};
+use crate::proto::{Destination, Event, Role, Session, SessionConfig};
 use crate::qlog;
 use std::io::{Read as _, Write as _};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -508,7 +508,7 @@ impl Client {
                 relay_public: self.cfg.relay_key,
             },
             self.cfg.key.as_bytes(),
-            Box::new(OsRandom),
+            Box::new(crate::entropy::RingRandom),
         );
         let mut link = Link::new(sock, self.link_token, session);
         if let Some(u) = &self.cfg.upstream {

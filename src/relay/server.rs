@@ -20,9 +20,7 @@ use crate::engine::wheel::{Lateness, Wheel};
 use crate::engine::{Link, LinkRead, READ_CHUNK};
 use crate::engine::{TimerFd, lower_timer_slack};
 use crate::keys::{PrivateKey, PublicKey, load_allow_list};
-use crate::proto::{
-    Destination, Event, OpenError, OsRandom, Role, Session, SessionConfig, SessionError,
-};
+use crate::proto::{Destination, Event, OpenError, Role, Session, SessionConfig, SessionError};
 use crate::qlog;
 use crate::sched::{Direction, Profile};
 use crate::socks::{ClientHandshake, ClientProgress, isolation_credentials};
@@ -374,7 +372,7 @@ impl Relay {
                 self.cfg.session.clone(),
                 Role::Server { authorize },
                 self.cfg.key.as_bytes(),
-                Box::new(OsRandom),
+                Box::new(crate::entropy::RingRandom),
             );
             qlog!(Debug, "connection from {peer}");
             let proxy_creds = self.cfg.upstream.as_ref().and_then(|u| {
