@@ -139,12 +139,8 @@ fn run(args: Args) -> Result<(), String> {
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
         .map_err(|e| e.to_string())?;
     relay.run(&stop, &reload).map_err(|e| e.to_string())?;
-    if relay.lateness.buckets.iter().any(|&n| n > 0) || relay.shaping_failures > 0 {
-        eprintln!(
-            "qnet-relay: shaped departures late by {}; {} shaped streams failed closed",
-            relay.lateness.summary(),
-            relay.shaping_failures
-        );
+    if let Some(r) = relay.lateness.report(relay.shaping_failures) {
+        eprintln!("qnet-relay: {r}");
     }
     Ok(())
 }

@@ -184,13 +184,8 @@ fn run_until_signalled(engine: &mut qnet::engine::client::Client, what: &str) ->
         signal_hook::flag::register(sig, stop.clone()).map_err(|e| e.to_string())?;
     }
     engine.run(|_| stop.load(std::sync::atomic::Ordering::Relaxed))?;
-    let st = &engine.stats;
-    if st.lateness.buckets.iter().any(|&n| n > 0) || st.shaping_failures > 0 {
-        eprintln!(
-            "qnet {what}: shaped departures late by {}; {} shaped streams failed closed",
-            st.lateness.summary(),
-            st.shaping_failures
-        );
+    if let Some(r) = engine.stats.lateness.report(engine.stats.shaping_failures) {
+        eprintln!("qnet {what}: {r}");
     }
     Ok(())
 }

@@ -140,6 +140,17 @@ impl Lateness {
         self.max_ns = self.max_ns.max(late_ns);
     }
 
+    /// The exit report of an engine that shaped anything: lateness and streams stopped.
+    pub fn report(&self, failed_closed: u64) -> Option<String> {
+        if self.buckets.iter().all(|&n| n == 0) && failed_closed == 0 {
+            return None;
+        }
+        Some(format!(
+            "shaped departures late by {}; {failed_closed} shaped streams failed closed",
+            self.summary()
+        ))
+    }
+
     /// One line for logs: `≤50us:N ≤100us:N … >5ms:N max=Xus`.
     pub fn summary(&self) -> String {
         let mut s = String::new();

@@ -685,43 +685,36 @@ impl Relay {
                 via_proxy: None,
             },
         );
-        if let Some(proxy) = self.cfg.upstream.as_ref().map(|u| u.addr) {
-            // Names go to the proxy unresolved (no DNS query leaves here: Tor resolves at
-            // its exit). Literal addresses are checked against the exit policy as usual;
-            // for names only the port can be, and the proxy's own policy decides the rest.
-            let allowed = match &dest {
-                Destination::Addr(a) => self.cfg.policy.allows(a.ip(), a.port()),
-                Destination::Name(_, port) => self.cfg.policy.allows_port(*port),
-            };
-            if !allowed {
-                qlog!(Info, "exit policy refuses {dest}");
-                let _ = conn
-                    .link
-                    .session
-                    .open_result(now, s, Err(OpenError::Forbidden));
-                conn.ups.remove(&s);
-                return;
-            }
-            if let Some(up) = conn.ups.get_mut(&s) {
-                up.via_proxy = Some(dest);
-            }
-            return self.start_connect(now, c, s, vec![proxy], OpenError::Failure);
+        let proxy = self.cfg.upstream.as_ref().map(|u| u.addr);
+        // Literal addresses are checked against the exit policy here. A name is checked
+        // after it resolves; a name sent to an exit proxy unresolved (no DNS query leaves
+        // here: Tor resolves at its exit) can be checked only by port, and the proxy's
+        // own policy decides the rest.
+        let allowed = match (&dest, proxy) {
+            (Destination::Addr(a), _) => self.cfg.policy.allows(a.ip(), a.port()),
+            (Destination::Name(_, port), Some(_)) => self.cfg.policy.allows_port(*port),
+            (Destination::Name(..), None) => true,
+        };
+        if !allowed {
+            qlog!(Info, "exit policy refuses {dest}");
+            let _ = conn
+                .link
+                .session
+                .open_result(now, s, Err(OpenError::Forbidden));
+            conn.ups.remove(&s);
+            return;
         }
-        match dest {
-            Destination::Addr(a) => {
-                if !self.cfg.policy.allows(a.ip(), a.port()) {
-                    qlog!(Info, "exit policy refuses {a}");
-                    let _ = conn
-                        .link
-                        .session
-                        .open_result(now, s, Err(OpenError::Forbidden));
-                    conn.ups.remove(&s);
-                    return;
+        match (dest, proxy) {
+            (dest, Some(proxy)) => {
+                if let Some(up) = conn.ups.get_mut(&s) {
+                    up.via_proxy = Some(dest);
                 }
+                self.start_connect(now, c, s, vec![proxy], OpenError::Failure);
+            }
+            (Destination::Addr(a), None) => {
                 self.start_connect(now, c, s, vec![a], OpenError::Failure);
             }
-            Destination::Name(host, port) => {
-                // The policy is applied to the resolved addresses.
+            (Destination::Name(host, port), None) => {
                 let _ = self.resolve_tx.send((c, s, host, port));
             }
         }
