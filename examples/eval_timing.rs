@@ -10,6 +10,12 @@
 //!
 //! `cargo run --release --example eval_timing -- [--users N] [--seeds N] [--secs S]
 //! [--window-ms W] [--quick] [--check] [--rows a,b,…]` (see `scripts/eval-timing`).
+//!
+//! For the real run through the tunnel (`scripts/eval-timing-real`): `--flows-per-user N`
+//! fixes the generator's flow count, `--emit-flows FILE` writes the first seed's flows as
+//! CSV (for a replay) and exits, `--traces DIR` scores recorded traces instead of a
+//! simulation (the same correlators and metrics), and `--summary FILE` appends one CSV
+//! line per configuration.
 
 use std::collections::VecDeque;
 use std::process::ExitCode;
@@ -35,11 +41,16 @@ struct Opts {
     check: bool,
     sweep: bool,
     rows: Option<Vec<String>>,
+    /// Flows per user instead of the generator's 3–8.
+    flows_per_user: Option<u32>,
+    emit_flows: Option<String>,
+    traces: Option<String>,
+    summary: Option<String>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: eval_timing [--users N] [--seeds N] [--secs S] [--window-ms W] [--max-lag L] [--quick] [--check] [--rows off,jitter,…]"
+        "usage: eval_timing [--users N] [--seeds N] [--secs S] [--window-ms W] [--max-lag L] [--quick] [--check] [--rows off,jitter,…] [--flows-per-user N] [--emit-flows FILE] [--traces DIR] [--summary FILE]"
     );
     std::process::exit(2)
 }
@@ -54,6 +65,10 @@ fn parse_opts() -> Opts {
         check: false,
         sweep: false,
         rows: None,
+        flows_per_user: None,
+        emit_flows: None,
+        traces: None,
+        summary: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -75,6 +90,10 @@ fn parse_opts() -> Opts {
             }
             "--check" => o.check = true,
             "--sweep" => o.sweep = true,
+            "--flows-per-user" => o.flows_per_user = Some(num().max(1) as u32),
+            "--emit-flows" => o.emit_flows = Some(args.next().unwrap_or_else(|| usage())),
+            "--traces" => o.traces = Some(args.next().unwrap_or_else(|| usage())),
+            "--summary" => o.summary = Some(args.next().unwrap_or_else(|| usage())),
             "--rows" => {
                 let v = args.next().unwrap_or_else(|| usage());
                 o.rows = Some(v.split(',').map(str::to_owned).collect());
@@ -229,6 +248,7 @@ fn lognormal(r: &mut ChaCha20Rng, median: f64, sigma: f64) -> f64 {
 /// One flow as the application and the destination produce it.
 struct Flow {
     user: usize,
+    kind: &'static str,
     start: u64,
     /// Client writes (time at the client, bytes).
     up: Vec<(u64, u32)>,
@@ -250,7 +270,13 @@ fn transfer(out: &mut Vec<(u64, u32)>, t: u64, size: u64, rate: f64) -> u64 {
     at
 }
 
-fn generate(seed: u64, users: usize, secs: u64, lat: &mut Vec<u64>) -> Vec<Flow> {
+fn generate(
+    seed: u64,
+    users: usize,
+    secs: u64,
+    per_user: Option<u32>,
+    lat: &mut Vec<u64>,
+) -> Vec<Flow> {
     let mut r = ChaCha20Rng::seed_from_u64(seed);
     let horizon = secs * 1000 * MS;
     let mut flows = Vec::new();
@@ -258,16 +284,25 @@ fn generate(seed: u64, users: usize, secs: u64, lat: &mut Vec<u64>) -> Vec<Flow>
         let l = (between(&mut r, 20.0, 80.0) * MS as f64) as u64;
         lat.push(l);
         let rtt = 2 * l;
-        let n = 3 + r.next_u32() % 6;
+        let drawn = 3 + r.next_u32() % 6;
+        let n = per_user.unwrap_or(drawn);
         for _ in 0..n {
             let start = (unit(&mut r) * 0.8 * horizon as f64) as u64;
             let mut f = Flow {
                 user,
+                kind: "",
                 start,
                 up: Vec::new(),
                 down: Vec::new(),
             };
             let kind = unit(&mut r);
+            f.kind = if kind < 0.6 {
+                "web"
+            } else if kind < 0.75 {
+                "bulk"
+            } else {
+                "interactive"
+            };
             if kind < 0.6 {
                 // Web-like: a few request/response rounds separated by reading pauses.
                 let mut t = start;
@@ -452,7 +487,7 @@ const CORRELATORS: [&str; 4] = [
 
 fn run(o: &Opts, seed: u64, up: Params, down: Params, session: bool) -> RunOut {
     let mut lat = Vec::new();
-    let flows = generate(seed, o.users, o.secs, &mut lat);
+    let flows = generate(seed, o.users, o.secs, o.flows_per_user, &mut lat);
     let w = o.window_ms * MS;
     let horizon = flows
         .iter()
@@ -575,13 +610,31 @@ fn run(o: &Opts, seed: u64, up: Params, down: Params, session: bool) -> RunOut {
     for t in &mut entry_times {
         t.sort_unstable();
     }
+    let owners: Vec<usize> = flows.iter().map(|f| f.user).collect();
+    out.attack = correlate(o, &entry, &entry_times, &exit, &exit_first, &span, &owners);
+    out
+}
 
+/// Every correlator on every (exit flow, user) pair, then top-1 accuracy, AUC and TPRs
+/// per correlator. `exit_first` holds each flow's first 301 exit packet times (sorted),
+/// `entry_times` each user's record (or packet) times, sorted; `span` the windows
+/// compared per flow.
+fn correlate(
+    o: &Opts,
+    entry: &[Series],
+    entry_times: &[Vec<u64>],
+    exit: &[Series],
+    exit_first: &[Vec<u64>],
+    span: &[(usize, usize)],
+    owners: &[usize],
+) -> Vec<[f64; 4]> {
     // Scores: [correlator][flow][user].
-    let nu = o.users;
-    let mut scores = vec![vec![0f32; flows.len() * nu]; CORRELATORS.len()];
+    let nu = entry.len();
+    let nf = exit.len();
+    let mut scores = vec![vec![0f32; nf * nu]; CORRELATORS.len()];
     let mut xs = Vec::new();
     let mut ys = Vec::new();
-    for (fi, f) in flows.iter().enumerate() {
+    for fi in 0..nf {
         let (a, b) = span[fi];
         let ipd_x = ipds(&exit_first[fi]);
         for u in 0..nu {
@@ -617,11 +670,8 @@ fn run(o: &Opts, seed: u64, up: Params, down: Params, session: bool) -> RunOut {
             scores[2][at] = sp as f32;
             scores[3][at] = cos as f32;
         }
-        let _ = f;
     }
-    let owners: Vec<usize> = flows.iter().map(|f| f.user).collect();
-    out.attack = scores.iter().map(|s| evaluate(s, &owners, nu)).collect();
-    out
+    scores.iter().map(|s| evaluate(s, owners, nu)).collect()
 }
 
 fn ipds(t: &[u64]) -> Vec<f64> {
@@ -808,8 +858,241 @@ fn percentile(v: &mut [u32], q: f64) -> f64 {
     f64::from(*x)
 }
 
+fn append_line(path: &str, line: &str) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    writeln!(f, "{line}").unwrap_or_else(|e| panic!("{path}: {e}"));
+}
+
+/// `--emit-flows`: the first seed's flows as `flow,user,kind,dir,time_ns,bytes` (dir `up`
+/// = client writes at the client, `down` = destination packets at the exit).
+fn emit_flows(o: &Opts, path: &str) -> ExitCode {
+    let mut lat = Vec::new();
+    let flows = generate(1000, o.users, o.secs, o.flows_per_user, &mut lat);
+    let mut s = String::from("flow,user,kind,dir,time_ns,bytes\n");
+    for (fi, f) in flows.iter().enumerate() {
+        for (dir, ev) in [("up", &f.up), ("down", &f.down)] {
+            for &(t, n) in ev {
+                s.push_str(&format!("{fi},{},{},{dir},{t},{n}\n", f.user, f.kind));
+            }
+        }
+    }
+    if let Err(e) = std::fs::write(path, s) {
+        eprintln!("eval_timing: {path}: {e}");
+        return ExitCode::FAILURE;
+    }
+    eprintln!(
+        "eval_timing: wrote {} flows of {} users (seed 1000) to {path}",
+        flows.len(),
+        o.users
+    );
+    ExitCode::SUCCESS
+}
+
+/// Rows of a trace CSV: (id, time_ns, bytes, dir); a header or `#` line is skipped.
+fn read_trace(path: &str) -> Result<Vec<(usize, u64, u32, usize)>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+    let mut v = Vec::new();
+    for (ln, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty()
+            || line.starts_with('#')
+            || !line.starts_with(|c: char| c.is_ascii_digit())
+        {
+            continue;
+        }
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        let bad = || format!("{path}:{}: want id,time_ns,bytes,direction", ln + 1);
+        if f.len() < 4 {
+            return Err(bad());
+        }
+        let dir = match f[3] {
+            "up" | "0" => 0,
+            "down" | "1" => 1,
+            _ => return Err(bad()),
+        };
+        v.push((
+            f[0].parse().map_err(|_| bad())?,
+            f[1].parse().map_err(|_| bad())?,
+            f[2].parse().map_err(|_| bad())?,
+            dir,
+        ));
+    }
+    Ok(v)
+}
+
+/// `--traces DIR`: the simulation's correlators and metrics on recorded traces:
+/// `entry.csv` (user,time_ns,bytes,direction: each payload-carrying packet of the user's
+/// connection to the relay), `exit.csv` (flow,time_ns,bytes,direction: each packet between
+/// relay and destination) and `flows.csv` (flow,user). Times share one clock.
+fn traces(o: &Opts, dir: &str) -> ExitCode {
+    let load = || -> Result<_, String> {
+        let entry = read_trace(&format!("{dir}/entry.csv"))?;
+        let exit = read_trace(&format!("{dir}/exit.csv"))?;
+        let path = format!("{dir}/flows.csv");
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+        let mut owners = Vec::new();
+        for line in text.lines() {
+            let f: Vec<&str> = line.split(',').map(str::trim).collect();
+            if f.len() < 2 || !f[0].starts_with(|c: char| c.is_ascii_digit()) {
+                continue;
+            }
+            let (Ok(fl), Ok(u)) = (f[0].parse::<usize>(), f[1].parse::<usize>()) else {
+                return Err(format!("{path}: want flow,user"));
+            };
+            owners.push((fl, u));
+        }
+        Ok((entry, exit, owners))
+    };
+    let (entry_rows, exit_rows, owner_rows) = match load() {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("eval_timing: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let nu = owner_rows
+        .iter()
+        .map(|r| r.1 + 1)
+        .chain(entry_rows.iter().map(|r| r.0 + 1))
+        .max()
+        .unwrap_or(0);
+    let w = o.window_ms * MS;
+    let t0 = entry_rows
+        .iter()
+        .chain(&exit_rows)
+        .map(|r| r.1)
+        .min()
+        .unwrap_or(0);
+    let tmax = entry_rows
+        .iter()
+        .chain(&exit_rows)
+        .map(|r| r.1)
+        .max()
+        .unwrap_or(0);
+    let nw = ((tmax - t0) / w) as usize + 1 + (5000 * MS / w) as usize;
+    let mut entry = vec![Series::new(nw); nu];
+    let mut entry_times: Vec<Vec<u64>> = vec![Vec::new(); nu];
+    let mut bytes = [[0u64; 2]; 2]; // [entry/exit][dir]
+    for &(u, t, n, d) in &entry_rows {
+        if n == 0 {
+            continue;
+        }
+        entry[u].add(d, t - t0, n, w);
+        entry_times[u].push(t - t0);
+        bytes[0][d] += u64::from(n);
+    }
+    // Flows as listed in flows.csv; one without exit packets cannot be scored.
+    let idx: std::collections::HashMap<usize, usize> = owner_rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.0, i))
+        .collect();
+    let mut exit = vec![Series::new(nw); owner_rows.len()];
+    let mut exit_times: Vec<Vec<u64>> = vec![Vec::new(); owner_rows.len()];
+    for &(fl, t, n, d) in &exit_rows {
+        let Some(&i) = idx.get(&fl) else { continue };
+        if n == 0 {
+            continue;
+        }
+        exit[i].add(d, t - t0, n, w);
+        for _ in 0..n.div_ceil(MSS) {
+            exit_times[i].push(t - t0);
+        }
+        bytes[1][d] += u64::from(n);
+    }
+    let keep: Vec<usize> = (0..owner_rows.len())
+        .filter(|&i| !exit_times[i].is_empty())
+        .collect();
+    if keep.len() < owner_rows.len() {
+        eprintln!(
+            "eval_timing: {} of {} flows have no exit packets and are not scored",
+            owner_rows.len() - keep.len(),
+            owner_rows.len()
+        );
+    }
+    let exit: Vec<Series> = keep.iter().map(|&i| exit[i].clone()).collect();
+    let owners: Vec<usize> = keep.iter().map(|&i| owner_rows[i].1).collect();
+    let mut span = Vec::new();
+    let mut exit_first = Vec::new();
+    for &i in &keep {
+        let mut t = std::mem::take(&mut exit_times[i]);
+        t.sort_unstable();
+        let first = (t[0] / w) as usize;
+        let last = (t[t.len() - 1] / w) as usize;
+        span.push((first.saturating_sub(2), (last + 2).min(nw - 1)));
+        t.truncate(301);
+        exit_first.push(t);
+    }
+    for t in &mut entry_times {
+        t.sort_unstable();
+    }
+    if owners.is_empty() || nu < 2 {
+        eprintln!(
+            "eval_timing: traces in {dir}: need at least 2 users and one flow with exit packets"
+        );
+        return ExitCode::FAILURE;
+    }
+    let attack = correlate(o, &entry, &entry_times, &exit, &exit_first, &span, &owners);
+    let chance = 1.0 / nu as f64;
+    let best = (0..CORRELATORS.len())
+        .max_by(|&a, &b| attack[a][0].total_cmp(&attack[b][0]))
+        .unwrap_or(0);
+    let over = |d: usize| bytes[0][d] as f64 / bytes[1][d].max(1) as f64 - 1.0;
+    let total =
+        (bytes[0][0] + bytes[0][1]) as f64 / (bytes[1][0] + bytes[1][1]).max(1) as f64 - 1.0;
+    println!(
+        "traces {dir}: {nu} users, {} flows scored, chance {chance:.3}",
+        owners.len()
+    );
+    println!("| correlator | top-1 acc | × chance | ROC AUC | TPR@FPR 1e-2 | TPR@FPR 1e-3 |");
+    println!("|---|---|---|---|---|---|");
+    for (c, a) in attack.iter().enumerate() {
+        println!(
+            "| {}{} | {:.3} | {:.1} | {:.3} | {:.3} | {:.3} |",
+            CORRELATORS[c],
+            if c == best { " (best)" } else { "" },
+            a[0],
+            a[0] / chance,
+            a[1],
+            a[2],
+            a[3]
+        );
+    }
+    println!(
+        "entry bytes over exit payload: up {:+.1} %, down {:+.1} %, total {:+.1} %",
+        over(0) * 100.0,
+        over(1) * 100.0,
+        total * 100.0
+    );
+    if let Some(path) = &o.summary {
+        let label = std::path::Path::new(dir)
+            .file_name()
+            .map_or(dir.to_owned(), |n| n.to_string_lossy().into_owned());
+        let a = attack[best];
+        append_line(
+            path,
+            &format!(
+                "real,{label},{nu},1,{},{chance},{:.4},0,{:.4},0,{total:.4},,",
+                CORRELATORS[best], a[0], a[1]
+            ),
+        );
+    }
+    ExitCode::SUCCESS
+}
+
 fn main() -> ExitCode {
     let o = parse_opts();
+    if let Some(path) = &o.emit_flows {
+        return emit_flows(&o, path);
+    }
+    if let Some(dir) = &o.traces {
+        return traces(&o, dir);
+    }
     let mut table = rows(o.sweep);
     if let Some(want) = &o.rows {
         table.retain(|r| want.iter().any(|w| w == &r.0));
@@ -960,6 +1243,33 @@ fn main() -> ExitCode {
             ms(&p99, 1.0, 2),
             pct(&fct),
         );
+        if let Some(path) = &o.summary {
+            // Overhead against the payload (what a real capture can measure), not against off.
+            let over_payload: Vec<f64> = runs
+                .iter()
+                .map(|r| {
+                    (r.wire[0] + r.wire[1]) as f64 / (r.real[0] + r.real[1]).max(1) as f64 - 1.0
+                })
+                .collect();
+            let (a, asd) = mean_sd(&acc);
+            let (u, usd) = mean_sd(&get(1));
+            let line = format!(
+                "sim,{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.2},{:.2}",
+                row.0,
+                o.users,
+                runs.len(),
+                CORRELATORS[c],
+                chance,
+                a,
+                asd,
+                u,
+                usd,
+                mean_sd(&over_payload).0,
+                mean_sd(&p50).0,
+                mean_sd(&p99).0,
+            );
+            append_line(path, &line);
+        }
     }
     println!(
         "\noverhead = wire bytes (records incl. padding) / wire bytes with off - 1; added latency = wait of each DATA frame's oldest byte in the scheduler; FCT = last byte delivered - flow start, per flow against off."
