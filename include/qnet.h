@@ -22,8 +22,9 @@
 // rest, as the preloaded library does. Without it, linking qnet changes nothing.
 #define QNET_INIT_INTERCEPT 1
 
-// Version of the `qnet_flow_stats` and `qnet_stats` layouts this library fills.
-#define QNET_STATS_VERSION 1
+// Version of the `qnet_flow_stats` and `qnet_stats` layouts this library fills
+// (2: `qnet_stats` has the timing scheduler's fields; the struct size did not change).
+#define QNET_STATS_VERSION 2
 
 // What a qnet call did. 0 is success; every other value has a `qnet_strerror` text.
 //
@@ -90,9 +91,9 @@ struct qnet_flow_stats {
   uint64_t frames_sent;
   // Records carrying the flow's data, received.
   uint64_t frames_received;
-  // Padding bytes added to the flow's records (0 until the timing scheduler).
+  // Padding bytes the flow's timing schedule sent (in its frames and as PADDING frames).
   uint64_t padding_bytes;
-  // Delay added by the timing scheduler, µs (0 until it exists).
+  // Delay the flow's timing schedule added, µs (each frame counts its oldest byte).
   uint64_t added_delay_us;
   // 1 connecting, 2 open, 3 failed.
   uint32_t state;
@@ -128,12 +129,22 @@ struct qnet_stats {
   uint64_t records_received;
   // Padding bytes sent.
   uint64_t padding_bytes;
-  // Delay added by the timing scheduler, µs (0 until it exists).
+  // Delay the timing scheduler added, summed over the frames of shaped flows that
+  // ended (each frame counts its oldest byte's wait), µs.
   uint64_t added_delay_us;
   // Last round-trip time to the relay, µs (0: not measured yet).
   uint64_t rtt_us;
+  // Version 2: shaped departures the engine's timer served.
+  uint64_t departures_timed;
+  // Version 2: of those, how many were served more than 1 ms after their time.
+  uint64_t departures_late_1ms;
+  // Version 2: the latest any was served, µs after its time.
+  uint64_t lateness_max_us;
+  // Version 2: shaped streams reset because the timing verifier (or the session)
+  // stopped them.
+  uint64_t shaping_failures;
   // Room for later fields; zero.
-  uint8_t reserved[64];
+  uint8_t reserved[32];
 };
 
 #ifdef __cplusplus

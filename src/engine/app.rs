@@ -524,6 +524,16 @@ pub struct EngineStats {
     pub padding: std::sync::atomic::AtomicU64,
     /// Last measured round-trip time to the relay, µs (0: none yet).
     pub rtt_us: std::sync::atomic::AtomicU64,
+    /// Delay the scheduler added to shaped flows that ended, µs.
+    pub added_delay_us: std::sync::atomic::AtomicU64,
+    /// Shaped departures the timer served.
+    pub departures_timed: std::sync::atomic::AtomicU64,
+    /// Of those, served more than 1 ms late.
+    pub departures_late_1ms: std::sync::atomic::AtomicU64,
+    /// The worst lateness, µs.
+    pub lateness_max_us: std::sync::atomic::AtomicU64,
+    /// Shaped streams stopped by the verifier or the session.
+    pub shaping_failures: std::sync::atomic::AtomicU64,
 }
 
 /// The engine's published counters.
@@ -558,6 +568,13 @@ pub fn publish_stats(
     if let Some(rtt) = session.rtt() {
         s.rtt_us.store(rtt.as_micros() as u64, Relaxed);
     }
+    let late = &client.lateness;
+    s.added_delay_us
+        .store(client.added_delay_ns / 1000, Relaxed);
+    s.departures_timed.store(late.buckets.iter().sum(), Relaxed);
+    s.departures_late_1ms.store(late.later_than_1ms(), Relaxed);
+    s.lateness_max_us.store(late.max_ns / 1000, Relaxed);
+    s.shaping_failures.store(client.shaping_failures, Relaxed);
 }
 
 /// Publish that the session is down (counters of the sessions that ended stay).

@@ -93,6 +93,8 @@ pub struct ClientStats {
     pub shaping_failures: u64,
     /// How late shaped departures were served.
     pub lateness: super::wheel::Lateness,
+    /// Delay the scheduler added to shaped flows that ended (their frames' holds), ns.
+    pub added_delay_ns: u64,
 }
 
 struct Forward {
@@ -942,6 +944,11 @@ impl Client {
                         c.frames_sent.store(o, Relaxed);
                         c.frames_received.store(i, Relaxed);
                     }
+                    if let Some(sh) = &f.ep.shaper {
+                        let st = sh.stats();
+                        c.padding_bytes.store(st.padding_bytes, Relaxed);
+                        c.added_delay_ns.store(st.total_hold_ns, Relaxed);
+                    }
                 }
                 if let Some(sh) = f.ep.shaper.as_mut() {
                     if let Some(d) = sh.next_timer(now, &l.session, id) {
@@ -971,6 +978,9 @@ impl Client {
             }
             for id in finished {
                 if let Some(mut f) = self.flows.remove(&id) {
+                    if let Some(sh) = &f.ep.shaper {
+                        self.stats.added_delay_ns += sh.stats().total_hold_ns;
+                    }
                     let _ = f.ep.sock.deregister(self.poll.registry());
                     self.by_token.remove(&f.ep.token);
                 }

@@ -78,6 +78,10 @@ pub struct FlowCounters {
     pub frames_received: std::sync::atomic::AtomicU64,
     /// The stream id in the session (0 before it opens).
     pub stream: std::sync::atomic::AtomicU32,
+    /// Padding bytes the flow's schedule sent.
+    pub padding_bytes: std::sync::atomic::AtomicU64,
+    /// Delay the flow's schedule added (its frames' holds), ns.
+    pub added_delay_ns: std::sync::atomic::AtomicU64,
     /// A timing profile `qnet_set_profile` asked for and the engine has not applied yet
     /// (its wire number; 0: none).
     pub profile: AtomicU8,

@@ -140,6 +140,15 @@ impl Lateness {
         self.max_ns = self.max_ns.max(late_ns);
     }
 
+    /// Timers served more than 1 ms late.
+    pub fn later_than_1ms(&self) -> u64 {
+        let i = LATENESS_BOUNDS_US
+            .iter()
+            .position(|&b| b == 1000)
+            .map_or(0, |i| i + 1);
+        self.buckets[i..].iter().sum()
+    }
+
     /// The exit report of an engine that shaped anything: lateness and streams stopped.
     pub fn report(&self, failed_closed: u64) -> Option<String> {
         if self.buckets.iter().all(|&n| n == 0) && failed_closed == 0 {
@@ -248,5 +257,8 @@ mod tests {
         assert_eq!(l.buckets, [1, 1, 1, 0, 0, 0, 1, 1]);
         assert_eq!(l.max_ns, 9_000_000);
         assert!(l.summary().ends_with("max=9000us"));
+        assert_eq!(l.later_than_1ms(), 2);
+        assert!(l.report(0).is_some());
+        assert_eq!(Lateness::default().report(0), None);
     }
 }

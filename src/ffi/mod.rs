@@ -24,8 +24,9 @@ use crate::proto::Destination;
 /// rest, as the preloaded library does. Without it, linking qnet changes nothing.
 pub const QNET_INIT_INTERCEPT: u32 = 1;
 
-/// Version of the `qnet_flow_stats` and `qnet_stats` layouts this library fills.
-pub const QNET_STATS_VERSION: u32 = 1;
+/// Version of the `qnet_flow_stats` and `qnet_stats` layouts this library fills
+/// (2: `qnet_stats` has the timing scheduler's fields; the struct size did not change).
+pub const QNET_STATS_VERSION: u32 = 2;
 
 /// What a qnet call did. 0 is success; every other value has a `qnet_strerror` text.
 ///
@@ -141,9 +142,9 @@ pub struct QnetFlowStats {
     pub frames_sent: u64,
     /// Records carrying the flow's data, received.
     pub frames_received: u64,
-    /// Padding bytes added to the flow's records (0 until the timing scheduler).
+    /// Padding bytes the flow's timing schedule sent (in its frames and as PADDING frames).
     pub padding_bytes: u64,
-    /// Delay added by the timing scheduler, µs (0 until it exists).
+    /// Delay the flow's timing schedule added, µs (each frame counts its oldest byte).
     pub added_delay_us: u64,
     /// 1 connecting, 2 open, 3 failed.
     pub state: u32,
@@ -181,12 +182,22 @@ pub struct QnetStats {
     pub records_received: u64,
     /// Padding bytes sent.
     pub padding_bytes: u64,
-    /// Delay added by the timing scheduler, µs (0 until it exists).
+    /// Delay the timing scheduler added, summed over the frames of shaped flows that
+    /// ended (each frame counts its oldest byte's wait), µs.
     pub added_delay_us: u64,
     /// Last round-trip time to the relay, µs (0: not measured yet).
     pub rtt_us: u64,
+    /// Version 2: shaped departures the engine's timer served.
+    pub departures_timed: u64,
+    /// Version 2: of those, how many were served more than 1 ms after their time.
+    pub departures_late_1ms: u64,
+    /// Version 2: the latest any was served, µs after its time.
+    pub lateness_max_us: u64,
+    /// Version 2: shaped streams reset because the timing verifier (or the session)
+    /// stopped them.
+    pub shaping_failures: u64,
     /// Room for later fields; zero.
-    pub reserved: [u8; 64],
+    pub reserved: [u8; 32],
 }
 
 // ---- state and errors ------------------------------------------------------------------
@@ -528,8 +539,8 @@ pub unsafe extern "C" fn qnet_flow_stats(fd: c_int, out: *mut QnetFlowStats) -> 
             bytes_received: c.bytes_received.load(Relaxed),
             frames_sent: c.frames_sent.load(Relaxed),
             frames_received: c.frames_received.load(Relaxed),
-            padding_bytes: 0,
-            added_delay_us: 0,
+            padding_bytes: c.padding_bytes.load(Relaxed),
+            added_delay_us: c.added_delay_ns.load(Relaxed) / 1000,
             state: 2,
             stream_id: c.stream.load(Relaxed),
             reserved: [0; 48],
@@ -573,9 +584,13 @@ pub unsafe extern "C" fn qnet_stats(out: *mut QnetStats) -> QnetResult {
             records_sent: s.records_sent.load(Relaxed),
             records_received: s.records_received.load(Relaxed),
             padding_bytes: s.padding.load(Relaxed),
-            added_delay_us: 0,
+            added_delay_us: s.added_delay_us.load(Relaxed),
             rtt_us: s.rtt_us.load(Relaxed),
-            reserved: [0; 64],
+            departures_timed: s.departures_timed.load(Relaxed),
+            departures_late_1ms: s.departures_late_1ms.load(Relaxed),
+            lateness_max_us: s.lateness_max_us.load(Relaxed),
+            shaping_failures: s.shaping_failures.load(Relaxed),
+            reserved: [0; 32],
         };
         // SAFETY: the caller's struct is at least this large (checked).
         unsafe { std::ptr::write_unaligned(out, v) };

@@ -534,6 +534,30 @@ static void live(const char *host, int port, const char *forbidden, const char *
         int srr = read_response(sfd, &sgot);
         CHECK(srr == 0 && sgot == got, "HTTP exchange under %s: %zu bytes (want %zu)", shaped[i],
               sgot, got);
+        if (i == 0) {
+            /* Constant cells: the request left padded to the cell size, and later cells
+               (every 40 ms) are served by the engine's timer. */
+            usleep(200 * 1000);
+            struct qnet_flow_stats sfs;
+            memset(&sfs, 0, sizeof sfs);
+            sfs.size = sizeof sfs;
+            r = qnet_flow_stats(sfd, &sfs);
+            CHECK(r == QNET_OK && sfs.padding_bytes > 0,
+                  "qnet_flow_stats under high-security = %s: padding %llu bytes", name_of(r),
+                  (unsigned long long)sfs.padding_bytes);
+            struct qnet_stats sst;
+            memset(&sst, 0, sizeof sst);
+            sst.size = sizeof sst;
+            r = qnet_stats(&sst);
+            CHECK(r == QNET_OK && sst.version >= 2 && sst.departures_timed > 0 &&
+                      sst.shaping_failures == 0,
+                  "qnet_stats under high-security = %s: version %u, %llu timed departures "
+                  "(%llu over 1 ms late, max %llu us), %llu failed",
+                  name_of(r), sst.version, (unsigned long long)sst.departures_timed,
+                  (unsigned long long)sst.departures_late_1ms,
+                  (unsigned long long)sst.lateness_max_us,
+                  (unsigned long long)sst.shaping_failures);
+        }
         close(sfd);
     }
 
