@@ -398,6 +398,7 @@ def cmd_analyze(a):
     lost = 0
     incomplete = []
     fct = []
+    late_end = []
     for fl, f in sorted(flows.items()):
         ul = logs["user"].get(fl, [])
         sl = logs["server"].get(fl, [])
@@ -419,6 +420,7 @@ def cmd_analyze(a):
             incomplete.append(f"flow {fl} ({f['kind']}): up {got_up}/{want_up} down {got_down}/{want_down}")
         last = max([x[2] for x in ur] + [x[2] for x in sr] + [epoch + f["start"]])
         fct.append((last - epoch - f["start"]) / 1e6)
+        late_end.append(((last - epoch - f["end"]) / 1e6, fl, f["kind"]))
     both = lat["up"] + lat["down"]
     ms = lambda v, q: round(pct(v, q) / 1e6, 2)  # noqa: E731
     m = {
@@ -439,6 +441,10 @@ def cmd_analyze(a):
         "writes_unmatched": lost,
         "writes_behind_schedule_p99_ms": ms(behind, 0.99),
         "fct_median_ms": round(pct(fct, 0.5), 1),
+        # Per flow: last byte delivered minus the schedule's last event (what shaping adds
+        # to completion); the worst flow named.
+        "end_delay_median_ms": round(pct([x[0] for x in late_end], 0.5), 1),
+        "end_delay_max": "%.0f ms (flow %d, %s)" % max(late_end) if late_end else "",
         "incomplete": incomplete,
         "unmapped_bytes": {f"{k[0]}:{k[1]}": v for k, v in unmapped.items()},
         "users_mapped": len(set(port_user.values())),
@@ -573,7 +579,8 @@ def cmd_report(a):
         print(f"{p}: overhead up {100 * m['overhead_up']:+.1f} %, down {100 * m['overhead_down']:+.1f} %; "
               f"latency up p50 {m['lat_up_p50_ms']} p99 {m['lat_up_p99_ms']} ms, down p50 {m['lat_down_p50_ms']} "
               f"p99 {m['lat_down_p99_ms']} ms; {m['writes']} writes; writes behind schedule p99 "
-              f"{m['writes_behind_schedule_p99_ms']} ms; median flow completion {m['fct_median_ms']} ms")
+              f"{m['writes_behind_schedule_p99_ms']} ms; flow end after its last scheduled event: median "
+              f"{m['end_delay_median_ms']} ms, max {m['end_delay_max']}")
         if m["incomplete"]:
             print(f"  incomplete flows: {'; '.join(m['incomplete'])}")
         fw = [os.path.join(pd, x) for x in sorted(os.listdir(pd)) if x.startswith("fwd-") and x.endswith(".log")]
