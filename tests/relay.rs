@@ -119,7 +119,7 @@ fn bytes_cross_the_relay_both_ways_with_half_close() {
 #[test]
 fn shaped_profiles_carry_bytes_intact_both_ways() {
     // Each shaping profile, asked by the client for both directions: every byte arrives in
-    // order, the verifier stops nothing, and the schedule really ran (its timers fired).
+    // order and the verifier stops nothing; high-security's cells are timed.
     for profile in [Profile::Default, Profile::HighSecurity] {
         let dir = tempdir("shaped");
         let client_key = PrivateKey::generate();
@@ -153,8 +153,14 @@ fn shaped_profiles_carry_bytes_intact_both_ways() {
         fwd.stop.store(true, Ordering::SeqCst);
         let client = fwd.handle.take().unwrap().join().unwrap();
         assert_eq!(client.stats.shaping_failures, 0, "{profile:?}");
-        let fired: u64 = client.stats.lateness.buckets.iter().sum();
-        assert!(fired > 0, "{profile:?}: no shaped departure was ever timed");
+        // Constant cells are timed by construction. FRONT's padding times are random
+        // (Rayleigh, scale 0.5-3 s): none may fall inside this short flow, so for
+        // `default` only the bytes and the verifier are checked here (src/sched's tests
+        // check its padding schedule).
+        if profile == Profile::HighSecurity {
+            let fired: u64 = client.stats.lateness.buckets.iter().sum();
+            assert!(fired > 0, "{profile:?}: no shaped departure was ever timed");
+        }
     }
 }
 
