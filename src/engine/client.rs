@@ -346,6 +346,9 @@ impl Client {
             };
             match l.accept() {
                 Ok((mut sock, _)) => {
+                    // As the relay does: the tunnel already batches into records, and Nagle
+                    // against the app's delayed ACKs stalled small writes by ~40 ms.
+                    let _ = sock.set_nodelay(true);
                     let hs = crate::socks::Handshake::new(auth.clone());
                     let ht = self.token();
                     if self
@@ -707,6 +710,7 @@ impl Client {
             };
             match f.listener.accept() {
                 Ok((sock, _)) => {
+                    let _ = sock.set_nodelay(true);
                     let dest = f.dest.clone();
                     if self.link.is_none() && self.retry_at.is_some() {
                         // Fail closed at once: no relay, no connection.
@@ -958,10 +962,10 @@ impl Client {
                         }
                     }
                 }
-                if r.is_err() {
-                    if f.ep.shaper.is_some() {
+                if let Err(e) = &r {
+                    if super::shape::is_shaping_failure(e) {
                         self.stats.shaping_failures += 1;
-                        qlog!(Warn, "shaped stream to {} failed closed: {:?}", f.dest, r);
+                        qlog!(Warn, "shaped stream to {} failed closed: {e}", f.dest);
                     }
                     let _ = l.session.reset(now, id, 1);
                     finished.push(id);

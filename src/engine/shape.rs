@@ -33,6 +33,12 @@ pub enum ShapeError {
     Stream(#[from] StreamError),
 }
 
+/// Whether a pump error came from the schedule or the session (a [`ShapeError`]) rather
+/// than from the local socket (an app that went away is not a shaping failure).
+pub fn is_shaping_failure(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<ShapeError>())
+}
+
 /// The held bytes and scheduler of one shaped flow.
 pub struct Shaper {
     sched: FlowSched,
@@ -256,6 +262,15 @@ mod tests {
         let st = sh.stats();
         assert!(st.data_frames > 0 && st.padding_frames > 0, "{st:?}");
         assert_eq!(got, data);
+    }
+
+    #[test]
+    fn only_schedule_and_session_errors_count_as_shaping_failures() {
+        let v = ShapeError::Stream(StreamError::UnknownStream);
+        assert!(is_shaping_failure(&std::io::Error::other(v)));
+        let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert!(!is_shaping_failure(&pipe));
+        assert!(!is_shaping_failure(&std::io::Error::other("other")));
     }
 
     /// `performance` builds no shaper at all: unshaped flows run the old code path.

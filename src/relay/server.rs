@@ -15,7 +15,7 @@ use parking_lot::RwLock;
 
 use super::policy::ExitPolicy;
 use crate::engine::pump::{Endpoint, PumpState, Sock};
-use crate::engine::shape::{Shaper, now_ns};
+use crate::engine::shape::{Shaper, is_shaping_failure, now_ns};
 use crate::engine::wheel::{Lateness, Wheel};
 use crate::engine::{Link, LinkRead, READ_CHUNK};
 use crate::engine::{TimerFd, lower_timer_slack};
@@ -836,7 +836,7 @@ impl Relay {
                         sh.armed = Some(d);
                     }
                 }
-                if let Err(e) = &r {
+                if let Some(e) = r.as_ref().err().filter(|e| is_shaping_failure(e)) {
                     self.shaping_failures += 1;
                     qlog!(Warn, "shaped stream {s} failed closed: {e}");
                 }
