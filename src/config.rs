@@ -22,6 +22,8 @@
 //! exit_allow = ["global:80,443"]
 //! upstream = "socks5://127.0.0.1:9050"  # exit through a SOCKS5 proxy; names go to it unresolved
 //! isolate = false                # fresh SOCKS credentials per client session
+//! profile = "performance"        # downstream timing profile for OPENs that ask for none
+//! allow_profiles = []            # timing profiles clients may ask for (empty: all)
 //! [intercept]                    # read by libqnet.so inside the app
 //! bypass = ["127.0.0.0/8", "::1/128"]  # connected directly (CIDR); unix sockets always are
 //! remote_dns = true              # names resolve at the relay; the app sees fake addresses
@@ -34,6 +36,9 @@
 //! [entropy]                      # extra inputs of the entropy ring (the OS is always used)
 //! min_entropy = 4.0              # claimed min-entropy per byte of sources without their own
 //! sources = ["/dev/hwrng", { path = "/dev/qrandom0", min_entropy = 6.0 }]
+//! [timing]                       # client side: the timing profile per destination
+//! profile = "performance"        # performance | default | high-security (QNET_PROFILE overrides)
+//! rules = ["10.0.0.0/8 high-security", "port:22 performance", "example.org default"]
 //! ```
 //!
 //! The relay server's table is `[server]`, not `[relay]`: TOML cannot have both the
@@ -1255,6 +1260,19 @@ mod tests {
         assert_eq!(c.session.session_window, 16_777_216);
         assert!(c.server.exit_allow.is_empty());
         assert!(c.relay.is_none() && c.relay_key.is_none() && c.key.is_none());
+    }
+
+    #[test]
+    fn readme_configuration_example_parses() {
+        // The README's full example must stay a valid config, every key spelled right.
+        let readme = include_str!("../README.md");
+        let section = &readme[readme.find("## Configuration").expect("section")..];
+        let start = section.find("```toml\n").expect("a toml block") + 8;
+        let block = &section[start..start + section[start..].find("```").unwrap()];
+        let block = block.replace("<base64 public key of the relay>", KEY_B64);
+        let c = parse(&block).unwrap_or_else(|e| panic!("README example: {e}"));
+        assert_eq!(c.timing.rules.len(), 3);
+        assert!(c.server.upstream.is_some() && !c.server.allow_profiles.is_empty());
     }
 
     #[test]
