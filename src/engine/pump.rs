@@ -229,29 +229,37 @@ impl Endpoint {
         let Some(sh) = self.shaper.as_mut() else {
             return Ok(());
         };
-        while self.readable && !self.read_eof {
-            let cap = sh.room().min(buf.len()).min(READ_CHUNK);
-            if cap == 0 {
+        // Read, send what is due, and read again while that made room: mio is
+        // edge-triggered, so bytes left in the socket when the shaper was full would
+        // otherwise wait for an unrelated wakeup.
+        loop {
+            while self.readable && !self.read_eof {
+                let cap = sh.room().min(buf.len()).min(READ_CHUNK);
+                if cap == 0 {
+                    break;
+                }
+                match self.sock.read(&mut buf[..cap]) {
+                    Ok(0) => {
+                        self.read_eof = true;
+                        self.fin_pending = true;
+                        sh.close(now);
+                    }
+                    Ok(n) => sh.push(now, &buf[..n]),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => self.readable = false,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let sent = sh
+                .drain(now, session, self.stream)
+                .map_err(io::Error::other)?;
+            if let Some(c) = &self.counters {
+                c.bytes_sent
+                    .fetch_add(sent as u64, std::sync::atomic::Ordering::Release);
+            }
+            if sent == 0 || !self.readable || self.read_eof || sh.room() == 0 {
                 break;
             }
-            match self.sock.read(&mut buf[..cap]) {
-                Ok(0) => {
-                    self.read_eof = true;
-                    self.fin_pending = true;
-                    sh.close(now);
-                }
-                Ok(n) => sh.push(now, &buf[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => self.readable = false,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        let sent = sh
-            .drain(now, session, self.stream)
-            .map_err(io::Error::other)?;
-        if let Some(c) = &self.counters {
-            c.bytes_sent
-                .fetch_add(sent as u64, std::sync::atomic::Ordering::Release);
         }
         if self.fin_pending && sh.queued() == 0 {
             // The data is out; padding cells may still follow on stream 0.
