@@ -26,27 +26,27 @@ pub fn rct_cutoff(h: f64) -> u32 {
 /// probabilities of the far tail underflow an f64 for small H.
 pub fn apt_cutoff(h: f64) -> u32 {
     let n = APT_WINDOW;
-    let p = (-h).exp2();
+    let p = libm::exp2(-h);
     if p >= 1.0 {
         // H = 0: every sample may be equal; the test can never fail.
         return n + 1;
     }
-    let (lp, lq) = (p.ln(), (-p).ln_1p());
+    let (lp, lq) = (libm::log(p), libm::log1p(-p));
     // ln P(X = k) for k = 0..=n by the ratio P(k+1)/P(k) = (n-k)/(k+1) · p/q.
     let mut ln_pmf = Vec::with_capacity(n as usize + 1);
     let mut l = f64::from(n) * lq;
     for k in 0..=n {
         ln_pmf.push(l);
-        l += f64::from(n - k).ln() - f64::from(k + 1).ln() + lp - lq;
+        l += libm::log(f64::from(n - k)) - libm::log(f64::from(k + 1)) + lp - lq;
     }
     // Sum the upper tail from the top down so small terms are not lost.
-    let alpha = (-ALPHA_LOG2).exp2();
+    let alpha = libm::exp2(-ALPHA_LOG2);
     let mut tail = 0.0; // P(X > k)
     for k in (0..=n).rev() {
         if tail > alpha {
             return k + 2; // k+1 was the last value with P(X > k+1) ≤ α
         }
-        tail += ln_pmf[k as usize].exp();
+        tail += libm::exp(ln_pmf[k as usize]);
     }
     1
 }

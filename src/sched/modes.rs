@@ -126,7 +126,7 @@ pub(crate) fn topo_delay(k: u64, delta: u32) -> u64 {
 /// An exponential sample with mean `mean` ns.
 pub(crate) fn exponential(rng: &mut ChaCha20Rng, mean: u64) -> u64 {
     // 1 - unit is in (0, 1], so ln is finite.
-    let d = -(mean as f64) * (1.0 - unit(rng)).ln();
+    let d = -(mean as f64) * libm::log(1.0 - unit(rng));
     if d >= u64::MAX as f64 {
         u64::MAX
     } else {
@@ -161,12 +161,13 @@ impl FrontSchedule {
         }
         // The smallest of m uniforms on [a, 1) is a + (1 - a)(1 - V^(1/m)).
         let v = 1.0 - unit(rng);
-        let u = self.u_prev + (1.0 - self.u_prev) * (1.0 - v.powf(1.0 / f64::from(self.remaining)));
+        let u = self.u_prev
+            + (1.0 - self.u_prev) * (1.0 - libm::pow(v, 1.0 / f64::from(self.remaining)));
         self.remaining -= 1;
         self.u_prev = u;
         // Keep 1 - u away from 0 so the tail stays finite (2^-53: beyond 8.6 scales).
         let tail = (1.0 - u).max(f64::EPSILON / 2.0);
-        let t = self.scale_ns * (-2.0 * tail.ln()).sqrt();
+        let t = self.scale_ns * (-2.0 * libm::log(tail)).sqrt();
         Some(self.t0.saturating_add(t as u64))
     }
 }
