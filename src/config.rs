@@ -575,6 +575,32 @@ impl Origin<'_> {
             .map_err(|m| self.err(field, m))
     }
 
+    /// `{table}upstream` and `{table}isolate`, which only makes sense with an upstream.
+    fn upstream(
+        &self,
+        table: &str,
+        upstream: Option<Value>,
+        isolate: Option<Value>,
+    ) -> Result<Option<Upstream>, ConfigError> {
+        let (uf, isf) = (format!("{table}upstream"), format!("{table}isolate"));
+        let mut up = match upstream {
+            Some(v) => {
+                let s = self.string(&uf, v)?;
+                Some(Upstream::parse(&s).map_err(|m| self.err(&uf, m))?)
+            }
+            None => None,
+        };
+        if let Some(v) = isolate {
+            let b = self.boolean(&isf, v)?;
+            match up.as_mut() {
+                Some(u) => u.isolate = b,
+                None if b => return Err(self.err(&isf, format!("needs {uf}"))),
+                None => {}
+            }
+        }
+        Ok(up)
+    }
+
     fn array(&self, field: &str, value: Value) -> Result<Vec<Value>, ConfigError> {
         match value {
             Value::Array(a) => Ok(a),
@@ -801,18 +827,7 @@ impl Config {
             }
             config.relay = Some(o.host_port("relay", v)?);
         }
-        if let Some(v) = raw.upstream {
-            let s = o.string("upstream", v)?;
-            config.upstream = Some(Upstream::parse(&s).map_err(|m| o.err("upstream", m))?);
-        }
-        if let Some(v) = raw.isolate {
-            let b = o.boolean("isolate", v)?;
-            match config.upstream.as_mut() {
-                Some(u) => u.isolate = b,
-                None if b => return Err(o.err("isolate", "needs an upstream")),
-                None => {}
-            }
-        }
+        config.upstream = o.upstream("", raw.upstream, raw.isolate)?;
         if let Some(v) = raw.relay_key {
             let s = o.string("relay_key", v)?;
             let key = PublicKey::parse_base64(&s).map_err(|e| o.err("relay_key", e.to_string()))?;
@@ -1164,18 +1179,7 @@ impl ServerConfig {
                 s.exit_allow.push(rule);
             }
         }
-        if let Some(v) = raw.upstream {
-            let u = o.string("server.upstream", v)?;
-            s.upstream = Some(Upstream::parse(&u).map_err(|m| o.err("server.upstream", m))?);
-        }
-        if let Some(v) = raw.isolate {
-            let b = o.boolean("server.isolate", v)?;
-            match s.upstream.as_mut() {
-                Some(u) => u.isolate = b,
-                None if b => return Err(o.err("server.isolate", "needs server.upstream")),
-                None => {}
-            }
-        }
+        s.upstream = o.upstream("server.", raw.upstream, raw.isolate)?;
         if let Some(v) = raw.profile {
             let p = o.string("server.profile", v)?;
             s.profile = Some(parse_profile(&p).map_err(|m| o.err("server.profile", m))?);
@@ -1288,7 +1292,7 @@ mod tests {
             ("upstream = \"http://x:1\"", "upstream: expected socks5://"),
             ("upstream = \"socks5://nopass@h:1\"", "user:password"),
             ("upstream = \"socks5://h\"", "upstream:"),
-            ("isolate = true", "isolate: needs an upstream"),
+            ("isolate = true", "isolate: needs upstream"),
             (
                 "[server]\nisolate = true",
                 "server.isolate: needs server.upstream",

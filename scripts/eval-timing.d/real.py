@@ -341,46 +341,35 @@ def cmd_analyze(a):
 
     os.makedirs(tdir, exist_ok=True)
     unmapped = defaultdict(int)
-    n_entry = 0
-    entry_bytes = [0, 0]
-    with open(os.path.join(tdir, "entry.csv"), "w") as out:
-        out.write("user,time_ns,bytes,direction\n")
-        for t, _s, sp, _d, dp, n in read_pcap(os.path.join(d, "entry.pcap")):
-            if n <= 0:
-                continue
-            if dp == a.relay_port:
-                port, dr = sp, "up"
-            elif sp == a.relay_port:
-                port, dr = dp, "down"
-            else:
-                continue
-            u = port_user.get(port)
-            if u is None:
-                unmapped[("entry", port)] += n
-                continue
-            out.write(f"{u},{t},{n},{dr}\n")
-            n_entry += 1
-            entry_bytes[dr == "down"] += n
-    n_exit = 0
-    exit_bytes = [0, 0]
-    with open(os.path.join(tdir, "exit.csv"), "w") as out:
-        out.write("flow,time_ns,bytes,direction\n")
-        for t, _s, sp, _d, dp, n in read_pcap(os.path.join(d, "exit.pcap")):
-            if n <= 0:
-                continue
-            if dp == a.server_port:
-                port, dr = sp, "up"
-            elif sp == a.server_port:
-                port, dr = dp, "down"
-            else:
-                continue
-            fl = port_flow.get(port)
-            if fl is None:
-                unmapped[("exit", port)] += n
-                continue
-            out.write(f"{fl},{t},{n},{dr}\n")
-            n_exit += 1
-            exit_bytes[dr == "down"] += n
+    def write_trace(pcap, csv_name, header, port, key_of, side):
+        """One observer's packets with payload as CSV rows: (rows, [up bytes, down bytes])."""
+        rows, nbytes = 0, [0, 0]
+        with open(os.path.join(tdir, csv_name), "w") as out:
+            out.write(header)
+            for t, _s, sp, _d, dp, n in read_pcap(os.path.join(d, pcap)):
+                if n <= 0:
+                    continue
+                if dp == port:
+                    peer, dr = sp, "up"
+                elif sp == port:
+                    peer, dr = dp, "down"
+                else:
+                    continue
+                k = key_of.get(peer)
+                if k is None:
+                    unmapped[(side, peer)] += n
+                    continue
+                out.write(f"{k},{t},{n},{dr}\n")
+                rows += 1
+                nbytes[dr == "down"] += n
+        return rows, nbytes
+
+    n_entry, entry_bytes = write_trace(
+        "entry.pcap", "entry.csv", "user,time_ns,bytes,direction\n", a.relay_port, port_user, "entry"
+    )
+    n_exit, exit_bytes = write_trace(
+        "exit.pcap", "exit.csv", "flow,time_ns,bytes,direction\n", a.server_port, port_flow, "exit"
+    )
     with open(os.path.join(tdir, "flows.csv"), "w") as out:
         out.write("flow,user\n")
         for fl, f in sorted(flows.items()):
