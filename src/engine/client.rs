@@ -254,6 +254,11 @@ pub struct Client {
     buf: Vec<u8>,
     /// Work was left after the last service round: poll without sleeping.
     busy: bool,
+    /// Flows an event touched since the last pump: only these are pumped, so a wakeup
+    /// costs O(flows touched), not O(flows).
+    dirty: std::collections::HashSet<u32>,
+    /// Flows that stopped for room in the session's output: pumped again after a flush.
+    stalled: std::collections::HashSet<u32>,
     /// Longest sleep between checks of `run`'s stop condition.
     max_wait: Duration,
     /// Counters of sessions that ended, so totals survive reconnects.
@@ -296,6 +301,8 @@ impl Client {
             backoff: Duration::from_millis(100),
             buf: vec![0u8; READ_CHUNK],
             busy: false,
+            dirty: Default::default(),
+            stalled: Default::default(),
             max_wait: Duration::from_millis(100),
             closed: crate::proto::SessionStats::default(),
             wheel: super::wheel::Wheel::new(),
@@ -638,6 +645,9 @@ impl Client {
                 } else if self.handshakes.contains_key(&t) {
                     self.socks_read(t);
                 } else if t == self.link_token && self.link.is_some() {
+                    // The session's output may have drained: retry flows that waited for room.
+                    let stalled = std::mem::take(&mut self.stalled);
+                    self.dirty.extend(stalled);
                     self.link_event(now, readable);
                 } else if self.forwards.contains_key(&t) {
                     self.accept(t);
@@ -645,6 +655,7 @@ impl Client {
                     if let Some(f) = self.flows.get_mut(&s) {
                         f.ep.readable |= readable;
                         f.ep.writable |= writable;
+                        self.dirty.insert(s);
                     }
                 }
             }
@@ -658,7 +669,8 @@ impl Client {
                     }
                 }
             }
-            self.expire_timers(now);
+            let due = self.expire_timers(now);
+            self.dirty.extend(due);
             self.service(now);
         }
         Ok(())
@@ -680,10 +692,12 @@ impl Client {
         }
     }
 
-    /// Count how late the due departures are served; the pump that follows sends them.
-    fn expire_timers(&mut self, now: Instant) {
+    /// The flows whose departures are due, counting how late they are served; the pump
+    /// that follows sends them.
+    fn expire_timers(&mut self, now: Instant) -> Vec<u32> {
+        let mut flows = Vec::new();
         if self.wheel.is_empty() {
-            return;
+            return flows;
         }
         let t = super::shape::now_ns(now);
         let mut due = Vec::new();
@@ -699,8 +713,10 @@ impl Client {
             if sh.armed == Some(deadline) {
                 sh.armed = None;
                 self.stats.lateness.record(t - deadline);
+                flows.push(stream as u32);
             }
         }
+        flows
     }
 
     fn accept(&mut self, t: Token) {
@@ -748,6 +764,7 @@ impl Client {
         }
     }
 
+    /// Session events, new streams, then the pump of the flows an event touched.
     fn service(&mut self, now: Instant) {
         if !self.handshakes.is_empty() {
             self.handshakes
@@ -770,6 +787,7 @@ impl Client {
                     Ok(()) => {
                         if let Some(f) = self.flows.get_mut(&stream) {
                             f.open = true;
+                            self.dirty.insert(stream);
                             self.told_down = false;
                             if f.socks {
                                 f.socks = false;
@@ -816,7 +834,10 @@ impl Client {
                         self.by_token.remove(&f.ep.token);
                     }
                 }
-                Event::Readable { .. } | Event::Writable { .. } | Event::Opened { .. } => {}
+                Event::Readable { stream } | Event::Writable { stream } => {
+                    self.dirty.insert(stream);
+                }
+                Event::Opened { .. } => {}
             }
         }
         if l.session.is_established() {
@@ -906,11 +927,20 @@ impl Client {
         }
         // Pump until no stream waits for room; a stream that stopped at the high-water
         // mark gets no new readiness edge once the flush drains, so it must be retried here.
+        if self.busy {
+            // The last service stopped after MAX_ROUNDS with flows still waiting.
+            let stalled = std::mem::take(&mut self.stalled);
+            self.dirty.extend(stalled);
+        }
         self.busy = false;
+        let mut ids: Vec<u32> = self.dirty.drain().collect();
         for round in 0..MAX_ROUNDS {
             let mut finished = vec![];
-            let mut stalled = false;
-            for (&id, f) in self.flows.iter_mut() {
+            let mut again = vec![];
+            for &id in &ids {
+                let Some(f) = self.flows.get_mut(&id) else {
+                    continue;
+                };
                 if !f.open {
                     continue;
                 }
@@ -977,7 +1007,7 @@ impl Client {
                     // A full shaper waits for its schedule, not for another round.
                     && f.ep.shaper.as_ref().is_none_or(|sh| sh.room() > 0)
                 {
-                    stalled = true;
+                    again.push(id);
                 }
             }
             for id in finished {
@@ -993,6 +1023,8 @@ impl Client {
             if let Some(e) = l.session.error() {
                 return self.link_down(now, &e.to_string());
             }
+            let stalled = !again.is_empty();
+            ids = again;
             match flushed {
                 Err(e) => return self.link_down(now, &e.to_string()),
                 // WouldBlock: the transport's writable edge will call us again.
@@ -1001,6 +1033,8 @@ impl Client {
                 Ok(true) => self.busy = round + 1 == MAX_ROUNDS,
             }
         }
+        // Whatever still waits for room is retried after the next flush (or at once, busy).
+        self.stalled.extend(ids);
         if self.commands.is_some() {
             super::app::publish_stats(&l.session, &self.stats, &self.closed, self.flows.len());
         }
