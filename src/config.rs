@@ -287,83 +287,7 @@ impl Upstream {
     }
 }
 
-/// An IP network written as `addr/len`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Cidr {
-    /// The network address (host bits zero).
-    pub addr: std::net::IpAddr,
-    /// Prefix length.
-    pub len: u8,
-}
-
-impl Cidr {
-    /// Whether `ip` is inside (an IPv4 net also matches v4-mapped IPv6 addresses).
-    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
-        use std::net::IpAddr;
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.len)).unwrap_or(0);
-                u32::from(n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.len))
-                    .unwrap_or(0);
-                u128::from(n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Cidr, String> {
-        use std::net::IpAddr;
-        let (a, l) = s
-            .split_once('/')
-            .ok_or_else(|| format!("expected addr/len, e.g. 10.0.0.0/8 (got {s:?})"))?;
-        let addr: IpAddr = a
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse()
-            .map_err(|_| format!("{a:?} is not an IP address (got {s:?})"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let len: u8 = l
-            .parse()
-            .ok()
-            .filter(|&n| n <= max)
-            .ok_or_else(|| format!("prefix length must be 0 to {max} (got {s:?})"))?;
-        let c = Cidr { addr, len };
-        let zeroed = match addr {
-            IpAddr::V4(v) => {
-                let m = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-                IpAddr::V4((u32::from(v) & m).into())
-            }
-            IpAddr::V6(v) => {
-                let m = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-                IpAddr::V6((u128::from(v) & m).into())
-            }
-        };
-        if zeroed != addr {
-            return Err(format!(
-                "host bits set in {s:?} (did you mean {zeroed}/{len}?)"
-            ));
-        }
-        Ok(c)
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.len)
-    }
-}
+pub use crate::net::Cidr;
 
 /// What libqnet.so does inside an app, from the `[intercept]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1003,8 +927,8 @@ impl InterceptConfig {
         ] {
             if let Some(v) = v {
                 let n = o.cidr(field, v)?;
-                let host_bits = if n.addr.is_ipv4() { 32 } else { 128 } - u32::from(n.len);
-                if n.addr.is_ipv4() != v4 {
+                let host_bits = n.host_bits();
+                if n.addr().is_ipv4() != v4 {
                     return Err(o.err(field, "wrong address family"));
                 }
                 if host_bits < 8 {

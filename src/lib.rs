@@ -12,6 +12,7 @@ pub mod entropy;
 pub mod ffi;
 mod hooks;
 pub mod keys;
+pub mod net;
 pub mod proto;
 pub mod relay;
 pub mod sched;

@@ -21,13 +21,18 @@ fn fake(cfg: &Config) -> Option<&'static FakeDns> {
     FAKE.get_or_init(|| {
         let _g = BypassGuard::enter();
         let i = &cfg.intercept;
-        let (IpAddr::V4(v4), IpAddr::V6(v6)) = (i.fake_net_v4.addr, i.fake_net_v6.addr) else {
+        let (IpAddr::V4(v4), IpAddr::V6(v6)) = (i.fake_net_v4.addr(), i.fake_net_v6.addr()) else {
             return None;
         };
         let table = super::sys::shared_fake_table(CAPACITY as usize);
-        match table
-            .map(|(h, s)| FakeDns::new(h, s, (v4, i.fake_net_v4.len), (v6, i.fake_net_v6.len)))
-        {
+        match table.map(|(h, s)| {
+            FakeDns::new(
+                h,
+                s,
+                (v4, i.fake_net_v4.prefix()),
+                (v6, i.fake_net_v6.prefix()),
+            )
+        }) {
             Ok(Ok(map)) => Some(map),
             Ok(Err(e)) => {
                 super::app::tell_once(&format!("fake-address nets unusable: {e}"));

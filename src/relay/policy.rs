@@ -62,94 +62,8 @@ pub struct ExitRuleError {
     pub reason: String,
 }
 
-/// A block of addresses: a network address with host bits zero, and a prefix length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-fn v4_mask(prefix: u8) -> u32 {
-    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
-}
-
-fn v6_mask(prefix: u8) -> u128 {
-    u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
-}
-
-impl Cidr {
-    /// Builds a block; fails if `prefix` is too long for the family or host bits are set.
-    ///
-    /// An IPv4-mapped IPv6 block of /96 or longer becomes the equivalent IPv4 block.
-    pub fn new(addr: IpAddr, prefix: u8) -> Result<Cidr, String> {
-        let (addr, prefix) = match addr {
-            IpAddr::V6(a) if prefix >= 96 && a.to_ipv4_mapped().is_some() => (
-                IpAddr::V4(a.to_ipv4_mapped().expect("checked above")),
-                prefix - 96,
-            ),
-            other => (other, prefix),
-        };
-        let ok = match addr {
-            IpAddr::V4(a) => {
-                if prefix > 32 {
-                    return Err(format!("prefix /{prefix} is longer than 32"));
-                }
-                u32::from(a) & !v4_mask(prefix) == 0
-            }
-            IpAddr::V6(a) => {
-                if prefix > 128 {
-                    return Err(format!("prefix /{prefix} is longer than 128"));
-                }
-                u128::from(a) & !v6_mask(prefix) == 0
-            }
-        };
-        if !ok {
-            let network = match addr {
-                IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & v4_mask(prefix))),
-                IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & v6_mask(prefix))),
-            };
-            return Err(format!(
-                "host bits set in {addr}/{prefix}; the block is {network}/{prefix}"
-            ));
-        }
-        Ok(Cidr { addr, prefix })
-    }
-
-    /// The network address.
-    pub fn addr(&self) -> IpAddr {
-        self.addr
-    }
-
-    /// The prefix length.
-    pub fn prefix(&self) -> u8 {
-        self.prefix
-    }
-
-    /// Whether `ip` lies in the block; addresses of the other family never do.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(a)) => in_v4(a, net, self.prefix),
-            (IpAddr::V6(net), IpAddr::V6(a)) => in_v6(a, net, self.prefix),
-            _ => false,
-        }
-    }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-fn in_v4(a: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
-    let mask = v4_mask(prefix);
-    u32::from(a) & mask == u32::from(net) & mask
-}
-
-fn in_v6(a: Ipv6Addr, net: Ipv6Addr, prefix: u8) -> bool {
-    let mask = v6_mask(prefix);
-    u128::from(a) & mask == u128::from(net) & mask
-}
+pub use crate::net::Cidr;
+use crate::net::{in_v4, in_v6};
 
 /// An inclusive range of ports, never including 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -395,8 +309,8 @@ impl fmt::Display for ExitRule {
         match self.target {
             ExitTarget::Global => f.write_str("global")?,
             // Brackets keep the port list from reading as more IPv6 groups.
-            ExitTarget::Net(net) if net.addr.is_ipv6() && !self.ports.is_empty() => {
-                write!(f, "[{}]/{}", net.addr, net.prefix)?;
+            ExitTarget::Net(net) if net.addr().is_ipv6() && !self.ports.is_empty() => {
+                write!(f, "[{}]/{}", net.addr(), net.prefix())?;
             }
             ExitTarget::Net(net) => write!(f, "{net}")?,
         }
