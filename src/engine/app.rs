@@ -411,23 +411,15 @@ fn tunnel(fd: i32, peer: SocketAddr, dest: Destination, cfg: &Config) -> Result<
         })?;
         return Err(libc::EINPROGRESS);
     }
-    let (tx, rx) = crossbeam::channel::bounded(1);
-    send(Attach {
+    let started = Instant::now();
+    let result = attach_and_wait(
         sock,
         dest,
-        app: AppConn {
-            filler: 0,
-            restore: None,
-            state,
-            reply: Some(tx),
-            counters: info.counters.clone(),
-        },
-    })?;
-    let started = Instant::now();
-    let result = rx
-        .recv_timeout(cfg.intercept.connect_timeout)
-        .unwrap_or(Err(Failure::Errno(libc::ETIMEDOUT)))
-        .map_err(Failure::errno);
+        state,
+        info.counters.clone(),
+        cfg.intercept.connect_timeout,
+    )
+    .map_err(Failure::errno);
     crate::qlog!(
         Debug,
         "connect to {peer}: {result:?} after {:?}",
@@ -446,6 +438,32 @@ fn tunnel(fd: i32, peer: SocketAddr, dest: Destination, cfg: &Config) -> Result<
     Ok(())
 }
 
+/// Hand `sock` to the engine as a stream to `dest` and wait up to `timeout` for the
+/// relay's answer (a blocking connect).
+fn attach_and_wait(
+    sock: mio::net::UnixStream,
+    dest: Destination,
+    state: std::sync::Arc<ConnState>,
+    counters: std::sync::Arc<fdtab::FlowCounters>,
+    timeout: std::time::Duration,
+) -> Result<(), Failure> {
+    let (tx, rx) = crossbeam::channel::bounded(1);
+    send(Attach {
+        sock,
+        dest,
+        app: AppConn {
+            filler: 0,
+            restore: None,
+            state,
+            reply: Some(tx),
+            counters,
+        },
+    })
+    .map_err(Failure::Errno)?;
+    rx.recv_timeout(timeout)
+        .unwrap_or(Err(Failure::Errno(libc::ETIMEDOUT)))
+}
+
 /// A new connected stream socket to `dest` for the C API's `qnet_connect`: the app end of
 /// a socketpair whose other end the engine carries (blocking, close-on-exec).
 pub fn connect_stream(
@@ -461,21 +479,7 @@ pub fn connect_stream(
     let sock = mio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(engine));
     let state = ConnState::new();
     let counters: std::sync::Arc<fdtab::FlowCounters> = Default::default();
-    let (tx, rx) = crossbeam::channel::bounded(1);
-    send(Attach {
-        sock,
-        dest,
-        app: AppConn {
-            filler: 0,
-            restore: None,
-            state: state.clone(),
-            reply: Some(tx),
-            counters: counters.clone(),
-        },
-    })
-    .map_err(Failure::Errno)?;
-    rx.recv_timeout(timeout)
-        .unwrap_or(Err(Failure::Errno(libc::ETIMEDOUT)))?;
+    attach_and_wait(sock, dest, state.clone(), counters.clone(), timeout)?;
     state.set(0);
     fdtab::add_tunneled(
         app.as_raw_fd(),

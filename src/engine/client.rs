@@ -319,14 +319,20 @@ impl Client {
 
     /// Carry every connection accepted on `listen` to `dest`; returns the bound address.
     pub fn forward(&mut self, listen: SocketAddr, dest: Destination) -> io::Result<SocketAddr> {
+        let (listener, addr, t) = self.listen(listen)?;
+        self.forwards.insert(t, Forward { listener, dest });
+        Ok(addr)
+    }
+
+    /// Bind and register a listener; returns it, its address and its token.
+    fn listen(&mut self, listen: SocketAddr) -> io::Result<(TcpListener, SocketAddr, Token)> {
         let mut listener = TcpListener::bind(listen)?;
         let addr = listener.local_addr()?;
         let t = self.token();
         self.poll
             .registry()
             .register(&mut listener, t, Interest::READABLE)?;
-        self.forwards.insert(t, Forward { listener, dest });
-        Ok(addr)
+        Ok((listener, addr, t))
     }
 
     /// Serve SOCKS5 on `listen` (`qnet socks`): each CONNECT becomes a stream to its
@@ -336,12 +342,7 @@ impl Client {
         listen: SocketAddr,
         auth: crate::socks::SocksAuth,
     ) -> io::Result<SocketAddr> {
-        let mut listener = TcpListener::bind(listen)?;
-        let addr = listener.local_addr()?;
-        let t = self.token();
-        self.poll
-            .registry()
-            .register(&mut listener, t, Interest::READABLE)?;
+        let (listener, addr, t) = self.listen(listen)?;
         self.socks_listeners.insert(t, (listener, auth));
         Ok(addr)
     }
