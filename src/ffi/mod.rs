@@ -506,6 +506,26 @@ pub extern "C" fn qnet_set_profile(fd: c_int, profile: *const c_char) -> QnetRes
     })
 }
 
+/// Check a caller's stats struct: not NULL, and its leading `size` at least this
+/// library's layout, so the whole struct may be written.
+///
+/// # Safety
+/// `out` is NULL or points to at least 4 readable bytes (the caller's `size` field).
+unsafe fn out_fits<T>(out: *mut T) -> Result<(), QnetResult> {
+    if out.is_null() {
+        return Err(fail(QnetResult::QNET_ERR_NULL, "out is NULL"));
+    }
+    // SAFETY: not NULL; only `size` is read before the size check.
+    let size = unsafe { std::ptr::read_unaligned(out.cast::<u32>()) } as usize;
+    if size < size_of::<T>() {
+        return Err(fail(
+            QnetResult::QNET_ERR_BUFFER_TOO_SMALL,
+            format!("size {size} < {}", size_of::<T>()),
+        ));
+    }
+    Ok(())
+}
+
 /// Fill `out` with the counters of the qnet connection `fd`. `out->size` must be at least
 /// the version-1 size; `QNET_ERR_BUFFER_TOO_SMALL` otherwise. Thread-safe.
 #[unsafe(no_mangle)]
@@ -514,16 +534,9 @@ pub unsafe extern "C" fn qnet_flow_stats(fd: c_int, out: *mut QnetFlowStats) -> 
         if let Err(e) = ready() {
             return e;
         }
-        if out.is_null() {
-            return fail(QnetResult::QNET_ERR_NULL, "out is NULL");
-        }
-        // SAFETY: the caller's struct; only `size` is read before the size check.
-        let size = unsafe { std::ptr::read_unaligned(out.cast::<u32>()) } as usize;
-        if size < size_of::<QnetFlowStats>() {
-            return fail(
-                QnetResult::QNET_ERR_BUFFER_TOO_SMALL,
-                format!("size {size} < {}", size_of::<QnetFlowStats>()),
-            );
+        // SAFETY: the caller's pointer, checked by out_fits.
+        if let Err(e) = unsafe { out_fits(out) } {
+            return e;
         }
         let Some(c) = app::flow_counters(fd) else {
             return fail(
@@ -558,16 +571,9 @@ pub unsafe extern "C" fn qnet_stats(out: *mut QnetStats) -> QnetResult {
         if let Err(e) = ready() {
             return e;
         }
-        if out.is_null() {
-            return fail(QnetResult::QNET_ERR_NULL, "out is NULL");
-        }
-        // SAFETY: as in qnet_flow_stats.
-        let size = unsafe { std::ptr::read_unaligned(out.cast::<u32>()) } as usize;
-        if size < size_of::<QnetStats>() {
-            return fail(
-                QnetResult::QNET_ERR_BUFFER_TOO_SMALL,
-                format!("size {size} < {}", size_of::<QnetStats>()),
-            );
+        // SAFETY: the caller's pointer, checked by out_fits.
+        if let Err(e) = unsafe { out_fits(out) } {
+            return e;
         }
         use Ordering::Relaxed;
         let s = &*app::STATS;
