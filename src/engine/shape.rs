@@ -46,8 +46,6 @@ pub struct Shaper {
     head: usize,
     /// The deadline this flow has in the engine's timer wheel, if any.
     pub armed: Option<u64>,
-    /// The application finished sending.
-    closed: bool,
 }
 
 impl std::fmt::Debug for Shaper {
@@ -75,7 +73,7 @@ impl Shaper {
         now: Instant,
     ) -> Result<Option<Box<Shaper>>, String> {
         let held = old.as_ref().map_or(0, |o| o.queued());
-        let closed = old.as_ref().is_some_and(|o| o.closed);
+        let closed = old.as_ref().is_some_and(|o| o.sched.is_closed());
         let params = profile.params(dir);
         if params.mode == crate::sched::Mode::Off && held == 0 {
             return Ok(None);
@@ -85,7 +83,6 @@ impl Shaper {
             buf: Vec::new(),
             head: 0,
             armed: None,
-            closed: false,
         };
         if let Some(o) = old {
             new.push(now, &o.buf[o.head..]);
@@ -109,7 +106,6 @@ impl Shaper {
             buf: Vec::new(),
             head: 0,
             armed: None,
-            closed: false,
         }))
     }
 
@@ -136,7 +132,6 @@ impl Shaper {
 
     /// The application finished sending at `now`.
     pub fn close(&mut self, now: Instant) {
-        self.closed = true;
         self.sched.on_close(now_ns(now));
     }
 

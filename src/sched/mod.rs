@@ -834,6 +834,11 @@ impl FlowSched {
         self.queued
     }
 
+    /// The application closed its sending side ([`FlowSched::on_close`] was called).
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
     /// True when the flow has nothing queued and will never emit again (closed and done).
     pub fn is_finished(&self) -> bool {
         if !self.closed || self.queued > 0 || self.dead.is_some() || self.pending.is_some() {
