@@ -75,32 +75,43 @@ fn decided(d: Decision<()>, real: impl FnOnce() -> c_int) -> c_int {
     }
 }
 
-/// Decode an inet socket address; `None` for other families or short lengths.
-unsafe fn sockaddr_in(addr: *const sockaddr, len: socklen_t) -> Option<SocketAddr> {
-    if addr.is_null() || (len as usize) < size_of::<libc::sa_family_t>() {
-        return None;
+/// The shortest IPv6 address the kernel accepts: RFC 2133's `sockaddr_in6`, without
+/// `sin6_scope_id` (Linux's `SIN6_LEN_RFC2133`).
+const SIN6_LEN_RFC2133: usize = 24;
+
+/// Decode an address argument as the kernel reads it: `Ok(Some)` for an inet address,
+/// `Ok(None)` for other families (passed on), and `Err(EINVAL)` for an inet family with
+/// too few bytes, which must never reach the real call either (fail closed).
+unsafe fn sockaddr_in(addr: *const sockaddr, len: socklen_t) -> Result<Option<SocketAddr>, c_int> {
+    let len = len as usize;
+    if addr.is_null() || len < size_of::<libc::sa_family_t>() {
+        return Ok(None);
     }
     // SAFETY: the caller passes a readable buffer of `len` bytes (connect's contract);
     // reads are unaligned-safe and bounded by the length checks.
     unsafe {
         match c_int::from((*addr).sa_family) {
-            libc::AF_INET if len as usize >= size_of::<libc::sockaddr_in>() => {
+            libc::AF_INET if len >= size_of::<libc::sockaddr_in>() => {
                 let a = ptr::read_unaligned(addr.cast::<libc::sockaddr_in>());
-                Some(SocketAddr::V4(SocketAddrV4::new(
+                Ok(Some(SocketAddr::V4(SocketAddrV4::new(
                     Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
                     u16::from_be(a.sin_port),
-                )))
+                ))))
             }
-            libc::AF_INET6 if len as usize >= size_of::<libc::sockaddr_in6>() => {
-                let a = ptr::read_unaligned(addr.cast::<libc::sockaddr_in6>());
-                Some(SocketAddr::V6(SocketAddrV6::new(
+            libc::AF_INET6 if len >= SIN6_LEN_RFC2133 => {
+                // Copy only the bytes the caller has: a 24-byte address has no scope id.
+                let mut a: libc::sockaddr_in6 = std::mem::zeroed();
+                let n = len.min(size_of::<libc::sockaddr_in6>());
+                ptr::copy_nonoverlapping(addr.cast::<u8>(), (&raw mut a).cast::<u8>(), n);
+                Ok(Some(SocketAddr::V6(SocketAddrV6::new(
                     Ipv6Addr::from(a.sin6_addr.s6_addr),
                     u16::from_be(a.sin6_port),
                     a.sin6_flowinfo,
                     a.sin6_scope_id,
-                )))
+                ))))
             }
-            _ => None,
+            libc::AF_INET | libc::AF_INET6 => Err(libc::EINVAL),
+            _ => Ok(None),
         }
     }
 }
@@ -233,9 +244,14 @@ pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_
     }
     guarded("connect", -1, || {
         // SAFETY: connect's contract: `addr` points to `len` readable bytes.
-        let Some(sa) = (unsafe { sockaddr_in(addr, len) }) else {
+        let sa = match unsafe { sockaddr_in(addr, len) } {
+            Ok(Some(sa)) => sa,
             // SAFETY: as above.
-            return unsafe { real(fd, addr, len) };
+            Ok(None) => return unsafe { real(fd, addr, len) },
+            Err(e) => {
+                set_errno(e);
+                return -1;
+            }
         };
         if fdtab::kind(fd) == Kind::None {
             match socket_type(fd) {
@@ -490,7 +506,7 @@ pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
             let mut len = size_of::<libc::sockaddr_storage>() as socklen_t;
             match gsn {
                 Some(f) if f(fd, (&raw mut ss).cast(), &mut len) == 0 => {
-                    sockaddr_in((&raw const ss).cast(), len)
+                    sockaddr_in((&raw const ss).cast(), len).ok().flatten()
                 }
                 _ => None,
             }
@@ -647,7 +663,10 @@ unsafe fn send_with_address(
         return Some(Ok(flags & !libc::MSG_FASTOPEN));
     }
     // SAFETY: the caller's address buffer of `len` bytes.
-    let sa = unsafe { sockaddr_in(addr, len) }?;
+    let sa = match unsafe { sockaddr_in(addr, len) } {
+        Ok(sa) => sa?,
+        Err(e) => return Some(Err(e)),
+    };
     let ty = socket_type(fd);
     if ty == libc::SOCK_DGRAM {
         // A datagram socket we never saw created (inherited, passed in): same policy.
@@ -1505,7 +1524,10 @@ pub unsafe extern "C" fn getnameinfo(
             return libc::EAI_FAIL;
         };
         // SAFETY: the caller's address of `salen` bytes.
-        let ip = unsafe { sockaddr_in(sa, salen) }.map(|a| a.ip());
+        let ip = match unsafe { sockaddr_in(sa, salen) } {
+            Ok(a) => a.map(|a| a.ip()),
+            Err(_) => return libc::EAI_FAMILY,
+        };
         let (Some(ip), true) = (ip, cfg.intercept.remote_dns) else {
             // SAFETY: as above (not inet, or remote DNS off).
             return unsafe { real(sa, salen, host, hostlen, serv, servlen, flags) };
