@@ -13,6 +13,7 @@ pub mod ffi;
 mod hooks;
 pub mod keys;
 pub mod net;
+pub mod os;
 pub mod proto;
 pub mod relay;
 pub mod sched;

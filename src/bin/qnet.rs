@@ -254,17 +254,6 @@ fn find_library() -> Result<PathBuf, String> {
     ))
 }
 
-/// The program `name` as the shell would find it.
-fn find_program(name: &std::ffi::OsStr) -> Option<PathBuf> {
-    let p = Path::new(name);
-    if p.components().count() > 1 {
-        return Some(p.to_path_buf());
-    }
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|d| d.join(p))
-        .find(|c| c.is_file())
-}
-
 fn run(config: Option<PathBuf>, command: Vec<std::ffi::OsString>) -> ExitCode {
     use std::os::unix::process::CommandExt;
     let fail = |msg: String| {
@@ -276,7 +265,7 @@ fn run(config: Option<PathBuf>, command: Vec<std::ffi::OsString>) -> ExitCode {
         Err(e) => return fail(e),
     };
     let prog = &command[0];
-    let Some(path) = find_program(prog) else {
+    let Some(path) = qnet::os::find_program(prog) else {
         return fail(format!("{}: command not found", prog.to_string_lossy()));
     };
     match qnet::elf::file_linkage(&path) {

@@ -15,7 +15,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use super::client::{AppConn, Attach, Client, ClientConfig, Failure};
+use super::client::{AppConn, Attach, Client, ClientConfig, ClientStats, Failure, Observer};
 use super::fdtab::{self, ConnState, FdInfo, Kind};
 use super::sys;
 use crate::config::Config;
@@ -168,7 +168,7 @@ fn start_engine(cfg: &Config) -> Result<Engine, String> {
     client
         .accept_commands(rx, wake_rx)
         .map_err(|e| format!("engine: {e}"))?;
-    client.mark_internal_fds();
+    client.observe(Box::new(Published));
     client.set_max_wait(std::time::Duration::from_secs(3600));
     fdtab::mark_internal(wake_tx.as_raw_fd());
     let thread = std::thread::Builder::new()
@@ -233,7 +233,16 @@ pub fn init(
 /// Register the fork handlers once (the preloaded library at load, the C API at init).
 pub fn install_fork_handlers() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(sys::register_atfork);
+    extern "C" fn prepare() {
+        fork_prepare();
+    }
+    extern "C" fn parent() {
+        fork_parent();
+    }
+    extern "C" fn child() {
+        fork_child();
+    }
+    ONCE.call_once(|| crate::os::on_fork(prepare, parent, child));
 }
 
 /// Turn interception on, with the fork handlers it relies on.
@@ -543,10 +552,38 @@ pub struct EngineStats {
 /// The engine's published counters.
 pub static STATS: std::sync::LazyLock<EngineStats> = std::sync::LazyLock::new(EngineStats::default);
 
-/// Publish the live session's counters (called by the engine after each service round).
-pub fn publish_stats(
+/// The preload runtime's [`Observer`]: engine fds go into the fd table, counters into
+/// [`STATS`].
+struct Published;
+
+impl Observer for Published {
+    fn internal_fd(&self, fd: i32) {
+        fdtab::mark_internal(fd);
+    }
+
+    fn relay_local(&self, ip: IpAddr) {
+        *RELAY_LOCAL.lock() = Some(ip);
+    }
+
+    fn stats(
+        &self,
+        session: &crate::proto::Session,
+        client: &ClientStats,
+        closed: &crate::proto::SessionStats,
+        flows: usize,
+    ) {
+        publish_stats(session, client, closed, flows);
+    }
+
+    fn down(&self, client: &ClientStats, closed: &crate::proto::SessionStats) {
+        publish_down(client, closed);
+    }
+}
+
+/// Publish the live session's counters.
+fn publish_stats(
     session: &crate::proto::Session,
-    client: &super::client::ClientStats,
+    client: &ClientStats,
     closed: &crate::proto::SessionStats,
     flows: usize,
 ) {
@@ -582,7 +619,7 @@ pub fn publish_stats(
 }
 
 /// Publish that the session is down (counters of the sessions that ended stay).
-pub fn publish_down(client: &super::client::ClientStats, closed: &crate::proto::SessionStats) {
+fn publish_down(client: &ClientStats, closed: &crate::proto::SessionStats) {
     use Ordering::Relaxed;
     let s = &*STATS;
     s.session_state.store(3, Relaxed);
@@ -623,11 +660,6 @@ pub fn local_of(fd: i32) -> Decision<SocketAddr> {
 
 /// This host's address on the relay connection, set by the engine once connected.
 static RELAY_LOCAL: Mutex<Option<IpAddr>> = Mutex::new(None);
-
-/// The engine's relay connection is up from this local address.
-pub fn set_relay_local(ip: IpAddr) {
-    *RELAY_LOCAL.lock() = Some(ip);
-}
 
 /// The local address a tunneled socket to `peer` reports: the relay connection's own
 /// address when the family matches (else unspecified) and a random ephemeral port.

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, ErrorKind};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
@@ -17,10 +17,10 @@ use super::pump::{Endpoint, PumpState, Sock};
 use super::shape::Shaper;
 use super::{Link, LinkRead, READ_CHUNK};
 use crate::keys::PrivateKey;
-use crate::proto::{Destination, Event, Role, Session, SessionConfig};
+use crate::proto::{Destination, Event, Role, Session, SessionConfig, SessionStats};
 use crate::qlog;
 use std::io::{Read as _, Write as _};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 
 /// What the client engine needs.
@@ -79,6 +79,29 @@ pub fn parse_destination(s: &str) -> Result<Destination, String> {
     }
     Ok(Destination::Name(host.to_owned(), port))
 }
+
+/// What a client loop tells the process around it. The preload runtime publishes it for
+/// `qnet_stats` and keeps the engine's fds from the app; `qnet forward` and `qnet socks`
+/// use `()`, which ignores everything. A parameter, so this loop writes no global.
+pub trait Observer: Send {
+    /// `fd` belongs to the engine: the app must not close or reuse it.
+    fn internal_fd(&self, _fd: RawFd) {}
+    /// The session to the relay is up, from this local address.
+    fn relay_local(&self, _ip: IpAddr) {}
+    /// Counters after a service round (before received bytes reach the app).
+    fn stats(
+        &self,
+        _session: &Session,
+        _client: &ClientStats,
+        _closed: &SessionStats,
+        _flows: usize,
+    ) {
+    }
+    /// The session is down; counters of the sessions that ended stay.
+    fn down(&self, _client: &ClientStats, _closed: &SessionStats) {}
+}
+
+impl Observer for () {}
 
 /// Statistics the client keeps about itself.
 #[derive(Debug, Clone, Copy, Default)]
@@ -262,7 +285,7 @@ pub struct Client {
     /// Longest sleep between checks of `run`'s stop condition.
     max_wait: Duration,
     /// Counters of sessions that ended, so totals survive reconnects.
-    closed: crate::proto::SessionStats,
+    closed: SessionStats,
     /// Shaped flows' next departures (keys are stream ids).
     wheel: super::wheel::Wheel,
     /// Wakes the loop for the wheel's next deadline with nanosecond precision.
@@ -271,6 +294,8 @@ pub struct Client {
     timer_at: Option<u64>,
     /// Counters.
     pub stats: ClientStats,
+    /// Where progress is reported.
+    observer: Box<dyn Observer>,
 }
 
 impl Client {
@@ -304,11 +329,12 @@ impl Client {
             dirty: Default::default(),
             stalled: Default::default(),
             max_wait: Duration::from_millis(100),
-            closed: crate::proto::SessionStats::default(),
+            closed: SessionStats::default(),
             wheel: super::wheel::Wheel::new(),
             timer,
             timer_at: None,
             stats: ClientStats::default(),
+            observer: Box::new(()),
         })
     }
 
@@ -502,10 +528,7 @@ impl Client {
             }
         };
         let _ = sock.set_nodelay(true);
-        if self.commands.is_some() {
-            // Inside an app (preloaded or the C API): the app must not close it.
-            fdtab::mark_internal(sock.as_raw_fd());
-        }
+        self.observer.internal_fd(sock.as_raw_fd());
         self.link_token = self.token();
         if let Err(e) = self.poll.registry().register(
             &mut sock,
@@ -575,9 +598,7 @@ impl Client {
             c.records_received += st.records_received;
             c.padding_sent += st.padding_sent;
         }
-        if self.commands.is_some() {
-            super::app::publish_down(&self.stats, &self.closed);
-        }
+        self.observer.down(&self.stats, &self.closed);
         for (_, mut f) in self.flows.drain() {
             let _ = f.ep.sock.deregister(self.poll.registry());
             if let Some(app) = f.app.take() {
@@ -779,7 +800,7 @@ impl Client {
                 Event::Connected { .. } => {
                     qlog!(Info, "session to {} established", self.cfg.relay);
                     if let Ok(a) = l.sock.local_addr() {
-                        super::app::set_relay_local(a.ip());
+                        self.observer.relay_local(a.ip());
                     }
                     self.stats.sessions += 1;
                     self.backoff = Duration::from_millis(100);
@@ -921,11 +942,10 @@ impl Client {
                 }
             }
         }
-        if self.commands.is_some() {
-            // Before the pump hands received bytes to the app: an app that read them must
-            // find them counted.
-            super::app::publish_stats(&l.session, &self.stats, &self.closed, self.flows.len());
-        }
+        // Before the pump hands received bytes to the app: an app that read them must find
+        // them counted.
+        self.observer
+            .stats(&l.session, &self.stats, &self.closed, self.flows.len());
         // Pump until no stream waits for room; a stream that stopped at the high-water
         // mark gets no new readiness edge once the flush drains, so it must be retried here.
         if self.busy {
@@ -1036,18 +1056,20 @@ impl Client {
         }
         // Whatever still waits for room is retried after the next flush (or at once, busy).
         self.stalled.extend(ids);
-        if self.commands.is_some() {
-            super::app::publish_stats(&l.session, &self.stats, &self.closed, self.flows.len());
-        }
+        self.observer
+            .stats(&l.session, &self.stats, &self.closed, self.flows.len());
     }
 
-    /// Register the poller's and wake pipe's fds as the engine's own (preload library).
-    pub fn mark_internal_fds(&self) {
-        fdtab::mark_internal(self.poll.as_raw_fd());
-        fdtab::mark_internal(self.timer.as_raw_fd());
+    /// Report progress to `observer` from now on; its `internal_fd` hears of the loop's
+    /// own fds at once (the poller, the timer, the command wake pipe), so call this after
+    /// [`Client::accept_commands`].
+    pub fn observe(&mut self, observer: Box<dyn Observer>) {
+        observer.internal_fd(self.poll.as_raw_fd());
+        observer.internal_fd(self.timer.as_raw_fd());
         if let Some(c) = &self.commands {
-            fdtab::mark_internal(c.wake.as_raw_fd());
+            observer.internal_fd(c.wake.as_raw_fd());
         }
+        self.observer = observer;
     }
 
     /// Whether the session is up.

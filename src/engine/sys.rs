@@ -228,20 +228,10 @@ pub(super) fn inet_peer(fd: RawFd) -> Option<std::net::SocketAddr> {
     }
 }
 
-/// `dlsym(RTLD_NEXT, name)`: the definition after the object holding this code. Inside
-/// libqnet.so that is what the app would reach past us (libc, or proxychains-ng when it
-/// is preloaded after us), so the relay connection is chained as the user ordered it;
-/// inside a program it is libc.
-fn next_symbol(name: &std::ffi::CStr) -> Option<usize> {
-    // SAFETY: a NUL-terminated name; dlsym has no other preconditions.
-    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
-    (p != 0).then_some(p)
-}
-
 /// Start a non-blocking TCP connect to `addr` through the next `connect` in load order
 /// (never through qnet's own hook). The connect completes later, as with mio's.
 pub(super) fn connect_next(addr: std::net::SocketAddr) -> io::Result<std::net::TcpStream> {
-    let Some(connect) = next_symbol(c"connect") else {
+    let Some(connect) = crate::os::next_symbol(c"connect") else {
         return Err(io::Error::other("no connect() after libqnet in load order"));
     };
     // SAFETY: `connect` is the address of a function with connect(2)'s prototype.
@@ -307,8 +297,10 @@ pub(super) fn resolve_next(host: &str, port: u16) -> io::Result<Vec<std::net::So
         *mut *mut libc::addrinfo,
     ) -> libc::c_int;
     type Free = unsafe extern "C" fn(*mut libc::addrinfo);
-    let (Some(gai), Some(free)) = (next_symbol(c"getaddrinfo"), next_symbol(c"freeaddrinfo"))
-    else {
+    let (Some(gai), Some(free)) = (
+        crate::os::next_symbol(c"getaddrinfo"),
+        crate::os::next_symbol(c"freeaddrinfo"),
+    ) else {
         return Err(io::Error::other(
             "no getaddrinfo() after libqnet in load order",
         ));
@@ -362,21 +354,6 @@ pub(super) fn resolve_next(host: &str, port: u16) -> io::Result<Vec<std::net::So
         free(res);
     }
     Ok(out)
-}
-
-/// Register the fork handlers of `engine::app` with `pthread_atfork`.
-pub(super) fn register_atfork() {
-    extern "C" fn prepare() {
-        super::app::fork_prepare();
-    }
-    extern "C" fn parent() {
-        super::app::fork_parent();
-    }
-    extern "C" fn child() {
-        super::app::fork_child();
-    }
-    // SAFETY: the three handlers are plain functions valid for the process's life.
-    unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
 }
 
 /// A non-blocking CLOCK_MONOTONIC timerfd: the engines' wakeup for shaped departures, with

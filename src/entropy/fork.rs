@@ -1,11 +1,10 @@
-//! Fork detection for the entropy ring: the one `unsafe` call of the module.
+//! Fork detection for the entropy ring.
 //!
 //! A pid check on refill alone is not enough: a child inherits its parent's buffered,
 //! not yet served bytes and would serve them again. A `pthread_atfork` child handler
 //! bumps an epoch that every draw compares (one relaxed load), so the child discards the
 //! inherited buffer before its first byte. The handlers also hold the ring's one lock
 //! across `fork`, so a child never inherits it locked by a thread it does not have.
-#![allow(unsafe_code)]
 
 use std::sync::Once;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,9 +26,7 @@ pub(super) fn register() {
             EPOCH.fetch_add(1, Ordering::Relaxed);
             super::fork_release();
         }
-        // SAFETY: the handlers are plain functions of this library (glibc drops them
-        // if the library is unloaded); they only take or release the ring's lock and
-        // bump an atomic.
-        unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+        // They only take or release the ring's lock and bump an atomic.
+        crate::os::on_fork(prepare, parent, child);
     });
 }

@@ -7,7 +7,7 @@
 
 use std::ffi::{CStr, CString, c_char, c_int};
 use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::ptr;
 use std::sync::OnceLock;
 
@@ -62,19 +62,6 @@ unsafe fn child_env(envp: *const *const c_char) -> Option<ChildEnv> {
     })
 }
 
-/// Where the shell would find `file` on `PATH` (for the setuid check only; the real
-/// function still does its own search).
-fn search_path(file: &CStr) -> Option<PathBuf> {
-    let f = Path::new(std::ffi::OsStr::from_bytes(file.to_bytes()));
-    if file.to_bytes().contains(&b'/') {
-        return Some(f.to_path_buf());
-    }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|d| d.join(f))
-        .find(|c| c.is_file())
-}
-
 /// The decision for executing `path` (a NUL-terminated string; null passes through).
 unsafe fn check(path: *const c_char, search: bool) -> Decision<()> {
     if path.is_null() {
@@ -83,7 +70,8 @@ unsafe fn check(path: *const c_char, search: bool) -> Decision<()> {
     // SAFETY: a NUL-terminated path, by the exec functions' contract.
     let c = unsafe { CStr::from_ptr(path) };
     let target = if search {
-        search_path(c)
+        // For the setuid check only; the real function still does its own search.
+        crate::os::find_program(std::ffi::OsStr::from_bytes(c.to_bytes()))
     } else {
         Some(Path::new(std::ffi::OsStr::from_bytes(c.to_bytes())).to_path_buf())
     };

@@ -1,7 +1,5 @@
-//! The real libc functions behind our hooks, found with `dlsym(RTLD_NEXT)`.
-//!
-//! `RTLD_NEXT` (not `dlopen("libc.so.6")`) finds the next definition in load order, so a
-//! library preloaded after us (proxychains-ng) still sees our calls, and we see its.
+//! The real libc functions behind our hooks: the next definition in load order
+//! ([`crate::os::next_symbol`]), looked up once per function.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -11,9 +9,10 @@ pub(super) fn lookup(cache: &AtomicUsize, name: &'static [u8]) -> usize {
     if p != 0 {
         return p;
     }
-    debug_assert!(name.ends_with(b"\0"));
-    // SAFETY: `name` is NUL-terminated; dlsym has no other preconditions.
-    let f = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr().cast()) } as usize;
+    let f = std::ffi::CStr::from_bytes_with_nul(name)
+        .ok()
+        .and_then(crate::os::next_symbol)
+        .unwrap_or(0);
     cache.store(f, Ordering::Relaxed);
     f
 }

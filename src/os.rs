@@ -1,0 +1,63 @@
+//! The few process-level libc facilities that several layers share, written once: the
+//! next definition of a symbol in load order, fork handlers, and the shell's PATH search.
+#![allow(unsafe_code)]
+
+use std::ffi::{CStr, OsStr};
+use std::path::{Path, PathBuf};
+
+/// `dlsym(RTLD_NEXT, name)`: the definition after the object holding this code, or
+/// `None`. Inside libqnet.so that is what the app would reach past us (libc, or
+/// proxychains-ng when it is preloaded after us); inside a program it is libc.
+/// `RTLD_NEXT`, not `dlopen("libc.so.6")`, so a library preloaded after us still sees
+/// our calls and we see its.
+pub(crate) fn next_symbol(name: &CStr) -> Option<usize> {
+    // SAFETY: a NUL-terminated name; dlsym has no other preconditions.
+    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
+    (p != 0).then_some(p)
+}
+
+/// Register `pthread_atfork` handlers. Callers guard with a `Once`: handlers registered
+/// twice run twice.
+pub(crate) fn on_fork(prepare: extern "C" fn(), parent: extern "C" fn(), child: extern "C" fn()) {
+    // SAFETY: the handlers are plain functions of this library, valid for the process's
+    // life (glibc drops them if the library is unloaded).
+    unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+}
+
+/// glibc's search path when `PATH` is unset (`confstr(_CS_PATH)`).
+const DEFAULT_PATH: &str = "/bin:/usr/bin";
+
+/// The program `name` as `execvp` would find it: a name with a `/` is taken as it is,
+/// any other is looked up on `PATH` (glibc's default when unset).
+pub fn find_program(name: &OsStr) -> Option<PathBuf> {
+    let p = Path::new(name);
+    if name.as_encoded_bytes().contains(&b'/') {
+        return Some(p.to_path_buf());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(p))
+        .find(|c| c.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_program_takes_a_path_as_is_and_searches_a_name() {
+        assert_eq!(
+            find_program(OsStr::new("./no/such")),
+            Some(PathBuf::from("./no/such"))
+        );
+        let sh = find_program(OsStr::new("sh")).expect("sh on PATH");
+        assert!(sh.is_file());
+        assert_eq!(find_program(OsStr::new("qnet-no-such-program-xyz")), None);
+    }
+
+    #[test]
+    fn next_symbol_finds_libc_and_not_nonsense() {
+        assert!(next_symbol(c"connect").is_some());
+        assert!(next_symbol(c"qnet_no_such_symbol_xyz").is_none());
+    }
+}
