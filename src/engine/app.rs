@@ -6,7 +6,6 @@
 //! touches raw pointers. The engine thread starts on the first tunneled connect and
 //! never before, so a preloaded program that makes no connection pays nothing.
 
-use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 use std::sync::OnceLock;
@@ -15,40 +14,14 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
+use super::bypass::bypass_thread;
+pub(crate) use super::bypass::{BypassGuard, bypassed};
 use super::client::{AppConn, Attach, Client, ClientConfig, ClientStats, Failure, Observer};
 use super::fdtab::{self, ConnState, FdInfo, Kind};
+pub(crate) use super::log::tell_once;
 use super::sys;
 use crate::config::Config;
 use crate::proto::Destination;
-
-thread_local! {
-    // const and destructor-free: safe to touch from any hook at any point of a thread's life.
-    static BYPASS: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Whether the calling thread must pass every hook straight through (engine threads,
-/// and hooks re-entered by qnet's own calls).
-#[inline]
-pub fn bypassed() -> bool {
-    BYPASS.with(Cell::get)
-}
-
-/// Sets the bypass flag for its lifetime; nesting is fine.
-pub struct BypassGuard(bool);
-
-impl BypassGuard {
-    /// Enter: qnet's own libc calls from here on reach the real functions.
-    pub fn enter() -> BypassGuard {
-        BypassGuard(BYPASS.with(|b| b.replace(true)))
-    }
-}
-
-impl Drop for BypassGuard {
-    fn drop(&mut self) {
-        let prev = self.0;
-        BYPASS.with(|b| b.set(prev));
-    }
-}
 
 /// Interception is on: set at load for the preloaded `.so`, by `qnet_init` for a static link.
 static ACTIVE: AtomicBool = AtomicBool::new(false);
@@ -135,16 +108,6 @@ pub fn config() -> Result<&'static Config, String> {
     }
 }
 
-static TOLD: AtomicBool = AtomicBool::new(false);
-
-/// The one stderr line for a failure the app's user must see (printed once per process).
-pub fn tell_once(msg: &str) {
-    if !TOLD.swap(true, Ordering::Relaxed) {
-        let _g = BypassGuard::enter();
-        eprintln!("qnet: {msg}");
-    }
-}
-
 // ---- the engine thread --------------------------------------------------------------
 
 struct Engine {
@@ -174,7 +137,7 @@ fn start_engine(cfg: &Config) -> Result<Engine, String> {
     let thread = std::thread::Builder::new()
         .name("qnet-engine".into())
         .spawn(move || {
-            BYPASS.with(|b| b.set(true));
+            bypass_thread();
             if let Err(e) = client.run(|_| SHUT_DOWN.load(Ordering::Acquire)) {
                 tell_once(&format!("engine stopped: {e}; tunneled connections fail"));
             }

@@ -7,6 +7,7 @@
 //! whether it may still have bytes (`readable`) until a read says `WouldBlock`.
 
 pub mod app;
+pub(crate) mod bypass;
 pub mod client;
 pub mod fdtab;
 pub mod log;
