@@ -313,7 +313,7 @@ pub fn connect(fd: i32, addr: SocketAddr) -> Decision<()> {
             return Decision::Refuse(libc::ECONNREFUSED);
         }
     };
-    let ip = canonical(addr.ip());
+    let ip = addr.ip().to_canonical();
     let dest = if super::resolve::is_fake(cfg, ip) {
         match super::resolve::name_of(cfg, ip) {
             Some(name) => Destination::Name(name, addr.port()),
@@ -327,13 +327,6 @@ pub fn connect(fd: i32, addr: SocketAddr) -> Decision<()> {
     match tunnel(fd, addr, dest, cfg) {
         Ok(()) => Decision::Done(()),
         Err(e) => Decision::Refuse(e),
-    }
-}
-
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
     }
 }
 
@@ -800,8 +793,8 @@ pub fn listen(local: Option<SocketAddr>) -> Decision<()> {
         return Decision::Bypass;
     };
     let _g = BypassGuard::enter();
-    let allowed =
-        canonical(local.ip()).is_loopback() || config().is_ok_and(|c| c.intercept.allow_inbound);
+    let allowed = local.ip().to_canonical().is_loopback()
+        || config().is_ok_and(|c| c.intercept.allow_inbound);
     if allowed {
         return Decision::Bypass;
     }
@@ -837,7 +830,7 @@ pub fn received_fd(fd: i32) -> Decision<()> {
         c.intercept
             .bypass
             .iter()
-            .any(|n| n.contains(canonical(peer.ip())))
+            .any(|n| n.contains(peer.ip().to_canonical()))
     });
     if bypassed {
         return Decision::Bypass;
