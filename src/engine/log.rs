@@ -1,7 +1,9 @@
-//! Quiet-by-default diagnostics on stderr, gated by `QNET_LOG` (or the config's `log`).
+//! Quiet-by-default diagnostics on stderr, gated by `QNET_LOG` (or the config's `log`),
+//! and the one line a preloaded app's user must see whatever the level (`tell_once`).
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
+use super::bypass::BypassGuard;
 use crate::config::LogLevel;
 
 static LEVEL: AtomicU8 = AtomicU8::new(2);
@@ -25,6 +27,16 @@ pub fn set_level(l: LogLevel) {
 /// Whether messages at `l` are printed.
 pub fn enabled(l: LogLevel) -> bool {
     rank(l) <= LEVEL.load(Ordering::Relaxed) && rank(l) > 0
+}
+
+static TOLD: AtomicBool = AtomicBool::new(false);
+
+/// The one stderr line for a failure the app's user must see (printed once per process).
+pub(crate) fn tell_once(msg: &str) {
+    if !TOLD.swap(true, Ordering::Relaxed) {
+        let _g = BypassGuard::enter();
+        eprintln!("qnet: {msg}");
+    }
 }
 
 /// Print one line to stderr at level `$lvl` (a `LogLevel` variant name).

@@ -6,15 +6,19 @@
 //! backpressure in both directions. mio is edge-triggered, so every socket remembers
 //! whether it may still have bytes (`readable`) until a read says `WouldBlock`.
 
-pub mod app;
+pub(crate) mod bypass;
 pub mod client;
 pub mod fdtab;
 pub mod log;
+pub(crate) mod preload;
 pub mod pump;
 pub mod resolve;
 pub mod shape;
 mod sys;
 pub mod wheel;
+
+// TEMP(merge): the lead rewrites hooks/ffi paths and removes this.
+pub(crate) use preload as app;
 
 pub use sys::{TimerFd, lower_timer_slack, raise_fd_limit};
 

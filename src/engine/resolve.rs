@@ -8,7 +8,8 @@
 use std::net::IpAddr;
 use std::sync::OnceLock;
 
-use super::app::BypassGuard;
+use super::bypass::BypassGuard;
+use super::log::tell_once;
 use crate::config::Config;
 use crate::dns::{DnsError, FakeDns};
 
@@ -35,11 +36,11 @@ fn fake(cfg: &Config) -> Option<&'static FakeDns> {
         }) {
             Ok(Ok(map)) => Some(map),
             Ok(Err(e)) => {
-                super::app::tell_once(&format!("fake-address nets unusable: {e}"));
+                tell_once(&format!("fake-address nets unusable: {e}"));
                 None
             }
             Err(e) => {
-                super::app::tell_once(&format!("cannot map the fake-address table: {e}"));
+                tell_once(&format!("cannot map the fake-address table: {e}"));
                 None
             }
         }
@@ -107,7 +108,7 @@ pub fn lookup(cfg: &Config, name: &str, family: i32) -> Lookup {
             Lookup::Addrs(ips, canon)
         }
         Err(DnsError::Full) => {
-            super::app::tell_once("fake-address table full; further names do not resolve");
+            tell_once("fake-address table full; further names do not resolve");
             Lookup::NotFound
         }
         Err(_) => Lookup::NotFound,
