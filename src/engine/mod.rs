@@ -14,6 +14,7 @@ pub mod pump;
 pub mod resolve;
 pub mod shape;
 mod sys;
+pub(crate) mod timers;
 pub mod wheel;
 
 pub use sys::{TimerFd, lower_timer_slack, raise_fd_limit};

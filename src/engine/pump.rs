@@ -8,7 +8,30 @@ use mio::event::Source;
 use mio::{Interest, Registry, Token};
 
 use super::READ_CHUNK;
+use super::shape::ShapeError;
 use crate::proto::{Session, StreamError};
+
+/// Why a pump step ended its stream (the caller resets it).
+#[derive(Debug, thiserror::Error)]
+pub enum PumpError {
+    /// The local socket failed (an app that went away is not a shaping failure).
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// The session refused an unshaped write, consume or finish.
+    #[error(transparent)]
+    Stream(StreamError),
+    /// The schedule or the session stopped a shaped flow.
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
+}
+
+impl PumpError {
+    /// Whether the schedule or the session stopped a shaped flow, counted as a shaping
+    /// failure, rather than the local socket.
+    pub fn is_shaping_failure(&self) -> bool {
+        matches!(self, PumpError::Shape(_))
+    }
+}
 
 /// The local end of a stream: a TCP connection or a unix socket (a socketpair end).
 #[derive(Debug)]
@@ -127,7 +150,7 @@ impl Endpoint {
     }
 
     /// Session → local: write buffered stream bytes out, then pass on the end of the stream.
-    pub fn pump_down(&mut self, now: Instant, session: &mut Session) -> io::Result<()> {
+    pub fn pump_down(&mut self, now: Instant, session: &mut Session) -> Result<(), PumpError> {
         while self.writable {
             let Some((a, _)) = session.peek(self.stream) else {
                 break;
@@ -143,11 +166,11 @@ impl Endpoint {
                     }
                     session
                         .consume(now, self.stream, n)
-                        .map_err(|e| io::Error::other(e.to_string()))?
+                        .map_err(PumpError::Stream)?
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => self.writable = false,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
         if !self.write_shut && session.is_read_finished(self.stream) {
@@ -172,7 +195,7 @@ impl Endpoint {
         session: &mut Session,
         room: bool,
         buf: &mut [u8],
-    ) -> io::Result<()> {
+    ) -> Result<(), PumpError> {
         if self.shaper.is_some() {
             return self.pump_up_shaped(now, session, buf);
         }
@@ -193,13 +216,13 @@ impl Endpoint {
                     self.read_eof = true;
                     match session.finish(now, self.stream) {
                         Ok(()) | Err(StreamError::UnknownStream) | Err(StreamError::Finished) => {}
-                        Err(e) => return Err(io::Error::other(e.to_string())),
+                        Err(e) => return Err(PumpError::Stream(e)),
                     }
                 }
                 Ok(n) => {
                     let took = session
                         .write(now, self.stream, &buf[..n])
-                        .map_err(|e| io::Error::other(e.to_string()))?;
+                        .map_err(PumpError::Stream)?;
                     debug_assert_eq!(took, n, "read no more than the credit");
                     if let Some(c) = &self.counters {
                         c.bytes_sent
@@ -211,7 +234,7 @@ impl Endpoint {
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => self.readable = false,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())
@@ -225,7 +248,7 @@ impl Endpoint {
         now: Instant,
         session: &mut Session,
         buf: &mut [u8],
-    ) -> io::Result<()> {
+    ) -> Result<(), PumpError> {
         let Some(sh) = self.shaper.as_mut() else {
             return Ok(());
         };
@@ -247,12 +270,10 @@ impl Endpoint {
                     Ok(n) => sh.push(now, &buf[..n]),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => self.readable = false,
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.into()),
                 }
             }
-            let sent = sh
-                .drain(now, session, self.stream)
-                .map_err(io::Error::other)?;
+            let sent = sh.drain(now, session, self.stream)?;
             if let Some(c) = &self.counters {
                 c.bytes_sent
                     .fetch_add(sent as u64, std::sync::atomic::Ordering::Release);
@@ -266,7 +287,7 @@ impl Endpoint {
             self.fin_pending = false;
             match session.finish(now, self.stream) {
                 Ok(()) | Err(StreamError::UnknownStream) | Err(StreamError::Finished) => {}
-                Err(e) => return Err(io::Error::other(e.to_string())),
+                Err(e) => return Err(PumpError::Stream(e)),
             }
         }
         Ok(())

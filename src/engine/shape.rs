@@ -22,21 +22,18 @@ pub fn now_ns(now: Instant) -> u64 {
     now.saturating_duration_since(epoch).as_nanos() as u64
 }
 
-/// Why a shaped flow stopped.
+/// Why a shaped flow could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ShapeError {
+    /// The entropy ring gave no seed for the flow's schedule (the caller fails it closed).
+    #[error("no randomness for the scheduler: {0}")]
+    NoRandomness(crate::entropy::EntropyError),
     /// The runtime verifier caught the scheduler breaking one of its invariants.
     #[error("timing verifier: {0}")]
     Violation(Violation),
     /// The session refused the frame.
     #[error("stream: {0}")]
     Stream(#[from] StreamError),
-}
-
-/// Whether a pump error came from the schedule or the session (a [`ShapeError`]) rather
-/// than from the local socket (an app that went away is not a shaping failure).
-pub fn is_shaping_failure(e: &std::io::Error) -> bool {
-    e.get_ref().is_some_and(|inner| inner.is::<ShapeError>())
 }
 
 /// The held bytes and scheduler of one shaped flow.
@@ -59,8 +56,8 @@ impl std::fmt::Debug for Shaper {
 }
 
 /// A fresh per-flow seed from the entropy ring: two flows never share one.
-fn flow_seed() -> Result<[u8; 32], String> {
-    crate::entropy::seed32().map_err(|e| format!("no randomness for the scheduler: {e}"))
+fn flow_seed() -> Result<[u8; 32], ShapeError> {
+    crate::entropy::seed32().map_err(ShapeError::NoRandomness)
 }
 
 impl Shaper {
@@ -71,7 +68,7 @@ impl Shaper {
         profile: Profile,
         dir: Direction,
         now: Instant,
-    ) -> Result<Option<Box<Shaper>>, String> {
+    ) -> Result<Option<Box<Shaper>>, ShapeError> {
         let held = old.as_ref().map_or(0, |o| o.queued());
         let closed = old.as_ref().is_some_and(|o| o.sched.is_closed());
         let params = profile.params(dir);
@@ -95,7 +92,11 @@ impl Shaper {
 
     /// A shaper for `profile` in direction `dir`, or `None` when the profile does not shape.
     /// Without randomness for its seed it fails (closed: the caller refuses the flow).
-    pub fn new(profile: Profile, dir: Direction, now: Instant) -> Result<Option<Shaper>, String> {
+    pub fn new(
+        profile: Profile,
+        dir: Direction,
+        now: Instant,
+    ) -> Result<Option<Shaper>, ShapeError> {
         let params = profile.params(dir);
         if params.mode == crate::sched::Mode::Off {
             return Ok(None);
@@ -257,15 +258,6 @@ mod tests {
         let st = sh.stats();
         assert!(st.data_frames > 0 && st.padding_frames > 0, "{st:?}");
         assert_eq!(got, data);
-    }
-
-    #[test]
-    fn only_schedule_and_session_errors_count_as_shaping_failures() {
-        let v = ShapeError::Stream(StreamError::UnknownStream);
-        assert!(is_shaping_failure(&std::io::Error::other(v)));
-        let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
-        assert!(!is_shaping_failure(&pipe));
-        assert!(!is_shaping_failure(&std::io::Error::other("other")));
     }
 
     /// `performance` builds no shaper at all: unshaped flows run the old code path.

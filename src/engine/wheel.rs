@@ -82,6 +82,14 @@ impl Wheel {
         }
     }
 
+    /// Move every timer held into `out` as `(key, deadline)`, due or not.
+    pub fn take_all(&mut self, out: &mut Vec<(u64, u64)>) {
+        for slot in &mut self.slots {
+            out.extend(slot.drain(..).map(|(d, k)| (k, d)));
+        }
+        self.len = 0;
+    }
+
     fn take_due(&mut self, slot: usize, now_ns: u64, out: &mut Vec<(u64, u64)>) {
         let s = &mut self.slots[slot];
         let before = s.len();
@@ -246,6 +254,21 @@ mod tests {
         }
         assert!(fired > 10_000);
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn take_all_empties_the_wheel_and_keeps_it_usable() {
+        let mut w = Wheel::new();
+        w.insert(250_000, 1);
+        w.insert(5_000_000_000, 2);
+        let mut out = vec![];
+        w.take_all(&mut out);
+        out.sort();
+        assert_eq!(out, vec![(1, 250_000), (2, 5_000_000_000)]);
+        assert!(w.is_empty());
+        assert_eq!(w.next_deadline(), None);
+        w.insert(300_000, 3);
+        assert_eq!(drain(&mut w, 300_000), vec![(3, 300_000)]);
     }
 
     #[test]
