@@ -13,13 +13,13 @@ use crate::engine::pump::Sock;
 use crate::proto::Destination;
 
 /// An app socket handed over by the preload library's `connect` hook.
-pub struct Attach {
+pub(crate) struct Attach {
     /// The engine's end of the socketpair whose other end is now the app's fd.
-    pub sock: mio::net::UnixStream,
+    pub(crate) sock: mio::net::UnixStream,
     /// Where the stream goes.
-    pub dest: Destination,
+    pub(crate) dest: Destination,
     /// How to report the outcome.
-    pub app: AppConn,
+    pub(crate) app: AppConn,
 }
 
 /// How the outcome of an app's connect gets back to it.
@@ -28,17 +28,17 @@ pub struct Attach {
 /// hook fills the app end's (shrunk) send buffer with `filler` bytes. On success the
 /// engine discards them, which makes the app's fd writable (an epoll edge, as for a TCP
 /// connect), and puts the buffer size back through `restore`.
-pub struct AppConn {
+pub(crate) struct AppConn {
     /// Bytes of filler queued ahead of the app's data.
-    pub filler: usize,
+    pub(crate) filler: usize,
     /// A duplicate of the app's end and its original `SO_SNDBUF` (as `setsockopt` takes it).
-    pub restore: Option<(OwnedFd, i32)>,
+    pub(crate) restore: Option<(OwnedFd, i32)>,
     /// The outcome, read by the app's `getsockopt(SO_ERROR)` and `connect` hooks.
-    pub state: Arc<ConnState>,
+    pub(crate) state: Arc<ConnState>,
     /// A blocking connect waits here.
-    pub reply: Option<crossbeam::channel::Sender<Result<(), Failure>>>,
+    pub(crate) reply: Option<crossbeam::channel::Sender<Result<(), Failure>>>,
     /// The flow's counters, shared with the app's fd record.
-    pub counters: Arc<fdtab::FlowCounters>,
+    pub(crate) counters: Arc<fdtab::FlowCounters>,
 }
 
 impl AppConn {
@@ -89,7 +89,7 @@ pub(super) struct Commands {
 
 impl Client {
     /// Take app sockets from a channel (the preload library); the pipe wakes the loop.
-    pub fn accept_commands(
+    pub(crate) fn accept_commands(
         &mut self,
         rx: crossbeam::channel::Receiver<Attach>,
         mut wake: mio::unix::pipe::Receiver,

@@ -61,7 +61,7 @@ impl Client {
             self.cfg.key.as_bytes(),
             Box::new(crate::entropy::RingRandom),
         );
-        let mut link = Link::new(sock, self.link_token, session);
+        let mut link = Link::new(sock, session);
         if let Some(u) = &self.cfg.upstream {
             let target = match parse_destination(&self.cfg.relay) {
                 Ok(d) => d,

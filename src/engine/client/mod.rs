@@ -16,7 +16,8 @@ mod forward;
 mod link;
 mod socks;
 
-pub use attach::{AppConn, Attach, Failure};
+pub use attach::Failure;
+pub(crate) use attach::{AppConn, Attach};
 pub use config::{ClientConfig, DestinationError, parse_destination};
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -40,7 +41,7 @@ use socks::Handshaking;
 /// What a client loop tells the process around it. The preload runtime publishes it for
 /// `qnet_stats` and keeps the engine's fds from the app; `qnet forward` and `qnet socks`
 /// use `()`, which ignores everything. A parameter, so this loop writes no global.
-pub trait Observer: Send {
+pub(crate) trait Observer: Send {
     /// `fd` belongs to the engine: the app must not close or reuse it.
     fn internal_fd(&self, _fd: RawFd) {}
     /// The session to the relay is up, from this local address.
@@ -165,7 +166,7 @@ impl Client {
     /// Report progress to `observer` from now on; its `internal_fd` hears of the loop's
     /// own fds at once (the poller, the timer, the command wake pipe), so call this after
     /// [`Client::accept_commands`].
-    pub fn observe(&mut self, observer: Box<dyn Observer>) {
+    pub(crate) fn observe(&mut self, observer: Box<dyn Observer>) {
         observer.internal_fd(self.poll.as_raw_fd());
         observer.internal_fd(self.timers.as_raw_fd());
         if let Some(c) = &self.commands {
@@ -184,7 +185,7 @@ impl Client {
     /// Sleep at most this long between checks of `run`'s stop condition (default 100 ms).
     /// The preload library's engine never stops, so it sleeps until something is due:
     /// an idle program must not be woken ten times a second.
-    pub fn set_max_wait(&mut self, d: Duration) {
+    pub(crate) fn set_max_wait(&mut self, d: Duration) {
         self.max_wait = d;
     }
 

@@ -72,7 +72,7 @@ impl Relay {
             self.conns.insert(
                 t,
                 Conn {
-                    link: Link::new(sock, t, session),
+                    link: Link::new(sock, session),
                     ups: HashMap::new(),
                     dirty: HashSet::new(),
                     stalled: HashSet::new(),
