@@ -1,7 +1,7 @@
 //! The I/O shell: the only place that owns sockets and reads the clock.
 //!
-//! Both ends use the same pieces: a [`Link`] carries one [`Session`] over a TCP
-//! connection, and [`pump`] moves a stream's bytes between the session and a local
+//! Both ends use the same pieces: a `Link` carries one [`Session`] over a TCP
+//! connection, and `pump` moves a stream's bytes between the session and a local
 //! socket (the app's side on the client, the destination on the relay) with
 //! backpressure in both directions. mio is edge-triggered, so every socket remembers
 //! whether it may still have bytes (`readable`) until a read says `WouldBlock`.

@@ -4,7 +4,7 @@
 //! preload library adds app sockets to the same loop. The session is re-established when
 //! it drops; streams that were open on it fail, and nothing is ever sent directly.
 //!
-//! [`Client::run`] polls and dispatches; each wakeup ends in [`Client::service`]'s steps.
+//! [`Client::run`] polls and dispatches; each wakeup ends in `service`'s steps.
 //! The files: `config` (what the loop is told), `link` (the session to the relay),
 //! `forward` and `socks` (local listeners), `attach` (app sockets from the preload
 //! library), `flows` (streams: open, answers, pump, shaped departures).

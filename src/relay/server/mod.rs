@@ -1,6 +1,6 @@
 //! The relay's event loop: accept clients, authenticate, resolve, dial, pump.
 //!
-//! [`Relay::run`] polls and dispatches; [`Relay::service`] does everything after input on
+//! [`Relay::run`] polls and dispatches; `service` does everything after input on
 //! one connection. The files: `conn` (a client's connection), `dial` (a stream's
 //! destination, the exit policy and the exit proxy), `names` (the resolver threads).
 
