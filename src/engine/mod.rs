@@ -1,7 +1,7 @@
 //! The I/O shell: the only place that owns sockets and reads the clock.
 //!
-//! Both ends use the same pieces: a [`Link`] carries one [`Session`] over a TCP
-//! connection, and [`pump`] moves a stream's bytes between the session and a local
+//! Both ends use the same pieces: a `Link` carries one [`Session`] over a TCP
+//! connection, and `pump` moves a stream's bytes between the session and a local
 //! socket (the app's side on the client, the destination on the relay) with
 //! backpressure in both directions. mio is edge-triggered, so every socket remembers
 //! whether it may still have bytes (`readable`) until a read says `WouldBlock`.
@@ -11,10 +11,11 @@ pub mod client;
 pub mod fdtab;
 pub mod log;
 pub(crate) mod preload;
-pub mod pump;
+pub(crate) mod pump;
 pub mod resolve;
-pub mod shape;
+pub(crate) mod shape;
 mod sys;
+pub(crate) mod timers;
 pub mod wheel;
 
 // TEMP(merge): the lead rewrites hooks/ffi paths and removes this.
@@ -24,8 +25,6 @@ pub use sys::{TimerFd, lower_timer_slack, raise_fd_limit};
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::time::Instant;
-
-use mio::Token;
 
 use crate::proto::{Session, SessionError};
 
@@ -37,24 +36,22 @@ pub const HIGH_WATER: usize = 512 * 1024;
 pub const READ_CHUNK: usize = 64 * 1024;
 
 /// A session carried over a TCP connection.
-pub struct Link {
+pub(crate) struct Link {
     /// The transport.
-    pub sock: mio::net::TcpStream,
-    /// Its token.
-    pub token: Token,
+    pub(crate) sock: mio::net::TcpStream,
     /// The protocol state.
-    pub session: Session,
+    pub(crate) session: Session,
     /// Peer closed the transport.
-    pub eof: bool,
+    pub(crate) eof: bool,
     /// A SOCKS5 upstream still being asked to connect us to the relay.
-    pub proxy: Option<crate::socks::ClientHandshake>,
+    pub(crate) proxy: Option<crate::socks::ClientHandshake>,
     /// Bytes for the upstream proxy, sent before anything of the session.
-    pub proxy_out: Vec<u8>,
+    pub(crate) proxy_out: Vec<u8>,
 }
 
 /// What reading the transport did.
 #[derive(Debug, PartialEq, Eq)]
-pub enum LinkRead {
+pub(crate) enum LinkRead {
     /// Drained until `WouldBlock`.
     Drained,
     /// The session failed; the link must go.
@@ -67,10 +64,9 @@ pub enum LinkRead {
 
 impl Link {
     /// Wrap a connected (or connecting) transport.
-    pub fn new(sock: mio::net::TcpStream, token: Token, session: Session) -> Link {
+    pub(crate) fn new(sock: mio::net::TcpStream, session: Session) -> Link {
         Link {
             sock,
-            token,
             session,
             eof: false,
             proxy: None,
@@ -79,7 +75,7 @@ impl Link {
     }
 
     /// Read everything the kernel has into the session.
-    pub fn read_in(&mut self, now: Instant, buf: &mut [u8]) -> io::Result<LinkRead> {
+    pub(crate) fn read_in(&mut self, now: Instant, buf: &mut [u8]) -> io::Result<LinkRead> {
         loop {
             match self.sock.read(buf) {
                 Ok(0) => {
@@ -113,7 +109,7 @@ impl Link {
     }
 
     /// Write as much queued output as the kernel takes; `Ok(true)` when all is out.
-    pub fn flush(&mut self) -> io::Result<bool> {
+    pub(crate) fn flush(&mut self) -> io::Result<bool> {
         while !self.proxy_out.is_empty() {
             match self.sock.write(&self.proxy_out) {
                 Ok(n) => {
@@ -143,7 +139,7 @@ impl Link {
     }
 
     /// Below the high-water mark: stream data may be taken in.
-    pub fn has_room(&self) -> bool {
+    pub(crate) fn has_room(&self) -> bool {
         self.session.transmit().len() < HIGH_WATER
     }
 }

@@ -8,11 +8,34 @@ use mio::event::Source;
 use mio::{Interest, Registry, Token};
 
 use super::READ_CHUNK;
+use super::shape::ShapeError;
 use crate::proto::{Session, StreamError};
+
+/// Why a pump step ended its stream (the caller resets it).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PumpError {
+    /// The local socket failed (an app that went away is not a shaping failure).
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// The session refused an unshaped write, consume or finish.
+    #[error(transparent)]
+    Stream(StreamError),
+    /// The schedule or the session stopped a shaped flow.
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
+}
+
+impl PumpError {
+    /// Whether the schedule or the session stopped a shaped flow, counted as a shaping
+    /// failure, rather than the local socket.
+    pub(crate) fn is_shaping_failure(&self) -> bool {
+        matches!(self, PumpError::Shape(_))
+    }
+}
 
 /// The local end of a stream: a TCP connection or a unix socket (a socketpair end).
 #[derive(Debug)]
-pub enum Sock {
+pub(crate) enum Sock {
     /// A TCP connection (relay destinations, forwarded clients).
     Tcp(mio::net::TcpStream),
     /// A unix stream socket (the engine's end of an app socketpair).
@@ -28,7 +51,7 @@ impl Sock {
     }
 
     /// Register with both interests.
-    pub fn register(&mut self, r: &Registry, t: Token) -> io::Result<()> {
+    pub(crate) fn register(&mut self, r: &Registry, t: Token) -> io::Result<()> {
         let i = Interest::READABLE | Interest::WRITABLE;
         match self {
             Sock::Tcp(s) => s.register(r, t, i),
@@ -37,7 +60,7 @@ impl Sock {
     }
 
     /// Remove from the poller.
-    pub fn deregister(&mut self, r: &Registry) -> io::Result<()> {
+    pub(crate) fn deregister(&mut self, r: &Registry) -> io::Result<()> {
         match self {
             Sock::Tcp(s) => s.deregister(r),
             Sock::Unix(s) => s.deregister(r),
@@ -45,7 +68,7 @@ impl Sock {
     }
 
     /// Pending socket error (non-blocking connect outcome).
-    pub fn take_error(&self) -> io::Result<Option<io::Error>> {
+    pub(crate) fn take_error(&self) -> io::Result<Option<io::Error>> {
         match self {
             Sock::Tcp(s) => s.take_error(),
             Sock::Unix(s) => s.take_error(),
@@ -76,33 +99,33 @@ impl Write for Sock {
 
 /// A stream's local socket and what is known about it.
 #[derive(Debug)]
-pub struct Endpoint {
+pub(crate) struct Endpoint {
     /// The socket.
-    pub sock: Sock,
+    pub(crate) sock: Sock,
     /// Its token.
-    pub token: Token,
+    pub(crate) token: Token,
     /// The stream it carries.
-    pub stream: u32,
+    pub(crate) stream: u32,
     /// A readiness event said readable and no read has hit `WouldBlock` since.
-    pub readable: bool,
+    pub(crate) readable: bool,
     /// Likewise for writing.
-    pub writable: bool,
+    pub(crate) writable: bool,
     /// The local side sent EOF and the stream was finished.
-    pub read_eof: bool,
+    pub(crate) read_eof: bool,
     /// The session's data ended and the local socket was shut down for writing.
-    pub write_shut: bool,
+    pub(crate) write_shut: bool,
     /// Byte counts for the app (`qnet_flow_stats`), updated as each write happens, before
     /// the end of the stream is passed on, so an app that saw EOF sees every byte counted.
-    pub counters: Option<std::sync::Arc<super::fdtab::FlowCounters>>,
+    pub(crate) counters: Option<std::sync::Arc<super::fdtab::FlowCounters>>,
     /// The timing scheduler holding this stream's outgoing bytes (`None`: sent at once).
-    pub shaper: Option<Box<super::shape::Shaper>>,
+    pub(crate) shaper: Option<Box<super::shape::Shaper>>,
     /// The local side's EOF is still held by the shaper: finish the stream once it drains.
     fin_pending: bool,
 }
 
 /// What a pump step concluded about the stream.
 #[derive(Debug, PartialEq, Eq)]
-pub enum PumpState {
+pub(crate) enum PumpState {
     /// Still moving bytes.
     Open,
     /// Both directions finished: drop the endpoint.
@@ -111,7 +134,7 @@ pub enum PumpState {
 
 impl Endpoint {
     /// A fresh endpoint (no readiness known yet).
-    pub fn new(sock: Sock, token: Token, stream: u32) -> Endpoint {
+    pub(crate) fn new(sock: Sock, token: Token, stream: u32) -> Endpoint {
         Endpoint {
             sock,
             token,
@@ -127,7 +150,11 @@ impl Endpoint {
     }
 
     /// Session → local: write buffered stream bytes out, then pass on the end of the stream.
-    pub fn pump_down(&mut self, now: Instant, session: &mut Session) -> io::Result<()> {
+    pub(crate) fn pump_down(
+        &mut self,
+        now: Instant,
+        session: &mut Session,
+    ) -> Result<(), PumpError> {
         while self.writable {
             let Some((a, _)) = session.peek(self.stream) else {
                 break;
@@ -143,11 +170,11 @@ impl Endpoint {
                     }
                     session
                         .consume(now, self.stream, n)
-                        .map_err(|e| io::Error::other(e.to_string()))?
+                        .map_err(PumpError::Stream)?
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => self.writable = false,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
         if !self.write_shut && session.is_read_finished(self.stream) {
@@ -166,13 +193,13 @@ impl Endpoint {
     }
 
     /// Local → session: read what the socket has, as far as credit and `room` allow.
-    pub fn pump_up(
+    pub(crate) fn pump_up(
         &mut self,
         now: Instant,
         session: &mut Session,
         room: bool,
         buf: &mut [u8],
-    ) -> io::Result<()> {
+    ) -> Result<(), PumpError> {
         if self.shaper.is_some() {
             return self.pump_up_shaped(now, session, buf);
         }
@@ -193,13 +220,13 @@ impl Endpoint {
                     self.read_eof = true;
                     match session.finish(now, self.stream) {
                         Ok(()) | Err(StreamError::UnknownStream) | Err(StreamError::Finished) => {}
-                        Err(e) => return Err(io::Error::other(e.to_string())),
+                        Err(e) => return Err(PumpError::Stream(e)),
                     }
                 }
                 Ok(n) => {
                     let took = session
                         .write(now, self.stream, &buf[..n])
-                        .map_err(|e| io::Error::other(e.to_string()))?;
+                        .map_err(PumpError::Stream)?;
                     debug_assert_eq!(took, n, "read no more than the credit");
                     if let Some(c) = &self.counters {
                         c.bytes_sent
@@ -211,7 +238,7 @@ impl Endpoint {
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => self.readable = false,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())
@@ -225,7 +252,7 @@ impl Endpoint {
         now: Instant,
         session: &mut Session,
         buf: &mut [u8],
-    ) -> io::Result<()> {
+    ) -> Result<(), PumpError> {
         let Some(sh) = self.shaper.as_mut() else {
             return Ok(());
         };
@@ -247,12 +274,10 @@ impl Endpoint {
                     Ok(n) => sh.push(now, &buf[..n]),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => self.readable = false,
                     Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.into()),
                 }
             }
-            let sent = sh
-                .drain(now, session, self.stream)
-                .map_err(io::Error::other)?;
+            let sent = sh.drain(now, session, self.stream)?;
             if let Some(c) = &self.counters {
                 c.bytes_sent
                     .fetch_add(sent as u64, std::sync::atomic::Ordering::Release);
@@ -266,14 +291,14 @@ impl Endpoint {
             self.fin_pending = false;
             match session.finish(now, self.stream) {
                 Ok(()) | Err(StreamError::UnknownStream) | Err(StreamError::Finished) => {}
-                Err(e) => return Err(io::Error::other(e.to_string())),
+                Err(e) => return Err(PumpError::Stream(e)),
             }
         }
         Ok(())
     }
 
     /// Both directions have ended (and a shaper's padding tail is done).
-    pub fn state(&self) -> PumpState {
+    pub(crate) fn state(&self) -> PumpState {
         let shaper_done = self.shaper.as_ref().is_none_or(|s| s.is_finished());
         if self.read_eof && self.write_shut && !self.fin_pending && shaper_done {
             PumpState::Done

@@ -13,18 +13,21 @@ use crate::sched::{Departure, Direction, FlowSched, Profile, Violation};
 
 /// Most bytes a shaped flow holds before the engine stops reading its socket (backpressure
 /// to the application, as TCP's own buffers would give).
-pub const QUEUE_MAX: usize = 256 * 1024;
+pub(crate) const QUEUE_MAX: usize = 256 * 1024;
 
 /// Nanoseconds since the engine's epoch: the scheduler's clock.
-pub fn now_ns(now: Instant) -> u64 {
+pub(crate) fn now_ns(now: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(Instant::now);
     now.saturating_duration_since(epoch).as_nanos() as u64
 }
 
-/// Why a shaped flow stopped.
+/// Why a shaped flow could not start or stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum ShapeError {
+pub(crate) enum ShapeError {
+    /// The entropy ring gave no seed for the flow's schedule (the caller fails it closed).
+    #[error("no randomness for the scheduler: {0}")]
+    NoRandomness(crate::entropy::EntropyError),
     /// The runtime verifier caught the scheduler breaking one of its invariants.
     #[error("timing verifier: {0}")]
     Violation(Violation),
@@ -33,19 +36,13 @@ pub enum ShapeError {
     Stream(#[from] StreamError),
 }
 
-/// Whether a pump error came from the schedule or the session (a [`ShapeError`]) rather
-/// than from the local socket (an app that went away is not a shaping failure).
-pub fn is_shaping_failure(e: &std::io::Error) -> bool {
-    e.get_ref().is_some_and(|inner| inner.is::<ShapeError>())
-}
-
 /// The held bytes and scheduler of one shaped flow.
-pub struct Shaper {
+pub(crate) struct Shaper {
     sched: FlowSched,
     buf: Vec<u8>,
     head: usize,
     /// The deadline this flow has in the engine's timer wheel, if any.
-    pub armed: Option<u64>,
+    pub(crate) armed: Option<u64>,
 }
 
 impl std::fmt::Debug for Shaper {
@@ -59,19 +56,19 @@ impl std::fmt::Debug for Shaper {
 }
 
 /// A fresh per-flow seed from the entropy ring: two flows never share one.
-fn flow_seed() -> Result<[u8; 32], String> {
-    crate::entropy::seed32().map_err(|e| format!("no randomness for the scheduler: {e}"))
+fn flow_seed() -> Result<[u8; 32], ShapeError> {
+    crate::entropy::seed32().map_err(ShapeError::NoRandomness)
 }
 
 impl Shaper {
     /// Switch to `profile` (for `qnet_set_profile`): the bytes held so far keep their order
     /// and leave under the new schedule, counted as arriving now.
-    pub fn switch(
+    pub(crate) fn switch(
         old: Option<Box<Shaper>>,
         profile: Profile,
         dir: Direction,
         now: Instant,
-    ) -> Result<Option<Box<Shaper>>, String> {
+    ) -> Result<Option<Box<Shaper>>, ShapeError> {
         let held = old.as_ref().map_or(0, |o| o.queued());
         let closed = old.as_ref().is_some_and(|o| o.sched.is_closed());
         let params = profile.params(dir);
@@ -95,7 +92,11 @@ impl Shaper {
 
     /// A shaper for `profile` in direction `dir`, or `None` when the profile does not shape.
     /// Without randomness for its seed it fails (closed: the caller refuses the flow).
-    pub fn new(profile: Profile, dir: Direction, now: Instant) -> Result<Option<Shaper>, String> {
+    pub(crate) fn new(
+        profile: Profile,
+        dir: Direction,
+        now: Instant,
+    ) -> Result<Option<Shaper>, ShapeError> {
         let params = profile.params(dir);
         if params.mode == crate::sched::Mode::Off {
             return Ok(None);
@@ -110,17 +111,17 @@ impl Shaper {
     }
 
     /// Bytes that may still be queued.
-    pub fn room(&self) -> usize {
+    pub(crate) fn room(&self) -> usize {
         QUEUE_MAX.saturating_sub(self.queued())
     }
 
     /// Bytes held.
-    pub fn queued(&self) -> usize {
+    pub(crate) fn queued(&self) -> usize {
         self.buf.len() - self.head
     }
 
     /// Queue application bytes that arrived at `now`.
-    pub fn push(&mut self, now: Instant, data: &[u8]) {
+    pub(crate) fn push(&mut self, now: Instant, data: &[u8]) {
         if self.head > 0 && self.head * 2 >= self.buf.len() {
             // Keep the held bytes contiguous without moving them on every departure.
             self.buf.drain(..self.head);
@@ -131,13 +132,13 @@ impl Shaper {
     }
 
     /// The application finished sending at `now`.
-    pub fn close(&mut self, now: Instant) {
+    pub(crate) fn close(&mut self, now: Instant) {
         self.sched.on_close(now_ns(now));
     }
 
     /// Send every departure due at `now` on `stream`; returns the application bytes sent.
     /// A verifier violation or a session error ends the flow (the caller resets it).
-    pub fn drain(
+    pub(crate) fn drain(
         &mut self,
         now: Instant,
         session: &mut Session,
@@ -179,7 +180,7 @@ impl Shaper {
     /// When the engine's timer should next serve this flow, in [`now_ns`] time. A departure
     /// already due that waits only for flow-control credit gets no timer: the session's
     /// `Writable` event brings the flow back, and a timer in the past would spin the loop.
-    pub fn next_timer(&self, now: Instant, session: &Session, stream: u32) -> Option<u64> {
+    pub(crate) fn next_timer(&self, now: Instant, session: &Session, stream: u32) -> Option<u64> {
         let d = self.sched.next_deadline()?;
         if d <= now_ns(now) && self.queued() > 0 && session.stream_send_capacity(stream) == 0 {
             return None;
@@ -188,12 +189,12 @@ impl Shaper {
     }
 
     /// Nothing is held and the scheduler will not send again (its padding tail is done).
-    pub fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         self.queued() == 0 && self.sched.is_finished()
     }
 
     /// The scheduler's counters.
-    pub fn stats(&self) -> crate::sched::FlowSchedStats {
+    pub(crate) fn stats(&self) -> crate::sched::FlowSchedStats {
         self.sched.stats()
     }
 }
@@ -257,15 +258,6 @@ mod tests {
         let st = sh.stats();
         assert!(st.data_frames > 0 && st.padding_frames > 0, "{st:?}");
         assert_eq!(got, data);
-    }
-
-    #[test]
-    fn only_schedule_and_session_errors_count_as_shaping_failures() {
-        let v = ShapeError::Stream(StreamError::UnknownStream);
-        assert!(is_shaping_failure(&std::io::Error::other(v)));
-        let pipe = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
-        assert!(!is_shaping_failure(&pipe));
-        assert!(!is_shaping_failure(&std::io::Error::other("other")));
     }
 
     /// `performance` builds no shaper at all: unshaped flows run the old code path.

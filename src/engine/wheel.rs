@@ -10,11 +10,11 @@
 const SLOTS: usize = 1024;
 
 /// The wheel's tick: the scheduler's delays start at 0.1 ms.
-pub const TICK_NS: u64 = 100_000;
+pub(crate) const TICK_NS: u64 = 100_000;
 
 /// Timers keyed by a caller's `u64`, each with an absolute deadline in nanoseconds.
 #[derive(Debug)]
-pub struct Wheel {
+pub(crate) struct Wheel {
     slots: Vec<Vec<(u64, u64)>>,
     /// The first tick not yet expired.
     next_tick: u64,
@@ -29,7 +29,7 @@ impl Default for Wheel {
 
 impl Wheel {
     /// An empty wheel.
-    pub fn new() -> Wheel {
+    pub(crate) fn new() -> Wheel {
         Wheel {
             slots: vec![Vec::new(); SLOTS],
             next_tick: 0,
@@ -37,25 +37,20 @@ impl Wheel {
         }
     }
 
-    /// Timers held (stale ones included).
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
     /// No timer is held.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Add a timer. A deadline already past fires at the next `expire`.
-    pub fn insert(&mut self, deadline_ns: u64, key: u64) {
+    pub(crate) fn insert(&mut self, deadline_ns: u64, key: u64) {
         let tick = (deadline_ns / TICK_NS).max(self.next_tick);
         self.slots[tick as usize % SLOTS].push((deadline_ns, key));
         self.len += 1;
     }
 
     /// Move every timer due at `now_ns` into `out` as `(key, deadline)`.
-    pub fn expire(&mut self, now_ns: u64, out: &mut Vec<(u64, u64)>) {
+    pub(crate) fn expire(&mut self, now_ns: u64, out: &mut Vec<(u64, u64)>) {
         let now_tick = now_ns / TICK_NS;
         if now_tick < self.next_tick {
             // Within the tick already expired: only deadlines inside it that are now due.
@@ -82,6 +77,14 @@ impl Wheel {
         }
     }
 
+    /// Move every timer held into `out` as `(key, deadline)`, due or not.
+    pub(crate) fn take_all(&mut self, out: &mut Vec<(u64, u64)>) {
+        for slot in &mut self.slots {
+            out.extend(slot.drain(..).map(|(d, k)| (k, d)));
+        }
+        self.len = 0;
+    }
+
     fn take_due(&mut self, slot: usize, now_ns: u64, out: &mut Vec<(u64, u64)>) {
         let s = &mut self.slots[slot];
         let before = s.len();
@@ -98,7 +101,7 @@ impl Wheel {
 
     /// The earliest deadline held, or `None`. Walks at most one turn of slots; a wheel
     /// holding only deadlines beyond one turn answers with their minimum.
-    pub fn next_deadline(&self) -> Option<u64> {
+    pub(crate) fn next_deadline(&self) -> Option<u64> {
         if self.len == 0 {
             return None;
         }
@@ -246,6 +249,21 @@ mod tests {
         }
         assert!(fired > 10_000);
         assert!(w.is_empty());
+    }
+
+    #[test]
+    fn take_all_empties_the_wheel_and_keeps_it_usable() {
+        let mut w = Wheel::new();
+        w.insert(250_000, 1);
+        w.insert(5_000_000_000, 2);
+        let mut out = vec![];
+        w.take_all(&mut out);
+        out.sort();
+        assert_eq!(out, vec![(1, 250_000), (2, 5_000_000_000)]);
+        assert!(w.is_empty());
+        assert_eq!(w.next_deadline(), None);
+        w.insert(300_000, 3);
+        assert_eq!(drain(&mut w, 300_000), vec![(3, 300_000)]);
     }
 
     #[test]

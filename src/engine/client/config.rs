@@ -1,0 +1,128 @@
+//! What the client loop is told: the relay, the keys, the tunables, and destinations
+//! written as `host:port`.
+
+use std::io;
+use std::net::SocketAddr;
+
+use crate::keys::PrivateKey;
+use crate::proto::{Destination, SessionConfig};
+
+/// What the client engine needs.
+pub struct ClientConfig {
+    /// Relay address, `host:port`.
+    pub relay: String,
+    /// The relay's static public key (pinned).
+    pub relay_key: [u8; 32],
+    /// This client's static private key.
+    pub key: PrivateKey,
+    /// Session limits and timers.
+    pub session: SessionConfig,
+    /// Reach the relay through this SOCKS5 proxy.
+    pub upstream: Option<crate::config::Upstream>,
+    /// Which timing profile each flow gets.
+    pub timing: crate::config::TimingConfig,
+}
+
+impl ClientConfig {
+    /// Take relay, relay key, client key and session tunables from a loaded config.
+    // A `String` error still: the preload runtime's and the C API's config checks take one.
+    pub fn from_config(cfg: &crate::config::Config) -> Result<ClientConfig, String> {
+        let relay = cfg
+            .relay
+            .clone()
+            .ok_or("no relay configured (config `relay` or QNET_RELAY)")?;
+        let relay_key = cfg
+            .relay_key
+            .ok_or("no relay key configured (config `relay_key` or QNET_RELAY_KEY)")?;
+        let key_path = cfg
+            .key
+            .as_ref()
+            .ok_or("no client key configured (config `key` or QNET_KEY)")?;
+        let key = crate::keys::load_private_key(key_path).map_err(|e| e.to_string())?;
+        Ok(ClientConfig {
+            relay,
+            relay_key: relay_key.0,
+            key,
+            session: crate::engine::session_config(&cfg.session),
+            upstream: cfg.upstream.clone(),
+            timing: cfg.timing.clone(),
+        })
+    }
+}
+
+/// Why a `host:port` is not a destination.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DestinationError {
+    /// No `:port` at the end.
+    #[error("{0}: expected host:port")]
+    NoPort(String),
+    /// The port is not a number from 0 to 65535.
+    #[error("{0}: bad port")]
+    BadPort(String),
+    /// The host is neither an address nor a valid hostname.
+    #[error("{0}: invalid hostname")]
+    BadHost(String),
+}
+
+/// Parse `host:port` (IPv6 as `[addr]:port`) into a destination, validating the hostname.
+pub fn parse_destination(s: &str) -> Result<Destination, DestinationError> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(Destination::Addr(a));
+    }
+    let (host, port) = s
+        .rsplit_once(':')
+        .ok_or_else(|| DestinationError::NoPort(s.to_owned()))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| DestinationError::BadPort(s.to_owned()))?;
+    if !crate::proto::frame::valid_hostname(host) {
+        return Err(DestinationError::BadHost(s.to_owned()));
+    }
+    Ok(Destination::Name(host.to_owned(), port))
+}
+
+/// The relay's `host:port` as an address: numeric at once, a name through the next
+/// resolver in load order (see `sys::resolve_next`).
+pub(super) fn relay_address(relay: &str) -> io::Result<SocketAddr> {
+    if let Ok(a) = relay.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let (host, port) = relay
+        .rsplit_once(':')
+        .ok_or_else(|| io::Error::other("expected host:port"))?;
+    let port: u16 = port.parse().map_err(|_| io::Error::other("bad port"))?;
+    crate::engine::sys::resolve_next(host.trim_start_matches('[').trim_end_matches(']'), port)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| io::Error::other("no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destinations_parse_or_say_why_not() {
+        assert_eq!(
+            parse_destination("[::1]:22"),
+            Ok(Destination::Addr("[::1]:22".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_destination("example.com:443"),
+            Ok(Destination::Name("example.com".into(), 443))
+        );
+        let e = parse_destination("example.com").unwrap_err();
+        assert_eq!(e, DestinationError::NoPort("example.com".into()));
+        assert_eq!(e.to_string(), "example.com: expected host:port");
+        assert_eq!(
+            parse_destination("example.com:http")
+                .unwrap_err()
+                .to_string(),
+            "example.com:http: bad port"
+        );
+        assert!(matches!(
+            parse_destination("bad host:80"),
+            Err(DestinationError::BadHost(_))
+        ));
+    }
+}

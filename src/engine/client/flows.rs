@@ -1,0 +1,415 @@
+//! Local sockets carried as streams: opening them once the session is up, the relay's
+//! answers, and moving their bytes (with the shaped ones' departures).
+
+use std::io::{ErrorKind, Read as _};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
+
+use mio::Token;
+
+use super::socks::socks_reply;
+use super::{AppConn, Client, Failure};
+use crate::engine::pump::{Endpoint, PumpState, Sock};
+use crate::engine::shape::Shaper;
+use crate::engine::timers::{MAX_ROUNDS, pump_failed};
+use crate::proto::{Destination, Event, OpenError, Session};
+use crate::qlog;
+use crate::sched::{Direction, Profile};
+
+/// A local socket carried as a stream.
+pub(super) struct Flow {
+    pub(super) ep: Endpoint,
+    /// The relay answered OPEN with success.
+    open: bool,
+    started: Instant,
+    dest: Destination,
+    pub(super) app: Option<AppConn>,
+    /// A SOCKS client waiting for its CONNECT reply.
+    socks: bool,
+    /// Filler bytes still to discard before the app's own data (see [`AppConn`]).
+    skip: usize,
+}
+
+/// A local socket waiting for the session, and what it came from.
+pub(super) struct Pending {
+    pub(super) sock: Sock,
+    pub(super) dest: Destination,
+    pub(super) app: Option<AppConn>,
+    /// A SOCKS client: it gets a SOCKS reply when the relay answers.
+    pub(super) socks: bool,
+    /// Bytes that arrived before the stream existed (pipelined after a SOCKS request).
+    pub(super) first: Vec<u8>,
+}
+
+impl Pending {
+    /// A socket with nothing read from it yet.
+    pub(super) fn plain(sock: Sock, dest: Destination, app: Option<AppConn>) -> Pending {
+        Pending {
+            sock,
+            dest,
+            app,
+            socks: false,
+            first: Vec::new(),
+        }
+    }
+}
+
+/// What one pump of a flow left to do.
+enum Pumped {
+    /// Nothing until its next event or departure.
+    Idle,
+    /// It may read more as soon as the session has room.
+    Again,
+    /// It ended (or was reset): forget it.
+    Finished,
+}
+
+impl Flow {
+    /// Publish the app's per-flow counters (`qnet_flow_stats`).
+    fn publish(&self, session: &Session) {
+        let Some(c) = &self.ep.counters else {
+            return;
+        };
+        if let Some((o, i)) = session.stream_records(self.ep.stream) {
+            c.frames_sent.store(o, Relaxed);
+            c.frames_received.store(i, Relaxed);
+        }
+        if let Some(sh) = &self.ep.shaper {
+            let st = sh.stats();
+            c.padding_bytes.store(st.padding_bytes, Relaxed);
+            c.added_delay_ns.store(st.total_hold_ns, Relaxed);
+        }
+    }
+}
+
+impl Client {
+    /// Everything the session reported since the last round.
+    pub(super) fn session_events(&mut self, now: Instant) {
+        while let Some(ev) = self.link.as_mut().and_then(|l| l.session.poll_event()) {
+            match ev {
+                Event::Connected { .. } => self.link_up(),
+                Event::OpenResult { stream, result } => match result {
+                    Ok(()) => self.stream_open(now, stream),
+                    Err(e) => self.stream_refused(stream, e),
+                },
+                Event::Reset { stream, .. } => {
+                    self.forget(stream);
+                }
+                Event::Readable { stream } | Event::Writable { stream } => {
+                    self.dirty.insert(stream);
+                }
+                Event::Opened { .. } => {}
+            }
+        }
+    }
+
+    /// The relay connected `stream`: tell the app (or SOCKS client), start pumping.
+    fn stream_open(&mut self, now: Instant, stream: u32) {
+        let Some(f) = self.flows.get_mut(&stream) else {
+            return;
+        };
+        f.open = true;
+        self.dirty.insert(stream);
+        self.told_down = false;
+        if f.socks {
+            f.socks = false;
+            socks_reply(&mut f.ep.sock, Ok(()));
+        }
+        if let Some(c) = &f.ep.counters {
+            c.stream.store(stream, Relaxed);
+        }
+        if let Some(app) = f.app.take() {
+            // Publish the outcome first: dropping the filler makes the app's fd writable,
+            // and the app then asks SO_ERROR and getpeername at once.
+            let filler = app.filler;
+            app.finish(Ok(()));
+            f.skip = discard(&mut f.ep.sock, filler, &mut self.buf);
+        }
+        self.stats.streams_ok += 1;
+        qlog!(
+            Debug,
+            "stream {stream} to {} open after {:?}",
+            f.dest,
+            now - f.started
+        );
+    }
+
+    /// The relay refused `stream`: pass the reason on and forget the flow.
+    fn stream_refused(&mut self, stream: u32, e: OpenError) {
+        let Some(mut f) = self.forget(stream) else {
+            return;
+        };
+        qlog!(Info, "relay refused stream to {}: {e}", f.dest);
+        if f.socks {
+            socks_reply(&mut f.ep.sock, Err(e));
+        }
+        if let Some(app) = f.app.take() {
+            app.finish(Err(Failure::Open(e)));
+        }
+        self.stats.streams_failed += 1;
+    }
+
+    /// Open a stream for every socket that waited for the session.
+    pub(super) fn open_waiting(&mut self, now: Instant) {
+        if !self
+            .link
+            .as_ref()
+            .is_some_and(|l| l.session.is_established())
+        {
+            return;
+        }
+        while let Some(p) = self.waiting.pop_front() {
+            self.open_stream(now, p);
+        }
+    }
+
+    fn open_stream(&mut self, now: Instant, p: Pending) {
+        let Pending {
+            sock,
+            dest,
+            app,
+            socks,
+            first,
+        } = p;
+        let Some(l) = self.link.as_mut() else {
+            return;
+        };
+        let profile = match &dest {
+            Destination::Addr(a) => self.cfg.timing.profile_for(Some(a.ip()), None, a.port()),
+            Destination::Name(n, port) => self.cfg.timing.profile_for(None, Some(n), *port),
+        };
+        let shaper = match Shaper::new(profile, Direction::Up, now) {
+            Ok(s) => s.map(Box::new),
+            Err(e) => {
+                // No randomness for the schedule: fail closed rather than send unshaped.
+                qlog!(Error, "cannot shape a stream to {dest}: {e}");
+                self.stats.streams_failed += 1;
+                if let Some(app) = app {
+                    app.finish(Err(Failure::Errno(libc::EIO)));
+                }
+                return;
+            }
+        };
+        // The first bytes ride in OPEN unshaped only when the flow is not shaped.
+        let (eager, held) = if shaper.is_some() {
+            (&[][..], &first[..])
+        } else {
+            (&first[..], &[][..])
+        };
+        let (id, taken) = match l.session.open(now, dest.clone(), profile.wire(), eager) {
+            Ok(opened) => opened,
+            Err(e) => {
+                qlog!(Warn, "cannot open stream: {e}");
+                self.stats.streams_failed += 1;
+                if let Some(app) = app {
+                    app.finish(Err(Failure::Errno(libc::EAGAIN)));
+                }
+                return;
+            }
+        };
+        if taken < eager.len() {
+            // Allowed before OPEN_RESULT; small pipelined data always fits.
+            let _ = l.session.write(now, id, &eager[taken..]);
+        }
+        self.next_token += 1;
+        let t = Token(self.next_token);
+        let mut ep = Endpoint::new(sock, t, id);
+        ep.counters = app.as_ref().map(|a| a.counters.clone());
+        ep.shaper = shaper;
+        if let Some(sh) = ep.shaper.as_mut() {
+            if !held.is_empty() {
+                sh.push(now, held);
+            }
+        }
+        if ep.sock.register(self.poll.registry(), t).is_err() {
+            let _ = l.session.reset(now, id, 1);
+            if let Some(app) = app {
+                app.finish(Err(Failure::Errno(libc::ENOBUFS)));
+            }
+            return;
+        }
+        self.by_token.insert(t, id);
+        let flow = Flow {
+            ep,
+            open: false,
+            started: now,
+            dest,
+            app,
+            socks,
+            skip: 0,
+        };
+        self.flows.insert(id, flow);
+    }
+
+    /// Pump the flows an event touched and flush, until no stream waits for room: a
+    /// stream that stopped at the high-water mark gets no new readiness edge once the
+    /// flush drains, so it must be retried here. False when the session went down.
+    pub(super) fn pump_dirty(&mut self, now: Instant) -> bool {
+        if self.busy {
+            // The last service stopped after MAX_ROUNDS with flows still waiting.
+            let stalled = std::mem::take(&mut self.stalled);
+            self.dirty.extend(stalled);
+        }
+        self.busy = false;
+        let mut ids: Vec<u32> = self.dirty.drain().collect();
+        for round in 0..MAX_ROUNDS {
+            let mut again = vec![];
+            for &id in &ids {
+                match self.pump_flow(now, id) {
+                    Pumped::Idle => {}
+                    Pumped::Again => again.push(id),
+                    Pumped::Finished => self.finished(id),
+                }
+            }
+            let Some(l) = self.link.as_mut() else {
+                return false;
+            };
+            let flushed = l.flush();
+            if let Some(e) = l.session.error() {
+                self.link_down(now, &e.to_string());
+                return false;
+            }
+            let stalled = !again.is_empty();
+            ids = again;
+            match flushed {
+                Err(e) => {
+                    self.link_down(now, &e.to_string());
+                    return false;
+                }
+                // WouldBlock: the transport's writable edge will call us again.
+                Ok(false) => break,
+                Ok(true) if !stalled => break,
+                Ok(true) => self.busy = round + 1 == MAX_ROUNDS,
+            }
+        }
+        // Whatever still waits for room is retried after the next flush (or at once, busy).
+        self.stalled.extend(ids);
+        true
+    }
+
+    /// Move one flow's bytes both ways and schedule its next shaped departure.
+    fn pump_flow(&mut self, now: Instant, id: u32) -> Pumped {
+        let (Some(l), Some(f)) = (self.link.as_mut(), self.flows.get_mut(&id)) else {
+            return Pumped::Idle;
+        };
+        if !f.open {
+            return Pumped::Idle;
+        }
+        if f.skip > 0 {
+            f.skip = discard(&mut f.ep.sock, f.skip, &mut self.buf);
+            if f.skip > 0 {
+                return Pumped::Idle;
+            }
+        }
+        if let Some(want) =
+            f.ep.counters
+                .as_ref()
+                .map(|c| c.profile.swap(0, Relaxed))
+                .and_then(Profile::from_wire)
+        {
+            // qnet_set_profile: the upstream schedule changes from here on.
+            let old = f.ep.shaper.take();
+            match Shaper::switch(old, want, Direction::Up, now) {
+                Ok(sh) => f.ep.shaper = sh,
+                Err(e) => {
+                    qlog!(Error, "cannot reshape the stream to {}: {e}", f.dest);
+                    let _ = l.session.reset(now, id, 1);
+                    return Pumped::Finished;
+                }
+            }
+        }
+        let room = l.has_room();
+        let r =
+            f.ep.pump_down(now, &mut l.session)
+                .and_then(|_| f.ep.pump_up(now, &mut l.session, room, &mut self.buf));
+        f.publish(&l.session);
+        self.timers
+            .schedule(u64::from(id), &mut f.ep, now, &l.session);
+        let failures = &mut self.stats.shaping_failures;
+        if pump_failed(&r, failures, format_args!("to {}", f.dest)) {
+            let _ = l.session.reset(now, id, 1);
+            Pumped::Finished
+        } else if f.ep.state() == PumpState::Done {
+            Pumped::Finished
+        } else if f.ep.readable
+            && !f.ep.read_eof
+            && l.session.stream_send_capacity(id) > 0
+            // A full shaper waits for its schedule, not for another round.
+            && f.ep.shaper.as_ref().is_none_or(|sh| sh.room() > 0)
+        {
+            Pumped::Again
+        } else {
+            Pumped::Idle
+        }
+    }
+
+    /// A flow ended: count the delay its schedule added, then forget it.
+    fn finished(&mut self, id: u32) {
+        if let Some(f) = self.forget(id) {
+            if let Some(sh) = &f.ep.shaper {
+                self.stats.added_delay_ns += sh.stats().total_hold_ns;
+            }
+        }
+    }
+
+    /// Take a flow out of the loop (its socket closes when the returned flow drops).
+    fn forget(&mut self, id: u32) -> Option<Flow> {
+        let mut f = self.flows.remove(&id)?;
+        let _ = f.ep.sock.deregister(self.poll.registry());
+        self.by_token.remove(&f.ep.token);
+        Some(f)
+    }
+
+    /// Point the shaped-departure timer at the earliest one; if it cannot be armed, the
+    /// flows waiting on it fail closed (see `engine::timers`).
+    pub(super) fn arm_timer(&mut self, now: Instant) {
+        let Err(stranded) = self.timers.arm(now) else {
+            return;
+        };
+        for &(key, deadline) in stranded.entries() {
+            let id = key as u32;
+            let Some(sh) = self.flows.get_mut(&id).and_then(|f| f.ep.shaper.as_mut()) else {
+                continue;
+            };
+            if !stranded.claim(sh, deadline, &mut self.stats.lateness) {
+                continue;
+            }
+            self.stats.shaping_failures += 1;
+            if let Some(l) = self.link.as_mut() {
+                let _ = l.session.reset(now, id, 1);
+            }
+            self.finished(id);
+            // The next round flushes the resets.
+            self.busy = true;
+        }
+    }
+
+    /// Mark the flows whose departures are due, counting how late they are served; the
+    /// pump that follows sends them.
+    pub(super) fn expire_timers(&mut self, now: Instant) {
+        let due = self.timers.expire(now);
+        for &(key, deadline) in due.entries() {
+            let id = key as u32;
+            let Some(sh) = self.flows.get_mut(&id).and_then(|f| f.ep.shaper.as_mut()) else {
+                continue;
+            };
+            if due.claim(sh, deadline, &mut self.stats.lateness) {
+                self.dirty.insert(id);
+            }
+        }
+    }
+}
+
+/// Read and drop up to `n` bytes that are already queued; returns how many are still due.
+fn discard(sock: &mut Sock, mut n: usize, buf: &mut [u8]) -> usize {
+    while n > 0 {
+        let want = n.min(buf.len());
+        match sock.read(&mut buf[..want]) {
+            Ok(0) => return 0,
+            Ok(k) => n -= k,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return n,
+        }
+    }
+    0
+}

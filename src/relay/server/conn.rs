@@ -1,0 +1,149 @@
+//! A client's connection: accept, read, and the end of it (a failed handshake drains
+//! silently before the close, so a prober learns nothing from timing).
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, ErrorKind, Read};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::{Interest, Token};
+
+use super::dial::Upstream;
+use super::{Owner, Relay};
+use crate::engine::{Link, LinkRead};
+use crate::keys::PublicKey;
+use crate::proto::{Role, Session, SessionError};
+use crate::qlog;
+use crate::socks::isolation_credentials;
+
+/// One client's session and the streams it opened.
+pub(super) struct Conn {
+    pub(super) link: Link,
+    pub(super) ups: HashMap<u32, Upstream>,
+    /// Streams an event touched since the last pump: only these are pumped, so an
+    /// event costs O(1) streams, not O(all).
+    pub(super) dirty: HashSet<u32>,
+    /// Streams that stopped reading because the session's output was over the high-water mark.
+    pub(super) stalled: HashSet<u32>,
+    /// Failed handshake: read and discard until this time, then close without a byte.
+    pub(super) drain_until: Option<Instant>,
+    /// The credentials this session's streams present to the exit proxy.
+    pub(super) proxy_creds: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Relay {
+    /// Accept every client waiting on the listener and start its session.
+    pub(super) fn accept(&mut self, now: Instant) -> io::Result<()> {
+        loop {
+            let (mut sock, peer) = match self.listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: log and keep serving the connections we have.
+                    qlog!(Error, "accept failed: {e}");
+                    return Ok(());
+                }
+            };
+            let _ = sock.set_nodelay(true);
+            let t = self.token();
+            self.poll
+                .registry()
+                .register(&mut sock, t, Interest::READABLE | Interest::WRITABLE)?;
+            let clients = self.cfg.clients.clone();
+            let authorize: crate::proto::session::Authorizer =
+                Arc::new(move |k: &[u8; 32]| clients.read().contains(&PublicKey(*k)));
+            let session = Session::new(
+                now,
+                self.cfg.session.clone(),
+                Role::Server { authorize },
+                self.cfg.key.as_bytes(),
+                Box::new(crate::entropy::RingRandom),
+            );
+            qlog!(Debug, "connection from {peer}");
+            let proxy_creds = self.cfg.upstream.as_ref().and_then(|u| {
+                if u.isolate {
+                    Some(isolation_credentials())
+                } else {
+                    u.credentials.clone()
+                }
+            });
+            self.owners.insert(t, Owner::Conn);
+            self.conns.insert(
+                t,
+                Conn {
+                    link: Link::new(sock, session),
+                    ups: HashMap::new(),
+                    dirty: HashSet::new(),
+                    stalled: HashSet::new(),
+                    drain_until: None,
+                    proxy_creds,
+                },
+            );
+        }
+    }
+
+    /// Readiness of a client connection: read (or drain) it, then serve it.
+    pub(super) fn conn_event(&mut self, now: Instant, t: Token, readable: bool) {
+        let Some(conn) = self.conns.get_mut(&t) else {
+            return;
+        };
+        if readable {
+            if conn.drain_until.is_some() {
+                // Discard everything a failed peer sends; answer nothing.
+                loop {
+                    match conn.link.sock.read(&mut self.buf) {
+                        Ok(0) => return self.drop_conn(t),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                        Err(_) => return self.drop_conn(t),
+                    }
+                }
+            }
+            match conn.link.read_in(now, &mut self.buf) {
+                Ok(LinkRead::Drained) => {}
+                // The relay's own socket never goes through a proxy, so ProxyFailed cannot occur.
+                Ok(LinkRead::Eof) | Ok(LinkRead::ProxyFailed(_)) | Err(_) => {
+                    // Deliver what was decoded before the close, then let the streams finish.
+                    self.service(now, t);
+                    return self.drop_conn(t);
+                }
+                Ok(LinkRead::Failed(e)) => return self.session_failed(now, t, e),
+            }
+        }
+        self.service(now, t);
+    }
+
+    /// The session failed: drain a failed handshake silently, close anything else.
+    pub(super) fn session_failed(&mut self, now: Instant, t: Token, e: SessionError) {
+        let Some(conn) = self.conns.get_mut(&t) else {
+            return;
+        };
+        if e == SessionError::Handshake && !conn.link.session.is_established() {
+            // A prober learns nothing from timing either: close after a random 2-10 s.
+            let mut r = [0u8; 2];
+            conn.link.session.random(&mut r);
+            let ms = 2000 + (u16::from_le_bytes(r) as u64 % 8000);
+            conn.drain_until = Some(now + Duration::from_millis(ms));
+            qlog!(Info, "handshake failed; draining connection");
+            return;
+        }
+        qlog!(Info, "session ended: {e}");
+        self.drop_conn(t);
+    }
+
+    /// Close a client connection and every destination socket of its streams.
+    pub(super) fn drop_conn(&mut self, t: Token) {
+        if let Some(mut conn) = self.conns.remove(&t) {
+            let _ = self.poll.registry().deregister(&mut conn.link.sock);
+            self.owners.remove(&t);
+            for (_, up) in conn.ups.drain() {
+                if let Some(mut ep) = up.ep {
+                    let _ = ep.sock.deregister(self.poll.registry());
+                    self.owners.remove(&ep.token);
+                }
+            }
+        }
+    }
+}

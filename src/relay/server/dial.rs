@@ -1,0 +1,333 @@
+//! Dialling a stream's destination: the exit policy, the connect (address by address,
+//! each under the connect timeout), and the exit proxy's SOCKS5 handshake.
+
+use std::cmp::Reverse;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use mio::Token;
+use mio::net::TcpStream;
+
+use super::{Owner, Relay};
+use crate::engine::pump::{Endpoint, Sock};
+use crate::engine::shape::Shaper;
+use crate::proto::{Destination, OpenError};
+use crate::qlog;
+use crate::sched::{Direction, Profile};
+use crate::socks::{ClientHandshake, ClientProgress};
+
+/// Where a stream's dial is.
+pub(super) enum UpState {
+    /// Its name is with the resolver threads.
+    Resolving,
+    /// A TCP connect to one address is under way; `rest` are tried after it.
+    Connecting {
+        rest: Vec<SocketAddr>,
+        deadline: Instant,
+    },
+    /// Connected to the exit proxy; its SOCKS5 CONNECT is under way.
+    Proxying {
+        hs: ClientHandshake,
+        out: Vec<u8>,
+        deadline: Instant,
+    },
+    /// Bytes flow.
+    Connected,
+}
+
+/// A stream's destination side.
+pub(super) struct Upstream {
+    pub(super) state: UpState,
+    /// The destination socket, once a connect started.
+    pub(super) ep: Option<Endpoint>,
+    /// The downstream scheduler, handed to the endpoint once it connects.
+    shaper: Option<Box<Shaper>>,
+    /// With an exit proxy: the destination to ask it for once the TCP connect is up.
+    via_proxy: Option<Destination>,
+}
+
+/// The OPEN_RESULT reason a failed connect reports.
+fn open_error(e: &io::Error) -> OpenError {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => OpenError::Refused,
+        Some(libc::ETIMEDOUT) => OpenError::TimedOut,
+        Some(libc::ENETUNREACH) => OpenError::NetUnreachable,
+        Some(libc::EHOSTUNREACH) => OpenError::HostUnreachable,
+        Some(libc::EACCES) | Some(libc::EPERM) => OpenError::Forbidden,
+        _ => OpenError::Failure,
+    }
+}
+
+impl Relay {
+    /// The client opened stream `s` to `dest`: check the policy, then resolve or dial.
+    pub(super) fn on_open(&mut self, now: Instant, c: Token, s: u32, dest: Destination, asked: u8) {
+        // The client's wish for the downstream, within what this relay allows.
+        let profile = Profile::from_wire(asked)
+            .filter(|p| self.cfg.allow_profiles.is_empty() || self.cfg.allow_profiles.contains(p))
+            .unwrap_or(self.cfg.profile);
+        let shaper = match Shaper::new(profile, Direction::Down, now) {
+            Ok(sh) => sh.map(Box::new),
+            Err(e) => {
+                qlog!(Error, "cannot shape stream {s}: {e}");
+                if let Some(conn) = self.conns.get_mut(&c) {
+                    let _ = conn
+                        .link
+                        .session
+                        .open_result(now, s, Err(OpenError::Failure));
+                }
+                return;
+            }
+        };
+        let Some(conn) = self.conns.get_mut(&c) else {
+            return;
+        };
+        conn.ups.insert(
+            s,
+            Upstream {
+                state: UpState::Resolving,
+                ep: None,
+                shaper,
+                via_proxy: None,
+            },
+        );
+        let proxy = self.cfg.upstream.as_ref().map(|u| u.addr);
+        // Literal addresses are checked against the exit policy here. A name is checked
+        // after it resolves; a name sent to an exit proxy unresolved (no DNS query leaves
+        // here: Tor resolves at its exit) can be checked only by port, and the proxy's
+        // own policy decides the rest.
+        let allowed = match (&dest, proxy) {
+            (Destination::Addr(a), _) => self.cfg.policy.allows(a.ip(), a.port()),
+            (Destination::Name(_, port), Some(_)) => self.cfg.policy.allows_port(*port),
+            (Destination::Name(..), None) => true,
+        };
+        if !allowed {
+            qlog!(Info, "exit policy refuses {dest}");
+            let _ = conn
+                .link
+                .session
+                .open_result(now, s, Err(OpenError::Forbidden));
+            conn.ups.remove(&s);
+            return;
+        }
+        match (dest, proxy) {
+            (dest, Some(proxy)) => {
+                if let Some(up) = conn.ups.get_mut(&s) {
+                    up.via_proxy = Some(dest);
+                }
+                self.start_connect(now, c, s, vec![proxy], OpenError::Failure);
+            }
+            (Destination::Addr(a), None) => {
+                self.start_connect(now, c, s, vec![a], OpenError::Failure);
+            }
+            (Destination::Name(host, port), None) => {
+                let _ = self.resolve_tx.send((c, s, host, port));
+            }
+        }
+    }
+
+    /// Readiness of a destination socket: a connect's outcome, or the proxy handshake.
+    pub(super) fn up_event(
+        &mut self,
+        now: Instant,
+        c: Token,
+        s: u32,
+        readable: bool,
+        writable: bool,
+    ) {
+        let Some(conn) = self.conns.get_mut(&c) else {
+            return;
+        };
+        let Some(up) = conn.ups.get_mut(&s) else {
+            return;
+        };
+        let Some(ep) = up.ep.as_mut() else {
+            return;
+        };
+        ep.readable |= readable;
+        ep.writable |= writable;
+        conn.dirty.insert(s);
+        if let UpState::Connecting { .. } = up.state {
+            if !writable {
+                return;
+            }
+            let outcome = match ep.sock.take_error() {
+                Ok(Some(e)) | Err(e) => Err(e),
+                Ok(None) => match &ep.sock {
+                    Sock::Tcp(t) => t.peer_addr().map(|_| ()),
+                    Sock::Unix(_) => Ok(()),
+                },
+            };
+            match outcome {
+                Ok(()) => match up.via_proxy.take() {
+                    Some(target) => {
+                        let UpState::Connecting { deadline, .. } = up.state else {
+                            unreachable!("checked above")
+                        };
+                        let (hs, out) = ClientHandshake::start(target, conn.proxy_creds.clone());
+                        up.state = UpState::Proxying { hs, out, deadline };
+                    }
+                    None => {
+                        up.state = UpState::Connected;
+                        ep.shaper = up.shaper.take();
+                        conn.dirty.insert(s);
+                        let _ = conn.link.session.open_result(now, s, Ok(()));
+                        return;
+                    }
+                },
+                Err(e) if e.kind() == ErrorKind::NotConnected => {
+                    ep.writable = false;
+                    return;
+                }
+                Err(e) => return self.connect_next(now, c, s, Some(open_error(&e))),
+            }
+        }
+        if let UpState::Proxying { .. } = up.state {
+            self.drive_proxy(now, c, s);
+        }
+    }
+
+    /// Move the exit proxy's SOCKS5 handshake along. Reads take no more than the
+    /// handshake wants, so the destination's first bytes stay in the socket for the pump.
+    pub(super) fn drive_proxy(&mut self, now: Instant, c: Token, s: u32) {
+        let Some(conn) = self.conns.get_mut(&c) else {
+            return;
+        };
+        let Some(Upstream {
+            state: UpState::Proxying { hs, out, .. },
+            ep: Some(ep),
+            ..
+        }) = conn.ups.get_mut(&s)
+        else {
+            return;
+        };
+        let failure = 'io: loop {
+            while !out.is_empty() && ep.writable {
+                match ep.sock.write(out) {
+                    Ok(n) => {
+                        out.drain(..n);
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => ep.writable = false,
+                    Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                    Err(e) => break 'io Some(open_error(&e)),
+                }
+            }
+            if !ep.readable {
+                return;
+            }
+            let want = hs.wanted();
+            match ep.sock.read(&mut self.buf[..want]) {
+                Ok(0) => break Some(OpenError::Failure),
+                Ok(n) => match hs.feed(&self.buf[..n]) {
+                    Ok(ClientProgress::More(more)) => out.extend(more),
+                    Ok(ClientProgress::Done { .. }) => break None,
+                    Err(e) => {
+                        qlog!(Info, "exit proxy: {e}");
+                        break Some(e.open_error());
+                    }
+                },
+                Err(e) if e.kind() == ErrorKind::WouldBlock => ep.readable = false,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => break Some(open_error(&e)),
+            }
+        };
+        match failure {
+            None => {
+                if let Some(up) = conn.ups.get_mut(&s) {
+                    up.state = UpState::Connected;
+                    if let Some(ep) = up.ep.as_mut() {
+                        ep.shaper = up.shaper.take();
+                    }
+                }
+                conn.dirty.insert(s);
+                let _ = conn.link.session.open_result(now, s, Ok(()));
+            }
+            Some(e) => self.start_connect(now, c, s, Vec::new(), e),
+        }
+    }
+
+    /// Try the next resolved address, or report `last` if none is left.
+    pub(super) fn connect_next(&mut self, now: Instant, c: Token, s: u32, last: Option<OpenError>) {
+        let rest = match self.conns.get_mut(&c).and_then(|conn| conn.ups.get_mut(&s)) {
+            Some(Upstream {
+                state: UpState::Connecting { rest, .. },
+                ..
+            }) => std::mem::take(rest),
+            _ => Vec::new(),
+        };
+        self.start_connect(now, c, s, rest, last.unwrap_or(OpenError::Failure));
+    }
+
+    /// Connect to the first of `addrs` that takes a socket, or report `last`.
+    pub(super) fn start_connect(
+        &mut self,
+        now: Instant,
+        c: Token,
+        s: u32,
+        mut addrs: Vec<SocketAddr>,
+        mut last: OpenError,
+    ) {
+        // Drop any previous attempt's socket first.
+        if let Some(ep) = self
+            .conns
+            .get_mut(&c)
+            .and_then(|conn| conn.ups.get_mut(&s))
+            .and_then(|u| u.ep.take())
+        {
+            let mut ep = ep;
+            let _ = ep.sock.deregister(self.poll.registry());
+            self.owners.remove(&ep.token);
+        }
+        while !addrs.is_empty() {
+            let addr = addrs.remove(0);
+            match TcpStream::connect(addr) {
+                Ok(sock) => {
+                    let _ = sock.set_nodelay(true);
+                    let t = self.token();
+                    let mut ep = Endpoint::new(Sock::Tcp(sock), t, s);
+                    if ep.sock.register(self.poll.registry(), t).is_err() {
+                        continue;
+                    }
+                    let deadline = now + self.cfg.connect_timeout;
+                    self.owners.insert(t, Owner::Up(c, s));
+                    self.deadlines.push(Reverse((deadline, c.0, s)));
+                    if let Some(up) = self.conns.get_mut(&c).and_then(|conn| conn.ups.get_mut(&s)) {
+                        up.ep = Some(ep);
+                        up.state = UpState::Connecting {
+                            rest: addrs,
+                            deadline,
+                        };
+                    }
+                    return;
+                }
+                Err(e) => last = open_error(&e),
+            }
+        }
+        if let Some(conn) = self.conns.get_mut(&c) {
+            let _ = conn.link.session.open_result(now, s, Err(last));
+            conn.ups.remove(&s);
+        }
+    }
+
+    /// Whether a connect deadline still guards a dial (or its proxy handshake) in progress.
+    pub(super) fn deadline_live(&self, t: Instant, c: Token, s: u32) -> bool {
+        matches!(
+            self.conns.get(&c).and_then(|conn| conn.ups.get(&s)),
+            Some(Upstream {
+                state: UpState::Connecting { deadline, .. } | UpState::Proxying { deadline, .. },
+                ..
+            }) if *deadline == t
+        )
+    }
+
+    /// Drop deadlines of dials that finished: otherwise every stream would wake the loop
+    /// once more, `connect_timeout` after it opened.
+    pub(super) fn purge_stale_deadlines(&mut self) {
+        while let Some(Reverse((t, c, s))) = self.deadlines.peek().copied() {
+            if self.deadline_live(t, Token(c), s) {
+                break;
+            }
+            self.deadlines.pop();
+        }
+    }
+}

@@ -1,0 +1,464 @@
+//! The relay's event loop: accept clients, authenticate, resolve, dial, pump.
+//!
+//! [`Relay::run`] polls and dispatches; `service` does everything after input on
+//! one connection. The files: `conn` (a client's connection), `dial` (a stream's
+//! destination, the exit policy and the exit proxy), `names` (the resolver threads).
+
+mod conn;
+mod dial;
+mod names;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::io::{self, ErrorKind};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use parking_lot::RwLock;
+
+use super::policy::ExitPolicy;
+use crate::engine::pump::PumpState;
+use crate::engine::timers::{MAX_ROUNDS, ShapedTimers, pump_failed};
+use crate::engine::wheel::Lateness;
+use crate::engine::{READ_CHUNK, lower_timer_slack};
+use crate::keys::{PrivateKey, PublicKey, load_allow_list};
+use crate::proto::{Event, OpenError, SessionConfig};
+use crate::qlog;
+use crate::sched::Profile;
+use conn::Conn;
+use dial::UpState;
+use names::{Query, Resolved};
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+/// The timerfd of shaped departures.
+const TIMER: Token = Token(2);
+
+/// Everything the relay needs to run.
+pub struct RelayConfig {
+    /// The relay's static private key.
+    pub key: PrivateKey,
+    /// Admitted client keys (shared so SIGHUP can replace them).
+    pub clients: Arc<RwLock<BTreeSet<PublicKey>>>,
+    /// Where the allow-list is read from on reload.
+    pub clients_path: Option<PathBuf>,
+    /// Which destinations may be dialled.
+    pub policy: ExitPolicy,
+    /// Session limits and timers.
+    pub session: SessionConfig,
+    /// How long a destination may take to accept a connection (through the upstream
+    /// proxy: the TCP connect and its SOCKS reply together).
+    pub connect_timeout: Duration,
+    /// Exit through this SOCKS5 proxy instead of dialling destinations directly.
+    pub upstream: Option<ExitProxy>,
+    /// The downstream timing profile for streams whose OPEN asks for none (0) or for one
+    /// outside `allow_profiles`.
+    pub profile: Profile,
+    /// Profiles clients may ask for (empty: all).
+    pub allow_profiles: Vec<Profile>,
+}
+
+/// A SOCKS5 proxy the relay exits through (Tor's SocksPort, a corporate proxy).
+pub struct ExitProxy {
+    /// Where the proxy listens.
+    pub addr: SocketAddr,
+    /// RFC 1929 credentials to present, unless `isolate` makes fresh ones.
+    pub credentials: Option<(Vec<u8>, Vec<u8>)>,
+    /// Fresh credentials per client session: Tor's IsolateSOCKSAuth then keeps each
+    /// client's streams on circuits of their own.
+    pub isolate: bool,
+}
+
+/// What a registered socket belongs to.
+enum Owner {
+    /// A client's connection.
+    Conn,
+    /// Stream `.1`'s destination on connection `.0`.
+    Up(Token, u32),
+}
+
+/// A shaped stream's key on the timing wheel: connection token and stream id.
+fn shaped_key(c: Token, s: u32) -> u64 {
+    (c.0 as u64) << 32 | u64::from(s)
+}
+
+/// The connection and stream a [`shaped_key`] names.
+fn shaped_flow(key: u64) -> (Token, u32) {
+    (Token((key >> 32) as usize), key as u32)
+}
+
+/// A bound relay, ready to run.
+pub struct Relay {
+    poll: Poll,
+    listener: TcpListener,
+    cfg: RelayConfig,
+    conns: HashMap<Token, Conn>,
+    owners: HashMap<Token, Owner>,
+    next_token: usize,
+    deadlines: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    resolve_tx: crossbeam::channel::Sender<Query>,
+    resolved_rx: crossbeam::channel::Receiver<Resolved>,
+    buf: Vec<u8>,
+    /// Connections with work left after their last round: poll without sleeping.
+    busy: HashSet<Token>,
+    /// Shaped streams' next departures, keyed by [`shaped_key`].
+    timers: ShapedTimers,
+    /// How late shaped departures were served.
+    pub lateness: Lateness,
+    /// Shaped streams the timing verifier (or the session) stopped.
+    pub shaping_failures: u64,
+}
+
+impl Relay {
+    /// Bind the listening socket and start the resolver threads.
+    pub fn bind(addr: SocketAddr, cfg: RelayConfig) -> io::Result<Relay> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(addr)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let timers = ShapedTimers::new(poll.registry(), TIMER)?;
+        let (resolve_tx, resolved_rx) = names::spawn_resolvers(waker)?;
+        Ok(Relay {
+            poll,
+            listener,
+            cfg,
+            conns: HashMap::new(),
+            owners: HashMap::new(),
+            next_token: 3,
+            deadlines: BinaryHeap::new(),
+            resolve_tx,
+            resolved_rx,
+            buf: vec![0u8; READ_CHUNK],
+            busy: HashSet::new(),
+            timers,
+            lateness: Lateness::default(),
+            shaping_failures: 0,
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    fn token(&mut self) -> Token {
+        self.next_token += 1;
+        Token(self.next_token)
+    }
+
+    /// Serve until `stop` is set; `reload` set by SIGHUP re-reads the allow-list.
+    pub fn run(&mut self, stop: &AtomicBool, reload: &AtomicBool) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        lower_timer_slack();
+        while !stop.load(Ordering::Relaxed) {
+            self.purge_stale_deadlines();
+            self.arm_timer(Instant::now());
+            let timeout = self
+                .next_deadline()
+                .map(|t| t.saturating_duration_since(Instant::now()));
+            // Wake at least once a second so stop/reload flags are seen even without EINTR.
+            let timeout = Some(
+                timeout
+                    .unwrap_or(Duration::from_secs(1))
+                    .min(Duration::from_secs(1)),
+            );
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+            if reload.swap(false, Ordering::Relaxed) {
+                self.reload_clients();
+            }
+            let now = Instant::now();
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(now)?,
+                    WAKER => {}
+                    TIMER => self.timers.fired(),
+                    t => self.socket_event(
+                        now,
+                        t,
+                        ev.is_readable() || ev.is_read_closed(),
+                        ev.is_writable() || ev.is_error(),
+                    ),
+                }
+            }
+            for c in std::mem::take(&mut self.busy) {
+                if let Some(conn) = self.conns.get_mut(&c) {
+                    let stalled = std::mem::take(&mut conn.stalled);
+                    conn.dirty.extend(stalled);
+                    self.service(now, c);
+                }
+            }
+            while let Ok(r) = self.resolved_rx.try_recv() {
+                self.on_resolved(now, r);
+            }
+            self.run_timers(Instant::now());
+            self.expire_shaped(Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Point the shaped-departure timer at the earliest one; if it cannot be armed, the
+    /// streams waiting on it fail closed (see `engine::timers`).
+    fn arm_timer(&mut self, now: Instant) {
+        let Err(stranded) = self.timers.arm(now) else {
+            return;
+        };
+        let mut touched = HashSet::new();
+        for &(key, deadline) in stranded.entries() {
+            let (c, s) = shaped_flow(key);
+            let Some(conn) = self.conns.get_mut(&c) else {
+                continue;
+            };
+            let Some(sh) = conn
+                .ups
+                .get_mut(&s)
+                .and_then(|u| u.ep.as_mut())
+                .and_then(|ep| ep.shaper.as_mut())
+            else {
+                continue;
+            };
+            if stranded.claim(sh, deadline, &mut self.lateness) {
+                self.shaping_failures += 1;
+                let _ = conn.link.session.reset(now, s, 1);
+                self.drop_up(c, s);
+                touched.insert(c);
+            }
+        }
+        // Flush the resets.
+        for c in touched {
+            self.service(now, c);
+        }
+    }
+
+    /// Serve the shaped streams whose departures are due.
+    fn expire_shaped(&mut self, now: Instant) {
+        let due = self.timers.expire(now);
+        let mut touched = HashSet::new();
+        for &(key, deadline) in due.entries() {
+            let (c, s) = shaped_flow(key);
+            let Some(conn) = self.conns.get_mut(&c) else {
+                continue;
+            };
+            let Some(sh) = conn
+                .ups
+                .get_mut(&s)
+                .and_then(|u| u.ep.as_mut())
+                .and_then(|ep| ep.shaper.as_mut())
+            else {
+                continue;
+            };
+            if due.claim(sh, deadline, &mut self.lateness) {
+                conn.dirty.insert(s);
+                touched.insert(c);
+            }
+        }
+        for c in touched {
+            self.service(now, c);
+        }
+    }
+
+    /// SIGHUP: re-read the allow-list; a bad one keeps the old.
+    fn reload_clients(&mut self) {
+        let Some(path) = &self.cfg.clients_path else {
+            return;
+        };
+        match load_allow_list(path) {
+            Ok(set) => {
+                qlog!(
+                    Info,
+                    "reloaded {} client keys from {}",
+                    set.len(),
+                    path.display()
+                );
+                *self.cfg.clients.write() = set;
+            }
+            Err(e) => qlog!(Error, "allow-list not reloaded, keeping the old one: {e}"),
+        }
+    }
+
+    /// A readiness event on a client connection or a destination socket.
+    fn socket_event(&mut self, now: Instant, t: Token, readable: bool, writable: bool) {
+        match self.owners.get(&t) {
+            Some(Owner::Conn) => self.conn_event(now, t, readable),
+            Some(Owner::Up(c, s)) => {
+                let (c, s) = (*c, *s);
+                self.up_event(now, c, s, readable, writable);
+                self.service(now, c);
+            }
+            None => {}
+        }
+    }
+
+    /// Forget stream `s` of connection `c` and its destination socket.
+    fn drop_up(&mut self, c: Token, s: u32) {
+        if let Some(conn) = self.conns.get_mut(&c) {
+            if let Some(up) = conn.ups.remove(&s) {
+                if let Some(mut ep) = up.ep {
+                    let _ = ep.sock.deregister(self.poll.registry());
+                    self.owners.remove(&ep.token);
+                }
+            }
+        }
+    }
+
+    /// Handle session events, move stream bytes, flush: everything after input on `c`.
+    fn service(&mut self, now: Instant, c: Token) {
+        loop {
+            let Some(conn) = self.conns.get_mut(&c) else {
+                return;
+            };
+            let Some(ev) = conn.link.session.poll_event() else {
+                break;
+            };
+            match ev {
+                Event::Connected { peer } => {
+                    qlog!(Info, "client {} authenticated", PublicKey(peer).to_base64());
+                }
+                Event::Opened {
+                    stream,
+                    dest,
+                    profile,
+                } => {
+                    qlog!(Debug, "stream {stream} to {dest}");
+                    self.on_open(now, c, stream, dest, profile);
+                }
+                Event::Reset { stream, .. } => self.drop_up(c, stream),
+                Event::Readable { stream } | Event::Writable { stream } => {
+                    conn.dirty.insert(stream);
+                }
+                Event::OpenResult { .. } => {}
+            }
+        }
+        // Pump and flush until no stream waits for room: a stream that stopped at the
+        // high-water mark gets no new readiness edge once the flush drains.
+        for round in 0..MAX_ROUNDS {
+            self.pump_dirty(now, c);
+            let Some(conn) = self.conns.get_mut(&c) else {
+                return;
+            };
+            if conn.drain_until.is_some() {
+                return;
+            }
+            let flushed = match conn.link.flush() {
+                Ok(f) => f,
+                Err(_) => return self.drop_conn(c),
+            };
+            if !flushed || conn.stalled.is_empty() || !conn.link.has_room() {
+                break;
+            }
+            let stalled = std::mem::take(&mut conn.stalled);
+            conn.dirty.extend(stalled);
+            if round + 1 == MAX_ROUNDS {
+                self.busy.insert(c);
+            }
+        }
+        let Some(conn) = self.conns.get_mut(&c) else {
+            return;
+        };
+        if let Some(e) = conn.link.session.error() {
+            return self.session_failed(now, c, e);
+        }
+        if conn.link.eof && conn.link.session.transmit().is_empty() {
+            self.drop_conn(c);
+        }
+    }
+
+    /// Move the bytes of the streams an event touched; reset the failed, drop the done.
+    fn pump_dirty(&mut self, now: Instant, c: Token) {
+        let Some(conn) = self.conns.get_mut(&c) else {
+            return;
+        };
+        if !conn.link.session.is_established() {
+            return;
+        }
+        let mut dead = vec![];
+        let mut done = vec![];
+        for s in std::mem::take(&mut conn.dirty) {
+            let Some(up) = conn.ups.get_mut(&s) else {
+                continue;
+            };
+            let (UpState::Connected, Some(ep)) = (&up.state, up.ep.as_mut()) else {
+                continue;
+            };
+            let room = conn.link.has_room();
+            let r = ep
+                .pump_down(now, &mut conn.link.session)
+                .and_then(|_| ep.pump_up(now, &mut conn.link.session, room, &mut self.buf));
+            self.timers
+                .schedule(shaped_key(c, s), ep, now, &conn.link.session);
+            if pump_failed(&r, &mut self.shaping_failures, s) {
+                dead.push(s);
+            } else if ep.state() == PumpState::Done {
+                done.push(s);
+            } else if ep.readable && !ep.read_eof && !conn.link.has_room() {
+                conn.stalled.insert(s);
+            }
+        }
+        for s in dead {
+            if let Some(conn) = self.conns.get_mut(&c) {
+                let _ = conn.link.session.reset(now, s, 1);
+            }
+            self.drop_up(c, s);
+        }
+        for s in done {
+            self.drop_up(c, s);
+        }
+    }
+
+    /// The earliest session timer, drain end or connect deadline.
+    fn next_deadline(&self) -> Option<Instant> {
+        let sessions = self
+            .conns
+            .values()
+            .filter_map(|c| c.drain_until.or_else(|| c.link.session.next_timeout()));
+        let connects = self.deadlines.peek().map(|Reverse((t, _, _))| *t);
+        sessions.chain(connects).min()
+    }
+
+    /// Serve the connect deadlines and the sessions' timers that are due.
+    fn run_timers(&mut self, now: Instant) {
+        while let Some(Reverse((t, c, s))) = self.deadlines.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.deadlines.pop();
+            let c = Token(c);
+            if self.deadline_live(t, c, s) {
+                self.connect_next(now, c, s, Some(OpenError::TimedOut));
+                self.service(now, c);
+            }
+        }
+        let due: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| {
+                c.drain_until
+                    .or_else(|| c.link.session.next_timeout())
+                    .is_some_and(|t| t <= now)
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        for t in due {
+            let Some(conn) = self.conns.get_mut(&t) else {
+                continue;
+            };
+            if conn.drain_until.is_some() {
+                self.drop_conn(t);
+                continue;
+            }
+            match conn.link.session.handle_timeout(now) {
+                Ok(()) => self.service(now, t),
+                Err(e) => self.session_failed(now, t, e),
+            }
+        }
+    }
+}
