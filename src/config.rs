@@ -288,6 +288,7 @@ impl Upstream {
 }
 
 pub use crate::net::Cidr;
+use crate::net::{Family, NetError};
 
 /// What libqnet.so does inside an app, from the `[intercept]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -547,7 +548,8 @@ impl Origin<'_> {
 
     fn cidr(&self, field: &str, value: Value) -> Result<Cidr, ConfigError> {
         let s = self.string(field, value)?;
-        s.parse().map_err(|m: String| self.err(field, m))
+        s.parse()
+            .map_err(|e: NetError| self.err(field, e.to_string()))
     }
 
     fn host_port(&self, field: &str, value: Value) -> Result<String, ConfigError> {
@@ -911,29 +913,24 @@ impl InterceptConfig {
         if let Some(v) = raw.remote_dns {
             c.remote_dns = o.boolean("intercept.remote_dns", v)?;
         }
-        for (field, v, slot, v4) in [
+        for (field, v, slot, family) in [
             (
                 "intercept.fake_net_v4",
                 raw.fake_net_v4,
                 &mut c.fake_net_v4,
-                true,
+                Family::V4,
             ),
             (
                 "intercept.fake_net_v6",
                 raw.fake_net_v6,
                 &mut c.fake_net_v6,
-                false,
+                Family::V6,
             ),
         ] {
             if let Some(v) = v {
                 let n = o.cidr(field, v)?;
-                let host_bits = n.host_bits();
-                if n.addr().is_ipv4() != v4 {
-                    return Err(o.err(field, "wrong address family"));
-                }
-                if host_bits < 8 {
-                    return Err(o.err(field, "too small: needs at least 8 host bits"));
-                }
+                n.check_fake_net(family)
+                    .map_err(|e| o.err(field, e.to_string()))?;
                 *slot = n;
             }
         }
@@ -1124,6 +1121,7 @@ impl ServerConfig {
 mod tests {
     use super::*;
     use std::collections::HashMap;
+    use std::net::IpAddr;
 
     const KEY_B64: &str = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=";
     const OTHER_KEY_B64: &str = "3p7bfXt9wbTTW2HC7OQ1Nz+DQ8hbeGdNrfx+FG+IK08=";
@@ -1356,7 +1354,7 @@ connect_timeout_secs = 5
             ),
             (
                 "[intercept]\nfake_net_v6 = \"100::/124\"",
-                "needs at least 8 host bits",
+                "intercept.fake_net_v6: 100::/124: only 4 host bits; need at least 8",
             ),
             (
                 "[intercept]\nremote_dns = \"yes\"",
@@ -1366,6 +1364,44 @@ connect_timeout_secs = 5
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn bad_fake_net_v6_fails_at_config_load() {
+        // ::/64 once passed here and failed at the first lookup, when the fake-address map
+        // applied a stricter rule. One rule now (Cidr::check_fake_net), at load.
+        for (net, why) in [
+            ("::/64", "overlaps ::ffff:0:0/96 (IPv4-mapped addresses)"),
+            ("::/0", "would make every address fake"),
+            ("::ffff:0:0/96", "is not an IPv6 block"),
+            ("100::/121", "need at least 8"),
+            ("240.0.0.0/4", "wrong address family"),
+        ] {
+            let e = err(&format!("[intercept]\nfake_net_v6 = \"{net}\""));
+            assert!(
+                e.starts_with("config /etc/qnet/qnet.toml: intercept.fake_net_v6: "),
+                "{net}: {e}"
+            );
+            assert!(e.contains(why), "{net}: {e}");
+        }
+        let e = err("[intercept]\nfake_net_v4 = \"0.0.0.0/0\"");
+        assert!(
+            e.contains("intercept.fake_net_v4: 0.0.0.0/0: would make every address fake"),
+            "{e}"
+        );
+        // What loads, the fake-address map takes; the defaults included.
+        for text in [
+            "",
+            "[intercept]\nfake_net_v4 = \"10.9.0.0/16\"\nfake_net_v6 = \"::/90\"",
+        ] {
+            let i = parse(text).unwrap().intercept;
+            let (IpAddr::V4(v4), IpAddr::V6(v6)) = (i.fake_net_v4.addr(), i.fake_net_v6.addr())
+            else {
+                panic!("{text:?}: a fake net of the wrong family loaded");
+            };
+            let (v4, v6) = ((v4, i.fake_net_v4.prefix()), (v6, i.fake_net_v6.prefix()));
+            crate::dns::FakeDns::in_heap(1, v4, v6).unwrap_or_else(|e| panic!("{text:?}: {e}"));
         }
     }
 

@@ -13,6 +13,7 @@
 use std::net::IpAddr;
 
 use super::Cidr;
+use crate::net::NetError;
 use crate::sched::Profile;
 
 /// What a timing rule matches.
@@ -83,7 +84,7 @@ impl TimingRule {
             } else {
                 format!("{m}/32")
             };
-            TimingMatch::Net(net.parse()?)
+            TimingMatch::Net(net.parse().map_err(|e: NetError| e.to_string())?)
         } else {
             let name = m.trim_end_matches('.').to_ascii_lowercase();
             if !crate::proto::frame::valid_hostname(&name) {

@@ -265,7 +265,7 @@ impl ExitRule {
             None => 128,
         };
         Ok(ExitRule {
-            target: ExitTarget::Net(Cidr::new(ip, prefix)?),
+            target: ExitTarget::Net(Cidr::new(ip, prefix).map_err(|e| e.to_string())?),
             ports,
         })
     }
