@@ -12,7 +12,11 @@
 
 use std::net::IpAddr;
 
-use super::Cidr;
+use serde::Deserialize;
+use toml::Value;
+
+use super::value::Origin;
+use super::{Cidr, ConfigError};
 use crate::net::NetError;
 use crate::sched::Profile;
 
@@ -96,7 +100,31 @@ impl TimingRule {
     }
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a [timing] table")]
+pub(super) struct RawTiming {
+    profile: Option<Value>,
+    rules: Option<Value>,
+}
+
 impl TimingConfig {
+    pub(super) fn from_raw(raw: RawTiming, o: &Origin<'_>) -> Result<TimingConfig, ConfigError> {
+        let mut t = TimingConfig::default();
+        if let Some(v) = raw.profile {
+            let p = o.string("timing.profile", v)?;
+            t.profile = parse_profile(&p).map_err(|m| o.err("timing.profile", m))?;
+        }
+        if let Some(v) = raw.rules {
+            for (i, item) in o.array("timing.rules", v)?.into_iter().enumerate() {
+                let field = format!("timing.rules[{i}]");
+                let r = o.string(&field, item)?;
+                t.rules
+                    .push(TimingRule::parse(&r).map_err(|m| o.err(&field, m))?);
+            }
+        }
+        Ok(t)
+    }
+
     /// The profile for a destination given by address and/or name.
     pub fn profile_for(&self, ip: Option<IpAddr>, name: Option<&str>, port: u16) -> Profile {
         let name = name.map(|n| n.trim_end_matches('.').to_ascii_lowercase());
