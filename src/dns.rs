@@ -41,20 +41,20 @@ use crate::net::{Cidr, Family, NetError};
 use crate::proto::frame::valid_hostname;
 
 /// Bytes of name storage per slot (a DNS name is at most 253 bytes).
-pub const NAME_CAP: usize = 256;
+pub(crate) const NAME_CAP: usize = 256;
 /// Byte offset of the slot array inside a table region (just after the [`Header`]).
-pub const SLOTS_OFFSET: usize = size_of::<Header>().next_multiple_of(align_of::<Slot>());
+pub(crate) const SLOTS_OFFSET: usize = size_of::<Header>().next_multiple_of(align_of::<Slot>());
 
 const NAME_WORDS: usize = NAME_CAP / 8;
 
 /// Byte size of a table region (header and `capacity` slots) for the caller to map.
-pub const fn table_bytes(capacity: usize) -> usize {
+pub(crate) const fn table_bytes(capacity: usize) -> usize {
     SLOTS_OFFSET + capacity * size_of::<Slot>()
 }
 
 /// Why a name could not get a fake address.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DnsError {
+pub(crate) enum DnsError {
     /// Not a hostname the relay would accept (after lowercasing and dropping one trailing dot).
     #[error("invalid hostname")]
     InvalidName,
@@ -69,14 +69,15 @@ pub enum DnsError {
 /// Table header, shared by every process mapping the table; all-zero is an empty table.
 #[repr(C, align(64))] // a cache line of its own: `next` is the one hot contended word
 #[derive(Debug, Default)]
-pub struct Header {
+pub(crate) struct Header {
     /// Number of slots claimed so far (claimed ≠ published: see [`Slot`]).
     next: AtomicU32,
 }
 
 impl Header {
     /// An empty header (the same as zeroed memory).
-    pub const fn new() -> Self {
+    #[cfg(test)]
+    pub(crate) const fn new() -> Self {
         Self {
             next: AtomicU32::new(0),
         }
@@ -86,7 +87,7 @@ impl Header {
 /// One name slot (plus two hash-index buckets); all-zero is an empty slot.
 #[repr(C)]
 #[derive(Debug, Default)]
-pub struct Slot {
+pub(crate) struct Slot {
     /// Name length; 0 = not (yet) published. Stored last, with Release, after the name.
     len: AtomicU32,
     /// Two buckets of the hash index (`slot index + 1`, 0 = empty); unrelated to this slot.
@@ -99,7 +100,8 @@ pub struct Slot {
 
 impl Slot {
     /// An empty slot (the same as zeroed memory).
-    pub const fn new() -> Self {
+    #[cfg(test)]
+    pub(crate) const fn new() -> Self {
         Self {
             len: AtomicU32::new(0),
             buckets: [const { AtomicU32::new(0) }; 2],
@@ -162,7 +164,7 @@ impl Name {
 
 /// The fake-address map over a (possibly process-shared) table.
 #[derive(Clone, Copy)]
-pub struct FakeDns {
+pub(crate) struct FakeDns {
     header: &'static Header,
     slots: &'static [Slot],
     /// Usable slots: the table size, bounded by both networks' sizes.
@@ -189,7 +191,7 @@ impl fmt::Debug for FakeDns {
 
 impl FakeDns {
     /// A map over an existing table (zeroed memory is an empty one); every process sharing it must pass the same nets.
-    pub fn new(
+    pub(crate) fn new(
         header: &'static Header,
         slots: &'static [Slot],
         v4_net: (Ipv4Addr, u8),
@@ -218,8 +220,9 @@ impl FakeDns {
         })
     }
 
-    /// A map over a new, leaked heap table: for tests and for use without fork sharing.
-    pub fn in_heap(
+    /// A map over a new, leaked heap table (tests).
+    #[cfg(test)]
+    pub(crate) fn in_heap(
         capacity: usize,
         v4_net: (Ipv4Addr, u8),
         v6_net: (Ipv6Addr, u8),
@@ -230,12 +233,13 @@ impl FakeDns {
     }
 
     /// Most names this map can ever hold (table size bounded by both nets' sizes).
-    pub fn capacity(&self) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn capacity(&self) -> u32 {
         self.capacity
     }
 
     /// Slots claimed so far, in every process sharing the table (a few may be race losers).
-    pub fn allocated(&self) -> u32 {
+    pub(crate) fn allocated(&self) -> u32 {
         self.header.next.load(Ordering::Relaxed).min(self.capacity)
     }
 
@@ -249,7 +253,7 @@ impl FakeDns {
     /// one slot wins the name's place in the hash index and every caller returns that one;
     /// a loser's slot stays published with the same name (so it still maps back correctly)
     /// but is never handed out.
-    pub fn lookup_or_insert(&self, name: &str) -> Result<u32, DnsError> {
+    pub(crate) fn lookup_or_insert(&self, name: &str) -> Result<u32, DnsError> {
         let name = Name::parse(name)?;
         if let Some(index) = self.find_parsed(&name) {
             return Ok(index);
@@ -268,23 +272,24 @@ impl FakeDns {
     }
 
     /// The index of `name` (normalised) if it already has a fake address.
-    pub fn find(&self, name: &str) -> Option<u32> {
+    #[cfg(test)]
+    pub(crate) fn find(&self, name: &str) -> Option<u32> {
         self.find_parsed(&Name::parse(name).ok()?)
     }
 
     /// The fake IPv4 address of slot `index` (an index from this map; others give a meaningless address).
-    pub fn v4(&self, index: u32) -> Ipv4Addr {
+    pub(crate) fn v4(&self, index: u32) -> Ipv4Addr {
         // Wrapping, not panicking: this runs inside the app's libc calls.
         Ipv4Addr::from(self.v4_base.wrapping_add(index).wrapping_add(1))
     }
 
     /// The fake IPv6 address of slot `index` (an index from this map; others give a meaningless address).
-    pub fn v6(&self, index: u32) -> Ipv6Addr {
+    pub(crate) fn v6(&self, index: u32) -> Ipv6Addr {
         Ipv6Addr::from(self.v6_base.wrapping_add(u128::from(index) + 1))
     }
 
     /// The name behind a fake address; None for a real or never-allocated address.
-    pub fn name_of(&self, ip: IpAddr) -> Option<String> {
+    pub(crate) fn name_of(&self, ip: IpAddr) -> Option<String> {
         let slot = &self.slots[self.index_of(ip)? as usize];
         let len = slot.len.load(Ordering::Acquire) as usize;
         if len == 0 || len > NAME_CAP {
@@ -299,7 +304,7 @@ impl FakeDns {
     }
 
     /// Whether `ip` lies in either fake network, allocated or not (connects there must never go out as-is).
-    pub fn is_fake(&self, ip: IpAddr) -> bool {
+    pub(crate) fn is_fake(&self, ip: IpAddr) -> bool {
         self.v4_net.contains(ip) || self.v6_net.contains(ip)
     }
 

@@ -135,12 +135,12 @@ fn v6_mask(prefix: u8) -> u128 {
 
 impl Cidr {
     /// Fewest host bits a fake-address net may have (a /24 for IPv4: 254 names).
-    pub const FAKE_MIN_HOST_BITS: u32 = 8;
+    pub(crate) const FAKE_MIN_HOST_BITS: u32 = 8;
 
     /// Builds a block; fails if `prefix` is too long for the family or host bits are set.
     ///
     /// An IPv4-mapped IPv6 block of /96 or longer becomes the equivalent IPv4 block.
-    pub fn new(addr: IpAddr, prefix: u8) -> Result<Cidr, NetError> {
+    pub(crate) fn new(addr: IpAddr, prefix: u8) -> Result<Cidr, NetError> {
         let (addr, prefix) = match addr {
             IpAddr::V6(a) if prefix >= 96 && a.to_ipv4_mapped().is_some() => (
                 IpAddr::V4(a.to_ipv4_mapped().expect("checked above")),
@@ -177,17 +177,17 @@ impl Cidr {
     }
 
     /// The network address.
-    pub fn addr(&self) -> IpAddr {
+    pub(crate) fn addr(&self) -> IpAddr {
         self.addr
     }
 
     /// The prefix length.
-    pub fn prefix(&self) -> u8 {
+    pub(crate) fn prefix(&self) -> u8 {
         self.prefix
     }
 
     /// The block's address family.
-    pub fn family(&self) -> Family {
+    pub(crate) fn family(&self) -> Family {
         if self.addr.is_ipv4() {
             Family::V4
         } else {
@@ -196,13 +196,13 @@ impl Cidr {
     }
 
     /// Host bits: 32 or 128 minus the prefix.
-    pub fn host_bits(&self) -> u32 {
+    pub(crate) fn host_bits(&self) -> u32 {
         self.family().width() - u32::from(self.prefix)
     }
 
     /// Whether `ip` lies in the block. An IPv4-mapped IPv6 address counts as its IPv4
     /// address; otherwise addresses of the other family never do.
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(a)) => in_v4(a, net, self.prefix),
             (IpAddr::V6(net), IpAddr::V6(a)) => in_v6(a, net, self.prefix),
@@ -216,7 +216,7 @@ impl Cidr {
     /// family, not /0, at least [`Cidr::FAKE_MIN_HOST_BITS`] host bits, and for IPv6 no
     /// overlap with `::ffff:0:0/96` (apps read those addresses as IPv4, so a fake one
     /// there would never map back to its name).
-    pub fn check_fake_net(&self, want: Family) -> Result<(), NetError> {
+    pub(crate) fn check_fake_net(&self, want: Family) -> Result<(), NetError> {
         if self.family() != want {
             return Err(NetError::FakeWrongFamily { net: *self, want });
         }
@@ -243,13 +243,13 @@ impl Cidr {
 }
 
 /// Whether `a` is in `net/prefix` (for constant tables that are not [`Cidr`]s).
-pub fn in_v4(a: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
+pub(crate) fn in_v4(a: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
     let mask = v4_mask(prefix);
     u32::from(a) & mask == u32::from(net) & mask
 }
 
 /// Whether `a` is in `net/prefix` (for constant tables that are not [`Cidr`]s).
-pub fn in_v6(a: Ipv6Addr, net: Ipv6Addr, prefix: u8) -> bool {
+pub(crate) fn in_v6(a: Ipv6Addr, net: Ipv6Addr, prefix: u8) -> bool {
     let mask = v6_mask(prefix);
     u128::from(a) & mask == u128::from(net) & mask
 }

@@ -25,7 +25,7 @@ pub enum LogLevel {
 
 impl LogLevel {
     /// The level's name as written in config and `QNET_LOG`.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             LogLevel::Off => "off",
             LogLevel::Error => "error",

@@ -78,8 +78,9 @@ pub use intercept::InterceptConfig;
 pub use log::{LogLevel, ParseLogLevelError};
 pub use server::ServerConfig;
 pub use session::SessionParams;
-pub use sources::SYSTEM_CONFIG_PATH;
-pub use timing::{TimingConfig, TimingMatch, TimingRule, parse_profile};
+pub(crate) use sources::SYSTEM_CONFIG_PATH;
+pub(crate) use timing::parse_profile;
+pub use timing::{TimingConfig, TimingMatch, TimingRule};
 pub use upstream::Upstream;
 
 use value::{Origin, toml_error};
@@ -188,7 +189,7 @@ impl Config {
     }
 
     /// Parses and validates TOML text; `origin` labels errors (usually the file name).
-    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+    pub(crate) fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(origin, text, &e))?;
         Config::from_raw(raw, &Origin(origin))
     }

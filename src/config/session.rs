@@ -30,9 +30,9 @@ pub struct SessionParams {
 
 impl SessionParams {
     /// Smallest accepted window: below this, one full record could not fit.
-    pub const MIN_WINDOW: u32 = 16 * 1024;
+    pub(crate) const MIN_WINDOW: u32 = 16 * 1024;
     /// Largest accepted window (1 GiB).
-    pub const MAX_WINDOW: u32 = 1 << 30;
+    pub(crate) const MAX_WINDOW: u32 = 1 << 30;
 }
 
 impl Default for SessionParams {

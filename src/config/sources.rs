@@ -15,11 +15,11 @@ use super::{Config, ConfigError, ParseLogLevelError, parse_profile};
 use crate::keys::PublicKey;
 
 /// The system-wide config file, read when neither `QNET_CONFIG` nor the user's file exists.
-pub const SYSTEM_CONFIG_PATH: &str = "/etc/qnet/qnet.toml";
+pub(crate) const SYSTEM_CONFIG_PATH: &str = "/etc/qnet/qnet.toml";
 
 impl Config {
     /// Reads a config file; relative paths in it are resolved against its directory.
-    pub fn from_path(path: &Path) -> Result<Config, ConfigError> {
+    pub(crate) fn from_path(path: &Path) -> Result<Config, ConfigError> {
         let text = fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
@@ -40,7 +40,10 @@ impl Config {
 
     /// Applies `QNET_RELAY`, `QNET_RELAY_KEY`, `QNET_KEY`, `QNET_LOG` and `QNET_PROFILE`
     /// looked up through `get`.
-    pub fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+    pub(crate) fn apply_env(
+        &mut self,
+        get: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
         let env_err = |var: &str, message: String| ConfigError::Env {
             var: var.to_owned(),
             message,
@@ -71,16 +74,9 @@ impl Config {
         Ok(())
     }
 
-    /// Finds the config file to read, if any (see the module docs for the order).
-    ///
-    /// `get` looks up environment variables; `system_config` is normally [`SYSTEM_CONFIG_PATH`].
-    pub fn locate(
-        get: impl Fn(&str) -> Option<String>,
-        system_config: &Path,
-    ) -> Result<Option<PathBuf>, ConfigError> {
-        Ok(Config::locate_and_read(&get, system_config)?.map(|(path, _)| path))
-    }
-
+    /// Finds the config file to read, if any (see the module docs for the order), and
+    /// reads it. `get` looks up environment variables; `system_config` is normally
+    /// [`SYSTEM_CONFIG_PATH`].
     fn locate_and_read(
         get: &impl Fn(&str) -> Option<String>,
         system_config: &Path,
@@ -106,7 +102,7 @@ impl Config {
     }
 
     /// [`Config::load_from`] with the environment and system file injected, for tests.
-    pub fn load_with(
+    pub(crate) fn load_with(
         explicit: Option<&Path>,
         get: impl Fn(&str) -> Option<String>,
         system_config: &Path,
@@ -152,6 +148,12 @@ mod tests {
     use super::super::LogLevel;
     use super::super::testutil::{KEY_B64, OTHER_KEY_B64, TempDir, env, parse};
     use super::*;
+
+    /// The file the search finds with only `HOME` set.
+    fn located(home: &str, system: &Path) -> Option<PathBuf> {
+        let found = Config::locate_and_read(&env(&[("HOME", home)]), system).unwrap();
+        found.map(|(path, _)| path)
+    }
 
     #[test]
     fn env_overrides() {
@@ -249,10 +251,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.log, LogLevel::Info);
-        assert_eq!(
-            Config::locate(env(&[("HOME", &home_s)]), &system).unwrap(),
-            None
-        );
+        assert_eq!(located(&home_s, &system), None);
 
         dir.write("etc/qnet/qnet.toml", "log = \"error\"\n");
         let c = Config::load_with(None, env(&[("HOME", &home_s)]), &system).unwrap();
@@ -264,10 +263,7 @@ mod tests {
         let user = dir.write("home/.config/qnet/qnet.toml", "log = \"debug\"\n");
         let c = Config::load_with(None, env(&[("HOME", &home_s)]), &system).unwrap();
         assert_eq!(c.log, LogLevel::Debug);
-        assert_eq!(
-            Config::locate(env(&[("HOME", &home_s)]), &system).unwrap(),
-            Some(user)
-        );
+        assert_eq!(located(&home_s, &system), Some(user));
 
         let named = dir.write("named.toml", "log = \"off\"\n");
         let named_s = named.to_str().unwrap();

@@ -59,7 +59,7 @@ impl Default for TimingConfig {
 }
 
 /// Parse a profile name, with the list of valid ones in the error.
-pub fn parse_profile(s: &str) -> Result<Profile, String> {
+pub(crate) fn parse_profile(s: &str) -> Result<Profile, String> {
     Profile::parse(s.trim()).ok_or_else(|| {
         format!("unknown timing profile {s:?} (expected performance, default or high-security)")
     })
@@ -67,7 +67,7 @@ pub fn parse_profile(s: &str) -> Result<Profile, String> {
 
 impl TimingRule {
     /// Parse `<match> <profile>`.
-    pub fn parse(s: &str) -> Result<TimingRule, String> {
+    pub(crate) fn parse(s: &str) -> Result<TimingRule, String> {
         let mut words = s.split_whitespace();
         let (Some(m), Some(p), None) = (words.next(), words.next(), words.next()) else {
             return Err(format!(
@@ -126,7 +126,7 @@ impl TimingConfig {
     }
 
     /// The profile for a destination given by address and/or name.
-    pub fn profile_for(&self, ip: Option<IpAddr>, name: Option<&str>, port: u16) -> Profile {
+    pub(crate) fn profile_for(&self, ip: Option<IpAddr>, name: Option<&str>, port: u16) -> Profile {
         let name = name.map(|n| n.trim_end_matches('.').to_ascii_lowercase());
         for r in &self.rules {
             let hit = match &r.matcher {
