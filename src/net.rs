@@ -141,12 +141,9 @@ impl Cidr {
     ///
     /// An IPv4-mapped IPv6 block of /96 or longer becomes the equivalent IPv4 block.
     pub(crate) fn new(addr: IpAddr, prefix: u8) -> Result<Cidr, NetError> {
-        let (addr, prefix) = match addr {
-            IpAddr::V6(a) if prefix >= 96 && a.to_ipv4_mapped().is_some() => (
-                IpAddr::V4(a.to_ipv4_mapped().expect("checked above")),
-                prefix - 96,
-            ),
-            other => (other, prefix),
+        let (addr, prefix) = match addr.to_canonical() {
+            v4 @ IpAddr::V4(_) if addr.is_ipv6() && prefix >= 96 => (v4, prefix - 96),
+            _ => (addr, prefix),
         };
         let ok = match addr {
             IpAddr::V4(a) => {
