@@ -1,15 +1,128 @@
 //! IP address blocks (CIDR), shared by the exit policy, the `[intercept]` bypass list,
-//! the fake-address nets and the `[timing]` rules: one parser, one containment test.
+//! the fake-address nets and the `[timing]` rules: one parser, one containment test, and
+//! the one rule for which blocks can hold fake addresses.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
+
+use thiserror::Error;
 
 /// A block of addresses: a network address with host bits zero, and a prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Cidr {
     addr: IpAddr,
     prefix: u8,
+}
+
+/// An address family, for rules that differ between IPv4 and IPv6.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    /// IPv4 (IPv4-mapped IPv6 blocks count as IPv4: [`Cidr::new`] folds them).
+    V4,
+    /// IPv6.
+    V6,
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        })
+    }
+}
+
+/// Why text or an address and prefix is not a block, or a block not a fake-address net.
+///
+/// Each message is one line that says what to write instead.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum NetError {
+    /// The text has no `/len`.
+    #[error("expected addr/len, e.g. 10.0.0.0/8 (got {text:?})")]
+    NoPrefix {
+        /// The text as given.
+        text: String,
+    },
+    /// The part before the `/` is not an IP address.
+    #[error("{addr:?} is not an IP address (got {text:?})")]
+    BadAddr {
+        /// The part before the `/`.
+        addr: String,
+        /// The text as given.
+        text: String,
+    },
+    /// The part after the `/` is not a number from 0 to the family's width.
+    #[error("prefix length must be 0 to {max} (got {text:?})")]
+    BadPrefixText {
+        /// 32 or 128.
+        max: u8,
+        /// The text as given.
+        text: String,
+    },
+    /// A prefix longer than the family's width.
+    #[error("prefix /{prefix} is longer than {max}")]
+    PrefixTooLong {
+        /// The prefix length given.
+        prefix: u8,
+        /// 32 or 128.
+        max: u8,
+    },
+    /// Bits below the prefix are set.
+    #[error("host bits set in {addr}/{prefix} (did you mean {network}/{prefix}?)")]
+    HostBits {
+        /// The address given.
+        addr: IpAddr,
+        /// The prefix length given.
+        prefix: u8,
+        /// The address with the host bits cleared.
+        network: IpAddr,
+    },
+    /// A fake net of the other family (an IPv4-mapped IPv6 block is an IPv4 block).
+    #[error("wrong address family: {net} is not an {want} block{}", .want.mapped_hint())]
+    FakeWrongFamily {
+        /// The block given.
+        net: Cidr,
+        /// The family the fake net is for.
+        want: Family,
+    },
+    /// A fake net of /0, which would take every address of the family.
+    #[error(
+        "{0}: would make every address fake; use a reserved block such as 240.0.0.0/4 or 100::/64"
+    )]
+    FakeEverything(Cidr),
+    /// A fake net with fewer than [`Cidr::FAKE_MIN_HOST_BITS`] host bits.
+    #[error(
+        "{net}: only {host_bits} host bits; need at least {min} (/{longest} or shorter)",
+        min = Cidr::FAKE_MIN_HOST_BITS
+    )]
+    FakeTooSmall {
+        /// The block given.
+        net: Cidr,
+        /// Its host bits.
+        host_bits: u32,
+        /// The longest prefix the family allows for a fake net.
+        longest: u32,
+    },
+    /// An IPv6 fake net overlapping `::ffff:0:0/96`, whose addresses apps read as IPv4.
+    #[error("{0}: overlaps ::ffff:0:0/96 (IPv4-mapped addresses); use e.g. 100::/64")]
+    FakeOverlapsMapped(Cidr),
+}
+
+impl Family {
+    fn mapped_hint(self) -> &'static str {
+        match self {
+            Family::V4 => "",
+            Family::V6 => " (an IPv4-mapped ::ffff:a.b.c.d block is an IPv4 block)",
+        }
+    }
+
+    fn width(self) -> u32 {
+        match self {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
 }
 
 fn v4_mask(prefix: u8) -> u32 {
@@ -21,27 +134,27 @@ fn v6_mask(prefix: u8) -> u128 {
 }
 
 impl Cidr {
+    /// Fewest host bits a fake-address net may have (a /24 for IPv4: 254 names).
+    pub(crate) const FAKE_MIN_HOST_BITS: u32 = 8;
+
     /// Builds a block; fails if `prefix` is too long for the family or host bits are set.
     ///
     /// An IPv4-mapped IPv6 block of /96 or longer becomes the equivalent IPv4 block.
-    pub fn new(addr: IpAddr, prefix: u8) -> Result<Cidr, String> {
-        let (addr, prefix) = match addr {
-            IpAddr::V6(a) if prefix >= 96 && a.to_ipv4_mapped().is_some() => (
-                IpAddr::V4(a.to_ipv4_mapped().expect("checked above")),
-                prefix - 96,
-            ),
-            other => (other, prefix),
+    pub(crate) fn new(addr: IpAddr, prefix: u8) -> Result<Cidr, NetError> {
+        let (addr, prefix) = match addr.to_canonical() {
+            v4 @ IpAddr::V4(_) if addr.is_ipv6() && prefix >= 96 => (v4, prefix - 96),
+            _ => (addr, prefix),
         };
         let ok = match addr {
             IpAddr::V4(a) => {
                 if prefix > 32 {
-                    return Err(format!("prefix /{prefix} is longer than 32"));
+                    return Err(NetError::PrefixTooLong { prefix, max: 32 });
                 }
                 u32::from(a) & !v4_mask(prefix) == 0
             }
             IpAddr::V6(a) => {
                 if prefix > 128 {
-                    return Err(format!("prefix /{prefix} is longer than 128"));
+                    return Err(NetError::PrefixTooLong { prefix, max: 128 });
                 }
                 u128::from(a) & !v6_mask(prefix) == 0
             }
@@ -51,70 +164,118 @@ impl Cidr {
                 IpAddr::V4(a) => IpAddr::V4(Ipv4Addr::from(u32::from(a) & v4_mask(prefix))),
                 IpAddr::V6(a) => IpAddr::V6(Ipv6Addr::from(u128::from(a) & v6_mask(prefix))),
             };
-            return Err(format!(
-                "host bits set in {addr}/{prefix} (did you mean {network}/{prefix}?)"
-            ));
+            return Err(NetError::HostBits {
+                addr,
+                prefix,
+                network,
+            });
         }
         Ok(Cidr { addr, prefix })
     }
 
     /// The network address.
-    pub fn addr(&self) -> IpAddr {
+    pub(crate) fn addr(&self) -> IpAddr {
         self.addr
     }
 
     /// The prefix length.
-    pub fn prefix(&self) -> u8 {
+    pub(crate) fn prefix(&self) -> u8 {
         self.prefix
     }
 
+    /// The block's address family.
+    pub(crate) fn family(&self) -> Family {
+        if self.addr.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+
     /// Host bits: 32 or 128 minus the prefix.
-    pub fn host_bits(&self) -> u32 {
-        (if self.addr.is_ipv4() { 32 } else { 128 }) - u32::from(self.prefix)
+    pub(crate) fn host_bits(&self) -> u32 {
+        self.family().width() - u32::from(self.prefix)
     }
 
     /// Whether `ip` lies in the block. An IPv4-mapped IPv6 address counts as its IPv4
     /// address; otherwise addresses of the other family never do.
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(a)) => in_v4(a, net, self.prefix),
             (IpAddr::V6(net), IpAddr::V6(a)) => in_v6(a, net, self.prefix),
             _ => false,
         }
     }
+
+    /// Checks that the block can hold the fake addresses of family `want` (remote DNS).
+    ///
+    /// The one rule, applied at config load and by the fake-address map: the right
+    /// family, not /0, at least [`Cidr::FAKE_MIN_HOST_BITS`] host bits, and for IPv6 no
+    /// overlap with `::ffff:0:0/96` (apps read those addresses as IPv4, so a fake one
+    /// there would never map back to its name).
+    pub(crate) fn check_fake_net(&self, want: Family) -> Result<(), NetError> {
+        if self.family() != want {
+            return Err(NetError::FakeWrongFamily { net: *self, want });
+        }
+        if self.prefix == 0 {
+            return Err(NetError::FakeEverything(*self));
+        }
+        let host_bits = self.host_bits();
+        if host_bits < Cidr::FAKE_MIN_HOST_BITS {
+            return Err(NetError::FakeTooSmall {
+                net: *self,
+                host_bits,
+                longest: want.width() - Cidr::FAKE_MIN_HOST_BITS,
+            });
+        }
+        // Two blocks overlap when they agree on the shorter prefix's bits.
+        let mapped = Ipv4Addr::UNSPECIFIED.to_ipv6_mapped();
+        if let IpAddr::V6(net) = self.addr {
+            if in_v6(mapped, net, self.prefix.min(96)) {
+                return Err(NetError::FakeOverlapsMapped(*self));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Whether `a` is in `net/prefix` (for constant tables that are not [`Cidr`]s).
-pub fn in_v4(a: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
+pub(crate) fn in_v4(a: Ipv4Addr, net: Ipv4Addr, prefix: u8) -> bool {
     let mask = v4_mask(prefix);
     u32::from(a) & mask == u32::from(net) & mask
 }
 
 /// Whether `a` is in `net/prefix` (for constant tables that are not [`Cidr`]s).
-pub fn in_v6(a: Ipv6Addr, net: Ipv6Addr, prefix: u8) -> bool {
+pub(crate) fn in_v6(a: Ipv6Addr, net: Ipv6Addr, prefix: u8) -> bool {
     let mask = v6_mask(prefix);
     u128::from(a) & mask == u128::from(net) & mask
 }
 
 impl FromStr for Cidr {
-    type Err = String;
+    type Err = NetError;
 
     /// `addr/len`, IPv6 optionally in brackets (`[::1]/128`).
-    fn from_str(s: &str) -> Result<Cidr, String> {
+    fn from_str(s: &str) -> Result<Cidr, NetError> {
         let (a, l) = s
             .split_once('/')
-            .ok_or_else(|| format!("expected addr/len, e.g. 10.0.0.0/8 (got {s:?})"))?;
+            .ok_or_else(|| NetError::NoPrefix { text: s.to_owned() })?;
         let addr: IpAddr = a
             .trim_start_matches('[')
             .trim_end_matches(']')
             .parse()
-            .map_err(|_| format!("{a:?} is not an IP address (got {s:?})"))?;
+            .map_err(|_| NetError::BadAddr {
+                addr: a.to_owned(),
+                text: s.to_owned(),
+            })?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        let len: u8 = l
-            .parse()
-            .ok()
-            .filter(|&n| n <= max)
-            .ok_or_else(|| format!("prefix length must be 0 to {max} (got {s:?})"))?;
+        let len: u8 =
+            l.parse()
+                .ok()
+                .filter(|&n| n <= max)
+                .ok_or_else(|| NetError::BadPrefixText {
+                    max,
+                    text: s.to_owned(),
+                })?;
         Cidr::new(addr, len)
     }
 }
@@ -151,9 +312,55 @@ mod tests {
             ("::/129", "prefix length must be 0 to 128"),
             ("10.0.0.1/8", "did you mean 10.0.0.0/8?"),
         ] {
-            let e = bad.parse::<Cidr>().unwrap_err();
+            let e = bad.parse::<Cidr>().unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
         assert_eq!(c.to_string(), "10.0.0.0/8");
+        assert_eq!(
+            Cidr::new(ip("1.2.3.4"), 33),
+            Err(NetError::PrefixTooLong {
+                prefix: 33,
+                max: 32
+            })
+        );
+    }
+
+    #[test]
+    fn fake_net_rule_accepts_and_explains() {
+        let check = |s: &str, want| s.parse::<Cidr>().unwrap().check_fake_net(want);
+        for (net, want) in [
+            ("240.0.0.0/4", Family::V4),
+            ("10.1.2.0/24", Family::V4),
+            ("100::/64", Family::V6),
+            ("2001:db8::/96", Family::V6),
+            ("::/90", Family::V6), // ends just before ::ffff:0:0/96
+        ] {
+            assert_eq!(check(net, want), Ok(()), "{net}");
+        }
+        for (net, want, why) in [
+            (
+                "100::/64",
+                Family::V4,
+                "wrong address family: 100::/64 is not an IPv4 block",
+            ),
+            ("10.0.0.0/8", Family::V6, "is not an IPv6 block"),
+            ("0.0.0.0/0", Family::V4, "every address"),
+            ("::/0", Family::V6, "every address"),
+            (
+                "10.0.0.0/25",
+                Family::V4,
+                "only 7 host bits; need at least 8 (/24 or shorter)",
+            ),
+            ("100::/121", Family::V6, "need at least 8 (/120 or shorter)"),
+            ("::/64", Family::V6, "overlaps ::ffff:0:0/96"),
+            ("::/80", Family::V6, "IPv4-mapped"),
+            // Folded to IPv4 blocks by the parser, so the family check names them.
+            ("::ffff:0:0/96", Family::V6, "IPv4-mapped"),
+            ("::ffff:10.0.0.0/120", Family::V6, "IPv4-mapped"),
+        ] {
+            let e = check(net, want).unwrap_err().to_string();
+            assert!(e.contains(why), "{net}: {e}");
+            assert!(!e.contains('\n'), "{net}: multi-line error");
+        }
     }
 }

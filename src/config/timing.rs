@@ -12,7 +12,12 @@
 
 use std::net::IpAddr;
 
-use super::Cidr;
+use serde::Deserialize;
+use toml::Value;
+
+use super::value::Origin;
+use super::{Cidr, ConfigError};
+use crate::net::NetError;
 use crate::sched::Profile;
 
 /// What a timing rule matches.
@@ -54,7 +59,7 @@ impl Default for TimingConfig {
 }
 
 /// Parse a profile name, with the list of valid ones in the error.
-pub fn parse_profile(s: &str) -> Result<Profile, String> {
+pub(crate) fn parse_profile(s: &str) -> Result<Profile, String> {
     Profile::parse(s.trim()).ok_or_else(|| {
         format!("unknown timing profile {s:?} (expected performance, default or high-security)")
     })
@@ -62,7 +67,7 @@ pub fn parse_profile(s: &str) -> Result<Profile, String> {
 
 impl TimingRule {
     /// Parse `<match> <profile>`.
-    pub fn parse(s: &str) -> Result<TimingRule, String> {
+    pub(crate) fn parse(s: &str) -> Result<TimingRule, String> {
         let mut words = s.split_whitespace();
         let (Some(m), Some(p), None) = (words.next(), words.next(), words.next()) else {
             return Err(format!(
@@ -83,7 +88,7 @@ impl TimingRule {
             } else {
                 format!("{m}/32")
             };
-            TimingMatch::Net(net.parse()?)
+            TimingMatch::Net(net.parse().map_err(|e: NetError| e.to_string())?)
         } else {
             let name = m.trim_end_matches('.').to_ascii_lowercase();
             if !crate::proto::frame::valid_hostname(&name) {
@@ -95,9 +100,33 @@ impl TimingRule {
     }
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, expecting = "a [timing] table")]
+pub(super) struct RawTiming {
+    profile: Option<Value>,
+    rules: Option<Value>,
+}
+
 impl TimingConfig {
+    pub(super) fn from_raw(raw: RawTiming, o: &Origin<'_>) -> Result<TimingConfig, ConfigError> {
+        let mut t = TimingConfig::default();
+        if let Some(v) = raw.profile {
+            let p = o.string("timing.profile", v)?;
+            t.profile = parse_profile(&p).map_err(|m| o.err("timing.profile", m))?;
+        }
+        if let Some(v) = raw.rules {
+            for (i, item) in o.array("timing.rules", v)?.into_iter().enumerate() {
+                let field = format!("timing.rules[{i}]");
+                let r = o.string(&field, item)?;
+                t.rules
+                    .push(TimingRule::parse(&r).map_err(|m| o.err(&field, m))?);
+            }
+        }
+        Ok(t)
+    }
+
     /// The profile for a destination given by address and/or name.
-    pub fn profile_for(&self, ip: Option<IpAddr>, name: Option<&str>, port: u16) -> Profile {
+    pub(crate) fn profile_for(&self, ip: Option<IpAddr>, name: Option<&str>, port: u16) -> Profile {
         let name = name.map(|n| n.trim_end_matches('.').to_ascii_lowercase());
         for r in &self.rules {
             let hit = match &r.matcher {

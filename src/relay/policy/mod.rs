@@ -107,7 +107,7 @@ pub enum RuleFault {
     NotATarget(String),
     /// The address and prefix length do not make a block (host bits set, prefix too long).
     #[error("{0}")]
-    Block(String),
+    Block(crate::net::NetError),
 }
 
 pub use crate::net::Cidr;
@@ -309,9 +309,7 @@ impl ExitRule {
             None => 128,
         };
         Ok(ExitRule {
-            target: ExitTarget::Net(
-                Cidr::new(ip, prefix).map_err(|e| RuleFault::Block(e.to_string()))?,
-            ),
+            target: ExitTarget::Net(Cidr::new(ip, prefix).map_err(RuleFault::Block)?),
             ports,
         })
     }

@@ -1,0 +1,360 @@
+//! Client and relay configuration: a TOML file, then `QNET_*` environment overrides.
+//!
+//! ```toml
+//! relay = "127.0.0.1:7000"      # host:port of the relay (client side); IPv6 as [::1]:7000
+//! relay_key = "<base64 public key of the relay>"
+//! key = "/path/to/client.key"    # client's private key file
+//! log = "warn"                   # off|error|warn|info|debug|trace
+//! upstream = "socks5://127.0.0.1:9050"  # reach the relay through a SOCKS5 proxy (user:pass@ optional)
+//! isolate = false                # fresh SOCKS credentials per session (a circuit each with Tor)
+//! [session]
+//! keepalive_secs = 25            # PING after this much idle time
+//! idle_timeout_secs = 90         # session dead if nothing received for this long
+//! rekey_bytes = 1073741824       # KEY_UPDATE after this many bytes sent under one key
+//! rekey_records = 4294967296     # ... or this many records
+//! rekey_secs = 600               # ... or this much time
+//! stream_window = 262144         # per-stream flow-control credit, bytes
+//! session_window = 16777216      # per-session credit, bytes
+//! [server]                       # read by qnet-relay --config
+//! listen = "127.0.0.1:7000"
+//! key = "/etc/qnet/relay.key"
+//! clients = "/etc/qnet/clients"
+//! exit_allow = ["global:80,443"]
+//! upstream = "socks5://127.0.0.1:9050"  # exit through a SOCKS5 proxy; names go to it unresolved
+//! isolate = false                # fresh SOCKS credentials per client session
+//! profile = "performance"        # downstream timing profile for OPENs that ask for none
+//! allow_profiles = []            # timing profiles clients may ask for (empty: all)
+//! [intercept]                    # read by libqnet.so inside the app
+//! bypass = ["127.0.0.0/8", "::1/128"]  # connected directly (CIDR); unix sockets always are
+//! remote_dns = true              # names resolve at the relay; the app sees fake addresses
+//! fake_net_v4 = "240.0.0.0/4"    # where the fake addresses come from (reserved, unroutable)
+//! fake_net_v6 = "100::/64"       # RFC 6666 discard-only block
+//! allow_udp = false              # sending UDP and raw/packet sockets on inet families are refused
+//! allow_setuid_exec = false      # exec of setuid/setcap programs (which drop LD_PRELOAD) is refused
+//! allow_inbound = false          # listen() on a non-loopback address is refused
+//! connect_timeout_secs = 30      # a blocking connect through the tunnel gives up after this
+//! [entropy]                      # extra inputs of the entropy ring (the OS is always used)
+//! min_entropy = 4.0              # claimed min-entropy per byte of sources without their own
+//! sources = ["/dev/hwrng", { path = "/dev/qrandom0", min_entropy = 6.0 }]
+//! [timing]                       # client side: the timing profile per destination
+//! profile = "performance"        # performance | default | high-security (QNET_PROFILE overrides)
+//! rules = ["10.0.0.0/8 high-security", "port:22 performance", "example.org default"]
+//! ```
+//!
+//! Every key is optional. Unknown keys are errors, so a typo is reported rather than
+//! silently ignored. Each table is one file here, which holds its type, its raw TOML
+//! shape and its checks; `sources` finds and reads the file and applies the environment.
+//!
+//! [`Config::load`] reads the first of: the file named by `QNET_CONFIG` (which must
+//! exist), `$HOME/.config/qnet/qnet.toml`, `/etc/qnet/qnet.toml`; with none of them it
+//! starts from the defaults. Then `QNET_RELAY`, `QNET_RELAY_KEY`, `QNET_KEY`, `QNET_LOG`
+//! and `QNET_PROFILE` override the matching keys; a variable set to the empty string
+//! counts as unset.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+use toml::Value;
+
+use crate::keys::PublicKey;
+
+mod entropy;
+mod intercept;
+mod log;
+mod server;
+mod session;
+mod sources;
+#[cfg(test)]
+mod testutil;
+mod timing;
+mod upstream;
+mod value;
+
+pub use crate::net::Cidr;
+pub use entropy::{EntropyConfig, EntropySource};
+pub use intercept::InterceptConfig;
+pub use log::{LogLevel, ParseLogLevelError};
+pub use server::ServerConfig;
+pub use session::SessionParams;
+pub(crate) use sources::SYSTEM_CONFIG_PATH;
+pub(crate) use timing::parse_profile;
+pub use timing::{TimingConfig, TimingMatch, TimingRule};
+pub use upstream::Upstream;
+
+use value::{Origin, toml_error};
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Config {
+    /// The relay to connect to, `host:port`.
+    pub relay: Option<String>,
+    /// The relay's static public key.
+    pub relay_key: Option<PublicKey>,
+    /// The client's private key file.
+    pub key: Option<PathBuf>,
+    /// Log verbosity.
+    pub log: LogLevel,
+    /// Reach the relay through this SOCKS5 proxy.
+    pub upstream: Option<Upstream>,
+    /// Session tunables, from the `[session]` table.
+    pub session: SessionParams,
+    /// Relay server settings, from the `[server]` table.
+    pub server: ServerConfig,
+    /// What the preloaded library intercepts, from the `[intercept]` table.
+    pub intercept: InterceptConfig,
+    /// Extra entropy sources, from the `[entropy]` table.
+    pub entropy: EntropyConfig,
+    /// Timing profiles per destination, from the `[timing]` table.
+    pub timing: TimingConfig,
+}
+
+/// A configuration problem, displayed as one line naming where it is.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// A key has a bad value.
+    #[error("config {origin}: {field}: {message}")]
+    Field {
+        /// File (or other label) the config came from.
+        origin: String,
+        /// Dotted key, e.g. `session.stream_window`.
+        field: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The TOML is malformed or has an unknown key.
+    #[error("config {origin}: line {line}: {message}")]
+    Syntax {
+        /// File (or other label) the config came from.
+        origin: String,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// The TOML was rejected without a position to report.
+    #[error("config {origin}: {message}")]
+    Toml {
+        /// File (or other label) the config came from.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A config file could not be read.
+    #[error("config {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// An environment variable has a bad value.
+    #[error("environment variable {var}: {message}")]
+    Env {
+        /// The variable, e.g. `QNET_RELAY`.
+        var: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+// Raw shape of the file. Values stay untyped so that a wrong type is reported with the
+// field's dotted name, which serde's own type errors do not carry.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    relay: Option<Value>,
+    relay_key: Option<Value>,
+    upstream: Option<Value>,
+    isolate: Option<Value>,
+    key: Option<Value>,
+    log: Option<Value>,
+    session: Option<session::RawSession>,
+    server: Option<server::RawServer>,
+    intercept: Option<intercept::RawIntercept>,
+    entropy: Option<entropy::RawEntropy>,
+    timing: Option<timing::RawTiming>,
+}
+
+impl Config {
+    /// Loads from the standard places, then applies environment overrides.
+    pub fn load() -> Result<Config, ConfigError> {
+        Config::load_with(None, sources::process_env, Path::new(SYSTEM_CONFIG_PATH))
+    }
+
+    /// Loads `path` (from `--config`) if given, else searches as [`Config::load`] does.
+    pub fn load_from(path: Option<&Path>) -> Result<Config, ConfigError> {
+        Config::load_with(path, sources::process_env, Path::new(SYSTEM_CONFIG_PATH))
+    }
+
+    /// Parses and validates TOML text; `origin` labels errors (usually the file name).
+    pub(crate) fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(origin, text, &e))?;
+        Config::from_raw(raw, &Origin(origin))
+    }
+
+    fn from_raw(raw: RawConfig, o: &Origin<'_>) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        if let Some(v) = raw.relay {
+            if v.is_table() {
+                return Err(o.err(
+                    "relay",
+                    "expected a string \"host:port\"; the relay server's own settings go in [server]",
+                ));
+            }
+            config.relay = Some(o.host_port("relay", v)?);
+        }
+        config.upstream = Upstream::from_raw(o, "", raw.upstream, raw.isolate)?;
+        if let Some(v) = raw.relay_key {
+            let s = o.string("relay_key", v)?;
+            let key = PublicKey::parse_base64(&s).map_err(|e| o.err("relay_key", e.to_string()))?;
+            config.relay_key = Some(key);
+        }
+        if let Some(v) = raw.key {
+            config.key = Some(o.path("key", v)?);
+        }
+        if let Some(v) = raw.log {
+            let s = o.string("log", v)?;
+            config.log = s
+                .parse()
+                .map_err(|e: ParseLogLevelError| o.err("log", e.to_string()))?;
+        }
+        if let Some(s) = raw.session {
+            config.session = SessionParams::from_raw(s, o)?;
+        }
+        if let Some(s) = raw.server {
+            config.server = ServerConfig::from_raw(s, o)?;
+        }
+        if let Some(s) = raw.intercept {
+            config.intercept = InterceptConfig::from_raw(s, o)?;
+        }
+        if let Some(s) = raw.entropy {
+            config.entropy = EntropyConfig::from_raw(s, o)?;
+        }
+        if let Some(t) = raw.timing {
+            config.timing = TimingConfig::from_raw(t, o)?;
+        }
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    use super::testutil::{KEY_B64, err, parse};
+    use super::*;
+
+    #[test]
+    fn empty_gives_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.log, LogLevel::Warn);
+        assert_eq!(c.session.keepalive, Duration::from_secs(25));
+        assert_eq!(c.session.idle_timeout, Duration::from_secs(90));
+        assert_eq!(c.session.rekey_bytes, 1_073_741_824);
+        assert_eq!(c.session.rekey_records, 4_294_967_296);
+        assert_eq!(c.session.rekey_interval, Duration::from_secs(600));
+        assert_eq!(c.session.stream_window, 262_144);
+        assert_eq!(c.session.session_window, 16_777_216);
+        assert!(c.server.exit_allow.is_empty());
+        assert!(c.relay.is_none() && c.relay_key.is_none() && c.key.is_none());
+    }
+
+    #[test]
+    fn readme_configuration_example_parses() {
+        // The README's full example must stay a valid config, every key spelled right.
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("## Configuration").expect("section")..];
+        let start = section.find("```toml\n").expect("a toml block") + 8;
+        let block = &section[start..start + section[start..].find("```").unwrap()];
+        let block = block.replace("<base64 public key of the relay>", KEY_B64);
+        let c = parse(&block).unwrap_or_else(|e| panic!("README example: {e}"));
+        assert_eq!(c.timing.rules.len(), 3);
+        assert!(c.server.upstream.is_some() && !c.server.allow_profiles.is_empty());
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let text = format!(
+            r#"
+relay = "relay.example.com:7000"
+relay_key = "{KEY_B64}"
+key = "/path/to/client.key"
+log = "debug"
+[session]
+keepalive_secs = 10
+idle_timeout_secs = 30
+rekey_bytes = 1000
+rekey_records = 2000
+rekey_secs = 60
+stream_window = 16384
+session_window = 1073741824
+[server]
+listen = "[::]:7000"
+key = "/etc/qnet/relay.key"
+clients = "/etc/qnet/clients"
+exit_allow = ["0.0.0.0/0:80,443", "[::1]/128:22"]
+"#
+        );
+        let c = parse(&text).unwrap();
+        assert_eq!(c.relay.as_deref(), Some("relay.example.com:7000"));
+        assert_eq!(c.relay_key, Some(KEY_B64.parse().unwrap()));
+        assert_eq!(c.key, Some(PathBuf::from("/path/to/client.key")));
+        assert_eq!(c.log, LogLevel::Debug);
+        assert_eq!(
+            c.session,
+            SessionParams {
+                keepalive: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(30),
+                rekey_bytes: 1000,
+                rekey_records: 2000,
+                rekey_interval: Duration::from_secs(60),
+                stream_window: 16384,
+                session_window: 1 << 30,
+            }
+        );
+        assert_eq!(c.server.listen.as_deref(), Some("[::]:7000"));
+        assert_eq!(c.server.key, Some(PathBuf::from("/etc/qnet/relay.key")));
+        assert_eq!(c.server.clients, Some(PathBuf::from("/etc/qnet/clients")));
+        assert_eq!(c.server.exit_allow, ["0.0.0.0/0:80,443", "[::1]/128:22"]);
+    }
+
+    #[test]
+    fn unknown_fields_are_errors() {
+        let msg = err("relay = \"a.b:1\"\nfoo = 1\n");
+        assert!(
+            msg.starts_with("config /etc/qnet/qnet.toml: line 2: "),
+            "{msg}"
+        );
+        assert!(msg.contains("unknown field `foo`"), "{msg}");
+        let msg = err("[session]\nkeepalive_secs = 5\nkeepalive = 5\n");
+        assert!(msg.contains("line 3: "), "{msg}");
+        assert!(msg.contains("unknown field `keepalive`"), "{msg}");
+        let msg = err("[server]\nlisten_addr = \"x:1\"\n");
+        assert!(msg.contains("unknown field `listen_addr`"), "{msg}");
+        let msg = err("[bogus]\n");
+        assert!(msg.contains("unknown field `bogus`"), "{msg}");
+    }
+
+    #[test]
+    fn relay_key_and_log_validation() {
+        let msg = err("relay_key = \"short\"");
+        assert!(
+            msg.starts_with("config /etc/qnet/qnet.toml: relay_key: invalid key"),
+            "{msg}"
+        );
+        let msg = err("log = \"loud\"");
+        assert!(
+            msg.starts_with("config /etc/qnet/qnet.toml: log: unknown log level"),
+            "{msg}"
+        );
+        assert!(err("key = \"\"").contains("key: must not be empty"));
+        assert!(
+            err("[server]\nexit_allow = [\"  \"]")
+                .contains("server.exit_allow[0]: must not be empty")
+        );
+    }
+}
