@@ -1,9 +1,10 @@
 //! Which fds of the process are tunneled app sockets and which belong to the engine.
 //!
-//! Every hook asks this table first, so the answer for an fd that is neither is one
-//! relaxed atomic load (no lock, no allocation). Details of tunneled fds (the original
-//! destination, the connect outcome, TCP options the app set) sit behind a mutex that
-//! only tunneled fds ever touch.
+//! Every hook asks this table first. For an fd below 65,536 the answer is one acquire
+//! load of an atomic byte (no lock, no allocation); the rare fds above that are looked up
+//! in a map behind a mutex. Details of tunneled fds (the original destination, the
+//! connect outcome, TCP options the app set) sit behind a mutex that only tunneled fds
+//! ever touch.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -205,21 +206,38 @@ pub fn with_info<R>(fd: i32, f: impl FnOnce(&mut FdInfo) -> R) -> Option<R> {
     INFO.lock().as_mut().and_then(|m| m.get_mut(&fd)).map(f)
 }
 
-/// Every engine fd in `lo..=hi`, ascending (for `close_range`, which must skip them).
-pub fn internal_in(lo: u32, hi: u32) -> Vec<i32> {
+/// Every fd in `lo..=hi` whose mark `want` accepts, ascending.
+fn marked_in(lo: u32, hi: u32, want: impl Fn(u8) -> bool) -> Vec<i32> {
     let mut v: Vec<i32> = (lo as usize..=(hi as usize).min(TABLE - 1))
-        .filter(|&fd| KINDS[fd].load(Ordering::Acquire) == INTERNAL)
+        .filter(|&fd| want(KINDS[fd].load(Ordering::Acquire)))
         .map(|fd| fd as i32)
         .collect();
     if let Some(m) = HIGH.lock().as_ref() {
         v.extend(
             m.iter()
-                .filter(|&(&fd, &k)| k == INTERNAL && fd as u32 >= lo && fd as u32 <= hi)
+                .filter(|&(&fd, &k)| want(k) && fd as u32 >= lo && fd as u32 <= hi)
                 .map(|(&fd, _)| fd),
         );
     }
     v.sort_unstable();
     v
+}
+
+/// Every engine fd in `lo..=hi`, ascending (for `close_range`, which must skip them).
+pub fn internal_in(lo: u32, hi: u32) -> Vec<i32> {
+    marked_in(lo, hi, |k| k == INTERNAL)
+}
+
+/// `lo..=hi` was closed (`close_range`, `closefrom`): forget every tunneled and datagram
+/// fd in it, in the table and above it. The engine's fds are not the app's to close and
+/// stay marked.
+pub fn forget_range(lo: u32, hi: u32) {
+    if is_empty() {
+        return;
+    }
+    for fd in marked_in(lo, hi, |k| k == TUNNELED || k == DATAGRAM) {
+        forget(fd);
+    }
 }
 
 /// Both of the table's locks, held across `fork` (see `app::fork_prepare`).
@@ -296,6 +314,31 @@ mod tests {
         forget(a);
         forget(b);
         assert_eq!((kind(a), kind(b)), (Kind::None, Kind::None));
+    }
+
+    #[test]
+    fn forget_range_reaches_above_the_table() {
+        let (dgram, high, engine) = (65_000, 100_001, 100_002);
+        mark_datagram(dgram);
+        add_tunneled(
+            high,
+            FdInfo {
+                peer: "192.0.2.1:80".parse().unwrap(),
+                local: "192.0.2.9:40000".parse().unwrap(),
+                state: ConnState::new(),
+                reported: false,
+                options: HashMap::new(),
+                counters: Arc::default(),
+            },
+        );
+        mark_internal(engine);
+        forget_range(65_000, 65_000);
+        forget_range(100_000, u32::MAX);
+        assert_eq!(kind(dgram), Kind::None);
+        assert_eq!(kind(high), Kind::None);
+        assert!(with_info(high, |_| ()).is_none(), "its record is gone too");
+        assert_eq!(kind(engine), Kind::Internal, "the engine's fds stay");
+        forget(engine);
     }
 
     #[test]
