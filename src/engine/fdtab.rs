@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 
 use parking_lot::Mutex;
 
@@ -86,6 +86,38 @@ pub struct FlowCounters {
     /// A timing profile `qnet_set_profile` asked for and the engine has not applied yet
     /// (its wire number; 0: none).
     pub profile: AtomicU8,
+    /// The flow was open and ended with its relay session (set by the engine).
+    pub lost: AtomicBool,
+}
+
+impl FlowCounters {
+    /// The flow ended with its relay session: `qnet_flow_stats` reports it failed.
+    pub fn mark_lost(&self) {
+        self.lost.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Where a tunneled flow stands (`qnet_flow_stats().state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlowState {
+    /// The relay has not answered the open yet.
+    Connecting,
+    /// The destination accepted it.
+    Open,
+    /// Refused, or lost with its relay session.
+    Failed,
+}
+
+impl FlowState {
+    /// From a connect outcome ([`ConnState::get`]) and whether the flow was lost since.
+    pub fn of(outcome: Option<i32>, lost: bool) -> FlowState {
+        match outcome {
+            _ if lost => FlowState::Failed,
+            None => FlowState::Connecting,
+            Some(0) => FlowState::Open,
+            Some(_) => FlowState::Failed,
+        }
+    }
 }
 
 /// What we remember about a tunneled fd.
@@ -199,6 +231,17 @@ pub fn duplicate(old: i32, new: i32) {
             add_tunneled(new, i);
         }
     }
+}
+
+/// A tunneled fd's counters and where its flow stands.
+pub fn flow(fd: i32) -> Option<(Arc<FlowCounters>, FlowState)> {
+    if kind(fd) != Kind::Tunneled {
+        return None;
+    }
+    with_info(fd, |i| {
+        let lost = i.counters.lost.load(Ordering::Relaxed);
+        (i.counters.clone(), FlowState::of(i.state.get(), lost))
+    })
 }
 
 /// Run `f` on a tunneled fd's record.
@@ -339,6 +382,17 @@ mod tests {
         assert!(with_info(high, |_| ()).is_none(), "its record is gone too");
         assert_eq!(kind(engine), Kind::Internal, "the engine's fds stay");
         forget(engine);
+    }
+
+    #[test]
+    fn flow_state_from_outcome_and_loss() {
+        assert_eq!(FlowState::of(None, false), FlowState::Connecting);
+        assert_eq!(FlowState::of(Some(0), false), FlowState::Open);
+        assert_eq!(
+            FlowState::of(Some(libc::ECONNREFUSED), false),
+            FlowState::Failed
+        );
+        assert_eq!(FlowState::of(Some(0), true), FlowState::Failed);
     }
 
     #[test]
