@@ -46,7 +46,7 @@ pub enum ElfError {
 const PT_INTERP: u32 = 3;
 
 /// Classify the first bytes of a file (the ELF header and program headers).
-pub fn linkage(b: &[u8]) -> Result<Linkage, ElfError> {
+pub(crate) fn linkage(b: &[u8]) -> Result<Linkage, ElfError> {
     if b.len() < 4 || &b[..4] != b"\x7fELF" {
         return Ok(Linkage::NotElf);
     }

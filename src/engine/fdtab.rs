@@ -29,7 +29,7 @@ static INFO: Mutex<Option<HashMap<i32, FdInfo>>> = Mutex::new(None);
 
 /// What an fd is to qnet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// Not ours: every hook passes it straight through.
     None,
     /// An app socket carried by the tunnel.
@@ -41,6 +41,7 @@ pub enum Kind {
 }
 
 /// Outcome of a tunneled connect, shared between the app's fd and the engine's flow.
+/// (`pub` with [`FlowCounters`]: the engine's public `AppConn` and `Endpoint` carry them.)
 #[derive(Debug)]
 pub struct ConnState(AtomicI32);
 
@@ -99,7 +100,7 @@ impl FlowCounters {
 
 /// Where a tunneled flow stands (`qnet_flow_stats().state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlowState {
+pub(crate) enum FlowState {
     /// The relay has not answered the open yet.
     Connecting,
     /// The destination accepted it.
@@ -110,7 +111,7 @@ pub enum FlowState {
 
 impl FlowState {
     /// From a connect outcome ([`ConnState::get`]) and whether the flow was lost since.
-    pub fn of(outcome: Option<i32>, lost: bool) -> FlowState {
+    pub(crate) fn of(outcome: Option<i32>, lost: bool) -> FlowState {
         match outcome {
             _ if lost => FlowState::Failed,
             None => FlowState::Connecting,
@@ -122,20 +123,20 @@ impl FlowState {
 
 /// What we remember about a tunneled fd.
 #[derive(Debug, Clone)]
-pub struct FdInfo {
+pub(crate) struct FdInfo {
     /// The address the app connected to (a fake address for names).
-    pub peer: SocketAddr,
+    pub(crate) peer: SocketAddr,
     /// What `getsockname` answers: this host's address toward the relay (when the
     /// family matches) and an ephemeral port of its own, as a TCP socket would have.
-    pub local: SocketAddr,
+    pub(crate) local: SocketAddr,
     /// The connect outcome.
-    pub state: Arc<ConnState>,
+    pub(crate) state: Arc<ConnState>,
     /// The outcome was already reported once through `SO_ERROR` or a second `connect`.
-    pub reported: bool,
+    pub(crate) reported: bool,
     /// Options the app set at levels the unix socket underneath does not have (IPPROTO_TCP …).
-    pub options: HashMap<(i32, i32), Vec<u8>>,
+    pub(crate) options: HashMap<(i32, i32), Vec<u8>>,
     /// What the engine counted for this flow.
-    pub counters: Arc<FlowCounters>,
+    pub(crate) counters: Arc<FlowCounters>,
 }
 
 fn set_kind(fd: i32, k: u8) {
@@ -166,13 +167,13 @@ fn set_kind(fd: i32, k: u8) {
 
 /// No fd is marked at all (a program that never tunneled anything).
 #[inline]
-pub fn is_empty() -> bool {
+pub(crate) fn is_empty() -> bool {
     MARKED.load(Ordering::Acquire) == 0
 }
 
 /// What `fd` is; the fast path every hook takes.
 #[inline]
-pub fn kind(fd: i32) -> Kind {
+pub(crate) fn kind(fd: i32) -> Kind {
     let k = if fd < 0 {
         NONE
     } else if (fd as usize) < TABLE {
@@ -192,17 +193,17 @@ pub fn kind(fd: i32) -> Kind {
 }
 
 /// Mark an engine fd so the app cannot close it.
-pub fn mark_internal(fd: i32) {
+pub(crate) fn mark_internal(fd: i32) {
     set_kind(fd, INTERNAL);
 }
 
 /// Mark a datagram socket whose sends are refused.
-pub fn mark_datagram(fd: i32) {
+pub(crate) fn mark_datagram(fd: i32) {
     set_kind(fd, DATAGRAM);
 }
 
 /// Record a tunneled app fd.
-pub fn add_tunneled(fd: i32, info: FdInfo) {
+pub(crate) fn add_tunneled(fd: i32, info: FdInfo) {
     INFO.lock()
         .get_or_insert_with(HashMap::new)
         .insert(fd, info);
@@ -210,7 +211,7 @@ pub fn add_tunneled(fd: i32, info: FdInfo) {
 }
 
 /// The fd was closed (or replaced by `dup2`): forget whatever it was.
-pub fn forget(fd: i32) {
+pub(crate) fn forget(fd: i32) {
     if kind(fd) == Kind::Tunneled {
         if let Some(m) = INFO.lock().as_mut() {
             m.remove(&fd);
@@ -220,7 +221,7 @@ pub fn forget(fd: i32) {
 }
 
 /// `new` is now a duplicate of `old`: it inherits what `old` is (dup, dup2, dup3).
-pub fn duplicate(old: i32, new: i32) {
+pub(crate) fn duplicate(old: i32, new: i32) {
     forget(new);
     if kind(old) == Kind::Datagram {
         mark_datagram(new);
@@ -234,7 +235,7 @@ pub fn duplicate(old: i32, new: i32) {
 }
 
 /// A tunneled fd's counters and where its flow stands.
-pub fn flow(fd: i32) -> Option<(Arc<FlowCounters>, FlowState)> {
+pub(crate) fn flow(fd: i32) -> Option<(Arc<FlowCounters>, FlowState)> {
     if kind(fd) != Kind::Tunneled {
         return None;
     }
@@ -245,7 +246,7 @@ pub fn flow(fd: i32) -> Option<(Arc<FlowCounters>, FlowState)> {
 }
 
 /// Run `f` on a tunneled fd's record.
-pub fn with_info<R>(fd: i32, f: impl FnOnce(&mut FdInfo) -> R) -> Option<R> {
+pub(crate) fn with_info<R>(fd: i32, f: impl FnOnce(&mut FdInfo) -> R) -> Option<R> {
     INFO.lock().as_mut().and_then(|m| m.get_mut(&fd)).map(f)
 }
 
@@ -267,14 +268,14 @@ fn marked_in(lo: u32, hi: u32, want: impl Fn(u8) -> bool) -> Vec<i32> {
 }
 
 /// Every engine fd in `lo..=hi`, ascending (for `close_range`, which must skip them).
-pub fn internal_in(lo: u32, hi: u32) -> Vec<i32> {
+pub(crate) fn internal_in(lo: u32, hi: u32) -> Vec<i32> {
     marked_in(lo, hi, |k| k == INTERNAL)
 }
 
 /// `lo..=hi` was closed (`close_range`, `closefrom`): forget every tunneled and datagram
 /// fd in it, in the table and above it. The engine's fds are not the app's to close and
 /// stay marked.
-pub fn forget_range(lo: u32, hi: u32) {
+pub(crate) fn forget_range(lo: u32, hi: u32) {
     if is_empty() {
         return;
     }
@@ -284,14 +285,14 @@ pub fn forget_range(lo: u32, hi: u32) {
 }
 
 /// Both of the table's locks, held across `fork` (see `app::fork_prepare`).
-pub struct Locks {
+pub(crate) struct Locks {
     _high: parking_lot::MutexGuard<'static, Option<HashMap<i32, u8>>>,
     _info: parking_lot::MutexGuard<'static, Option<HashMap<i32, FdInfo>>>,
 }
 
 /// Take both locks (in the one order used everywhere: HIGH before INFO is never nested
 /// elsewhere, so any order is deadlock-free).
-pub fn lock_all() -> Locks {
+pub(crate) fn lock_all() -> Locks {
     Locks {
         _high: HIGH.lock(),
         _info: INFO.lock(),
@@ -300,7 +301,7 @@ pub fn lock_all() -> Locks {
 
 /// After fork, the child's copies of the parent's engine fds are plain fds of the child.
 /// Returns them so the child can close them (its own engine starts fresh).
-pub fn release_internal_after_fork() -> Vec<i32> {
+pub(crate) fn release_internal_after_fork() -> Vec<i32> {
     let v = internal_in(0, u32::MAX);
     for &fd in &v {
         set_kind(fd, NONE);
