@@ -95,7 +95,8 @@ struct qnet_flow_stats {
   uint64_t padding_bytes;
   // Delay the flow's timing schedule added, µs (each frame counts its oldest byte).
   uint64_t added_delay_us;
-  // 1 connecting, 2 open, 3 failed.
+  // 1 connecting (the relay has not answered yet), 2 open, 3 failed (refused, or lost
+  // with the relay session).
   uint32_t state;
   // The flow's stream id in the relay session.
   uint32_t stream_id;
@@ -171,7 +172,9 @@ qnet_result qnet_init(const char *config_path_or_null, uint32_t flags);
 // in `qnet_last_result`/`qnet_last_error`. Thread-safe.
 int qnet_connect(const char *host, uint16_t port, int timeout_ms);
 
-// Like `qnet_connect`, to an IPv4 or IPv6 socket address (`len` bytes at `addr`).
+// Like `qnet_connect`, to an IPv4 or IPv6 socket address (`len` bytes at `addr`): a
+// `sockaddr_in` (16 bytes) or a `sockaddr_in6` of 28 bytes or RFC 2133's 24 (no scope
+// id); the IPv6 flow label and scope id are kept.
 int qnet_connect_addr(const struct sockaddr *addr, socklen_t len, int timeout_ms);
 
 // The result of this thread's last failed qnet call (`QNET_OK` if none). Thread-local.

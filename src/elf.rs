@@ -5,7 +5,7 @@
 //! static builds) makes its system calls directly and no preload library sees them.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// What a file is, as far as preloading goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,14 +18,39 @@ pub enum Linkage {
     NotElf,
 }
 
+/// Why a file could not be classified.
+#[derive(Debug, thiserror::Error)]
+pub enum ElfError {
+    /// The ELF header or a program header lies outside the bytes read, or has an
+    /// unknown class or byte order.
+    #[error("truncated or malformed ELF header")]
+    Malformed,
+    /// The file could not be read.
+    #[error("{}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What reading it gave.
+        source: std::io::Error,
+    },
+    /// The file's ELF header is malformed.
+    #[error("{}: {source}", path.display())]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it ([`ElfError::Malformed`]).
+        source: Box<ElfError>,
+    },
+}
+
 const PT_INTERP: u32 = 3;
 
 /// Classify the first bytes of a file (the ELF header and program headers).
-pub fn linkage(b: &[u8]) -> Result<Linkage, String> {
+pub(crate) fn linkage(b: &[u8]) -> Result<Linkage, ElfError> {
     if b.len() < 4 || &b[..4] != b"\x7fELF" {
         return Ok(Linkage::NotElf);
     }
-    let bad = || "truncated or malformed ELF header".to_owned();
+    let bad = || ElfError::Malformed;
     let class64 = match b.get(4) {
         Some(1) => false,
         Some(2) => true,
@@ -36,7 +61,7 @@ pub fn linkage(b: &[u8]) -> Result<Linkage, String> {
         Some(2) => false,
         _ => return Err(bad()),
     };
-    let u16_at = |o: usize| -> Result<u64, String> {
+    let u16_at = |o: usize| -> Result<u64, ElfError> {
         let s: [u8; 2] = b.get(o..o + 2).ok_or_else(bad)?.try_into().expect("2");
         Ok(u64::from(if le {
             u16::from_le_bytes(s)
@@ -44,7 +69,7 @@ pub fn linkage(b: &[u8]) -> Result<Linkage, String> {
             u16::from_be_bytes(s)
         }))
     };
-    let u32_at = |o: usize| -> Result<u64, String> {
+    let u32_at = |o: usize| -> Result<u64, ElfError> {
         let s: [u8; 4] = b.get(o..o + 4).ok_or_else(bad)?.try_into().expect("4");
         Ok(u64::from(if le {
             u32::from_le_bytes(s)
@@ -52,7 +77,7 @@ pub fn linkage(b: &[u8]) -> Result<Linkage, String> {
             u32::from_be_bytes(s)
         }))
     };
-    let u64_at = |o: usize| -> Result<u64, String> {
+    let u64_at = |o: usize| -> Result<u64, ElfError> {
         let s: [u8; 8] = b.get(o..o + 8).ok_or_else(bad)?.try_into().expect("8");
         Ok(if le {
             u64::from_le_bytes(s)
@@ -75,12 +100,18 @@ pub fn linkage(b: &[u8]) -> Result<Linkage, String> {
 }
 
 /// Classify a file on disk.
-pub fn file_linkage(path: &Path) -> Result<Linkage, String> {
+pub fn file_linkage(path: &Path) -> Result<Linkage, ElfError> {
     let mut head = Vec::new();
     std::fs::File::open(path)
         .and_then(|f| f.take(64 * 1024).read_to_end(&mut head))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    linkage(&head).map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|source| ElfError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+    linkage(&head).map_err(|e| ElfError::File {
+        path: path.to_owned(),
+        source: Box::new(e),
+    })
 }
 
 #[cfg(test)]
@@ -92,7 +123,7 @@ mod tests {
         let me = std::env::current_exe().unwrap();
         assert_eq!(file_linkage(&me).unwrap(), Linkage::Dynamic);
         assert_eq!(linkage(b"#!/bin/sh\n").unwrap(), Linkage::NotElf);
-        assert!(linkage(b"\x7fELF\x09").is_err());
+        assert!(matches!(linkage(b"\x7fELF\x09"), Err(ElfError::Malformed)));
         // A minimal 64-bit little-endian header with no program headers is static.
         let mut h = vec![0u8; 64];
         h[..4].copy_from_slice(b"\x7fELF");
@@ -106,5 +137,20 @@ mod tests {
         h.resize(64 + 56, 0);
         h[64] = 3;
         assert_eq!(linkage(&h).unwrap(), Linkage::Dynamic);
+    }
+
+    #[test]
+    fn errors_name_the_file_as_before() {
+        let e = file_linkage(Path::new("/no/such/file")).unwrap_err();
+        assert!(matches!(e, ElfError::Read { .. }));
+        assert!(e.to_string().starts_with("/no/such/file: "), "{e}");
+        let file = std::env::temp_dir().join(format!("qnet-elf-{}", std::process::id()));
+        std::fs::write(&file, b"\x7fELF\x07").unwrap();
+        let e = file_linkage(&file).unwrap_err();
+        let _ = std::fs::remove_file(&file);
+        assert_eq!(
+            e.to_string(),
+            format!("{}: truncated or malformed ELF header", file.display())
+        );
     }
 }

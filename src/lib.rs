@@ -17,4 +17,5 @@ pub mod os;
 pub mod proto;
 pub mod relay;
 pub mod sched;
+mod sockaddr;
 pub mod socks;

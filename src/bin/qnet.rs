@@ -278,7 +278,7 @@ fn run(config: Option<PathBuf>, command: Vec<std::ffi::OsString>) -> ExitCode {
             ));
         }
         Ok(_) => {}
-        Err(e) => return fail(e),
+        Err(e) => return fail(e.to_string()),
     }
     // Keep what is preloaded already, after us (proxychains-ng sits after qnet this way).
     let mut preload = lib.into_os_string();

@@ -1,14 +1,15 @@
 //! Which fds of the process are tunneled app sockets and which belong to the engine.
 //!
-//! Every hook asks this table first, so the answer for an fd that is neither is one
-//! relaxed atomic load (no lock, no allocation). Details of tunneled fds (the original
-//! destination, the connect outcome, TCP options the app set) sit behind a mutex that
-//! only tunneled fds ever touch.
+//! Every hook asks this table first. For an fd below 65,536 the answer is one acquire
+//! load of an atomic byte (no lock, no allocation); the rare fds above that are looked up
+//! in a map behind a mutex. Details of tunneled fds (the original destination, the
+//! connect outcome, TCP options the app set) sit behind a mutex that only tunneled fds
+//! ever touch.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
 
 use parking_lot::Mutex;
 
@@ -28,7 +29,7 @@ static INFO: Mutex<Option<HashMap<i32, FdInfo>>> = Mutex::new(None);
 
 /// What an fd is to qnet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// Not ours: every hook passes it straight through.
     None,
     /// An app socket carried by the tunnel.
@@ -40,6 +41,7 @@ pub enum Kind {
 }
 
 /// Outcome of a tunneled connect, shared between the app's fd and the engine's flow.
+/// (`pub` with [`FlowCounters`]: the engine's public `AppConn` and `Endpoint` carry them.)
 #[derive(Debug)]
 pub struct ConnState(AtomicI32);
 
@@ -85,24 +87,56 @@ pub struct FlowCounters {
     /// A timing profile `qnet_set_profile` asked for and the engine has not applied yet
     /// (its wire number; 0: none).
     pub profile: AtomicU8,
+    /// The flow was open and ended with its relay session (set by the engine).
+    pub lost: AtomicBool,
+}
+
+impl FlowCounters {
+    /// The flow ended with its relay session: `qnet_flow_stats` reports it failed.
+    pub fn mark_lost(&self) {
+        self.lost.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Where a tunneled flow stands (`qnet_flow_stats().state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FlowState {
+    /// The relay has not answered the open yet.
+    Connecting,
+    /// The destination accepted it.
+    Open,
+    /// Refused, or lost with its relay session.
+    Failed,
+}
+
+impl FlowState {
+    /// From a connect outcome ([`ConnState::get`]) and whether the flow was lost since.
+    pub(crate) fn of(outcome: Option<i32>, lost: bool) -> FlowState {
+        match outcome {
+            _ if lost => FlowState::Failed,
+            None => FlowState::Connecting,
+            Some(0) => FlowState::Open,
+            Some(_) => FlowState::Failed,
+        }
+    }
 }
 
 /// What we remember about a tunneled fd.
 #[derive(Debug, Clone)]
-pub struct FdInfo {
+pub(crate) struct FdInfo {
     /// The address the app connected to (a fake address for names).
-    pub peer: SocketAddr,
+    pub(crate) peer: SocketAddr,
     /// What `getsockname` answers: this host's address toward the relay (when the
     /// family matches) and an ephemeral port of its own, as a TCP socket would have.
-    pub local: SocketAddr,
+    pub(crate) local: SocketAddr,
     /// The connect outcome.
-    pub state: Arc<ConnState>,
+    pub(crate) state: Arc<ConnState>,
     /// The outcome was already reported once through `SO_ERROR` or a second `connect`.
-    pub reported: bool,
+    pub(crate) reported: bool,
     /// Options the app set at levels the unix socket underneath does not have (IPPROTO_TCP …).
-    pub options: HashMap<(i32, i32), Vec<u8>>,
+    pub(crate) options: HashMap<(i32, i32), Vec<u8>>,
     /// What the engine counted for this flow.
-    pub counters: Arc<FlowCounters>,
+    pub(crate) counters: Arc<FlowCounters>,
 }
 
 fn set_kind(fd: i32, k: u8) {
@@ -133,13 +167,13 @@ fn set_kind(fd: i32, k: u8) {
 
 /// No fd is marked at all (a program that never tunneled anything).
 #[inline]
-pub fn is_empty() -> bool {
+pub(crate) fn is_empty() -> bool {
     MARKED.load(Ordering::Acquire) == 0
 }
 
 /// What `fd` is; the fast path every hook takes.
 #[inline]
-pub fn kind(fd: i32) -> Kind {
+pub(crate) fn kind(fd: i32) -> Kind {
     let k = if fd < 0 {
         NONE
     } else if (fd as usize) < TABLE {
@@ -159,17 +193,17 @@ pub fn kind(fd: i32) -> Kind {
 }
 
 /// Mark an engine fd so the app cannot close it.
-pub fn mark_internal(fd: i32) {
+pub(crate) fn mark_internal(fd: i32) {
     set_kind(fd, INTERNAL);
 }
 
 /// Mark a datagram socket whose sends are refused.
-pub fn mark_datagram(fd: i32) {
+pub(crate) fn mark_datagram(fd: i32) {
     set_kind(fd, DATAGRAM);
 }
 
 /// Record a tunneled app fd.
-pub fn add_tunneled(fd: i32, info: FdInfo) {
+pub(crate) fn add_tunneled(fd: i32, info: FdInfo) {
     INFO.lock()
         .get_or_insert_with(HashMap::new)
         .insert(fd, info);
@@ -177,7 +211,7 @@ pub fn add_tunneled(fd: i32, info: FdInfo) {
 }
 
 /// The fd was closed (or replaced by `dup2`): forget whatever it was.
-pub fn forget(fd: i32) {
+pub(crate) fn forget(fd: i32) {
     if kind(fd) == Kind::Tunneled {
         if let Some(m) = INFO.lock().as_mut() {
             m.remove(&fd);
@@ -187,7 +221,7 @@ pub fn forget(fd: i32) {
 }
 
 /// `new` is now a duplicate of `old`: it inherits what `old` is (dup, dup2, dup3).
-pub fn duplicate(old: i32, new: i32) {
+pub(crate) fn duplicate(old: i32, new: i32) {
     forget(new);
     if kind(old) == Kind::Datagram {
         mark_datagram(new);
@@ -200,21 +234,32 @@ pub fn duplicate(old: i32, new: i32) {
     }
 }
 
+/// A tunneled fd's counters and where its flow stands.
+pub(crate) fn flow(fd: i32) -> Option<(Arc<FlowCounters>, FlowState)> {
+    if kind(fd) != Kind::Tunneled {
+        return None;
+    }
+    with_info(fd, |i| {
+        let lost = i.counters.lost.load(Ordering::Relaxed);
+        (i.counters.clone(), FlowState::of(i.state.get(), lost))
+    })
+}
+
 /// Run `f` on a tunneled fd's record.
-pub fn with_info<R>(fd: i32, f: impl FnOnce(&mut FdInfo) -> R) -> Option<R> {
+pub(crate) fn with_info<R>(fd: i32, f: impl FnOnce(&mut FdInfo) -> R) -> Option<R> {
     INFO.lock().as_mut().and_then(|m| m.get_mut(&fd)).map(f)
 }
 
-/// Every engine fd in `lo..=hi`, ascending (for `close_range`, which must skip them).
-pub fn internal_in(lo: u32, hi: u32) -> Vec<i32> {
+/// Every fd in `lo..=hi` whose mark `want` accepts, ascending.
+fn marked_in(lo: u32, hi: u32, want: impl Fn(u8) -> bool) -> Vec<i32> {
     let mut v: Vec<i32> = (lo as usize..=(hi as usize).min(TABLE - 1))
-        .filter(|&fd| KINDS[fd].load(Ordering::Acquire) == INTERNAL)
+        .filter(|&fd| want(KINDS[fd].load(Ordering::Acquire)))
         .map(|fd| fd as i32)
         .collect();
     if let Some(m) = HIGH.lock().as_ref() {
         v.extend(
             m.iter()
-                .filter(|&(&fd, &k)| k == INTERNAL && fd as u32 >= lo && fd as u32 <= hi)
+                .filter(|&(&fd, &k)| want(k) && fd as u32 >= lo && fd as u32 <= hi)
                 .map(|(&fd, _)| fd),
         );
     }
@@ -222,15 +267,32 @@ pub fn internal_in(lo: u32, hi: u32) -> Vec<i32> {
     v
 }
 
+/// Every engine fd in `lo..=hi`, ascending (for `close_range`, which must skip them).
+pub(crate) fn internal_in(lo: u32, hi: u32) -> Vec<i32> {
+    marked_in(lo, hi, |k| k == INTERNAL)
+}
+
+/// `lo..=hi` was closed (`close_range`, `closefrom`): forget every tunneled and datagram
+/// fd in it, in the table and above it. The engine's fds are not the app's to close and
+/// stay marked.
+pub(crate) fn forget_range(lo: u32, hi: u32) {
+    if is_empty() {
+        return;
+    }
+    for fd in marked_in(lo, hi, |k| k == TUNNELED || k == DATAGRAM) {
+        forget(fd);
+    }
+}
+
 /// Both of the table's locks, held across `fork` (see `app::fork_prepare`).
-pub struct Locks {
+pub(crate) struct Locks {
     _high: parking_lot::MutexGuard<'static, Option<HashMap<i32, u8>>>,
     _info: parking_lot::MutexGuard<'static, Option<HashMap<i32, FdInfo>>>,
 }
 
 /// Take both locks (in the one order used everywhere: HIGH before INFO is never nested
 /// elsewhere, so any order is deadlock-free).
-pub fn lock_all() -> Locks {
+pub(crate) fn lock_all() -> Locks {
     Locks {
         _high: HIGH.lock(),
         _info: INFO.lock(),
@@ -239,7 +301,7 @@ pub fn lock_all() -> Locks {
 
 /// After fork, the child's copies of the parent's engine fds are plain fds of the child.
 /// Returns them so the child can close them (its own engine starts fresh).
-pub fn release_internal_after_fork() -> Vec<i32> {
+pub(crate) fn release_internal_after_fork() -> Vec<i32> {
     let v = internal_in(0, u32::MAX);
     for &fd in &v {
         set_kind(fd, NONE);
@@ -296,6 +358,42 @@ mod tests {
         forget(a);
         forget(b);
         assert_eq!((kind(a), kind(b)), (Kind::None, Kind::None));
+    }
+
+    #[test]
+    fn forget_range_reaches_above_the_table() {
+        let (dgram, high, engine) = (65_000, 100_001, 100_002);
+        mark_datagram(dgram);
+        add_tunneled(
+            high,
+            FdInfo {
+                peer: "192.0.2.1:80".parse().unwrap(),
+                local: "192.0.2.9:40000".parse().unwrap(),
+                state: ConnState::new(),
+                reported: false,
+                options: HashMap::new(),
+                counters: Arc::default(),
+            },
+        );
+        mark_internal(engine);
+        forget_range(65_000, 65_000);
+        forget_range(100_000, u32::MAX);
+        assert_eq!(kind(dgram), Kind::None);
+        assert_eq!(kind(high), Kind::None);
+        assert!(with_info(high, |_| ()).is_none(), "its record is gone too");
+        assert_eq!(kind(engine), Kind::Internal, "the engine's fds stay");
+        forget(engine);
+    }
+
+    #[test]
+    fn flow_state_from_outcome_and_loss() {
+        assert_eq!(FlowState::of(None, false), FlowState::Connecting);
+        assert_eq!(FlowState::of(Some(0), false), FlowState::Open);
+        assert_eq!(
+            FlowState::of(Some(libc::ECONNREFUSED), false),
+            FlowState::Failed
+        );
+        assert_eq!(FlowState::of(Some(0), true), FlowState::Failed);
     }
 
     #[test]

@@ -201,31 +201,15 @@ pub(super) fn has_file_caps(path: &std::path::Path) -> bool {
 
 /// The peer of a connected inet socket, if it is one.
 pub(super) fn inet_peer(fd: RawFd) -> Option<std::net::SocketAddr> {
-    // SAFETY: sockaddr_storage is plain old data; the kernel writes at most `len` bytes.
-    unsafe {
-        let mut ss: libc::sockaddr_storage = std::mem::zeroed();
-        let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        if libc::getpeername(fd, (&raw mut ss).cast(), &mut len) != 0 {
-            return None;
-        }
-        match i32::from(ss.ss_family) {
-            libc::AF_INET => {
-                let a = &*(&raw const ss).cast::<libc::sockaddr_in>();
-                Some(std::net::SocketAddr::new(
-                    std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).into(),
-                    u16::from_be(a.sin_port),
-                ))
-            }
-            libc::AF_INET6 => {
-                let a = &*(&raw const ss).cast::<libc::sockaddr_in6>();
-                Some(std::net::SocketAddr::new(
-                    std::net::Ipv6Addr::from(a.sin6_addr.s6_addr).into(),
-                    u16::from_be(a.sin6_port),
-                ))
-            }
-            _ => None,
-        }
+    // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `ss` and sets `len`.
+    if unsafe { libc::getpeername(fd, (&raw mut ss).cast(), &mut len) } != 0 {
+        return None;
     }
+    // SAFETY: `len` bytes of `ss` (never more than it was given).
+    unsafe { crate::sockaddr::read((&raw const ss).cast(), len) }.ok()
 }
 
 /// Start a non-blocking TCP connect to `addr` through the next `connect` in load order
@@ -255,30 +239,9 @@ pub(super) fn connect_next(addr: std::net::SocketAddr) -> io::Result<std::net::T
     })?;
     // SAFETY: `fd` is a fresh socket owned by nobody else.
     let sock = unsafe { std::net::TcpStream::from_raw_fd(fd) };
-    // SAFETY: sockaddr_storage is plain old data; the address is written within its size.
-    let (ss, len) = unsafe {
-        let mut ss: libc::sockaddr_storage = std::mem::zeroed();
-        let len = match addr {
-            std::net::SocketAddr::V4(a) => {
-                let s = (&raw mut ss).cast::<libc::sockaddr_in>();
-                (*s).sin_family = libc::AF_INET as libc::sa_family_t;
-                (*s).sin_port = a.port().to_be();
-                (*s).sin_addr.s_addr = u32::from(*a.ip()).to_be();
-                size_of::<libc::sockaddr_in>()
-            }
-            std::net::SocketAddr::V6(a) => {
-                let s = (&raw mut ss).cast::<libc::sockaddr_in6>();
-                (*s).sin6_family = libc::AF_INET6 as libc::sa_family_t;
-                (*s).sin6_port = a.port().to_be();
-                (*s).sin6_addr.s6_addr = a.ip().octets();
-                (*s).sin6_scope_id = a.scope_id();
-                size_of::<libc::sockaddr_in6>()
-            }
-        };
-        (ss, len as libc::socklen_t)
-    };
-    // SAFETY: a valid socket and a sockaddr of `len` bytes.
-    let r = unsafe { connect(sock.as_raw_fd(), (&raw const ss).cast(), len) };
+    let sa = crate::sockaddr::encode(addr);
+    // SAFETY: a valid socket and a sockaddr of `sa.len()` bytes, alive for the call.
+    let r = unsafe { connect(sock.as_raw_fd(), sa.as_ptr(), sa.len()) };
     if r != 0 {
         let e = io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EINPROGRESS) {
@@ -329,25 +292,9 @@ pub(super) fn resolve_next(host: &str, port: u16) -> io::Result<Vec<std::net::So
     // SAFETY: walking the list getaddrinfo returned; each ai_addr has ai_addrlen bytes.
     unsafe {
         while !p.is_null() {
-            let a = (*p).ai_addr;
-            if !a.is_null() {
-                match i32::from((*a).sa_family) {
-                    libc::AF_INET => {
-                        let s = &*a.cast::<libc::sockaddr_in>();
-                        out.push(std::net::SocketAddr::new(
-                            std::net::Ipv4Addr::from(u32::from_be(s.sin_addr.s_addr)).into(),
-                            port,
-                        ));
-                    }
-                    libc::AF_INET6 => {
-                        let s = &*a.cast::<libc::sockaddr_in6>();
-                        out.push(std::net::SocketAddr::new(
-                            std::net::Ipv6Addr::from(s.sin6_addr.s6_addr).into(),
-                            port,
-                        ));
-                    }
-                    _ => {}
-                }
+            if let Ok(mut a) = crate::sockaddr::read((*p).ai_addr, (*p).ai_addrlen) {
+                a.set_port(port);
+                out.push(a);
             }
             p = (*p).ai_next;
         }

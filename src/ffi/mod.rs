@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use crate::engine::app;
+use crate::engine::fdtab::FlowState;
 use crate::proto::Destination;
 
 /// `qnet_init` flag: intercept this program's plain `connect()`, name lookups and the
@@ -146,7 +147,8 @@ pub struct QnetFlowStats {
     pub padding_bytes: u64,
     /// Delay the flow's timing schedule added, µs (each frame counts its oldest byte).
     pub added_delay_us: u64,
-    /// 1 connecting, 2 open, 3 failed.
+    /// 1 connecting (the relay has not answered yet), 2 open, 3 failed (refused, or lost
+    /// with the relay session).
     pub state: u32,
     /// The flow's stream id in the relay session.
     pub stream_id: u32,
@@ -394,7 +396,9 @@ pub extern "C" fn qnet_connect(host: *const c_char, port: u16, timeout_ms: c_int
     })
 }
 
-/// Like `qnet_connect`, to an IPv4 or IPv6 socket address (`len` bytes at `addr`).
+/// Like `qnet_connect`, to an IPv4 or IPv6 socket address (`len` bytes at `addr`): a
+/// `sockaddr_in` (16 bytes) or a `sockaddr_in6` of 28 bytes or RFC 2133's 24 (no scope
+/// id); the IPv6 flow label and scope id are kept.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn qnet_connect_addr(
     addr: *const libc::sockaddr,
@@ -403,44 +407,30 @@ pub unsafe extern "C" fn qnet_connect_addr(
 ) -> c_int {
     boundary_fd("qnet_connect_addr", || {
         ready()?;
-        if addr.is_null() {
-            return Err(fail(QnetResult::QNET_ERR_NULL, "addr is NULL"));
-        }
         // SAFETY: the caller passes `len` readable bytes at `addr` (documented).
-        let sa = unsafe { sockaddr_in(addr, len) }.ok_or_else(|| {
-            fail(
-                QnetResult::QNET_ERR_INVALID,
-                "not an IPv4 or IPv6 address of full length",
-            )
-        })?;
-        if sa.port() == 0 {
-            return Err(fail(QnetResult::QNET_ERR_INVALID, "port 0"));
-        }
+        let sa = unsafe { addr_arg(addr, len) }?;
         open(Destination::Addr(sa), sa, timeout_ms)
     })
 }
 
-unsafe fn sockaddr_in(addr: *const libc::sockaddr, len: libc::socklen_t) -> Option<SocketAddr> {
-    // SAFETY: bounded by the length checks; unaligned reads.
-    unsafe {
-        match c_int::from((*addr).sa_family) {
-            libc::AF_INET if len as usize >= size_of::<libc::sockaddr_in>() => {
-                let a = std::ptr::read_unaligned(addr.cast::<libc::sockaddr_in>());
-                Some(SocketAddr::new(
-                    std::net::Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).into(),
-                    u16::from_be(a.sin_port),
-                ))
-            }
-            libc::AF_INET6 if len as usize >= size_of::<libc::sockaddr_in6>() => {
-                let a = std::ptr::read_unaligned(addr.cast::<libc::sockaddr_in6>());
-                Some(SocketAddr::new(
-                    std::net::Ipv6Addr::from(a.sin6_addr.s6_addr).into(),
-                    u16::from_be(a.sin6_port),
-                ))
-            }
-            _ => None,
-        }
+/// The destination argument of `qnet_connect_addr`: an inet address with a port.
+///
+/// # Safety
+/// `addr` is NULL or points to `len` readable bytes.
+unsafe fn addr_arg(
+    addr: *const libc::sockaddr,
+    len: libc::socklen_t,
+) -> Result<SocketAddr, QnetResult> {
+    if addr.is_null() {
+        return Err(fail(QnetResult::QNET_ERR_NULL, "addr is NULL"));
     }
+    // SAFETY: this function's contract.
+    let sa = unsafe { crate::sockaddr::read(addr, len) }
+        .map_err(|e| fail(QnetResult::QNET_ERR_INVALID, e.to_string()))?;
+    if sa.port() == 0 {
+        return Err(fail(QnetResult::QNET_ERR_INVALID, "port 0"));
+    }
+    Ok(sa)
 }
 
 /// The result of this thread's last failed qnet call (`QNET_OK` if none). Thread-local.
@@ -526,6 +516,29 @@ unsafe fn out_fits<T>(out: *mut T) -> Result<(), QnetResult> {
     Ok(())
 }
 
+/// The counters of the qnet connection `fd`, or `None` if it is not one.
+fn flow_stats(fd: c_int) -> Option<QnetFlowStats> {
+    use Ordering::Relaxed;
+    let (c, state) = crate::engine::fdtab::flow(fd)?;
+    Some(QnetFlowStats {
+        size: size_of::<QnetFlowStats>() as u32,
+        version: QNET_STATS_VERSION,
+        bytes_sent: c.bytes_sent.load(Relaxed),
+        bytes_received: c.bytes_received.load(Relaxed),
+        frames_sent: c.frames_sent.load(Relaxed),
+        frames_received: c.frames_received.load(Relaxed),
+        padding_bytes: c.padding_bytes.load(Relaxed),
+        added_delay_us: c.added_delay_ns.load(Relaxed) / 1000,
+        state: match state {
+            FlowState::Connecting => 1,
+            FlowState::Open => 2,
+            FlowState::Failed => 3,
+        },
+        stream_id: c.stream.load(Relaxed),
+        reserved: [0; 48],
+    })
+}
+
 /// Fill `out` with the counters of the qnet connection `fd`. `out->size` must be at least
 /// the version-1 size; `QNET_ERR_BUFFER_TOO_SMALL` otherwise. Thread-safe.
 #[unsafe(no_mangle)]
@@ -538,25 +551,11 @@ pub unsafe extern "C" fn qnet_flow_stats(fd: c_int, out: *mut QnetFlowStats) -> 
         if let Err(e) = unsafe { out_fits(out) } {
             return e;
         }
-        let Some(c) = app::flow_counters(fd) else {
+        let Some(v) = flow_stats(fd) else {
             return fail(
                 QnetResult::QNET_ERR_NOT_TUNNELED,
                 format!("fd {fd} is not a qnet connection"),
             );
-        };
-        use Ordering::Relaxed;
-        let v = QnetFlowStats {
-            size: size_of::<QnetFlowStats>() as u32,
-            version: QNET_STATS_VERSION,
-            bytes_sent: c.bytes_sent.load(Relaxed),
-            bytes_received: c.bytes_received.load(Relaxed),
-            frames_sent: c.frames_sent.load(Relaxed),
-            frames_received: c.frames_received.load(Relaxed),
-            padding_bytes: c.padding_bytes.load(Relaxed),
-            added_delay_us: c.added_delay_ns.load(Relaxed) / 1000,
-            state: 2,
-            stream_id: c.stream.load(Relaxed),
-            reserved: [0; 48],
         };
         // SAFETY: the caller's struct is at least this large (checked).
         unsafe { std::ptr::write_unaligned(out, v) };
@@ -674,4 +673,73 @@ pub extern "C" fn qnet_shutdown() -> QnetResult {
         app::shutdown();
         QnetResult::QNET_OK
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::fdtab;
+    use std::net::SocketAddrV6;
+
+    #[test]
+    fn qnet_connect_addr_accepts_24_byte_ipv6_and_keeps_scope() {
+        let scoped = SocketAddr::V6(SocketAddrV6::new("fe80::1".parse().unwrap(), 80, 0x1234, 5));
+        let c = crate::sockaddr::encode(scoped);
+        // SAFETY: the encoded struct's bytes, at its full length and RFC 2133's 24.
+        unsafe {
+            assert_eq!(
+                addr_arg(c.as_ptr(), 28),
+                Ok(scoped),
+                "flowinfo and scope kept"
+            );
+            let short = addr_arg(c.as_ptr(), 24).expect("24 bytes are an IPv6 address");
+            assert_eq!(
+                short,
+                SocketAddr::V6(SocketAddrV6::new("fe80::1".parse().unwrap(), 80, 0x1234, 0))
+            );
+            assert_eq!(addr_arg(c.as_ptr(), 23), Err(QnetResult::QNET_ERR_INVALID));
+            assert_eq!(
+                addr_arg(std::ptr::null(), 28),
+                Err(QnetResult::QNET_ERR_NULL)
+            );
+        }
+        let no_port = crate::sockaddr::encode("[2001:db8::1]:0".parse().unwrap());
+        // SAFETY: as above.
+        let r = unsafe { addr_arg(no_port.as_ptr(), 24) };
+        assert_eq!(r, Err(QnetResult::QNET_ERR_INVALID));
+        assert!(LAST_MSG.with(|m| m.borrow().contains("port 0")));
+    }
+
+    #[test]
+    fn flow_stats_state_reports_connecting_open_failed() {
+        let fd = 93_001;
+        let state = fdtab::ConnState::new();
+        let counters: std::sync::Arc<fdtab::FlowCounters> = Default::default();
+        fdtab::add_tunneled(
+            fd,
+            fdtab::FdInfo {
+                peer: "192.0.2.1:80".parse().unwrap(),
+                local: "192.0.2.9:40000".parse().unwrap(),
+                state: state.clone(),
+                reported: false,
+                options: Default::default(),
+                counters: counters.clone(),
+            },
+        );
+        let st = || flow_stats(fd).expect("a qnet fd").state;
+        assert_eq!(st(), 1, "connecting");
+        state.set(0);
+        assert_eq!(st(), 2, "open");
+        counters.mark_lost();
+        assert_eq!(st(), 3, "lost with its session");
+        let refused = fdtab::ConnState::new();
+        refused.set(libc::ECONNREFUSED);
+        fdtab::with_info(fd, |i| {
+            i.state = refused;
+            i.counters = Default::default();
+        });
+        assert_eq!(st(), 3, "refused");
+        fdtab::forget(fd);
+        assert!(flow_stats(fd).is_none());
+    }
 }

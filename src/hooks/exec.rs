@@ -2,8 +2,11 @@
 //! the app dropped it from the environment it passes) and programs the loader would run
 //! without LD_PRELOAD (setuid, setgid, file capabilities) are refused.
 //!
-//! glibc's `execvp`, `execl*` and `posix_spawn` reach the kernel through internal calls,
-//! not through `execve`'s PLT entry, so each is hooked on its own.
+//! Hooked: `execve`, `execv`, `execvp`, `execvpe`, `posix_spawn` and `posix_spawnp`.
+//! glibc's `execvp`, `execvpe` and `posix_spawn*` reach the kernel through internal calls,
+//! not through `execve`'s PLT entry, so each is hooked on its own. Not hooked (the README
+//! lists them as known limits): `execl`, `execle`, `execlp`, which glibc turns into its
+//! internal execve, and `fexecve` and `execveat`.
 
 use std::ffi::{CStr, CString, c_char, c_int};
 use std::os::unix::ffi::OsStrExt;

@@ -399,6 +399,11 @@ static void pointer_and_size_checks(int pipefd)
     a6.sin6_port = htons(80);
     EXPECT_FD(qnet_connect_addr((struct sockaddr *)&a6, sizeof(struct sockaddr_in), 1000),
               QNET_ERR_INVALID, 0);
+    /* RFC 2133's 24-byte sockaddr_in6 (no scope id) is an address: only its port 0 is wrong. */
+    a6.sin6_port = 0;
+    EXPECT_FD(qnet_connect_addr((struct sockaddr *)&a6, 24, 1000), QNET_ERR_INVALID, 0);
+    CHECK(strstr(last_msg(), "port 0") != NULL, "qnet_connect_addr(24-byte IPv6, port 0): %s",
+          last_msg());
     struct sockaddr_un un;
     memset(&un, 0, sizeof un);
     un.sun_family = AF_UNIX;
@@ -502,7 +507,8 @@ static void live(const char *host, int port, const char *forbidden, const char *
     memset(&fs, 0, sizeof fs);
     fs.size = sizeof fs;
     qnet_result r = qnet_flow_stats(fd, &fs);
-    CHECK(r == QNET_OK && fs.version >= 1 && fs.bytes_sent > 0 && fs.bytes_received >= got,
+    CHECK(r == QNET_OK && fs.version >= 1 && fs.bytes_sent > 0 && fs.bytes_received >= got &&
+              fs.state == 2,
           "qnet_flow_stats(qnet fd) = %s: version %u, sent %llu, received %llu (read %zu), "
           "frames %llu/%llu, state %u, stream %u",
           name_of(r), fs.version, (unsigned long long)fs.bytes_sent,

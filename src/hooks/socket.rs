@@ -1,0 +1,386 @@
+//! Sockets: `socket`, `connect`, `listen`, the send family (TCP Fast Open and addressed
+//! sends are connects), `recvmsg` (fds passed in), and raw `syscall`s of all of these.
+
+use std::ffi::{c_int, c_long, c_uint, c_void};
+use std::net::SocketAddr;
+use std::ptr;
+
+use libc::{msghdr, size_t, sockaddr, socklen_t, ssize_t};
+
+use super::{decided, guarded, inet_arg, intercepting, real, refuse, socket_type};
+use crate::engine::app::{self, Decision};
+use crate::engine::fdtab::{self, Kind};
+
+/// `connect(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn connect(fd: c_int, addr: *const sockaddr, len: socklen_t) -> c_int {
+    let Some(real) = real!(connect: fn(c_int, *const sockaddr, socklen_t) -> c_int) else {
+        return refuse(libc::ENOSYS);
+    };
+    if !intercepting() {
+        // SAFETY: the caller's arguments, passed on unchanged.
+        return unsafe { real(fd, addr, len) };
+    }
+    guarded("connect", -1, || {
+        // SAFETY: connect's contract: `addr` points to `len` readable bytes.
+        let sa = match unsafe { inet_arg(addr, len) } {
+            Ok(Some(sa)) => sa,
+            // SAFETY: as above.
+            Ok(None) => return unsafe { real(fd, addr, len) },
+            Err(e) => return refuse(e),
+        };
+        // SAFETY: as above.
+        decided(connect_op(fd, sa), || unsafe { real(fd, addr, len) })
+    })
+}
+
+/// What `connect(fd, sa)` does: only inet stream sockets are tunneled; a datagram socket
+/// the `socket` hook never saw (inherited, passed in) gets the datagram policy.
+fn connect_op(fd: c_int, sa: SocketAddr) -> Decision<()> {
+    if fdtab::kind(fd) == Kind::None {
+        match socket_type(fd) {
+            libc::SOCK_STREAM => {}
+            libc::SOCK_DGRAM => return app::unknown_datagram(fd),
+            _ => return Decision::Bypass,
+        }
+    }
+    app::connect(fd, sa)
+}
+
+/// `socket(2)`: UDP, raw and packet sockets on inet families would bypass the tunnel.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int {
+    let Some(real) = real!(socket: fn(c_int, c_int, c_int) -> c_int) else {
+        return refuse(libc::ENOSYS);
+    };
+    if !intercepting() {
+        // SAFETY: the caller's arguments, passed on unchanged.
+        return unsafe { real(domain, ty, proto) };
+    }
+    guarded("socket", -1, || match app::socket(domain, ty) {
+        Decision::Refuse(e) => refuse(e),
+        Decision::Done(app::NewSocket::Datagram) => {
+            // SAFETY: as above.
+            let fd = unsafe { real(domain, ty, proto) };
+            if fd >= 0 {
+                fdtab::mark_datagram(fd);
+            }
+            fd
+        }
+        // SAFETY: as above.
+        _ => unsafe { real(domain, ty, proto) },
+    })
+}
+
+/// `listen(2)`: inbound connections are not tunneled, so only loopback by default.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
+    let Some(real) = real!(listen: fn(c_int, c_int) -> c_int) else {
+        return refuse(libc::ENOSYS);
+    };
+    if !intercepting() {
+        // SAFETY: the caller's arguments, passed on unchanged.
+        return unsafe { real(fd, backlog) };
+    }
+    guarded("listen", -1, || {
+        // SAFETY: as above.
+        decided(app::listen(local_addr(fd)), || unsafe { real(fd, backlog) })
+    })
+}
+
+/// The inet address `fd` is bound to, from the real `getsockname`.
+fn local_addr(fd: c_int) -> Option<SocketAddr> {
+    let gsn = real!(getsockname: fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int)?;
+    // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as socklen_t;
+    // SAFETY: getsockname fills at most `len` bytes of `ss` and sets `len`.
+    if unsafe { gsn(fd, (&raw mut ss).cast(), &mut len) } != 0 {
+        return None;
+    }
+    // SAFETY: `len` bytes of `ss` (the kernel never reports more than it was given).
+    unsafe { crate::sockaddr::read((&raw const ss).cast(), len) }.ok()
+}
+
+/// A send with a destination (TCP Fast Open or `msg_name`) on an inet stream socket is a
+/// connect: route it through the `connect` operation, then send without the address.
+/// `Done(flags)`: send with these flags and no address; `Bypass`: pass the call through.
+fn send_with_address(
+    fd: c_int,
+    addr: Result<Option<SocketAddr>, c_int>,
+    flags: c_int,
+) -> Decision<c_int> {
+    if fdtab::kind(fd) == Kind::Tunneled {
+        // Already connected through the tunnel: TCP ignores the address; a unix socket would not.
+        return Decision::Done(flags & !libc::MSG_FASTOPEN);
+    }
+    let sa = match addr {
+        Ok(Some(sa)) => sa,
+        Ok(None) => return Decision::Bypass,
+        Err(e) => return Decision::Refuse(e),
+    };
+    let ty = socket_type(fd);
+    if ty == libc::SOCK_DGRAM {
+        // A datagram socket we never saw created (inherited, passed in): same policy.
+        return match app::unknown_datagram(fd) {
+            Decision::Refuse(e) => Decision::Refuse(e),
+            _ => Decision::Bypass,
+        };
+    }
+    if flags & libc::MSG_FASTOPEN == 0 || ty != libc::SOCK_STREAM {
+        return Decision::Bypass;
+    }
+    match app::connect(fd, sa) {
+        Decision::Done(()) => Decision::Done(flags & !libc::MSG_FASTOPEN),
+        Decision::Refuse(e) => Decision::Refuse(e),
+        Decision::Bypass => Decision::Bypass,
+    }
+}
+
+/// The decision for a send on `fd` to the address argument `addr`/`len`.
+///
+/// # Safety
+/// `addr` is NULL or points to `len` readable bytes.
+unsafe fn send_op(
+    fd: c_int,
+    addr: *const sockaddr,
+    len: socklen_t,
+    flags: c_int,
+) -> Decision<c_int> {
+    if let Decision::Refuse(e) = app::datagram_send(fd) {
+        return Decision::Refuse(e);
+    }
+    if addr.is_null() && fdtab::kind(fd) != Kind::Tunneled {
+        return Decision::Bypass;
+    }
+    // SAFETY: this function's contract.
+    let sa = unsafe { inet_arg(addr, len) };
+    send_with_address(fd, sa, flags)
+}
+
+/// `sendto(2)`: TCP Fast Open sends data with the connect.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendto(
+    fd: c_int,
+    buf: *const c_void,
+    n: size_t,
+    flags: c_int,
+    addr: *const sockaddr,
+    len: socklen_t,
+) -> ssize_t {
+    let Some(real) = real!(sendto: fn(c_int, *const c_void, size_t, c_int, *const sockaddr, socklen_t) -> ssize_t)
+    else {
+        return refuse(libc::ENOSYS);
+    };
+    // The table first: it is the cheaper check, and decides alone for most sends.
+    if addr.is_null() && fdtab::kind(fd) == Kind::None || !intercepting() {
+        // SAFETY: the caller's arguments, passed on unchanged.
+        return unsafe { real(fd, buf, n, flags, addr, len) };
+    }
+    guarded("sendto", -1, || {
+        // SAFETY: the caller's address buffer of `len` bytes.
+        match unsafe { send_op(fd, addr, len, flags) } {
+            // SAFETY: the caller's data buffer, sent on the now tunneled fd without an address.
+            Decision::Done(f) => unsafe { real(fd, buf, n, f, ptr::null(), 0) },
+            Decision::Refuse(e) => refuse(e),
+            // SAFETY: as above.
+            Decision::Bypass => unsafe { real(fd, buf, n, flags, addr, len) },
+        }
+    })
+}
+
+/// `sendmsg(2)`: `msg_name` with `MSG_FASTOPEN` is a connect too.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) -> ssize_t {
+    let Some(real) = real!(sendmsg: fn(c_int, *const msghdr, c_int) -> ssize_t) else {
+        return refuse(libc::ENOSYS);
+    };
+    if !intercepting() || msg.is_null() {
+        // SAFETY: the caller's arguments, passed on unchanged.
+        return unsafe { real(fd, msg, flags) };
+    }
+    // SAFETY: `msg` is the caller's valid msghdr.
+    let (name, namelen) = unsafe {
+        (
+            (*msg).msg_name.cast_const().cast::<sockaddr>(),
+            (*msg).msg_namelen,
+        )
+    };
+    if name.is_null() && fdtab::kind(fd) == Kind::None {
+        // SAFETY: as above.
+        return unsafe { real(fd, msg, flags) };
+    }
+    guarded("sendmsg", -1, || {
+        // SAFETY: the caller's address buffer of `namelen` bytes.
+        match unsafe { send_op(fd, name, namelen, flags) } {
+            Decision::Done(f) => {
+                // SAFETY: a copy of the caller's msghdr without the address; the buffers it
+                // points to stay the caller's.
+                unsafe {
+                    let mut m = ptr::read(msg);
+                    m.msg_name = ptr::null_mut();
+                    m.msg_namelen = 0;
+                    real(fd, &m, f)
+                }
+            }
+            Decision::Refuse(e) => refuse(e),
+            // SAFETY: as above.
+            Decision::Bypass => unsafe { real(fd, msg, flags) },
+        }
+    })
+}
+
+/// `sendmmsg(2)`: each message as `sendmsg` would see it.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendmmsg(
+    fd: c_int,
+    msgs: *mut libc::mmsghdr,
+    count: c_uint,
+    flags: c_int,
+) -> c_int {
+    let Some(real) = real!(sendmmsg: fn(c_int, *mut libc::mmsghdr, c_uint, c_int) -> c_int) else {
+        return refuse(libc::ENOSYS);
+    };
+    if !intercepting() || msgs.is_null() {
+        // SAFETY: the caller's arguments, passed on unchanged.
+        return unsafe { real(fd, msgs, count, flags) };
+    }
+    // SAFETY: the caller's array of `count` messages.
+    let any_name =
+        (0..count as usize).any(|i| unsafe { !(*msgs.add(i)).msg_hdr.msg_name.is_null() });
+    if !any_name && fdtab::kind(fd) == Kind::None {
+        // SAFETY: as above.
+        return unsafe { real(fd, msgs, count, flags) };
+    }
+    guarded("sendmmsg", -1, || {
+        let mut sent = 0;
+        for i in 0..count as usize {
+            // SAFETY: element `i` of the caller's array.
+            let r = unsafe { sendmsg(fd, &raw const (*msgs.add(i)).msg_hdr, flags) };
+            if r < 0 {
+                return if sent > 0 { sent } else { -1 };
+            }
+            // SAFETY: as above; sendmmsg reports each message's length here.
+            unsafe { (*msgs.add(i)).msg_len = r as c_uint };
+            sent += 1;
+        }
+        sent
+    })
+}
+
+/// `recvmsg(2)`: an inet connection passed in with SCM_RIGHTS that bypasses the tunnel
+/// is closed and the call fails (the fast path is untouched: only messages carrying
+/// control data are looked at).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> ssize_t {
+    let Some(real) = real!(recvmsg: fn(c_int, *mut msghdr, c_int) -> ssize_t) else {
+        return refuse(libc::ENOSYS);
+    };
+    // SAFETY: the caller's arguments, passed on unchanged.
+    let r = unsafe { real(fd, msg, flags) };
+    // SAFETY: `msg` is the caller's msghdr, just filled in by the kernel.
+    if r < 0 || msg.is_null() || unsafe { (*msg).msg_controllen } == 0 || !intercepting() {
+        return r;
+    }
+    guarded("recvmsg", -1, || {
+        // SAFETY: the control buffer the kernel just filled.
+        let fds = unsafe { super::marshal::scm_rights_fds(msg) };
+        // Every fd is judged (each refusal is reported), not only up to the first.
+        let refused = fds
+            .iter()
+            .filter(|&&f| matches!(app::received_fd(f), Decision::Refuse(_)))
+            .count()
+            > 0;
+        if !refused {
+            return r;
+        }
+        // Close every passed fd: the app must not keep half of a message.
+        for f in fds {
+            // SAFETY: fds this call just received, which the app has not seen.
+            unsafe { super::fd::close(f) };
+        }
+        refuse(libc::EPERM)
+    })
+}
+
+/// The libc wrapper a routed raw syscall stands for.
+///
+/// # Safety
+/// The arguments are those of the raw syscall `n`, valid for its wrapper.
+unsafe fn route(n: c_long, a: [c_long; 6]) -> Option<c_long> {
+    // SAFETY: the raw syscall's arguments, reinterpreted as its libc wrapper's.
+    unsafe {
+        Some(match n {
+            libc::SYS_connect => {
+                connect(a[0] as c_int, a[1] as *const sockaddr, a[2] as socklen_t).into()
+            }
+            libc::SYS_sendto => sendto(
+                a[0] as c_int,
+                a[1] as *const c_void,
+                a[2] as size_t,
+                a[3] as c_int,
+                a[4] as *const sockaddr,
+                a[5] as socklen_t,
+            ) as c_long,
+            libc::SYS_sendmsg => {
+                sendmsg(a[0] as c_int, a[1] as *const msghdr, a[2] as c_int) as c_long
+            }
+            libc::SYS_sendmmsg => sendmmsg(
+                a[0] as c_int,
+                a[1] as *mut libc::mmsghdr,
+                a[2] as c_uint,
+                a[3] as c_int,
+            )
+            .into(),
+            libc::SYS_socket => socket(a[0] as c_int, a[1] as c_int, a[2] as c_int).into(),
+            libc::SYS_close => super::fd::close(a[0] as c_int).into(),
+            libc::SYS_close_range => {
+                super::fd::close_range(a[0] as c_uint, a[1] as c_uint, a[2] as c_int).into()
+            }
+            libc::SYS_recvmsg => {
+                recvmsg(a[0] as c_int, a[1] as *mut msghdr, a[2] as c_int) as c_long
+            }
+            _ => return None,
+        })
+    }
+}
+
+/// `syscall(3)`: raw socket calls bypass every libc hook, so route them to ours. It is
+/// variadic; reading six `long`s is what the x86-64 and aarch64 calling conventions give
+/// a callee either way. Everything else passes through without a lock or an allocation.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn syscall(
+    n: c_long,
+    a1: c_long,
+    a2: c_long,
+    a3: c_long,
+    a4: c_long,
+    a5: c_long,
+    a6: c_long,
+) -> c_long {
+    let routed = matches!(
+        n,
+        libc::SYS_connect
+            | libc::SYS_sendto
+            | libc::SYS_sendmsg
+            | libc::SYS_sendmmsg
+            | libc::SYS_socket
+            | libc::SYS_close
+            | libc::SYS_close_range
+            | libc::SYS_recvmsg
+    );
+    // The number first: most raw syscalls (futex, getrandom) must not pay for the rest.
+    if routed && intercepting() {
+        // SAFETY: the caller's arguments for syscall `n`.
+        if let Some(r) = unsafe { route(n, [a1, a2, a3, a4, a5, a6]) } {
+            return r;
+        }
+    }
+    let Some(real) =
+        real!(syscall: fn(c_long, c_long, c_long, c_long, c_long, c_long, c_long) -> c_long)
+    else {
+        return refuse(libc::ENOSYS);
+    };
+    // SAFETY: the caller's arguments, passed on unchanged.
+    unsafe { real(n, a1, a2, a3, a4, a5, a6) }
+}
