@@ -18,9 +18,6 @@ mod sys;
 pub(crate) mod timers;
 pub mod wheel;
 
-// TEMP(merge): the lead rewrites hooks/ffi paths and removes this.
-pub(crate) use preload as app;
-
 pub use sys::{TimerFd, lower_timer_slack, raise_fd_limit};
 
 use std::io::{self, ErrorKind, Read, Write};

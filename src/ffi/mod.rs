@@ -17,8 +17,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use crate::engine::app;
 use crate::engine::fdtab::FlowState;
+use crate::engine::preload;
 use crate::proto::Destination;
 
 /// `qnet_init` flag: intercept this program's plain `connect()`, name lookups and the
@@ -236,7 +236,7 @@ fn ready() -> Result<(), QnetResult> {
 
 /// Run `f` in the panic boundary; a panic becomes `QNET_ERR_PANIC`.
 fn boundary(name: &str, f: impl FnOnce() -> QnetResult) -> QnetResult {
-    let _g = app::BypassGuard::enter();
+    let _g = preload::BypassGuard::enter();
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(_) => fail(
@@ -248,7 +248,7 @@ fn boundary(name: &str, f: impl FnOnce() -> QnetResult) -> QnetResult {
 
 /// A connect-like call: an fd, or -1 with errno set and the result recorded.
 fn boundary_fd(name: &str, f: impl FnOnce() -> Result<c_int, QnetResult>) -> c_int {
-    let _g = app::BypassGuard::enter();
+    let _g = preload::BypassGuard::enter();
     let r = catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
         Err(fail(
             QnetResult::QNET_ERR_PANIC,
@@ -313,11 +313,11 @@ pub extern "C" fn qnet_init(config_path_or_null: *const c_char, flags: u32) -> Q
         let check = |c: &crate::config::Config| {
             crate::engine::client::ClientConfig::from_config(c).map(drop)
         };
-        if let Err(e) = app::init(path, check) {
+        if let Err(e) = preload::init(path, check) {
             return fail(QnetResult::QNET_ERR_CONFIG, e);
         }
         if flags & QNET_INIT_INTERCEPT != 0 {
-            app::enable();
+            preload::enable();
         }
         let _ = STATE.compare_exchange(UNINIT, READY, Ordering::AcqRel, Ordering::Acquire);
         QnetResult::QNET_OK
@@ -326,7 +326,7 @@ pub extern "C" fn qnet_init(config_path_or_null: *const c_char, flags: u32) -> Q
 
 fn timeout_of(ms: c_int) -> Duration {
     if ms <= 0 {
-        app::config()
+        preload::config()
             .map(|c| c.intercept.connect_timeout)
             .unwrap_or(Duration::from_secs(30))
     } else {
@@ -337,7 +337,7 @@ fn timeout_of(ms: c_int) -> Duration {
 fn open(dest: Destination, peer: SocketAddr, timeout_ms: c_int) -> Result<c_int, QnetResult> {
     use crate::engine::client::Failure;
     use crate::proto::OpenError;
-    match app::connect_stream(dest.clone(), peer, timeout_of(timeout_ms)) {
+    match preload::connect_stream(dest.clone(), peer, timeout_of(timeout_ms)) {
         Ok(fd) => Ok(fd.into_raw_fd()),
         Err(f) => {
             let r = match f {
@@ -444,7 +444,7 @@ pub extern "C" fn qnet_last_result() -> QnetResult {
 /// message needs including its NUL. Thread-local.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn qnet_last_error(buf: *mut c_char, len: usize) -> usize {
-    let _g = app::BypassGuard::enter();
+    let _g = preload::BypassGuard::enter();
     catch_unwind(AssertUnwindSafe(|| {
         LAST_MSG.with(|m| {
             let m = m.borrow();
@@ -484,7 +484,7 @@ pub extern "C" fn qnet_set_profile(fd: c_int, profile: *const c_char) -> QnetRes
                 format!("unknown profile {p:?}"),
             );
         };
-        let Some(counters) = app::flow_counters(fd) else {
+        let Some(counters) = preload::flow_counters(fd) else {
             return fail(
                 QnetResult::QNET_ERR_NOT_TUNNELED,
                 format!("fd {fd} is not a qnet connection"),
@@ -575,7 +575,7 @@ pub unsafe extern "C" fn qnet_stats(out: *mut QnetStats) -> QnetResult {
             return e;
         }
         use Ordering::Relaxed;
-        let s = &*app::STATS;
+        let s = &*preload::STATS;
         let v = QnetStats {
             size: size_of::<QnetStats>() as u32,
             version: QNET_STATS_VERSION,
@@ -670,7 +670,7 @@ pub extern "C" fn qnet_shutdown() -> QnetResult {
             return e;
         }
         STATE.store(DOWN, Ordering::Release);
-        app::shutdown();
+        preload::shutdown();
         QnetResult::QNET_OK
     })
 }

@@ -15,7 +15,7 @@ use std::ptr;
 use std::sync::OnceLock;
 
 use super::{guarded, intercepting, real, set_errno};
-use crate::engine::app::{self, Decision};
+use crate::engine::preload::{self, Decision};
 
 unsafe extern "C" {
     static mut environ: *const *const c_char;
@@ -52,7 +52,7 @@ unsafe fn child_env(envp: *const *const c_char) -> Option<ChildEnv> {
             }
         }
     }
-    let new = app::preload_value(current, lib)?;
+    let new = preload::preload_value(current, lib)?;
     let owned = CString::new(format!("LD_PRELOAD={new}")).ok()?;
     match at {
         Some(i) => ptrs[i] = owned.as_ptr(),
@@ -79,7 +79,7 @@ unsafe fn check(path: *const c_char, search: bool) -> Decision<()> {
         Some(Path::new(std::ffi::OsStr::from_bytes(c.to_bytes())).to_path_buf())
     };
     match target {
-        Some(t) => app::exec(&t),
+        Some(t) => preload::exec(&t),
         None => Decision::Bypass,
     }
 }

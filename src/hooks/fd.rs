@@ -4,8 +4,8 @@
 use std::ffi::{c_int, c_long, c_uint};
 
 use super::{decided, guarded, real, refuse};
-use crate::engine::app;
 use crate::engine::fdtab::{self, Kind};
+use crate::engine::preload;
 
 /// `close(2)`.
 #[unsafe(no_mangle)]
@@ -21,7 +21,7 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     }
     guarded("close", -1, || {
         // SAFETY: as above.
-        decided(app::close(fd), || unsafe { real(fd) })
+        decided(preload::close(fd), || unsafe { real(fd) })
     })
 }
 
@@ -36,7 +36,7 @@ pub unsafe extern "C" fn fclose(f: *mut libc::FILE) -> c_int {
         let fd = unsafe { libc::fileno(f) };
         if fd >= 0 && fdtab::kind(fd) != Kind::None {
             guarded("fclose", (), || {
-                let _ = app::close(fd);
+                let _ = preload::close(fd);
             });
         }
     }
@@ -102,7 +102,7 @@ pub unsafe extern "C" fn close_range(lo: c_uint, hi: c_uint, flags: c_int) -> c_
     let Some(real) = real!(close_range: fn(c_uint, c_uint, c_int) -> c_int) else {
         return refuse(libc::ENOSYS);
     };
-    if fdtab::is_empty() || app::bypassed() {
+    if fdtab::is_empty() || preload::bypassed() {
         // SAFETY: the caller's arguments, passed on unchanged.
         return unsafe { real(lo, hi, flags) };
     }
@@ -118,7 +118,7 @@ pub unsafe extern "C" fn closefrom(lo: c_int) {
     let Some(real) = real!(closefrom: fn(c_int) -> ()) else {
         return;
     };
-    if fdtab::is_empty() || app::bypassed() || lo < 0 {
+    if fdtab::is_empty() || preload::bypassed() || lo < 0 {
         // SAFETY: the caller's argument, passed on unchanged.
         return unsafe { real(lo) };
     }
@@ -163,7 +163,7 @@ fn dup_onto_hook(old: c_int, new: c_int, call: impl FnOnce() -> c_int) -> c_int 
     if fdtab::kind(old) == Kind::None && fdtab::kind(new) == Kind::None {
         return call();
     }
-    if fdtab::kind(new) == Kind::Internal && !app::bypassed() {
+    if fdtab::kind(new) == Kind::Internal && !preload::bypassed() {
         // The engine owns that number; replacing it would cut every tunneled connection.
         return refuse(libc::EBUSY);
     }

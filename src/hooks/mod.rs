@@ -1,5 +1,5 @@
 //! The libc entry points libqnet.so replaces. Thin by rule: each exported function
-//! decodes its raw arguments, asks a safe operation (`engine::app`, `engine::resolve`,
+//! decodes its raw arguments, asks a safe operation (`engine::preload`, `engine::resolve`,
 //! or the small ops beside it) what to do, and maps the answer (bypass: call the real
 //! function; done; refuse with an errno) to a return value and errno.
 //!
@@ -35,7 +35,7 @@ use std::path::Path;
 
 use libc::{sockaddr, socklen_t};
 
-use crate::engine::app::{self, Decision};
+use crate::engine::preload::{self, Decision};
 use real::real;
 
 // ---- errno and the panic boundary -----------------------------------------------------
@@ -63,7 +63,7 @@ fn set_h_errno(e: c_int) {
 /// Whether hooks intercept on this thread at all.
 #[inline]
 fn intercepting() -> bool {
-    app::active() && !app::bypassed()
+    preload::active() && !preload::bypassed()
 }
 
 /// Run a hook body; a panic becomes `on_panic` with errno EIO and one stderr line.
@@ -71,7 +71,7 @@ fn guarded<T>(name: &str, on_panic: T, f: impl FnOnce() -> T) -> T {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(v) => v,
         Err(_) => {
-            app::tell_once(&format!(
+            preload::tell_once(&format!(
                 "internal error in {name}; the call failed, nothing was sent directly"
             ));
             set_errno(libc::EIO);
@@ -154,14 +154,14 @@ extern "C" fn on_load() {
     };
     let preloaded = name
         .as_ref()
-        .is_some_and(|n| app::preloaded(Path::new(std::ffi::OsStr::from_bytes(n.to_bytes()))));
+        .is_some_and(|n| preload::preloaded(Path::new(std::ffi::OsStr::from_bytes(n.to_bytes()))));
     if let Some(n) = name {
         let _ = exec::LIBRARY.set(n);
     }
     // Linked into a program (-lqnet) the hooks stay off until qnet_init opts in.
     if preloaded {
         // Interception on, with the fork handlers it relies on.
-        app::enable();
+        preload::enable();
     }
 }
 

@@ -11,7 +11,7 @@ use libc::{addrinfo, hostent, size_t, sockaddr, socklen_t};
 use super::marshal::{AddrinfoChain, fill_hostent, raw_ip};
 use super::{guarded, inet_arg, intercepting, real, refuse, set_h_errno};
 use crate::config::Config;
-use crate::engine::app::{self, Decision};
+use crate::engine::preload::{self, Decision};
 use crate::engine::resolve::{self, Lookup};
 
 /// `h_errno` values (`<netdb.h>`).
@@ -20,10 +20,10 @@ const NO_RECOVERY: c_int = 3;
 
 /// The config, or `None` after telling the user once why every lookup now fails.
 fn config_or_fail() -> Option<&'static Config> {
-    match app::config() {
+    match preload::config() {
         Ok(c) => Some(c),
         Err(e) => {
-            app::tell_once(&format!("{e}; name lookups fail, nothing is sent directly"));
+            preload::tell_once(&format!("{e}; name lookups fail, nothing is sent directly"));
             None
         }
     }
@@ -715,7 +715,7 @@ macro_rules! refuse_resolver {
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
             match res_decision(intercepting()) {
                 Decision::Refuse(e) => {
-                    app::tell_once(concat!("refused ", stringify!($name), ": raw DNS queries would bypass the tunnel"));
+                    preload::tell_once(concat!("refused ", stringify!($name), ": raw DNS queries would bypass the tunnel"));
                     set_h_errno(NO_RECOVERY);
                     refuse(e)
                 }

@@ -8,8 +8,8 @@ use std::ptr;
 use libc::{msghdr, size_t, sockaddr, socklen_t, ssize_t};
 
 use super::{decided, guarded, inet_arg, intercepting, real, refuse, socket_type};
-use crate::engine::app::{self, Decision};
 use crate::engine::fdtab::{self, Kind};
+use crate::engine::preload::{self, Decision};
 
 /// `connect(2)`.
 #[unsafe(no_mangle)]
@@ -40,11 +40,11 @@ fn connect_op(fd: c_int, sa: SocketAddr) -> Decision<()> {
     if fdtab::kind(fd) == Kind::None {
         match socket_type(fd) {
             libc::SOCK_STREAM => {}
-            libc::SOCK_DGRAM => return app::unknown_datagram(fd),
+            libc::SOCK_DGRAM => return preload::unknown_datagram(fd),
             _ => return Decision::Bypass,
         }
     }
-    app::connect(fd, sa)
+    preload::connect(fd, sa)
 }
 
 /// `socket(2)`: UDP, raw and packet sockets on inet families would bypass the tunnel.
@@ -57,9 +57,9 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int
         // SAFETY: the caller's arguments, passed on unchanged.
         return unsafe { real(domain, ty, proto) };
     }
-    guarded("socket", -1, || match app::socket(domain, ty) {
+    guarded("socket", -1, || match preload::socket(domain, ty) {
         Decision::Refuse(e) => refuse(e),
-        Decision::Done(app::NewSocket::Datagram) => {
+        Decision::Done(preload::NewSocket::Datagram) => {
             // SAFETY: as above.
             let fd = unsafe { real(domain, ty, proto) };
             if fd >= 0 {
@@ -84,7 +84,9 @@ pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
     }
     guarded("listen", -1, || {
         // SAFETY: as above.
-        decided(app::listen(local_addr(fd)), || unsafe { real(fd, backlog) })
+        decided(preload::listen(local_addr(fd)), || unsafe {
+            real(fd, backlog)
+        })
     })
 }
 
@@ -122,7 +124,7 @@ fn send_with_address(
     let ty = socket_type(fd);
     if ty == libc::SOCK_DGRAM {
         // A datagram socket we never saw created (inherited, passed in): same policy.
-        return match app::unknown_datagram(fd) {
+        return match preload::unknown_datagram(fd) {
             Decision::Refuse(e) => Decision::Refuse(e),
             _ => Decision::Bypass,
         };
@@ -130,7 +132,7 @@ fn send_with_address(
     if flags & libc::MSG_FASTOPEN == 0 || ty != libc::SOCK_STREAM {
         return Decision::Bypass;
     }
-    match app::connect(fd, sa) {
+    match preload::connect(fd, sa) {
         Decision::Done(()) => Decision::Done(flags & !libc::MSG_FASTOPEN),
         Decision::Refuse(e) => Decision::Refuse(e),
         Decision::Bypass => Decision::Bypass,
@@ -147,7 +149,7 @@ unsafe fn send_op(
     len: socklen_t,
     flags: c_int,
 ) -> Decision<c_int> {
-    if let Decision::Refuse(e) = app::datagram_send(fd) {
+    if let Decision::Refuse(e) = preload::datagram_send(fd) {
         return Decision::Refuse(e);
     }
     if addr.is_null() && fdtab::kind(fd) != Kind::Tunneled {
@@ -288,7 +290,7 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
         // Every fd is judged (each refusal is reported), not only up to the first.
         let refused = fds
             .iter()
-            .filter(|&&f| matches!(app::received_fd(f), Decision::Refuse(_)))
+            .filter(|&&f| matches!(preload::received_fd(f), Decision::Refuse(_)))
             .count()
             > 0;
         if !refused {

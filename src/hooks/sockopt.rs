@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use libc::{sockaddr, socklen_t};
 
 use super::{decided, guarded, intercepting, real, refuse};
-use crate::engine::app::{self, Decision};
 use crate::engine::fdtab::{self, Kind};
+use crate::engine::preload::{self, Decision};
 
 type NameFn = unsafe extern "C" fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int;
 
@@ -51,7 +51,7 @@ pub unsafe extern "C" fn getpeername(fd: c_int, addr: *mut sockaddr, len: *mut s
     let real: Option<NameFn> =
         real!(getpeername: fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int);
     // SAFETY: the caller's arguments.
-    unsafe { name_hook("getpeername", fd, addr, len, real, app::peer_of) }
+    unsafe { name_hook("getpeername", fd, addr, len, real, preload::peer_of) }
 }
 
 /// `getsockname(2)`: a local address as a connected TCP socket has one.
@@ -60,7 +60,7 @@ pub unsafe extern "C" fn getsockname(fd: c_int, addr: *mut sockaddr, len: *mut s
     let real: Option<NameFn> =
         real!(getsockname: fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int);
     // SAFETY: the caller's arguments.
-    unsafe { name_hook("getsockname", fd, addr, len, real, app::local_of) }
+    unsafe { name_hook("getsockname", fd, addr, len, real, preload::local_of) }
 }
 
 /// Copy an option's value into a caller's buffer as `getsockopt` does: as much as fits;
@@ -90,7 +90,7 @@ pub unsafe extern "C" fn getsockopt(
         return unsafe { real(fd, level, name, val, len) };
     }
     guarded("getsockopt", -1, || {
-        match app::sockopt_get(fd, level, name) {
+        match preload::sockopt_get(fd, level, name) {
             Decision::Done(bytes) => {
                 if val.is_null() || len.is_null() {
                     return refuse(libc::EFAULT);
@@ -137,7 +137,7 @@ pub unsafe extern "C" fn setsockopt(
             unsafe { std::slice::from_raw_parts(val.cast::<u8>(), len as usize) }
         };
         // SAFETY: as above.
-        decided(app::sockopt_set(fd, level, name, bytes), || unsafe {
+        decided(preload::sockopt_set(fd, level, name, bytes), || unsafe {
             real(fd, level, name, val, len)
         })
     })

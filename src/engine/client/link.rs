@@ -166,6 +166,9 @@ impl Client {
         self.observer.down(&self.stats, &self.closed);
         for (_, mut f) in self.flows.drain() {
             let _ = f.ep.sock.deregister(self.poll.registry());
+            if let Some(c) = &f.ep.counters {
+                c.mark_lost();
+            }
             if let Some(app) = f.app.take() {
                 app.finish(Err(Failure::Errno(libc::ECONNREFUSED)));
             }
