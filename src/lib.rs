@@ -5,7 +5,7 @@
 #![deny(unsafe_code)]
 
 pub mod config;
-pub mod dns;
+pub(crate) mod dns;
 pub mod elf;
 pub mod engine;
 pub mod entropy;

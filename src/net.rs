@@ -18,7 +18,7 @@ pub struct Cidr {
 /// An address family, for rules that differ between IPv4 and IPv6.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Family {
-    /// IPv4 (IPv4-mapped IPv6 blocks count as IPv4: [`Cidr::new`] folds them).
+    /// IPv4 (IPv4-mapped IPv6 blocks count as IPv4: `Cidr::new` folds them).
     V4,
     /// IPv6.
     V6,
@@ -91,7 +91,7 @@ pub enum NetError {
         "{0}: would make every address fake; use a reserved block such as 240.0.0.0/4 or 100::/64"
     )]
     FakeEverything(Cidr),
-    /// A fake net with fewer than [`Cidr::FAKE_MIN_HOST_BITS`] host bits.
+    /// A fake net with fewer than `Cidr::FAKE_MIN_HOST_BITS` host bits.
     #[error(
         "{net}: only {host_bits} host bits; need at least {min} (/{longest} or shorter)",
         min = Cidr::FAKE_MIN_HOST_BITS

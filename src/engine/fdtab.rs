@@ -43,23 +43,23 @@ pub(crate) enum Kind {
 /// Outcome of a tunneled connect, shared between the app's fd and the engine's flow.
 /// (`pub` with [`FlowCounters`]: the engine's public `AppConn` and `Endpoint` carry them.)
 #[derive(Debug)]
-pub struct ConnState(AtomicI32);
+pub(crate) struct ConnState(AtomicI32);
 
 const CONNECTING: i32 = -1;
 
 impl ConnState {
     /// A connect in progress.
-    pub fn new() -> Arc<ConnState> {
+    pub(crate) fn new() -> Arc<ConnState> {
         Arc::new(ConnState(AtomicI32::new(CONNECTING)))
     }
 
     /// The relay answered: 0 for connected, else the errno.
-    pub fn set(&self, errno: i32) {
+    pub(crate) fn set(&self, errno: i32) {
         self.0.store(errno, Ordering::Release);
     }
 
     /// `None` while connecting, else `Some(0)` or `Some(errno)`.
-    pub fn get(&self) -> Option<i32> {
+    pub(crate) fn get(&self) -> Option<i32> {
         match self.0.load(Ordering::Acquire) {
             CONNECTING => None,
             e => Some(e),
@@ -69,7 +69,7 @@ impl ConnState {
 
 /// Counters of one tunneled flow, written by the engine, read by `qnet_flow_stats`.
 #[derive(Debug, Default)]
-pub struct FlowCounters {
+pub(crate) struct FlowCounters {
     /// Stream bytes sent toward the destination.
     pub bytes_sent: std::sync::atomic::AtomicU64,
     /// Stream bytes received from it.
@@ -93,7 +93,7 @@ pub struct FlowCounters {
 
 impl FlowCounters {
     /// The flow ended with its relay session: `qnet_flow_stats` reports it failed.
-    pub fn mark_lost(&self) {
+    pub(crate) fn mark_lost(&self) {
         self.lost.store(true, Ordering::Relaxed);
     }
 }

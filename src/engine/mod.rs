@@ -8,15 +8,15 @@
 
 pub(crate) mod bypass;
 pub mod client;
-pub mod fdtab;
+pub(crate) mod fdtab;
 pub mod log;
 pub(crate) mod preload;
 pub(crate) mod pump;
-pub mod resolve;
+pub(crate) mod resolve;
 pub(crate) mod shape;
 mod sys;
 pub(crate) mod timers;
-pub mod wheel;
+pub(crate) mod wheel;
 
 pub use sys::{TimerFd, lower_timer_slack, raise_fd_limit};
 

@@ -49,19 +49,19 @@ fn fake(cfg: &Config) -> Option<&'static FakeDns> {
 }
 
 /// Whether `ip` is in one of the fake nets (allocated or not).
-pub fn is_fake(cfg: &Config, ip: IpAddr) -> bool {
+pub(crate) fn is_fake(cfg: &Config, ip: IpAddr) -> bool {
     let i = &cfg.intercept;
     i.remote_dns && (i.fake_net_v4.contains(ip) || i.fake_net_v6.contains(ip))
 }
 
 /// The name behind a fake address.
-pub fn name_of(cfg: &Config, ip: IpAddr) -> Option<String> {
+pub(crate) fn name_of(cfg: &Config, ip: IpAddr) -> Option<String> {
     fake(cfg)?.name_of(ip)
 }
 
 /// What a forward lookup answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Lookup {
+pub(crate) enum Lookup {
     /// Let the real resolver answer (a numeric host, or remote DNS is off): no query leaves.
     Real,
     /// These addresses, under this canonical name.
@@ -71,7 +71,7 @@ pub enum Lookup {
 }
 
 /// Look up `name` for address family `family` (`AF_INET`, `AF_INET6` or `AF_UNSPEC`).
-pub fn lookup(cfg: &Config, name: &str, family: i32) -> Lookup {
+pub(crate) fn lookup(cfg: &Config, name: &str, family: i32) -> Lookup {
     if !cfg.intercept.remote_dns || name.parse::<IpAddr>().is_ok() {
         return Lookup::Real;
     }
@@ -116,7 +116,7 @@ pub fn lookup(cfg: &Config, name: &str, family: i32) -> Lookup {
 }
 
 /// What a reverse lookup answers: a name, or `None` (never a PTR query).
-pub fn reverse(cfg: &Config, ip: IpAddr) -> Option<String> {
+pub(crate) fn reverse(cfg: &Config, ip: IpAddr) -> Option<String> {
     if is_fake(cfg, ip) {
         return name_of(cfg, ip);
     }
@@ -138,7 +138,7 @@ fn hosts_entries(text: &str) -> impl Iterator<Item = (IpAddr, Vec<&str>)> {
 }
 
 /// Addresses `/etc/hosts` gives `name` (case-insensitive, one trailing dot ignored).
-pub fn hosts_lookup(text: &str, name: &str) -> Vec<IpAddr> {
+pub(crate) fn hosts_lookup(text: &str, name: &str) -> Vec<IpAddr> {
     let name = name.strip_suffix('.').unwrap_or(name);
     hosts_entries(text)
         .filter(|(_, names)| names.iter().any(|n| n.eq_ignore_ascii_case(name)))
@@ -147,7 +147,7 @@ pub fn hosts_lookup(text: &str, name: &str) -> Vec<IpAddr> {
 }
 
 /// The first name `/etc/hosts` gives `ip`.
-pub fn hosts_reverse(text: &str, ip: IpAddr) -> Option<String> {
+pub(crate) fn hosts_reverse(text: &str, ip: IpAddr) -> Option<String> {
     hosts_entries(text)
         .find(|(a, names)| *a == ip && !names.is_empty())
         .map(|(_, names)| names[0].to_owned())

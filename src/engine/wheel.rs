@@ -129,7 +129,7 @@ pub struct Lateness {
 }
 
 /// Upper bounds of [`Lateness::buckets`] in microseconds (the last bucket is open).
-pub const LATENESS_BOUNDS_US: [u64; 7] = [50, 100, 200, 500, 1000, 2000, 5000];
+pub(crate) const LATENESS_BOUNDS_US: [u64; 7] = [50, 100, 200, 500, 1000, 2000, 5000];
 
 impl Lateness {
     /// Count one timer that fired `late_ns` after its deadline.
