@@ -4,6 +4,7 @@
 
 use std::ffi::{CStr, OsStr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// `dlsym(RTLD_NEXT, name)`: the definition after the object holding this code, or
 /// `None`. Inside libqnet.so that is what the app would reach past us (libc, or
@@ -15,6 +16,39 @@ pub(crate) fn next_symbol(name: &CStr) -> Option<usize> {
     let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
     (p != 0).then_some(p)
 }
+
+/// [`next_symbol`] once per call site; `0` if there is none (e.g. `close_range` on an
+/// old libc). Used through [`real!`].
+pub(crate) fn lookup(cache: &AtomicUsize, name: &'static [u8]) -> usize {
+    let p = cache.load(Ordering::Relaxed);
+    if p != 0 {
+        return p;
+    }
+    let f = CStr::from_bytes_with_nul(name)
+        .ok()
+        .and_then(next_symbol)
+        .unwrap_or(0);
+    cache.store(f, Ordering::Relaxed);
+    f
+}
+
+/// `real!(name: fn(args) -> ret)`: the next definition of `name` in load order (the
+/// real libc function behind our hook, or proxychains-ng's when it is preloaded after
+/// us), as a callable `Option<unsafe extern "C" fn(args) -> ret>`, looked up once.
+macro_rules! real {
+    ($name:ident : fn($($arg:ty),* $(,)?) -> $ret:ty) => {{
+        static CACHE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let p = $crate::os::lookup(&CACHE, concat!(stringify!($name), "\0").as_bytes());
+        if p == 0 {
+            None
+        } else {
+            // SAFETY: `p` is the address of the C function `name`, whose prototype is the
+            // one written at this call site (checked against the libc headers by hand).
+            Some(unsafe { std::mem::transmute::<usize, unsafe extern "C" fn($($arg),*) -> $ret>(p) })
+        }
+    }};
+}
+pub(crate) use real;
 
 /// Register `pthread_atfork` handlers. Callers guard with a `Once`: handlers registered
 /// twice run twice.

@@ -19,6 +19,8 @@ pub fn raise_fd_limit() {
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+use crate::os::real;
+
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     if r < 0 {
         Err(io::Error::last_os_error())
@@ -215,15 +217,11 @@ pub(super) fn inet_peer(fd: RawFd) -> Option<std::net::SocketAddr> {
 /// Start a non-blocking TCP connect to `addr` through the next `connect` in load order
 /// (never through qnet's own hook). The connect completes later, as with mio's.
 pub(super) fn connect_next(addr: std::net::SocketAddr) -> io::Result<std::net::TcpStream> {
-    let Some(connect) = crate::os::next_symbol(c"connect") else {
+    let Some(connect) =
+        real!(connect: fn(libc::c_int, *const libc::sockaddr, libc::socklen_t) -> libc::c_int)
+    else {
         return Err(io::Error::other("no connect() after libqnet in load order"));
     };
-    // SAFETY: `connect` is the address of a function with connect(2)'s prototype.
-    let connect: unsafe extern "C" fn(
-        libc::c_int,
-        *const libc::sockaddr,
-        libc::socklen_t,
-    ) -> libc::c_int = unsafe { std::mem::transmute(connect) };
     let family = if addr.is_ipv4() {
         libc::AF_INET
     } else {
@@ -251,29 +249,20 @@ pub(super) fn connect_next(addr: std::net::SocketAddr) -> io::Result<std::net::T
     Ok(sock)
 }
 
-/// Resolve `host` through the next `getaddrinfo` in load order (see [`next_symbol`]).
+/// Resolve `host` through the next `getaddrinfo` in load order (see [`real!`]).
 pub(super) fn resolve_next(host: &str, port: u16) -> io::Result<Vec<std::net::SocketAddr>> {
-    type Gai = unsafe extern "C" fn(
-        *const libc::c_char,
-        *const libc::c_char,
-        *const libc::addrinfo,
-        *mut *mut libc::addrinfo,
-    ) -> libc::c_int;
-    type Free = unsafe extern "C" fn(*mut libc::addrinfo);
     let (Some(gai), Some(free)) = (
-        crate::os::next_symbol(c"getaddrinfo"),
-        crate::os::next_symbol(c"freeaddrinfo"),
+        real!(getaddrinfo: fn(
+            *const libc::c_char,
+            *const libc::c_char,
+            *const libc::addrinfo,
+            *mut *mut libc::addrinfo,
+        ) -> libc::c_int),
+        real!(freeaddrinfo: fn(*mut libc::addrinfo) -> ()),
     ) else {
         return Err(io::Error::other(
             "no getaddrinfo() after libqnet in load order",
         ));
-    };
-    // SAFETY: both are the addresses of functions with these prototypes.
-    let (gai, free) = unsafe {
-        (
-            std::mem::transmute::<usize, Gai>(gai),
-            std::mem::transmute::<usize, Free>(free),
-        )
     };
     let c = std::ffi::CString::new(host).map_err(|_| io::Error::other("NUL in host name"))?;
     // SAFETY: addrinfo is plain old data; zero is "any family, any type".

@@ -22,7 +22,7 @@
 mod exec;
 mod fd;
 mod marshal;
-pub(crate) mod real;
+
 mod resolver;
 mod socket;
 mod sockopt;
@@ -36,7 +36,7 @@ use std::path::Path;
 use libc::{sockaddr, socklen_t};
 
 use crate::engine::preload::{self, Decision};
-use real::real;
+use crate::os::real;
 
 // ---- errno and the panic boundary -----------------------------------------------------
 
