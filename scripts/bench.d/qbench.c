@@ -9,11 +9,12 @@
  *                                 MODE send|sendto|sendmsg|write; prints
  *                                 "wall_ns_per_pair X cpu_ns_per_pair Y" (cpu: this thread's
  *                                 CPU time, which time spent preempted by other loads is not in)
- *   qbench paircmp MODE TOTAL CHUNKS VAR=VAL...
- *                                 the same, TOTAL pairs per variant in CHUNKS chunks, by two
- *                                 child processes in turn (ABBA): one plain, one with the
- *                                 VAR=VAL environment (e.g. LD_PRELOAD); prints per variant the
- *                                 median chunk and the median of the per-round B/A ratios
+ *   qbench paircmp MODE TOTAL CHUNKS VAR=VAL... [-- VAR=VAL...]...
+ *                                 the same, TOTAL pairs per variant in CHUNKS chunks, by child
+ *                                 processes in turn (ABBA: forward, then backward): one plain,
+ *                                 one per VAR=VAL group (e.g. LD_PRELOAD of two builds); prints
+ *                                 one line per group: the plain and the group's median chunk
+ *                                 and the median of the per-round group/plain ratios
  *   qbench start N ARGV -- ARGV ...  spawn each command line (leading VAR=VAL words go to its
  *                                 environment) once per round, N rounds, order rotating; prints
  *                                 "cmd K median_ms X p10_ms Y p90_ms Z" per command
@@ -307,34 +308,49 @@ static char **env_plus(char **extra, int nextra) {
     return e;
 }
 
+#define MAX_VARIANTS 8
+
 static int pair_compare(const char *mode, long total, int chunks, char **extra, int nextra) {
     char chunkstr[32];
     snprintf(chunkstr, sizeof chunkstr, "%ld", total / chunks);
     char *argv[] = {"qbench", "pairsrv", (char *)mode, chunkstr, NULL};
-    struct child a, b;
-    child_start(&a, argv, environ);
-    child_start(&b, argv, env_plus(extra, nextra));
-    double *aw = calloc((size_t)chunks, sizeof(double)), *ac = calloc((size_t)chunks, sizeof(double));
-    double *bw = calloc((size_t)chunks, sizeof(double)), *bc = calloc((size_t)chunks, sizeof(double));
-    double *rw = calloc((size_t)chunks, sizeof(double)), *rc = calloc((size_t)chunks, sizeof(double));
-    for (int i = 0; i < chunks; i++) {
-        if (i % 2 == 0) {
-            child_chunk(&a, &aw[i], &ac[i]);
-            child_chunk(&b, &bw[i], &bc[i]);
-        } else {
-            child_chunk(&b, &bw[i], &bc[i]);
-            child_chunk(&a, &aw[i], &ac[i]);
-        }
-        rw[i] = bw[i] / aw[i];
-        rc[i] = bc[i] / ac[i];
+    /* variant 0 is plain; each "--"-separated group of VAR=VAL words is one more */
+    char **envs[MAX_VARIANTS];
+    int nv = 0;
+    envs[nv++] = environ;
+    for (int i = 0; i < nextra && nv < MAX_VARIANTS;) {
+        int j = i;
+        while (j < nextra && strcmp(extra[j], "--") != 0) j++;
+        envs[nv++] = env_plus(&extra[i], j - i);
+        i = j + 1;
     }
-    close(a.to);
-    close(b.to);
-    waitpid(a.pid, NULL, 0);
-    waitpid(b.pid, NULL, 0);
-    printf("plain_cpu %.2f pre_cpu %.2f cpu_ratio %.5f plain_wall %.2f pre_wall %.2f wall_ratio %.5f\n",
-           median(ac, chunks), median(bc, chunks), median(rc, chunks), median(aw, chunks), median(bw, chunks),
-           median(rw, chunks));
+    struct child ch[MAX_VARIANTS];
+    double *w[MAX_VARIANTS], *c[MAX_VARIANTS], *rw[MAX_VARIANTS], *rc[MAX_VARIANTS];
+    for (int v = 0; v < nv; v++) {
+        child_start(&ch[v], argv, envs[v]);
+        w[v] = calloc((size_t)chunks, sizeof(double));
+        c[v] = calloc((size_t)chunks, sizeof(double));
+        rw[v] = calloc((size_t)chunks, sizeof(double));
+        rc[v] = calloc((size_t)chunks, sizeof(double));
+    }
+    for (int i = 0; i < chunks; i++) {
+        /* even chunks in order, odd ones backwards: each variant runs as often early as late */
+        for (int q = 0; q < nv; q++) {
+            int v = i % 2 == 0 ? q : nv - 1 - q;
+            child_chunk(&ch[v], &w[v][i], &c[v][i]);
+        }
+        for (int v = 1; v < nv; v++) {
+            rw[v][i] = w[v][i] / w[0][i];
+            rc[v][i] = c[v][i] / c[0][i];
+        }
+    }
+    /* Close every stdin before waiting: a later child inherited the earlier ones' pipes. */
+    for (int v = 0; v < nv; v++) close(ch[v].to);
+    for (int v = 0; v < nv; v++) waitpid(ch[v].pid, NULL, 0);
+    for (int v = 1; v < nv; v++)
+        printf("plain_cpu %.2f pre_cpu %.2f cpu_ratio %.5f plain_wall %.2f pre_wall %.2f wall_ratio %.5f\n",
+               median(c[0], chunks), median(c[v], chunks), median(rc[v], chunks), median(w[0], chunks),
+               median(w[v], chunks), median(rw[v], chunks));
     return 0;
 }
 
