@@ -13,7 +13,7 @@ use crate::proto::{Destination, OpenError};
 /// One CONNECT through an upstream proxy. Public only as the type of the public
 /// `engine::Link::proxy`; nothing outside the crate can make or drive one.
 #[derive(Debug)]
-pub struct ClientHandshake {
+pub(crate) struct ClientHandshake {
     credentials: Option<(Vec<u8>, Vec<u8>)>,
     target: Destination,
     state: ClientState,

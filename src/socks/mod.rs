@@ -7,8 +7,7 @@
 mod client;
 mod server;
 
-pub use client::ClientHandshake;
-pub(crate) use client::{ClientProgress, isolation_credentials};
+pub(crate) use client::{ClientHandshake, ClientProgress, isolation_credentials};
 pub use server::SocksAuth;
 pub(crate) use server::{Handshake, Progress, connect_reply};
 
