@@ -11,7 +11,7 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
-use libc::{sockaddr, socklen_t};
+use libc::{c_int, sockaddr, socklen_t};
 
 /// Byte offsets of the fields, as `<netinet/in.h>` lays them out (checked in the tests).
 mod field {
@@ -118,10 +118,29 @@ pub(crate) unsafe fn read(
     if addr.is_null() {
         return Err(SockaddrError::Null);
     }
-    // SAFETY: `len` readable bytes at a non-NULL `addr` (this function's contract); u8
-    // has no alignment requirement.
-    let b = unsafe { std::slice::from_raw_parts(addr.cast::<u8>(), len as usize) };
+    // Never look past the largest address decoded (a caller's addrlen may be anything,
+    // up to 4 GiB); every decision is made on the first 28 bytes.
+    let len = (len as usize).min(size_of::<libc::sockaddr_in6>());
+    // SAFETY: `len` readable bytes at a non-NULL `addr` (this function's contract, and
+    // `len` is at most the caller's); u8 has no alignment requirement.
+    let b = unsafe { std::slice::from_raw_parts(addr.cast::<u8>(), len) };
     decode(b)
+}
+
+/// The inet address a `getsockname`/`getpeername`-shaped `call` reports (0: success),
+/// read from a zeroed `sockaddr_storage` the call fills.
+pub(crate) fn fetch(
+    call: impl FnOnce(*mut sockaddr, *mut socklen_t) -> c_int,
+) -> Option<SocketAddr> {
+    // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as socklen_t;
+    if call((&raw mut ss).cast(), &mut len) != 0 {
+        return None;
+    }
+    // SAFETY: `ss` has 128 readable bytes and `read` looks at no more than 28, whatever
+    // `len` the call reported.
+    unsafe { read((&raw const ss).cast(), len) }.ok()
 }
 
 /// A socket address laid out as the C struct for its family, ready for a system call.
@@ -137,6 +156,27 @@ impl std::fmt::Debug for Encoded {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Encoded({:?})", self.as_bytes())
     }
+}
+
+/// The addresses of an `addrinfo` list, in order; entries that are not inet addresses
+/// are skipped.
+///
+/// # Safety
+/// `head` is NULL or a well-formed list (as `getaddrinfo` returns): each `ai_addr` has
+/// `ai_addrlen` readable bytes and each `ai_next` is NULL or the next entry.
+pub(crate) unsafe fn addrinfo_addrs(head: *const libc::addrinfo) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    let mut p = head;
+    while !p.is_null() {
+        // SAFETY: `p` is an entry of the list, by the caller's contract.
+        let ai = unsafe { &*p };
+        // SAFETY: `ai_addr` has `ai_addrlen` bytes, by the caller's contract.
+        if let Ok(a) = unsafe { read(ai.ai_addr, ai.ai_addrlen) } {
+            out.push(a);
+        }
+        p = ai.ai_next;
+    }
+    out
 }
 
 /// Lay `sa` out as its C struct.
@@ -212,10 +252,13 @@ pub(crate) unsafe fn write(
     if addr.is_null() || len.is_null() {
         return Err(SockaddrError::Null);
     }
-    // SAFETY: `len` is a valid socklen_t and `addr` has `*len` writable bytes (contract).
+    let enc = encode(sa);
+    // SAFETY: `len` is a valid socklen_t and `addr` has `*len` writable bytes (contract);
+    // the slice covers no more than the bytes written.
     unsafe {
-        let out = std::slice::from_raw_parts_mut(addr.cast::<u8>(), *len as usize);
-        *len = encode(sa).copy_truncated(out) as socklen_t;
+        let n = (*len as usize).min(enc.as_bytes().len());
+        let out = std::slice::from_raw_parts_mut(addr.cast::<u8>(), n);
+        *len = enc.copy_truncated(out) as socklen_t;
     }
     Ok(())
 }

@@ -203,15 +203,8 @@ pub(super) fn has_file_caps(path: &std::path::Path) -> bool {
 
 /// The peer of a connected inet socket, if it is one.
 pub(super) fn inet_peer(fd: RawFd) -> Option<std::net::SocketAddr> {
-    // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes into `ss` and sets `len`.
-    if unsafe { libc::getpeername(fd, (&raw mut ss).cast(), &mut len) } != 0 {
-        return None;
-    }
-    // SAFETY: `len` bytes of `ss` (never more than it was given).
-    unsafe { crate::sockaddr::read((&raw const ss).cast(), len) }.ok()
+    // SAFETY: getpeername writes at most `*len` bytes at `addr` and sets `*len`.
+    crate::sockaddr::fetch(|addr, len| unsafe { libc::getpeername(fd, addr, len) })
 }
 
 /// Start a non-blocking TCP connect to `addr` through the next `connect` in load order
@@ -276,18 +269,12 @@ pub(super) fn resolve_next(host: &str, port: u16) -> io::Result<Vec<std::net::So
             "cannot resolve {host} (getaddrinfo error {r})"
         )));
     }
-    let mut out = Vec::new();
-    let mut p = res;
-    // SAFETY: walking the list getaddrinfo returned; each ai_addr has ai_addrlen bytes.
-    unsafe {
-        while !p.is_null() {
-            if let Ok(mut a) = crate::sockaddr::read((*p).ai_addr, (*p).ai_addrlen) {
-                a.set_port(port);
-                out.push(a);
-            }
-            p = (*p).ai_next;
-        }
-        free(res);
+    // SAFETY: the list getaddrinfo returned, freed right after and never used again.
+    let mut out = unsafe { crate::sockaddr::addrinfo_addrs(res) };
+    // SAFETY: as above.
+    unsafe { free(res) };
+    for a in &mut out {
+        a.set_port(port);
     }
     Ok(out)
 }

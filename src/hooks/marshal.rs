@@ -71,8 +71,11 @@ pub(super) unsafe fn raw_ip(addr: *const c_void, len: socklen_t, af: c_int) -> O
     if addr.is_null() {
         return None;
     }
-    // SAFETY: `len` readable bytes (contract); u8 has no alignment requirement.
-    let b = unsafe { std::slice::from_raw_parts(addr.cast::<u8>(), len as usize) };
+    // At most an in6_addr is read, whatever `len` says.
+    let len = (len as usize).min(16);
+    // SAFETY: `len` readable bytes (contract; at most the caller's); u8 has no alignment
+    // requirement.
+    let b = unsafe { std::slice::from_raw_parts(addr.cast::<u8>(), len) };
     match af {
         libc::AF_INET => Some(Ipv4Addr::from(<[u8; 4]>::try_from(b.get(..4)?).ok()?).into()),
         libc::AF_INET6 => Some(Ipv6Addr::from(<[u8; 16]>::try_from(b.get(..16)?).ok()?).into()),
@@ -237,16 +240,10 @@ mod tests {
             unsafe { chain.append(out) };
         }
         let head = chain.into_head();
-        let mut seen = Vec::new();
-        let mut p = head;
-        // SAFETY: walking the chained list; each ai_addr has ai_addrlen bytes.
-        unsafe {
-            while !p.is_null() {
-                seen.push(crate::sockaddr::read((*p).ai_addr, (*p).ai_addrlen).unwrap());
-                p = (*p).ai_next;
-            }
-            libc::freeaddrinfo(head);
-        }
+        // SAFETY: the chained list, freed right after.
+        let seen = unsafe { crate::sockaddr::addrinfo_addrs(head) };
+        // SAFETY: as above.
+        unsafe { libc::freeaddrinfo(head) };
         assert!(seen.iter().any(|a| a.to_string() == "192.0.2.1:80"));
         assert!(seen.iter().any(|a| a.to_string() == "[2001:db8::1]:80"));
         assert!(seen.first().unwrap().is_ipv4(), "in the order appended");

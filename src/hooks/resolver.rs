@@ -819,16 +819,10 @@ mod tests {
         // SAFETY: libc's getaddrinfo with numeric hosts (no lookup) and a service string.
         let head = unsafe { numeric_answers(libc::getaddrinfo, &addrs, c"443".as_ptr(), h) }
             .expect("numeric hosts resolve");
-        let mut seen = Vec::new();
-        let mut p = head;
-        // SAFETY: the list just built; each ai_addr has ai_addrlen bytes.
-        unsafe {
-            while !p.is_null() {
-                seen.push(crate::sockaddr::read((*p).ai_addr, (*p).ai_addrlen).unwrap());
-                p = (*p).ai_next;
-            }
-            libc::freeaddrinfo(head);
-        }
+        // SAFETY: the list just built, freed right after.
+        let seen = unsafe { crate::sockaddr::addrinfo_addrs(head) };
+        // SAFETY: as above.
+        unsafe { libc::freeaddrinfo(head) };
         let want: Vec<SocketAddr> = vec![
             "240.0.0.7:443".parse().unwrap(),
             "[100::7]:443".parse().unwrap(),

@@ -93,15 +93,8 @@ pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
 /// The inet address `fd` is bound to, from the real `getsockname`.
 fn local_addr(fd: c_int) -> Option<SocketAddr> {
     let gsn = real!(getsockname: fn(c_int, *mut sockaddr, *mut socklen_t) -> c_int)?;
-    // SAFETY: sockaddr_storage is plain old data; all-zero is valid.
-    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::sockaddr_storage>() as socklen_t;
-    // SAFETY: getsockname fills at most `len` bytes of `ss` and sets `len`.
-    if unsafe { gsn(fd, (&raw mut ss).cast(), &mut len) } != 0 {
-        return None;
-    }
-    // SAFETY: `len` bytes of `ss` (the kernel never reports more than it was given).
-    unsafe { crate::sockaddr::read((&raw const ss).cast(), len) }.ok()
+    // SAFETY: getsockname writes at most `*len` bytes at `addr` and sets `*len`.
+    crate::sockaddr::fetch(|addr, len| unsafe { gsn(fd, addr, len) })
 }
 
 /// A send with a destination (TCP Fast Open or `msg_name`) on an inet stream socket is a

@@ -95,9 +95,11 @@ pub unsafe extern "C" fn getsockopt(
                 if val.is_null() || len.is_null() {
                     return refuse(libc::EFAULT);
                 }
-                // SAFETY: the caller's buffer of `*len` bytes and its valid length.
+                // SAFETY: the caller's buffer of `*len` bytes and its valid length; the
+                // slice covers no more than the option's bytes.
                 unsafe {
-                    let out = std::slice::from_raw_parts_mut(val.cast::<u8>(), *len as usize);
+                    let n = (*len as usize).min(bytes.len());
+                    let out = std::slice::from_raw_parts_mut(val.cast::<u8>(), n);
                     *len = copy_option(&bytes, out) as socklen_t;
                 }
                 0
