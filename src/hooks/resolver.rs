@@ -709,7 +709,21 @@ fn res_decision(intercepting: bool) -> Decision<()> {
 }
 
 macro_rules! refuse_resolver {
-    ($($name:ident($($arg:ident: $ty:ty),*);)*) => {$(
+    ($($name:ident / $public:ident($($arg:ident: $ty:ty),*);)*) => {$(
+        /// The real function behind the hook of the same name.
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            /// The next definition of the hooked name, or else of its public name: glibc
+            /// 2.34 and later keep `__res_*` only as versioned compatibility symbols that
+            /// `dlsym` does not find, and `res_*` (same code) is what a program built
+            /// against older headers meant.
+            pub(super) fn real() -> Option<unsafe extern "C" fn($($ty),*) -> c_int> {
+                real!($name: fn($($ty),*) -> c_int).or_else(|| real!($public: fn($($ty),*) -> c_int))
+            }
+        }
+
         #[doc = concat!("`", stringify!($name), "(3)`: refused while interception is on (raw DNS queries would bypass the tunnel).")]
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
@@ -719,7 +733,7 @@ macro_rules! refuse_resolver {
                     set_h_errno(NO_RECOVERY);
                     refuse(e)
                 }
-                _ => match real!($name: fn($($ty),*) -> c_int) {
+                _ => match $name::real() {
                     // SAFETY: the caller's arguments, passed on unchanged.
                     Some(real) => unsafe { real($($arg),*) },
                     None => refuse(libc::ENOSYS),
@@ -735,18 +749,18 @@ macro_rules! refuse_resolver {
 // Each is declared with its own prototype (<resolv.h>), so a pass-through forwards
 // every argument, the seventh of res_nquerydomain included.
 refuse_resolver! {
-    res_query(dname: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
-    res_search(dname: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
-    res_querydomain(name: *const c_char, domain: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
-    res_send(msg: *const c_uchar, msglen: c_int, answer: *mut c_uchar, anslen: c_int);
-    res_nquery(statp: *mut c_void, dname: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
-    res_nsearch(statp: *mut c_void, dname: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
-    res_nquerydomain(statp: *mut c_void, name: *const c_char, domain: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
-    res_nsend(statp: *mut c_void, msg: *const c_uchar, msglen: c_int, answer: *mut c_uchar, anslen: c_int);
-    __res_query(dname: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
-    __res_search(dname: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
-    __res_querydomain(name: *const c_char, domain: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
-    __res_send(msg: *const c_uchar, msglen: c_int, answer: *mut c_uchar, anslen: c_int);
+    res_query / res_query(dname: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
+    res_search / res_search(dname: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
+    res_querydomain / res_querydomain(name: *const c_char, domain: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
+    res_send / res_send(msg: *const c_uchar, msglen: c_int, answer: *mut c_uchar, anslen: c_int);
+    res_nquery / res_nquery(statp: *mut c_void, dname: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
+    res_nsearch / res_nsearch(statp: *mut c_void, dname: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
+    res_nquerydomain / res_nquerydomain(statp: *mut c_void, name: *const c_char, domain: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
+    res_nsend / res_nsend(statp: *mut c_void, msg: *const c_uchar, msglen: c_int, answer: *mut c_uchar, anslen: c_int);
+    __res_query / res_query(dname: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
+    __res_search / res_search(dname: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
+    __res_querydomain / res_querydomain(name: *const c_char, domain: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
+    __res_send / res_send(msg: *const c_uchar, msglen: c_int, answer: *mut c_uchar, anslen: c_int);
 }
 
 #[cfg(test)]
@@ -759,6 +773,27 @@ mod tests {
         h.ai_flags = flags;
         h.ai_family = family;
         h
+    }
+
+    #[test]
+    fn res_functions_find_their_real_definition_on_new_glibc() {
+        // glibc >= 2.34 has `__res_*` only as compatibility symbols dlsym cannot see; the
+        // pass-through must still find a function for every hooked name (else ENOSYS).
+        let found = [
+            res_query::real().is_some(),
+            res_search::real().is_some(),
+            res_querydomain::real().is_some(),
+            res_send::real().is_some(),
+            res_nquery::real().is_some(),
+            res_nsearch::real().is_some(),
+            res_nquerydomain::real().is_some(),
+            res_nsend::real().is_some(),
+            __res_query::real().is_some(),
+            __res_search::real().is_some(),
+            __res_querydomain::real().is_some(),
+            __res_send::real().is_some(),
+        ];
+        assert!(found.iter().all(|&f| f), "{found:?}");
     }
 
     #[test]
