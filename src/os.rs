@@ -64,14 +64,31 @@ const DEFAULT_PATH: &str = "/bin:/usr/bin";
 /// The program `name` as `execvp` would find it: a name with a `/` is taken as it is,
 /// any other is looked up on `PATH` (glibc's default when unset).
 pub fn find_program(name: &OsStr) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
+    find_program_in(name, &path)
+}
+
+/// [`find_program`] with the search path given. Like glibc's `execvp`, a directory entry
+/// that is not an executable regular file is passed over and the search goes on: the
+/// setuid check must look at the file exec will run, not at an earlier one it skips.
+fn find_program_in(name: &OsStr, path: &OsStr) -> Option<PathBuf> {
     let p = Path::new(name);
     if name.as_encoded_bytes().contains(&b'/') {
         return Some(p.to_path_buf());
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into());
-    std::env::split_paths(&path)
+    std::env::split_paths(path)
         .map(|d| d.join(p))
-        .find(|c| c.is_file())
+        .find(|c| c.is_file() && executable(c))
+}
+
+/// `access(path, X_OK)`: may this process execute `path`?
+fn executable(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated path; access has no other preconditions.
+    unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
 }
 
 #[cfg(test)]
@@ -87,6 +104,27 @@ mod tests {
         let sh = find_program(OsStr::new("sh")).expect("sh on PATH");
         assert!(sh.is_file());
         assert_eq!(find_program(OsStr::new("qnet-no-such-program-xyz")), None);
+    }
+
+    #[test]
+    fn find_program_skips_a_non_executable_file_earlier_on_path() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("qnet-os-{}", std::process::id()));
+        let (first, second) = (dir.join("a"), dir.join("b"));
+        for (d, mode) in [(&first, 0o644), (&second, 0o755)] {
+            std::fs::create_dir_all(d).unwrap();
+            let f = d.join("prog");
+            std::fs::write(&f, b"#!/bin/sh\n").unwrap();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        let path = std::env::join_paths([&first, &second]).unwrap();
+        let found = find_program_in(OsStr::new("prog"), &path);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            found,
+            Some(second.join("prog")),
+            "exec runs the executable one"
+        );
     }
 
     #[test]
