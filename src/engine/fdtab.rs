@@ -41,7 +41,6 @@ pub(crate) enum Kind {
 }
 
 /// Outcome of a tunneled connect, shared between the app's fd and the engine's flow.
-/// (`pub` with [`FlowCounters`]: the engine's public `AppConn` and `Endpoint` carry them.)
 #[derive(Debug)]
 pub(crate) struct ConnState(AtomicI32);
 
@@ -284,7 +283,7 @@ pub(crate) fn forget_range(lo: u32, hi: u32) {
     }
 }
 
-/// Both of the table's locks, held across `fork` (see `app::fork_prepare`).
+/// Both of the table's locks, held across `fork` (see the fork handlers in `preload::runtime`).
 pub(crate) struct Locks {
     _high: parking_lot::MutexGuard<'static, Option<HashMap<i32, u8>>>,
     _info: parking_lot::MutexGuard<'static, Option<HashMap<i32, FdInfo>>>,

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use crate::engine::fdtab::FlowState;
+use crate::engine::fdtab::{self, FlowState};
 use crate::engine::preload;
 use crate::proto::Destination;
 
@@ -484,7 +484,7 @@ pub extern "C" fn qnet_set_profile(fd: c_int, profile: *const c_char) -> QnetRes
                 format!("unknown profile {p:?}"),
             );
         };
-        let Some(counters) = preload::flow_counters(fd) else {
+        let Some((counters, _)) = fdtab::flow(fd) else {
             return fail(
                 QnetResult::QNET_ERR_NOT_TUNNELED,
                 format!("fd {fd} is not a qnet connection"),
@@ -519,7 +519,7 @@ unsafe fn out_fits<T>(out: *mut T) -> Result<(), QnetResult> {
 /// The counters of the qnet connection `fd`, or `None` if it is not one.
 fn flow_stats(fd: c_int) -> Option<QnetFlowStats> {
     use Ordering::Relaxed;
-    let (c, state) = crate::engine::fdtab::flow(fd)?;
+    let (c, state) = fdtab::flow(fd)?;
     Some(QnetFlowStats {
         size: size_of::<QnetFlowStats>() as u32,
         version: QNET_STATS_VERSION,
@@ -678,7 +678,6 @@ pub extern "C" fn qnet_shutdown() -> QnetResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::fdtab;
     use std::net::SocketAddrV6;
 
     #[test]

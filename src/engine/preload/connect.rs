@@ -192,11 +192,3 @@ pub(crate) fn connect_stream(
     );
     Ok(app)
 }
-
-/// The engine's counters for a tunneled fd.
-pub(crate) fn flow_counters(fd: i32) -> Option<std::sync::Arc<fdtab::FlowCounters>> {
-    if fdtab::kind(fd) != Kind::Tunneled {
-        return None;
-    }
-    fdtab::with_info(fd, |i| i.counters.clone())
-}
