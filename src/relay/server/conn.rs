@@ -10,6 +10,7 @@ use mio::{Interest, Token};
 
 use super::dial::Upstream;
 use super::{Owner, Relay};
+use crate::engine::shape::Shaper;
 use crate::engine::{Link, LinkRead};
 use crate::keys::PublicKey;
 use crate::proto::{Role, Session, SessionError};
@@ -29,6 +30,16 @@ pub(super) struct Conn {
     pub(super) drain_until: Option<Instant>,
     /// The credentials this session's streams present to the exit proxy.
     pub(super) proxy_creds: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Conn {
+    /// The shaper of stream `s`, if it is open and shaped.
+    pub(super) fn shaper_mut(&mut self, s: u32) -> Option<&mut Shaper> {
+        self.ups
+            .get_mut(&s)
+            .and_then(|u| u.ep.as_mut())
+            .and_then(|ep| ep.shaper.as_deref_mut())
+    }
 }
 
 impl Relay {

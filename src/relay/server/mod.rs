@@ -218,12 +218,7 @@ impl Relay {
             let Some(conn) = self.conns.get_mut(&c) else {
                 continue;
             };
-            let Some(sh) = conn
-                .ups
-                .get_mut(&s)
-                .and_then(|u| u.ep.as_mut())
-                .and_then(|ep| ep.shaper.as_mut())
-            else {
+            let Some(sh) = conn.shaper_mut(s) else {
                 continue;
             };
             if stranded.claim(sh, deadline, &mut self.lateness) {
@@ -248,12 +243,7 @@ impl Relay {
             let Some(conn) = self.conns.get_mut(&c) else {
                 continue;
             };
-            let Some(sh) = conn
-                .ups
-                .get_mut(&s)
-                .and_then(|u| u.ep.as_mut())
-                .and_then(|ep| ep.shaper.as_mut())
-            else {
+            let Some(sh) = conn.shaper_mut(s) else {
                 continue;
             };
             if due.claim(sh, deadline, &mut self.lateness) {
