@@ -271,7 +271,7 @@ pub(crate) fn internal_in(lo: u32, hi: u32) -> Vec<i32> {
     marked_in(lo, hi, |k| k == INTERNAL)
 }
 
-/// `lo..=hi` was closed (`close_range`, `closefrom`): forget every tunneled and datagram
+/// `lo..=hi` is being closed (`close_range`, `closefrom`): forget every tunneled and datagram
 /// fd in it, in the table and above it. The engine's fds are not the app's to close and
 /// stay marked.
 pub(crate) fn forget_range(lo: u32, hi: u32) {

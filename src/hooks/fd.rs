@@ -69,8 +69,9 @@ fn ranges_around(lo: c_uint, hi: c_uint, keep: &[c_uint]) -> Vec<(c_uint, c_uint
 }
 
 /// Close `lo..=hi` except the engine's own fds, which the app cannot know about, and
-/// forget the tunneled and datagram fds that closed (unless only marked close-on-exec).
-/// `real` is `close_range` itself; the first failure is returned.
+/// forget the tunneled and datagram fds of each range just before closing it (unless the
+/// range is only marked close-on-exec). `real` is `close_range` itself; the first failure
+/// is returned.
 fn close_range_sparing(
     lo: c_uint,
     hi: c_uint,
@@ -81,19 +82,24 @@ fn close_range_sparing(
         .into_iter()
         .map(|k| k as c_uint)
         .collect();
-    let mut closed_to = None;
-    let mut result = 0;
+    let known = (libc::CLOSE_RANGE_CLOEXEC | libc::CLOSE_RANGE_UNSHARE) as c_int;
+    if lo > hi || flags & !known != 0 {
+        // The kernel's EINVAL, before it closes anything: nothing to forget.
+        return real(lo, hi, flags);
+    }
+    let closing = flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0;
     for (a, b) in ranges_around(lo, hi, &keep) {
-        result = real(a, b, flags);
-        if result != 0 {
-            break;
+        // Forget before the real close, as `close` does: once the numbers are free another
+        // thread may reuse one, and its new mark must not be cleared.
+        if closing {
+            fdtab::forget_range(a, b);
         }
-        closed_to = Some(b);
+        let r = real(a, b, flags);
+        if r != 0 {
+            return r;
+        }
     }
-    if let (Some(end), true) = (closed_to, flags & libc::CLOSE_RANGE_CLOEXEC as c_int == 0) {
-        fdtab::forget_range(lo, end);
-    }
-    result
+    0
 }
 
 /// `close_range(2)`.
@@ -271,7 +277,7 @@ mod tests {
     }
 
     #[test]
-    fn close_range_cloexec_or_failure_forgets_nothing_it_did_not_close() {
+    fn close_range_cloexec_or_bad_arguments_forget_nothing() {
         let (a, b, engine) = (92_000, 92_002, 92_001);
         tunneled(a);
         tunneled(b);
@@ -282,19 +288,25 @@ mod tests {
             (fdtab::kind(a), fdtab::kind(b)),
             (Kind::Tunneled, Kind::Tunneled)
         );
-        // The second range fails: only the first one's fds are gone.
-        let r = close_range_sparing(
-            92_000,
-            92_002,
-            0,
-            |lo, _, _| if lo == 92_000 { 0 } else { -1 },
-        );
-        assert_eq!(r, -1);
+        // Flags the kernel refuses (EINVAL, nothing closed): one pass-through call.
+        let calls = RefCell::new(Vec::new());
+        let r = close_range_sparing(92_000, 92_002, 1 << 30, |lo, hi, _| {
+            calls.borrow_mut().push((lo, hi));
+            -1
+        });
+        assert_eq!((r, calls.take()), (-1, vec![(92_000, 92_002)]));
         assert_eq!(
             (fdtab::kind(a), fdtab::kind(b)),
-            (Kind::None, Kind::Tunneled)
+            (Kind::Tunneled, Kind::Tunneled)
         );
-        fdtab::forget(b);
+        // Each range's marks go before its close, as with `close`: a number another thread
+        // reuses once the range is closed keeps its new mark.
+        let seen = RefCell::new(Vec::new());
+        let r = close_range_sparing(92_000, 92_002, 0, |lo, _, _| {
+            seen.borrow_mut().push(fdtab::kind(lo as c_int));
+            0
+        });
+        assert_eq!((r, seen.take()), (0, vec![Kind::None, Kind::None]));
         fdtab::forget(engine);
     }
 }
