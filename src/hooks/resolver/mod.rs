@@ -727,7 +727,7 @@ macro_rules! refuse_resolver {
         #[doc = concat!("`", stringify!($name), "(3)`: refused while interception is on (raw DNS queries would bypass the tunnel).")]
         #[unsafe(no_mangle)]
         pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
-            match res_decision(intercepting()) {
+            guarded(stringify!($name), -1, || match res_decision(intercepting()) {
                 Decision::Refuse(e) => {
                     preload::tell_once(concat!("refused ", stringify!($name), ": raw DNS queries would bypass the tunnel"));
                     set_h_errno(NO_RECOVERY);
@@ -738,7 +738,7 @@ macro_rules! refuse_resolver {
                     Some(real) => unsafe { real($($arg),*) },
                     None => refuse(libc::ENOSYS),
                 },
-            }
+            })
         }
     )*};
 }
