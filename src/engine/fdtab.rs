@@ -138,6 +138,21 @@ pub(crate) struct FdInfo {
     pub(crate) counters: Arc<FlowCounters>,
 }
 
+#[cfg(test)]
+impl FdInfo {
+    /// A connecting tunneled fd's record for tests (documentation-range addresses).
+    pub(crate) fn for_test() -> FdInfo {
+        FdInfo {
+            peer: "192.0.2.1:80".parse().unwrap(),
+            local: "192.0.2.9:40000".parse().unwrap(),
+            state: ConnState::new(),
+            reported: false,
+            options: HashMap::new(),
+            counters: Arc::default(),
+        }
+    }
+}
+
 fn set_kind(fd: i32, k: u8) {
     if fd < 0 {
         return;
@@ -317,17 +332,7 @@ mod tests {
         // High numbers no real fd of the test process uses.
         let (a, b, big) = (60_001, 60_002, 70_000);
         assert_eq!(kind(a), Kind::None);
-        add_tunneled(
-            a,
-            FdInfo {
-                peer: "192.0.2.1:80".parse().unwrap(),
-                local: "192.0.2.9:40000".parse().unwrap(),
-                state: ConnState::new(),
-                reported: false,
-                options: HashMap::new(),
-                counters: Arc::default(),
-            },
-        );
+        add_tunneled(a, FdInfo::for_test());
         assert_eq!(kind(a), Kind::Tunneled);
         duplicate(a, b);
         assert_eq!(kind(b), Kind::Tunneled);
@@ -363,17 +368,7 @@ mod tests {
     fn forget_range_reaches_above_the_table() {
         let (dgram, high, engine) = (65_000, 100_001, 100_002);
         mark_datagram(dgram);
-        add_tunneled(
-            high,
-            FdInfo {
-                peer: "192.0.2.1:80".parse().unwrap(),
-                local: "192.0.2.9:40000".parse().unwrap(),
-                state: ConnState::new(),
-                reported: false,
-                options: HashMap::new(),
-                counters: Arc::default(),
-            },
-        );
+        add_tunneled(high, FdInfo::for_test());
         mark_internal(engine);
         forget_range(65_000, 65_000);
         forget_range(100_000, u32::MAX);

@@ -717,12 +717,9 @@ mod tests {
         fdtab::add_tunneled(
             fd,
             fdtab::FdInfo {
-                peer: "192.0.2.1:80".parse().unwrap(),
-                local: "192.0.2.9:40000".parse().unwrap(),
                 state: state.clone(),
-                reported: false,
-                options: Default::default(),
                 counters: counters.clone(),
+                ..fdtab::FdInfo::for_test()
             },
         );
         let st = || flow_stats(fd).expect("a qnet fd").state;

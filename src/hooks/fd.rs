@@ -237,17 +237,7 @@ mod tests {
     }
 
     fn tunneled(fd: i32) {
-        fdtab::add_tunneled(
-            fd,
-            fdtab::FdInfo {
-                peer: "192.0.2.1:80".parse().unwrap(),
-                local: "192.0.2.9:40000".parse().unwrap(),
-                state: fdtab::ConnState::new(),
-                reported: false,
-                options: Default::default(),
-                counters: Default::default(),
-            },
-        );
+        fdtab::add_tunneled(fd, fdtab::FdInfo::for_test());
     }
 
     #[test]
