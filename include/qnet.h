@@ -174,7 +174,9 @@ int qnet_connect(const char *host, uint16_t port, int timeout_ms);
 
 // Like `qnet_connect`, to an IPv4 or IPv6 socket address (`len` bytes at `addr`): a
 // `sockaddr_in` (16 bytes) or a `sockaddr_in6` of 28 bytes or RFC 2133's 24 (no scope
-// id); the IPv6 flow label and scope id are kept.
+// id); the IPv6 flow label and scope id are kept. The address is routed as `connect()`
+// would route it: an IPv4-mapped IPv6 address goes to its IPv4 form, and a fake address
+// from qnet's resolver to the name behind it (`QNET_ERR_UNREACHABLE` if there is none).
 int qnet_connect_addr(const struct sockaddr *addr, socklen_t len, int timeout_ms);
 
 // The result of this thread's last failed qnet call (`QNET_OK` if none). Thread-local.

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use crate::engine::fdtab::{self, FlowState};
-use crate::engine::preload;
+use crate::engine::preload::{self, Decision};
 use crate::proto::Destination;
 
 /// `qnet_init` flag: intercept this program's plain `connect()`, name lookups and the
@@ -376,7 +376,7 @@ pub extern "C" fn qnet_connect(host: *const c_char, port: u16, timeout_ms: c_int
         let (dest, peer) = match trimmed.parse::<std::net::IpAddr>() {
             Ok(ip) => {
                 let a = SocketAddr::new(ip, port);
-                (Destination::Addr(a), a)
+                (address_destination(a)?, a)
             }
             Err(_) => {
                 if !crate::proto::frame::valid_hostname(h) {
@@ -398,7 +398,9 @@ pub extern "C" fn qnet_connect(host: *const c_char, port: u16, timeout_ms: c_int
 
 /// Like `qnet_connect`, to an IPv4 or IPv6 socket address (`len` bytes at `addr`): a
 /// `sockaddr_in` (16 bytes) or a `sockaddr_in6` of 28 bytes or RFC 2133's 24 (no scope
-/// id); the IPv6 flow label and scope id are kept.
+/// id); the IPv6 flow label and scope id are kept. The address is routed as `connect()`
+/// would route it: an IPv4-mapped IPv6 address goes to its IPv4 form, and a fake address
+/// from qnet's resolver to the name behind it (`QNET_ERR_UNREACHABLE` if there is none).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn qnet_connect_addr(
     addr: *const libc::sockaddr,
@@ -409,8 +411,26 @@ pub unsafe extern "C" fn qnet_connect_addr(
         ready()?;
         // SAFETY: the caller passes `len` readable bytes at `addr` (documented).
         let sa = unsafe { addr_arg(addr, len) }?;
-        open(Destination::Addr(sa), sa, timeout_ms)
+        open(address_destination(sa)?, sa, timeout_ms)
     })
+}
+
+/// Where a C API connection to an address goes: the route `connect()` would take (a fake
+/// address becomes its name, IPv4-mapped IPv6 is unmapped), except that an
+/// `intercept.bypass` address is tunneled all the same: the caller asked for the relay.
+fn address_destination(sa: SocketAddr) -> Result<Destination, QnetResult> {
+    let cfg = preload::config().map_err(|e| fail(QnetResult::QNET_ERR_CONFIG, e))?;
+    match preload::route(cfg, sa) {
+        Decision::Done(dest) => Ok(dest),
+        Decision::Bypass => Ok(Destination::Addr(SocketAddr::new(
+            sa.ip().to_canonical(),
+            sa.port(),
+        ))),
+        Decision::Refuse(e) => Err(fail(
+            QnetResult::from_errno(e),
+            format!("{sa} is a fake address with no name behind it"),
+        )),
+    }
 }
 
 /// The destination argument of `qnet_connect_addr`: an inet address with a port.

@@ -46,21 +46,31 @@ pub(crate) fn connect(fd: i32, addr: SocketAddr) -> Decision<()> {
             return Decision::Refuse(libc::ECONNREFUSED);
         }
     };
-    let ip = addr.ip().to_canonical();
-    let dest = if resolve::is_fake(cfg, ip) {
-        match resolve::name_of(cfg, ip) {
-            Some(name) => Destination::Name(name, addr.port()),
-            None => return Decision::Refuse(libc::EHOSTUNREACH),
-        }
-    } else if cfg.intercept.bypass.iter().any(|n| n.contains(ip)) {
-        return Decision::Bypass;
-    } else {
-        Destination::Addr(SocketAddr::new(ip, addr.port()))
-    };
-    match tunnel(fd, addr, dest, cfg) {
-        Ok(()) => Decision::Done(()),
-        Err(e) => Decision::Refuse(e),
+    match route(cfg, addr) {
+        Decision::Done(dest) => match tunnel(fd, addr, dest, cfg) {
+            Ok(()) => Decision::Done(()),
+            Err(e) => Decision::Refuse(e),
+        },
+        Decision::Bypass => Decision::Bypass,
+        Decision::Refuse(e) => Decision::Refuse(e),
     }
+}
+
+/// Where a connection to `addr` goes: a fake address becomes the name behind it
+/// (EHOSTUNREACH if none), an `intercept.bypass` address is `Bypass`, anything else its
+/// address with IPv4-mapped IPv6 unmapped. Shared by `connect` and `qnet_connect_addr`.
+pub(crate) fn route(cfg: &Config, addr: SocketAddr) -> Decision<Destination> {
+    let ip = addr.ip().to_canonical();
+    if resolve::is_fake(cfg, ip) {
+        return match resolve::name_of(cfg, ip) {
+            Some(name) => Decision::Done(Destination::Name(name, addr.port())),
+            None => Decision::Refuse(libc::EHOSTUNREACH),
+        };
+    }
+    if cfg.intercept.bypass.iter().any(|n| n.contains(ip)) {
+        return Decision::Bypass;
+    }
+    Decision::Done(Destination::Addr(SocketAddr::new(ip, addr.port())))
 }
 
 fn tunnel(fd: i32, peer: SocketAddr, dest: Destination, cfg: &Config) -> Result<(), i32> {
@@ -191,4 +201,28 @@ pub(crate) fn connect_stream(
         },
     );
     Ok(app)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_unmaps_v4_mapped_and_names_fake_addresses() {
+        let cfg = Config::default();
+        let mapped: SocketAddr = "[::ffff:198.51.100.7]:443".parse().unwrap();
+        assert_eq!(
+            route(&cfg, mapped),
+            Decision::Done(Destination::Addr("198.51.100.7:443".parse().unwrap()))
+        );
+        let loopback: SocketAddr = "[::ffff:127.0.0.1]:80".parse().unwrap();
+        assert_eq!(
+            route(&cfg, loopback),
+            Decision::Bypass,
+            "bypass sees the IPv4 form"
+        );
+        // A fake address no name was given for: unreachable, never sent as an address.
+        let fake: SocketAddr = "[::ffff:240.255.255.254]:80".parse().unwrap();
+        assert_eq!(route(&cfg, fake), Decision::Refuse(libc::EHOSTUNREACH));
+    }
 }

@@ -26,7 +26,7 @@ mod tunneled;
 
 pub(crate) use super::bypass::{BypassGuard, bypassed};
 pub(crate) use super::log::tell_once;
-pub(crate) use connect::{connect, connect_stream};
+pub(crate) use connect::{connect, connect_stream, route};
 pub(crate) use leaks::{
     NewSocket, datagram_send, exec, listen, preload_value, received_fd, socket, unknown_datagram,
 };
