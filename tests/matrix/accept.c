@@ -3,6 +3,7 @@
  * only through the relay; NAME4/NAME6 exist only in the relay namespace's /etc/hosts.
  * usage: accept resolver|reverse|res|udp|syscall|tfo|peer|sockname|fds|closeall|fork|scm|errors */
 #include "mx.h"
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <linux/close_range.h>
 #include <resolv.h>
@@ -237,6 +238,61 @@ static void t_res(void) {
     CHECK(r < 0, "res_query refused (r=%d)", r);
     r = res_search(NAME4, 1, 1, ans, sizeof ans);
     CHECK(r < 0, "res_search refused (r=%d)", r);
+    /* The names older headers bind to, and the calls that look up and connect inside
+     * libc: each found by the dynamic linker (our hook, when preloaded) and refused with
+     * ECONNREFUSED. Passed through, each would send DNS to the nameserver (a leak). */
+    struct __res_state st;
+    memset(&st, 0, sizeof st);
+    res_ninit(&st);
+    typedef int (*nq_fn)(res_state, const char *, int, int, unsigned char *, int);
+    typedef int (*nqd_fn)(res_state, const char *, const char *, int, int, unsigned char *, int);
+    typedef int (*ns_fn)(res_state, const unsigned char *, int, unsigned char *, int);
+    const char *nq[] = {"__res_nquery", "__res_nsearch"};
+    for (size_t i = 0; i < 2; i++) {
+        nq_fn f = (nq_fn)dlsym(RTLD_DEFAULT, nq[i]);
+        errno = 0;
+        r = f ? f(&st, NAME4, 1, 1, ans, sizeof ans) : 0;
+        CHECK(f && r < 0 && errno == ECONNREFUSED, "%s refused (r=%d, %s)", nq[i], r, strerror(errno));
+    }
+    nqd_fn qd = (nqd_fn)dlsym(RTLD_DEFAULT, "__res_nquerydomain");
+    errno = 0;
+    r = qd ? qd(&st, "web", "qnet.test", 1, 1, ans, sizeof ans) : 0;
+    CHECK(qd && r < 0 && errno == ECONNREFUSED, "__res_nquerydomain refused (r=%d, %s)", r, strerror(errno));
+    int qlen = res_nmkquery(&st, 0 /* QUERY */, NAME4, 1, 1, NULL, 0, NULL, ans, sizeof ans);
+    ns_fn send = (ns_fn)dlsym(RTLD_DEFAULT, "__res_nsend");
+    unsigned char reply[512];
+    errno = 0;
+    r = send && qlen > 0 ? send(&st, ans, qlen, reply, sizeof reply) : 0;
+    CHECK(send && r < 0 && errno == ECONNREFUSED, "__res_nsend refused (r=%d, %s)", r, strerror(errno));
+    char *host = NAME4;
+    int fd2 = -1;
+    errno = 0;
+    r = rcmd(&host, htons(514), "root", "root", "true", &fd2);
+    CHECK(r < 0 && errno == ECONNREFUSED, "rcmd refused (r=%d, %s)", r, strerror(errno));
+    errno = 0;
+    r = rcmd_af(&host, htons(514), "root", "root", "true", &fd2, AF_INET);
+    CHECK(r < 0 && errno == ECONNREFUSED, "rcmd_af refused (r=%d, %s)", r, strerror(errno));
+    errno = 0;
+    r = rexec(&host, htons(512), "root", "pw", "true", &fd2);
+    CHECK(r < 0 && errno == ECONNREFUSED, "rexec refused (r=%d, %s)", r, strerror(errno));
+    errno = 0;
+    r = rexec_af(&host, htons(512), "root", "pw", "true", &fd2, AF_INET);
+    CHECK(r < 0 && errno == ECONNREFUSED, "rexec_af refused (r=%d, %s)", r, strerror(errno));
+    errno = 0;
+    r = ruserok(NAME4, 0, "root", "root");
+    CHECK(r < 0 && errno == ECONNREFUSED, "ruserok refused (r=%d, %s)", r, strerror(errno));
+    errno = 0;
+    struct netent *n = getnetbyname("qnet-test-net");
+    CHECK(!n && errno == ECONNREFUSED && h_errno == NO_RECOVERY, "getnetbyname refused (%s, h_errno %d)", strerror(errno), h_errno);
+    errno = 0;
+    n = getnetbyaddr(0x0a4e0000, AF_INET);
+    CHECK(!n && errno == ECONNREFUSED, "getnetbyaddr refused (%s)", strerror(errno));
+    struct netent ne, *res = &ne;
+    char buf[1024];
+    int herr = 0;
+    r = getnetbyname_r("qnet-test-net", &ne, buf, sizeof buf, &res, &herr);
+    CHECK(r == ECONNREFUSED && !res && herr == NO_RECOVERY, "getnetbyname_r refused (r=%d, h_errno %d)", r, herr);
+    res_nclose(&st);
 }
 
 /* ---- socket policy ------------------------------------------------------------------ */
