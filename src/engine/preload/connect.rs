@@ -10,7 +10,7 @@ use super::Decision;
 use super::leaks::datagram_send;
 use super::published::local_for;
 use super::runtime::{config, send};
-use crate::config::Config;
+use crate::config::{Config, Route};
 use crate::engine::bypass::BypassGuard;
 use crate::engine::client::{AppConn, Attach, Failure};
 use crate::engine::fdtab::{self, ConnState, FdInfo, Kind};
@@ -52,15 +52,27 @@ pub(crate) fn connect(fd: i32, addr: SocketAddr) -> Decision<()> {
             Some(name) => Destination::Name(name, addr.port()),
             None => return Decision::Refuse(libc::EHOSTUNREACH),
         }
-    } else if cfg.intercept.bypass.iter().any(|n| n.contains(ip)) {
-        return Decision::Bypass;
     } else {
-        Destination::Addr(SocketAddr::new(ip, addr.port()))
+        match cfg.intercept.route(addr) {
+            Route::Direct => return Decision::Bypass,
+            Route::RefusedDns => return refused_dns(addr),
+            Route::Tunnel => Destination::Addr(SocketAddr::new(ip, addr.port())),
+        }
     };
     match tunnel(fd, addr, dest, cfg) {
         Ok(()) => Decision::Done(()),
         Err(e) => Decision::Refuse(e),
     }
+}
+
+/// A connect to a bypassed address's DNS port: a local resolver would send the name
+/// upstream outside the tunnel. ECONNREFUSED, as from a port nothing listens on.
+fn refused_dns(addr: SocketAddr) -> Decision<()> {
+    tell_once(&format!(
+        "refused a connection to {addr}: a resolver there would send names outside the tunnel \
+         (intercept.bypass_dns permits it)"
+    ));
+    Decision::Refuse(libc::ECONNREFUSED)
 }
 
 fn tunnel(fd: i32, peer: SocketAddr, dest: Destination, cfg: &Config) -> Result<(), i32> {

@@ -130,13 +130,8 @@ pub(crate) fn received_fd(fd: i32) -> Decision<()> {
     let Some(peer) = sys::inet_peer(fd) else {
         return Decision::Bypass;
     };
-    let bypassed = config().is_ok_and(|c| {
-        c.intercept
-            .bypass
-            .iter()
-            .any(|n| n.contains(peer.ip().to_canonical()))
-    });
-    if bypassed {
+    let direct = config().is_ok_and(|c| c.intercept.route(peer) == crate::config::Route::Direct);
+    if direct {
         return Decision::Bypass;
     }
     tell_once(&format!(
