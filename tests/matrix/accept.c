@@ -846,6 +846,30 @@ static int recv_fd(int s) {
     return fd;
 }
 
+/* recv_fd through recvmmsg (one message of a two-message vector). */
+static int recv_fd_mmsg(int s) {
+    char c[2];
+    struct iovec iov[2] = {{&c[0], 1}, {&c[1], 1}};
+    char ctl[2][CMSG_SPACE(sizeof(int))];
+    struct mmsghdr mm[2];
+    memset(mm, 0, sizeof mm);
+    for (int i = 0; i < 2; i++) {
+        mm[i].msg_hdr.msg_iov = &iov[i];
+        mm[i].msg_hdr.msg_iovlen = 1;
+        mm[i].msg_hdr.msg_control = ctl[i];
+        mm[i].msg_hdr.msg_controllen = sizeof ctl[i];
+    }
+    errno = 0;
+    if (recvmmsg(s, mm, 2, MSG_WAITFORONE, NULL) < 1)
+        return -1;
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mm[0].msg_hdr);
+    if (!cm || cm->cmsg_type != SCM_RIGHTS)
+        return -1;
+    int fd;
+    memcpy(&fd, CMSG_DATA(cm), sizeof fd);
+    return fd;
+}
+
 static void t_scm(void) {
     /* (a) an unconnected inet socket arrives, then the receiver connects it */
     int sv[2];
@@ -903,6 +927,63 @@ static void t_scm(void) {
     waitpid(pid, &st, 0);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "sender exited %d", WIFEXITED(st) ? WEXITSTATUS(st) : -1);
     close(sv[0]);
+
+    /* (c) a direct connection arrives, received with recvmsg and with recvmmsg (which was
+     * once not hooked): refused (EPERM). The sender connects with dlopen'd libc's own
+     * connect, past every hook, to the relay's port (the only address it can reach, and
+     * counted as relay traffic, not as a leak). */
+    for (int mm = 0; mm < 2; mm++) {
+        socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
+        fflush(stdout);
+        pid = fork();
+        if (pid == 0) {
+            close(sv[0]);
+            int (*libc_connect)(int, const struct sockaddr *, socklen_t) =
+                (int (*)(int, const struct sockaddr *, socklen_t))dlsym(dlopen("libc.so.6", RTLD_NOW), "connect");
+            socklen_t len;
+            struct sockaddr_storage ss = mx_sa("10.77.0.1", 7000, &len);
+            int c = socket(AF_INET, SOCK_STREAM, 0);
+            if (!libc_connect || libc_connect(c, (struct sockaddr *)&ss, len) < 0)
+                _exit(3);
+            send_fd(sv[1], c);
+            char x;
+            read(sv[1], &x, 1);
+            _exit(0);
+        }
+        close(sv[1]);
+        fd = mm ? recv_fd_mmsg(sv[0]) : recv_fd(sv[0]);
+        int e = errno;
+        CHECK(fd < 0 && e == EPERM, "direct connection via SCM_RIGHTS, %s: refused -> %s", mm ? "recvmmsg" : "recvmsg",
+              fd < 0 ? strerror(e) : "received");
+        if (fd >= 0)
+            close(fd);
+        write(sv[0], "x", 1);
+        waitpid(pid, &st, 0);
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "direct sender exited %d", WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+        close(sv[0]);
+    }
+
+    /* (d) recvmmsg still delivers an unconnected inet socket, whose connect is tunneled */
+    socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
+    fflush(stdout);
+    pid = fork();
+    if (pid == 0) {
+        send_fd(sv[1], socket(AF_INET, SOCK_STREAM, 0));
+        _exit(0);
+    }
+    fd = recv_fd_mmsg(sv[0]);
+    waitpid(pid, NULL, 0);
+    if (fd < 0)
+        mx_fail("unconnected inet fd via recvmmsg: %s", strerror(errno));
+    else {
+        socklen_t len;
+        struct sockaddr_storage ss = mx_sa(ECHO4, PORT, &len);
+        int e = connect(fd, (struct sockaddr *)&ss, len) < 0 ? -1 : mx_echo(fd, "scm-d", why, sizeof why);
+        CHECK(e == 0, "unconnected inet fd via recvmmsg, connected through the tunnel%s%s", e ? ": " : "", e ? why : "");
+        close(fd);
+    }
+    close(sv[0]);
+    close(sv[1]);
 }
 
 /* ---- connect errors -------------------------------------------------------------------- */
