@@ -1,6 +1,7 @@
 //! The `[intercept]` table: what libqnet.so does inside an app (bypass list, remote DNS
 //! and its fake-address nets, what it refuses).
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -29,6 +30,39 @@ pub struct InterceptConfig {
     pub connect_timeout: Duration,
     /// Let the app listen on non-loopback addresses (inbound connections are not tunneled).
     pub allow_inbound: bool,
+    /// Let connections to the DNS ports ([`DNS_PORTS`]) of `bypass` destinations go
+    /// directly (a local stub resolver would forward the names outside the tunnel).
+    pub bypass_dns: bool,
+}
+
+/// The ports of DNS over TCP (53) and over TLS (853): a bypassed destination on one of
+/// them is a resolver, which would send the names it is asked outside the tunnel.
+pub const DNS_PORTS: [u16; 2] = [53, 853];
+
+/// Where an app's connection to an address outside the fake nets goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Through the tunnel.
+    Tunnel,
+    /// Directly (a `bypass` destination).
+    Direct,
+    /// Nowhere: a `bypass` destination's DNS port, refused unless `bypass_dns`.
+    RefusedDns,
+}
+
+impl InterceptConfig {
+    /// The one rule for where a connection to `dest` goes (the fake nets aside): the
+    /// `bypass` nets go directly, except their DNS ports unless `bypass_dns` says so.
+    pub fn route(&self, dest: SocketAddr) -> Route {
+        let ip = dest.ip().to_canonical();
+        if !self.bypass.iter().any(|n| n.contains(ip)) {
+            Route::Tunnel
+        } else if DNS_PORTS.contains(&dest.port()) && !self.bypass_dns {
+            Route::RefusedDns
+        } else {
+            Route::Direct
+        }
+    }
 }
 
 impl Default for InterceptConfig {
@@ -47,6 +81,7 @@ impl Default for InterceptConfig {
             allow_setuid_exec: false,
             connect_timeout: Duration::from_secs(30),
             allow_inbound: false,
+            bypass_dns: false,
         }
     }
 }
@@ -62,6 +97,7 @@ pub(super) struct RawIntercept {
     allow_setuid_exec: Option<Value>,
     connect_timeout_secs: Option<Value>,
     allow_inbound: Option<Value>,
+    bypass_dns: Option<Value>,
 }
 
 impl InterceptConfig {
@@ -115,6 +151,9 @@ impl InterceptConfig {
         }
         if let Some(v) = raw.allow_setuid_exec {
             c.allow_setuid_exec = o.boolean("intercept.allow_setuid_exec", v)?;
+        }
+        if let Some(v) = raw.bypass_dns {
+            c.bypass_dns = o.boolean("intercept.bypass_dns", v)?;
         }
         if let Some(v) = raw.connect_timeout_secs {
             c.connect_timeout =
@@ -187,6 +226,34 @@ connect_timeout_secs = 5
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn loopback_dns_is_not_bypassed_by_default() {
+        // DNS over TCP/TLS to a local stub resolver (127.0.0.53:53) once went directly, as
+        // loopback: the stub forwards the name upstream, outside the tunnel.
+        let d = InterceptConfig::default();
+        let at = |s: &str| s.parse::<SocketAddr>().unwrap();
+        for dns in [
+            "127.0.0.53:53",
+            "127.0.0.1:853",
+            "[::1]:53",
+            "[::ffff:127.0.0.1]:53",
+        ] {
+            assert_eq!(d.route(at(dns)), Route::RefusedDns, "{dns}");
+        }
+        assert_eq!(d.route(at("127.0.0.1:8080")), Route::Direct);
+        assert_eq!(d.route(at("[::1]:5353")), Route::Direct);
+        // Not bypassed: the relay makes the connection, nothing leaves from here.
+        assert_eq!(d.route(at("192.0.2.1:53")), Route::Tunnel);
+        let c = parse("[intercept]\nbypass_dns = true").unwrap().intercept;
+        assert_eq!(c.route(at("127.0.0.53:53")), Route::Direct);
+        assert_eq!(c.route(at("192.0.2.1:853")), Route::Tunnel);
+        let e = err("[intercept]\nbypass_dns = 1");
+        assert!(
+            e.contains("intercept.bypass_dns: expected true or false"),
+            "{e}"
+        );
     }
 
     #[test]

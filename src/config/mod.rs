@@ -32,6 +32,7 @@
 //! allow_udp = false              # sending UDP and raw/packet sockets on inet families are refused
 //! allow_setuid_exec = false      # exec of setuid/setcap programs (which drop LD_PRELOAD) is refused
 //! allow_inbound = false          # listen() on a non-loopback address is refused
+//! bypass_dns = false             # ports 53 and 853 of bypass addresses (a local resolver) are refused
 //! connect_timeout_secs = 30      # a blocking connect through the tunnel gives up after this
 //! [entropy]                      # extra inputs of the entropy ring (the OS is always used)
 //! min_entropy = 4.0              # claimed min-entropy per byte of sources without their own
@@ -74,7 +75,7 @@ mod value;
 
 pub use crate::net::Cidr;
 pub use entropy::{EntropyConfig, EntropySource};
-pub use intercept::InterceptConfig;
+pub use intercept::{DNS_PORTS, InterceptConfig, Route};
 pub use log::{LogLevel, ParseLogLevelError};
 pub use server::ServerConfig;
 pub use session::SessionParams;

@@ -21,8 +21,57 @@ unsafe extern "C" {
     static mut environ: *const *const c_char;
 }
 
-/// The path of this libqnet.so, found at load; `None` when linked into a program.
-pub(super) static LIBRARY: OnceLock<CString> = OnceLock::new();
+/// This libqnet.so, found at load; unset when linked into a program.
+pub(super) static LIBRARY: Library = Library(OnceLock::new());
+
+/// The path of this libqnet.so: absolute (so a child started after `chdir` still finds
+/// it), and the name the loader was given (`LD_PRELOAD=./libqnet.so`), which a child's
+/// `LD_PRELOAD` has replaced.
+pub(super) struct Library(OnceLock<(String, String)>);
+
+impl Library {
+    /// Record the name the loader gave this library (at load, while the working
+    /// directory is still the one the loader resolved it against), made absolute. The
+    /// process's own `LD_PRELOAD` gets the absolute path too, so children spawned where
+    /// no hook sees them (glibc's internal execve) still find the library after a chdir.
+    pub(super) fn set(&self, given: CString) -> Result<(), CString> {
+        let Ok(name) = given.to_str() else {
+            return Err(given);
+        };
+        let abs = if name.starts_with('/') {
+            name.to_owned()
+        } else {
+            match std::fs::canonicalize(name) {
+                Ok(p) => p.to_string_lossy().into_owned(),
+                Err(_) => match std::env::current_dir() {
+                    Ok(d) => d.join(name).to_string_lossy().into_owned(),
+                    Err(_) => name.to_owned(),
+                },
+            }
+        };
+        let current = std::env::var("LD_PRELOAD").ok();
+        let listed = current
+            .as_deref()
+            .is_some_and(|c| c.split([' ', ':']).any(|e| e == name));
+        if abs != name && listed {
+            if let Some(v) = preload::preload_value(current.as_deref(), &abs, name) {
+                if let Ok(v) = CString::new(v) {
+                    // SAFETY: at load, from the constructor, before the program's own code
+                    // runs or starts a thread that could read the environment meanwhile.
+                    unsafe { libc::setenv(c"LD_PRELOAD".as_ptr(), v.as_ptr(), 1) };
+                }
+            }
+        }
+        self.0
+            .set((abs, name.to_owned()))
+            .map_err(|_| CString::default())
+    }
+
+    /// The absolute path and the name given at load.
+    fn get(&self) -> Option<(&str, &str)> {
+        self.0.get().map(|(a, g)| (a.as_str(), g.as_str()))
+    }
+}
 
 /// The environment a child gets: `envp` with LD_PRELOAD naming this library.
 /// The returned vector owns any new string; the pointer array borrows from both.
@@ -32,7 +81,7 @@ struct ChildEnv {
 }
 
 unsafe fn child_env(envp: *const *const c_char) -> Option<ChildEnv> {
-    let lib = LIBRARY.get()?.to_str().ok()?;
+    let (lib, given) = LIBRARY.get()?;
     let mut ptrs = Vec::new();
     let mut current = None;
     let mut at = None;
@@ -52,7 +101,7 @@ unsafe fn child_env(envp: *const *const c_char) -> Option<ChildEnv> {
             }
         }
     }
-    let new = preload::preload_value(current, lib)?;
+    let new = preload::preload_value(current, lib, given)?;
     let owned = CString::new(format!("LD_PRELOAD={new}")).ok()?;
     match at {
         Some(i) => ptrs[i] = owned.as_ptr(),

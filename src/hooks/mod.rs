@@ -3,10 +3,11 @@
 //! or the small ops beside it) what to do, and maps the answer (bypass: call the real
 //! function; done; refuse with an errno) to a return value and errno.
 //!
-//! - [`socket`]: socket, connect, listen, the send family, recvmsg, syscall.
+//! - [`socket`]: socket, connect, listen, the send family, recvmsg, recvmmsg, syscall.
 //! - [`fd`]: the close family, close_range, the dup family, fcntl.
 //! - [`sockopt`]: getpeername, getsockname, getsockopt, setsockopt.
-//! - [`resolver`]: getaddrinfo, the gethostby* family, getnameinfo, res_*.
+//! - [`resolver`]: getaddrinfo, the gethostby* family, getnameinfo; refused: res_*,
+//!   rcmd*, rexec*, ruserok*, getnetby* (they query DNS or connect inside libc).
 //! - [`exec`]: the exec family and posix_spawn.
 //! - [`marshal`]: hostent and SCM_RIGHTS layouts (sockaddrs are [`crate::sockaddr`]'s).
 //!

@@ -1,5 +1,6 @@
 //! Sockets: `socket`, `connect`, `listen`, the send family (TCP Fast Open and addressed
-//! sends are connects), `recvmsg` (fds passed in), and raw `syscall`s of all of these.
+//! sends are connects), `recvmsg` and `recvmmsg` (fds passed in), and raw `syscall`s of
+//! all of these.
 
 use std::ffi::{c_int, c_long, c_uint, c_void};
 use std::net::SocketAddr;
@@ -279,23 +280,75 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut msghdr, flags: c_int) -> s
     }
     guarded("recvmsg", -1, || {
         // SAFETY: the control buffer the kernel just filled.
-        let fds = unsafe { super::marshal::scm_rights_fds(msg) };
-        // Every fd is judged (each refusal is reported), not only up to the first.
-        let refused = fds
-            .iter()
-            .filter(|&&f| matches!(preload::received_fd(f), Decision::Refuse(_)))
-            .count()
-            > 0;
-        if !refused {
-            return r;
-        }
-        // Close every passed fd: the app must not keep half of a message.
+        let refused = unsafe { passed_fds_refused(&[msg]) };
+        if refused { refuse(libc::EPERM) } else { r }
+    })
+}
+
+/// `recvmmsg(2)`: each received message as `recvmsg` would see it. A refused fd in any
+/// of them fails the whole call (every fd of every message closed: the app must not keep
+/// part of what arrived), as `recvmsg` does for one message.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn recvmmsg(
+    fd: c_int,
+    msgs: *mut libc::mmsghdr,
+    count: c_uint,
+    flags: c_int,
+    timeout: *mut libc::timespec,
+) -> c_int {
+    let Some(real) =
+        real!(recvmmsg: fn(c_int, *mut libc::mmsghdr, c_uint, c_int, *mut libc::timespec) -> c_int)
+    else {
+        return refuse(libc::ENOSYS);
+    };
+    // SAFETY: the caller's arguments, passed on unchanged.
+    let r = unsafe { real(fd, msgs, count, flags, timeout) };
+    if r <= 0 || msgs.is_null() || !intercepting() {
+        return r;
+    }
+    // SAFETY: the kernel filled the first `r` messages of the caller's array.
+    let received: Vec<*mut msghdr> = (0..r as usize)
+        .map(|i| unsafe { &raw mut (*msgs.add(i)).msg_hdr })
+        .collect();
+    let has_control = |m: &*mut msghdr| {
+        // SAFETY: as above.
+        unsafe { (**m).msg_controllen != 0 }
+    };
+    if !received.iter().any(has_control) {
+        return r;
+    }
+    guarded("recvmmsg", -1, || {
+        // SAFETY: the control buffers the kernel just filled.
+        let refused = unsafe { passed_fds_refused(&received) };
+        if refused { refuse(libc::EPERM) } else { r }
+    })
+}
+
+/// Judge every fd passed with SCM_RIGHTS in `msgs` (each refusal reported, not only up
+/// to the first); when any is refused, close them all and answer `true`.
+///
+/// # Safety
+/// Each of `msgs` is a msghdr whose control buffer the kernel just filled.
+unsafe fn passed_fds_refused(msgs: &[*mut msghdr]) -> bool {
+    let fds: Vec<c_int> = msgs
+        .iter()
+        // SAFETY: this function's contract (both closures).
+        .filter(|&&m| unsafe { (*m).msg_controllen } != 0)
+        // SAFETY: as above.
+        .flat_map(|&m| unsafe { super::marshal::scm_rights_fds(m) })
+        .collect();
+    let refused = fds
+        .iter()
+        .filter(|&&f| matches!(preload::received_fd(f), Decision::Refuse(_)))
+        .count()
+        > 0;
+    if refused {
         for f in fds {
             // SAFETY: fds this call just received, which the app has not seen.
             unsafe { super::fd::close(f) };
         }
-        refuse(libc::EPERM)
-    })
+    }
+    refused
 }
 
 /// The libc wrapper a routed raw syscall stands for.
@@ -335,6 +388,14 @@ unsafe fn route(n: c_long, a: [c_long; 6]) -> Option<c_long> {
             libc::SYS_recvmsg => {
                 recvmsg(a[0] as c_int, a[1] as *mut msghdr, a[2] as c_int) as c_long
             }
+            libc::SYS_recvmmsg => recvmmsg(
+                a[0] as c_int,
+                a[1] as *mut libc::mmsghdr,
+                a[2] as c_uint,
+                a[3] as c_int,
+                a[4] as *mut libc::timespec,
+            )
+            .into(),
             _ => return None,
         })
     }
@@ -363,6 +424,7 @@ pub unsafe extern "C" fn syscall(
             | libc::SYS_close
             | libc::SYS_close_range
             | libc::SYS_recvmsg
+            | libc::SYS_recvmmsg
     );
     // The number first: most raw syscalls (futex, getrandom) must not pay for the rest.
     if routed && intercepting() {
@@ -378,4 +440,87 @@ pub unsafe extern "C" fn syscall(
     };
     // SAFETY: the caller's arguments, passed on unchanged.
     unsafe { real(n, a1, a2, a3, a4, a5, a6) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Send `fd` over `s` with SCM_RIGHTS (one byte of data).
+    fn send_fd(s: c_int, fd: c_int) {
+        let mut byte = [b'f'];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast(),
+            iov_len: 1,
+        };
+        let mut ctl = [0u64; 4];
+        // SAFETY: a msghdr over the locals above; the CMSG macros stay inside `ctl`.
+        unsafe {
+            let mut m: msghdr = std::mem::zeroed();
+            m.msg_iov = &mut iov;
+            m.msg_iovlen = 1;
+            m.msg_control = ctl.as_mut_ptr().cast();
+            m.msg_controllen = libc::CMSG_SPACE(size_of::<c_int>() as u32) as usize;
+            let c = libc::CMSG_FIRSTHDR(&m);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(size_of::<c_int>() as u32) as usize;
+            ptr::write_unaligned(libc::CMSG_DATA(c).cast::<c_int>(), fd);
+            assert_eq!(libc::sendmsg(s, &m, 0), 1);
+        }
+    }
+
+    #[test]
+    fn recvmmsg_passes_every_message_and_its_fds_through() {
+        // Interception is off in tests: the hook is the real call, all five arguments
+        // forwarded; fds that are not inet connections are never refused either way.
+        let mut sv = [0; 2];
+        // SAFETY: a socketpair into a two-int array.
+        let r = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_DGRAM, 0, sv.as_mut_ptr()) };
+        assert_eq!(r, 0);
+        send_fd(sv[1], 0);
+        send_fd(sv[1], 1);
+        let mut bytes = [[0u8; 1]; 2];
+        let mut iovs: Vec<libc::iovec> = bytes
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: 1,
+            })
+            .collect();
+        let mut ctls = [[0u64; 4]; 2];
+        // SAFETY: mmsghdr is plain data; all-zero is valid.
+        let mut msgs: [libc::mmsghdr; 2] = unsafe { std::mem::zeroed() };
+        for i in 0..2 {
+            msgs[i].msg_hdr.msg_iov = &mut iovs[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+            msgs[i].msg_hdr.msg_control = ctls[i].as_mut_ptr().cast();
+            msgs[i].msg_hdr.msg_controllen = size_of::<[u64; 4]>();
+        }
+        // SAFETY: the array above, with buffers that outlive the call.
+        let r = unsafe {
+            recvmmsg(
+                sv[0],
+                msgs.as_mut_ptr(),
+                2,
+                libc::MSG_DONTWAIT,
+                ptr::null_mut(),
+            )
+        };
+        assert_eq!(r, 2);
+        let ptrs: Vec<*mut msghdr> = msgs.iter_mut().map(|m| &raw mut m.msg_hdr).collect();
+        // SAFETY: control buffers the kernel just filled.
+        let got: Vec<c_int> = ptrs
+            .iter()
+            .flat_map(|&m| unsafe { super::super::marshal::scm_rights_fds(m) })
+            .collect();
+        assert_eq!(got.len(), 2, "one fd per message");
+        // SAFETY: as above.
+        let refused = unsafe { passed_fds_refused(&ptrs) };
+        assert!(!refused, "unix/tty fds are never refused");
+        for f in got.into_iter().chain(sv) {
+            // SAFETY: fds this test owns.
+            unsafe { libc::close(f) };
+        }
+    }
 }

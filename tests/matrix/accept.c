@@ -3,6 +3,7 @@
  * only through the relay; NAME4/NAME6 exist only in the relay namespace's /etc/hosts.
  * usage: accept resolver|reverse|res|udp|syscall|tfo|peer|sockname|fds|closeall|fork|scm|errors */
 #include "mx.h"
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <linux/close_range.h>
 #include <resolv.h>
@@ -237,6 +238,61 @@ static void t_res(void) {
     CHECK(r < 0, "res_query refused (r=%d)", r);
     r = res_search(NAME4, 1, 1, ans, sizeof ans);
     CHECK(r < 0, "res_search refused (r=%d)", r);
+    /* The names older headers bind to, and the calls that look up and connect inside
+     * libc: each found by the dynamic linker (our hook, when preloaded) and refused with
+     * ECONNREFUSED. Passed through, each would send DNS to the nameserver (a leak). */
+    struct __res_state st;
+    memset(&st, 0, sizeof st);
+    res_ninit(&st);
+    typedef int (*nq_fn)(res_state, const char *, int, int, unsigned char *, int);
+    typedef int (*nqd_fn)(res_state, const char *, const char *, int, int, unsigned char *, int);
+    typedef int (*ns_fn)(res_state, const unsigned char *, int, unsigned char *, int);
+    const char *nq[] = {"__res_nquery", "__res_nsearch"};
+    for (size_t i = 0; i < 2; i++) {
+        nq_fn f = (nq_fn)dlsym(RTLD_DEFAULT, nq[i]);
+        errno = 0;
+        r = f ? f(&st, NAME4, 1, 1, ans, sizeof ans) : 0;
+        CHECK(f && r < 0 && errno == ECONNREFUSED, "%s refused (r=%d, %s)", nq[i], r, strerror(errno));
+    }
+    nqd_fn qd = (nqd_fn)dlsym(RTLD_DEFAULT, "__res_nquerydomain");
+    errno = 0;
+    r = qd ? qd(&st, "web", "qnet.test", 1, 1, ans, sizeof ans) : 0;
+    CHECK(qd && r < 0 && errno == ECONNREFUSED, "__res_nquerydomain refused (r=%d, %s)", r, strerror(errno));
+    int qlen = res_nmkquery(&st, 0 /* QUERY */, NAME4, 1, 1, NULL, 0, NULL, ans, sizeof ans);
+    ns_fn send = (ns_fn)dlsym(RTLD_DEFAULT, "__res_nsend");
+    unsigned char reply[512];
+    errno = 0;
+    r = send && qlen > 0 ? send(&st, ans, qlen, reply, sizeof reply) : 0;
+    CHECK(send && r < 0 && errno == ECONNREFUSED, "__res_nsend refused (r=%d, %s)", r, strerror(errno));
+    char *host = NAME4;
+    int fd2 = -1;
+    errno = 0;
+    r = rcmd(&host, htons(514), "root", "root", "true", &fd2);
+    CHECK(r < 0 && errno == ECONNREFUSED, "rcmd refused (r=%d, %s)", r, strerror(errno));
+    errno = 0;
+    r = rcmd_af(&host, htons(514), "root", "root", "true", &fd2, AF_INET);
+    CHECK(r < 0 && errno == ECONNREFUSED, "rcmd_af refused (r=%d, %s)", r, strerror(errno));
+    errno = 0;
+    r = rexec(&host, htons(512), "root", "pw", "true", &fd2);
+    CHECK(r < 0 && errno == ECONNREFUSED, "rexec refused (r=%d, %s)", r, strerror(errno));
+    errno = 0;
+    r = rexec_af(&host, htons(512), "root", "pw", "true", &fd2, AF_INET);
+    CHECK(r < 0 && errno == ECONNREFUSED, "rexec_af refused (r=%d, %s)", r, strerror(errno));
+    errno = 0;
+    r = ruserok(NAME4, 0, "root", "root");
+    CHECK(r < 0 && errno == ECONNREFUSED, "ruserok refused (r=%d, %s)", r, strerror(errno));
+    errno = 0;
+    struct netent *n = getnetbyname("qnet-test-net");
+    CHECK(!n && errno == ECONNREFUSED && h_errno == NO_RECOVERY, "getnetbyname refused (%s, h_errno %d)", strerror(errno), h_errno);
+    errno = 0;
+    n = getnetbyaddr(0x0a4e0000, AF_INET);
+    CHECK(!n && errno == ECONNREFUSED, "getnetbyaddr refused (%s)", strerror(errno));
+    struct netent ne, *res = &ne;
+    char buf[1024];
+    int herr = 0;
+    r = getnetbyname_r("qnet-test-net", &ne, buf, sizeof buf, &res, &herr);
+    CHECK(r == ECONNREFUSED && !res && herr == NO_RECOVERY, "getnetbyname_r refused (r=%d, h_errno %d)", r, herr);
+    res_nclose(&st);
 }
 
 /* ---- socket policy ------------------------------------------------------------------ */
@@ -790,6 +846,30 @@ static int recv_fd(int s) {
     return fd;
 }
 
+/* recv_fd through recvmmsg (one message of a two-message vector). */
+static int recv_fd_mmsg(int s) {
+    char c[2];
+    struct iovec iov[2] = {{&c[0], 1}, {&c[1], 1}};
+    char ctl[2][CMSG_SPACE(sizeof(int))];
+    struct mmsghdr mm[2];
+    memset(mm, 0, sizeof mm);
+    for (int i = 0; i < 2; i++) {
+        mm[i].msg_hdr.msg_iov = &iov[i];
+        mm[i].msg_hdr.msg_iovlen = 1;
+        mm[i].msg_hdr.msg_control = ctl[i];
+        mm[i].msg_hdr.msg_controllen = sizeof ctl[i];
+    }
+    errno = 0;
+    if (recvmmsg(s, mm, 2, MSG_WAITFORONE, NULL) < 1)
+        return -1;
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&mm[0].msg_hdr);
+    if (!cm || cm->cmsg_type != SCM_RIGHTS)
+        return -1;
+    int fd;
+    memcpy(&fd, CMSG_DATA(cm), sizeof fd);
+    return fd;
+}
+
 static void t_scm(void) {
     /* (a) an unconnected inet socket arrives, then the receiver connects it */
     int sv[2];
@@ -847,6 +927,63 @@ static void t_scm(void) {
     waitpid(pid, &st, 0);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "sender exited %d", WIFEXITED(st) ? WEXITSTATUS(st) : -1);
     close(sv[0]);
+
+    /* (c) a direct connection arrives, received with recvmsg and with recvmmsg (which was
+     * once not hooked): refused (EPERM). The sender connects with dlopen'd libc's own
+     * connect, past every hook, to the relay's port (the only address it can reach, and
+     * counted as relay traffic, not as a leak). */
+    for (int mm = 0; mm < 2; mm++) {
+        socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
+        fflush(stdout);
+        pid = fork();
+        if (pid == 0) {
+            close(sv[0]);
+            int (*libc_connect)(int, const struct sockaddr *, socklen_t) =
+                (int (*)(int, const struct sockaddr *, socklen_t))dlsym(dlopen("libc.so.6", RTLD_NOW), "connect");
+            socklen_t len;
+            struct sockaddr_storage ss = mx_sa("10.77.0.1", 7000, &len);
+            int c = socket(AF_INET, SOCK_STREAM, 0);
+            if (!libc_connect || libc_connect(c, (struct sockaddr *)&ss, len) < 0)
+                _exit(3);
+            send_fd(sv[1], c);
+            char x;
+            read(sv[1], &x, 1);
+            _exit(0);
+        }
+        close(sv[1]);
+        fd = mm ? recv_fd_mmsg(sv[0]) : recv_fd(sv[0]);
+        int e = errno;
+        CHECK(fd < 0 && e == EPERM, "direct connection via SCM_RIGHTS, %s: refused -> %s", mm ? "recvmmsg" : "recvmsg",
+              fd < 0 ? strerror(e) : "received");
+        if (fd >= 0)
+            close(fd);
+        write(sv[0], "x", 1);
+        waitpid(pid, &st, 0);
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "direct sender exited %d", WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+        close(sv[0]);
+    }
+
+    /* (d) recvmmsg still delivers an unconnected inet socket, whose connect is tunneled */
+    socketpair(AF_UNIX, SOCK_STREAM, 0, sv);
+    fflush(stdout);
+    pid = fork();
+    if (pid == 0) {
+        send_fd(sv[1], socket(AF_INET, SOCK_STREAM, 0));
+        _exit(0);
+    }
+    fd = recv_fd_mmsg(sv[0]);
+    waitpid(pid, NULL, 0);
+    if (fd < 0)
+        mx_fail("unconnected inet fd via recvmmsg: %s", strerror(errno));
+    else {
+        socklen_t len;
+        struct sockaddr_storage ss = mx_sa(ECHO4, PORT, &len);
+        int e = connect(fd, (struct sockaddr *)&ss, len) < 0 ? -1 : mx_echo(fd, "scm-d", why, sizeof why);
+        CHECK(e == 0, "unconnected inet fd via recvmmsg, connected through the tunnel%s%s", e ? ": " : "", e ? why : "");
+        close(fd);
+    }
+    close(sv[0]);
+    close(sv[1]);
 }
 
 /* ---- connect errors -------------------------------------------------------------------- */

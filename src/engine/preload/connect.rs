@@ -10,7 +10,7 @@ use super::Decision;
 use super::leaks::datagram_send;
 use super::published::local_for;
 use super::runtime::{config, send};
-use crate::config::Config;
+use crate::config::{Config, Route};
 use crate::engine::bypass::BypassGuard;
 use crate::engine::client::{AppConn, Attach, Failure};
 use crate::engine::fdtab::{self, ConnState, FdInfo, Kind};
@@ -57,8 +57,9 @@ pub(crate) fn connect(fd: i32, addr: SocketAddr) -> Decision<()> {
 }
 
 /// Where a connection to `addr` goes: a fake address becomes the name behind it
-/// (EHOSTUNREACH if none), an `intercept.bypass` address is `Bypass`, anything else its
-/// address with IPv4-mapped IPv6 unmapped. Shared by `connect` and `qnet_connect_addr`.
+/// (EHOSTUNREACH if none); then `intercept.route` decides: a `bypass` address is
+/// `Bypass`, its DNS ports refused; anything else its address with IPv4-mapped IPv6
+/// unmapped. Shared by `connect` and the C API's `qnet_connect_addr`.
 pub(crate) fn route(cfg: &Config, addr: SocketAddr) -> Decision<Destination> {
     let ip = addr.ip().to_canonical();
     if resolve::is_fake(cfg, ip) {
@@ -67,10 +68,21 @@ pub(crate) fn route(cfg: &Config, addr: SocketAddr) -> Decision<Destination> {
             None => Decision::Refuse(libc::EHOSTUNREACH),
         };
     }
-    if cfg.intercept.bypass.iter().any(|n| n.contains(ip)) {
-        return Decision::Bypass;
+    match cfg.intercept.route(addr) {
+        Route::Direct => Decision::Bypass,
+        Route::RefusedDns => refused_dns(addr),
+        Route::Tunnel => Decision::Done(Destination::Addr(SocketAddr::new(ip, addr.port()))),
     }
-    Decision::Done(Destination::Addr(SocketAddr::new(ip, addr.port())))
+}
+
+/// A connect to a bypassed address's DNS port: a local resolver would send the name
+/// upstream outside the tunnel. ECONNREFUSED, as from a port nothing listens on.
+fn refused_dns<T>(addr: SocketAddr) -> Decision<T> {
+    tell_once(&format!(
+        "refused a connection to {addr}: a resolver there would send names outside the tunnel \
+         (intercept.bypass_dns permits it)"
+    ));
+    Decision::Refuse(libc::ECONNREFUSED)
 }
 
 fn tunnel(fd: i32, peer: SocketAddr, dest: Destination, cfg: &Config) -> Result<(), i32> {

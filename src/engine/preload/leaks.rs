@@ -110,12 +110,37 @@ pub(crate) fn listen(local: Option<SocketAddr>) -> Decision<()> {
 }
 
 /// The `LD_PRELOAD` value a child must get so it stays tunneled: `current` with `lib`
-/// first, unless it is there already.
-pub(crate) fn preload_value(current: Option<&str>, lib: &str) -> Option<String> {
-    match current {
-        Some(c) if c.split([' ', ':']).any(|p| p == lib) => None,
-        Some(c) if !c.trim().is_empty() => Some(format!("{lib} {c}")),
-        _ => Some(lib.to_owned()),
+/// (this library's absolute path) first, unless it is there already. An entry that is
+/// `given` (the name this library was loaded by, which may be relative) is replaced by
+/// `lib` where it stands: a relative name no longer finds the library once the program
+/// has changed directory, and the loader would run the child without it.
+pub(crate) fn preload_value(current: Option<&str>, lib: &str, given: &str) -> Option<String> {
+    let Some(c) = current.filter(|c| !c.trim().is_empty()) else {
+        return Some(lib.to_owned());
+    };
+    // Rebuild the list entry by entry, keeping its separators (the order matters: a
+    // library before ours sees the app's calls first).
+    let mut out = String::with_capacity(c.len() + lib.len());
+    let (mut ours, mut changed) = (false, false);
+    for entry in c.split_inclusive([' ', ':']) {
+        let name = entry.trim_end_matches([' ', ':']);
+        let sep = &entry[name.len()..];
+        if name == lib {
+            ours = true;
+            out.push_str(entry);
+        } else if name == given && !given.is_empty() {
+            ours = true;
+            changed = true;
+            out.push_str(lib);
+            out.push_str(sep);
+        } else {
+            out.push_str(entry);
+        }
+    }
+    match (ours, changed) {
+        (true, false) => None,
+        (true, true) => Some(out),
+        (false, _) => Some(format!("{lib} {c}")),
     }
 }
 
@@ -130,13 +155,8 @@ pub(crate) fn received_fd(fd: i32) -> Decision<()> {
     let Some(peer) = sys::inet_peer(fd) else {
         return Decision::Bypass;
     };
-    let bypassed = config().is_ok_and(|c| {
-        c.intercept
-            .bypass
-            .iter()
-            .any(|n| n.contains(peer.ip().to_canonical()))
-    });
-    if bypassed {
+    let direct = config().is_ok_and(|c| c.intercept.route(peer) == crate::config::Route::Direct);
+    if direct {
         return Decision::Bypass;
     }
     tell_once(&format!(
@@ -151,18 +171,33 @@ mod tests {
 
     #[test]
     fn preload_value_keeps_others_and_adds_us_once() {
+        let v = |c: Option<&str>| preload_value(c, "/l/libqnet.so", "/l/libqnet.so");
+        assert_eq!(v(None).as_deref(), Some("/l/libqnet.so"));
+        assert_eq!(v(Some(" ")).as_deref(), Some("/l/libqnet.so"));
         assert_eq!(
-            preload_value(None, "/l/libqnet.so").as_deref(),
-            Some("/l/libqnet.so")
-        );
-        assert_eq!(
-            preload_value(Some("/p/libproxychains4.so"), "/l/libqnet.so").as_deref(),
+            v(Some("/p/libproxychains4.so")).as_deref(),
             Some("/l/libqnet.so /p/libproxychains4.so")
         );
+        assert_eq!(v(Some("/x.so:/l/libqnet.so")), None);
+    }
+
+    #[test]
+    fn relative_preload_path_is_made_absolute_for_children() {
+        // LD_PRELOAD=./lib/libqnet.so, then chdir and spawn: the child's loader could not
+        // find the relative name and ran it untunneled. The absolute path takes its place.
+        let v = |c: &str| preload_value(Some(c), "/w/lib/libqnet.so", "./lib/libqnet.so");
+        assert_eq!(v("./lib/libqnet.so").as_deref(), Some("/w/lib/libqnet.so"));
         assert_eq!(
-            preload_value(Some("/x.so:/l/libqnet.so"), "/l/libqnet.so"),
-            None
+            v("/p/pc.so:./lib/libqnet.so /x.so").as_deref(),
+            Some("/p/pc.so:/w/lib/libqnet.so /x.so"),
+            "in place, separators and order kept"
         );
+        assert_eq!(
+            v("/x.so").as_deref(),
+            Some("/w/lib/libqnet.so /x.so"),
+            "dropped: put back first"
+        );
+        assert_eq!(v("/w/lib/libqnet.so /x.so"), None);
     }
 
     #[test]

@@ -1,17 +1,19 @@
-//! Names: `getaddrinfo`, the `gethostby*` family, `getnameinfo` and `res_*`. Names
-//! resolve at the relay and the app gets fake addresses (`engine::resolve`); reverse
-//! lookups answer from the fake map and /etc/hosts only; no DNS query leaves.
+//! Names: `getaddrinfo`, the `gethostby*` family and `getnameinfo`. Names resolve at the
+//! relay and the app gets fake addresses (`engine::resolve`); reverse lookups answer from
+//! the fake map and /etc/hosts only; no DNS query leaves. The calls that would speak DNS
+//! or connect by themselves inside libc (`res_*`, `rcmd*`, `getnetby*` …) are refused
+//! in [`refused`].
 
-use std::ffi::{CStr, CString, c_char, c_int, c_uchar, c_void};
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::net::{IpAddr, SocketAddr};
 use std::ptr;
 
 use libc::{addrinfo, hostent, size_t, sockaddr, socklen_t};
 
 use super::marshal::{AddrinfoChain, fill_hostent, raw_ip};
-use super::{guarded, inet_arg, intercepting, real, refuse, set_h_errno};
+use super::{guarded, inet_arg, intercepting, real, set_h_errno};
 use crate::config::Config;
-use crate::engine::preload::{self, Decision};
+use crate::engine::preload;
 use crate::engine::resolve::{self, Lookup};
 
 /// `h_errno` values (`<netdb.h>`).
@@ -695,73 +697,7 @@ pub unsafe extern "C" fn getnameinfo(
     })
 }
 
-// ---- res_* ----------------------------------------------------------------------------
-
-/// The decision for a `res_*` call: with interception on it is refused (it would send a
-/// DNS query from this host, outside the tunnel); with interception off (a program that
-/// links libqnet without opting in, or qnet's own threads) the real function runs.
-fn res_decision(intercepting: bool) -> Decision<()> {
-    if intercepting {
-        Decision::Refuse(libc::ECONNREFUSED)
-    } else {
-        Decision::Bypass
-    }
-}
-
-macro_rules! refuse_resolver {
-    ($($name:ident / $public:ident($($arg:ident: $ty:ty),*);)*) => {$(
-        /// The real function behind the hook of the same name.
-        mod $name {
-            #[allow(unused_imports)]
-            use super::*;
-
-            /// The next definition of the hooked name, or else of its public name: glibc
-            /// 2.34 and later keep `__res_*` only as versioned compatibility symbols that
-            /// `dlsym` does not find, and `res_*` (same code) is what a program built
-            /// against older headers meant.
-            pub(super) fn real() -> Option<unsafe extern "C" fn($($ty),*) -> c_int> {
-                real!($name: fn($($ty),*) -> c_int).or_else(|| real!($public: fn($($ty),*) -> c_int))
-            }
-        }
-
-        #[doc = concat!("`", stringify!($name), "(3)`: refused while interception is on (raw DNS queries would bypass the tunnel).")]
-        #[unsafe(no_mangle)]
-        pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
-            guarded(stringify!($name), -1, || match res_decision(intercepting()) {
-                Decision::Refuse(e) => {
-                    preload::tell_once(concat!("refused ", stringify!($name), ": raw DNS queries would bypass the tunnel"));
-                    set_h_errno(NO_RECOVERY);
-                    refuse(e)
-                }
-                _ => match $name::real() {
-                    // SAFETY: the caller's arguments, passed on unchanged.
-                    Some(real) => unsafe { real($($arg),*) },
-                    None => refuse(libc::ENOSYS),
-                },
-            })
-        }
-    )*};
-}
-
-// The res_* family speaks DNS on the wire itself; with remote DNS there is no server to
-// ask here. Refusing is what torsocks-style tools do; a program that needs them (dig)
-// has nothing to gain from the tunnel's DNS and fails visibly instead of leaking.
-// Each is declared with its own prototype (<resolv.h>), so a pass-through forwards
-// every argument, the seventh of res_nquerydomain included.
-refuse_resolver! {
-    res_query / res_query(dname: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
-    res_search / res_search(dname: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
-    res_querydomain / res_querydomain(name: *const c_char, domain: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
-    res_send / res_send(msg: *const c_uchar, msglen: c_int, answer: *mut c_uchar, anslen: c_int);
-    res_nquery / res_nquery(statp: *mut c_void, dname: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
-    res_nsearch / res_nsearch(statp: *mut c_void, dname: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
-    res_nquerydomain / res_nquerydomain(statp: *mut c_void, name: *const c_char, domain: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
-    res_nsend / res_nsend(statp: *mut c_void, msg: *const c_uchar, msglen: c_int, answer: *mut c_uchar, anslen: c_int);
-    __res_query / res_query(dname: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
-    __res_search / res_search(dname: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
-    __res_querydomain / res_querydomain(name: *const c_char, domain: *const c_char, class: c_int, ty: c_int, answer: *mut c_uchar, anslen: c_int);
-    __res_send / res_send(msg: *const c_uchar, msglen: c_int, answer: *mut c_uchar, anslen: c_int);
-}
+mod refused;
 
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,7 @@
 //! Tests of the resolver hooks' safe steps and their marshalling.
 
 use super::*;
+use crate::engine::preload::Decision;
 
 fn hints(flags: c_int, family: c_int) -> addrinfo {
     // SAFETY: addrinfo is plain old data; all-zero is valid.
@@ -11,33 +12,84 @@ fn hints(flags: c_int, family: c_int) -> addrinfo {
 }
 
 #[test]
-fn res_functions_find_their_real_definition_on_new_glibc() {
+fn refused_functions_find_their_real_definition_on_new_glibc() {
     // glibc >= 2.34 has `__res_*` only as compatibility symbols dlsym cannot see; the
     // pass-through must still find a function for every hooked name (else ENOSYS).
+    use super::refused::*;
     let found = [
-        res_query::real().is_some(),
-        res_search::real().is_some(),
-        res_querydomain::real().is_some(),
-        res_send::real().is_some(),
-        res_nquery::real().is_some(),
-        res_nsearch::real().is_some(),
-        res_nquerydomain::real().is_some(),
-        res_nsend::real().is_some(),
-        __res_query::real().is_some(),
-        __res_search::real().is_some(),
-        __res_querydomain::real().is_some(),
-        __res_send::real().is_some(),
+        ("res_query", res_query::real().is_some()),
+        ("res_search", res_search::real().is_some()),
+        ("res_querydomain", res_querydomain::real().is_some()),
+        ("res_send", res_send::real().is_some()),
+        ("res_nquery", res_nquery::real().is_some()),
+        ("res_nsearch", res_nsearch::real().is_some()),
+        ("res_nquerydomain", res_nquerydomain::real().is_some()),
+        ("res_nsend", res_nsend::real().is_some()),
+        ("__res_query", __res_query::real().is_some()),
+        ("__res_search", __res_search::real().is_some()),
+        ("__res_querydomain", __res_querydomain::real().is_some()),
+        ("__res_send", __res_send::real().is_some()),
+        ("__res_nquery", __res_nquery::real().is_some()),
+        ("__res_nsearch", __res_nsearch::real().is_some()),
+        ("__res_nquerydomain", __res_nquerydomain::real().is_some()),
+        ("__res_nsend", __res_nsend::real().is_some()),
+        ("rcmd", rcmd::real().is_some()),
+        ("rcmd_af", rcmd_af::real().is_some()),
+        ("rexec", rexec::real().is_some()),
+        ("rexec_af", rexec_af::real().is_some()),
+        ("ruserok", ruserok::real().is_some()),
+        ("ruserok_af", ruserok_af::real().is_some()),
+        ("iruserok", iruserok::real().is_some()),
+        ("iruserok_af", iruserok_af::real().is_some()),
+        ("getnetbyname", getnetbyname::real().is_some()),
+        ("getnetbyname_r", getnetbyname_r::real().is_some()),
+        ("getnetbyaddr", getnetbyaddr::real().is_some()),
+        ("getnetbyaddr_r", getnetbyaddr_r::real().is_some()),
     ];
-    assert!(found.iter().all(|&f| f), "{found:?}");
+    let missing: Vec<_> = found.iter().filter(|f| !f.1).map(|f| f.0).collect();
+    assert!(missing.is_empty(), "no real function for {missing:?}");
 }
 
 #[test]
 fn res_query_passes_through_with_interception_off() {
     // A program that links libqnet without opting in: the real res_* runs.
-    assert_eq!(res_decision(false), Decision::Bypass);
-    assert_eq!(res_decision(true), Decision::Refuse(libc::ECONNREFUSED));
+    use super::refused::decision;
+    assert_eq!(decision(false), Decision::Bypass);
+    assert_eq!(decision(true), Decision::Refuse(libc::ECONNREFUSED));
     // The test process never turns interception on: the hook is the real function.
     assert!(!intercepting());
+}
+
+#[test]
+fn getnetbyname_r_passes_through_with_interception_off() {
+    // Interception off: the real function answers (a name /etc/networks never has is
+    // not found, with the out-parameters set the real way, not by the refusal).
+    use super::refused::getnetbyname_r;
+    let mut ent: libc::netent = unsafe_zeroed();
+    let mut buf = [0 as c_char; 1024];
+    let mut result: *mut libc::netent = &mut ent;
+    let mut herr = 0;
+    // SAFETY: valid buffers of the given sizes.
+    let r = unsafe {
+        getnetbyname_r(
+            c"qnet-no-such-network".as_ptr(),
+            &mut ent,
+            buf.as_mut_ptr(),
+            buf.len(),
+            &mut result,
+            &mut herr,
+        )
+    };
+    assert!(result.is_null(), "r={r}");
+    assert_ne!(
+        herr, NO_RECOVERY,
+        "the refusal's h_errno with interception off"
+    );
+}
+
+fn unsafe_zeroed<T>() -> T {
+    // SAFETY: used only for C structs of plain data, where all-zero is valid.
+    unsafe { std::mem::zeroed() }
 }
 
 #[test]
