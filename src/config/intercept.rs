@@ -29,6 +29,9 @@ pub struct InterceptConfig {
     pub connect_timeout: Duration,
     /// Let the app listen on non-loopback addresses (inbound connections are not tunneled).
     pub allow_inbound: bool,
+    /// Install NO_NEW_PRIVS and a seccomp filter when libqnet.so is preloaded (no io_uring,
+    /// only the socket families and types the hooks handle). `QNET_SECCOMP` overrides.
+    pub seccomp: bool,
 }
 
 impl Default for InterceptConfig {
@@ -47,6 +50,7 @@ impl Default for InterceptConfig {
             allow_setuid_exec: false,
             connect_timeout: Duration::from_secs(30),
             allow_inbound: false,
+            seccomp: true,
         }
     }
 }
@@ -62,6 +66,7 @@ pub(super) struct RawIntercept {
     allow_setuid_exec: Option<Value>,
     connect_timeout_secs: Option<Value>,
     allow_inbound: Option<Value>,
+    seccomp: Option<Value>,
 }
 
 impl InterceptConfig {
@@ -116,6 +121,9 @@ impl InterceptConfig {
         if let Some(v) = raw.allow_setuid_exec {
             c.allow_setuid_exec = o.boolean("intercept.allow_setuid_exec", v)?;
         }
+        if let Some(v) = raw.seccomp {
+            c.seccomp = o.boolean("intercept.seccomp", v)?;
+        }
         if let Some(v) = raw.connect_timeout_secs {
             c.connect_timeout =
                 Duration::from_secs(o.positive("intercept.connect_timeout_secs", v)?);
@@ -141,6 +149,7 @@ remote_dns = false
 fake_net_v4 = "10.255.0.0/16"
 allow_udp = true
 connect_timeout_secs = 5
+seccomp = false
 "#,
         )
         .unwrap();
@@ -150,7 +159,8 @@ connect_timeout_secs = 5
         assert!(i.bypass[0].contains("::ffff:10.1.2.3".parse().unwrap()));
         assert!(!i.bypass[0].contains("11.0.0.1".parse().unwrap()));
         assert!(i.bypass[1].contains("fd12::1".parse().unwrap()));
-        assert!(!i.remote_dns && i.allow_udp && !i.allow_setuid_exec);
+        assert!(!i.remote_dns && i.allow_udp && !i.allow_setuid_exec && !i.seccomp);
+        assert!(InterceptConfig::default().seccomp);
         assert_eq!(i.fake_net_v4.to_string(), "10.255.0.0/16");
         assert_eq!(i.fake_net_v6.to_string(), "100::/64");
         assert_eq!(i.connect_timeout, Duration::from_secs(5));
@@ -183,6 +193,10 @@ connect_timeout_secs = 5
                 "intercept.remote_dns: expected true or false",
             ),
             ("[intercept]\nudp = true", "unknown field"),
+            (
+                "[intercept]\nseccomp = 0",
+                "intercept.seccomp: expected true or false",
+            ),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?}: {e}");
