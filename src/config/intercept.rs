@@ -33,6 +33,9 @@ pub struct InterceptConfig {
     /// Let connections to the DNS ports ([`DNS_PORTS`]) of `bypass` destinations go
     /// directly (a local stub resolver would forward the names outside the tunnel).
     pub bypass_dns: bool,
+    /// Install NO_NEW_PRIVS and a seccomp filter when libqnet.so is preloaded (no io_uring,
+    /// only the socket families and types the hooks handle). `QNET_SECCOMP` overrides.
+    pub seccomp: bool,
 }
 
 /// The ports of DNS over TCP (53) and over TLS (853): a bypassed destination on one of
@@ -82,6 +85,7 @@ impl Default for InterceptConfig {
             connect_timeout: Duration::from_secs(30),
             allow_inbound: false,
             bypass_dns: false,
+            seccomp: true,
         }
     }
 }
@@ -98,6 +102,7 @@ pub(super) struct RawIntercept {
     connect_timeout_secs: Option<Value>,
     allow_inbound: Option<Value>,
     bypass_dns: Option<Value>,
+    seccomp: Option<Value>,
 }
 
 impl InterceptConfig {
@@ -155,6 +160,9 @@ impl InterceptConfig {
         if let Some(v) = raw.bypass_dns {
             c.bypass_dns = o.boolean("intercept.bypass_dns", v)?;
         }
+        if let Some(v) = raw.seccomp {
+            c.seccomp = o.boolean("intercept.seccomp", v)?;
+        }
         if let Some(v) = raw.connect_timeout_secs {
             c.connect_timeout =
                 Duration::from_secs(o.positive("intercept.connect_timeout_secs", v)?);
@@ -180,6 +188,7 @@ remote_dns = false
 fake_net_v4 = "10.255.0.0/16"
 allow_udp = true
 connect_timeout_secs = 5
+seccomp = false
 "#,
         )
         .unwrap();
@@ -189,7 +198,8 @@ connect_timeout_secs = 5
         assert!(i.bypass[0].contains("::ffff:10.1.2.3".parse().unwrap()));
         assert!(!i.bypass[0].contains("11.0.0.1".parse().unwrap()));
         assert!(i.bypass[1].contains("fd12::1".parse().unwrap()));
-        assert!(!i.remote_dns && i.allow_udp && !i.allow_setuid_exec);
+        assert!(!i.remote_dns && i.allow_udp && !i.allow_setuid_exec && !i.seccomp);
+        assert!(InterceptConfig::default().seccomp);
         assert_eq!(i.fake_net_v4.to_string(), "10.255.0.0/16");
         assert_eq!(i.fake_net_v6.to_string(), "100::/64");
         assert_eq!(i.connect_timeout, Duration::from_secs(5));
@@ -222,6 +232,10 @@ connect_timeout_secs = 5
                 "intercept.remote_dns: expected true or false",
             ),
             ("[intercept]\nudp = true", "unknown field"),
+            (
+                "[intercept]\nseccomp = 0",
+                "intercept.seccomp: expected true or false",
+            ),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?}: {e}");

@@ -34,6 +34,7 @@
 //! allow_inbound = false          # listen() on a non-loopback address is refused
 //! bypass_dns = false             # ports 53 and 853 of bypass addresses (a local resolver) are refused
 //! connect_timeout_secs = 30      # a blocking connect through the tunnel gives up after this
+//! seccomp = true                 # NO_NEW_PRIVS + a seccomp filter at load (QNET_SECCOMP=0|1 overrides)
 //! [entropy]                      # extra inputs of the entropy ring (the OS is always used)
 //! min_entropy = 4.0              # claimed min-entropy per byte of sources without their own
 //! sources = ["/dev/hwrng", { path = "/dev/qrandom0", min_entropy = 6.0 }]
@@ -48,8 +49,8 @@
 //!
 //! [`Config::load`] reads the first of: the file named by `QNET_CONFIG` (which must
 //! exist), `$HOME/.config/qnet/qnet.toml`, `/etc/qnet/qnet.toml`; with none of them it
-//! starts from the defaults. Then `QNET_RELAY`, `QNET_RELAY_KEY`, `QNET_KEY`, `QNET_LOG`
-//! and `QNET_PROFILE` override the matching keys; a variable set to the empty string
+//! starts from the defaults. Then `QNET_RELAY`, `QNET_RELAY_KEY`, `QNET_KEY`, `QNET_LOG`,
+//! `QNET_PROFILE` and `QNET_SECCOMP` override the matching keys; a variable set to the empty string
 //! counts as unset.
 
 use std::io;

@@ -38,8 +38,8 @@ impl Config {
         Ok(config)
     }
 
-    /// Applies `QNET_RELAY`, `QNET_RELAY_KEY`, `QNET_KEY`, `QNET_LOG` and `QNET_PROFILE`
-    /// looked up through `get`.
+    /// Applies `QNET_RELAY`, `QNET_RELAY_KEY`, `QNET_KEY`, `QNET_LOG`, `QNET_PROFILE` and
+    /// `QNET_SECCOMP` looked up through `get`.
     pub(crate) fn apply_env(
         &mut self,
         get: impl Fn(&str) -> Option<String>,
@@ -70,6 +70,13 @@ impl Config {
             // One profile for every flow of this process: the rules step aside.
             self.timing.profile = parse_profile(&v).map_err(|m| env_err("QNET_PROFILE", m))?;
             self.timing.rules.clear();
+        }
+        if let Some(v) = non_empty(&get, "QNET_SECCOMP") {
+            self.intercept.seccomp = match v.as_str() {
+                "1" | "true" => true,
+                "0" | "false" => false,
+                _ => return Err(env_err("QNET_SECCOMP", "expected 0 or 1".to_owned())),
+            };
         }
         Ok(())
     }
@@ -181,6 +188,15 @@ mod tests {
     }
 
     #[test]
+    fn qnet_seccomp_switches_the_filter() {
+        let mut c = Config::default();
+        c.apply_env(env(&[("QNET_SECCOMP", "0")])).unwrap();
+        assert!(!c.intercept.seccomp);
+        c.apply_env(env(&[("QNET_SECCOMP", "1")])).unwrap();
+        assert!(c.intercept.seccomp);
+    }
+
+    #[test]
     fn env_errors_name_the_variable() {
         for (var, value, expect) in [
             (
@@ -202,6 +218,11 @@ mod tests {
                 "QNET_KEY",
                 "  ",
                 "environment variable QNET_KEY: must not be empty",
+            ),
+            (
+                "QNET_SECCOMP",
+                "no",
+                "environment variable QNET_SECCOMP: expected 0 or 1",
             ),
         ] {
             let mut c = Config::default();

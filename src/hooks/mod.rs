@@ -10,6 +10,7 @@
 //!   rcmd*, rexec*, ruserok*, getnetby* (they query DNS or connect inside libc).
 //! - [`exec`]: the exec family and posix_spawn.
 //! - [`marshal`]: hostent and SCM_RIGHTS layouts (sockaddrs are [`crate::sockaddr`]'s).
+//! - [`seccomp`]: the kernel filter installed at load (no io_uring, only allowed sockets).
 //!
 //! Every hook passes straight to the real function when interception is off (a static
 //! link without `qnet_init`'s opt-in), when the calling thread is qnet's own (the bypass
@@ -25,6 +26,7 @@ mod fd;
 mod marshal;
 
 mod resolver;
+mod seccomp;
 mod socket;
 mod sockopt;
 
@@ -163,6 +165,13 @@ extern "C" fn on_load() {
     if preloaded {
         // Interception on, with the fork handlers it relies on.
         preload::enable();
+        // Then the kernel's limits (this reads the config now rather than at the first
+        // hook that needs it). A panic must not unwind into the loader: it would abort.
+        if catch_unwind(seccomp::at_load).is_err() {
+            preload::tell_once(
+                "internal error installing the seccomp filter; the hooks alone guard this process",
+            );
+        }
     }
 }
 

@@ -1,0 +1,173 @@
+/* The ways around libqnet's hooks that its seccomp filter closes, run preloaded in the
+ * client namespace by tests/matrix/run (the escape section). No liburing: the ring is set
+ * up with raw syscalls, as a program with its own io_uring code would.
+ * usage: seccomp uring    an io_uring ring, then IORING_OP_CONNECT to an address reachable
+ *                         without the tunnel; under the filter io_uring_setup fails with
+ *                         ENOSYS and the probe falls back to connect/write to the echo
+ *                         server, which the hooks tunnel
+ *        seccomp uring-on io_uring_setup must succeed (the filter is off); nothing is sent
+ *        seccomp families socket() of families and protocols nothing tunnels, by syscall(3)
+ *                         and by a raw `syscall` instruction (past every hook): refused */
+#include "mx.h"
+#include <linux/io_uring.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+
+#define ECHO4 "10.78.0.1"
+#define DIRECT4 "10.77.0.1" /* the relay's veth: reachable without the tunnel */
+#define PORT 7
+
+/* A syscall made by the instruction itself: what Go or a static binary does. */
+static long raw3(long n, long a, long b, long c) {
+    long r;
+    __asm__ volatile("syscall" : "=a"(r) : "a"(n), "D"(a), "S"(b), "d"(c) : "rcx", "r11", "memory");
+    if (r < 0 && r > -4096) {
+        errno = (int)-r;
+        return -1;
+    }
+    return r;
+}
+
+/* "Seccomp:" of /proc/self/status: 0 none, 2 filter. */
+static int seccomp_mode(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    int mode = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "Seccomp: %d", &mode) == 1)
+            break;
+    if (f)
+        fclose(f);
+    return mode;
+}
+
+struct ring {
+    int fd;
+    unsigned *sq_tail, *sq_mask, *sq_array, *cq_head, *cq_tail, *cq_mask;
+    struct io_uring_sqe *sqes;
+    struct io_uring_cqe *cqes;
+};
+
+static int ring_setup(struct ring *r) {
+    struct io_uring_params p;
+    memset(&p, 0, sizeof p);
+    r->fd = (int)syscall(__NR_io_uring_setup, 4, &p);
+    if (r->fd < 0)
+        return -1;
+    size_t sqsz = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+    size_t cqsz = p.cq_off.cqes + p.cq_entries * sizeof(struct io_uring_cqe);
+    if (sqsz < cqsz)
+        sqsz = cqsz;
+    char *sq = mmap(NULL, sqsz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd, IORING_OFF_SQ_RING);
+    char *cq = sq;
+    if (!(p.features & IORING_FEAT_SINGLE_MMAP))
+        cq = mmap(NULL, cqsz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r->fd, IORING_OFF_CQ_RING);
+    r->sqes = mmap(NULL, p.sq_entries * sizeof(struct io_uring_sqe), PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_POPULATE, r->fd, IORING_OFF_SQES);
+    if (sq == MAP_FAILED || cq == MAP_FAILED || r->sqes == MAP_FAILED)
+        return -1;
+    r->sq_tail = (unsigned *)(sq + p.sq_off.tail);
+    r->sq_mask = (unsigned *)(sq + p.sq_off.ring_mask);
+    r->sq_array = (unsigned *)(sq + p.sq_off.array);
+    r->cq_head = (unsigned *)(cq + p.cq_off.head);
+    r->cq_tail = (unsigned *)(cq + p.cq_off.tail);
+    r->cq_mask = (unsigned *)(cq + p.cq_off.ring_mask);
+    r->cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
+    return 0;
+}
+
+static void t_uring(void) {
+    char why[256];
+    socklen_t len;
+    struct sockaddr_storage ss = mx_sa(ECHO4, PORT, &len);
+    struct ring r;
+    CHECK(seccomp_mode() == 2, "the process runs a seccomp filter (Seccomp: %d)", seccomp_mode());
+    if (ring_setup(&r) < 0) {
+        int e = errno;
+        CHECK(e == ENOSYS, "io_uring_setup -> %s (want ENOSYS)", strerror(e));
+        /* What liburing users and runtimes do on ENOSYS: plain syscalls. */
+        if (mx_connect_echo(ECHO4, PORT, "uring-fallback", why, sizeof why) == 0)
+            mx_ok("fallback connect+echo through the hooks");
+        else
+            mx_fail("fallback: %s", why);
+        return;
+    }
+    /* The filter did not stop io_uring: connect through the ring, past the hooks, to the relay
+     * host's veth address (routed, so the SYN leaves and the counter sees it). */
+    mx_fail("io_uring_setup succeeded under LD_PRELOAD: an IORING_OP_CONNECT through it follows");
+    ss = mx_sa(DIRECT4, PORT, &len);
+    int fd = socket(ss.ss_family, SOCK_STREAM, 0);
+    struct io_uring_sqe op;
+    memset(&op, 0, sizeof op);
+    op.opcode = IORING_OP_CONNECT;
+    op.fd = fd;
+    op.addr = (unsigned long)&ss;
+    op.off = len;
+    /* io_uring waits for the handshake whatever O_NONBLOCK says: submit without waiting. */
+    unsigned tail = *r.sq_tail, k = tail & *r.sq_mask;
+    r.sqes[k] = op;
+    r.sq_array[k] = k;
+    __atomic_store_n(r.sq_tail, tail + 1, __ATOMIC_RELEASE);
+    long n = syscall(__NR_io_uring_enter, r.fd, 1, 0, 0, NULL, 0);
+    printf("io_uring CONNECT %s submitted (%ld); the SYN leaves without the tunnel\n", DIRECT4, n);
+    usleep(300000);
+    close(fd);
+}
+
+static void t_uring_on(void) {
+    struct ring r;
+    CHECK(seccomp_mode() == 0, "no seccomp filter (Seccomp: %d)", seccomp_mode());
+    int ok = ring_setup(&r) == 0;
+    CHECK(ok, "io_uring_setup succeeds with the filter off%s%s", ok ? "" : ": ", ok ? "" : strerror(errno));
+}
+
+/* syscall(3) reaches libqnet's socket hook first, which may refuse on its own (EPERM for
+ * every inet type but stream and datagram); the raw instruction meets only the filter. */
+static void expect_refused(int dom, int ty, int proto, int want, const char *what) {
+    long fd = syscall(SYS_socket, dom, ty, proto);
+    int e = errno;
+    CHECK(fd < 0 && (e == want || e == EPERM), "syscall(SYS_socket, %s) -> %s (want %s)", what,
+          fd < 0 ? strerror(e) : "a socket", strerror(want));
+    if (fd >= 0)
+        close((int)fd);
+    fd = raw3(SYS_socket, dom, ty, proto);
+    e = errno;
+    CHECK(fd < 0 && e == want, "raw socket instruction, %s -> %s (want %s)", what, fd < 0 ? strerror(e) : "a socket",
+          strerror(want));
+    if (fd >= 0)
+        close((int)fd);
+}
+
+static void t_families(void) {
+    expect_refused(AF_PACKET, SOCK_RAW, htons(3) /* ETH_P_ALL */, EPERM, "AF_PACKET, SOCK_RAW");
+    expect_refused(AF_INET, SOCK_RAW, IPPROTO_UDP, EPERM, "AF_INET, SOCK_RAW");
+    expect_refused(AF_VSOCK, SOCK_STREAM, 0, EAFNOSUPPORT, "AF_VSOCK");
+    expect_refused(AF_XDP, SOCK_RAW, 0, EAFNOSUPPORT, "AF_XDP");
+    expect_refused(AF_BLUETOOTH, SOCK_STREAM, 0, EAFNOSUPPORT, "AF_BLUETOOTH");
+    expect_refused(AF_INET, SOCK_STREAM, IPPROTO_SCTP, EPROTONOSUPPORT, "AF_INET, SOCK_STREAM, IPPROTO_SCTP");
+    expect_refused(AF_INET6, SOCK_SEQPACKET, IPPROTO_SCTP, EPROTONOSUPPORT, "AF_INET6, SOCK_SEQPACKET, IPPROTO_SCTP");
+    /* What the policy allows still works, past the hooks too (a connect on it is the hooks'). */
+    long fd = raw3(SYS_socket, AF_INET, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+    CHECK(fd >= 0, "raw socket instruction, AF_INET, SOCK_STREAM, IPPROTO_TCP -> a socket");
+    if (fd >= 0)
+        close((int)fd);
+    fd = raw3(SYS_socket, AF_UNIX, SOCK_STREAM, 0);
+    CHECK(fd >= 0, "raw socket instruction, AF_UNIX -> a socket");
+    if (fd >= 0)
+        close((int)fd);
+}
+
+int main(int argc, char **argv) {
+    const char *c = argc > 1 ? argv[1] : "";
+    if (!strcmp(c, "uring"))
+        t_uring();
+    else if (!strcmp(c, "uring-on"))
+        t_uring_on();
+    else if (!strcmp(c, "families"))
+        t_families();
+    else {
+        fprintf(stderr, "unknown case %s\n", c);
+        return 2;
+    }
+    return mx_failed;
+}
