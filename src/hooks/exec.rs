@@ -82,6 +82,12 @@ struct ChildEnv {
 
 unsafe fn child_env(envp: *const *const c_char) -> Option<ChildEnv> {
     let (lib, given) = LIBRARY.get()?;
+    // SAFETY: the caller's environment array.
+    unsafe { child_env_with(envp, lib, given) }
+}
+
+/// [`child_env`] for the library `lib`, loaded as `given`.
+unsafe fn child_env_with(envp: *const *const c_char, lib: &str, given: &str) -> Option<ChildEnv> {
     let mut ptrs = Vec::new();
     let mut current = None;
     let mut at = None;
@@ -209,7 +215,7 @@ pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char)
     unsafe { execvpe(file, argv, environ) }
 }
 
-type Spawn = unsafe extern "C" fn(
+pub(super) type Spawn = unsafe extern "C" fn(
     *mut libc::pid_t,
     *const c_char,
     *const libc::posix_spawn_file_actions_t,
@@ -219,7 +225,7 @@ type Spawn = unsafe extern "C" fn(
 ) -> c_int;
 
 #[allow(clippy::too_many_arguments)] // posix_spawn's six plus the function and its search mode
-unsafe fn spawn(
+pub(super) unsafe fn spawn(
     real: Spawn,
     search: bool,
     pid: *mut libc::pid_t,
@@ -288,4 +294,36 @@ pub unsafe extern "C" fn posix_spawnp(
     guarded("posix_spawnp", libc::EIO, || unsafe {
         spawn(real, true, pid, file, actions, attr, argv, envp)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(env: &ChildEnv) -> Vec<String> {
+        let (last, list) = env.ptrs.split_last().unwrap();
+        assert!(last.is_null());
+        list.iter()
+            // SAFETY: the strings the test built or child_env_with owns.
+            .map(|p| unsafe { CStr::from_ptr(*p) }.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn system_after_unsetenv_or_clearenv_gets_ld_preload_back() {
+        // unsetenv("LD_PRELOAD") then system(): the shell's environment is built from
+        // environ as it is; it must name the library again. clearenv leaves environ NULL.
+        let path = c"PATH=/bin";
+        let envp = [path.as_ptr(), ptr::null()];
+        // SAFETY: NULL-terminated arrays of literals, or NULL.
+        unsafe {
+            let env = child_env_with(envp.as_ptr(), "/l/libqnet.so", "/l/libqnet.so").unwrap();
+            assert_eq!(strings(&env), ["PATH=/bin", "LD_PRELOAD=/l/libqnet.so"]);
+            let env = child_env_with(ptr::null(), "/l/libqnet.so", "/l/libqnet.so").unwrap();
+            assert_eq!(strings(&env), ["LD_PRELOAD=/l/libqnet.so"]);
+            let kept = c"LD_PRELOAD=/l/libqnet.so";
+            let envp = [kept.as_ptr(), ptr::null()];
+            assert!(child_env_with(envp.as_ptr(), "/l/libqnet.so", "/l/libqnet.so").is_none());
+        }
+    }
 }

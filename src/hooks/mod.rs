@@ -9,6 +9,7 @@
 //! - [`resolver`]: getaddrinfo, the gethostby* family, getnameinfo; refused: res_*,
 //!   rcmd*, rexec*, ruserok*, getnetby* (they query DNS or connect inside libc).
 //! - [`exec`]: the exec family and posix_spawn.
+//! - [`shell`]: system, popen and pclose (the shell they start keeps LD_PRELOAD).
 //! - [`marshal`]: hostent and SCM_RIGHTS layouts (sockaddrs are [`crate::sockaddr`]'s).
 //! - [`seccomp`]: the kernel filter installed at load (no io_uring, only allowed sockets).
 //!
@@ -27,6 +28,7 @@ mod marshal;
 
 mod resolver;
 mod seccomp;
+mod shell;
 mod socket;
 mod sockopt;
 

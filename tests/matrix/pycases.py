@@ -194,6 +194,46 @@ def case_probe_fails(max_blocking="15", app_timeout=""):
             check(e.errno is not None, f"create_connection(({host!r}, 7)) -> {e!r} after {time.monotonic() - t0:.1f}s")
 
 
+def case_system_popen(token):
+    """unsetenv("LD_PRELOAD"), then clearenv(): system() and popen() start /bin/sh through
+    glibc's internal posix_spawn, which no exec hook sees, and the shell and its curl
+    ran untunneled. Both must keep the library (the leak counter sees a direct curl)."""
+    import ctypes
+    libc = ctypes.CDLL(None)  # the preloaded definitions first, as a C program gets them
+    libc.popen.restype = ctypes.c_void_p
+    libc.popen.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    libc.pclose.argtypes = [ctypes.c_void_p]
+    libc.fileno.argtypes = [ctypes.c_void_p]
+    libc.getenv.restype = ctypes.c_char_p
+    config = os.environ["QNET_CONFIG"].encode()
+    curl = "curl -sS --max-time 10 http://web.qnet.test/"
+    for how in ("unsetenv", "clearenv"):
+        if how == "unsetenv":
+            libc.unsetenv(b"LD_PRELOAD")
+        else:
+            libc.clearenv()
+            libc.setenv(b"PATH", b"/usr/local/bin:/usr/bin:/bin", 1)
+            libc.setenv(b"QNET_CONFIG", config, 1)
+        check(libc.getenv(b"LD_PRELOAD") is None, f"{how}: LD_PRELOAD gone from the program's own environment")
+        out = f"/tmp/qnet-system-{os.getpid()}"
+        st = libc.system(f"{curl}f3.txt >{out}; echo \"$LD_PRELOAD\" >>{out}".encode())
+        with open(out) as f:
+            got = f.read().split("\n")
+        os.unlink(out)
+        check(st == 0 and got[0] == f"{token}-3" and "libqnet" in got[1],
+              f"{how}: system(curl) -> status {st}, body {got[0]!r}, shell's LD_PRELOAD {got[1]!r}")
+        fp = libc.popen(f"{curl}f4.txt".encode(), b"r")
+        body = b""
+        if fp:
+            while True:
+                b = os.read(libc.fileno(fp), 4096)
+                if not b:
+                    break
+                body += b
+        st = libc.pclose(fp) if fp else -1
+        check(st == 0 and body.decode().strip() == f"{token}-4", f"{how}: popen(curl) -> status {st}, body {body!r}")
+
+
 def main():
     which = sys.argv[1]
     fn = globals().get("case_" + which)
