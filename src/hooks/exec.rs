@@ -2,11 +2,14 @@
 //! the app dropped it from the environment it passes) and programs the loader would run
 //! without LD_PRELOAD (setuid, setgid, file capabilities) are refused.
 //!
-//! Hooked: `execve`, `execv`, `execvp`, `execvpe`, `posix_spawn` and `posix_spawnp`.
-//! glibc's `execvp`, `execvpe` and `posix_spawn*` reach the kernel through internal calls,
-//! not through `execve`'s PLT entry, so each is hooked on its own. Not hooked (the README
-//! lists them as known limits): `execl`, `execle`, `execlp`, which glibc turns into its
-//! internal execve, and `fexecve` and `execveat`.
+//! Hooked: `execve`, `execv`, `execvp`, `execvpe`, `fexecve`, `execveat`, `posix_spawn`
+//! and `posix_spawnp` (`system` and `popen` are [`super::shell`]'s). glibc's `execvp`,
+//! `execvpe`, `fexecve` and `posix_spawn*` reach the kernel through internal calls, not
+//! through `execve`'s PLT entry, so each is hooked on its own; `fexecve` and `execveat`
+//! are judged by the file their fd (and path) name, through `/proc/self/fd`. Not hooked
+//! (the README lists them as known limits): `execl`, `execle`, `execlp`, which are
+//! C-variadic (a Rust definition cannot take their argument list) and which glibc turns
+//! into its internal execve, and a raw `syscall(SYS_execve …)`.
 
 use std::ffi::{CStr, CString, c_char, c_int};
 use std::os::unix::ffi::OsStrExt;
@@ -136,6 +139,109 @@ unsafe fn check(path: *const c_char, search: bool) -> Decision<()> {
     match target {
         Some(t) => preload::exec(&t),
         None => Decision::Bypass,
+    }
+}
+
+/// The file `execveat(dirfd, path, …, flags)` runs, named so `stat` reaches it: the fd
+/// itself for an empty path with `AT_EMPTY_PATH` (that is `fexecve`), the path when it
+/// is absolute or relative to the working directory, else the path under the fd.
+fn exec_target(dirfd: c_int, path: &[u8], flags: c_int) -> std::path::PathBuf {
+    let fd = Path::new("/proc/self/fd").join(dirfd.to_string());
+    let p = Path::new(std::ffi::OsStr::from_bytes(path));
+    if path.is_empty() && flags & libc::AT_EMPTY_PATH != 0 {
+        fd
+    } else if path.starts_with(b"/") || dirfd == libc::AT_FDCWD {
+        p.to_path_buf()
+    } else {
+        fd.join(p)
+    }
+}
+
+/// The shared body of `fexecve` and `execveat`: the setuid check on `target`, then
+/// `call` with the child's environment.
+unsafe fn fd_exec_hook(
+    what: &str,
+    target: impl FnOnce() -> std::path::PathBuf,
+    envp: *const *const c_char,
+    call: impl Fn(*const *const c_char) -> c_int,
+) -> c_int {
+    if !intercepting() {
+        return call(envp);
+    }
+    guarded(what, -1, || {
+        if let Decision::Refuse(e) = preload::exec(&target()) {
+            set_errno(e);
+            return -1;
+        }
+        // SAFETY: the caller's environment array.
+        match unsafe { child_env(envp) } {
+            Some(env) => call(env.ptrs.as_ptr()),
+            None => call(envp),
+        }
+    })
+}
+
+/// `fexecve(3)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn fexecve(
+    fd: c_int,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    let real: Option<
+        unsafe extern "C" fn(c_int, *const *const c_char, *const *const c_char) -> c_int,
+    > = real!(fexecve: fn(c_int, *const *const c_char, *const *const c_char) -> c_int);
+    let Some(real) = real else {
+        set_errno(libc::ENOSYS);
+        return -1;
+    };
+    // SAFETY: the caller's fd and argv, with its environment or one that outlives the call.
+    unsafe {
+        fd_exec_hook(
+            "fexecve",
+            || exec_target(fd, b"", libc::AT_EMPTY_PATH),
+            envp,
+            |e| real(fd, argv, e),
+        )
+    }
+}
+
+/// `execveat(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execveat(
+    dirfd: c_int,
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+    flags: c_int,
+) -> c_int {
+    type Execveat = unsafe extern "C" fn(
+        c_int,
+        *const c_char,
+        *const *const c_char,
+        *const *const c_char,
+        c_int,
+    ) -> c_int;
+    let real: Option<Execveat> = real!(execveat: fn(c_int, *const c_char, *const *const c_char, *const *const c_char, c_int) -> c_int);
+    let Some(real) = real else {
+        set_errno(libc::ENOSYS);
+        return -1;
+    };
+    let target = || {
+        // NULL: judged as empty (the real call fails with EFAULT).
+        let p = if path.is_null() {
+            &[][..]
+        } else {
+            // SAFETY: a NUL-terminated path, by execveat's contract.
+            unsafe { CStr::from_ptr(path) }.to_bytes()
+        };
+        exec_target(dirfd, p, flags)
+    };
+    // SAFETY: the caller's arguments, with its environment or one that outlives the call.
+    unsafe {
+        fd_exec_hook("execveat", target, envp, |e| {
+            real(dirfd, path, argv, e, flags)
+        })
     }
 }
 
@@ -307,6 +413,17 @@ mod tests {
             // SAFETY: the strings the test built or child_env_with owns.
             .map(|p| unsafe { CStr::from_ptr(*p) }.to_string_lossy().into_owned())
             .collect()
+    }
+
+    #[test]
+    fn fexecve_and_execveat_are_judged_by_the_file_they_run() {
+        let t = |fd, p: &str, f| exec_target(fd, p.as_bytes(), f).display().to_string();
+        assert_eq!(t(5, "", libc::AT_EMPTY_PATH), "/proc/self/fd/5");
+        assert_eq!(t(5, "curl", 0), "/proc/self/fd/5/curl");
+        assert_eq!(t(5, "/usr/bin/curl", 0), "/usr/bin/curl");
+        assert_eq!(t(libc::AT_FDCWD, "bin/curl", 0), "bin/curl");
+        // Empty without the flag: no such file for the check, the real call says ENOENT.
+        assert_eq!(t(5, "", 0), "/proc/self/fd/5/");
     }
 
     #[test]

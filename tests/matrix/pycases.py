@@ -234,6 +234,69 @@ def case_system_popen(token):
         check(st == 0 and body.decode().strip() == f"{token}-4", f"{how}: popen(curl) -> status {st}, body {body!r}")
 
 
+def case_fexecve(token, suid):
+    """fexecve and execveat (a dirfd and a name, and AT_EMPTY_PATH) of curl with an
+    environment lacking LD_PRELOAD stay tunneled; of a setuid copy they are refused
+    (EPERM) and it never runs. Each runs in a forked child; its stdout is read here."""
+    import ctypes
+    import shutil
+    libc = ctypes.CDLL(None, use_errno=True)  # the preloaded execveat, as C gets it
+    curl = shutil.which("curl")
+    bare = {"PATH": os.environ["PATH"], "QNET_CONFIG": os.environ["QNET_CONFIG"]}
+
+    def carr(items):
+        return (ctypes.c_char_p * (len(items) + 1))(*[i.encode() for i in items], None)
+
+    def execveat(dirfd, path, argv, env, flags):
+        envs = [f"{k}={v}" for k, v in env.items()]
+        libc.execveat(dirfd, path.encode(), carr(argv), carr(envs), flags)
+        raise OSError(ctypes.get_errno(), "execveat")
+
+    def child(fn):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            os.dup2(w, 1)
+            try:
+                fn()
+            except OSError as e:
+                print("errno", e.errno, flush=True)
+            os._exit(3)
+        os.close(w)
+        out = b""
+        while True:
+            b = os.read(r, 4096)
+            if not b:
+                break
+            out += b
+        os.close(r)
+        return out.decode(errors="replace").strip(), os.waitpid(pid, 0)[1]
+
+    def args(n):
+        return ["curl", "-sS", "--max-time", "10", f"http://web.qnet.test/f{n}.txt"]
+
+    def fd_of(path, flags=os.O_RDONLY):
+        return os.open(path, flags)
+
+    fd = fd_of(curl)
+    out, st = child(lambda: os.execve(fd, args(5), bare))  # Python calls fexecve
+    check(out == f"{token}-5" and st == 0, f"fexecve(curl) without LD_PRELOAD -> {out!r}, status {st}")
+    d = fd_of(os.path.dirname(curl), os.O_PATH | os.O_DIRECTORY)
+    out, st = child(lambda: execveat(d, "curl", args(6), bare, 0))
+    check(out == f"{token}-6" and st == 0, f"execveat(dirfd, 'curl') without LD_PRELOAD -> {out!r}, status {st}")
+    out, st = child(lambda: execveat(fd, "", args(8), bare, 0x1000))
+    check(out == f"{token}-8" and st == 0, f"execveat(fd, '', AT_EMPTY_PATH) without LD_PRELOAD -> {out!r}, status {st}")
+    sfd = fd_of(suid)
+    out, st = child(lambda: os.execve(sfd, args(1), dict(os.environ)))
+    check(out == "errno 1", f"fexecve(setuid copy) -> {out!r} (want EPERM, nothing run)")
+    sd = fd_of(os.path.dirname(suid), os.O_PATH | os.O_DIRECTORY)
+    out, st = child(lambda: execveat(sd, os.path.basename(suid), args(1), dict(os.environ), 0))
+    check(out == "errno 1", f"execveat(dirfd, setuid copy) -> {out!r} (want EPERM, nothing run)")
+    out, st = child(lambda: execveat(sfd, "", args(1), dict(os.environ), 0x1000))
+    check(out == "errno 1", f"execveat(setuid fd, '', AT_EMPTY_PATH) -> {out!r} (want EPERM, nothing run)")
+
+
 def main():
     which = sys.argv[1]
     fn = globals().get("case_" + which)
