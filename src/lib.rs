@@ -11,7 +11,7 @@ pub mod engine;
 pub mod entropy;
 pub mod ffi;
 mod hooks;
-pub(crate) mod jail;
+pub mod jail;
 pub mod keys;
 pub mod net;
 pub mod os;

@@ -66,11 +66,17 @@ enum Command {
         #[arg(long)]
         stats: bool,
     },
-    /// Run a program with its TCP connections carried through the tunnel (LD_PRELOAD=libqnet.so).
+    /// Run a program with its TCP connections carried through the tunnel (LD_PRELOAD=libqnet.so),
+    /// in a network jail where the kernel allows one: the program's only way out is the relay
+    /// and the `intercept.bypass` destinations, which this command dials for it from outside.
     Run {
         /// Config file for the program's library (sets QNET_CONFIG).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// prefer: a jail where the kernel allows it (default, or intercept.jail); require:
+        /// refuse to start without one; off: the hooks and the seccomp filter alone.
+        #[arg(long, value_name = "MODE", value_parser = ["prefer", "require", "off"])]
+        jail: Option<String>,
         /// The program and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<std::ffi::OsString>,
@@ -81,8 +87,13 @@ type CmdResult = Result<(), Box<dyn Error>>;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Command::Run { config, command } = cli.command {
-        return run(config, command);
+    if let Command::Run {
+        config,
+        jail,
+        command,
+    } = cli.command
+    {
+        return run(config, jail, command);
     }
     let (name, result) = match cli.command {
         Command::Keygen => ("keygen", keygen()),
@@ -254,7 +265,12 @@ fn find_library() -> Result<PathBuf, String> {
     ))
 }
 
-fn run(config: Option<PathBuf>, command: Vec<std::ffi::OsString>) -> ExitCode {
+fn run(
+    config: Option<PathBuf>,
+    jail: Option<String>,
+    command: Vec<std::ffi::OsString>,
+) -> ExitCode {
+    use qnet::config::JailMode;
     use std::os::unix::process::CommandExt;
     let fail = |msg: String| {
         eprintln!("qnet run: {}", msg.replace('\n', " "));
@@ -268,31 +284,74 @@ fn run(config: Option<PathBuf>, command: Vec<std::ffi::OsString>) -> ExitCode {
     let Some(path) = qnet::os::find_program(prog) else {
         return fail(format!("{}: command not found", prog.to_string_lossy()));
     };
-    match qnet::elf::file_linkage(&path) {
-        Ok(qnet::elf::Linkage::Static) => {
-            return fail(format!(
-                "{} is statically linked: LD_PRELOAD cannot intercept it, and its connections \
-                 would bypass the tunnel; run `qnet socks --listen 127.0.0.1:1080` and point \
-                 the program's SOCKS5 proxy setting there instead",
-                path.display()
-            ));
-        }
-        Ok(_) => {}
+    // The same config the program's library reads; if it does not load, the library
+    // says why and fails closed, and the jail's door opens for nothing.
+    let cfg = qnet::config::Config::load_from(config.as_deref()).ok();
+    let mode = match jail.as_deref().map(str::parse::<JailMode>) {
+        Some(Ok(m)) => m,
+        Some(Err(e)) => return fail(e),
+        None => cfg.as_ref().map_or(JailMode::Prefer, |c| c.intercept.jail),
+    };
+    let is_static = match qnet::elf::file_linkage(&path) {
+        Ok(l) => l == qnet::elf::Linkage::Static,
         Err(e) => return fail(e.to_string()),
-    }
+    };
+    let static_msg = || {
+        format!(
+            "{} is statically linked: LD_PRELOAD cannot intercept it, and its connections \
+             would bypass the tunnel; run `qnet socks --listen 127.0.0.1:1080` and point \
+             the program's SOCKS5 proxy setting there instead",
+            path.display()
+        )
+    };
     // Keep what is preloaded already, after us (proxychains-ng sits after qnet this way).
     let mut preload = lib.into_os_string();
     if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
         preload.push(" ");
         preload.push(old);
     }
-    let mut cmd = std::process::Command::new(prog);
-    cmd.args(&command[1..]).env("LD_PRELOAD", preload);
-    if let Some(c) = config {
-        cmd.env("QNET_CONFIG", c);
+    let build = || {
+        let mut cmd = std::process::Command::new(prog);
+        cmd.args(&command[1..]).env("LD_PRELOAD", &preload);
+        if let Some(c) = &config {
+            cmd.env("QNET_CONFIG", c);
+        }
+        cmd
+    };
+    if mode != JailMode::Off {
+        if is_static {
+            // In the jail it reaches nothing but its own loopback: let it run, and say so.
+            eprintln!(
+                "qnet run: {} is statically linked: the hooks cannot reach it, so in the jail \
+                 its connections go nowhere (for a tunnel, point it at `qnet socks`)",
+                path.display()
+            );
+        }
+        match qnet::jail::run::run(build(), cfg.as_ref()) {
+            Ok(never) => match never {},
+            Err(qnet::jail::run::Failure::NoJail(e)) if mode == JailMode::Prefer => {
+                if is_static {
+                    return fail(format!("{}, and no jail here: {e}", static_msg()));
+                }
+                eprintln!(
+                    "qnet run: no network jail ({e}); the hooks and the seccomp filter alone \
+                     guard {} (--jail=off silences this)",
+                    prog.to_string_lossy()
+                );
+            }
+            Err(e @ qnet::jail::run::Failure::NoJail(_)) => {
+                return fail(format!("--jail=require: {e}"));
+            }
+            Err(qnet::jail::run::Failure::Spawn(e)) => {
+                return fail(format!("{}: {e}", prog.to_string_lossy()));
+            }
+            Err(e) => return fail(e.to_string()),
+        }
+    } else if is_static {
+        return fail(static_msg());
     }
     // exec in place: the program gets our pid, signals and terminal, and its exit status
     // is the command's status with nothing in between.
-    let err = cmd.exec();
+    let err = build().exec();
     fail(format!("{}: {err}", prog.to_string_lossy()))
 }

@@ -36,6 +36,32 @@ pub struct InterceptConfig {
     /// Install NO_NEW_PRIVS and a seccomp filter when libqnet.so is preloaded (no io_uring,
     /// only the socket families and types the hooks handle). `QNET_SECCOMP` overrides.
     pub seccomp: bool,
+    /// Whether `qnet run` puts the program in a network jail (`--jail` overrides).
+    pub jail: JailMode,
+}
+
+/// Whether `qnet run` runs the program in a network namespace whose only door is the
+/// `qnet run` parent (see `src/jail`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JailMode {
+    /// Jail where the kernel allows it; otherwise one stderr line and the hooks alone.
+    Prefer,
+    /// Jail, or refuse to start the program.
+    Require,
+    /// No jail: the hooks and the seccomp filter alone.
+    Off,
+}
+
+impl std::str::FromStr for JailMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<JailMode, String> {
+        match s {
+            "prefer" => Ok(JailMode::Prefer),
+            "require" => Ok(JailMode::Require),
+            "off" => Ok(JailMode::Off),
+            _ => Err(format!("expected prefer, require or off, got {s:?}")),
+        }
+    }
 }
 
 /// The ports of DNS over TCP (53) and over TLS (853): a bypassed destination on one of
@@ -86,6 +112,7 @@ impl Default for InterceptConfig {
             allow_inbound: false,
             bypass_dns: false,
             seccomp: true,
+            jail: JailMode::Prefer,
         }
     }
 }
@@ -103,6 +130,7 @@ pub(super) struct RawIntercept {
     allow_inbound: Option<Value>,
     bypass_dns: Option<Value>,
     seccomp: Option<Value>,
+    jail: Option<Value>,
 }
 
 impl InterceptConfig {
@@ -163,6 +191,10 @@ impl InterceptConfig {
         if let Some(v) = raw.seccomp {
             c.seccomp = o.boolean("intercept.seccomp", v)?;
         }
+        if let Some(v) = raw.jail {
+            let s = o.string("intercept.jail", v)?;
+            c.jail = s.parse().map_err(|m: String| o.err("intercept.jail", m))?;
+        }
         if let Some(v) = raw.connect_timeout_secs {
             c.connect_timeout =
                 Duration::from_secs(o.positive("intercept.connect_timeout_secs", v)?);
@@ -189,6 +221,7 @@ fake_net_v4 = "10.255.0.0/16"
 allow_udp = true
 connect_timeout_secs = 5
 seccomp = false
+jail = "require"
 "#,
         )
         .unwrap();
@@ -200,6 +233,8 @@ seccomp = false
         assert!(i.bypass[1].contains("fd12::1".parse().unwrap()));
         assert!(!i.remote_dns && i.allow_udp && !i.allow_setuid_exec && !i.seccomp);
         assert!(InterceptConfig::default().seccomp);
+        assert_eq!(i.jail, JailMode::Require);
+        assert_eq!(InterceptConfig::default().jail, JailMode::Prefer);
         assert_eq!(i.fake_net_v4.to_string(), "10.255.0.0/16");
         assert_eq!(i.fake_net_v6.to_string(), "100::/64");
         assert_eq!(i.connect_timeout, Duration::from_secs(5));
@@ -235,6 +270,10 @@ seccomp = false
             (
                 "[intercept]\nseccomp = 0",
                 "intercept.seccomp: expected true or false",
+            ),
+            (
+                "[intercept]\njail = \"maybe\"",
+                "intercept.jail: expected prefer, require or off",
             ),
         ] {
             let e = parse(text).unwrap_err().to_string();

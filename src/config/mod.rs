@@ -35,6 +35,7 @@
 //! bypass_dns = false             # ports 53 and 853 of bypass addresses (a local resolver) are refused
 //! connect_timeout_secs = 30      # a blocking connect through the tunnel gives up after this
 //! seccomp = true                 # NO_NEW_PRIVS + a seccomp filter at load (QNET_SECCOMP=0|1 overrides)
+//! jail = "prefer"                # qnet run: prefer | require | off a network jail (--jail overrides)
 //! [entropy]                      # extra inputs of the entropy ring (the OS is always used)
 //! min_entropy = 4.0              # claimed min-entropy per byte of sources without their own
 //! sources = ["/dev/hwrng", { path = "/dev/qrandom0", min_entropy = 6.0 }]
@@ -76,7 +77,7 @@ mod value;
 
 pub use crate::net::Cidr;
 pub use entropy::{EntropyConfig, EntropySource};
-pub use intercept::{DNS_PORTS, InterceptConfig, Route};
+pub use intercept::{DNS_PORTS, InterceptConfig, JailMode, Route};
 pub use log::{LogLevel, ParseLogLevelError};
 pub use server::ServerConfig;
 pub use session::SessionParams;

@@ -343,3 +343,21 @@ pub fn lower_timer_slack() {
     // SAFETY: PR_SET_TIMERSLACK takes an integer argument and affects only this thread.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong, 0, 0, 0) };
 }
+
+/// Wait up to `timeout` for a connect in progress on `fd` to finish; its result.
+pub(super) fn wait_connected(fd: RawFd, timeout: std::time::Duration) -> io::Result<()> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd, alive for the call.
+    if cvt(unsafe { libc::poll(&mut p, 1, ms) })? == 0 {
+        return Err(io::Error::from_raw_os_error(libc::ETIMEDOUT));
+    }
+    match getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR)? {
+        0 => Ok(()),
+        e => Err(io::Error::from_raw_os_error(e)),
+    }
+}

@@ -26,21 +26,27 @@ impl Client {
             .upstream
             .as_ref()
             .map_or(self.cfg.relay.as_str(), |u| u.proxy.as_str());
-        let addr = match relay_address(first_hop) {
-            Ok(a) => a,
-            Err(e) => {
-                qlog!(Error, "cannot resolve {first_hop}: {e}");
-                return self.link_down(now, &format!("{first_hop} does not resolve: {e}"));
+        let sock = if crate::jail::active() {
+            // In `qnet run`'s jail there is no route out: the parent outside dials (and
+            // resolves) the first hop and hands the socket in.
+            crate::jail::dial(first_hop)
+                .map(std::net::TcpStream::from)
+                .map_err(|e| format!("the jail's broker cannot connect to {first_hop}: {e}"))
+        } else {
+            match relay_address(first_hop) {
+                // Through the next connect() in load order, never a preloaded app's hooks
+                // first: chaining with proxychains-ng depends on it (docs/ARCHITECTURE.md).
+                Ok(addr) => crate::engine::sys::connect_next(addr)
+                    .map_err(|e| format!("cannot connect to {first_hop} ({addr}): {e}")),
+                Err(e) => {
+                    qlog!(Error, "cannot resolve {first_hop}: {e}");
+                    Err(format!("{first_hop} does not resolve: {e}"))
+                }
             }
         };
-        // Through the next connect() in load order, never a preloaded app's hooks first:
-        // chaining with proxychains-ng depends on it (docs/ARCHITECTURE.md).
-        let mut sock = match crate::engine::sys::connect_next(addr) {
+        let mut sock = match sock {
             Ok(s) => TcpStream::from_std(s),
-            Err(e) => {
-                return self
-                    .link_down(now, &format!("cannot connect to {first_hop} ({addr}): {e}"));
-            }
+            Err(why) => return self.link_down(now, &why),
         };
         let _ = sock.set_nodelay(true);
         self.observer.internal_fd(sock.as_raw_fd());

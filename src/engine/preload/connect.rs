@@ -51,7 +51,7 @@ pub(crate) fn connect(fd: i32, addr: SocketAddr) -> Decision<()> {
             Ok(()) => Decision::Done(()),
             Err(e) => Decision::Refuse(e),
         },
-        Decision::Bypass => Decision::Bypass,
+        Decision::Bypass => super::carried::direct(fd, addr, cfg.intercept.connect_timeout),
         Decision::Refuse(e) => Decision::Refuse(e),
     }
 }

@@ -18,6 +18,7 @@
 //! in `engine::log`, below this module, since the resolver needs them too; both are
 //! re-exported here for the hooks.
 
+mod carried;
 mod connect;
 mod leaks;
 mod published;
