@@ -6,10 +6,10 @@
 //! and `posix_spawnp` (`system` and `popen` are [`super::shell`]'s). glibc's `execvp`,
 //! `execvpe`, `fexecve` and `posix_spawn*` reach the kernel through internal calls, not
 //! through `execve`'s PLT entry, so each is hooked on its own; `fexecve` and `execveat`
-//! are judged by the file their fd (and path) name, through `/proc/self/fd`. Not hooked
-//! (the README lists them as known limits): `execl`, `execle`, `execlp`, which are
-//! C-variadic (a Rust definition cannot take their argument list) and which glibc turns
-//! into its internal execve, and a raw `syscall(SYS_execve …)`.
+//! are judged by the file their fd (and path) name, through `/proc/self/fd`. `execl`,
+//! `execle` and `execlp` are C-variadic, which a stable Rust function cannot be: they
+//! are `variadic.c`'s, which collects the arguments and calls `execve`/`execvpe` here.
+//! Not hooked: a raw `syscall(SYS_execve …)` (the README lists it as a known limit).
 
 use std::ffi::{CStr, CString, c_char, c_int};
 use std::os::unix::ffi::OsStrExt;
