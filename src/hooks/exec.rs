@@ -1,6 +1,7 @@
 //! The exec family and `posix_spawn`: children stay tunneled (LD_PRELOAD is put back if
-//! the app dropped it from the environment it passes) and programs the loader would run
-//! without LD_PRELOAD (setuid, setgid, file capabilities) are refused.
+//! the app dropped it from the environment it passes), and programs whose connections no
+//! hook would see are refused: setuid, setgid or file-capability programs (the loader
+//! drops LD_PRELOAD), static and Go programs (their own system calls).
 //!
 //! Hooked: `execve`, `execv`, `execvp`, `execvpe`, `fexecve`, `execveat`, `posix_spawn`
 //! and `posix_spawnp` (`system` and `popen` are [`super::shell`]'s). glibc's `execvp`,

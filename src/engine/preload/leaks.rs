@@ -70,8 +70,11 @@ pub(crate) fn datagram_send(fd: i32) -> Decision<()> {
     Decision::Refuse(libc::EPERM)
 }
 
-/// `execve` and friends: a setuid/setgid or file-capability program loses LD_PRELOAD in
-/// the loader, so its connections would leave directly. Refused unless configured.
+/// `execve` and friends: a program whose connections no hook would see is refused. A
+/// setuid/setgid or file-capability program loses LD_PRELOAD in the loader (refused
+/// unless `intercept.allow_setuid_exec`); a static program never loads it, and a Go
+/// program makes its own system calls (refused unless inside `qnet run`'s jail, where
+/// such a child reaches nothing).
 pub(crate) fn exec(path: &std::path::Path) -> Decision<()> {
     use std::os::unix::fs::PermissionsExt;
     let _g = BypassGuard::enter();
@@ -80,12 +83,34 @@ pub(crate) fn exec(path: &std::path::Path) -> Decision<()> {
         return Decision::Bypass;
     };
     let privileged = meta.permissions().mode() & 0o6000 != 0 || sys::has_file_caps(path);
-    if !privileged || config().is_ok_and(|c| c.intercept.allow_setuid_exec) {
+    if privileged && !config().is_ok_and(|c| c.intercept.allow_setuid_exec) {
+        return refuse_exec(
+            path,
+            "is setuid/setgid or has file capabilities, so LD_PRELOAD would not apply and its \
+             connections would bypass the tunnel",
+            "intercept.allow_setuid_exec permits it",
+        );
+    }
+    if !meta.is_file() || crate::jail::active() {
         return Decision::Bypass;
     }
+    // Unreadable or malformed: the kernel decides (it cannot run a malformed ELF either).
+    match crate::elf::file_linkage(path).map(|l| l.unhookable()) {
+        Ok(Some(why)) => refuse_exec(
+            path,
+            why,
+            "run it in `qnet run`'s network jail, or give it `qnet socks` as its SOCKS5 proxy",
+        ),
+        _ => Decision::Bypass,
+    }
+}
+
+/// The one refusal of an exec: EPERM (what exec gives for a program it may not run this
+/// way, as for a setuid one under NO_NEW_PRIVS) and one stderr line saying why and what
+/// to do instead.
+fn refuse_exec(path: &std::path::Path, why: &str, instead: &str) -> Decision<()> {
     tell_once(&format!(
-        "refused to exec {}: it is setuid/setgid or has file capabilities, so LD_PRELOAD would not \
-         apply and its connections would bypass the tunnel (intercept.allow_setuid_exec permits it)",
+        "refused to exec {}: it {why} ({instead})",
         path.display()
     ));
     Decision::Refuse(libc::EPERM)
@@ -201,11 +226,33 @@ mod tests {
     }
 
     #[test]
+    fn static_child_exec_is_refused() {
+        // A static (or Go) child makes its own system calls: once it ran, and its
+        // connects went out directly. A 64-bit ELF header without PT_INTERP is static.
+        use std::os::unix::fs::PermissionsExt;
+        let f = std::env::temp_dir().join(format!("qnet-static-{}", std::process::id()));
+        let mut h = vec![0u8; 64];
+        h[..4].copy_from_slice(b"\x7fELF");
+        h[4] = 2;
+        h[5] = 1;
+        std::fs::write(&f, &h).unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let d = exec(&f);
+        let _ = std::fs::remove_file(&f);
+        assert_eq!(d, Decision::Refuse(libc::EPERM));
+    }
+
+    #[test]
     fn exec_and_listen_policy() {
         assert_eq!(exec(std::path::Path::new("/bin/sh")), Decision::Bypass);
         assert_eq!(
             exec(std::path::Path::new("/no/such/file")),
             Decision::Bypass
+        );
+        assert_eq!(
+            exec(&std::env::current_exe().unwrap()),
+            Decision::Bypass,
+            "a dynamically linked program"
         );
         if let Some(su) = ["/usr/bin/su", "/bin/su", "/usr/bin/passwd"]
             .iter()
