@@ -79,12 +79,12 @@ impl Library {
 
 /// The environment a child gets: `envp` with LD_PRELOAD naming this library.
 /// The returned vector owns any new string; the pointer array borrows from both.
-struct ChildEnv {
+pub(super) struct ChildEnv {
     _owned: Option<CString>,
-    ptrs: Vec<*const c_char>,
+    pub(super) ptrs: Vec<*const c_char>,
 }
 
-unsafe fn child_env(envp: *const *const c_char) -> Option<ChildEnv> {
+pub(super) unsafe fn child_env(envp: *const *const c_char) -> Option<ChildEnv> {
     let (lib, given) = LIBRARY.get()?;
     // SAFETY: the caller's environment array.
     unsafe { child_env_with(envp, lib, given) }

@@ -10,7 +10,7 @@
 //!   rcmd*, rexec*, ruserok*, getnetby* (they query DNS or connect inside libc).
 //! - [`exec`]: the exec family and posix_spawn (`execl`, `execle`, `execlp` in
 //!   `variadic.c`, C-variadic: they collect their arguments and call the hooks here).
-//! - [`shell`]: system, popen and pclose (the shell they start keeps LD_PRELOAD).
+//! - [`shell`]: system, popen, pclose and wordexp (the shell they start keeps LD_PRELOAD).
 //! - [`marshal`]: hostent and SCM_RIGHTS layouts (sockaddrs are [`crate::sockaddr`]'s).
 //! - [`seccomp`]: the kernel filter installed at load (no io_uring, only allowed sockets).
 //!

@@ -3,9 +3,11 @@
  *   execlp URL WANT    curl found by execlp after unsetenv("LD_PRELOAD")
  *   args               execl with more arguments than registers carry
  *   refused PROGRAM    execl of PROGRAM (setuid, static) fails with EPERM
+ *   wordexp URL WANT   $(curl URL) expanded by wordexp after unsetenv("LD_PRELOAD")
  * Children's output comes back through a pipe and is compared with WANT. */
 #include "mx.h"
 #include <sys/wait.h>
+#include <wordexp.h>
 
 /* Run `child` in a forked process with stdout into a pipe: its output (trimmed) in
  * `out`, its wait status returned. */
@@ -71,6 +73,20 @@ int main(int argc, char **argv) {
         int st = run_child(do_refused, argv + 2, out, sizeof out);
         CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 42, "execl %s refused with EPERM: got '%s' (status %#x)",
               argv[2], out, st);
+    } else if (!strcmp(c, "wordexp")) {
+        unsetenv("LD_PRELOAD");
+        char words[512];
+        snprintf(words, sizeof words, "$(curl -sS --max-time 10 %s) two", argv[2]);
+        wordexp_t we;
+        int r = wordexp(words, &we, 0);
+        CHECK(r == 0 && we.we_wordc == 2 && !strcmp(we.we_wordv[0], argv[3]) &&
+                  !strcmp(we.we_wordv[1], "two"),
+              "wordexp $(curl %s): got %d, %zu words, first '%s'", argv[2], r,
+              r == 0 ? we.we_wordc : 0, r == 0 && we.we_wordc ? we.we_wordv[0] : "");
+        if (r == 0)
+            wordfree(&we);
+        r = wordexp("$(true)", &we, WRDE_NOCMD);
+        CHECK(r == WRDE_CMDSUB, "WRDE_NOCMD still refuses a command substitution: %d", r);
     } else {
         mx_fail("unknown mode '%s'", c);
     }
