@@ -48,7 +48,8 @@ fn connect_op(fd: c_int, sa: SocketAddr) -> Decision<()> {
     preload::connect(fd, sa)
 }
 
-/// `socket(2)`: UDP, raw and packet sockets on inet families would bypass the tunnel.
+/// `socket(2)`: the socket policy (`preload::socket`, the table the seccomp filter is
+/// built from): UDP sockets marked, raw and packet sockets, SCTP and unknown families refused.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int {
     let Some(real) = real!(socket: fn(c_int, c_int, c_int) -> c_int) else {
@@ -58,7 +59,7 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int
         // SAFETY: the caller's arguments, passed on unchanged.
         return unsafe { real(domain, ty, proto) };
     }
-    guarded("socket", -1, || match preload::socket(domain, ty) {
+    guarded("socket", -1, || match preload::socket(domain, ty, proto) {
         Decision::Refuse(e) => refuse(e),
         Decision::Done(preload::NewSocket::Datagram) => {
             // SAFETY: as above.

@@ -12,6 +12,96 @@ use crate::engine::fdtab::{self, Kind};
 use crate::engine::log::tell_once;
 use crate::engine::sys;
 
+// ---- socket(2)'s policy: one table, read by the `socket` hook and compiled into the
+// seccomp filter (hooks/seccomp.rs), so the two never disagree --------------------------
+
+/// What `socket(family, type, protocol)` gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SocketVerdict {
+    /// Created as asked: unix and netlink (nothing leaves the host), inet TCP/MPTCP
+    /// streams (their connects come through the hooks).
+    Allow,
+    /// An inet UDP socket: created, so programs can probe, but every send is refused.
+    Udp,
+    /// Raw, packet and non-UDP datagram sockets (ICMP, UDP-Lite): EPERM, unless
+    /// `intercept.allow_udp`.
+    Raw,
+    /// Nothing qnet tunnels or refuses later, so never created: SCTP and other inet
+    /// protocols (EPROTONOSUPPORT), other families (EAFNOSUPPORT). With no socket,
+    /// libsctp's `sctp_connectx`/`sctp_bindx` have nothing to work on, so they need no hook.
+    Errno(i32),
+}
+
+/// How a family is decided: outright, or by type and protocol (inet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FamilyRule {
+    /// This verdict whatever the type and protocol.
+    Is(SocketVerdict),
+    /// By [`INET_TYPES`].
+    Inet,
+}
+
+/// The families `socket` knows; any other gets [`OTHER_FAMILY`].
+pub(crate) const FAMILIES: &[(i32, FamilyRule)] = &[
+    (libc::AF_UNIX, FamilyRule::Is(SocketVerdict::Allow)),
+    // A kernel interface that sends nothing off the host: glibc's getaddrinfo with
+    // AI_ADDRCONFIG and if_nameindex ask NETLINK_ROUTE.
+    (libc::AF_NETLINK, FamilyRule::Is(SocketVerdict::Allow)),
+    (libc::AF_INET, FamilyRule::Inet),
+    (libc::AF_INET6, FamilyRule::Inet),
+    (libc::AF_PACKET, FamilyRule::Is(SocketVerdict::Raw)),
+];
+/// AF_VSOCK, AF_XDP, AF_BLUETOOTH, AF_TIPC …
+pub(crate) const OTHER_FAMILY: SocketVerdict = SocketVerdict::Errno(libc::EAFNOSUPPORT);
+
+/// `SOCK_PACKET` on AF_INET is the obsolete form of a packet socket.
+const SOCK_PACKET: i32 = 10;
+
+/// Inet sockets by type (the flags SOCK_NONBLOCK and SOCK_CLOEXEC masked off): the
+/// verdict for each listed protocol, and for any other.
+pub(crate) type InetType = (i32, &'static [(i32, SocketVerdict)], SocketVerdict);
+pub(crate) const INET_TYPES: &[InetType] = &[
+    (
+        libc::SOCK_STREAM,
+        &[
+            (0, SocketVerdict::Allow),
+            (libc::IPPROTO_TCP, SocketVerdict::Allow),
+            (libc::IPPROTO_MPTCP, SocketVerdict::Allow),
+        ],
+        // IPPROTO_SCTP: a stream that sctp_connectx would connect past the hooks.
+        SocketVerdict::Errno(libc::EPROTONOSUPPORT),
+    ),
+    (
+        libc::SOCK_DGRAM,
+        &[
+            (0, SocketVerdict::Udp),
+            (libc::IPPROTO_UDP, SocketVerdict::Udp),
+        ],
+        SocketVerdict::Raw,
+    ),
+    (libc::SOCK_RAW, &[], SocketVerdict::Raw),
+    (SOCK_PACKET, &[], SocketVerdict::Raw),
+];
+/// SOCK_SEQPACKET (SCTP on inet), SOCK_DCCP, SOCK_RDM, or a type with unknown flags.
+pub(crate) const OTHER_INET_TYPE: SocketVerdict = SocketVerdict::Errno(libc::EPROTONOSUPPORT);
+/// The type flags the kernel takes apart from the type.
+pub(crate) const TYPE_FLAGS: i32 = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+
+/// The table's verdict for `socket(domain, ty, proto)`.
+pub(crate) fn socket_verdict(domain: i32, ty: i32, proto: i32) -> SocketVerdict {
+    match FAMILIES.iter().find(|f| f.0 == domain).map(|f| f.1) {
+        None => OTHER_FAMILY,
+        Some(FamilyRule::Is(v)) => v,
+        Some(FamilyRule::Inet) => {
+            let Some(&(_, protos, other)) = INET_TYPES.iter().find(|t| t.0 == ty & !TYPE_FLAGS)
+            else {
+                return OTHER_INET_TYPE;
+            };
+            protos.iter().find(|p| p.0 == proto).map_or(other, |p| p.1)
+        }
+    }
+}
+
 /// What `socket` must remember about a socket it creates (one with nothing to remember
 /// is a [`Decision::Bypass`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,30 +111,39 @@ pub(crate) enum NewSocket {
     Datagram,
 }
 
-/// `socket`: raw and packet sockets would leave outside the tunnel and are refused; UDP
-/// sockets are created but cannot send (see [`NewSocket::Datagram`]), unless allowed.
-pub(crate) fn socket(domain: i32, ty: i32) -> Decision<NewSocket> {
-    let base = ty & !(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC);
-    let inet = domain == libc::AF_INET || domain == libc::AF_INET6;
-    let leaky = domain == libc::AF_PACKET || (inet && base != libc::SOCK_STREAM);
-    if !leaky {
+/// `socket`: the table's verdict, with `intercept.allow_udp` opening UDP and raw sockets
+/// (as the filter's raw switch does). Holds with the seccomp filter off too.
+pub(crate) fn socket(domain: i32, ty: i32, proto: i32) -> Decision<NewSocket> {
+    let v = socket_verdict(domain, ty, proto);
+    if v == SocketVerdict::Allow {
         return Decision::Bypass;
     }
     let _g = BypassGuard::enter();
-    if config().is_ok_and(|c| c.intercept.allow_udp) {
-        return Decision::Bypass;
+    let allow_udp = config().is_ok_and(|c| c.intercept.allow_udp);
+    match v {
+        SocketVerdict::Allow => Decision::Bypass,
+        SocketVerdict::Udp | SocketVerdict::Raw if allow_udp => Decision::Bypass,
+        SocketVerdict::Udp => Decision::Done(NewSocket::Datagram),
+        SocketVerdict::Raw => {
+            let base = ty & !TYPE_FLAGS;
+            crate::qlog!(
+                Warn,
+                "refused a raw/packet socket (domain {domain}, type {base}, protocol {proto})"
+            );
+            tell_once(
+                "refused a raw/packet socket (it would bypass the tunnel); set intercept.allow_udp to permit",
+            );
+            Decision::Refuse(libc::EPERM)
+        }
+        SocketVerdict::Errno(e) => {
+            tell_once(&format!(
+                "refused a socket qnet cannot tunnel (domain {domain}, type {}, protocol {proto}): \
+                 only TCP goes through the tunnel",
+                ty & !TYPE_FLAGS
+            ));
+            Decision::Refuse(e)
+        }
     }
-    if inet && base == libc::SOCK_DGRAM {
-        return Decision::Done(NewSocket::Datagram);
-    }
-    crate::qlog!(
-        Warn,
-        "refused a raw/packet socket (domain {domain}, type {base})"
-    );
-    tell_once(
-        "refused a raw/packet socket (it would bypass the tunnel); set intercept.allow_udp to permit",
-    );
-    Decision::Refuse(libc::EPERM)
 }
 
 /// A connect or send with an inet address on a datagram socket created where the
@@ -223,6 +322,64 @@ mod tests {
             "dropped: put back first"
         );
         assert_eq!(v("/w/lib/libqnet.so /x.so"), None);
+    }
+
+    #[test]
+    fn sctp_and_unknown_families_refused_by_the_socket_hook() {
+        // With intercept.seccomp = false nothing but the hook stood in the way: an SCTP
+        // stream (which sctp_connectx then connects past the hooks) or an AF_VSOCK
+        // socket was created and reached its peer directly.
+        use libc::*;
+        let nb = SOCK_NONBLOCK | SOCK_CLOEXEC;
+        for (dom, ty, proto, want) in [
+            (
+                AF_INET,
+                SOCK_STREAM,
+                IPPROTO_SCTP,
+                Decision::Refuse(EPROTONOSUPPORT),
+            ),
+            (
+                AF_INET6,
+                SOCK_SEQPACKET,
+                IPPROTO_SCTP,
+                Decision::Refuse(EPROTONOSUPPORT),
+            ),
+            (
+                AF_INET,
+                6, /* SOCK_DCCP */
+                33,
+                Decision::Refuse(EPROTONOSUPPORT),
+            ),
+            (
+                AF_INET,
+                SOCK_STREAM | 0x100,
+                0,
+                Decision::Refuse(EPROTONOSUPPORT),
+            ),
+            (AF_VSOCK, SOCK_STREAM, 0, Decision::Refuse(EAFNOSUPPORT)),
+            (AF_XDP, SOCK_RAW, 0, Decision::Refuse(EAFNOSUPPORT)),
+            (AF_INET, SOCK_STREAM | nb, IPPROTO_TCP, Decision::Bypass),
+            (AF_INET6, SOCK_STREAM, IPPROTO_MPTCP, Decision::Bypass),
+            (AF_UNIX, SOCK_DGRAM, 0, Decision::Bypass),
+            (AF_NETLINK, SOCK_RAW | nb, NETLINK_ROUTE, Decision::Bypass),
+            (
+                AF_INET,
+                SOCK_DGRAM | nb,
+                0,
+                Decision::Done(NewSocket::Datagram),
+            ),
+            (
+                AF_INET6,
+                SOCK_DGRAM,
+                IPPROTO_UDP,
+                Decision::Done(NewSocket::Datagram),
+            ),
+            (AF_PACKET, SOCK_RAW, 0x0300, Decision::Refuse(EPERM)),
+            (AF_INET, SOCK_RAW, IPPROTO_ICMP, Decision::Refuse(EPERM)),
+            (AF_INET, SOCK_DGRAM, IPPROTO_ICMP, Decision::Refuse(EPERM)),
+        ] {
+            assert_eq!(super::socket(dom, ty, proto), want, "{dom} {ty} {proto}");
+        }
     }
 
     #[test]
