@@ -168,6 +168,11 @@ extern "C" fn on_load() {
     if preloaded {
         // Interception on, with the fork handlers it relies on.
         preload::enable();
+        // Connections a parent made outside the tunnel and passed across exec are cut
+        // off before the program can write to them.
+        if catch_unwind(preload::disarm_inherited).is_err() {
+            preload::tell_once("internal error checking inherited connections");
+        }
         // Then the kernel's limits (this reads the config now rather than at the first
         // hook that needs it). A panic must not unwind into the loader: it would abort.
         if catch_unwind(seccomp::at_load).is_err() {

@@ -273,20 +273,71 @@ pub(crate) fn preload_value(current: Option<&str>, lib: &str, given: &str) -> Op
 /// refused. Unconnected sockets are fine: their `connect` comes through the hook.
 pub(crate) fn received_fd(fd: i32) -> Decision<()> {
     let _g = BypassGuard::enter();
-    if fdtab::kind(fd) != Kind::None {
-        return Decision::Bypass;
-    }
-    let Some(peer) = sys::inet_peer(fd) else {
+    let Some(peer) = outside_tunnel(fd) else {
         return Decision::Bypass;
     };
-    let direct = config().is_ok_and(|c| c.intercept.route(peer) == crate::config::Route::Direct);
-    if direct {
-        return Decision::Bypass;
-    }
     tell_once(&format!(
         "refused a connection to {peer} received from another process: it does not go through the tunnel"
     ));
     Decision::Refuse(libc::EPERM)
+}
+
+/// The peer of `fd` when it is an inet connection made outside this process's tunnel
+/// that the policy does not let through: not one of ours, connected, its destination not
+/// a bypass one (a connected UDP socket passes with `intercept.allow_udp`). Unconnected
+/// and listening sockets answer `None`: their connects come through the hooks.
+fn outside_tunnel(fd: i32) -> Option<SocketAddr> {
+    if fdtab::kind(fd) != Kind::None {
+        return None;
+    }
+    let peer = sys::inet_peer(fd)?;
+    let c = config().ok();
+    let direct = c.is_some_and(|c| c.intercept.route(peer) == crate::config::Route::Direct);
+    let udp_allowed = c.is_some_and(|c| c.intercept.allow_udp)
+        && sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_TYPE)
+            .is_ok_and(|t| t == libc::SOCK_DGRAM);
+    (!direct && !udp_allowed).then_some(peer)
+}
+
+/// At load, before the program runs: connected inet sockets it inherited across exec
+/// (made by a parent, outside any tunnel) that [`outside_tunnel`] would refuse are
+/// replaced, fd number kept, by a unix socket whose peer is gone: reads see EOF, writes
+/// fail with EPIPE, as on a connection that was reset. The parent's copy is untouched
+/// (no shutdown, which would reach the peer). With `intercept.allow_inbound` they are
+/// left alone: an accepted connection (inetd, `socat … EXEC:`) cannot be told from one
+/// the parent made.
+pub(crate) fn disarm_inherited() {
+    use std::os::fd::AsRawFd;
+    let _g = BypassGuard::enter();
+    if config().is_ok_and(|c| c.intercept.allow_inbound) {
+        return;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    // The directory's own fd is in the list and closed after it: it then reads as no socket.
+    let fds: Vec<i32> = dir
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in fds {
+        let Some(peer) = outside_tunnel(fd) else {
+            continue;
+        };
+        let nonblock = sys::status_flags(fd).map_or(0, |f| f & libc::O_NONBLOCK);
+        let replaced = sys::socketpair().and_then(|(ours, gone)| {
+            drop(gone);
+            sys::set_status_flags(ours.as_raw_fd(), nonblock)?;
+            sys::dup_onto(&ours, fd, false)
+        });
+        if replaced.is_err() {
+            // No fd to spare: closed instead; a write then fails with EBADF.
+            sys::close(fd);
+        }
+        tell_once(&format!(
+            "fd {fd}, an inherited connection to {peer}, was made outside the tunnel; it is \
+             cut off here (writes fail with EPIPE)"
+        ));
+    }
 }
 
 #[cfg(test)]
@@ -380,6 +431,43 @@ mod tests {
         ] {
             assert_eq!(super::socket(dom, ty, proto), want, "{dom} {ty} {proto}");
         }
+    }
+
+    #[test]
+    fn inherited_connection_outside_the_tunnel_is_cut_off() {
+        // A connection a parent made and passed across exec let the program write to its
+        // peer directly. A loopback one (bypass by default) and a listener stay; a
+        // connection judged outside the tunnel becomes a socket whose writes fail.
+        use std::io::{Read, Write};
+        use std::os::fd::AsRawFd;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        assert_eq!(outside_tunnel(c.as_raw_fd()), None, "loopback is bypassed");
+        assert_eq!(
+            outside_tunnel(l.as_raw_fd()),
+            None,
+            "a listener has no peer"
+        );
+        disarm_inherited();
+        c.write_all(b"kept").unwrap();
+        let mut got = [0u8; 4];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"kept");
+        // The replacement, as disarm_inherited does it to a refused one.
+        let (ours, gone) = sys::socketpair().unwrap();
+        drop(gone);
+        sys::dup_onto(&ours, c.as_raw_fd(), false).unwrap();
+        drop(ours);
+        // Rust's runtime ignores SIGPIPE, so the write just fails.
+        let e = c.write(b"x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPIPE));
+        assert_eq!(c.read(&mut got).unwrap(), 0, "reads see EOF");
+        assert_eq!(
+            s.read(&mut got).unwrap(),
+            0,
+            "the peer sees the connection end"
+        );
     }
 
     #[test]
