@@ -10,7 +10,8 @@
 //! are judged by the file their fd (and path) name, through `/proc/self/fd`. `execl`,
 //! `execle` and `execlp` are C-variadic, which a stable Rust function cannot be: they
 //! are `variadic.c`'s, which collects the arguments and calls `execve`/`execvpe` here.
-//! Not hooked: a raw `syscall(SYS_execve …)` (the README lists it as a known limit).
+//! `syscall(SYS_execve …)` and `SYS_execveat` reach these hooks through the `syscall`
+//! hook; a raw system call instruction reaches none (the README lists it).
 
 use std::ffi::{CStr, CString, c_char, c_int};
 use std::os::unix::ffi::OsStrExt;

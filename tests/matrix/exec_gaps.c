@@ -3,9 +3,11 @@
  *   execlp URL WANT    curl found by execlp after unsetenv("LD_PRELOAD")
  *   args               execl with more arguments than registers carry
  *   refused PROGRAM    execl of PROGRAM (setuid, static) fails with EPERM
+ *   refused-syscall PROGRAM   the same through syscall(SYS_execve, ...)
  *   wordexp URL WANT   $(curl URL) expanded by wordexp after unsetenv("LD_PRELOAD")
  * Children's output comes back through a pipe and is compared with WANT. */
 #include "mx.h"
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <wordexp.h>
 
@@ -52,6 +54,10 @@ static void do_args(char **a) {
     execl("/bin/echo", "echo", "a1", "a2", "a3", "a4", "a5", "a6", "a7", "a8", "a9", "a10",
           (char *)0);
 }
+static void do_refused_syscall(char **a) {
+    char *argv[] = {a[0], NULL};
+    syscall(SYS_execve, a[0], argv, environ);
+}
 static void do_refused(char **a) {
     execl(a[0], a[0], "-sS", "--max-time", "5", "http://10.78.0.1/token.txt", (char *)0);
 }
@@ -69,10 +75,11 @@ int main(int argc, char **argv) {
         int st = run_child(do_args, NULL, out, sizeof out);
         CHECK(st == 0 && !strcmp(out, "a1 a2 a3 a4 a5 a6 a7 a8 a9 a10"),
               "execl with 11 arguments: got '%s' (status %#x)", out, st);
-    } else if (!strcmp(c, "refused")) {
-        int st = run_child(do_refused, argv + 2, out, sizeof out);
-        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 42, "execl %s refused with EPERM: got '%s' (status %#x)",
-              argv[2], out, st);
+    } else if (!strcmp(c, "refused") || !strcmp(c, "refused-syscall")) {
+        int st = run_child(!strcmp(c, "refused") ? do_refused : do_refused_syscall, argv + 2, out,
+                           sizeof out);
+        CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 42, "%s %s refused with EPERM: got '%s' (status %#x)",
+              c, argv[2], out, st);
     } else if (!strcmp(c, "wordexp")) {
         unsetenv("LD_PRELOAD");
         char words[512];
