@@ -244,6 +244,28 @@ fn classify(head: &[u8], read_at: &mut ReadAt<'_>) -> Result<Linkage, ElfError> 
     Ok(Linkage::Dynamic)
 }
 
+/// The interpreter a `#!` script names: the first word after `#!` on its first line,
+/// within the 256 bytes the kernel reads. `None` for anything else.
+pub(crate) fn script_interpreter(head: &[u8]) -> Option<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    let line = head.strip_prefix(b"#!")?;
+    let line = &line[..line.len().min(254)];
+    let line = line.split(|&b| b == b'\n').next()?;
+    let word = line
+        .split(|&b| b == b' ' || b == b'\t')
+        .find(|w| !w.is_empty())?;
+    Some(PathBuf::from(std::ffi::OsStr::from_bytes(word)))
+}
+
+/// The interpreter of the `#!` script at `path`, if it is one.
+pub(crate) fn file_script_interpreter(path: &Path) -> Option<PathBuf> {
+    let mut head = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(256).read_to_end(&mut head))
+        .ok()?;
+    script_interpreter(&head)
+}
+
 /// Classify a file on disk.
 pub fn file_linkage(path: &Path) -> Result<Linkage, ElfError> {
     use std::os::unix::fs::FileExt;
@@ -350,6 +372,20 @@ mod tests {
         );
         assert_eq!(Linkage::Dynamic.unhookable(), None);
         assert_eq!(Linkage::NotElf.unhookable(), None);
+    }
+
+    #[test]
+    fn script_interpreters_are_read_as_the_kernel_does() {
+        let i = |b: &[u8]| script_interpreter(b).map(|p| p.display().to_string());
+        assert_eq!(i(b"#!/bin/sh\necho\n").as_deref(), Some("/bin/sh"));
+        assert_eq!(
+            i(b"#! /usr/bin/env python3 -u\n").as_deref(),
+            Some("/usr/bin/env")
+        );
+        assert_eq!(i(b"#!\t/static/sh").as_deref(), Some("/static/sh"));
+        assert_eq!(i(b"#!\n"), None);
+        assert_eq!(i(b"\x7fELF"), None);
+        assert_eq!(i(b"echo hi"), None);
     }
 
     #[test]

@@ -193,15 +193,39 @@ pub(crate) fn exec(path: &std::path::Path) -> Decision<()> {
     if !meta.is_file() || crate::jail::active() {
         return Decision::Bypass;
     }
-    // Unreadable or malformed: the kernel decides (it cannot run a malformed ELF either).
-    match crate::elf::file_linkage(path).map(|l| l.unhookable()) {
-        Ok(Some(why)) => refuse_exec(
+    // A script runs its interpreter (the kernel follows up to four of them): that is the
+    // program judged. Unreadable or malformed: the kernel decides (it cannot run a
+    // malformed ELF either).
+    let mut program = path.to_path_buf();
+    for _ in 0..5 {
+        let why = match crate::elf::file_linkage(&program) {
+            Ok(crate::elf::Linkage::NotElf) => {
+                match crate::elf::file_script_interpreter(&program) {
+                    Some(interp) => {
+                        program = interp;
+                        continue;
+                    }
+                    None => return Decision::Bypass,
+                }
+            }
+            Ok(l) => l.unhookable(),
+            Err(_) => None,
+        };
+        let Some(why) = why else {
+            return Decision::Bypass;
+        };
+        let why = if program == path {
+            why.to_owned()
+        } else {
+            format!("runs {}, which {why}", program.display())
+        };
+        return refuse_exec(
             path,
-            why,
+            &why,
             "run it in `qnet run`'s network jail, or give it `qnet socks` as its SOCKS5 proxy",
-        ),
-        _ => Decision::Bypass,
+        );
     }
+    Decision::Bypass
 }
 
 /// The one refusal of an exec: EPERM (what exec gives for a program it may not run this
@@ -482,9 +506,22 @@ mod tests {
         h[5] = 1;
         std::fs::write(&f, &h).unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let d = exec(&f);
-        let _ = std::fs::remove_file(&f);
-        assert_eq!(d, Decision::Refuse(libc::EPERM));
+        // A script it interprets, and a script run by that script: the kernel runs the
+        // static program either way.
+        let script = f.with_extension("sh");
+        std::fs::write(&script, format!("#!{} -x\n", f.display())).unwrap();
+        let outer = f.with_extension("outer");
+        std::fs::write(&outer, format!("#! {}\n", script.display())).unwrap();
+        let d = [exec(&f), exec(&script), exec(&outer)];
+        for p in [&f, &script, &outer] {
+            let _ = std::fs::remove_file(p);
+        }
+        assert_eq!(d, [const { Decision::Refuse(libc::EPERM) }; 3]);
+        let sh = std::env::temp_dir().join(format!("qnet-sh-{}", std::process::id()));
+        std::fs::write(&sh, "#!/bin/sh\n").unwrap();
+        let d = exec(&sh);
+        let _ = std::fs::remove_file(&sh);
+        assert_eq!(d, Decision::Bypass, "a script of a dynamic interpreter");
     }
 
     #[test]
