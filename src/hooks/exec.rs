@@ -1,15 +1,17 @@
 //! The exec family and `posix_spawn`: children stay tunneled (LD_PRELOAD is put back if
-//! the app dropped it from the environment it passes) and programs the loader would run
-//! without LD_PRELOAD (setuid, setgid, file capabilities) are refused.
+//! the app dropped it from the environment it passes), and programs whose connections no
+//! hook would see are refused: setuid, setgid or file-capability programs (the loader
+//! drops LD_PRELOAD), static and Go programs (their own system calls).
 //!
 //! Hooked: `execve`, `execv`, `execvp`, `execvpe`, `fexecve`, `execveat`, `posix_spawn`
 //! and `posix_spawnp` (`system` and `popen` are [`super::shell`]'s). glibc's `execvp`,
 //! `execvpe`, `fexecve` and `posix_spawn*` reach the kernel through internal calls, not
 //! through `execve`'s PLT entry, so each is hooked on its own; `fexecve` and `execveat`
-//! are judged by the file their fd (and path) name, through `/proc/self/fd`. Not hooked
-//! (the README lists them as known limits): `execl`, `execle`, `execlp`, which are
-//! C-variadic (a Rust definition cannot take their argument list) and which glibc turns
-//! into its internal execve, and a raw `syscall(SYS_execve …)`.
+//! are judged by the file their fd (and path) name, through `/proc/self/fd`. `execl`,
+//! `execle` and `execlp` are C-variadic, which a stable Rust function cannot be: they
+//! are `variadic.c`'s, which collects the arguments and calls `execve`/`execvpe` here.
+//! `syscall(SYS_execve …)` and `SYS_execveat` reach these hooks through the `syscall`
+//! hook; a raw system call instruction reaches none (the README lists it).
 
 use std::ffi::{CStr, CString, c_char, c_int};
 use std::os::unix::ffi::OsStrExt;
@@ -78,12 +80,12 @@ impl Library {
 
 /// The environment a child gets: `envp` with LD_PRELOAD naming this library.
 /// The returned vector owns any new string; the pointer array borrows from both.
-struct ChildEnv {
+pub(super) struct ChildEnv {
     _owned: Option<CString>,
-    ptrs: Vec<*const c_char>,
+    pub(super) ptrs: Vec<*const c_char>,
 }
 
-unsafe fn child_env(envp: *const *const c_char) -> Option<ChildEnv> {
+pub(super) unsafe fn child_env(envp: *const *const c_char) -> Option<ChildEnv> {
     let (lib, given) = LIBRARY.get()?;
     // SAFETY: the caller's environment array.
     unsafe { child_env_with(envp, lib, given) }

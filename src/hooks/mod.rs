@@ -8,8 +8,9 @@
 //! - [`sockopt`]: getpeername, getsockname, getsockopt, setsockopt.
 //! - [`resolver`]: getaddrinfo, the gethostby* family, getnameinfo; refused: res_*,
 //!   rcmd*, rexec*, ruserok*, getnetby* (they query DNS or connect inside libc).
-//! - [`exec`]: the exec family and posix_spawn.
-//! - [`shell`]: system, popen and pclose (the shell they start keeps LD_PRELOAD).
+//! - [`exec`]: the exec family and posix_spawn (`execl`, `execle`, `execlp` in
+//!   `variadic.c`, C-variadic: they collect their arguments and call the hooks here).
+//! - [`shell`]: system, popen, pclose and wordexp (the shell they start keeps LD_PRELOAD).
 //! - [`marshal`]: hostent and SCM_RIGHTS layouts (sockaddrs are [`crate::sockaddr`]'s).
 //! - [`seccomp`]: the kernel filter installed at load (no io_uring, only allowed sockets).
 //!
@@ -37,6 +38,8 @@ use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
+use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use libc::{sockaddr, socklen_t};
 
@@ -65,10 +68,18 @@ fn set_h_errno(e: c_int) {
     unsafe { *__h_errno_location() = e };
 }
 
-/// Whether hooks intercept on this thread at all.
+/// Whether hooks intercept on this thread at all. Before the load-time setup has run (a
+/// library earlier in the constructor order calling us from its own constructor), the
+/// first hook runs it.
 #[inline]
 fn intercepting() -> bool {
-    preload::active() && !preload::bypassed()
+    if preload::active() {
+        return !preload::bypassed();
+    }
+    !LOADED.load(Ordering::Acquire) && !preload::bypassed() && {
+        load();
+        preload::active()
+    }
 }
 
 /// Run a hook body; a panic becomes `on_panic` with errno EIO and one stderr line.
@@ -135,7 +146,32 @@ fn socket_type(fd: c_int) -> c_int {
 
 // ---- load time -------------------------------------------------------------------------
 
+/// The load-time setup has run (interception decided).
+static LOADED: AtomicBool = AtomicBool::new(false);
+
+/// The load-time setup, once per process: from our constructor, or from the first hook
+/// called before it. Another library's constructor runs before ours when it comes later
+/// in LD_PRELOAD (the loader runs constructors last-loaded first) and may connect from
+/// there: with interception still off, that connect once went out directly.
+fn load() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Every libc call of the setup reaches the real function; a hook it enters (the
+        // fd scan's getpeername) must not come back here.
+        let _g = preload::BypassGuard::enter();
+        // A panic must not unwind into the loader (it would abort) or poison the Once.
+        if catch_unwind(setup).is_err() {
+            preload::tell_once("internal error at load");
+        }
+        LOADED.store(true, Ordering::Release);
+    });
+}
+
 extern "C" fn on_load() {
+    load();
+}
+
+fn setup() {
     // Interception starts at load only when this code sits in a shared object of its own
     // (libqnet.so) that was preloaded. Linked into a program (libqnet.a, -lqnet, or the
     // qnet binaries) it stays off until qnet_init asks, so linking never changes a program.
@@ -167,8 +203,13 @@ extern "C" fn on_load() {
     if preloaded {
         // Interception on, with the fork handlers it relies on.
         preload::enable();
+        // Connections a parent made outside the tunnel and passed across exec are cut
+        // off before the program can write to them.
+        if catch_unwind(preload::disarm_inherited).is_err() {
+            preload::tell_once("internal error checking inherited connections");
+        }
         // Then the kernel's limits (this reads the config now rather than at the first
-        // hook that needs it). A panic must not unwind into the loader: it would abort.
+        // hook that needs it).
         if catch_unwind(seccomp::at_load).is_err() {
             preload::tell_once(
                 "internal error installing the seccomp filter; the hooks alone guard this process",

@@ -10,9 +10,11 @@
 //!   AF_INET/AF_INET6 stream with protocol 0, TCP or MPTCP; inet datagram with protocol
 //!   0 or UDP (created so programs can probe; the hooks refuse their sends). Raw and
 //!   packet sockets (and other datagram protocols: ICMP, UDP-Lite) only with
-//!   `intercept.allow_udp`, otherwise EPERM as the `socket` hook answers. Any other
-//!   inet socket (SCTP, DCCP) fails with EPROTONOSUPPORT, any other family (AF_VSOCK,
-//!   AF_XDP, AF_BLUETOOTH …) with EAFNOSUPPORT.
+//!   `intercept.allow_udp`, otherwise EPERM. Any other inet socket (SCTP, DCCP) fails
+//!   with EPROTONOSUPPORT, any other family (AF_VSOCK, AF_XDP, AF_BLUETOOTH …) with
+//!   EAFNOSUPPORT. This part is compiled from the table the `socket` hook reads
+//!   (`engine::preload::FAMILIES`, `INET_TYPES`), so with the filter off
+//!   (`intercept.seccomp = false`) the hook answers the same.
 //!
 //! The filter stays across exec, so it also holds in children the preload does not reach.
 //! A 32-bit (i386) or x32 child cannot be preloaded with this library at all, so no hook
@@ -30,6 +32,10 @@
 use std::ffi::c_int;
 
 use libc::sock_filter;
+
+use crate::engine::preload::{
+    FAMILIES, FamilyRule, INET_TYPES, OTHER_FAMILY, OTHER_INET_TYPE, SocketVerdict, TYPE_FLAGS,
+};
 
 /// What the filter allows beyond the fixed policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +57,6 @@ const SOCKETCALL_SOCKET: u32 = 1;
 /// io_uring_setup, io_uring_enter, io_uring_register: the same numbers on every ABI.
 const IO_URING_FIRST: u32 = 425;
 const IO_URING_LAST: u32 = 427;
-/// `SOCK_PACKET` on AF_INET is the obsolete form of a packet socket.
-const SOCK_PACKET: u32 = 10;
 
 // struct seccomp_data: nr, arch, instruction_pointer, args[6] (little-endian: an
 // argument's low 32 bits come first). socket(2) takes ints, so the kernel reads only
@@ -90,9 +94,10 @@ enum L {
     Mark,
     Socket,
     Inet,
-    Stream,
-    Dgram,
-    Raw,
+    /// The protocol check of `INET_TYPES[i]`.
+    InetType(usize),
+    /// `Ret(k)`, emitted once at the end for each return value jumped to.
+    Ret(u32),
     X32,
     X32Uring,
     I386,
@@ -159,9 +164,7 @@ fn assemble(src: &[Ins]) -> Vec<sock_filter> {
 /// (Linux 5.11+) allows those without running the filter at all.
 pub(crate) fn program(p: Policy) -> Vec<sock_filter> {
     use Ins::*;
-    let raw_class = if p.raw { ALLOW } else { errno(libc::EPERM) };
-    let flags = (libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u32;
-    let src = [
+    let mut src = vec![
         Load(OFF_ARCH),
         Jeq(AUDIT_ARCH_X86_64, L::X86_64),
         Jeq(AUDIT_ARCH_I386, L::I386),
@@ -184,38 +187,9 @@ pub(crate) fn program(p: Policy) -> Vec<sock_filter> {
         Ret(errno(libc::ENOSYS)),
         Label(L::Mark),
         Ret(errno(mark(p))),
-        // socket(family, type, protocol)
-        Label(L::Socket),
-        Load(off_arg(0)),
-        Jeq(libc::AF_UNIX as u32, L::Allow),
-        Jeq(libc::AF_NETLINK as u32, L::Allow),
-        Jeq(libc::AF_INET as u32, L::Inet),
-        Jeq(libc::AF_INET6 as u32, L::Inet),
-        Jeq(libc::AF_PACKET as u32, L::Raw),
-        Ret(errno(libc::EAFNOSUPPORT)),
-        Label(L::Inet),
-        Load(off_arg(1)),
-        // A type with flags the kernel does not know stays unequal to all of these.
-        And(!flags),
-        Jeq(libc::SOCK_STREAM as u32, L::Stream),
-        Jeq(libc::SOCK_DGRAM as u32, L::Dgram),
-        Jeq(libc::SOCK_RAW as u32, L::Raw),
-        Jeq(SOCK_PACKET, L::Raw),
-        // SOCK_SEQPACKET is SCTP on inet; SOCK_DCCP, SOCK_RDM: nothing the hooks tunnel.
-        Ret(errno(libc::EPROTONOSUPPORT)),
-        Label(L::Stream),
-        Load(off_arg(2)),
-        Jeq(0, L::Allow),
-        Jeq(libc::IPPROTO_TCP as u32, L::Allow),
-        Jeq(libc::IPPROTO_MPTCP as u32, L::Allow),
-        Ret(errno(libc::EPROTONOSUPPORT)),
-        Label(L::Dgram),
-        Load(off_arg(2)),
-        Jeq(0, L::Allow),
-        Jeq(libc::IPPROTO_UDP as u32, L::Allow),
-        // ICMP (ping sockets), UDP-Lite: raw-like, on the same switch.
-        Label(L::Raw),
-        Ret(raw_class),
+    ];
+    socket_rules(p, &mut src);
+    src.extend([
         // -- x32: the x86-64 numbers with X32_SYSCALL_BIT set --
         Label(L::X32),
         Jeq(X32_SYSCALL_BIT | X86_64_SOCKET, L::LocalOnly),
@@ -239,17 +213,86 @@ pub(crate) fn program(p: Policy) -> Vec<sock_filter> {
         Load(off_arg(0)),
         Jeq(SOCKETCALL_SOCKET, L::NoFamily),
         Ret(ALLOW),
-        // socket(2) in an ABI the library cannot be preloaded into: local families only.
+        // socket(2) in an ABI the library cannot be preloaded into: the families the
+        // policy allows outright (local ones) only.
         Label(L::LocalOnly),
         Load(off_arg(0)),
-        Jeq(libc::AF_UNIX as u32, L::Allow),
-        Jeq(libc::AF_NETLINK as u32, L::Allow),
+    ]);
+    for &(family, rule) in FAMILIES {
+        if rule == FamilyRule::Is(SocketVerdict::Allow) {
+            src.push(Jeq(family as u32, L::Allow));
+        }
+    }
+    src.extend([
         Label(L::NoFamily),
         Ret(errno(libc::EAFNOSUPPORT)),
         Label(L::Allow),
         Ret(ALLOW),
-    ];
+    ]);
+    // The shared returns the socket rules jump to, each once.
+    let mut rets: Vec<u32> = src
+        .iter()
+        .filter_map(|i| match i {
+            Jeq(_, L::Ret(k)) => Some(*k),
+            _ => None,
+        })
+        .collect();
+    rets.sort_unstable();
+    rets.dedup();
+    for k in rets {
+        src.extend([Label(L::Ret(k)), Ret(k)]);
+    }
     assemble(&src)
+}
+
+/// `socket(family, type, protocol)` on x86-64, compiled from the policy table the
+/// `socket` hook reads (`engine::preload::FAMILIES` and `INET_TYPES`).
+fn socket_rules(p: Policy, src: &mut Vec<Ins>) {
+    use Ins::*;
+    let ret = |v: SocketVerdict| match v {
+        // UDP sockets are created; the hooks refuse their sends.
+        SocketVerdict::Allow | SocketVerdict::Udp => ALLOW,
+        SocketVerdict::Raw if p.raw => ALLOW,
+        SocketVerdict::Raw => errno(libc::EPERM),
+        SocketVerdict::Errno(e) => errno(e),
+    };
+    let to = |v: SocketVerdict| match ret(v) {
+        ALLOW => L::Allow,
+        k => L::Ret(k),
+    };
+    src.extend([Label(L::Socket), Load(off_arg(0))]);
+    for &(family, rule) in FAMILIES {
+        let target = match rule {
+            FamilyRule::Is(v) => to(v),
+            FamilyRule::Inet => L::Inet,
+        };
+        src.push(Jeq(family as u32, target));
+    }
+    src.extend([
+        Ret(ret(OTHER_FAMILY)),
+        Label(L::Inet),
+        Load(off_arg(1)),
+        // A type with flags the kernel does not know stays unequal to all of these.
+        And(!(TYPE_FLAGS as u32)),
+    ]);
+    for (i, &(ty, protos, other)) in INET_TYPES.iter().enumerate() {
+        src.push(if protos.is_empty() {
+            Jeq(ty as u32, to(other))
+        } else {
+            Jeq(ty as u32, L::InetType(i))
+        });
+    }
+    src.push(Ret(ret(OTHER_INET_TYPE)));
+    for (i, &(_, protos, other)) in INET_TYPES.iter().enumerate() {
+        if protos.is_empty() {
+            continue;
+        }
+        src.extend([Label(L::InetType(i)), Load(off_arg(2))]);
+        for &(proto, v) in protos {
+            src.push(Jeq(proto as u32, to(v)));
+        }
+        src.push(Ret(ret(other)));
+    }
 }
 
 // ---- installing it -------------------------------------------------------------------
@@ -456,6 +499,32 @@ mod tests {
             [1 << 32 | 17, 3, 0, 0, 0, 0],
         );
         assert_eq!(high, errno(EPERM));
+    }
+
+    #[test]
+    fn filter_and_socket_hook_decide_from_one_table() {
+        // Every family, type and a spread of protocols: the filter's answer is the
+        // table's verdict as the hook applies it (UDP created, raw per the switch).
+        use crate::engine::preload::socket_verdict;
+        let flags = [0, libc::SOCK_NONBLOCK, libc::SOCK_CLOEXEC, 0x100];
+        let protos = [0, 1, 6, 17, 33, 132, 136, 255, 262, 0x0300];
+        for p in [STRICT, LOOSE] {
+            for dom in 0..50 {
+                for ty in 0..12 {
+                    for f in flags {
+                        for proto in protos {
+                            let want = match socket_verdict(dom, ty | f, proto) {
+                                SocketVerdict::Allow | SocketVerdict::Udp => ALLOW,
+                                SocketVerdict::Raw if p.raw => ALLOW,
+                                SocketVerdict::Raw => errno(libc::EPERM),
+                                SocketVerdict::Errno(e) => errno(e),
+                            };
+                            assert_eq!(x64(p, dom, ty | f, proto), want, "{dom} {ty}|{f} {proto}");
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! `system`, `popen` and `pclose`: the shell they start stays tunneled.
+//! `system`, `popen`, `pclose` and `wordexp`: the shell they start stays tunneled.
 //!
 //! glibc's `system` and `popen` spawn `/bin/sh` through its internal `posix_spawn`,
 //! which no hook sees, with `environ` as it is: after `unsetenv("LD_PRELOAD")`,
@@ -15,6 +15,14 @@
 //! hold the change for as long as the shell runs. Building a private copy only reads
 //! `environ`, exactly as glibc's own `system` does.
 //!
+//! `wordexp` runs its command substitutions in `/bin/sh`, also spawned inside libc with
+//! `environ`, and cannot be rebuilt from outside (the expansion is glibc's). So only
+//! there, and only when `environ` lacks this library, `environ` itself is swapped for the
+//! child's copy for the call and put back after: a pointer assignment (no `setenv`, no
+//! freed array), under a lock against concurrent calls. wordexp is MT-Unsafe with `env`
+//! already (no other thread may change the environment meanwhile); what another thread's
+//! `getenv` may see in that window is the same environment with LD_PRELOAD set.
+//!
 //! A `popen` stream is a plain `fdopen` stream here, so `pclose` is hooked too: it
 //! closes the stream and waits for the shell (a stream this hook did not open goes to
 //! the real `pclose`). Differences from glibc, none of which a program relies on in
@@ -25,7 +33,7 @@ use std::ffi::{CStr, c_char, c_int};
 use std::ptr;
 use std::sync::Mutex;
 
-use super::exec::{Spawn, spawn};
+use super::exec::{Spawn, child_env, spawn};
 use super::{guarded, intercepting, real, set_errno};
 
 unsafe extern "C" {
@@ -305,10 +313,113 @@ pub unsafe extern "C" fn pclose(fp: *mut libc::FILE) -> c_int {
     unsafe { real(fp) }
 }
 
+/// wordexp's flag for "no command substitution" and its out-of-memory answer (glibc).
+const WRDE_NOCMD: c_int = 4;
+const WRDE_NOSPACE: c_int = 1;
+
+/// Held while `environ` is swapped for a [`wordexp`] call, so two calls never restore
+/// each other's copy.
+static ENVIRON_SWAPPED: Mutex<()> = Mutex::new(());
+
+/// `wordexp(3)`: a command substitution's shell gets LD_PRELOAD back (see the module doc).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn wordexp(
+    words: *const c_char,
+    we: *mut libc::c_void,
+    flags: c_int,
+) -> c_int {
+    let real = real!(wordexp: fn(*const c_char, *mut libc::c_void, c_int) -> c_int);
+    let Some(real) = real else {
+        return WRDE_NOSPACE;
+    };
+    if !intercepting() || flags & WRDE_NOCMD != 0 {
+        // SAFETY: the caller's arguments, passed on unchanged.
+        return unsafe { real(words, we, flags) };
+    }
+    guarded("wordexp", WRDE_NOSPACE, || {
+        let _g = ENVIRON_SWAPPED.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: `environ` is read (a NULL-terminated array, or NULL after clearenv).
+        let Some(env) = (unsafe { child_env(environ) }) else {
+            // SAFETY: as above.
+            return unsafe { real(words, we, flags) };
+        };
+        // SAFETY: `env` is a NULL-terminated array whose strings outlive the call; the
+        // lock keeps other wordexp calls from interleaving.
+        unsafe { with_environ(env.ptrs.as_ptr(), || real(words, we, flags)) }
+    })
+}
+
+/// Run `f` with `environ` pointing at `env`, then put the program's array back (never
+/// freed or changed, so another thread's `getenv` always reads a complete array).
+///
+/// # Safety
+/// `env` is a NULL-terminated array of C strings that outlives the call; no other thread
+/// swaps `environ` meanwhile.
+unsafe fn with_environ<T>(env: *const *const c_char, f: impl FnOnce() -> T) -> T {
+    // SAFETY: this function's contract; `environ` is a plain pointer glibc reads anew on
+    // every use.
+    unsafe {
+        let saved = environ;
+        environ = env;
+        let r = f();
+        environ = saved;
+        r
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Read;
+
+    #[test]
+    fn wordexp_after_unsetenv_runs_its_shell_with_the_childs_environment() {
+        // glibc's wordexp spawns /bin/sh with environ as it is at the call: the swapped
+        // array is what its shell sees, and the program's own comes back after.
+        unsafe extern "C" {
+            fn wordfree(we: *mut libc::c_void);
+        }
+        // The test process's environment plus one variable: other test threads reading
+        // the environment meanwhile see what they saw before.
+        let strings: Vec<std::ffi::CString> = std::env::vars_os()
+            .map(|(k, v)| {
+                let mut kv = k.into_encoded_bytes();
+                kv.push(b'=');
+                kv.extend(v.into_encoded_bytes());
+                std::ffi::CString::new(kv).unwrap()
+            })
+            .chain([c"QNET_WORDEXP_TEST=seen".to_owned()])
+            .collect();
+        let env: Vec<*const c_char> = strings
+            .iter()
+            .map(|c| c.as_ptr())
+            .chain([ptr::null()])
+            .collect();
+        // glibc's wordexp_t: count, words, offset.
+        let mut we = [0usize; 3];
+        // SAFETY: a NULL-terminated array of strings alive for the call; `we` is as large
+        // as wordexp_t.
+        let (r, word) = unsafe {
+            let before = environ;
+            let r = with_environ(env.as_ptr(), || {
+                wordexp(
+                    c"$(echo $QNET_WORDEXP_TEST)".as_ptr(),
+                    we.as_mut_ptr().cast(),
+                    0,
+                )
+            });
+            let after = environ;
+            assert_eq!(after, before, "the program's array is back");
+            let words = we[1] as *const *const c_char;
+            let word = (r == 0 && we[0] == 1).then(|| CStr::from_ptr(*words).to_owned());
+            if r == 0 {
+                wordfree(we.as_mut_ptr().cast());
+            }
+            (r, word)
+        };
+        assert_eq!((r, word.as_deref()), (0, Some(c"seen")));
+        assert!(std::env::var_os("QNET_WORDEXP_TEST").is_none());
+    }
 
     #[test]
     fn popen_mode_follows_glibc() {

@@ -1,8 +1,8 @@
 //! Sockets: `socket`, `connect`, `listen`, the send family (TCP Fast Open and addressed
 //! sends are connects), `recvmsg` and `recvmmsg` (fds passed in), and raw `syscall`s of
-//! all of these.
+//! all of these and of `execve`/`execveat` (to the exec hooks).
 
-use std::ffi::{c_int, c_long, c_uint, c_void};
+use std::ffi::{c_char, c_int, c_long, c_uint, c_void};
 use std::net::SocketAddr;
 use std::ptr;
 
@@ -48,7 +48,8 @@ fn connect_op(fd: c_int, sa: SocketAddr) -> Decision<()> {
     preload::connect(fd, sa)
 }
 
-/// `socket(2)`: UDP, raw and packet sockets on inet families would bypass the tunnel.
+/// `socket(2)`: the socket policy (`preload::socket`, the table the seccomp filter is
+/// built from): UDP sockets marked, raw and packet sockets, SCTP and unknown families refused.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int {
     let Some(real) = real!(socket: fn(c_int, c_int, c_int) -> c_int) else {
@@ -58,7 +59,7 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int
         // SAFETY: the caller's arguments, passed on unchanged.
         return unsafe { real(domain, ty, proto) };
     }
-    guarded("socket", -1, || match preload::socket(domain, ty) {
+    guarded("socket", -1, || match preload::socket(domain, ty, proto) {
         Decision::Refuse(e) => refuse(e),
         Decision::Done(preload::NewSocket::Datagram) => {
             // SAFETY: as above.
@@ -396,12 +397,26 @@ unsafe fn route(n: c_long, a: [c_long; 6]) -> Option<c_long> {
                 a[4] as *mut libc::timespec,
             )
             .into(),
+            libc::SYS_execve => super::exec::execve(
+                a[0] as *const c_char,
+                a[1] as *const *const c_char,
+                a[2] as *const *const c_char,
+            )
+            .into(),
+            libc::SYS_execveat => super::exec::execveat(
+                a[0] as c_int,
+                a[1] as *const c_char,
+                a[2] as *const *const c_char,
+                a[3] as *const *const c_char,
+                a[4] as c_int,
+            )
+            .into(),
             _ => return None,
         })
     }
 }
 
-/// `syscall(3)`: raw socket calls bypass every libc hook, so route them to ours. It is
+/// `syscall(3)`: raw socket and exec calls bypass every libc hook, so route them to ours. It is
 /// variadic; reading six `long`s is what the x86-64 and aarch64 calling conventions give
 /// a callee either way. Everything else passes through without a lock or an allocation.
 #[unsafe(no_mangle)]
@@ -425,6 +440,8 @@ pub unsafe extern "C" fn syscall(
             | libc::SYS_close_range
             | libc::SYS_recvmsg
             | libc::SYS_recvmmsg
+            | libc::SYS_execve
+            | libc::SYS_execveat
     );
     // The number first: most raw syscalls (futex, getrandom) must not pay for the rest.
     if routed && intercepting() {

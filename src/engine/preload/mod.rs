@@ -28,8 +28,12 @@ mod tunneled;
 pub(crate) use super::bypass::{BypassGuard, bypassed};
 pub(crate) use super::log::tell_once;
 pub(crate) use connect::{connect, connect_stream, route};
+#[cfg(test)]
+pub(crate) use leaks::socket_verdict;
 pub(crate) use leaks::{
-    NewSocket, datagram_send, exec, listen, preload_value, received_fd, socket, unknown_datagram,
+    FAMILIES, FamilyRule, INET_TYPES, NewSocket, OTHER_FAMILY, OTHER_INET_TYPE, SocketVerdict,
+    TYPE_FLAGS, datagram_send, disarm_inherited, exec, listen, preload_value, received_fd, socket,
+    unknown_datagram,
 };
 pub(crate) use published::STATS;
 pub(crate) use runtime::{active, config, enable, init, preloaded, shutdown};

@@ -26,8 +26,8 @@ fn activate() {
     ACTIVE.store(true, Ordering::Release);
 }
 
-/// Whether the library at `ours` was preloaded (named in `LD_PRELOAD` or
-/// /etc/ld.so.preload) rather than linked into the program or dlopen'ed: only a preloaded
+/// Whether the library at `ours` was preloaded (named in `LD_PRELOAD`,
+/// /etc/ld.so.preload or an explicit loader's `--preload`) rather than linked into the program or dlopen'ed: only a preloaded
 /// library intercepts from load; a program that links it opts in with `qnet_init`.
 pub(crate) fn preloaded(ours: &std::path::Path) -> bool {
     use std::os::unix::fs::MetadataExt;
@@ -42,6 +42,9 @@ pub(crate) fn preloaded(ours: &std::path::Path) -> bool {
     if let Ok(v) = std::fs::read_to_string("/etc/ld.so.preload") {
         lists.push(v);
     }
+    if let Some(v) = loader_preload() {
+        lists.push(v);
+    }
     lists.iter().any(|l| {
         l.split([' ', ':', '\n', '\t'])
             .filter(|e| !e.is_empty())
@@ -53,6 +56,48 @@ pub(crate) fn preloaded(ours: &std::path::Path) -> bool {
                 (me.is_some() && id(p) == me) || p.file_name() == base
             })
     })
+}
+
+/// The `--preload` list of a program started through its loader (`ld.so --preload
+/// "libqnet.so" prog`), which sets no LD_PRELOAD: the process's executable is then the
+/// loader, and its command line still holds the loader's options.
+fn loader_preload() -> Option<String> {
+    let exe = std::fs::read_link("/proc/self/exe").ok()?;
+    let name = exe.file_name()?.to_str()?;
+    if !(name.starts_with("ld-") || name.starts_with("ld.so")) {
+        return None;
+    }
+    let cmdline = std::fs::read("/proc/self/cmdline").ok()?;
+    loader_preload_arg(&cmdline)
+}
+
+/// The value of `--preload` among the loader options at the start of `cmdline` (NUL
+/// separated, the loader first), as glibc's ld.so reads them.
+fn loader_preload_arg(cmdline: &[u8]) -> Option<String> {
+    const WITH_VALUE: &[&[u8]] = &[
+        b"--library-path",
+        b"--inhibit-rpath",
+        b"--audit",
+        b"--preload",
+        b"--argv0",
+        b"--glibc-hwcaps-prepend",
+        b"--glibc-hwcaps-mask",
+    ];
+    let cmdline = cmdline.strip_suffix(&[0]).unwrap_or(cmdline);
+    let mut args = cmdline.split(|&b| b == 0).skip(1);
+    let mut found = Vec::new();
+    while let Some(a) = args.next() {
+        if !a.starts_with(b"--") {
+            break;
+        }
+        if WITH_VALUE.contains(&a) {
+            let v = args.next()?;
+            if a == b"--preload" {
+                found.push(String::from_utf8_lossy(v).into_owned());
+            }
+        }
+    }
+    (!found.is_empty()).then(|| found.join(" "))
 }
 
 /// Whether hooks intercept at all.
@@ -268,5 +313,36 @@ fn fork_child() {
     }
     for fd in fdtab::release_internal_after_fork() {
         sys::close(fd);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ld_so_preload_names_the_library_without_ld_preload() {
+        // `ld.so --preload "a.so libqnet.so" prog` sets no LD_PRELOAD: the library then
+        // thought itself linked, stayed passive, and the program connected directly.
+        let v = |c: &[u8]| loader_preload_arg(c);
+        assert_eq!(
+            v(b"/lib64/ld-linux-x86-64.so.2\0--preload\0/a.so /q/libqnet.so\0/bin/true\0")
+                .as_deref(),
+            Some("/a.so /q/libqnet.so")
+        );
+        assert_eq!(
+            v(b"ld.so\0--library-path\0/x\0--preload\0/q.so\0--preload\0/r.so\0prog\0--preload\0/s.so\0")
+                .as_deref(),
+            Some("/q.so /r.so"),
+            "the loader's options only, not the program's"
+        );
+        assert_eq!(
+            v(b"ld.so\0--argv0\0--preload\0prog\0"),
+            None,
+            "a value, not an option"
+        );
+        assert_eq!(v(b"ld.so\0prog\0--preload\0/q.so\0"), None);
+        assert_eq!(v(b"ld.so\0--preload\0"), None);
+        assert_eq!(v(b""), None);
     }
 }
