@@ -23,6 +23,9 @@ pub enum Linkage {
     Go,
     /// Not ELF (a script, which runs an interpreter that is checked when it runs).
     NotElf,
+    /// Built for another machine (an emulator registered with binfmt_misc runs it): its
+    /// system calls are the emulator's, which LD_PRELOAD of this library cannot reach.
+    Foreign,
 }
 
 impl Linkage {
@@ -34,6 +37,9 @@ impl Linkage {
             ),
             Linkage::Go => Some(
                 "is a Go program: it makes its own system calls, which LD_PRELOAD cannot intercept, and its connections would bypass the tunnel",
+            ),
+            Linkage::Foreign => Some(
+                "is built for another architecture: an emulator would run it past LD_PRELOAD, and its connections would bypass the tunnel",
             ),
             Linkage::Dynamic | Linkage::NotElf => None,
         }
@@ -66,6 +72,14 @@ pub enum ElfError {
 }
 
 const PT_INTERP: u64 = 3;
+/// The machines this process's kernel runs without an emulator (`e_machine`): its own,
+/// and on x86-64 the i386 ABI too (the seccomp filter gives those local sockets only).
+#[cfg(target_arch = "x86_64")]
+const NATIVE_MACHINES: &[u64] = &[62, 3];
+#[cfg(target_arch = "aarch64")]
+const NATIVE_MACHINES: &[u64] = &[183, 40];
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const NATIVE_MACHINES: &[u64] = &[];
 const PT_NOTE: u64 = 4;
 /// Go's linker: a note named "Go" of this type holds the build id.
 const NT_GO_BUILDID: u64 = 4;
@@ -113,6 +127,8 @@ struct Header {
     class64: bool,
     le: bool,
     interp: bool,
+    /// `e_machine`.
+    machine: u64,
     /// (offset, size) of each PT_NOTE segment.
     notes: Vec<(u64, u64)>,
     /// Section headers: offset, entry size, count, index of the section-name table.
@@ -146,6 +162,7 @@ fn header(b: &[u8]) -> Result<Option<Header>, ElfError> {
         _ => return Err(ElfError::Malformed),
     };
     let e = Elf { b, class64, le };
+    let machine = e.u16(0x12)?;
     let phoff = e.word(e.at(0x20, 0x1C))?;
     let phentsize = e.u16(e.at(0x36, 0x2A))?;
     let phnum = e.u16(e.at(0x38, 0x2C))?;
@@ -176,6 +193,7 @@ fn header(b: &[u8]) -> Result<Option<Header>, ElfError> {
         class64,
         le,
         interp,
+        machine,
         notes,
         sections,
     }))
@@ -208,6 +226,9 @@ fn classify(head: &[u8], read_at: &mut ReadAt<'_>) -> Result<Linkage, ElfError> 
     let Some(h) = header(head)? else {
         return Ok(Linkage::NotElf);
     };
+    if !NATIVE_MACHINES.is_empty() && !NATIVE_MACHINES.contains(&h.machine) {
+        return Ok(Linkage::Foreign);
+    }
     if !h.interp {
         return Ok(Linkage::Static);
     }
@@ -315,6 +336,7 @@ mod tests {
         h[..4].copy_from_slice(b"\x7fELF");
         h[4] = 2;
         h[5] = 1;
+        h[0x12..0x14].copy_from_slice(&(NATIVE_MACHINES[0] as u16).to_le_bytes());
         h[0x20] = 64;
         h[0x36] = 56;
         h[0x38] = phdrs.len() as u8;
@@ -372,6 +394,27 @@ mod tests {
         );
         assert_eq!(Linkage::Dynamic.unhookable(), None);
         assert_eq!(Linkage::NotElf.unhookable(), None);
+    }
+
+    #[test]
+    fn foreign_architectures_are_told_apart_by_their_machine() {
+        // An aarch64 program on x86-64 (or the reverse): binfmt_misc would hand it to an
+        // emulator whose own system calls LD_PRELOAD of this library does not see.
+        let mut f = elf64(&[(3, 0, 0)], &[]);
+        let foreign: u16 = if NATIVE_MACHINES[0] == 62 { 183 } else { 62 };
+        f[0x12..0x14].copy_from_slice(&foreign.to_le_bytes());
+        assert_eq!(linkage(&f).unwrap(), Linkage::Foreign);
+        assert!(
+            Linkage::Foreign
+                .unhookable()
+                .unwrap()
+                .contains("architecture")
+        );
+        // The machines the kernel runs natively are not foreign (i386 on x86-64 too).
+        for &m in NATIVE_MACHINES {
+            f[0x12..0x14].copy_from_slice(&(m as u16).to_le_bytes());
+            assert_eq!(linkage(&f).unwrap(), Linkage::Dynamic, "machine {m}");
+        }
     }
 
     #[test]
@@ -436,6 +479,7 @@ mod tests {
         h[..4].copy_from_slice(b"\x7fELF");
         h[4] = 2;
         h[5] = 1;
+        h[0x12..0x14].copy_from_slice(&(NATIVE_MACHINES[0] as u16).to_le_bytes());
         assert_eq!(linkage(&h).unwrap(), Linkage::Static);
         // One PT_INTERP header makes it dynamic.
         h[0x20] = 64;

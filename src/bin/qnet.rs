@@ -292,15 +292,15 @@ fn run(
         Some(Err(e)) => return fail(e),
         None => cfg.as_ref().map_or(JailMode::Prefer, |c| c.intercept.jail),
     };
-    let is_static = match qnet::elf::file_linkage(&path) {
-        Ok(l) => l == qnet::elf::Linkage::Static,
+    // Static, Go or foreign-architecture programs: the hooks cannot see their connects.
+    let unhookable = match qnet::elf::file_linkage(&path) {
+        Ok(l) => l.unhookable(),
         Err(e) => return fail(e.to_string()),
     };
-    let static_msg = || {
+    let unhookable_msg = |why: &str| {
         format!(
-            "{} is statically linked: LD_PRELOAD cannot intercept it, and its connections \
-             would bypass the tunnel; run `qnet socks --listen 127.0.0.1:1080` and point \
-             the program's SOCKS5 proxy setting there instead",
+            "{} {why}; run `qnet socks --listen 127.0.0.1:1080` and point the program's \
+             SOCKS5 proxy setting there instead",
             path.display()
         )
     };
@@ -319,19 +319,19 @@ fn run(
         cmd
     };
     if mode != JailMode::Off {
-        if is_static {
+        if let Some(why) = unhookable {
             // In the jail it reaches nothing but its own loopback: let it run, and say so.
             eprintln!(
-                "qnet run: {} is statically linked: the hooks cannot reach it, so in the jail \
-                 its connections go nowhere (for a tunnel, point it at `qnet socks`)",
+                "qnet run: {} {why}; in the jail they go nowhere instead (for a tunnel, \
+                 point it at `qnet socks`)",
                 path.display()
             );
         }
         match qnet::jail::run::run(build(), cfg.as_ref()) {
             Ok(never) => match never {},
             Err(qnet::jail::run::Failure::NoJail(e)) if mode == JailMode::Prefer => {
-                if is_static {
-                    return fail(format!("{}, and no jail here: {e}", static_msg()));
+                if let Some(why) = unhookable {
+                    return fail(format!("{}, and no jail here: {e}", unhookable_msg(why)));
                 }
                 eprintln!(
                     "qnet run: no network jail ({e}); the hooks and the seccomp filter alone \
@@ -347,8 +347,8 @@ fn run(
             }
             Err(e) => return fail(e.to_string()),
         }
-    } else if is_static {
-        return fail(static_msg());
+    } else if let Some(why) = unhookable {
+        return fail(unhookable_msg(why));
     }
     // exec in place: the program gets our pid, signals and terminal, and its exit status
     // is the command's status with nothing in between.
