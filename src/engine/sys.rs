@@ -29,6 +29,20 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// Write all of `bytes` to `fd`, retrying after EINTR and partial writes, giving up
+/// quietly on any error (the log's stderr: nothing must fail or panic for want of it).
+pub(super) fn write_ignoring_errors(fd: RawFd, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: write reads at most `bytes.len()` bytes from the valid slice.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n > 0 {
+            bytes = &bytes[n as usize..];
+        } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
+        }
+    }
+}
+
 /// A connected pair of unix stream sockets, both close-on-exec.
 pub(super) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];

@@ -146,10 +146,10 @@ impl Client {
                 } else {
                     ""
                 };
-                eprintln!(
+                crate::engine::log::write_line(format_args!(
                     "qnet: relay {} unusable: {why}{hint}; tunneled connections fail, nothing is sent directly",
                     self.cfg.relay
-                );
+                ));
             }
             self.told_down = true;
         }
