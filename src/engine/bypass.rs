@@ -35,6 +35,19 @@ impl BypassGuard {
     }
 }
 
+impl BypassGuard {
+    /// Run `f` with the flag as it was before [`BypassGuard::enter`]: a hook that waits
+    /// (a blocking connect waiting for the relay) must not keep it set, or a signal
+    /// handler that runs on this thread meanwhile would pass every hook and reach libc
+    /// directly. Only qnet's own libc calls run under the flag.
+    pub(crate) fn paused<R>(&self, f: impl FnOnce() -> R) -> R {
+        BYPASS.with(|b| b.set(self.0));
+        let r = f();
+        BYPASS.with(|b| b.set(true));
+        r
+    }
+}
+
 impl Drop for BypassGuard {
     fn drop(&mut self) {
         let prev = self.0;
@@ -59,5 +72,20 @@ mod tests {
             assert!(bypassed());
         }
         assert!(!bypassed());
+    }
+
+    #[test]
+    fn signal_handler_during_blocking_connect_is_not_bypassed() {
+        // A wait inside a hook runs paused: what interrupts it sees the caller's flag.
+        let g = BypassGuard::enter();
+        assert!(g.paused(|| !bypassed()), "unset during the wait");
+        assert!(bypassed(), "set again after it");
+        drop(g);
+        let _engine = BypassGuard::enter();
+        let nested = BypassGuard::enter();
+        assert!(
+            nested.paused(bypassed),
+            "a thread that was bypassed stays bypassed"
+        );
     }
 }

@@ -420,9 +420,10 @@ impl Shared {
             .map(|(i, s)| (i, s.path.clone(), s.min_entropy))
             .collect();
         drop(st);
-        let spawned = std::thread::Builder::new()
-            .name("qnet-entropy".into())
-            .spawn(move || self.collect(epoch, pid, live));
+        // In a preloaded app, an app's signal handler must not run on our thread either.
+        let builder = std::thread::Builder::new().name("qnet-entropy".into());
+        let spawned =
+            crate::os::spawn_signals_blocked(builder, move || self.collect(epoch, pid, live));
         if let Err(e) = spawned {
             // The OS source alone still serves; the path sources wait for the next try.
             crate::qlog!(Warn, "entropy: cannot start the source collector: {e}");

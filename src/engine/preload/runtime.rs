@@ -143,15 +143,14 @@ fn start_engine(cfg: &Config) -> Result<Engine, String> {
     client.observe(Box::new(Published));
     client.set_max_wait(std::time::Duration::from_secs(3600));
     fdtab::mark_internal(wake_tx.as_raw_fd());
-    let thread = std::thread::Builder::new()
-        .name("qnet-engine".into())
-        .spawn(move || {
-            bypass_thread();
-            if let Err(e) = client.run(|_| SHUT_DOWN.load(Ordering::Acquire)) {
-                tell_once(&format!("engine stopped: {e}; tunneled connections fail"));
-            }
-        })
-        .map_err(|e| format!("engine thread: {e}"))?;
+    let builder = std::thread::Builder::new().name("qnet-engine".into());
+    let thread = crate::os::spawn_signals_blocked(builder, move || {
+        bypass_thread();
+        if let Err(e) = client.run(|_| SHUT_DOWN.load(Ordering::Acquire)) {
+            tell_once(&format!("engine stopped: {e}; tunneled connections fail"));
+        }
+    })
+    .map_err(|e| format!("engine thread: {e}"))?;
     Ok(Engine {
         tx,
         wake: Mutex::new(wake_tx),
