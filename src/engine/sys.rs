@@ -1,4 +1,8 @@
-//! The engine's few direct system calls.
+//! The engine's few direct system calls, and where its fds live (see `engine_fd_base`).
+//!
+//! One fd of the engine stays where it was made: the epoll fd inside mio's `Poll`, which
+//! cannot be given another number. A stray `read` or `write` on an epoll fd fails with
+//! EINVAL, so nothing can travel through it.
 #![allow(unsafe_code)]
 
 /// Raise the soft open-file limit to the hard limit: a relay holds one fd per stream.
@@ -43,7 +47,74 @@ pub(super) fn write_ignoring_errors(fd: RawFd, mut bytes: &[u8]) {
     }
 }
 
-/// A connected pair of unix stream sockets, both close-on-exec.
+/// Where the engine's fds live in an app's process: far above the numbers a program
+/// uses, so a stray `write(3..)` of the app (a stale fd variable, a loop over numbers)
+/// cannot put its bytes on the relay link or a flow's socket. Three quarters of the soft
+/// `RLIMIT_NOFILE`, at most 1024: above that the kernel would grow every such process's
+/// fd table for nothing (1024 is already above what stray writes hit), and at 1024 a
+/// default soft limit of 1024 still leaves the engine 256 numbers (768 up). Read each
+/// time: a program may change its limit.
+fn engine_fd_base() -> RawFd {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the valid, owned `lim`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 3;
+    }
+    let soft = lim.rlim_cur.min(1 << 20) as RawFd;
+    (soft - soft / 4).clamp(3, 1024)
+}
+
+/// A close-on-exec duplicate of `fd` at the lowest free number from the engine's base
+/// (see [`engine_fd_base`]); where none is free there (a process near its fd limit), the
+/// lowest free number at all: the engine still works, only without the distance.
+fn dup_high(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC takes an int and returns a new fd that we then own.
+    let n = match cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, engine_fd_base()) }) {
+        Ok(n) => n,
+        // SAFETY: as above.
+        Err(_) => cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) })?,
+    };
+    // SAFETY: `n` is a fresh fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// Move an engine fd to the engine's range (the old number is closed); one that cannot
+/// move keeps its number.
+pub(super) fn to_engine_range(fd: OwnedFd) -> OwnedFd {
+    if fd.as_raw_fd() >= engine_fd_base() {
+        return fd;
+    }
+    dup_high(fd.as_raw_fd()).unwrap_or(fd)
+}
+
+/// The preload engine's wake pipe, both ends in the engine's range.
+pub(super) fn engine_pipe() -> io::Result<(mio::unix::pipe::Sender, mio::unix::pipe::Receiver)> {
+    use std::os::fd::IntoRawFd;
+    let (tx, rx) = mio::unix::pipe::new()?;
+    // SAFETY: each end is taken out of its owner and moved into an OwnedFd, which then
+    // owns it alone.
+    let (tx, rx) = unsafe {
+        (
+            OwnedFd::from_raw_fd(tx.into_raw_fd()),
+            OwnedFd::from_raw_fd(rx.into_raw_fd()),
+        )
+    };
+    let (tx, rx) = (to_engine_range(tx), to_engine_range(rx));
+    // SAFETY: as above, back into the pipe types (still non-blocking: the flag belongs to
+    // the open file description, which the duplicate shares).
+    unsafe {
+        Ok((
+            mio::unix::pipe::Sender::from_raw_fd(tx.into_raw_fd()),
+            mio::unix::pipe::Receiver::from_raw_fd(rx.into_raw_fd()),
+        ))
+    }
+}
+
+/// A connected pair of unix stream sockets, both close-on-exec: the app's end, and the
+/// engine's end in the engine's range.
 pub(super) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: socketpair writes two fds into the valid two-element array.
@@ -56,7 +127,8 @@ pub(super) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
         )
     })?;
     // SAFETY: both fds were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let (app, engine) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok((app, to_engine_range(engine)))
 }
 
 /// The file status flags (`O_NONBLOCK` …) of an fd.
@@ -84,12 +156,9 @@ pub(super) fn dup_onto(src: &OwnedFd, dst: RawFd, cloexec: bool) -> io::Result<(
     cvt(unsafe { libc::dup3(src.as_raw_fd(), dst, flags) }).map(drop)
 }
 
-/// A close-on-exec duplicate of an fd.
+/// A close-on-exec duplicate of an fd, for the engine (in its range).
 pub(super) fn dup(fd: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC returns a new fd that we then own.
-    let n = cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) })?;
-    // SAFETY: `n` is a fresh fd owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+    dup_high(fd)
 }
 
 /// Read an int-valued socket option.
@@ -243,7 +312,8 @@ pub(super) fn connect_next(addr: std::net::SocketAddr) -> io::Result<std::net::T
         )
     })?;
     // SAFETY: `fd` is a fresh socket owned by nobody else.
-    let sock = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    let sock = to_engine_range(unsafe { OwnedFd::from_raw_fd(fd) });
+    let sock = std::net::TcpStream::from(sock);
     let sa = crate::sockaddr::encode(addr);
     // SAFETY: a valid socket and a sockaddr of `sa.len()` bytes, alive for the call.
     let r = unsafe { connect(sock.as_raw_fd(), sa.as_ptr(), sa.len()) };
@@ -309,7 +379,9 @@ impl TimerFd {
             )
         })?;
         // SAFETY: the fd was just created and is owned by nobody else.
-        Ok(TimerFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+        Ok(TimerFd(to_engine_range(unsafe {
+            OwnedFd::from_raw_fd(fd)
+        })))
     }
 
     /// Fire once, `after` from now (zero or less than 1 ns: as soon as possible).
@@ -356,4 +428,29 @@ impl AsRawFd for TimerFd {
 pub fn lower_timer_slack() {
     // SAFETY: PR_SET_TIMERSLACK takes an integer argument and affects only this thread.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong, 0, 0, 0) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_fds_live_above_the_apps_numbers() {
+        let base = engine_fd_base();
+        assert!(base >= 3);
+        let (app, engine) = socketpair().unwrap();
+        assert!(
+            engine.as_raw_fd() >= base,
+            "engine end {} below {base}",
+            engine.as_raw_fd()
+        );
+        assert!(dup(app.as_raw_fd()).unwrap().as_raw_fd() >= base);
+        assert!(TimerFd::new().unwrap().as_raw_fd() >= base);
+        let (tx, rx) = engine_pipe().unwrap();
+        assert!(tx.as_raw_fd() >= base && rx.as_raw_fd() >= base);
+        // The duplicate keeps the pipe non-blocking (an empty read would block otherwise).
+        let mut rx = rx;
+        let r = io::Read::read(&mut rx, &mut [0u8; 1]);
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+    }
 }

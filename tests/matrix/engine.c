@@ -150,7 +150,17 @@ static int nonblocking_to(const char *ip, int port) {
     return fd;
 }
 
+static int contains(const int *v, int n, int x) {
+    for (int i = 0; i < n; i++)
+        if (v[i] == x)
+            return 1;
+    return 0;
+}
+
 static void t_high_fds(void) {
+    /* what the process had before any connect (inherited from the runner) is not the engine's */
+    static int before[4096];
+    int nbefore = open_fds(before, 4096);
     int a = tcp_to(ECHO4, PORT);
     int b = nonblocking_to(ECHO4, PORT);
     if (a < 0 || b < 0) {
@@ -166,14 +176,16 @@ static void t_high_fds(void) {
     int n = open_fds(fds, 4096), engine = 0, lowest = -1;
     for (int i = 0; i < n; i++) {
         int fd = fds[i];
-        if (fd <= 2 || fd == a || fd == b)
+        if (fd == a || fd == b || contains(before, nbefore, fd))
             continue;
         char path[64], target[256] = "?";
         snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
         ssize_t tl = readlink(path, target, sizeof target - 1);
         if (tl > 0)
             target[tl] = 0;
-        if (fd < 64)
+        if (fd < 64 && strcmp(target, "anon_inode:[eventpoll]") == 0)
+            mx_ok("fd %d is the engine's epoll fd (mio's, cannot move; read/write on it fail with EINVAL)", fd);
+        else if (fd < 64)
             mx_fail("engine fd %d (%s) at a low number, where a stray write of the app lands", fd, target);
         else {
             if (lowest < 0)
@@ -185,7 +197,7 @@ static void t_high_fds(void) {
 
     /* a program writing to numbers it does not own (a stale fd variable, a bad loop) */
     for (int fd = 3; fd < 64; fd++)
-        if (fd != a && fd != b)
+        if (fd != a && fd != b && !contains(before, nbefore, fd))
             (void)!write(fd, "stray bytes of the app\n", 23);
     e = mx_echo(a, "after-stray", why, sizeof why);
     CHECK(e == 0, "echo after stray writes to 3..63%s%s", e ? ": " : "", e ? why : "");

@@ -135,7 +135,7 @@ fn start_engine(cfg: &Config) -> Result<Engine, String> {
     let client_cfg = ClientConfig::from_config(cfg)?;
     crate::entropy::configure(&cfg.entropy).map_err(|e| e.to_string())?;
     let mut client = Client::new(client_cfg).map_err(|e| format!("engine: {e}"))?;
-    let (wake_tx, wake_rx) = mio::unix::pipe::new().map_err(|e| format!("engine: {e}"))?;
+    let (wake_tx, wake_rx) = sys::engine_pipe().map_err(|e| format!("engine: {e}"))?;
     let (tx, rx) = crossbeam::channel::unbounded();
     client
         .accept_commands(rx, wake_rx)
