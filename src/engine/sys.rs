@@ -430,6 +430,45 @@ pub fn lower_timer_slack() {
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000 as libc::c_ulong, 0, 0, 0) };
 }
 
+/// `fork` for tests of the fork handlers; the child must end with [`exit_child`].
+#[cfg(test)]
+pub(super) fn fork_for_test() -> libc::pid_t {
+    // SAFETY: the test's child runs only code that is fork-safe under our handlers
+    // (our locks, glibc's malloc, which has its own) and ends with _exit.
+    unsafe { libc::fork() }
+}
+
+/// End a test's fork child at once (no destructors, no test harness).
+#[cfg(test)]
+pub(super) fn exit_child(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// Wait up to `timeout` for a child's exit status; a child still running then (hung) is
+/// killed and `None` returned.
+#[cfg(test)]
+pub(super) fn wait_child(pid: libc::pid_t, timeout: std::time::Duration) -> Option<i32> {
+    let end = std::time::Instant::now() + timeout;
+    loop {
+        let mut st = 0;
+        // SAFETY: waitpid writes one int.
+        let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
+        if r == pid {
+            return libc::WIFEXITED(st).then(|| libc::WEXITSTATUS(st));
+        }
+        if r < 0 || std::time::Instant::now() > end {
+            // SAFETY: our own child; reaped right after.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut st, 0);
+            }
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -151,6 +151,15 @@ pub fn configure(cfg: &EntropyConfig) -> Result<(), EntropyError> {
     SHARED.configure(cfg)
 }
 
+/// Register the ring's fork handlers now (they are otherwise registered on first use).
+/// The preload runtime calls this before registering its own, so that the ring's
+/// prepare handler runs after the runtime's (prepare handlers run in reverse order of
+/// registration): the runtime's engine lock is taken before the ring's, the order in
+/// which starting an engine nests them.
+pub(crate) fn register_fork_handlers() {
+    fork::register();
+}
+
 /// Start the collector (if path sources are configured) and wait up to `timeout` until
 /// each source has been read once or dropped; returns whether that happened in time.
 pub fn settle(timeout: Duration) -> bool {

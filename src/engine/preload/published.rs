@@ -150,6 +150,12 @@ pub(super) fn local_for(peer: SocketAddr) -> SocketAddr {
     SocketAddr::new(local_ip(peer.is_ipv4()), port)
 }
 
+/// [`RELAY_LOCAL`]'s lock, held across `fork` (see the fork handlers in `runtime`).
+pub(super) fn lock_for_fork() -> parking_lot::MutexGuard<'static, Option<IpAddr>> {
+    std::sync::LazyLock::force(&STATS);
+    RELAY_LOCAL.lock()
+}
+
 pub(super) fn local_ip(v4: bool) -> IpAddr {
     match (v4, *RELAY_LOCAL.lock()) {
         (true, Some(IpAddr::V4(a))) => IpAddr::V4(a),

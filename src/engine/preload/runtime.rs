@@ -110,10 +110,13 @@ pub(crate) fn init(
     if let Some(c) = CONFIG.get() {
         return check(c);
     }
+    // Under CONFIG_ERR's lock, as in `config`: the fork handlers hold it, so no fork
+    // copies the config's one-time initialisation half done.
+    let mut err = CONFIG_ERR.lock();
     let c = Config::load_from(path).map_err(|e| e.to_string())?;
     check(&c)?;
     loaded(c);
-    *CONFIG_ERR.lock() = None;
+    *err = None;
     Ok(())
 }
 
@@ -233,20 +236,47 @@ fn install_fork_handlers() {
     extern "C" fn child() {
         fork_child();
     }
-    ONCE.call_once(|| crate::os::on_fork(prepare, parent, child));
+    ONCE.call_once(|| {
+        // First, so that the ring's prepare handler runs after ours (see there).
+        crate::entropy::register_fork_handlers();
+        crate::os::on_fork(prepare, parent, child);
+    });
+}
+
+/// Every lock a hook or the engine thread may hold, taken by the thread that forks.
+/// The fields are taken in this order, the order in which code nests them (the config's
+/// before the engine's, which `send` takes after `config`; the rest never nest).
+/// Locks that are not here: the engine's wake pipe lock (only taken under ENGINE's, or on
+/// an engine already taken out of it, which a child never touches); the entropy ring's
+/// (its own handlers, registered first so that they run after these); and
+/// `hooks::shell`'s (its own handlers).
+struct ForkHeld {
+    _config: parking_lot::MutexGuard<'static, Option<String>>,
+    engine: parking_lot::MutexGuard<'static, Option<Engine>>,
+    _fdtab: fdtab::Locks,
+    _relay_local: parking_lot::MutexGuard<'static, Option<std::net::IpAddr>>,
 }
 
 thread_local! {
-    static FORK_HELD: std::cell::RefCell<Option<(parking_lot::MutexGuard<'static, Option<Engine>>, fdtab::Locks)>> =
-        const { std::cell::RefCell::new(None) };
+    static FORK_HELD: std::cell::RefCell<Option<ForkHeld>> = const { std::cell::RefCell::new(None) };
 }
 
 /// `pthread_atfork` prepare: hold every lock, so the child never inherits one that a
-/// thread which does not exist there was holding.
+/// thread which does not exist there was holding; and finish the one-time
+/// initialisations a fork could otherwise copy half done.
 fn fork_prepare() {
-    let g = ENGINE.lock();
-    let l = fdtab::lock_all();
-    FORK_HELD.with(|h| *h.borrow_mut() = Some((g, l)));
+    let _guard = BypassGuard::enter();
+    let config = CONFIG_ERR.lock();
+    if let Some(c) = CONFIG.get() {
+        crate::engine::resolve::settle_fake_map(c);
+    }
+    let held = ForkHeld {
+        _config: config,
+        engine: ENGINE.lock(),
+        _fdtab: fdtab::lock_all(),
+        _relay_local: super::published::lock_for_fork(),
+    };
+    FORK_HELD.with(|h| *h.borrow_mut() = Some(held));
 }
 
 /// `pthread_atfork` parent: release what [`fork_prepare`] took.
@@ -259,13 +289,65 @@ fn fork_parent() {
 fn fork_child() {
     let _guard = BypassGuard::enter();
     let held = FORK_HELD.with(|h| h.borrow_mut().take());
-    if let Some((mut g, locks)) = held {
-        // The parent's pipe fd is closed below with the other engine fds.
-        std::mem::forget(g.take());
-        drop(g);
-        drop(locks);
+    if let Some(mut held) = held {
+        // The parent's engine does not exist here: its thread was not copied, and its
+        // pipe fd is closed below with the other engine fds.
+        std::mem::forget(held.engine.take());
+        drop(held);
     }
     for fd in fdtab::release_internal_after_fork() {
         sys::close(fd);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Fork while another thread holds what `hold` takes (for 150 ms), then take every
+    /// lock in the child: the exit status, `None` when the child hung on a lock copied held.
+    /// Takes a lock and returns its guard.
+    type Hold = fn() -> Box<dyn std::any::Any>;
+
+    fn fork_while_held(hold: Hold) -> Option<i32> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let g = hold();
+            tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(150));
+            drop(g);
+        });
+        rx.recv().unwrap();
+        let pid = sys::fork_for_test();
+        if pid == 0 {
+            drop(CONFIG_ERR.lock());
+            drop(ENGINE.lock());
+            super::super::published::local_ip(true);
+            fdtab::add_tunneled(2_600_001, fdtab::FdInfo::for_test());
+            let ok = fdtab::with_info(2_600_001, |i| i.peer.port()) == Some(80);
+            sys::exit_child(if ok { 0 } else { 1 });
+        }
+        assert!(pid > 0, "fork");
+        let status = sys::wait_child(pid, Duration::from_secs(5));
+        holder.join().unwrap();
+        status
+    }
+
+    #[test]
+    fn fork_while_another_thread_holds_a_lock_leaves_the_child_none_held() {
+        install_fork_handlers();
+        // Each lock a hook or the engine may hold mid-call, held by another thread.
+        let holds: [(&str, Hold); 4] = [
+            ("config", || Box::new(CONFIG_ERR.lock())),
+            ("engine", || Box::new(ENGINE.lock())),
+            ("fd table", || Box::new(fdtab::lock_all())),
+            ("relay address", || {
+                Box::new(super::super::published::lock_for_fork())
+            }),
+        ];
+        for (what, hold) in holds {
+            assert_eq!(fork_while_held(hold), Some(0), "{what}: the child hung");
+        }
     }
 }
