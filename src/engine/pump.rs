@@ -43,6 +43,15 @@ pub(crate) enum Sock {
 }
 
 impl Sock {
+    /// Make the coming close a reset (TCP: RST, so the peer reads ECONNRESET rather than
+    /// a clean end of the stream). A unix socket has no such thing: its peer reads EOF,
+    /// or ECONNRESET when bytes it sent were still unread here.
+    pub(crate) fn reset_on_close(&self) {
+        if let Sock::Tcp(s) = self {
+            super::sys::reset_on_close(std::os::fd::AsRawFd::as_raw_fd(s));
+        }
+    }
+
     fn shutdown_write(&self) -> io::Result<()> {
         match self {
             Sock::Tcp(s) => s.shutdown(Shutdown::Write),

@@ -186,6 +186,24 @@ pub(super) fn setsockopt_int(
     cvt(unsafe { libc::setsockopt(fd, level, name, (&raw const v).cast(), len) }).map(drop)
 }
 
+/// Make closing a TCP socket send RST (`SO_LINGER` on, zero seconds); errors ignored.
+pub(super) fn reset_on_close(fd: RawFd) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: the kernel reads `size_of::<linger>()` bytes from the valid `l`.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const l).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+}
+
 /// Write zero bytes without blocking until the socket's send buffer is full; returns the count.
 pub(super) fn fill_send_buffer(fd: RawFd) -> io::Result<usize> {
     let chunk = [0u8; 512];

@@ -83,6 +83,13 @@ impl ShapedTimers {
         })
     }
 
+    /// Forget every departure (the loop recovering from a panic of its own drops all its
+    /// flows). The timerfd stays; a firing left armed finds nothing due.
+    pub(crate) fn clear(&mut self) {
+        self.wheel = Wheel::new();
+        self.armed_at = None;
+    }
+
     /// The timerfd fired: read it quiet; the next [`ShapedTimers::arm`] sets it again.
     pub(crate) fn fired(&mut self) {
         self.fd.clear();
