@@ -50,6 +50,29 @@ macro_rules! real {
 }
 pub(crate) use real;
 
+/// The mutex for state that hooks and qnet's threads share inside an app's process and
+/// that fork handlers hold across `fork`: std's futex mutex, whose unlock just clears the
+/// lock word (and wakes a waiter, if any). parking_lot's unlock may instead hand the lock
+/// straight to a waiting thread (its fairness), and a thread that waited in the parent
+/// does not exist in the child: the child's copy would stay locked forever. A poisoned
+/// lock is taken anyway: a panic inside a hook fails that call; what these locks guard
+/// (maps, options) is whole between statements.
+pub(crate) struct ForkMutex<T>(std::sync::Mutex<T>);
+
+impl<T> ForkMutex<T> {
+    /// A new unlocked mutex (usable in a `static`).
+    pub(crate) const fn new(v: T) -> ForkMutex<T> {
+        ForkMutex(std::sync::Mutex::new(v))
+    }
+
+    /// Lock it, waiting as long as it takes.
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, T> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Register `pthread_atfork` handlers. Callers guard with a `Once`: handlers registered
 /// twice run twice.
 pub(crate) fn on_fork(prepare: extern "C" fn(), parent: extern "C" fn(), child: extern "C" fn()) {

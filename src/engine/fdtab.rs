@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Ordering};
 
-use parking_lot::Mutex;
+use crate::os::ForkMutex;
 
 /// Fds below this are looked up in the lock-free table; above it, in the map.
 const TABLE: usize = 1 << 20;
@@ -32,8 +32,8 @@ static MARKED: AtomicUsize = AtomicUsize::new(0);
 static TOP: AtomicUsize = AtomicUsize::new(0);
 /// How many fds the map above the table holds: zero lets `kind` answer without its lock.
 static HIGH_COUNT: AtomicUsize = AtomicUsize::new(0);
-static HIGH: Mutex<Option<HashMap<i32, u8>>> = Mutex::new(None);
-static INFO: Mutex<Option<HashMap<i32, FdInfo>>> = Mutex::new(None);
+static HIGH: ForkMutex<Option<HashMap<i32, u8>>> = ForkMutex::new(None);
+static INFO: ForkMutex<Option<HashMap<i32, FdInfo>>> = ForkMutex::new(None);
 
 /// What an fd is to qnet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -336,8 +336,8 @@ pub(crate) fn forget_range(lo: u32, hi: u32) {
 
 /// Both of the table's locks, held across `fork` (see the fork handlers in `preload::runtime`).
 pub(crate) struct Locks {
-    _high: parking_lot::MutexGuard<'static, Option<HashMap<i32, u8>>>,
-    _info: parking_lot::MutexGuard<'static, Option<HashMap<i32, FdInfo>>>,
+    _high: std::sync::MutexGuard<'static, Option<HashMap<i32, u8>>>,
+    _info: std::sync::MutexGuard<'static, Option<HashMap<i32, FdInfo>>>,
 }
 
 /// Take both locks (in the one order used everywhere: HIGH before INFO is never nested

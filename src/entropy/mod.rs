@@ -35,7 +35,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
+
+use crate::os::ForkMutex;
 use thiserror::Error;
 
 pub use crate::config::{EntropyConfig, EntropySource};
@@ -257,7 +259,7 @@ struct Shared {
     os_health_failures: AtomicU64,
     reseeds: AtomicU64,
     bytes_generated: AtomicU64,
-    state: Mutex<State>,
+    state: ForkMutex<State>,
     os: OsRead,
 }
 
@@ -293,7 +295,7 @@ impl Shared {
             os_health_failures: AtomicU64::new(0),
             reseeds: AtomicU64::new(0),
             bytes_generated: AtomicU64::new(0),
-            state: parking_lot::const_mutex(State {
+            state: ForkMutex::new(State {
                 epoch: 0,
                 sources: Vec::new(),
                 collector_pid: None,

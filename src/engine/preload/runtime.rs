@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
+use crate::os::ForkMutex;
+
 use super::published::Published;
 use crate::config::Config;
 use crate::engine::bypass::{BypassGuard, bypass_thread};
@@ -72,7 +74,7 @@ pub(crate) fn enable() {
 static CONFIG: OnceLock<Config> = OnceLock::new();
 /// Why loading the config implicitly (first hook) failed: kept, so a broken config fails
 /// every tunneled call the same way without re-reading files.
-static CONFIG_ERR: Mutex<Option<String>> = Mutex::new(None);
+static CONFIG_ERR: ForkMutex<Option<String>> = ForkMutex::new(None);
 
 fn loaded(c: Config) -> &'static Config {
     crate::engine::log::set_level(c.log);
@@ -132,7 +134,7 @@ struct Engine {
 /// `qnet_shutdown` was called: the engine stops and no new one starts.
 static SHUT_DOWN: AtomicBool = AtomicBool::new(false);
 
-static ENGINE: Mutex<Option<Engine>> = Mutex::new(None);
+static ENGINE: ForkMutex<Option<Engine>> = ForkMutex::new(None);
 
 fn start_engine(cfg: &Config) -> Result<Engine, String> {
     let client_cfg = ClientConfig::from_config(cfg)?;
@@ -251,10 +253,10 @@ fn install_fork_handlers() {
 /// (its own handlers, registered first so that they run after these); and
 /// `hooks::shell`'s (its own handlers).
 struct ForkHeld {
-    _config: parking_lot::MutexGuard<'static, Option<String>>,
-    engine: parking_lot::MutexGuard<'static, Option<Engine>>,
+    _config: std::sync::MutexGuard<'static, Option<String>>,
+    engine: std::sync::MutexGuard<'static, Option<Engine>>,
     _fdtab: fdtab::Locks,
-    _relay_local: parking_lot::MutexGuard<'static, Option<std::net::IpAddr>>,
+    _relay_local: std::sync::MutexGuard<'static, Option<std::net::IpAddr>>,
 }
 
 thread_local! {
@@ -319,6 +321,20 @@ mod tests {
             drop(g);
         });
         rx.recv().unwrap();
+        // Threads queued on the lock when the fork happens: the child must not inherit
+        // the lock handed to one of them (they do not exist there).
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let contenders: Vec<_> = (0..3)
+            .map(|_| {
+                let done = done.clone();
+                std::thread::spawn(move || {
+                    while !done.load(Ordering::Relaxed) {
+                        drop(hold());
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(20));
         let pid = sys::fork_for_test();
         if pid == 0 {
             drop(CONFIG_ERR.lock());
@@ -331,6 +347,10 @@ mod tests {
         assert!(pid > 0, "fork");
         let status = sys::wait_child(pid, Duration::from_secs(5));
         holder.join().unwrap();
+        done.store(true, Ordering::Relaxed);
+        for c in contenders {
+            c.join().unwrap();
+        }
         status
     }
 
