@@ -312,16 +312,15 @@ pub unsafe extern "C" fn recvmmsg(
         return r;
     }
     // SAFETY: the kernel filled the first `r` messages of the caller's array.
+    let has_control = |i: usize| unsafe { (*msgs.add(i)).msg_hdr.msg_controllen != 0 };
+    // Without control data there is nothing to judge: no allocation, no lock.
+    if !(0..r as usize).any(has_control) {
+        return r;
+    }
+    // SAFETY: as above.
     let received: Vec<*mut msghdr> = (0..r as usize)
         .map(|i| unsafe { &raw mut (*msgs.add(i)).msg_hdr })
         .collect();
-    let has_control = |m: &*mut msghdr| {
-        // SAFETY: as above.
-        unsafe { (**m).msg_controllen != 0 }
-    };
-    if !received.iter().any(has_control) {
-        return r;
-    }
     guarded("recvmmsg", -1, || {
         // SAFETY: the control buffers the kernel just filled.
         let refused = unsafe { passed_fds_refused(&received) };
