@@ -173,13 +173,14 @@ fn dup_onto_hook(old: c_int, new: c_int, call: impl FnOnce() -> c_int) -> c_int 
     }
     if fdtab::kind(new) == Kind::Internal && !preload::bypassed() {
         // The engine owns that number; replacing it would cut every tunneled connection.
-        // Moving the engine's fd out of the way first is not possible from here: the
-        // engine thread holds the number in its sockets and in epoll registrations
-        // (keyed by number and file), and mio's `Poll` cannot take a new epoll fd, so
-        // the engine would have to re-home its objects mid-loop while this call (maybe
-        // from a signal handler) waits for it. The engine's fds live at the top of the fd
-        // range (`engine::sys`), where a program's dup2 rarely aims; EBUSY is what the
-        // kernel's own dup2 answers for a number in a racing open.
+        // Moving the engine's fd out of the way first cannot be done from this thread:
+        // the engine thread holds the number in its sockets and its epoll registrations
+        // (keyed by number and file), so it alone could re-home them, mid-loop, while
+        // this call (perhaps from a signal handler, perhaps one that interrupted a thread
+        // holding the lock the engine is reached through) waits for it; and mio's `Poll`
+        // cannot take a new epoll fd at all. The engine's fds live at the top of the fd
+        // range instead (`engine::sys`), where a program's dup2 rarely aims; EBUSY is
+        // what the kernel's own dup2 answers for a number in a racing open.
         return refuse(libc::EBUSY);
     }
     let r = call();
