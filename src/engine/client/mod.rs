@@ -260,8 +260,11 @@ impl Client {
     /// socketpairs closed), drop SOCKS handshakes and the session, and connect afresh;
     /// listeners and the command channel stay, so later connections work.
     fn recover(&mut self, now: Instant) {
-        super::log::tell_once(
-            "internal error in the engine; its connections were reset, new ones are served",
+        // A line per panic (at most MAX_PANICS), not `tell_once`: the runtime's own
+        // once-only line must stay free for the engine stopping for good.
+        crate::qlog!(
+            Error,
+            "internal error in the engine; its connections were reset, new ones are served"
         );
         for f in self.flows.values() {
             f.ep.sock.reset_on_close();
