@@ -11,7 +11,7 @@ use super::leaks::datagram_send;
 use super::published::local_for;
 use super::runtime::{config, send};
 use crate::config::{Config, Route};
-use crate::engine::bypass::BypassGuard;
+use crate::engine::bypass::{BypassGuard, paused};
 use crate::engine::client::{AppConn, Attach, Failure};
 use crate::engine::fdtab::{self, ConnState, FdInfo, Kind};
 use crate::engine::log::tell_once;
@@ -20,7 +20,7 @@ use crate::proto::Destination;
 
 /// Decide what `connect(fd, addr)` does for an inet stream socket.
 pub(crate) fn connect(fd: i32, addr: SocketAddr) -> Decision<()> {
-    let g = BypassGuard::enter();
+    let _g = BypassGuard::enter();
     match fdtab::kind(fd) {
         Kind::Internal => return Decision::Refuse(libc::EBADF),
         Kind::Datagram => return datagram_send(fd),
@@ -47,7 +47,7 @@ pub(crate) fn connect(fd: i32, addr: SocketAddr) -> Decision<()> {
         }
     };
     match route(cfg, addr) {
-        Decision::Done(dest) => match tunnel(&g, fd, addr, dest, cfg) {
+        Decision::Done(dest) => match tunnel(fd, addr, dest, cfg) {
             Ok(()) => Decision::Done(()),
             Err(e) => Decision::Refuse(e),
         },
@@ -85,13 +85,7 @@ fn refused_dns<T>(addr: SocketAddr) -> Decision<T> {
     Decision::Refuse(libc::ECONNREFUSED)
 }
 
-fn tunnel(
-    g: &BypassGuard,
-    fd: i32,
-    peer: SocketAddr,
-    dest: Destination,
-    cfg: &Config,
-) -> Result<(), i32> {
+fn tunnel(fd: i32, peer: SocketAddr, dest: Destination, cfg: &Config) -> Result<(), i32> {
     let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(libc::EIO);
     let flags = sys::status_flags(fd).map_err(errno)?;
     let cloexec = sys::is_cloexec(fd).map_err(errno)?;
@@ -139,7 +133,6 @@ fn tunnel(
     }
     let started = Instant::now();
     let result = attach_and_wait(
-        g,
         sock,
         dest,
         state,
@@ -166,10 +159,10 @@ fn tunnel(
 }
 
 /// Hand `sock` to the engine as a stream to `dest` and wait up to `timeout` for the
-/// relay's answer (a blocking connect). The wait runs with `g` paused: a signal handler
-/// that runs on this thread meanwhile (its own `connect`) must be intercepted.
+/// relay's answer (a blocking connect). The wait runs paused (`bypass::paused`): a
+/// signal handler that runs on this thread meanwhile (its own `connect`) must be
+/// intercepted.
 fn attach_and_wait(
-    g: &BypassGuard,
     sock: mio::net::UnixStream,
     dest: Destination,
     state: std::sync::Arc<ConnState>,
@@ -189,8 +182,7 @@ fn attach_and_wait(
         },
     })
     .map_err(Failure::Errno)?;
-    g.paused(|| rx.recv_timeout(timeout))
-        .unwrap_or(Err(Failure::Errno(libc::ETIMEDOUT)))
+    paused(|| rx.recv_timeout(timeout)).unwrap_or(Err(Failure::Errno(libc::ETIMEDOUT)))
 }
 
 /// A new connected stream socket to `dest` for the C API's `qnet_connect`: the app end of
@@ -200,7 +192,7 @@ pub(crate) fn connect_stream(
     peer: SocketAddr,
     timeout: std::time::Duration,
 ) -> Result<std::os::fd::OwnedFd, Failure> {
-    let g = BypassGuard::enter();
+    let _g = BypassGuard::enter();
     let errno = |e: std::io::Error| Failure::Errno(e.raw_os_error().unwrap_or(libc::EIO));
     let (app, engine) = sys::socketpair().map_err(errno)?;
     sys::set_status_flags(engine.as_raw_fd(), libc::O_NONBLOCK).map_err(errno)?;
@@ -208,7 +200,7 @@ pub(crate) fn connect_stream(
     let sock = mio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(engine));
     let state = ConnState::new();
     let counters: std::sync::Arc<fdtab::FlowCounters> = Default::default();
-    attach_and_wait(&g, sock, dest, state.clone(), counters.clone(), timeout)?;
+    attach_and_wait(sock, dest, state.clone(), counters.clone(), timeout)?;
     state.set(0);
     fdtab::add_tunneled(
         app.as_raw_fd(),

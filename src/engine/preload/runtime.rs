@@ -213,8 +213,8 @@ pub(crate) fn shutdown() {
         }
         let _ = std::io::Write::write(&mut *e.wake.lock(), &[1]);
         if let Some(t) = e.thread.take() {
-            let _g = BypassGuard::enter();
-            let _ = t.join();
+            // A wait: a signal handler meanwhile must meet the hooks (see `paused`).
+            let _ = crate::engine::bypass::paused(|| t.join());
         }
     }
 }
