@@ -65,6 +65,16 @@ impl<T> ForkMutex<T> {
         ForkMutex(std::sync::Mutex::new(v))
     }
 
+    /// Lock it if nobody holds it (a hook that may run in a signal handler, whose
+    /// interrupted thread may be the holder).
+    pub(crate) fn try_lock(&self) -> Option<std::sync::MutexGuard<'_, T>> {
+        match self.0.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
     /// Lock it, waiting as long as it takes.
     pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, T> {
         self.0

@@ -68,6 +68,23 @@ impl Sock {
         }
     }
 
+    /// Its fd number.
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Sock::Tcp(s) => std::os::fd::AsRawFd::as_raw_fd(s),
+            Sock::Unix(s) => std::os::fd::AsRawFd::as_raw_fd(s),
+        }
+    }
+
+    /// Move to a new fd number, unregistered (an app's `dup2` onto the old one, see
+    /// `sys::renumber`); returns the old number.
+    pub(crate) fn renumber(&mut self) -> io::Result<std::os::fd::RawFd> {
+        match self {
+            Sock::Tcp(s) => super::sys::renumber(s),
+            Sock::Unix(s) => super::sys::renumber(s),
+        }
+    }
+
     /// Remove from the poller.
     pub(crate) fn deregister(&mut self, r: &Registry) -> io::Result<()> {
         match self {

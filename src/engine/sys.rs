@@ -21,7 +21,7 @@ pub fn raise_fd_limit() {
 }
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use crate::os::real;
 
@@ -90,9 +90,21 @@ pub(super) fn to_engine_range(fd: OwnedFd) -> OwnedFd {
     dup_high(fd.as_raw_fd()).unwrap_or(fd)
 }
 
+/// Give the engine object `obj` a new fd number (in the engine's range), for an app's
+/// `dup2` onto its current one: the old number is left open on the same file and is no
+/// longer the engine's, so the app's `dup2` replaces it atomically (closing it first
+/// would let another thread take the number in between). Returns the old number; `obj`
+/// is untouched on error.
+pub(super) fn renumber<T: AsRawFd + IntoRawFd + FromRawFd>(obj: &mut T) -> io::Result<RawFd> {
+    let new = dup_high(obj.as_raw_fd())?;
+    // SAFETY: `new` is a fresh fd owned by nobody else; the old object gives up its number
+    // without closing it (its file stays open through `new`).
+    let old = std::mem::replace(obj, unsafe { T::from_raw_fd(new.into_raw_fd()) });
+    Ok(old.into_raw_fd())
+}
+
 /// The preload engine's wake pipe, both ends in the engine's range.
 pub(super) fn engine_pipe() -> io::Result<(mio::unix::pipe::Sender, mio::unix::pipe::Receiver)> {
-    use std::os::fd::IntoRawFd;
     let (tx, rx) = mio::unix::pipe::new()?;
     // SAFETY: each end is taken out of its owner and moved into an OwnedFd, which then
     // owns it alone.
@@ -419,6 +431,11 @@ impl TimerFd {
         // SAFETY: `spec` is a valid itimerspec; the old value is not asked for (NULL).
         cvt(unsafe { libc::timerfd_settime(self.0.as_raw_fd(), 0, &spec, std::ptr::null_mut()) })
             .map(drop)
+    }
+
+    /// Move to a new fd number (see [`renumber`]); the old one is returned, left open.
+    pub(super) fn renumber(&mut self) -> io::Result<RawFd> {
+        renumber(&mut self.0)
     }
 
     /// Read away an expiry so the fd stops being readable.

@@ -171,17 +171,28 @@ fn dup_onto_hook(old: c_int, new: c_int, call: impl FnOnce() -> c_int) -> c_int 
     if fdtab::kind(old) == Kind::None && fdtab::kind(new) == Kind::None {
         return call();
     }
-    if fdtab::kind(new) == Kind::Internal && !preload::bypassed() {
-        // The engine owns that number; replacing it would cut every tunneled connection.
-        // Moving the engine's fd out of the way first cannot be done from this thread:
-        // the engine thread holds the number in its sockets and its epoll registrations
-        // (keyed by number and file), so it alone could re-home them, mid-loop, while
-        // this call (perhaps from a signal handler, perhaps one that interrupted a thread
-        // holding the lock the engine is reached through) waits for it; and mio's `Poll`
-        // cannot take a new epoll fd at all. The engine's fds live at the top of the fd
-        // range instead (`engine::sys`), where a program's dup2 rarely aims; EBUSY is
-        // what the kernel's own dup2 answers for a number in a racing open.
-        return refuse(libc::EBUSY);
+    if fdtab::kind(new) == Kind::Internal && old != new && !preload::bypassed() {
+        // The engine owns that number: it moves its fd off it first, leaving the number
+        // open on its file for the real call to replace atomically. Where it cannot (its
+        // lock is held, perhaps by the thread this signal handler interrupted; mio's
+        // poller fd, which cannot be given another number), EBUSY, which is what the
+        // kernel's own dup2 answers for a number in a racing open.
+        let freed = guarded("dup2", false, || preload::free_engine_fd(new));
+        if !freed {
+            return refuse(libc::EBUSY);
+        }
+        let r = call();
+        if r < 0 {
+            // Nothing replaced the number, which still holds the engine's old file.
+            let e = std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EBADF);
+            fdtab::forget(new);
+            // SAFETY: the number is no longer the engine's (it moved) nor the app's.
+            unsafe { close(new) };
+            return refuse(e);
+        }
+        return dup_result(old, r);
     }
     let r = call();
     dup_result(old, r)

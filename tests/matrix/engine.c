@@ -6,8 +6,9 @@
  *                   number marked; the TCP socket, accepted socket and socketpair that get
  *                   the number next must work as what they are
  *   high-fds        the engine's fds (relay link, socketpair ends, pipes) sit far above the
- *                   app's numbers: stray writes to 3..63 reach none of them; dup2 onto one
- *                   is refused with EBUSY and leaves the tunnel working
+ *                   app's numbers: stray writes to 3..63 reach none of them; dup2 onto any
+ *                   of them gives the app the number (the engine moves off it first) and
+ *                   leaves the tunnel working; mio's epoll fd alone answers EBUSY
  *   signal-connect  a SIGALRM handler that runs while the main thread waits in a blocking
  *                   tunneled connect (PORT: a listener in the relay namespace whose backlog
  *                   is full, so the relay's dial hangs) connects itself: through the tunnel */
@@ -15,6 +16,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/time.h>
 
@@ -204,13 +206,46 @@ static void t_high_fds(void) {
     e = mx_connect_echo(ECHO4, PORT, "new-after-stray", why, sizeof why);
     CHECK(e == 0, "a new connection after stray writes%s%s", e ? ": " : "", e ? why : "");
 
-    /* dup2 onto an engine fd: refused, and the tunnel keeps working */
-    if (lowest >= 0) {
-        int r = dup2(0, lowest);
-        CHECK(r < 0 && errno == EBUSY, "dup2(0, engine fd %d) -> %s (want EBUSY)", lowest, r < 0 ? strerror(errno) : "replaced it");
-        e = mx_echo(b, "after-dup2", why, sizeof why);
-        CHECK(e == 0, "echo after dup2 onto an engine fd%s%s", e ? ": " : "", e ? why : "");
+    /* dup2 onto every engine fd: the engine moves off each number first, the app gets it,
+     * and the tunnel keeps working; only mio's epoll fd cannot move (EBUSY) */
+    int engine_fds[4096], ne = 0, epfd = -1;
+    n = open_fds(fds, 4096);
+    for (int i = 0; i < n; i++) {
+        int fd = fds[i];
+        if (fd == a || fd == b || contains(before, nbefore, fd))
+            continue;
+        char path[64], target[256] = "?";
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        ssize_t tl = readlink(path, target, sizeof target - 1);
+        if (tl > 0)
+            target[tl] = 0;
+        if (strcmp(target, "anon_inode:[eventpoll]") == 0)
+            epfd = fd;
+        else
+            engine_fds[ne++] = fd;
     }
+    int devnull = open("/dev/null", O_RDONLY);
+    for (int i = 0; i < ne; i++) {
+        int fd = engine_fds[i];
+        int r = i % 2 ? dup3(devnull, fd, O_CLOEXEC) : dup2(devnull, fd);
+        CHECK(r == fd, "%s(/dev/null, engine fd %d) -> %s", i % 2 ? "dup3" : "dup2", fd, r == fd ? "the number" : strerror(errno));
+        struct stat st_null, st_fd;
+        fstat(devnull, &st_null);
+        CHECK(fstat(fd, &st_fd) == 0 && st_fd.st_ino == st_null.st_ino, "fd %d is now /dev/null", fd);
+    }
+    if (epfd >= 0) {
+        int r = dup2(devnull, epfd);
+        CHECK(r < 0 && errno == EBUSY, "dup2 onto the engine's epoll fd %d -> %s (want EBUSY)", epfd, r < 0 ? strerror(errno) : "replaced it");
+    }
+    e = mx_echo(a, "after-dup2-a", why, sizeof why);
+    CHECK(e == 0, "blocking flow's echo after dup2 onto every engine fd%s%s", e ? ": " : "", e ? why : "");
+    e = mx_echo(b, "after-dup2-b", why, sizeof why);
+    CHECK(e == 0, "non-blocking flow's echo after dup2 onto every engine fd%s%s", e ? ": " : "", e ? why : "");
+    e = mx_connect_echo(ECHO4, PORT, "new-after-dup2", why, sizeof why);
+    CHECK(e == 0, "a new connection after dup2 onto every engine fd%s%s", e ? ": " : "", e ? why : "");
+    for (int i = 0; i < ne; i++)
+        close(engine_fds[i]);
+    close(devnull);
     close(a);
     close(b);
 }

@@ -17,7 +17,7 @@ mod link;
 mod socks;
 
 pub use attach::Failure;
-pub(crate) use attach::{AppConn, Attach};
+pub(crate) use attach::{AppConn, Attach, Command};
 pub use config::{ClientConfig, DestinationError, parse_destination};
 
 use std::collections::{HashMap, HashSet, VecDeque};

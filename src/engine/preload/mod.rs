@@ -31,7 +31,7 @@ pub(crate) use leaks::{
     NewSocket, datagram_send, exec, listen, preload_value, received_fd, socket, unknown_datagram,
 };
 pub(crate) use published::STATS;
-pub(crate) use runtime::{active, config, enable, init, preloaded, shutdown};
+pub(crate) use runtime::{active, config, enable, free_engine_fd, init, preloaded, shutdown};
 pub(crate) use tunneled::{close, local_of, peer_of, sockopt_get, sockopt_set};
 
 /// What a hook must do.

@@ -13,7 +13,7 @@ use crate::os::ForkMutex;
 use super::published::Published;
 use crate::config::Config;
 use crate::engine::bypass::{BypassGuard, bypass_thread};
-use crate::engine::client::{Attach, Client, ClientConfig};
+use crate::engine::client::{Attach, Client, ClientConfig, Command};
 use crate::engine::fdtab;
 use crate::engine::log::tell_once;
 use crate::engine::sys;
@@ -125,7 +125,7 @@ pub(crate) fn init(
 // ---- the engine thread --------------------------------------------------------------
 
 struct Engine {
-    tx: crossbeam::channel::Sender<Attach>,
+    tx: crossbeam::channel::Sender<Command>,
     wake: Mutex<mio::unix::pipe::Sender>,
     pid: u32,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -196,9 +196,45 @@ pub(super) fn send(attach: Attach) -> Result<(), i32> {
         }
     }
     let e = g.as_ref().expect("started");
-    e.tx.send(attach).map_err(|_| libc::ECONNREFUSED)?;
+    e.tx.send(Command::Attach(attach))
+        .map_err(|_| libc::ECONNREFUSED)?;
     let _ = std::io::Write::write(&mut *e.wake.lock(), &[1]);
     Ok(())
+}
+
+/// An app's `dup2`/`dup3` is about to replace engine fd `fd`: have the engine move off
+/// that number first (`Client::renumber`), so the app gets the number and every
+/// tunneled connection goes on. False (the hook answers EBUSY) when the engine's lock
+/// is held (perhaps by the thread a signal handler interrupted), the engine does not
+/// answer within a second, or the number cannot move (the poller's own fd).
+pub(crate) fn free_engine_fd(fd: i32) -> bool {
+    let Some(mut g) = ENGINE.try_lock() else {
+        return false;
+    };
+    let Some(e) = g.as_mut().filter(|e| e.pid == sys::getpid()) else {
+        return false;
+    };
+    // The wake pipe's sending end is held here, not by the engine thread.
+    {
+        let mut w = e.wake.lock();
+        if w.as_raw_fd() == fd {
+            return match sys::renumber(&mut *w) {
+                Ok(_) => {
+                    fdtab::mark_internal(w.as_raw_fd());
+                    true
+                }
+                Err(_) => false,
+            };
+        }
+    }
+    let (tx, rx) = crossbeam::channel::bounded(1);
+    if e.tx.send(Command::Renumber(fd, tx)).is_err() {
+        return false;
+    }
+    let _ = std::io::Write::write(&mut *e.wake.lock(), &[1]);
+    drop(g);
+    crate::engine::bypass::paused(|| rx.recv_timeout(std::time::Duration::from_secs(1)))
+        .unwrap_or(false)
 }
 
 /// Stop the engine thread (closing the relay session and every tunneled flow) and start
