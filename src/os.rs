@@ -50,12 +50,71 @@ macro_rules! real {
 }
 pub(crate) use real;
 
+/// The mutex for state that hooks and qnet's threads share inside an app's process and
+/// that fork handlers hold across `fork`: std's futex mutex, whose unlock just clears the
+/// lock word (and wakes a waiter, if any). parking_lot's unlock may instead hand the lock
+/// straight to a waiting thread (its fairness), and a thread that waited in the parent
+/// does not exist in the child: the child's copy would stay locked forever. A poisoned
+/// lock is taken anyway: a panic inside a hook fails that call; what these locks guard
+/// (maps, options) is whole between statements.
+pub(crate) struct ForkMutex<T>(std::sync::Mutex<T>);
+
+impl<T> ForkMutex<T> {
+    /// A new unlocked mutex (usable in a `static`).
+    pub(crate) const fn new(v: T) -> ForkMutex<T> {
+        ForkMutex(std::sync::Mutex::new(v))
+    }
+
+    /// Lock it if nobody holds it (a hook that may run in a signal handler, whose
+    /// interrupted thread may be the holder).
+    pub(crate) fn try_lock(&self) -> Option<std::sync::MutexGuard<'_, T>> {
+        match self.0.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Lock it, waiting as long as it takes.
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, T> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// Register `pthread_atfork` handlers. Callers guard with a `Once`: handlers registered
 /// twice run twice.
 pub(crate) fn on_fork(prepare: extern "C" fn(), parent: extern "C" fn(), child: extern "C" fn()) {
     // SAFETY: the handlers are plain functions of this library, valid for the process's
     // life (glibc drops them if the library is unloaded).
     unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
+}
+
+/// Spawn one of qnet's threads inside the app's process with every blockable signal
+/// blocked. Such a thread carries the bypass flag for its whole life (or holds our locks),
+/// so an app's handler that ran there would reach libc directly: its `connect` would go
+/// out untunneled. The kernel then delivers process-directed signals to the app's own
+/// threads. (glibc keeps its internal SIGCANCEL/SIGSETXID deliverable whatever the mask.)
+pub(crate) fn spawn_signals_blocked<T: Send + 'static>(
+    builder: std::thread::Builder,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::io::Result<std::thread::JoinHandle<T>> {
+    // A new thread starts with its creator's mask: block everything here for the spawn,
+    // then put the caller's mask back (a signal that arrived meanwhile is delivered then).
+    // SAFETY: sigset_t is plain data, filled by sigfillset before use; pthread_sigmask
+    // only reads `all` and writes `old`, both owned locals.
+    let old = unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        old
+    };
+    let r = builder.spawn(f);
+    // SAFETY: restores the mask read above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    r
 }
 
 /// glibc's search path when `PATH` is unset (`confstr(_CS_PATH)`).
@@ -131,5 +190,51 @@ mod tests {
     fn next_symbol_finds_libc_and_not_nonsense() {
         assert!(next_symbol(c"connect").is_some());
         assert!(next_symbol(c"qnet_no_such_symbol_xyz").is_none());
+    }
+
+    /// The calling thread's blocked-signal mask.
+    fn mask() -> libc::sigset_t {
+        // SAFETY: a NULL new set only reads the mask into the owned `m`.
+        unsafe {
+            let mut m: libc::sigset_t = std::mem::zeroed();
+            libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut m);
+            m
+        }
+    }
+
+    fn blocked(m: &libc::sigset_t, sig: i32) -> bool {
+        // SAFETY: reads a valid sigset_t.
+        unsafe { libc::sigismember(m, sig) == 1 }
+    }
+
+    #[test]
+    fn engine_thread_blocks_every_signal_so_app_handlers_never_run_there() {
+        let before = mask();
+        let t = spawn_signals_blocked(std::thread::Builder::new(), || {
+            let m = mask();
+            [
+                libc::SIGINT,
+                libc::SIGTERM,
+                libc::SIGALRM,
+                libc::SIGUSR1,
+                libc::SIGCHLD,
+                libc::SIGPIPE,
+            ]
+            .iter()
+            .all(|&s| blocked(&m, s))
+        })
+        .unwrap();
+        assert!(
+            t.join().unwrap(),
+            "every blockable signal is blocked in the new thread"
+        );
+        let after = mask();
+        for s in [libc::SIGINT, libc::SIGALRM, libc::SIGUSR1] {
+            assert_eq!(
+                blocked(&before, s),
+                blocked(&after, s),
+                "the caller's mask is back"
+            );
+        }
     }
 }

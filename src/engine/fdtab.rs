@@ -1,20 +1,23 @@
 //! Which fds of the process are tunneled app sockets and which belong to the engine.
 //!
-//! Every hook asks this table first. For an fd below 65,536 the answer is one acquire
-//! load of an atomic byte (no lock, no allocation); the rare fds above that are looked up
-//! in a map behind a mutex. Details of tunneled fds (the original destination, the
-//! connect outcome, TCP options the app set) sit behind a mutex that only tunneled fds
-//! ever touch.
+//! Every hook asks this table first. For an fd below 2^20 (Linux's default `nr_open`,
+//! so every fd of a process that did not raise it) the answer is one acquire load of an
+//! atomic byte: no lock, no allocation, safe inside a signal handler that interrupted a
+//! thread holding any of our locks (the 1 MiB table is zero-initialised `.bss`: only the
+//! pages of numbers in use are ever touched). The rare fds above that are looked up in a
+//! map behind a mutex, and only while such a map entry exists (a count says so, lock-free).
+//! Details of tunneled fds (the original destination, the connect outcome, TCP options
+//! the app set) sit behind a mutex that only tunneled fds ever touch.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Ordering};
 
-use parking_lot::Mutex;
+use crate::os::ForkMutex;
 
 /// Fds below this are looked up in the lock-free table; above it, in the map.
-const TABLE: usize = 1 << 16;
+const TABLE: usize = 1 << 20;
 
 const NONE: u8 = 0;
 const TUNNELED: u8 = 1;
@@ -23,9 +26,14 @@ const DATAGRAM: u8 = 3;
 
 static KINDS: [AtomicU8; TABLE] = [const { AtomicU8::new(NONE) }; TABLE];
 /// How many fds are marked: zero lets range operations skip the table.
-static MARKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-static HIGH: Mutex<Option<HashMap<i32, u8>>> = Mutex::new(None);
-static INFO: Mutex<Option<HashMap<i32, FdInfo>>> = Mutex::new(None);
+static MARKED: AtomicUsize = AtomicUsize::new(0);
+/// One above the highest fd ever marked in the table: range scans stop there rather than
+/// at 2^20.
+static TOP: AtomicUsize = AtomicUsize::new(0);
+/// How many fds the map above the table holds: zero lets `kind` answer without its lock.
+static HIGH_COUNT: AtomicUsize = AtomicUsize::new(0);
+static HIGH: ForkMutex<Option<HashMap<i32, u8>>> = ForkMutex::new(None);
+static INFO: ForkMutex<Option<HashMap<i32, FdInfo>>> = ForkMutex::new(None);
 
 /// What an fd is to qnet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,15 +166,20 @@ fn set_kind(fd: i32, k: u8) {
         return;
     }
     let old = if (fd as usize) < TABLE {
+        if k != NONE {
+            TOP.fetch_max(fd as usize + 1, Ordering::AcqRel);
+        }
         KINDS[fd as usize].swap(k, Ordering::AcqRel)
     } else {
         let mut h = HIGH.lock();
         let m = h.get_or_insert_with(HashMap::new);
-        if k == NONE {
+        let old = if k == NONE {
             m.remove(&fd).unwrap_or(NONE)
         } else {
             m.insert(fd, k).unwrap_or(NONE)
-        }
+        };
+        HIGH_COUNT.store(m.len(), Ordering::Release);
+        old
     };
     match (old == NONE, k == NONE) {
         (true, false) => {
@@ -192,6 +205,8 @@ pub(crate) fn kind(fd: i32) -> Kind {
         NONE
     } else if (fd as usize) < TABLE {
         KINDS[fd as usize].load(Ordering::Acquire)
+    } else if HIGH_COUNT.load(Ordering::Acquire) == 0 {
+        NONE
     } else {
         HIGH.lock()
             .as_ref()
@@ -224,14 +239,28 @@ pub(crate) fn add_tunneled(fd: i32, info: FdInfo) {
     set_kind(fd, TUNNELED);
 }
 
-/// The fd was closed (or replaced by `dup2`): forget whatever it was.
+/// The fd was closed (or replaced by `dup2`): forget whatever it was. An unmarked fd
+/// costs one load (no lock, no write).
 pub(crate) fn forget(fd: i32) {
-    if kind(fd) == Kind::Tunneled {
-        if let Some(m) = INFO.lock().as_mut() {
-            m.remove(&fd);
+    match kind(fd) {
+        Kind::None => return,
+        Kind::Tunneled => {
+            if let Some(m) = INFO.lock().as_mut() {
+                m.remove(&fd);
+            }
         }
+        Kind::Internal | Kind::Datagram => {}
     }
     set_kind(fd, NONE);
+}
+
+/// The kernel just handed out `fd` as a new file (`socket`, `accept`, `socketpair`): a
+/// mark still on the number is stale, left by a close no hook saw (a raw `syscall`
+/// instruction, a library's internal close), and would make the new socket answer for
+/// the old one (a TCP socket refused "UDP" sends). Engine threads mark their fds after
+/// creating them, so this never clears a live mark.
+pub(crate) fn fresh(fd: i32) {
+    forget(fd);
 }
 
 /// `new` is now a duplicate of `old`: it inherits what `old` is (dup, dup2, dup3).
@@ -266,10 +295,17 @@ pub(crate) fn with_info<R>(fd: i32, f: impl FnOnce(&mut FdInfo) -> R) -> Option<
 
 /// Every fd in `lo..=hi` whose mark `want` accepts, ascending.
 fn marked_in(lo: u32, hi: u32, want: impl Fn(u8) -> bool) -> Vec<i32> {
-    let mut v: Vec<i32> = (lo as usize..=(hi as usize).min(TABLE - 1))
+    let top = TOP.load(Ordering::Acquire);
+    if top == 0 && HIGH_COUNT.load(Ordering::Acquire) == 0 {
+        return Vec::new();
+    }
+    let mut v: Vec<i32> = (lo as usize..(hi as usize).saturating_add(1).min(top))
         .filter(|&fd| want(KINDS[fd].load(Ordering::Acquire)))
         .map(|fd| fd as i32)
         .collect();
+    if HIGH_COUNT.load(Ordering::Acquire) == 0 {
+        return v;
+    }
     if let Some(m) = HIGH.lock().as_ref() {
         v.extend(
             m.iter()
@@ -300,8 +336,8 @@ pub(crate) fn forget_range(lo: u32, hi: u32) {
 
 /// Both of the table's locks, held across `fork` (see the fork handlers in `preload::runtime`).
 pub(crate) struct Locks {
-    _high: parking_lot::MutexGuard<'static, Option<HashMap<i32, u8>>>,
-    _info: parking_lot::MutexGuard<'static, Option<HashMap<i32, FdInfo>>>,
+    _high: std::sync::MutexGuard<'static, Option<HashMap<i32, u8>>>,
+    _info: std::sync::MutexGuard<'static, Option<HashMap<i32, FdInfo>>>,
 }
 
 /// Take both locks (in the one order used everywhere: HIGH before INFO is never nested
@@ -330,7 +366,7 @@ mod tests {
     #[test]
     fn kinds_follow_dup_and_close() {
         // High numbers no real fd of the test process uses.
-        let (a, b, big) = (60_001, 60_002, 70_000);
+        let (a, b, big) = (60_001, 60_002, 2_070_000);
         assert_eq!(kind(a), Kind::None);
         add_tunneled(a, FdInfo::for_test());
         assert_eq!(kind(a), Kind::Tunneled);
@@ -342,7 +378,7 @@ mod tests {
         assert_eq!(kind(b), Kind::Tunneled, "the duplicate stays tunneled");
         mark_internal(big);
         assert_eq!(kind(big), Kind::Internal);
-        assert_eq!(internal_in(60_000, 80_000), vec![big]);
+        assert_eq!(internal_in(2_000_000, 2_100_000), vec![big]);
         duplicate(a, b);
         assert_eq!(
             kind(b),
@@ -366,17 +402,54 @@ mod tests {
 
     #[test]
     fn forget_range_reaches_above_the_table() {
-        let (dgram, high, engine) = (65_000, 100_001, 100_002);
+        let (dgram, high, engine) = (65_000, 2_100_001, 2_100_002);
         mark_datagram(dgram);
         add_tunneled(high, FdInfo::for_test());
         mark_internal(engine);
         forget_range(65_000, 65_000);
-        forget_range(100_000, u32::MAX);
+        forget_range(2_100_000, u32::MAX);
         assert_eq!(kind(dgram), Kind::None);
         assert_eq!(kind(high), Kind::None);
         assert!(with_info(high, |_| ()).is_none(), "its record is gone too");
         assert_eq!(kind(engine), Kind::Internal, "the engine's fds stay");
         forget(engine);
+    }
+
+    #[test]
+    fn stale_mark_is_cleared_when_the_number_is_handed_out_again() {
+        // A UDP socket closed behind the hooks' back: the next socket on its number must
+        // not be refused "UDP" sends, nor a tunneled number keep its old peer.
+        let (dgram, tun) = (60_201, 60_202);
+        mark_datagram(dgram);
+        add_tunneled(tun, FdInfo::for_test());
+        fresh(dgram);
+        fresh(tun);
+        assert_eq!((kind(dgram), kind(tun)), (Kind::None, Kind::None));
+        assert!(with_info(tun, |_| ()).is_none());
+        fresh(60_203);
+        assert_eq!(
+            kind(60_203),
+            Kind::None,
+            "an unmarked number stays unmarked"
+        );
+    }
+
+    #[test]
+    fn unmarked_fds_are_answered_while_another_thread_holds_every_lock() {
+        // A signal handler's close/dup2 may interrupt a thread inside the table's locks:
+        // an fd the table does not know must be answered without waiting for them.
+        let held = lock_all();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let k = kind(999_999);
+            forget(999_998);
+            fresh(999_997);
+            duplicate(999_996, 999_995);
+            let _ = tx.send(k);
+        });
+        let r = rx.recv_timeout(std::time::Duration::from_secs(5));
+        drop(held);
+        assert_eq!(r, Ok(Kind::None), "the lookups did not wait for the locks");
     }
 
     #[test]

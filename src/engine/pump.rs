@@ -43,6 +43,15 @@ pub(crate) enum Sock {
 }
 
 impl Sock {
+    /// Make the coming close a reset (TCP: RST, so the peer reads ECONNRESET rather than
+    /// a clean end of the stream). A unix socket has no such thing: its peer reads EOF,
+    /// or ECONNRESET when bytes it sent were still unread here.
+    pub(crate) fn reset_on_close(&self) {
+        if let Sock::Tcp(s) = self {
+            super::sys::reset_on_close(std::os::fd::AsRawFd::as_raw_fd(s));
+        }
+    }
+
     fn shutdown_write(&self) -> io::Result<()> {
         match self {
             Sock::Tcp(s) => s.shutdown(Shutdown::Write),
@@ -56,6 +65,23 @@ impl Sock {
         match self {
             Sock::Tcp(s) => s.register(r, t, i),
             Sock::Unix(s) => s.register(r, t, i),
+        }
+    }
+
+    /// Its fd number.
+    pub(crate) fn raw_fd(&self) -> std::os::fd::RawFd {
+        match self {
+            Sock::Tcp(s) => std::os::fd::AsRawFd::as_raw_fd(s),
+            Sock::Unix(s) => std::os::fd::AsRawFd::as_raw_fd(s),
+        }
+    }
+
+    /// Move to a new fd number, unregistered (an app's `dup2` onto the old one, see
+    /// `sys::renumber`); returns the old number.
+    pub(crate) fn renumber(&mut self) -> io::Result<std::os::fd::RawFd> {
+        match self {
+            Sock::Tcp(s) => super::sys::renumber(s),
+            Sock::Unix(s) => super::sys::renumber(s),
         }
     }
 

@@ -48,6 +48,14 @@ fn fake(cfg: &Config) -> Option<&'static FakeDns> {
     .as_ref()
 }
 
+/// Make the fake-address map now (a fork's prepare handler): a `fork` while another
+/// thread is inside its one-time initialisation would leave the child's copy of that
+/// initialisation forever in progress, and a map made before the fork is the one parent
+/// and children share.
+pub(crate) fn settle_fake_map(cfg: &Config) {
+    fake(cfg);
+}
+
 /// Whether `ip` is in one of the fake nets (allocated or not).
 pub(crate) fn is_fake(cfg: &Config, ip: IpAddr) -> bool {
     let i = &cfg.intercept;

@@ -1,4 +1,8 @@
-//! The engine's few direct system calls.
+//! The engine's few direct system calls, and where its fds live (see `engine_fd_base`).
+//!
+//! One fd of the engine stays where it was made: the epoll fd inside mio's `Poll`, which
+//! cannot be given another number. A stray `read` or `write` on an epoll fd fails with
+//! EINVAL, so nothing can travel through it.
 #![allow(unsafe_code)]
 
 /// Raise the soft open-file limit to the hard limit: a relay holds one fd per stream.
@@ -17,7 +21,7 @@ pub fn raise_fd_limit() {
 }
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use crate::os::real;
 
@@ -29,7 +33,100 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// A connected pair of unix stream sockets, both close-on-exec.
+/// Write all of `bytes` to `fd`, retrying after EINTR and partial writes, giving up
+/// quietly on any error (the log's stderr: nothing must fail or panic for want of it).
+pub(super) fn write_ignoring_errors(fd: RawFd, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: write reads at most `bytes.len()` bytes from the valid slice.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n > 0 {
+            bytes = &bytes[n as usize..];
+        } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return;
+        }
+    }
+}
+
+/// Where the engine's fds live in an app's process: far above the numbers a program
+/// uses, so a stray `write(3..)` of the app (a stale fd variable, a loop over numbers)
+/// cannot put its bytes on the relay link or a flow's socket. Three quarters of the soft
+/// `RLIMIT_NOFILE`, at most 1024: above that the kernel would grow every such process's
+/// fd table for nothing (1024 is already above what stray writes hit), and at 1024 a
+/// default soft limit of 1024 still leaves the engine 256 numbers (768 up). Read each
+/// time: a program may change its limit.
+fn engine_fd_base() -> RawFd {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the valid, owned `lim`.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 3;
+    }
+    let soft = lim.rlim_cur.min(1 << 20) as RawFd;
+    (soft - soft / 4).clamp(3, 1024)
+}
+
+/// A close-on-exec duplicate of `fd` at the lowest free number from the engine's base
+/// (see [`engine_fd_base`]); where none is free there (a process near its fd limit), the
+/// lowest free number at all: the engine still works, only without the distance.
+fn dup_high(fd: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC takes an int and returns a new fd that we then own.
+    let n = match cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, engine_fd_base()) }) {
+        Ok(n) => n,
+        // SAFETY: as above.
+        Err(_) => cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) })?,
+    };
+    // SAFETY: `n` is a fresh fd owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// Move an engine fd to the engine's range (the old number is closed); one that cannot
+/// move keeps its number.
+pub(super) fn to_engine_range(fd: OwnedFd) -> OwnedFd {
+    if fd.as_raw_fd() >= engine_fd_base() {
+        return fd;
+    }
+    dup_high(fd.as_raw_fd()).unwrap_or(fd)
+}
+
+/// Give the engine object `obj` a new fd number (in the engine's range), for an app's
+/// `dup2` onto its current one: the old number is left open on the same file and is no
+/// longer the engine's, so the app's `dup2` replaces it atomically (closing it first
+/// would let another thread take the number in between). Returns the old number; `obj`
+/// is untouched on error.
+pub(super) fn renumber<T: AsRawFd + IntoRawFd + FromRawFd>(obj: &mut T) -> io::Result<RawFd> {
+    let new = dup_high(obj.as_raw_fd())?;
+    // SAFETY: `new` is a fresh fd owned by nobody else; the old object gives up its number
+    // without closing it (its file stays open through `new`).
+    let old = std::mem::replace(obj, unsafe { T::from_raw_fd(new.into_raw_fd()) });
+    Ok(old.into_raw_fd())
+}
+
+/// The preload engine's wake pipe, both ends in the engine's range.
+pub(super) fn engine_pipe() -> io::Result<(mio::unix::pipe::Sender, mio::unix::pipe::Receiver)> {
+    let (tx, rx) = mio::unix::pipe::new()?;
+    // SAFETY: each end is taken out of its owner and moved into an OwnedFd, which then
+    // owns it alone.
+    let (tx, rx) = unsafe {
+        (
+            OwnedFd::from_raw_fd(tx.into_raw_fd()),
+            OwnedFd::from_raw_fd(rx.into_raw_fd()),
+        )
+    };
+    let (tx, rx) = (to_engine_range(tx), to_engine_range(rx));
+    // SAFETY: as above, back into the pipe types (still non-blocking: the flag belongs to
+    // the open file description, which the duplicate shares).
+    unsafe {
+        Ok((
+            mio::unix::pipe::Sender::from_raw_fd(tx.into_raw_fd()),
+            mio::unix::pipe::Receiver::from_raw_fd(rx.into_raw_fd()),
+        ))
+    }
+}
+
+/// A connected pair of unix stream sockets, both close-on-exec: the app's end, and the
+/// engine's end in the engine's range.
 pub(super) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: socketpair writes two fds into the valid two-element array.
@@ -42,7 +139,8 @@ pub(super) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
         )
     })?;
     // SAFETY: both fds were just created and are owned by nobody else.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    let (app, engine) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok((app, to_engine_range(engine)))
 }
 
 /// The file status flags (`O_NONBLOCK` …) of an fd.
@@ -70,12 +168,9 @@ pub(super) fn dup_onto(src: &OwnedFd, dst: RawFd, cloexec: bool) -> io::Result<(
     cvt(unsafe { libc::dup3(src.as_raw_fd(), dst, flags) }).map(drop)
 }
 
-/// A close-on-exec duplicate of an fd.
+/// A close-on-exec duplicate of an fd, for the engine (in its range).
 pub(super) fn dup(fd: RawFd) -> io::Result<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC returns a new fd that we then own.
-    let n = cvt(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) })?;
-    // SAFETY: `n` is a fresh fd owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+    dup_high(fd)
 }
 
 /// Read an int-valued socket option.
@@ -101,6 +196,24 @@ pub(super) fn setsockopt_int(
     let len = size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: the kernel reads `len` bytes from the valid `v`.
     cvt(unsafe { libc::setsockopt(fd, level, name, (&raw const v).cast(), len) }).map(drop)
+}
+
+/// Make closing a TCP socket send RST (`SO_LINGER` on, zero seconds); errors ignored.
+pub(super) fn reset_on_close(fd: RawFd) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: the kernel reads `size_of::<linger>()` bytes from the valid `l`.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const l).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
 }
 
 /// Write zero bytes without blocking until the socket's send buffer is full; returns the count.
@@ -229,7 +342,8 @@ pub(super) fn connect_next(addr: std::net::SocketAddr) -> io::Result<std::net::T
         )
     })?;
     // SAFETY: `fd` is a fresh socket owned by nobody else.
-    let sock = unsafe { std::net::TcpStream::from_raw_fd(fd) };
+    let sock = to_engine_range(unsafe { OwnedFd::from_raw_fd(fd) });
+    let sock = std::net::TcpStream::from(sock);
     let sa = crate::sockaddr::encode(addr);
     // SAFETY: a valid socket and a sockaddr of `sa.len()` bytes, alive for the call.
     let r = unsafe { connect(sock.as_raw_fd(), sa.as_ptr(), sa.len()) };
@@ -295,7 +409,9 @@ impl TimerFd {
             )
         })?;
         // SAFETY: the fd was just created and is owned by nobody else.
-        Ok(TimerFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+        Ok(TimerFd(to_engine_range(unsafe {
+            OwnedFd::from_raw_fd(fd)
+        })))
     }
 
     /// Fire once, `after` from now (zero or less than 1 ns: as soon as possible).
@@ -315,6 +431,11 @@ impl TimerFd {
         // SAFETY: `spec` is a valid itimerspec; the old value is not asked for (NULL).
         cvt(unsafe { libc::timerfd_settime(self.0.as_raw_fd(), 0, &spec, std::ptr::null_mut()) })
             .map(drop)
+    }
+
+    /// Move to a new fd number (see [`renumber`]); the old one is returned, left open.
+    pub(super) fn renumber(&mut self) -> io::Result<RawFd> {
+        renumber(&mut self.0)
     }
 
     /// Read away an expiry so the fd stops being readable.
@@ -359,5 +480,69 @@ pub(super) fn wait_connected(fd: RawFd, timeout: std::time::Duration) -> io::Res
     match getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR)? {
         0 => Ok(()),
         e => Err(io::Error::from_raw_os_error(e)),
+    }
+}
+
+/// `fork` for tests of the fork handlers; the child must end with [`exit_child`].
+#[cfg(test)]
+pub(super) fn fork_for_test() -> libc::pid_t {
+    // SAFETY: the test's child runs only code that is fork-safe under our handlers
+    // (our locks, glibc's malloc, which has its own) and ends with _exit.
+    unsafe { libc::fork() }
+}
+
+/// End a test's fork child at once (no destructors, no test harness).
+#[cfg(test)]
+pub(super) fn exit_child(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions.
+    unsafe { libc::_exit(code) }
+}
+
+/// Wait up to `timeout` for a child's exit status; a child still running then (hung) is
+/// killed and `None` returned.
+#[cfg(test)]
+pub(super) fn wait_child(pid: libc::pid_t, timeout: std::time::Duration) -> Option<i32> {
+    let end = std::time::Instant::now() + timeout;
+    loop {
+        let mut st = 0;
+        // SAFETY: waitpid writes one int.
+        let r = unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) };
+        if r == pid {
+            return libc::WIFEXITED(st).then(|| libc::WEXITSTATUS(st));
+        }
+        if r < 0 || std::time::Instant::now() > end {
+            // SAFETY: our own child; reaped right after.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut st, 0);
+            }
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn engine_fds_live_above_the_apps_numbers() {
+        let base = engine_fd_base();
+        assert!(base >= 3);
+        let (app, engine) = socketpair().unwrap();
+        assert!(
+            engine.as_raw_fd() >= base,
+            "engine end {} below {base}",
+            engine.as_raw_fd()
+        );
+        assert!(dup(app.as_raw_fd()).unwrap().as_raw_fd() >= base);
+        assert!(TimerFd::new().unwrap().as_raw_fd() >= base);
+        let (tx, rx) = engine_pipe().unwrap();
+        assert!(tx.as_raw_fd() >= base && rx.as_raw_fd() >= base);
+        // The duplicate keeps the pipe non-blocking (an empty read would block otherwise).
+        let mut rx = rx;
+        let r = io::Read::read(&mut rx, &mut [0u8; 1]);
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::WouldBlock);
     }
 }

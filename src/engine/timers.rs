@@ -83,6 +83,25 @@ impl ShapedTimers {
         })
     }
 
+    /// Move the timerfd to a new number and register that (an app's `dup2` onto the old
+    /// one, see `sys::renumber`); returns the old number.
+    pub(crate) fn renumber(&mut self, registry: &Registry, token: Token) -> io::Result<RawFd> {
+        let old = self.fd.renumber()?;
+        registry.register(
+            &mut mio::unix::SourceFd(&self.fd.as_raw_fd()),
+            token,
+            Interest::READABLE,
+        )?;
+        Ok(old)
+    }
+
+    /// Forget every departure (the loop recovering from a panic of its own drops all its
+    /// flows). The timerfd stays; a firing left armed finds nothing due.
+    pub(crate) fn clear(&mut self) {
+        self.wheel = Wheel::new();
+        self.armed_at = None;
+    }
+
     /// The timerfd fired: read it quiet; the next [`ShapedTimers::arm`] sets it again.
     pub(crate) fn fired(&mut self) {
         self.fd.clear();

@@ -35,7 +35,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, MutexGuard};
+use std::sync::MutexGuard;
+
+use crate::os::ForkMutex;
 use thiserror::Error;
 
 pub use crate::config::{EntropyConfig, EntropySource};
@@ -151,6 +153,15 @@ pub fn configure(cfg: &EntropyConfig) -> Result<(), EntropyError> {
     SHARED.configure(cfg)
 }
 
+/// Register the ring's fork handlers now (they are otherwise registered on first use).
+/// The preload runtime calls this before registering its own, so that the ring's
+/// prepare handler runs after the runtime's (prepare handlers run in reverse order of
+/// registration): the runtime's engine lock is taken before the ring's, the order in
+/// which starting an engine nests them.
+pub(crate) fn register_fork_handlers() {
+    fork::register();
+}
+
 /// Start the collector (if path sources are configured) and wait up to `timeout` until
 /// each source has been read once or dropped; returns whether that happened in time.
 pub fn settle(timeout: Duration) -> bool {
@@ -248,7 +259,7 @@ struct Shared {
     os_health_failures: AtomicU64,
     reseeds: AtomicU64,
     bytes_generated: AtomicU64,
-    state: Mutex<State>,
+    state: ForkMutex<State>,
     os: OsRead,
 }
 
@@ -284,7 +295,7 @@ impl Shared {
             os_health_failures: AtomicU64::new(0),
             reseeds: AtomicU64::new(0),
             bytes_generated: AtomicU64::new(0),
-            state: parking_lot::const_mutex(State {
+            state: ForkMutex::new(State {
                 epoch: 0,
                 sources: Vec::new(),
                 collector_pid: None,
@@ -420,9 +431,10 @@ impl Shared {
             .map(|(i, s)| (i, s.path.clone(), s.min_entropy))
             .collect();
         drop(st);
-        let spawned = std::thread::Builder::new()
-            .name("qnet-entropy".into())
-            .spawn(move || self.collect(epoch, pid, live));
+        // In a preloaded app, an app's signal handler must not run on our thread either.
+        let builder = std::thread::Builder::new().name("qnet-entropy".into());
+        let spawned =
+            crate::os::spawn_signals_blocked(builder, move || self.collect(epoch, pid, live));
         if let Err(e) = spawned {
             // The OS source alone still serves; the path sources wait for the next try.
             crate::qlog!(Warn, "entropy: cannot start the source collector: {e}");

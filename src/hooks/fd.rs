@@ -1,5 +1,11 @@
 //! Fd lifetimes: the close family keeps the table true and the engine's fds open; the
-//! dup family and `F_DUPFD` carry a tunneled or datagram mark to the new number.
+//! dup family and `F_DUPFD` carry a tunneled or datagram mark to the new number (and
+//! clear a stale one); `accept`, `accept4` and `socketpair` clear stale marks on the
+//! numbers they hand out (`socket` does the same in `socket.rs`).
+//!
+//! `close`, `dup`, `dup2`, `dup3` and `fcntl` are async-signal-safe, so a signal handler
+//! may call them while the interrupted thread holds one of our locks: for an fd the table
+//! does not know they take none and allocate nothing (the table's lock-free fast path).
 
 use std::ffi::{c_int, c_long, c_uint};
 
@@ -157,11 +163,7 @@ pub unsafe extern "C" fn dup(old: c_int) -> c_int {
         return refuse(libc::ENOSYS);
     };
     // SAFETY: the caller's argument, passed on unchanged.
-    let new = unsafe { real(old) };
-    if matches!(fdtab::kind(old), Kind::Tunneled | Kind::Datagram) {
-        return dup_result(old, new);
-    }
-    new
+    dup_result(old, unsafe { real(old) })
 }
 
 /// The shared body of `dup2` and `dup3`: `call` performs the real duplication.
@@ -169,9 +171,28 @@ fn dup_onto_hook(old: c_int, new: c_int, call: impl FnOnce() -> c_int) -> c_int 
     if fdtab::kind(old) == Kind::None && fdtab::kind(new) == Kind::None {
         return call();
     }
-    if fdtab::kind(new) == Kind::Internal && !preload::bypassed() {
-        // The engine owns that number; replacing it would cut every tunneled connection.
-        return refuse(libc::EBUSY);
+    if fdtab::kind(new) == Kind::Internal && old != new && !preload::bypassed() {
+        // The engine owns that number: it moves its fd off it first, leaving the number
+        // open on its file for the real call to replace atomically. Where it cannot (its
+        // lock is held, perhaps by the thread this signal handler interrupted; mio's
+        // poller fd, which cannot be given another number), EBUSY, which is what the
+        // kernel's own dup2 answers for a number in a racing open.
+        let freed = guarded("dup2", false, || preload::free_engine_fd(new));
+        if !freed {
+            return refuse(libc::EBUSY);
+        }
+        let r = call();
+        if r < 0 {
+            // Nothing replaced the number, which still holds the engine's old file.
+            let e = std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EBADF);
+            fdtab::forget(new);
+            // SAFETY: the number is no longer the engine's (it moved) nor the app's.
+            unsafe { close(new) };
+            return refuse(e);
+        }
+        return dup_result(old, r);
     }
     let r = call();
     dup_result(old, r)
@@ -206,10 +227,70 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_long) -> c_int {
     };
     // SAFETY: the caller's arguments, passed on unchanged.
     let r = unsafe { real(fd, cmd, arg) };
-    if (cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC)
-        && matches!(fdtab::kind(fd), Kind::Tunneled | Kind::Datagram)
-    {
+    if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
         return dup_result(fd, r);
+    }
+    r
+}
+
+/// A new fd from the kernel (or -1): a mark left on its number is stale.
+fn fresh_result(fd: c_int) -> c_int {
+    if fd >= 0 {
+        fdtab::fresh(fd);
+    }
+    fd
+}
+
+/// `accept(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn accept(
+    fd: c_int,
+    addr: *mut libc::sockaddr,
+    len: *mut libc::socklen_t,
+) -> c_int {
+    let Some(real) = real!(accept: fn(c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> c_int)
+    else {
+        return refuse(libc::ENOSYS);
+    };
+    // SAFETY: the caller's arguments, passed on unchanged.
+    fresh_result(unsafe { real(fd, addr, len) })
+}
+
+/// `accept4(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn accept4(
+    fd: c_int,
+    addr: *mut libc::sockaddr,
+    len: *mut libc::socklen_t,
+    flags: c_int,
+) -> c_int {
+    let Some(real) =
+        real!(accept4: fn(c_int, *mut libc::sockaddr, *mut libc::socklen_t, c_int) -> c_int)
+    else {
+        return refuse(libc::ENOSYS);
+    };
+    // SAFETY: the caller's arguments, passed on unchanged.
+    fresh_result(unsafe { real(fd, addr, len, flags) })
+}
+
+/// `socketpair(2)`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn socketpair(
+    domain: c_int,
+    ty: c_int,
+    proto: c_int,
+    sv: *mut c_int,
+) -> c_int {
+    let Some(real) = real!(socketpair: fn(c_int, c_int, c_int, *mut c_int) -> c_int) else {
+        return refuse(libc::ENOSYS);
+    };
+    // SAFETY: the caller's arguments, passed on unchanged.
+    let r = unsafe { real(domain, ty, proto, sv) };
+    if r == 0 {
+        // SAFETY: on success the kernel wrote two fds into the caller's array.
+        let (a, b) = unsafe { (*sv, *sv.add(1)) };
+        fresh_result(a);
+        fresh_result(b);
     }
     r
 }
@@ -242,19 +323,19 @@ mod tests {
 
     #[test]
     fn close_range_forgets_high_tunneled_fds() {
-        // Numbers above the lock-free table (65,536), apart from every other test's.
-        let (low, high, dgram, engine) = (91_000, 91_005, 91_006, 91_003);
+        // Numbers apart from every other test's; `high` above the lock-free table (2^20).
+        let (low, high, dgram, engine) = (91_000, 3_091_005, 91_006, 91_003);
         tunneled(low);
         tunneled(high);
         fdtab::mark_datagram(dgram);
         fdtab::mark_internal(engine);
         let calls = RefCell::new(Vec::new());
-        let r = close_range_sparing(91_000, 91_010, 0, |a, b, _| {
+        let r = close_range_sparing(91_000, 3_091_010, 0, |a, b, _| {
             calls.borrow_mut().push((a, b));
             0
         });
         assert_eq!(r, 0);
-        assert_eq!(*calls.borrow(), vec![(91_000, 91_002), (91_004, 91_010)]);
+        assert_eq!(*calls.borrow(), vec![(91_000, 91_002), (91_004, 3_091_010)]);
         assert_eq!(fdtab::kind(low), Kind::None);
         assert_eq!(
             fdtab::kind(high),
@@ -298,5 +379,69 @@ mod tests {
         });
         assert_eq!((r, seen.take()), (0, vec![Kind::None, Kind::None]));
         fdtab::forget(engine);
+    }
+
+    #[test]
+    fn async_signal_safe_hooks_of_unmarked_fds_take_no_lock() {
+        // What a signal handler may call while the thread it interrupted holds the fd
+        // table's locks: on fds the table does not know, every one must return.
+        let held = fdtab::lock_all();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut p = [0; 2];
+            // SAFETY: the hooks (the real calls here: interception is off in tests) on a
+            // pipe this thread owns; every fd made is closed again.
+            let ok = unsafe {
+                libc::pipe(p.as_mut_ptr());
+                let a = dup(p[0]);
+                let b = dup2(p[0], a);
+                let c = dup3(p[1], a, libc::O_CLOEXEC);
+                let d = fcntl(p[0], libc::F_DUPFD_CLOEXEC, 3);
+                let all = [a, b, c, d];
+                let ok = all.iter().all(|&f| f >= 0);
+                close(d);
+                close(a);
+                close(p[0]);
+                close(p[1]) == 0 && ok
+            };
+            let _ = tx.send(ok);
+        });
+        let r = rx.recv_timeout(std::time::Duration::from_secs(5));
+        drop(held);
+        assert_eq!(r, Ok(true), "the hooks returned without the locks");
+    }
+
+    #[test]
+    fn stale_datagram_mark_cleared_by_socketpair_and_accept() {
+        // A number closed behind the hooks' back (raw syscall) keeps its mark; the next
+        // file the kernel puts there must not inherit it.
+        let mut sv = [0; 2];
+        // SAFETY: the socketpair hook into a two-int array; the fds are closed below with
+        // the raw syscall, as a program bypassing libc would.
+        unsafe {
+            assert_eq!(
+                socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, sv.as_mut_ptr()),
+                0
+            );
+            fdtab::mark_datagram(sv[0]);
+            fdtab::mark_datagram(sv[1]);
+            assert_eq!(fresh_result(sv[0]), sv[0]);
+            assert_eq!(fdtab::kind(sv[0]), Kind::None);
+            fdtab::mark_datagram(sv[0]);
+            let mut again = [0; 2];
+            libc::syscall(libc::SYS_close, sv[0]);
+            libc::syscall(libc::SYS_close, sv[1]);
+            // Another test may take the numbers first; only numbers handed back are checked.
+            assert_eq!(
+                socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, again.as_mut_ptr()),
+                0
+            );
+            for f in again {
+                assert_eq!(fdtab::kind(f), Kind::None, "fd {f} lost its stale mark");
+                close(f);
+            }
+        }
+        fdtab::forget(sv[0]);
+        fdtab::forget(sv[1]);
     }
 }

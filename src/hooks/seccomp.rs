@@ -377,11 +377,9 @@ pub(super) fn at_load() {
         return;
     }
     if let Err(e) = install(&program(p)) {
-        let _g = crate::engine::preload::BypassGuard::enter();
-        let line = format!(
-            "qnet: no seccomp filter ({e}); only the hooks guard this process (intercept.seccomp = false silences this)\n"
-        );
-        let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+        crate::engine::log::write_line(format_args!(
+            "qnet: no seccomp filter ({e}); only the hooks guard this process (intercept.seccomp = false silences this)"
+        ));
     }
 }
 

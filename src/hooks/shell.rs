@@ -117,6 +117,7 @@ static SYSTEM_SIGNALS: Mutex<(usize, Option<(libc::sigaction, libc::sigaction)>)
 /// # Safety
 /// `cmd` is NULL or a NUL-terminated string.
 pub(crate) unsafe fn run_system(cmd: *const c_char) -> c_int {
+    hold_across_fork();
     if cmd.is_null() {
         // "Is a shell available": the answer glibc gives.
         // SAFETY: a NUL-terminated path.
@@ -188,11 +189,38 @@ pub(crate) unsafe fn run_system(cmd: *const c_char) -> c_int {
 /// The streams `popen` opened and not yet `pclose`d: (FILE address, shell pid, fd).
 static STREAMS: Mutex<Vec<(usize, libc::pid_t, c_int)>> = Mutex::new(Vec::new());
 
+/// Hold this file's two locks across `fork`, so a child never inherits one held by a
+/// thread it does not have (its own `popen`, `pclose` or `system` would hang). Registered
+/// on first use, before which neither lock is ever taken. `pthread_atfork` runs prepare
+/// handlers in reverse order of registration, so these run before the preload runtime's
+/// (registered at load): STREAMS is taken before the fd table's locks, the order in which
+/// `open_pipe` nests them (it closes a pipe end while holding STREAMS).
+fn hold_across_fork() {
+    type Held = (
+        std::sync::MutexGuard<'static, (usize, Option<(libc::sigaction, libc::sigaction)>)>,
+        std::sync::MutexGuard<'static, Vec<(usize, libc::pid_t, c_int)>>,
+    );
+    thread_local! {
+        static HELD: std::cell::RefCell<Option<Held>> = const { std::cell::RefCell::new(None) };
+    }
+    extern "C" fn prepare() {
+        let signals = SYSTEM_SIGNALS.lock().unwrap_or_else(|p| p.into_inner());
+        let streams = STREAMS.lock().unwrap_or_else(|p| p.into_inner());
+        HELD.with(|h| *h.borrow_mut() = Some((signals, streams)));
+    }
+    extern "C" fn release() {
+        HELD.with(|h| h.borrow_mut().take());
+    }
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| crate::os::on_fork(prepare, release, release));
+}
+
 /// `popen(3)`: a pipe to or from `sh -c cmd`.
 ///
 /// # Safety
 /// `cmd` and `mode` are NUL-terminated strings.
 pub(crate) unsafe fn open_pipe(cmd: *const c_char, mode: *const c_char) -> *mut libc::FILE {
+    hold_across_fork();
     // SAFETY: the caller's mode string.
     let Some((read, cloexec)) = popen_mode(unsafe { CStr::from_ptr(mode) }.to_bytes()) else {
         set_errno(libc::EINVAL);

@@ -55,23 +55,28 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, proto: c_int) -> c_int
     let Some(real) = real!(socket: fn(c_int, c_int, c_int) -> c_int) else {
         return refuse(libc::ENOSYS);
     };
-    if !intercepting() {
-        // SAFETY: the caller's arguments, passed on unchanged.
-        return unsafe { real(domain, ty, proto) };
-    }
-    guarded("socket", -1, || match preload::socket(domain, ty, proto) {
-        Decision::Refuse(e) => refuse(e),
-        Decision::Done(preload::NewSocket::Datagram) => {
-            // SAFETY: as above.
-            let fd = unsafe { real(domain, ty, proto) };
-            if fd >= 0 {
-                fdtab::mark_datagram(fd);
-            }
-            fd
+    let verdict = if intercepting() {
+        guarded("socket", Decision::Refuse(libc::EIO), || {
+            preload::socket(domain, ty, proto)
+        })
+    } else {
+        Decision::Bypass
+    };
+    let datagram = match verdict {
+        Decision::Refuse(e) => return refuse(e),
+        Decision::Done(preload::NewSocket::Datagram) => true,
+        Decision::Bypass => false,
+    };
+    // SAFETY: the caller's arguments, passed on unchanged.
+    let fd = unsafe { real(domain, ty, proto) };
+    if fd >= 0 {
+        // A mark left on the number by a close no hook saw is stale.
+        fdtab::fresh(fd);
+        if datagram {
+            fdtab::mark_datagram(fd);
         }
-        // SAFETY: as above.
-        _ => unsafe { real(domain, ty, proto) },
-    })
+    }
+    fd
 }
 
 /// `listen(2)`: inbound connections are not tunneled, so only loopback by default.
@@ -308,16 +313,15 @@ pub unsafe extern "C" fn recvmmsg(
         return r;
     }
     // SAFETY: the kernel filled the first `r` messages of the caller's array.
+    let has_control = |i: usize| unsafe { (*msgs.add(i)).msg_hdr.msg_controllen != 0 };
+    // Without control data there is nothing to judge: no allocation, no lock.
+    if !(0..r as usize).any(has_control) {
+        return r;
+    }
+    // SAFETY: as above.
     let received: Vec<*mut msghdr> = (0..r as usize)
         .map(|i| unsafe { &raw mut (*msgs.add(i)).msg_hdr })
         .collect();
-    let has_control = |m: &*mut msghdr| {
-        // SAFETY: as above.
-        unsafe { (**m).msg_controllen != 0 }
-    };
-    if !received.iter().any(has_control) {
-        return r;
-    }
     guarded("recvmmsg", -1, || {
         // SAFETY: the control buffers the kernel just filled.
         let refused = unsafe { passed_fds_refused(&received) };

@@ -30,7 +30,7 @@ impl Client {
             // In `qnet run`'s jail there is no route out: the parent outside dials (and
             // resolves) the first hop and hands the socket in.
             crate::jail::dial(first_hop)
-                .map(std::net::TcpStream::from)
+                .map(|fd| std::net::TcpStream::from(crate::engine::sys::to_engine_range(fd)))
                 .map_err(|e| format!("the jail's broker cannot connect to {first_hop}: {e}"))
         } else {
             match relay_address(first_hop) {
@@ -152,13 +152,21 @@ impl Client {
                 } else {
                     ""
                 };
-                eprintln!(
+                crate::engine::log::write_line(format_args!(
                     "qnet: relay {} unusable: {why}{hint}; tunneled connections fail, nothing is sent directly",
                     self.cfg.relay
-                );
+                ));
             }
             self.told_down = true;
         }
+        self.close_link();
+        self.fail_flows(libc::ECONNREFUSED);
+        self.retry_at = Some(now + self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+
+    /// Drop the session (keeping its counters) and tell the observer it is down.
+    pub(super) fn close_link(&mut self) {
         if let Some(mut l) = self.link.take() {
             let _ = self.poll.registry().deregister(&mut l.sock);
             let st = l.session.stats();
@@ -170,13 +178,18 @@ impl Client {
             c.padding_sent += st.padding_sent;
         }
         self.observer.down(&self.stats, &self.closed);
+    }
+
+    /// Fail every flow and every socket waiting for the session: connects not yet
+    /// answered fail with `errno`, open flows' sockets are closed (and counted lost).
+    pub(super) fn fail_flows(&mut self, errno: i32) {
         for (_, mut f) in self.flows.drain() {
             let _ = f.ep.sock.deregister(self.poll.registry());
             if let Some(c) = &f.ep.counters {
                 c.mark_lost();
             }
             if let Some(app) = f.app.take() {
-                app.finish(Err(Failure::Errno(libc::ECONNREFUSED)));
+                app.finish(Err(Failure::Errno(errno)));
             }
             self.stats.streams_failed += 1;
         }
@@ -184,10 +197,8 @@ impl Client {
         self.stats.streams_failed += self.waiting.len() as u64;
         for p in self.waiting.drain(..) {
             if let Some(app) = p.app {
-                app.finish(Err(Failure::Errno(libc::ECONNREFUSED)));
+                app.finish(Err(Failure::Errno(errno)));
             }
         }
-        self.retry_at = Some(now + self.backoff);
-        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 }

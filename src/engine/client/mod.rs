@@ -17,7 +17,7 @@ mod link;
 mod socks;
 
 pub use attach::Failure;
-pub(crate) use attach::{AppConn, Attach};
+pub(crate) use attach::{AppConn, Attach, Command};
 pub use config::{ClientConfig, DestinationError, parse_destination};
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -84,6 +84,9 @@ const TIMER: Token = Token(2);
 
 const FIRST_LOCAL: usize = 1 << 20;
 
+/// Panics [`Client::run`] recovers from before it gives up.
+const MAX_PANICS: u32 = 8;
+
 /// The client event loop.
 pub struct Client {
     poll: Poll,
@@ -123,6 +126,9 @@ pub struct Client {
     pub stats: ClientStats,
     /// Where progress is reported.
     observer: Box<dyn Observer>,
+    /// Set by a test: the next step panics (fault injection, absent outside tests).
+    #[cfg(test)]
+    fault: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Client {
@@ -155,6 +161,8 @@ impl Client {
             timers,
             stats: ClientStats::default(),
             observer: Box::new(()),
+            #[cfg(test)]
+            fault: Default::default(),
         })
     }
 
@@ -190,34 +198,90 @@ impl Client {
     }
 
     /// Run until `stop` returns true (checked at least every `max_wait`).
+    ///
+    /// Each step runs inside a panic boundary: a bug that panics must not take the loop
+    /// (in a preloaded app, the one thread carrying every tunneled connection) down with
+    /// it. The step's state cannot be trusted after a panic, so [`Client::recover`] fails
+    /// every flow and starts a fresh session; after [`MAX_PANICS`] the loop gives up with
+    /// an error (and its flows fail closed) rather than panic forever.
     pub fn run(&mut self, mut stop: impl FnMut(&Client) -> bool) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         self.connect_relay(Instant::now());
         super::lower_timer_slack();
+        let mut panics = 0;
         while !stop(self) {
-            self.arm_timer(Instant::now());
-            match self
-                .poll
-                .poll(&mut events, Some(self.timeout(Instant::now())))
-            {
-                Ok(()) => {}
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+            let step =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.step(&mut events)));
+            match step {
+                Ok(r) => r?,
+                Err(_) => {
+                    panics += 1;
+                    if panics > MAX_PANICS {
+                        self.close_link();
+                        self.fail_flows(libc::ECONNRESET);
+                        return Err(io::Error::other("repeated internal errors"));
+                    }
+                    self.recover(Instant::now());
+                }
             }
-            let now = Instant::now();
-            for ev in events.iter() {
-                let readable = ev.is_readable() || ev.is_read_closed();
-                let writable = ev.is_writable() || ev.is_error();
-                self.dispatch(now, ev.token(), readable, writable);
-            }
-            if self.link.is_none() && self.retry_at.is_some_and(|t| t <= now) {
-                self.connect_relay(now);
-            }
-            self.link_timeout(now);
-            self.expire_timers(now);
-            self.service(now);
         }
         Ok(())
+    }
+
+    /// One round: sleep until something is due, then serve it.
+    fn step(&mut self, events: &mut Events) -> io::Result<()> {
+        self.arm_timer(Instant::now());
+        match self.poll.poll(events, Some(self.timeout(Instant::now()))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+        #[cfg(test)]
+        if self.fault.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            panic!("fault injected by a test");
+        }
+        let now = Instant::now();
+        for ev in events.iter() {
+            let readable = ev.is_readable() || ev.is_read_closed();
+            let writable = ev.is_writable() || ev.is_error();
+            self.dispatch(now, ev.token(), readable, writable);
+        }
+        if self.link.is_none() && self.retry_at.is_some_and(|t| t <= now) {
+            self.connect_relay(now);
+        }
+        self.link_timeout(now);
+        self.expire_timers(now);
+        self.service(now);
+        Ok(())
+    }
+
+    /// A step panicked: the session, the flows and their timers may be half updated. Fail
+    /// every flow (connects in flight get ECONNRESET; open TCP flows are reset, app
+    /// socketpairs closed), drop SOCKS handshakes and the session, and connect afresh;
+    /// listeners and the command channel stay, so later connections work.
+    fn recover(&mut self, now: Instant) {
+        // A line per panic (at most MAX_PANICS), not `tell_once`: the runtime's own
+        // once-only line must stay free for the engine stopping for good.
+        crate::qlog!(
+            Error,
+            "internal error in the engine; its connections were reset, new ones are served"
+        );
+        for f in self.flows.values() {
+            f.ep.sock.reset_on_close();
+        }
+        for p in &self.waiting {
+            p.sock.reset_on_close();
+        }
+        self.close_link();
+        self.fail_flows(libc::ECONNRESET);
+        self.handshakes.clear();
+        self.dirty.clear();
+        self.stalled.clear();
+        self.timers.clear();
+        self.busy = false;
+        self.told_down = false;
+        self.backoff = link::FIRST_BACKOFF;
+        self.connect_relay(now);
     }
 
     /// How long the next poll may sleep: until the retry or the session's next timer,
@@ -286,5 +350,118 @@ impl Client {
             self.observer
                 .stats(&l.session, &self.stats, &self.closed, self.flows.len());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use crate::keys::PrivateKey;
+    use crate::relay::policy::ExitPolicy;
+    use crate::relay::server::{Relay, RelayConfig};
+
+    /// An echo server on loopback.
+    fn echo_server() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                std::thread::spawn(move || {
+                    let mut r = s.try_clone().unwrap();
+                    let _ = io::copy(&mut r, &mut s);
+                });
+            }
+        });
+        addr
+    }
+
+    /// A relay on loopback admitting `client`, exiting only to 127.0.0.1; runs until
+    /// `stop` is set. Returns its address and public key.
+    fn relay(client: &PrivateKey, stop: Arc<AtomicBool>) -> (SocketAddr, [u8; 32]) {
+        let key = PrivateKey::generate();
+        let public = key.public().0;
+        let cfg = RelayConfig {
+            key,
+            clients: Arc::new(parking_lot::RwLock::new(BTreeSet::from([client.public()]))),
+            clients_path: None,
+            policy: ExitPolicy::from_exit_allow(&["127.0.0.1/32"]).unwrap(),
+            session: crate::proto::SessionConfig::default(),
+            connect_timeout: Duration::from_secs(5),
+            upstream: None,
+            profile: crate::sched::Profile::Performance,
+            allow_profiles: Vec::new(),
+        };
+        let mut r = Relay::bind("127.0.0.1:0".parse().unwrap(), cfg).unwrap();
+        let addr = r.local_addr().unwrap();
+        std::thread::spawn(move || r.run(&stop, &AtomicBool::new(false)));
+        (addr, public)
+    }
+
+    fn echo_round(s: &mut TcpStream, msg: &[u8]) {
+        s.write_all(msg).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn engine_survives_its_own_panic_and_serves_later_connects() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let key = PrivateKey::generate();
+        let (relay_addr, relay_key) = relay(&key, stop.clone());
+        let echo = echo_server();
+        let mut client = Client::new(ClientConfig {
+            relay: relay_addr.to_string(),
+            relay_key,
+            key,
+            session: crate::proto::SessionConfig::default(),
+            upstream: None,
+            timing: crate::config::TimingConfig::default(),
+        })
+        .unwrap();
+        let local = client
+            .forward(
+                "127.0.0.1:0".parse().unwrap(),
+                crate::proto::Destination::Addr(echo),
+            )
+            .unwrap();
+        let fault = client.fault.clone();
+        let s = stop.clone();
+        let engine = std::thread::spawn(move || {
+            let r = client.run(|_| s.load(Ordering::SeqCst));
+            (r, client.stats.sessions)
+        });
+        let timeout = Some(Duration::from_secs(10));
+
+        let mut before = TcpStream::connect(local).unwrap();
+        before.set_read_timeout(timeout).unwrap();
+        echo_round(&mut before, b"before the fault");
+
+        // The next step panics (the loop wakes at least every 100 ms): the flow in
+        // flight is reset, not left hanging or ended as if the peer closed.
+        fault.store(true, Ordering::SeqCst);
+        let mut buf = [0u8; 16];
+        let r = before.read(&mut buf);
+        assert!(
+            matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+            "the open flow: {r:?}"
+        );
+
+        // The loop goes on, with a fresh session: later connections work.
+        let mut after = TcpStream::connect(local).unwrap();
+        after.set_read_timeout(timeout).unwrap();
+        echo_round(&mut after, b"after the fault");
+
+        stop.store(true, Ordering::SeqCst);
+        let (r, sessions) = engine.join().expect("the engine thread did not die");
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(sessions, 2, "a new session after the fault");
     }
 }

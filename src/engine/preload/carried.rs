@@ -49,5 +49,6 @@ fn carry(fd: i32, addr: SocketAddr, timeout: Duration) -> Result<(), i32> {
     if flags & libc::O_NONBLOCK != 0 {
         return Err(libc::EINPROGRESS);
     }
-    sys::wait_connected(fd, timeout).map_err(errno)
+    // A signal handler that runs during the wait is the app's: its calls are hooked.
+    crate::engine::bypass::paused(|| sys::wait_connected(fd, timeout)).map_err(errno)
 }

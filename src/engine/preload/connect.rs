@@ -11,7 +11,7 @@ use super::leaks::datagram_send;
 use super::published::local_for;
 use super::runtime::{config, send};
 use crate::config::{Config, Route};
-use crate::engine::bypass::BypassGuard;
+use crate::engine::bypass::{BypassGuard, paused};
 use crate::engine::client::{AppConn, Attach, Failure};
 use crate::engine::fdtab::{self, ConnState, FdInfo, Kind};
 use crate::engine::log::tell_once;
@@ -159,7 +159,9 @@ fn tunnel(fd: i32, peer: SocketAddr, dest: Destination, cfg: &Config) -> Result<
 }
 
 /// Hand `sock` to the engine as a stream to `dest` and wait up to `timeout` for the
-/// relay's answer (a blocking connect).
+/// relay's answer (a blocking connect). The wait runs paused (`bypass::paused`): a
+/// signal handler that runs on this thread meanwhile (its own `connect`) must be
+/// intercepted.
 fn attach_and_wait(
     sock: mio::net::UnixStream,
     dest: Destination,
@@ -180,8 +182,7 @@ fn attach_and_wait(
         },
     })
     .map_err(Failure::Errno)?;
-    rx.recv_timeout(timeout)
-        .unwrap_or(Err(Failure::Errno(libc::ETIMEDOUT)))
+    paused(|| rx.recv_timeout(timeout)).unwrap_or(Err(Failure::Errno(libc::ETIMEDOUT)))
 }
 
 /// A new connected stream socket to `dest` for the C API's `qnet_connect`: the app end of

@@ -36,7 +36,7 @@ pub(crate) use leaks::{
     unknown_datagram,
 };
 pub(crate) use published::STATS;
-pub(crate) use runtime::{active, config, enable, init, preloaded, shutdown};
+pub(crate) use runtime::{active, config, enable, free_engine_fd, init, preloaded, shutdown};
 pub(crate) use tunneled::{close, local_of, peer_of, sockopt_get, sockopt_set};
 
 /// What a hook must do.

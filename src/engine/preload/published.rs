@@ -7,8 +7,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 
-use parking_lot::Mutex;
-
 use crate::engine::client::{ClientStats, Observer};
 use crate::engine::fdtab;
 
@@ -138,7 +136,7 @@ fn publish_down(client: &ClientStats, closed: &crate::proto::SessionStats) {
 // ---- the relay connection's local address -------------------------------------------
 
 /// This host's address on the relay connection, set by the engine once connected.
-static RELAY_LOCAL: Mutex<Option<IpAddr>> = Mutex::new(None);
+static RELAY_LOCAL: crate::os::ForkMutex<Option<IpAddr>> = crate::os::ForkMutex::new(None);
 
 /// The local address a tunneled socket to `peer` reports: the relay connection's own
 /// address when the family matches (else unspecified) and a random ephemeral port.
@@ -148,6 +146,12 @@ pub(super) fn local_for(peer: SocketAddr) -> SocketAddr {
     // Linux's default ephemeral range, 32768–60999.
     let port = 32768 + u16::from_ne_bytes(b) % (60999 - 32768 + 1);
     SocketAddr::new(local_ip(peer.is_ipv4()), port)
+}
+
+/// [`RELAY_LOCAL`]'s lock, held across `fork` (see the fork handlers in `runtime`).
+pub(super) fn lock_for_fork() -> std::sync::MutexGuard<'static, Option<IpAddr>> {
+    std::sync::LazyLock::force(&STATS);
+    RELAY_LOCAL.lock()
 }
 
 pub(super) fn local_ip(v4: bool) -> IpAddr {

@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 
+use crate::os::ForkMutex;
+
 use super::published::Published;
 use crate::config::Config;
 use crate::engine::bypass::{BypassGuard, bypass_thread};
-use crate::engine::client::{Attach, Client, ClientConfig};
+use crate::engine::client::{Attach, Client, ClientConfig, Command};
 use crate::engine::fdtab;
 use crate::engine::log::tell_once;
 use crate::engine::sys;
@@ -117,7 +119,7 @@ pub(crate) fn enable() {
 static CONFIG: OnceLock<Config> = OnceLock::new();
 /// Why loading the config implicitly (first hook) failed: kept, so a broken config fails
 /// every tunneled call the same way without re-reading files.
-static CONFIG_ERR: Mutex<Option<String>> = Mutex::new(None);
+static CONFIG_ERR: ForkMutex<Option<String>> = ForkMutex::new(None);
 
 fn loaded(c: Config) -> &'static Config {
     crate::engine::log::set_level(c.log);
@@ -155,17 +157,20 @@ pub(crate) fn init(
     if let Some(c) = CONFIG.get() {
         return check(c);
     }
+    // Under CONFIG_ERR's lock, as in `config`: the fork handlers hold it, so no fork
+    // copies the config's one-time initialisation half done.
+    let mut err = CONFIG_ERR.lock();
     let c = Config::load_from(path).map_err(|e| e.to_string())?;
     check(&c)?;
     loaded(c);
-    *CONFIG_ERR.lock() = None;
+    *err = None;
     Ok(())
 }
 
 // ---- the engine thread --------------------------------------------------------------
 
 struct Engine {
-    tx: crossbeam::channel::Sender<Attach>,
+    tx: crossbeam::channel::Sender<Command>,
     wake: Mutex<mio::unix::pipe::Sender>,
     pid: u32,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -174,13 +179,13 @@ struct Engine {
 /// `qnet_shutdown` was called: the engine stops and no new one starts.
 static SHUT_DOWN: AtomicBool = AtomicBool::new(false);
 
-static ENGINE: Mutex<Option<Engine>> = Mutex::new(None);
+static ENGINE: ForkMutex<Option<Engine>> = ForkMutex::new(None);
 
 fn start_engine(cfg: &Config) -> Result<Engine, String> {
     let client_cfg = ClientConfig::from_config(cfg)?;
     crate::entropy::configure(&cfg.entropy).map_err(|e| e.to_string())?;
     let mut client = Client::new(client_cfg).map_err(|e| format!("engine: {e}"))?;
-    let (wake_tx, wake_rx) = mio::unix::pipe::new().map_err(|e| format!("engine: {e}"))?;
+    let (wake_tx, wake_rx) = sys::engine_pipe().map_err(|e| format!("engine: {e}"))?;
     let (tx, rx) = crossbeam::channel::unbounded();
     client
         .accept_commands(rx, wake_rx)
@@ -188,15 +193,14 @@ fn start_engine(cfg: &Config) -> Result<Engine, String> {
     client.observe(Box::new(Published));
     client.set_max_wait(std::time::Duration::from_secs(3600));
     fdtab::mark_internal(wake_tx.as_raw_fd());
-    let thread = std::thread::Builder::new()
-        .name("qnet-engine".into())
-        .spawn(move || {
-            bypass_thread();
-            if let Err(e) = client.run(|_| SHUT_DOWN.load(Ordering::Acquire)) {
-                tell_once(&format!("engine stopped: {e}; tunneled connections fail"));
-            }
-        })
-        .map_err(|e| format!("engine thread: {e}"))?;
+    let builder = std::thread::Builder::new().name("qnet-engine".into());
+    let thread = crate::os::spawn_signals_blocked(builder, move || {
+        bypass_thread();
+        if let Err(e) = client.run(|_| SHUT_DOWN.load(Ordering::Acquire)) {
+            tell_once(&format!("engine stopped: {e}; tunneled connections fail"));
+        }
+    })
+    .map_err(|e| format!("engine thread: {e}"))?;
     Ok(Engine {
         tx,
         wake: Mutex::new(wake_tx),
@@ -237,9 +241,45 @@ pub(super) fn send(attach: Attach) -> Result<(), i32> {
         }
     }
     let e = g.as_ref().expect("started");
-    e.tx.send(attach).map_err(|_| libc::ECONNREFUSED)?;
+    e.tx.send(Command::Attach(attach))
+        .map_err(|_| libc::ECONNREFUSED)?;
     let _ = std::io::Write::write(&mut *e.wake.lock(), &[1]);
     Ok(())
+}
+
+/// An app's `dup2`/`dup3` is about to replace engine fd `fd`: have the engine move off
+/// that number first (`Client::renumber`), so the app gets the number and every
+/// tunneled connection goes on. False (the hook answers EBUSY) when the engine's lock
+/// is held (perhaps by the thread a signal handler interrupted), the engine does not
+/// answer within a second, or the number cannot move (the poller's own fd).
+pub(crate) fn free_engine_fd(fd: i32) -> bool {
+    let Some(mut g) = ENGINE.try_lock() else {
+        return false;
+    };
+    let Some(e) = g.as_mut().filter(|e| e.pid == sys::getpid()) else {
+        return false;
+    };
+    // The wake pipe's sending end is held here, not by the engine thread.
+    {
+        let mut w = e.wake.lock();
+        if w.as_raw_fd() == fd {
+            return match sys::renumber(&mut *w) {
+                Ok(_) => {
+                    fdtab::mark_internal(w.as_raw_fd());
+                    true
+                }
+                Err(_) => false,
+            };
+        }
+    }
+    let (tx, rx) = crossbeam::channel::bounded(1);
+    if e.tx.send(Command::Renumber(fd, tx)).is_err() {
+        return false;
+    }
+    let _ = std::io::Write::write(&mut *e.wake.lock(), &[1]);
+    drop(g);
+    crate::engine::bypass::paused(|| rx.recv_timeout(std::time::Duration::from_secs(1)))
+        .unwrap_or(false)
 }
 
 /// Stop the engine thread (closing the relay session and every tunneled flow) and start
@@ -254,8 +294,8 @@ pub(crate) fn shutdown() {
         }
         let _ = std::io::Write::write(&mut *e.wake.lock(), &[1]);
         if let Some(t) = e.thread.take() {
-            let _g = BypassGuard::enter();
-            let _ = t.join();
+            // A wait: a signal handler meanwhile must meet the hooks (see `paused`).
+            let _ = crate::engine::bypass::paused(|| t.join());
         }
     }
 }
@@ -279,20 +319,47 @@ fn install_fork_handlers() {
     extern "C" fn child() {
         fork_child();
     }
-    ONCE.call_once(|| crate::os::on_fork(prepare, parent, child));
+    ONCE.call_once(|| {
+        // First, so that the ring's prepare handler runs after ours (see there).
+        crate::entropy::register_fork_handlers();
+        crate::os::on_fork(prepare, parent, child);
+    });
+}
+
+/// Every lock a hook or the engine thread may hold, taken by the thread that forks.
+/// The fields are taken in this order, the order in which code nests them (the config's
+/// before the engine's, which `send` takes after `config`; the rest never nest).
+/// Locks that are not here: the engine's wake pipe lock (only taken under ENGINE's, or on
+/// an engine already taken out of it, which a child never touches); the entropy ring's
+/// (its own handlers, registered first so that they run after these); and
+/// `hooks::shell`'s (its own handlers).
+struct ForkHeld {
+    _config: std::sync::MutexGuard<'static, Option<String>>,
+    engine: std::sync::MutexGuard<'static, Option<Engine>>,
+    _fdtab: fdtab::Locks,
+    _relay_local: std::sync::MutexGuard<'static, Option<std::net::IpAddr>>,
 }
 
 thread_local! {
-    static FORK_HELD: std::cell::RefCell<Option<(parking_lot::MutexGuard<'static, Option<Engine>>, fdtab::Locks)>> =
-        const { std::cell::RefCell::new(None) };
+    static FORK_HELD: std::cell::RefCell<Option<ForkHeld>> = const { std::cell::RefCell::new(None) };
 }
 
 /// `pthread_atfork` prepare: hold every lock, so the child never inherits one that a
-/// thread which does not exist there was holding.
+/// thread which does not exist there was holding; and finish the one-time
+/// initialisations a fork could otherwise copy half done.
 fn fork_prepare() {
-    let g = ENGINE.lock();
-    let l = fdtab::lock_all();
-    FORK_HELD.with(|h| *h.borrow_mut() = Some((g, l)));
+    let _guard = BypassGuard::enter();
+    let config = CONFIG_ERR.lock();
+    if let Some(c) = CONFIG.get() {
+        crate::engine::resolve::settle_fake_map(c);
+    }
+    let held = ForkHeld {
+        _config: config,
+        engine: ENGINE.lock(),
+        _fdtab: fdtab::lock_all(),
+        _relay_local: super::published::lock_for_fork(),
+    };
+    FORK_HELD.with(|h| *h.borrow_mut() = Some(held));
 }
 
 /// `pthread_atfork` parent: release what [`fork_prepare`] took.
@@ -305,11 +372,11 @@ fn fork_parent() {
 fn fork_child() {
     let _guard = BypassGuard::enter();
     let held = FORK_HELD.with(|h| h.borrow_mut().take());
-    if let Some((mut g, locks)) = held {
-        // The parent's pipe fd is closed below with the other engine fds.
-        std::mem::forget(g.take());
-        drop(g);
-        drop(locks);
+    if let Some(mut held) = held {
+        // The parent's engine does not exist here: its thread was not copied, and its
+        // pipe fd is closed below with the other engine fds.
+        std::mem::forget(held.engine.take());
+        drop(held);
     }
     for fd in fdtab::release_internal_after_fork() {
         sys::close(fd);
@@ -344,5 +411,71 @@ mod tests {
         assert_eq!(v(b"ld.so\0prog\0--preload\0/q.so\0"), None);
         assert_eq!(v(b"ld.so\0--preload\0"), None);
         assert_eq!(v(b""), None);
+    }
+
+    use std::time::Duration;
+
+    /// Fork while another thread holds what `hold` takes (for 150 ms), then take every
+    /// lock in the child: the exit status, `None` when the child hung on a lock copied held.
+    /// Takes a lock and returns its guard.
+    type Hold = fn() -> Box<dyn std::any::Any>;
+
+    fn fork_while_held(hold: Hold) -> Option<i32> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let g = hold();
+            tx.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(150));
+            drop(g);
+        });
+        rx.recv().unwrap();
+        // Threads queued on the lock when the fork happens: the child must not inherit
+        // the lock handed to one of them (they do not exist there).
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let contenders: Vec<_> = (0..3)
+            .map(|_| {
+                let done = done.clone();
+                std::thread::spawn(move || {
+                    while !done.load(Ordering::Relaxed) {
+                        drop(hold());
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(20));
+        let pid = sys::fork_for_test();
+        if pid == 0 {
+            drop(CONFIG_ERR.lock());
+            drop(ENGINE.lock());
+            super::super::published::local_ip(true);
+            fdtab::add_tunneled(2_600_001, fdtab::FdInfo::for_test());
+            let ok = fdtab::with_info(2_600_001, |i| i.peer.port()) == Some(80);
+            sys::exit_child(if ok { 0 } else { 1 });
+        }
+        assert!(pid > 0, "fork");
+        let status = sys::wait_child(pid, Duration::from_secs(5));
+        holder.join().unwrap();
+        done.store(true, Ordering::Relaxed);
+        for c in contenders {
+            c.join().unwrap();
+        }
+        status
+    }
+
+    #[test]
+    fn fork_while_another_thread_holds_a_lock_leaves_the_child_none_held() {
+        install_fork_handlers();
+        // Each lock a hook or the engine may hold mid-call, held by another thread.
+        let holds: [(&str, Hold); 4] = [
+            ("config", || Box::new(CONFIG_ERR.lock())),
+            ("engine", || Box::new(ENGINE.lock())),
+            ("fd table", || Box::new(fdtab::lock_all())),
+            ("relay address", || {
+                Box::new(super::super::published::lock_for_fork())
+            }),
+        ];
+        for (what, hold) in holds {
+            assert_eq!(fork_while_held(hold), Some(0), "{what}: the child hung");
+        }
     }
 }
