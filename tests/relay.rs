@@ -6,11 +6,12 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Relay, start_relay, tempdir};
+use common::{Relay, start_relay, start_relay_with, tempdir};
 use qnet::config::TimingConfig;
 use qnet::engine::client::{Client, ClientConfig, parse_destination};
 use qnet::keys::PrivateKey;
@@ -371,4 +372,80 @@ fn relay_rejects_bad_arguments_with_one_line() {
         .unwrap();
     assert!(!out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+}
+
+/// A SOCKS5 server that records each CONNECT's target (the bytes from ATYP on) and
+/// answers "connection refused".
+fn recording_socks() -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut head = [0u8; 2];
+            let mut methods = [0u8; 255];
+            let mut req = [0u8; 5];
+            if s.read_exact(&mut head).is_err()
+                || s.read_exact(&mut methods[..head[1] as usize]).is_err()
+                || s.write_all(&[5, 0]).is_err()
+                || s.read_exact(&mut req).is_err()
+            {
+                continue;
+            }
+            // VER CMD RSV ATYP, then the address's first byte (a name's length).
+            let rest = match req[3] {
+                1 => 3 + 2,
+                4 => 15 + 2,
+                _ => req[4] as usize + 2,
+            };
+            let mut target = req[3..].to_vec();
+            target.resize(2 + rest, 0);
+            if s.read_exact(&mut target[2..]).is_err() {
+                continue;
+            }
+            log.lock().unwrap().push(target);
+            let _ = s.write_all(&[5, 5, 0, 1, 0, 0, 0, 0, 0, 0]);
+        }
+    });
+    (addr, seen)
+}
+
+/// Issue 12: with a SOCKS5 exit, names that are IP literals in another spelling, and
+/// `localhost`, were handed to the proxy checked by port only.
+#[test]
+fn socks_exit_names_that_are_addresses_are_checked_as_addresses() {
+    let dir = tempdir("socks-literals");
+    let client_key = PrivateKey::generate();
+    let (proxy, seen) = recording_socks();
+    let upstream = format!("socks5://{proxy}");
+    let relay = start_relay_with(&dir, &[client_key.public().0], &["--upstream", &upstream]);
+    for to in [
+        "2130706433:80",
+        "0x7f.1:80",
+        "0177.0.0.1:80",
+        "0xA9.0376.43518:80",
+        "localhost:80",
+        "db.localhost:80",
+        "1.2.3.4.5:80",
+    ] {
+        let fwd = forward(&relay, client_key.clone(), to);
+        assert_closed_without_data(&fwd);
+        assert!(seen.lock().unwrap().is_empty(), "{to} reached the proxy");
+    }
+    // A name goes on unresolved; a literal the policy allows goes on as its address.
+    for to in ["example.com:80", "0x08080808:53"] {
+        let fwd = forward(&relay, client_key.clone(), to);
+        assert_closed_without_data(&fwd);
+    }
+    let mut name = vec![3, 11];
+    name.extend_from_slice(b"example.com");
+    name.extend_from_slice(&80u16.to_be_bytes());
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [name, vec![1, 8, 8, 8, 8, 0, 53]],
+        "what the proxy was asked for"
+    );
 }

@@ -32,6 +32,15 @@ impl Drop for Relay {
 }
 
 pub fn start_relay(dir: &Path, allowed: &[[u8; 32]], exit_allow: &[&str]) -> Relay {
+    let args: Vec<&str> = exit_allow
+        .iter()
+        .flat_map(|r| ["--exit-allow", r])
+        .collect();
+    start_relay_with(dir, allowed, &args)
+}
+
+/// [`start_relay`] with any extra command-line arguments.
+pub fn start_relay_with(dir: &Path, allowed: &[[u8; 32]], args: &[&str]) -> Relay {
     let key = PrivateKey::generate();
     let public = key.public().0;
     let key_path = dir.join("relay.key");
@@ -51,9 +60,7 @@ pub fn start_relay(dir: &Path, allowed: &[[u8; 32]], exit_allow: &[&str]) -> Rel
         .env("QNET_CONFIG", dir.join("none.toml"))
         .stderr(Stdio::piped());
     std::fs::write(dir.join("none.toml"), "").unwrap();
-    for r in exit_allow {
-        cmd.args(["--exit-allow", r]);
-    }
+    cmd.args(args);
     let mut child = cmd.spawn().unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();

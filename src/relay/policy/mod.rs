@@ -44,11 +44,19 @@
 //! no `PORTS` every port matches. Rule addresses in IPv4-mapped form are stored as
 //! IPv4, matching how destinations are checked.
 //!
-//! This module does no I/O; the relay asks [`ExitPolicy::allows`] after resolving a
-//! destination and before dialing it.
+//! Names: a name that is really an IP literal, in any form `inet_aton` reads
+//! (`2130706433`, `0x7f.1`, `0177.0.0.1`, `127.1`) or IPv6 (bracketed, with a zone), is
+//! judged and dialled as that address, also through an exit proxy. A name ending in a
+//! number that is no such literal (`1.2.3.4.5`) is refused. `localhost` and names under
+//! `.localhost` (RFC 6761) count as loopback: resolved here they are checked address by
+//! address; sent to an exit proxy they are allowed only if both `127.0.0.1` and `::1`
+//! are. Any other name goes to an exit proxy unresolved, checked by port only.
+//!
+//! This module does no I/O; the relay asks [`ExitPolicy::judge`] when a stream opens and
+//! [`ExitPolicy::allows`] for each address a name resolved to, before dialing.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use thiserror::Error;
 
@@ -111,7 +119,8 @@ pub enum RuleFault {
 }
 
 pub use crate::net::Cidr;
-use crate::net::{in_v4, in_v6};
+use crate::net::{HostKind, classify_host, in_v4, in_v6};
+use crate::proto::Destination;
 
 /// An inclusive range of ports, never including 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -486,6 +495,38 @@ impl ExitPolicy {
         match &self.rules {
             None => is_global_unicast(ip),
             Some(rules) => rules.iter().any(|r| r.matches(ip, port)),
+        }
+    }
+
+    /// The destination to dial and whether the exit policy allows it.
+    ///
+    /// A name that is really an address (`2130706433`, `0x7f.1`, `[::1]`: see
+    /// `net::classify_host`) becomes that address, checked here and dialled or sent to the
+    /// exit proxy as such, so what is checked is what is reached. Other names are checked
+    /// after they resolve; one sent to an exit proxy unresolved (no DNS query leaves
+    /// here: Tor resolves at its exit) can be checked only by port, and the proxy's own
+    /// policy decides the rest. `localhost` names go to the proxy only where the policy
+    /// allows both loopback addresses, since the proxy picks which one it reaches.
+    pub fn judge(&self, dest: Destination, via_proxy: bool) -> (Destination, bool) {
+        let (host, port) = match dest {
+            Destination::Addr(a) => return (Destination::Addr(a), self.allows(a.ip(), a.port())),
+            Destination::Name(host, port) => (host, port),
+        };
+        match classify_host(&host) {
+            HostKind::Addr(ip) => {
+                let a = SocketAddr::new(ip, port);
+                (Destination::Addr(a), self.allows(ip, port))
+            }
+            HostKind::Numeric => (Destination::Name(host, port), false),
+            HostKind::Localhost if via_proxy => {
+                let ok = self.allows(Ipv4Addr::LOCALHOST.into(), port)
+                    && self.allows(Ipv6Addr::LOCALHOST.into(), port);
+                (Destination::Name("localhost".to_owned(), port), ok)
+            }
+            HostKind::Localhost | HostKind::Name => {
+                let ok = !via_proxy || self.allows_port(port);
+                (Destination::Name(host, port), ok)
+            }
         }
     }
 

@@ -368,3 +368,75 @@ fn cidr_edges() {
     assert!(PortRange::new(0, 5).is_err());
     assert!(PortRange::new(6, 5).is_err());
 }
+
+fn name(host: &str, port: u16) -> Destination {
+    Destination::Name(host.to_owned(), port)
+}
+
+fn addr(a: &str) -> Destination {
+    Destination::Addr(a.parse().unwrap())
+}
+
+/// Issue 12: with a SOCKS5 exit, `127.0.0.1`, `2130706433`, `localhost` and
+/// `169.254.169.254` were checked by port only and reached the proxy's loopback, LAN or
+/// cloud metadata.
+#[test]
+fn socks_exit_names_that_are_addresses_are_checked_as_addresses() {
+    let default = ExitPolicy::default();
+    for host in [
+        "127.0.0.1",
+        "2130706433",
+        "0x7f.1",
+        "0177.0.0.1",
+        "127.1",
+        "0xA9.0376.43518",
+        "169.254.169.254",
+        "10.1",
+        "0",
+        "1.2.3.4.5",
+        "example.999",
+    ] {
+        for via_proxy in [true, false] {
+            let (_, ok) = default.judge(name(host, 80), via_proxy);
+            assert!(!ok, "{host} allowed (via proxy: {via_proxy})");
+        }
+    }
+    // Loopback by name: refused for the proxy; resolved here, checked once resolved.
+    for host in ["localhost", "db.localhost.", "LOCALHOST"] {
+        assert!(!default.judge(name(host, 80), true).1, "{host}");
+    }
+    // An allowed literal is handed on as the address it means, not as the name.
+    assert_eq!(
+        default.judge(name("0x08080808", 53), true),
+        (addr("8.8.8.8:53"), true)
+    );
+    assert_eq!(
+        default.judge(name("134744072.", 53), false),
+        (addr("8.8.8.8:53"), true)
+    );
+    // Names stay names: unresolved to the proxy (port-checked), resolved here otherwise.
+    assert_eq!(
+        default.judge(name("example.com", 443), true),
+        (name("example.com", 443), true)
+    );
+    let ports = ExitPolicy::from_exit_allow(&["global:443"]).unwrap();
+    assert!(!ports.judge(name("example.com", 80), true).1);
+    assert!(
+        ports.judge(name("example.com", 80), false).1,
+        "checked once resolved"
+    );
+    // Loopback by name through a proxy: only where both loopback addresses are allowed.
+    let v4_only = ExitPolicy::from_exit_allow(&["127.0.0.0/8"]).unwrap();
+    assert!(!v4_only.judge(name("localhost", 80), true).1);
+    let both = ExitPolicy::from_exit_allow(&["127.0.0.0/8", "[::1]/128"]).unwrap();
+    assert_eq!(
+        both.judge(name("app.localhost", 80), true),
+        (name("localhost", 80), true)
+    );
+    // Resolved here, localhost is checked address by address after the lookup.
+    assert!(both.judge(name("localhost", 80), false).1);
+    assert_eq!(
+        both.judge(name("2130706433", 80), true),
+        (addr("127.0.0.1:80"), true)
+    );
+}
