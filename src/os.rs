@@ -1,8 +1,11 @@
 //! The few process-level libc facilities that several layers share, written once: the
-//! next definition of a symbol in load order, fork handlers, and the shell's PATH search.
+//! next definition of a symbol in load order, fork handlers, the shell's PATH search,
+//! and the host's interface addresses.
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, OsStr};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -91,6 +94,46 @@ fn executable(path: &Path) -> bool {
     unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
 }
 
+/// Every address of every interface of this host (`getifaddrs`), IPv4 and IPv6, `lo`'s
+/// included, each once, in no particular order.
+pub fn interface_addrs() -> io::Result<Vec<IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: `head` is a valid out-pointer; on success it holds a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut addrs = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        // SAFETY: `ifa_addr` is null or points to a sockaddr whose family says which
+        // struct it is; each is read only after checking that family.
+        let addr = unsafe {
+            match ifa.ifa_addr.as_ref().map(|sa| i32::from(sa.sa_family)) {
+                Some(libc::AF_INET) => {
+                    let sin = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
+                    Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                        sin.sin_addr.s_addr,
+                    ))))
+                }
+                Some(libc::AF_INET6) => {
+                    let sin6 = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
+                    Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+                }
+                _ => None,
+            }
+        };
+        if let Some(a) = addr.filter(|a| !addrs.contains(a)) {
+            addrs.push(a);
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once; no reference into it remains.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(addrs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +168,21 @@ mod tests {
             Some(second.join("prog")),
             "exec runs the executable one"
         );
+    }
+
+    #[test]
+    fn interface_addrs_include_loopback() {
+        let addrs = interface_addrs().unwrap();
+        // Every Linux host (and network namespace with lo up) has 127.0.0.1 on lo; no
+        // address is listed twice.
+        assert!(
+            addrs.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            "{addrs:?}"
+        );
+        let mut sorted = addrs.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), addrs.len());
     }
 
     #[test]

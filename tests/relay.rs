@@ -449,3 +449,98 @@ fn socks_exit_names_that_are_addresses_are_checked_as_addresses() {
         "what the proxy was asked for"
     );
 }
+
+/// Runs the calling test again in a network namespace of its own (as root there, through
+/// a user namespace where that is allowed), so it may put addresses on `lo`. Returns
+/// `true` inside, where the test goes on; `false` outside, once the inner run passed or
+/// when no namespace can be made (then the test is skipped with a line on stderr).
+fn in_own_netns(test: &str) -> bool {
+    const INSIDE: &str = "QNET_TEST_IN_NETNS";
+    if std::env::var_os(INSIDE).is_some() {
+        let up = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(up.success(), "ip link set lo up");
+        return true;
+    }
+    let unshare = || {
+        let mut c = Command::new("unshare");
+        c.args(["--net", "--map-root-user", "--"]);
+        c
+    };
+    if !unshare().arg("true").status().is_ok_and(|s| s.success()) {
+        eprintln!("{test}: skipped, no network namespace can be made here");
+        return false;
+    }
+    let st = unshare()
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(INSIDE, "1")
+        .status()
+        .unwrap();
+    assert!(st.success(), "{test} failed in its namespace");
+    false
+}
+
+/// Issue 12: the default exit policy let clients reach services on the relay host's
+/// own public address over `lo`, past the host firewall.
+#[test]
+fn relay_refuses_its_own_addresses_by_default() {
+    if !in_own_netns("relay_refuses_its_own_addresses_by_default") {
+        return;
+    }
+    let dir = tempdir("own-addrs");
+    let client_key = PrivateKey::generate();
+    let relay = start_relay(&dir, &[client_key.public().0], &[]);
+    // A globally routable address, added after the relay read its list: SIGHUP re-reads.
+    let own = "11.22.33.44";
+    let add = Command::new("ip")
+        .args(["addr", "add", &format!("{own}/32"), "dev", "lo"])
+        .status()
+        .unwrap();
+    assert!(add.success(), "ip addr add");
+    let l = TcpListener::bind((own, 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let echo = {
+        let l = TcpListener::bind((own, port)).unwrap();
+        let count = accepted.clone();
+        thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut r = s.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut s);
+            }
+        });
+        format!("{own}:{port}")
+    };
+    let st = Command::new("kill")
+        .args(["-HUP", &relay.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // The loop sees the flag within its one-second wakeup.
+    thread::sleep(Duration::from_millis(1500));
+    let fwd = forward(&relay, client_key.clone(), &echo);
+    assert_closed_without_data(&fwd);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "the relay dialled itself"
+    );
+    drop(fwd);
+
+    let dir = tempdir("own-addrs-allowed");
+    let relay = start_relay_with(&dir, &[client_key.public().0], &["--allow-own-addresses"]);
+    let fwd = forward(&relay, client_key, &echo);
+    let mut s = TcpStream::connect(fwd.addr).unwrap();
+    s.write_all(b"me").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(
+        read_to_end_timeout(&mut s, Duration::from_secs(10)).unwrap(),
+        b"me"
+    );
+}

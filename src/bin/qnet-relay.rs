@@ -32,6 +32,10 @@ struct Args {
     /// (every globally routable address, nothing private or local).
     #[arg(long = "exit-allow", value_name = "CIDR[:PORTS]")]
     exit_allow: Vec<String>,
+    /// Let the default policy and `global` rules reach this host's own addresses (every
+    /// interface's, re-read on SIGHUP and every 5 s), which they refuse otherwise.
+    #[arg(long)]
+    allow_own_addresses: bool,
     /// Config file (the `[server]` table and `[session]` tunables).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -87,7 +91,10 @@ fn run(args: Args) -> Result<(), String> {
     } else {
         args.exit_allow
     };
-    let policy = ExitPolicy::from_exit_allow(&rules).map_err(|e| e.to_string())?;
+    let mut policy = ExitPolicy::from_exit_allow(&rules).map_err(|e| e.to_string())?;
+    if args.allow_own_addresses || cfg.server.allow_own_addresses {
+        policy = policy.allowing_own_addrs();
+    }
     let mut upstream = match &args.upstream {
         Some(u) => Some(Upstream::parse(u).map_err(|e| format!("--upstream: {e}"))?),
         None => cfg.server.upstream.clone(),

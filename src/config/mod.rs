@@ -20,6 +20,7 @@
 //! key = "/etc/qnet/relay.key"
 //! clients = "/etc/qnet/clients"
 //! exit_allow = ["global:80,443"]
+//! allow_own_addresses = false    # the default policy refuses this host's own addresses
 //! upstream = "socks5://127.0.0.1:9050"  # exit through a SOCKS5 proxy; names go to it unresolved
 //! isolate = false                # fresh SOCKS credentials per client session
 //! profile = "performance"        # downstream timing profile for OPENs that ask for none
@@ -300,6 +301,7 @@ listen = "[::]:7000"
 key = "/etc/qnet/relay.key"
 clients = "/etc/qnet/clients"
 exit_allow = ["0.0.0.0/0:80,443", "[::1]/128:22"]
+allow_own_addresses = true
 "#
         );
         let c = parse(&text).unwrap();
@@ -323,6 +325,9 @@ exit_allow = ["0.0.0.0/0:80,443", "[::1]/128:22"]
         assert_eq!(c.server.key, Some(PathBuf::from("/etc/qnet/relay.key")));
         assert_eq!(c.server.clients, Some(PathBuf::from("/etc/qnet/clients")));
         assert_eq!(c.server.exit_allow, ["0.0.0.0/0:80,443", "[::1]/128:22"]);
+        assert!(c.server.allow_own_addresses);
+        assert!(!parse("").unwrap().server.allow_own_addresses);
+        assert!(err("[server]\nallow_own_addresses = 1").contains("server.allow_own_addresses"));
     }
 
     #[test]

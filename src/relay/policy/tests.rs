@@ -327,6 +327,10 @@ fn from_exit_allow() {
 fn policy_display() {
     assert_eq!(
         ExitPolicy::default().to_string(),
+        "default (globally routable unicast addresses but this host's own, all ports)"
+    );
+    assert_eq!(
+        ExitPolicy::default().allowing_own_addrs().to_string(),
         "default (globally routable unicast addresses, all ports)"
     );
     assert_eq!(
@@ -439,4 +443,46 @@ fn socks_exit_names_that_are_addresses_are_checked_as_addresses() {
         both.judge(name("2130706433", 80), true),
         (addr("127.0.0.1:80"), true)
     );
+}
+
+/// Issue 12: the default policy let clients reach services on the relay host's own
+/// public address over `lo`, past the host firewall.
+#[test]
+fn own_addresses_are_refused_by_default_and_by_global() {
+    let own = [ip("203.0.114.7"), ip("2a01:4f8::7"), ip("::ffff:11.0.0.1")];
+    let mut default = ExitPolicy::default();
+    let mut global = ExitPolicy::from_exit_allow(&["global:443"]).unwrap();
+    let mut explicit = ExitPolicy::from_exit_allow(&["203.0.114.0/24", "11.0.0.1"]).unwrap();
+    for p in [&default, &global] {
+        assert!(p.refuses_own_addrs());
+        assert!(p.allows(ip("203.0.114.7"), 443), "unknown until read");
+    }
+    for p in [&mut default, &mut global, &mut explicit] {
+        p.set_own_addrs(own);
+    }
+    for p in [&default, &global] {
+        for a in [
+            "203.0.114.7",
+            "::ffff:203.0.114.7",
+            "2a01:4f8::7",
+            "11.0.0.1",
+        ] {
+            assert!(!p.allows(ip(a), 443), "{a} in {p}");
+            assert!(
+                !p.judge(Destination::Name(a.to_owned(), 443), true).1,
+                "{a}"
+            );
+        }
+        assert!(p.allows(ip("203.0.114.8"), 443), "a neighbour is not us");
+    }
+    // An explicit block allows what it names, as documented.
+    assert!(explicit.allows(ip("203.0.114.7"), 443) && explicit.allows(ip("11.0.0.1"), 80));
+    // A fresh read replaces the old list.
+    default.set_own_addrs([ip("8.8.8.8")]);
+    assert!(default.allows(ip("203.0.114.7"), 443) && !default.allows(ip("8.8.8.8"), 443));
+    // Allowed: nothing more is refused than without the host's addresses.
+    let mut open = ExitPolicy::default().allowing_own_addrs();
+    open.set_own_addrs(own);
+    assert!(!open.refuses_own_addrs());
+    assert!(open.allows(ip("203.0.114.7"), 443) && !open.allows(ip("127.0.0.1"), 443));
 }
