@@ -1,6 +1,6 @@
 //! The few process-level libc facilities that several layers share, written once: the
 //! next definition of a symbol in load order, fork handlers, the shell's PATH search,
-//! and the host's interface addresses.
+//! the host's interface addresses and the effective uid.
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, OsStr};
@@ -132,6 +132,12 @@ pub fn interface_addrs() -> io::Result<Vec<IpAddr>> {
     // SAFETY: `head` came from getifaddrs and is freed once; no reference into it remains.
     unsafe { libc::freeifaddrs(head) };
     Ok(addrs)
+}
+
+/// This process's effective uid.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Relay, start_relay, start_relay_with, tempdir};
+use common::{Relay, start_relay, start_relay_with, tempdir, write_mode};
 use qnet::config::TimingConfig;
 use qnet::engine::client::{Client, ClientConfig, parse_destination};
 use qnet::keys::PrivateKey;
@@ -324,7 +324,7 @@ fn relay_rejects_bad_arguments_with_one_line() {
     std::fs::write(&key_path, PrivateKey::generate().to_base64()).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    std::fs::write(dir.join("clients"), "").unwrap();
+    write_mode(&dir.join("clients"), "", 0o644);
     let out = Command::new(env!("CARGO_BIN_EXE_qnet-relay"))
         .args(["--listen", "127.0.0.1:0", "--key"])
         .arg(&key_path)
@@ -342,7 +342,7 @@ fn relay_rejects_bad_arguments_with_one_line() {
         "{err}"
     );
 
-    std::fs::write(dir.join("empty.toml"), "").unwrap();
+    write_mode(&dir.join("empty.toml"), "", 0o644);
     let out = Command::new(env!("CARGO_BIN_EXE_qnet-relay"))
         .args(["--listen", "127.0.0.1:0", "--key"])
         .arg(&key_path)
@@ -542,5 +542,47 @@ fn relay_refuses_its_own_addresses_by_default() {
     assert_eq!(
         read_to_end_timeout(&mut s, Duration::from_secs(10)).unwrap(),
         b"me"
+    );
+}
+
+/// Issue 12: the allow-list and the config file (which can hold a SOCKS password) were
+/// read whatever their mode, while the key file was checked.
+#[test]
+fn relay_refuses_an_allow_list_or_config_others_may_change_or_read() {
+    let dir = tempdir("perms");
+    let key = dir.join("relay.key");
+    qnet::keys::write_private_key(&key, &PrivateKey::generate()).unwrap();
+    let run = |clients_mode: u32, config: &str, config_mode: u32| {
+        write_mode(&dir.join("clients"), "", clients_mode);
+        write_mode(&dir.join("relay.toml"), config, config_mode);
+        let out = Command::new(env!("CARGO_BIN_EXE_qnet-relay"))
+            .args(["--listen", "127.0.0.1:0", "--key"])
+            .arg(&key)
+            .arg("--clients")
+            .arg(dir.join("clients"))
+            .arg("--config")
+            .arg(dir.join("relay.toml"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        err
+    };
+    let err = run(0o666, "", 0o644);
+    assert!(
+        err.contains("allow-list") && err.contains("chmod go-w"),
+        "{err}"
+    );
+    let err = run(0o644, "", 0o620);
+    assert!(
+        err.contains("config file") && err.contains("chmod go-w"),
+        "{err}"
+    );
+    let creds = "[server]\nupstream = \"socks5://u:pw@127.0.0.1:9\"\n";
+    let err = run(0o644, creds, 0o644);
+    assert!(
+        err.contains("SOCKS credentials") && err.contains("chmod 600"),
+        "{err}"
     );
 }

@@ -22,10 +22,11 @@ struct Args {
     /// Address to listen on (port 0 picks one; the bound address is printed on stderr).
     #[arg(long)]
     listen: Option<String>,
-    /// The relay's private key file (mode 600).
+    /// The relay's private key file (mode 600, owned by this user or root).
     #[arg(long)]
     key: Option<PathBuf>,
     /// File of admitted client public keys, one base64 key per line; SIGHUP re-reads it.
+    /// It must not be writable by group or others.
     #[arg(long)]
     clients: Option<PathBuf>,
     /// Allowed destinations as CIDR[:PORTS] (repeatable); replaces the default policy
@@ -36,7 +37,8 @@ struct Args {
     /// interface's, re-read on SIGHUP and every 5 s), which they refuse otherwise.
     #[arg(long)]
     allow_own_addresses: bool,
-    /// Config file (the `[server]` table and `[session]` tunables).
+    /// Config file (the `[server]` table and `[session]` tunables); not writable by group
+    /// or others, and mode 600 if an upstream URL holds a password.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Seconds a destination may take to accept a connection.

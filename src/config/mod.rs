@@ -45,6 +45,9 @@
 //! rules = ["10.0.0.0/8 high-security", "port:22 performance", "example.org default"]
 //! ```
 //!
+//! The file must be owned by the user reading it (or root) and writable by no one else;
+//! with credentials in an `upstream` URL, readable by no one else either (`chmod 600`).
+//!
 //! Every key is optional. Unknown keys are errors, so a typo is reported rather than
 //! silently ignored. Each table is one file here, which holds its type, its raw TOML
 //! shape and its checks; `sources` finds and reads the file and applies the environment.
@@ -153,6 +156,9 @@ pub enum ConfigError {
         /// The underlying error.
         source: io::Error,
     },
+    /// A config file that others may change, or read credentials from.
+    #[error(transparent)]
+    Permissions(#[from] crate::fileperm::PermError),
     /// An environment variable has a bad value.
     #[error("environment variable {var}: {message}")]
     Env {
@@ -196,6 +202,13 @@ impl Config {
     pub(crate) fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(origin, text, &e))?;
         Config::from_raw(raw, &Origin(origin))
+    }
+
+    /// Whether an `upstream` URL (client or `[server]`) carries a user and password.
+    fn has_credentials(&self) -> bool {
+        [&self.upstream, &self.server.upstream]
+            .into_iter()
+            .any(|u| u.as_ref().is_some_and(|u| u.credentials.is_some()))
     }
 
     fn from_raw(raw: RawConfig, o: &Origin<'_>) -> Result<Config, ConfigError> {
