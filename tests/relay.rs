@@ -473,13 +473,18 @@ fn in_own_netns(test: &str) -> bool {
         eprintln!("{test}: skipped, no network namespace can be made here");
         return false;
     }
-    let st = unshare()
+    let out = unshare()
         .arg(std::env::current_exe().unwrap())
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .args(["--exact", test, "--test-threads=1"])
         .env(INSIDE, "1")
-        .status()
+        .output()
         .unwrap();
-    assert!(st.success(), "{test} failed in its namespace");
+    assert!(
+        out.status.success(),
+        "{test} failed in its namespace:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     false
 }
 
