@@ -6,7 +6,7 @@
 //! tunnel elsewhere; a secret someone else could read is no longer one. Callers check
 //! the metadata of the handle they read from, so the file judged is the file read.
 
-use std::fs::Metadata;
+use std::fs::{self, Metadata};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
@@ -81,14 +81,44 @@ pub fn check(
     what: &'static str,
     holds: Holds,
 ) -> Result<(), PermError> {
+    let (owner, euid) = (meta.uid(), crate::os::euid());
+    let root_alias = if owner != euid && owner != 0 {
+        unmapped_root_uid()
+    } else {
+        None
+    };
     check_mode(
         meta.mode() & 0o7777,
-        meta.uid(),
-        crate::os::euid(),
+        owner,
+        euid,
+        root_alias,
         path,
         what,
         holds,
     )
+}
+
+/// The uid root's files show as here when this user namespace does not map root (as
+/// `qnet run`'s jail for an unprivileged user maps only that user): the kernel's
+/// overflow uid. A file that uid owns may be root's, and nothing here can tell.
+fn unmapped_root_uid() -> Option<u32> {
+    let uid_map = fs::read_to_string("/proc/self/uid_map").ok()?;
+    if maps_root(&uid_map) {
+        return None;
+    }
+    let overflow = fs::read_to_string("/proc/sys/kernel/overflowuid").ok();
+    overflow.and_then(|s| s.trim().parse().ok()).or(Some(65534))
+}
+
+/// Whether a `uid_map` (lines of inside, outside, count) maps its parent's root.
+fn maps_root(uid_map: &str) -> bool {
+    uid_map.lines().any(|line| {
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        matches!(f[..], [_, 0, count] if count > 0)
+    })
 }
 
 /// [`check`] on plain numbers, for tests that cannot chown.
@@ -96,11 +126,12 @@ fn check_mode(
     mode: u32,
     owner: u32,
     euid: u32,
+    root_alias: Option<u32>,
     path: &Path,
     what: &'static str,
     holds: Holds,
 ) -> Result<(), PermError> {
-    if owner != euid && owner != 0 {
+    if owner != euid && owner != 0 && Some(owner) != root_alias {
         return Err(PermError::Owner {
             what,
             path: path.to_path_buf(),
@@ -158,7 +189,7 @@ mod tests {
             ),
             (0o644, 1001, Holds::Access, Some("owned by uid 1001")),
         ] {
-            let got = check_mode(mode, owner, me, p, "thing", holds)
+            let got = check_mode(mode, owner, me, None, p, "thing", holds)
                 .err()
                 .map(|e| e.to_string());
             match (&got, want) {
@@ -172,7 +203,31 @@ mod tests {
             }
         }
         // Run as root, a file some user owns is refused too: that user could change it.
-        assert!(check_mode(0o644, me, 0, p, "thing", Holds::Access).is_err());
+        assert!(check_mode(0o644, me, 0, None, p, "thing", Holds::Access).is_err());
+    }
+
+    /// In a user namespace that maps only this user (`qnet run`'s jail when unprivileged),
+    /// root's files, `/etc/qnet/qnet.toml` among them, show as owned by the overflow uid
+    /// and were refused there.
+    #[test]
+    fn root_files_seen_from_a_namespace_without_root_are_accepted() {
+        let p = Path::new("/etc/qnet/qnet.toml");
+        let alias = Some(65534);
+        assert_eq!(
+            check_mode(0o644, 65534, 1000, alias, p, "config file", Holds::Access),
+            Ok(())
+        );
+        assert!(check_mode(0o664, 65534, 1000, alias, p, "config file", Holds::Access).is_err());
+        assert!(check_mode(0o644, 1001, 1000, alias, p, "config file", Holds::Access).is_err());
+        assert!(check_mode(0o644, 65534, 1000, None, p, "config file", Holds::Access).is_err());
+        assert!(maps_root("         0          0 4294967295\n"));
+        assert!(maps_root("1000 1000 1\n0 0 1\n"));
+        assert!(!maps_root("      1000       1000          1\n"));
+        assert!(
+            !maps_root("0 1000 1\n"),
+            "root inside, but someone else outside"
+        );
+        assert!(!maps_root(""));
     }
 
     #[test]

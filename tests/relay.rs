@@ -591,3 +591,34 @@ fn relay_refuses_an_allow_list_or_config_others_may_change_or_read() {
         "{err}"
     );
 }
+
+/// `qnet run`'s jail gives an unprivileged user a user namespace mapping only that user,
+/// where root's files show as owned by the overflow uid: a root-owned config (such as
+/// `/etc/qnet/qnet.toml`) was refused there as another user's. Needs root to act as
+/// another user; skipped otherwise.
+#[test]
+fn root_owned_config_is_accepted_in_a_user_namespace_without_root() {
+    let probe = Command::new("setpriv")
+        .args(["--reuid=1000", "--regid=1000", "--clear-groups", "--"])
+        .args(["unshare", "--user", "--map-current-user", "true"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: needs root, setpriv and unprivileged user namespaces");
+        return;
+    }
+    let dir = tempdir("userns-config");
+    let config = dir.join("relay.toml");
+    write_mode(&config, "log = \"warn\"\n", 0o644);
+    let out = Command::new("setpriv")
+        .args(["--reuid=1000", "--regid=1000", "--clear-groups", "--"])
+        .args(["unshare", "--user", "--map-current-user", "--"])
+        .arg(env!("CARGO_BIN_EXE_qnet-relay"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Past the config: the next complaint is the missing key.
+    assert!(err.contains("--key (or [server] key) is required"), "{err}");
+}
