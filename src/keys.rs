@@ -7,13 +7,15 @@ use std::collections::BTreeSet;
 use std::fmt;
 use std::fs;
 use std::io::{self, Read as _, Write as _};
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use thiserror::Error;
+
+use crate::fileperm::{Holds, PermError};
 
 /// Length in bytes of an X25519 key, private or public.
 pub const KEY_LEN: usize = 32;
@@ -41,18 +43,9 @@ pub enum KeyError {
     /// The text is empty (after trimming whitespace).
     #[error("invalid key: empty")]
     Empty,
-    /// A private key file is readable or writable by someone other than its owner.
-    #[error(
-        "key file {} is accessible by group/other (mode {mode:04o}); run: chmod 600 {}",
-        path.display(),
-        path.display()
-    )]
-    Permissions {
-        /// The offending file.
-        path: PathBuf,
-        /// Its permission bits (`mode & 0o7777`).
-        mode: u32,
-    },
+    /// A key file someone else may access, or an allow-list someone else may change.
+    #[error(transparent)]
+    Permissions(#[from] PermError),
     /// A file could not be opened, read or written.
     #[error("{}: {source}", path.display())]
     Io {
@@ -234,22 +227,19 @@ fn read_limited(file: fs::File, path: &Path, limit: u64) -> Result<String, KeyEr
     Ok(text)
 }
 
-/// Reads a private key file, refusing one that group or other may access.
-pub fn load_private_key(path: &Path) -> Result<PrivateKey, KeyError> {
+/// Opens `path` and checks who may touch it (see `fileperm`), on the open handle so
+/// the file judged is the file read.
+fn open_checked(path: &Path, what: &'static str, holds: Holds) -> Result<fs::File, KeyError> {
     let file = fs::File::open(path).map_err(|e| io_error(path, e))?;
-    // Checked on the open handle so the file we judged is the file we read.
-    let mode = file
-        .metadata()
-        .map_err(|e| io_error(path, e))?
-        .permissions()
-        .mode()
-        & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(KeyError::Permissions {
-            path: path.to_path_buf(),
-            mode,
-        });
-    }
+    let meta = file.metadata().map_err(|e| io_error(path, e))?;
+    crate::fileperm::check(&meta, path, what, holds)?;
+    Ok(file)
+}
+
+/// Reads a private key file, refusing one that group or other may access or another
+/// user owns.
+pub fn load_private_key(path: &Path) -> Result<PrivateKey, KeyError> {
+    let file = open_checked(path, "key file", Holds::Secret)?;
     let text = read_limited(file, path, MAX_KEY_FILE)?;
     PrivateKey::parse_base64(&text).map_err(|e| KeyError::BadKeyFile {
         path: path.to_path_buf(),
@@ -306,15 +296,18 @@ pub fn parse_allow_list(text: &str, path: &Path) -> Result<BTreeSet<PublicKey>, 
     Ok(keys)
 }
 
-/// Reads an allow-list file of client public keys (see [`parse_allow_list`]).
+/// Reads an allow-list file of client public keys (see [`parse_allow_list`]), refusing
+/// one that group or other may write or another user owns: it decides who gets in.
 pub fn load_allow_list(path: &Path) -> Result<BTreeSet<PublicKey>, KeyError> {
-    let file = fs::File::open(path).map_err(|e| io_error(path, e))?;
+    let file = open_checked(path, "allow-list", Holds::Access)?;
     let text = read_limited(file, path, MAX_ALLOW_LIST)?;
     parse_allow_list(&text, path)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     // RFC 7748 section 6.1.
@@ -460,7 +453,7 @@ mod tests {
         for mode in [0o644, 0o640, 0o604, 0o610, 0o601] {
             let path = dir.file(&format!("bad{mode:o}.key"), ALICE_PRIVATE_B64, mode);
             let err = load_private_key(&path).unwrap_err();
-            assert!(matches!(err, KeyError::Permissions { .. }), "{err:?}");
+            assert!(matches!(err, KeyError::Permissions(_)), "{err:?}");
             let msg = err.to_string();
             assert!(msg.contains(&format!("(mode {mode:04o})")), "{msg}");
             assert!(
@@ -549,5 +542,27 @@ mod tests {
         assert_eq!(keys.len(), 1);
         let err = load_allow_list(&dir.0.join("nope")).unwrap_err();
         assert!(matches!(err, KeyError::Io { .. }));
+    }
+
+    /// Issue 12: an allow-list anyone could write was read as readily as the key file
+    /// was guarded, so a local user could admit their own key.
+    #[test]
+    fn group_or_world_writable_allow_list_is_refused() {
+        let dir = TempDir::new("allow-mode");
+        for mode in [0o664, 0o646, 0o666] {
+            let path = dir.file(
+                &format!("clients{mode:o}"),
+                &format!("{BOB_PUBLIC_B64}\n"),
+                mode,
+            );
+            let msg = load_allow_list(&path).unwrap_err().to_string();
+            assert_eq!(
+                msg,
+                format!(
+                    "allow-list {p} is writable by group/other (mode {mode:04o}); run: chmod go-w {p}",
+                    p = path.display()
+                )
+            );
+        }
     }
 }

@@ -10,6 +10,7 @@ pub mod elf;
 pub mod engine;
 pub mod entropy;
 pub mod ffi;
+pub mod fileperm;
 mod hooks;
 pub mod jail;
 pub mod keys;

@@ -1,6 +1,7 @@
 //! IP address blocks (CIDR), shared by the exit policy, the `[intercept]` bypass list,
 //! the fake-address nets and the `[timing]` rules: one parser, one containment test, and
-//! the one rule for which blocks can hold fake addresses.
+//! the one rule for which blocks can hold fake addresses. Also the one answer to "is
+//! this host name really an address" ([`classify_host`]).
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -251,6 +252,111 @@ pub(crate) fn in_v6(a: Ipv6Addr, net: Ipv6Addr, prefix: u8) -> bool {
     u128::from(a) & mask == u128::from(net) & mask
 }
 
+/// What a destination host name really is, judged as the most permissive resolver would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HostKind {
+    /// An IP literal in any form a resolver takes as an address (see [`classify_host`]).
+    Addr(IpAddr),
+    /// `localhost` or a name under `.localhost`, which resolve to loopback (RFC 6761 §6.3).
+    Localhost,
+    /// Ends in a number (`1.2.3.4.5`, `999.1.1.1`, `1.0x1g`) without being an address: no
+    /// DNS name has a numeric top-level label, so only a resolver's own parse can give it
+    /// meaning, and which one it gives is not ours to guess.
+    Numeric,
+    /// A name, to be resolved by whoever dials it.
+    Name,
+}
+
+/// Classifies a destination host: an address in disguise, loopback by name, or a name.
+///
+/// IPv4 literals are read in every form glibc's `inet_aton` accepts (what `getaddrinfo`,
+/// and so most SOCKS proxies, take as numeric): one to four dot-separated parts, each
+/// decimal, octal with a leading `0` or hex with `0x`/`0X`, the last part filling the
+/// bytes left (`127.1` is 127.0.0.1, `2130706433` and `0x7f000001` are too, `0177.0.0.1`
+/// is octal), each part starting with a decimal digit. Looser than glibc on purpose, as
+/// treating a name as an address only refuses or pins more: one trailing dot is allowed
+/// (`127.0.0.1.`, which some resolvers pass on to DNS) and `0x` alone counts as 0 (old
+/// BSD and glibc). IPv6 literals may be bracketed and carry a `%zone`. Case-insensitive.
+pub(crate) fn classify_host(host: &str) -> HostKind {
+    let bracketed = host.strip_prefix('[').and_then(|h| h.strip_suffix(']'));
+    let unbracketed = bracketed.unwrap_or(host);
+    // Colons or brackets are never part of a name: IPv6, or nothing we should pass on.
+    if unbracketed.contains(':') || bracketed.is_some() {
+        let addr = unbracketed.split_once('%').map_or(unbracketed, |(a, _)| a);
+        return match addr.parse::<Ipv6Addr>() {
+            Ok(a) => HostKind::Addr(IpAddr::V6(a)),
+            Err(_) => HostKind::Numeric,
+        };
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if let Some(a) = inet_aton(name) {
+        return HostKind::Addr(IpAddr::V4(a));
+    }
+    let last = name.trim_end_matches('.').rsplit('.').next().unwrap_or("");
+    if last.eq_ignore_ascii_case("localhost") {
+        return HostKind::Localhost;
+    }
+    let hex = last
+        .strip_prefix("0x")
+        .or_else(|| last.strip_prefix("0X"))
+        .is_some_and(|h| h.bytes().all(|b| b.is_ascii_hexdigit()));
+    let digits = !last.is_empty() && last.bytes().all(|b| b.is_ascii_digit());
+    if hex || digits {
+        HostKind::Numeric
+    } else {
+        HostKind::Name
+    }
+}
+
+/// glibc's `inet_aton` (as `getaddrinfo` uses it: nothing may follow), plus `0x` alone as 0.
+fn inet_aton(s: &str) -> Option<Ipv4Addr> {
+    let parts: Vec<&str> = s.split('.').collect();
+    if parts.len() > 4 {
+        return None;
+    }
+    let mut values = Vec::with_capacity(parts.len());
+    for part in &parts {
+        values.push(aton_part(part)?);
+    }
+    let (last, leading) = values.split_last()?;
+    // Leading parts are one byte each; the last fills the bytes left.
+    if leading.iter().any(|&v| v > 0xff) || *last >= 1u64 << (8 * (4 - leading.len())) {
+        return None;
+    }
+    let mut addr = *last;
+    for (i, &v) in leading.iter().enumerate() {
+        addr |= v << (24 - 8 * i);
+    }
+    Some(Ipv4Addr::from(u32::try_from(addr).ok()?))
+}
+
+/// One `inet_aton` part: `strtoul(part, _, 0)` after a leading decimal digit, whole.
+fn aton_part(part: &str) -> Option<u64> {
+    if !part.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    let (digits, radix) =
+        if let Some(h) = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X")) {
+            if h.is_empty() {
+                return Some(0);
+            }
+            (h, 16)
+        } else if part.len() > 1 && part.starts_with('0') {
+            (&part[1..], 8)
+        } else {
+            (part, 10)
+        };
+    // from_str_radix would take a sign; strtoul's has none after the leading digit.
+    if !digits.bytes().all(|b| (b as char).is_digit(radix)) {
+        return None;
+    }
+    // Above 32 bits is refused as glibc's ERANGE / > 0xffffffff checks do (u64 parse
+    // fails only past 2^64, so map any overflow to None too).
+    u64::from_str_radix(digits, radix)
+        .ok()
+        .filter(|&v| v <= u64::from(u32::MAX))
+}
+
 impl FromStr for Cidr {
     type Err = NetError;
 
@@ -323,6 +429,77 @@ mod tests {
                 max: 32
             })
         );
+    }
+
+    /// Every form a resolver may read as an address, with the address it means.
+    #[test]
+    fn classify_host_reads_every_inet_aton_form() {
+        use HostKind::*;
+        let v4 = |s: &str| Addr(IpAddr::V4(s.parse().unwrap()));
+        let v6 = |s: &str| Addr(IpAddr::V6(s.parse().unwrap()));
+        for (host, want) in [
+            // Dotted quad, and the shorter forms whose last part fills the rest.
+            ("127.0.0.1", v4("127.0.0.1")),
+            ("127.1", v4("127.0.0.1")),
+            ("127.0.1", v4("127.0.0.1")),
+            ("10.65535", v4("10.0.255.255")),
+            ("10.1.65535", v4("10.1.255.255")),
+            ("2130706433", v4("127.0.0.1")),
+            ("0", v4("0.0.0.0")),
+            ("4294967295", v4("255.255.255.255")),
+            // Octal and hex parts, mixed, either case.
+            ("0177.0.0.1", v4("127.0.0.1")),
+            ("0177.1", v4("127.0.0.1")),
+            ("017700000001", v4("127.0.0.1")),
+            ("0x7f.1", v4("127.0.0.1")),
+            ("0X7F.0x0.0.01", v4("127.0.0.1")),
+            ("0x7f000001", v4("127.0.0.1")),
+            ("0xA9.0376.43518", v4("169.254.169.254")),
+            ("0x00000000007f.1", v4("127.0.0.1")),
+            ("00", v4("0.0.0.0")),
+            ("0x", v4("0.0.0.0")),
+            ("0x.0x.0x.0x", v4("0.0.0.0")),
+            // One trailing dot: still the address (some resolvers send it to DNS).
+            ("127.0.0.1.", v4("127.0.0.1")),
+            ("2130706433.", v4("127.0.0.1")),
+            // IPv6, bare or bracketed, with a zone, v4-mapped.
+            ("::1", v6("::1")),
+            ("[::1]", v6("::1")),
+            ("fe80::1%eth0", v6("fe80::1")),
+            ("[fe80::1%25eth0]", v6("fe80::1")),
+            ("::ffff:127.0.0.1", v6("::ffff:127.0.0.1")),
+            ("2001:DB8::A", v6("2001:db8::a")),
+            // Loopback by name (RFC 6761), any case, trailing dot.
+            ("localhost", Localhost),
+            ("LocalHost.", Localhost),
+            ("a.b.localhost", Localhost),
+            // Ends in a number but is no address glibc takes: refused, not guessed.
+            ("256.0.0.1", Numeric),
+            ("1.2.3.4.5", Numeric),
+            ("1.16777216", Numeric),
+            ("1.2.65536", Numeric),
+            ("4294967296", Numeric),
+            ("99999999999999999999999", Numeric),
+            ("08.1", Numeric),
+            ("0x1g.1", Numeric),
+            ("example.123", Numeric),
+            ("example.0x1f", Numeric),
+            ("1..2", Numeric),
+            ("[127.0.0.1]", Numeric),
+            ("[example.com]", Numeric),
+            ("::1::2", Numeric),
+            // Names stay names.
+            ("example.com", Name),
+            ("1e100.net", Name),
+            ("0x7f.example", Name),
+            ("127.0.0.1.nip.io", Name),
+            ("localhost.example", Name),
+            ("mylocalhost", Name),
+            ("0xdead.beef", Name),
+            ("a-1.b_2", Name),
+        ] {
+            assert_eq!(classify_host(host), want, "{host}");
+        }
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! The few process-level libc facilities that several layers share, written once: the
-//! next definition of a symbol in load order, fork handlers, and the shell's PATH search.
+//! next definition of a symbol in load order, fork handlers, the shell's PATH search,
+//! the host's interface addresses and the effective uid.
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, OsStr};
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -99,7 +102,7 @@ pub(crate) fn on_fork(prepare: extern "C" fn(), parent: extern "C" fn(), child: 
 pub(crate) fn spawn_signals_blocked<T: Send + 'static>(
     builder: std::thread::Builder,
     f: impl FnOnce() -> T + Send + 'static,
-) -> std::io::Result<std::thread::JoinHandle<T>> {
+) -> io::Result<std::thread::JoinHandle<T>> {
     // A new thread starts with its creator's mask: block everything here for the spawn,
     // then put the caller's mask back (a signal that arrived meanwhile is delivered then).
     // SAFETY: sigset_t is plain data, filled by sigfillset before use; pthread_sigmask
@@ -150,6 +153,50 @@ fn executable(path: &Path) -> bool {
     unsafe { libc::access(c.as_ptr(), libc::X_OK) == 0 }
 }
 
+/// Every address of every interface of this host (`getifaddrs`), IPv4 and IPv6, `lo`'s
+/// included, in no particular order (one on two interfaces is listed twice).
+pub fn interface_addrs() -> io::Result<Vec<IpAddr>> {
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: `head` is a valid out-pointer; on success it holds a list we free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut addrs = Vec::new();
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, not yet freed.
+        let ifa = unsafe { &*cur };
+        // SAFETY: `ifa_addr` is null or points to a sockaddr whose family says which
+        // struct it is; each is read only after checking that family.
+        let addr = unsafe {
+            match ifa.ifa_addr.as_ref().map(|sa| i32::from(sa.sa_family)) {
+                Some(libc::AF_INET) => {
+                    let sin = &*ifa.ifa_addr.cast::<libc::sockaddr_in>();
+                    Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                        sin.sin_addr.s_addr,
+                    ))))
+                }
+                Some(libc::AF_INET6) => {
+                    let sin6 = &*ifa.ifa_addr.cast::<libc::sockaddr_in6>();
+                    Some(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)))
+                }
+                _ => None,
+            }
+        };
+        addrs.extend(addr);
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: `head` came from getifaddrs and is freed once; no reference into it remains.
+    unsafe { libc::freeifaddrs(head) };
+    Ok(addrs)
+}
+
+/// This process's effective uid.
+pub fn euid() -> u32 {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +230,16 @@ mod tests {
             found,
             Some(second.join("prog")),
             "exec runs the executable one"
+        );
+    }
+
+    #[test]
+    fn interface_addrs_include_loopback() {
+        let addrs = interface_addrs().unwrap();
+        // Every Linux host (and network namespace with lo up) has 127.0.0.1 on lo.
+        assert!(
+            addrs.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            "{addrs:?}"
         );
     }
 

@@ -6,11 +6,12 @@ use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Relay, start_relay, tempdir};
+use common::{Relay, start_relay, start_relay_with, tempdir, write_mode};
 use qnet::config::TimingConfig;
 use qnet::engine::client::{Client, ClientConfig, parse_destination};
 use qnet::keys::PrivateKey;
@@ -323,7 +324,7 @@ fn relay_rejects_bad_arguments_with_one_line() {
     std::fs::write(&key_path, PrivateKey::generate().to_base64()).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    std::fs::write(dir.join("clients"), "").unwrap();
+    write_mode(&dir.join("clients"), "", 0o644);
     let out = Command::new(env!("CARGO_BIN_EXE_qnet-relay"))
         .args(["--listen", "127.0.0.1:0", "--key"])
         .arg(&key_path)
@@ -341,7 +342,7 @@ fn relay_rejects_bad_arguments_with_one_line() {
         "{err}"
     );
 
-    std::fs::write(dir.join("empty.toml"), "").unwrap();
+    write_mode(&dir.join("empty.toml"), "", 0o644);
     let out = Command::new(env!("CARGO_BIN_EXE_qnet-relay"))
         .args(["--listen", "127.0.0.1:0", "--key"])
         .arg(&key_path)
@@ -371,4 +372,253 @@ fn relay_rejects_bad_arguments_with_one_line() {
         .unwrap();
     assert!(!out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+}
+
+/// A SOCKS5 server that records each CONNECT's target (the bytes from ATYP on) and
+/// answers "connection refused".
+fn recording_socks() -> (SocketAddr, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut head = [0u8; 2];
+            let mut methods = [0u8; 255];
+            let mut req = [0u8; 5];
+            if s.read_exact(&mut head).is_err()
+                || s.read_exact(&mut methods[..head[1] as usize]).is_err()
+                || s.write_all(&[5, 0]).is_err()
+                || s.read_exact(&mut req).is_err()
+            {
+                continue;
+            }
+            // VER CMD RSV ATYP, then the address's first byte (a name's length).
+            let rest = match req[3] {
+                1 => 3 + 2,
+                4 => 15 + 2,
+                _ => req[4] as usize + 2,
+            };
+            let mut target = req[3..].to_vec();
+            target.resize(2 + rest, 0);
+            if s.read_exact(&mut target[2..]).is_err() {
+                continue;
+            }
+            log.lock().unwrap().push(target);
+            let _ = s.write_all(&[5, 5, 0, 1, 0, 0, 0, 0, 0, 0]);
+        }
+    });
+    (addr, seen)
+}
+
+/// Issue 12: with a SOCKS5 exit, names that are IP literals in another spelling, and
+/// `localhost`, were handed to the proxy checked by port only.
+#[test]
+fn socks_exit_names_that_are_addresses_are_checked_as_addresses() {
+    let dir = tempdir("socks-literals");
+    let client_key = PrivateKey::generate();
+    let (proxy, seen) = recording_socks();
+    let upstream = format!("socks5://{proxy}");
+    let relay = start_relay_with(&dir, &[client_key.public().0], &["--upstream", &upstream]);
+    for to in [
+        "2130706433:80",
+        "0x7f.1:80",
+        "0177.0.0.1:80",
+        "0xA9.0376.43518:80",
+        "localhost:80",
+        "db.localhost:80",
+        "1.2.3.4.5:80",
+    ] {
+        let fwd = forward(&relay, client_key.clone(), to);
+        assert_closed_without_data(&fwd);
+        assert!(seen.lock().unwrap().is_empty(), "{to} reached the proxy");
+    }
+    // A name goes on unresolved; a literal the policy allows goes on as its address.
+    for to in ["example.com:80", "0x08080808:53"] {
+        let fwd = forward(&relay, client_key.clone(), to);
+        assert_closed_without_data(&fwd);
+    }
+    let mut name = vec![3, 11];
+    name.extend_from_slice(b"example.com");
+    name.extend_from_slice(&80u16.to_be_bytes());
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [name, vec![1, 8, 8, 8, 8, 0, 53]],
+        "what the proxy was asked for"
+    );
+}
+
+/// Runs the calling test again in a network namespace of its own (as root there, through
+/// a user namespace where that is allowed), so it may put addresses on `lo`. Returns
+/// `true` inside, where the test goes on; `false` outside, once the inner run passed or
+/// when no namespace can be made (then the test is skipped with a line on stderr).
+fn in_own_netns(test: &str) -> bool {
+    const INSIDE: &str = "QNET_TEST_IN_NETNS";
+    if std::env::var_os(INSIDE).is_some() {
+        let up = Command::new("ip")
+            .args(["link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(up.success(), "ip link set lo up");
+        return true;
+    }
+    let unshare = || {
+        let mut c = Command::new("unshare");
+        c.args(["--net", "--map-root-user", "--"]);
+        c
+    };
+    if !unshare().arg("true").status().is_ok_and(|s| s.success()) {
+        eprintln!("{test}: skipped, no network namespace can be made here");
+        return false;
+    }
+    let out = unshare()
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", test, "--test-threads=1"])
+        .env(INSIDE, "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{test} failed in its namespace:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    false
+}
+
+/// Issue 12: the default exit policy let clients reach services on the relay host's
+/// own public address over `lo`, past the host firewall.
+#[test]
+fn relay_refuses_its_own_addresses_by_default() {
+    if !in_own_netns("relay_refuses_its_own_addresses_by_default") {
+        return;
+    }
+    let dir = tempdir("own-addrs");
+    let client_key = PrivateKey::generate();
+    let relay = start_relay(&dir, &[client_key.public().0], &[]);
+    // A globally routable address, added after the relay read its list: SIGHUP re-reads.
+    let own = "11.22.33.44";
+    let add = Command::new("ip")
+        .args(["addr", "add", &format!("{own}/32"), "dev", "lo"])
+        .status()
+        .unwrap();
+    assert!(add.success(), "ip addr add");
+    let l = TcpListener::bind((own, 0)).unwrap();
+    let port = l.local_addr().unwrap().port();
+    drop(l);
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let echo = {
+        let l = TcpListener::bind((own, port)).unwrap();
+        let count = accepted.clone();
+        thread::spawn(move || {
+            for s in l.incoming() {
+                let Ok(mut s) = s else { continue };
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut r = s.try_clone().unwrap();
+                let _ = std::io::copy(&mut r, &mut s);
+            }
+        });
+        format!("{own}:{port}")
+    };
+    let st = Command::new("kill")
+        .args(["-HUP", &relay.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // The loop sees the flag within its one-second wakeup.
+    thread::sleep(Duration::from_millis(1500));
+    let fwd = forward(&relay, client_key.clone(), &echo);
+    assert_closed_without_data(&fwd);
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "the relay dialled itself"
+    );
+    drop(fwd);
+
+    let dir = tempdir("own-addrs-allowed");
+    let relay = start_relay_with(&dir, &[client_key.public().0], &["--allow-own-addresses"]);
+    let fwd = forward(&relay, client_key, &echo);
+    let mut s = TcpStream::connect(fwd.addr).unwrap();
+    s.write_all(b"me").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(
+        read_to_end_timeout(&mut s, Duration::from_secs(10)).unwrap(),
+        b"me"
+    );
+}
+
+/// Issue 12: the allow-list and the config file (which can hold a SOCKS password) were
+/// read whatever their mode, while the key file was checked.
+#[test]
+fn relay_refuses_an_allow_list_or_config_others_may_change_or_read() {
+    let dir = tempdir("perms");
+    let key = dir.join("relay.key");
+    qnet::keys::write_private_key(&key, &PrivateKey::generate()).unwrap();
+    let run = |clients_mode: u32, config: &str, config_mode: u32| {
+        write_mode(&dir.join("clients"), "", clients_mode);
+        write_mode(&dir.join("relay.toml"), config, config_mode);
+        let out = Command::new(env!("CARGO_BIN_EXE_qnet-relay"))
+            .args(["--listen", "127.0.0.1:0", "--key"])
+            .arg(&key)
+            .arg("--clients")
+            .arg(dir.join("clients"))
+            .arg("--config")
+            .arg(dir.join("relay.toml"))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(err.lines().count(), 1, "{err}");
+        err
+    };
+    let err = run(0o666, "", 0o644);
+    assert!(
+        err.contains("allow-list") && err.contains("chmod go-w"),
+        "{err}"
+    );
+    let err = run(0o644, "", 0o620);
+    assert!(
+        err.contains("config file") && err.contains("chmod go-w"),
+        "{err}"
+    );
+    let creds = "[server]\nupstream = \"socks5://u:pw@127.0.0.1:9\"\n";
+    let err = run(0o644, creds, 0o644);
+    assert!(
+        err.contains("SOCKS credentials") && err.contains("chmod 600"),
+        "{err}"
+    );
+}
+
+/// `qnet run`'s jail gives an unprivileged user a user namespace mapping only that user,
+/// where root's files show as owned by the overflow uid: a root-owned config (such as
+/// `/etc/qnet/qnet.toml`) was refused there as another user's. Needs root to act as
+/// another user; skipped otherwise.
+#[test]
+fn root_owned_config_is_accepted_in_a_user_namespace_without_root() {
+    let probe = Command::new("setpriv")
+        .args(["--reuid=1000", "--regid=1000", "--clear-groups", "--"])
+        .args(["unshare", "--user", "--map-current-user", "true"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: needs root, setpriv and unprivileged user namespaces");
+        return;
+    }
+    let dir = tempdir("userns-config");
+    let config = dir.join("relay.toml");
+    write_mode(&config, "log = \"warn\"\n", 0o644);
+    let out = Command::new("setpriv")
+        .args(["--reuid=1000", "--regid=1000", "--clear-groups", "--"])
+        .args(["unshare", "--user", "--map-current-user", "--"])
+        .arg(env!("CARGO_BIN_EXE_qnet-relay"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Past the config: the next complaint is the missing key.
+    assert!(err.contains("--key (or [server] key) is required"), "{err}");
 }

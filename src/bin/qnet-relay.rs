@@ -22,17 +22,23 @@ struct Args {
     /// Address to listen on (port 0 picks one; the bound address is printed on stderr).
     #[arg(long)]
     listen: Option<String>,
-    /// The relay's private key file (mode 600).
+    /// The relay's private key file (mode 600, owned by this user or root).
     #[arg(long)]
     key: Option<PathBuf>,
     /// File of admitted client public keys, one base64 key per line; SIGHUP re-reads it.
+    /// It must not be writable by group or others.
     #[arg(long)]
     clients: Option<PathBuf>,
     /// Allowed destinations as CIDR[:PORTS] (repeatable); replaces the default policy
     /// (every globally routable address, nothing private or local).
     #[arg(long = "exit-allow", value_name = "CIDR[:PORTS]")]
     exit_allow: Vec<String>,
-    /// Config file (the `[server]` table and `[session]` tunables).
+    /// Let the default policy and `global` rules reach this host's own addresses (every
+    /// interface's, re-read on SIGHUP and every 5 s), which they refuse otherwise.
+    #[arg(long)]
+    allow_own_addresses: bool,
+    /// Config file (the `[server]` table and `[session]` tunables); not writable by group
+    /// or others, and mode 600 if an upstream URL holds a password.
     #[arg(long)]
     config: Option<PathBuf>,
     /// Seconds a destination may take to accept a connection.
@@ -87,7 +93,10 @@ fn run(args: Args) -> Result<(), String> {
     } else {
         args.exit_allow
     };
-    let policy = ExitPolicy::from_exit_allow(&rules).map_err(|e| e.to_string())?;
+    let mut policy = ExitPolicy::from_exit_allow(&rules).map_err(|e| e.to_string())?;
+    if args.allow_own_addresses || cfg.server.allow_own_addresses {
+        policy = policy.allowing_own_addrs();
+    }
     let mut upstream = match &args.upstream {
         Some(u) => Some(Upstream::parse(u).map_err(|e| format!("--upstream: {e}"))?),
         None => cfg.server.upstream.clone(),

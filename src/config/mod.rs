@@ -20,6 +20,7 @@
 //! key = "/etc/qnet/relay.key"
 //! clients = "/etc/qnet/clients"
 //! exit_allow = ["global:80,443"]
+//! allow_own_addresses = false    # the default policy refuses this host's own addresses
 //! upstream = "socks5://127.0.0.1:9050"  # exit through a SOCKS5 proxy; names go to it unresolved
 //! isolate = false                # fresh SOCKS credentials per client session
 //! profile = "performance"        # downstream timing profile for OPENs that ask for none
@@ -43,6 +44,9 @@
 //! profile = "performance"        # performance | default | high-security (QNET_PROFILE overrides)
 //! rules = ["10.0.0.0/8 high-security", "port:22 performance", "example.org default"]
 //! ```
+//!
+//! The file must be owned by the user reading it (or root) and writable by no one else;
+//! with credentials in an `upstream` URL, readable by no one else either (`chmod 600`).
 //!
 //! Every key is optional. Unknown keys are errors, so a typo is reported rather than
 //! silently ignored. Each table is one file here, which holds its type, its raw TOML
@@ -152,6 +156,9 @@ pub enum ConfigError {
         /// The underlying error.
         source: io::Error,
     },
+    /// A config file that others may change, or read credentials from.
+    #[error(transparent)]
+    Permissions(#[from] crate::fileperm::PermError),
     /// An environment variable has a bad value.
     #[error("environment variable {var}: {message}")]
     Env {
@@ -195,6 +202,13 @@ impl Config {
     pub(crate) fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error(origin, text, &e))?;
         Config::from_raw(raw, &Origin(origin))
+    }
+
+    /// Whether an `upstream` URL (client or `[server]`) carries a user and password.
+    fn has_credentials(&self) -> bool {
+        [&self.upstream, &self.server.upstream]
+            .into_iter()
+            .any(|u| u.as_ref().is_some_and(|u| u.credentials.is_some()))
     }
 
     fn from_raw(raw: RawConfig, o: &Origin<'_>) -> Result<Config, ConfigError> {
@@ -300,6 +314,7 @@ listen = "[::]:7000"
 key = "/etc/qnet/relay.key"
 clients = "/etc/qnet/clients"
 exit_allow = ["0.0.0.0/0:80,443", "[::1]/128:22"]
+allow_own_addresses = true
 "#
         );
         let c = parse(&text).unwrap();
@@ -323,6 +338,9 @@ exit_allow = ["0.0.0.0/0:80,443", "[::1]/128:22"]
         assert_eq!(c.server.key, Some(PathBuf::from("/etc/qnet/relay.key")));
         assert_eq!(c.server.clients, Some(PathBuf::from("/etc/qnet/clients")));
         assert_eq!(c.server.exit_allow, ["0.0.0.0/0:80,443", "[::1]/128:22"]);
+        assert!(c.server.allow_own_addresses);
+        assert!(!parse("").unwrap().server.allow_own_addresses);
+        assert!(err("[server]\nallow_own_addresses = 1").contains("server.allow_own_addresses"));
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub struct ServerConfig {
     pub profile: Option<Profile>,
     /// Profiles a client may ask for; others get `profile`. Empty: all.
     pub allow_profiles: Vec<Profile>,
+    /// Let the default exit policy (and `global` rules) reach the relay host's own addresses.
+    pub allow_own_addresses: bool,
 }
 
 #[derive(Deserialize, Default)]
@@ -42,6 +44,7 @@ pub(super) struct RawServer {
     isolate: Option<Value>,
     profile: Option<Value>,
     allow_profiles: Option<Value>,
+    allow_own_addresses: Option<Value>,
 }
 
 impl ServerConfig {
@@ -84,6 +87,9 @@ impl ServerConfig {
                 s.allow_profiles
                     .push(parse_profile(&p).map_err(|m| o.err(&field, m))?);
             }
+        }
+        if let Some(v) = raw.allow_own_addresses {
+            s.allow_own_addresses = o.boolean("server.allow_own_addresses", v)?;
         }
         Ok(s)
     }

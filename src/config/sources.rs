@@ -7,28 +7,53 @@
 //! about where the config lives.
 
 use std::fs;
-use std::io;
+use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
 
 use super::value::{check_host_port, check_path, rebase};
 use super::{Config, ConfigError, ParseLogLevelError, parse_profile};
+use crate::fileperm::{self, Holds};
 use crate::keys::PublicKey;
 
 /// The system-wide config file, read when neither `QNET_CONFIG` nor the user's file exists.
 pub(crate) const SYSTEM_CONFIG_PATH: &str = "/etc/qnet/qnet.toml";
 
+/// A config file's text and the metadata of the handle it was read through.
+struct FileText {
+    text: String,
+    meta: fs::Metadata,
+}
+
+/// Reads a whole file through one handle, so the file whose owner and mode are checked
+/// is the file whose text is parsed.
+fn read_file(path: &Path) -> io::Result<FileText> {
+    let mut file = fs::File::open(path)?;
+    let meta = file.metadata()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    Ok(FileText { text, meta })
+}
+
 impl Config {
     /// Reads a config file; relative paths in it are resolved against its directory.
     pub(crate) fn from_path(path: &Path) -> Result<Config, ConfigError> {
-        let text = fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let file = read_file(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::from_file_text(&text, path)
+        Config::from_file_text(&file, path)
     }
 
-    fn from_file_text(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let mut config = Config::from_toml_str(text, &path.display().to_string())?;
+    /// Parses a file read by [`read_file`], after checking who may touch it: the file
+    /// names keys, relays and allow-lists, so only its owner (this user or root) may
+    /// write it; when it holds SOCKS credentials, only its owner may read it.
+    fn from_file_text(file: &FileText, path: &Path) -> Result<Config, ConfigError> {
+        fileperm::check(&file.meta, path, "config file", Holds::Access)?;
+        let mut config = Config::from_toml_str(&file.text, &path.display().to_string())?;
+        if config.has_credentials() {
+            let what = "config file with SOCKS credentials";
+            fileperm::check(&file.meta, path, what, Holds::Secret)?;
+        }
         let base = path.parent().unwrap_or(Path::new(""));
         if let Some(key) = &mut config.key {
             rebase(key, base);
@@ -87,11 +112,11 @@ impl Config {
     fn locate_and_read(
         get: &impl Fn(&str) -> Option<String>,
         system_config: &Path,
-    ) -> Result<Option<(PathBuf, String)>, ConfigError> {
+    ) -> Result<Option<(PathBuf, FileText)>, ConfigError> {
         if let Some(named) = non_empty(get, "QNET_CONFIG") {
             let path = PathBuf::from(named);
-            return match fs::read_to_string(&path) {
-                Ok(text) => Ok(Some((path, text))),
+            return match read_file(&path) {
+                Ok(file) => Ok(Some((path, file))),
                 Err(e) => Err(ConfigError::Env {
                     var: "QNET_CONFIG".to_owned(),
                     message: format!("{}: {e}", path.display()),
@@ -101,8 +126,8 @@ impl Config {
         let user =
             non_empty(get, "HOME").map(|home| Path::new(&home).join(".config/qnet/qnet.toml"));
         for path in user.iter().map(PathBuf::as_path).chain([system_config]) {
-            if let Some(text) = read_optional(path)? {
-                return Ok(Some((path.to_path_buf(), text)));
+            if let Some(file) = read_optional(path)? {
+                return Ok(Some((path.to_path_buf(), file)));
             }
         }
         Ok(None)
@@ -117,7 +142,7 @@ impl Config {
         let mut config = match explicit {
             Some(path) => Config::from_path(path)?,
             None => match Config::locate_and_read(&get, system_config)? {
-                Some((path, text)) => Config::from_file_text(&text, &path)?,
+                Some((path, file)) => Config::from_file_text(&file, &path)?,
                 None => Config::default(),
             },
         };
@@ -126,9 +151,9 @@ impl Config {
     }
 }
 
-fn read_optional(path: &Path) -> Result<Option<String>, ConfigError> {
-    match fs::read_to_string(path) {
-        Ok(text) => Ok(Some(text)),
+fn read_optional(path: &Path) -> Result<Option<FileText>, ConfigError> {
+    match read_file(path) {
+        Ok(file) => Ok(Some(file)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(ConfigError::Io {
             path: path.to_path_buf(),
@@ -347,6 +372,63 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(err, ConfigError::Io { .. }), "{err:?}");
+    }
+
+    /// Issue 12: a config file anyone could write (it names the relay, its key and the
+    /// allow-list) or read (it can hold a SOCKS password) was read without a look at its
+    /// owner or mode.
+    #[test]
+    fn config_file_others_may_write_or_read_credentials_from_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = TempDir::new("perm");
+        let load = |name: &str, text: &str, mode: u32| {
+            let path = dir.write(name, text);
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            (
+                Config::from_path(&path)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                path,
+            )
+        };
+        let plain = "relay = \"r.example:7000\"\n";
+        let creds = "[server]\nupstream = \"socks5://u:secret@127.0.0.1:9050\"\n";
+        let no_creds = "[server]\nupstream = \"socks5://127.0.0.1:9050\"\n";
+        assert_eq!(load("a.toml", plain, 0o644).0, Ok(()));
+        assert_eq!(load("b.toml", creds, 0o600).0, Ok(()));
+        assert_eq!(load("c.toml", no_creds, 0o644).0, Ok(()));
+        let (got, p) = load("d.toml", plain, 0o664);
+        assert_eq!(
+            got,
+            Err(format!(
+                "config file {p} is writable by group/other (mode 0664); run: chmod go-w {p}",
+                p = p.display()
+            ))
+        );
+        let (got, p) = load("e.toml", creds, 0o640);
+        assert_eq!(
+            got,
+            Err(format!(
+                "config file with SOCKS credentials {p} is accessible by group/other (mode 0640); run: chmod 600 {p}",
+                p = p.display()
+            ))
+        );
+        let client_creds = "upstream = \"socks5://u:p@127.0.0.1:9050\"\n";
+        assert!(load("f.toml", client_creds, 0o604).0.is_err());
+        // Found by the search, not only named: the same check.
+        let system = dir.write("etc/qnet.toml", plain);
+        fs::set_permissions(&system, fs::Permissions::from_mode(0o666)).unwrap();
+        let err = Config::load_with(None, env(&[]), &system).unwrap_err();
+        assert!(matches!(err, ConfigError::Permissions(_)), "{err:?}");
+        if crate::os::euid() == 0 {
+            let (_, p) = load("g.toml", plain, 0o644);
+            std::os::unix::fs::chown(&p, Some(12345), None).unwrap();
+            let e = Config::from_path(&p).unwrap_err().to_string();
+            assert!(
+                e.contains("is owned by uid 12345, not by this user (uid 0) or root"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

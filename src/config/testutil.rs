@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 
 use super::{Config, ConfigError};
@@ -53,6 +54,8 @@ impl TempDir {
         let path = self.0.join(rel);
         fs::create_dir_all(path.parent().unwrap()).unwrap();
         fs::write(&path, text).unwrap();
+        // Whatever the umask: a group-writable config file is refused.
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         path
     }
 }

@@ -16,6 +16,14 @@ pub fn tempdir(name: &str) -> PathBuf {
     d
 }
 
+/// Writes `text` to `path` with mode `mode`, whatever the umask: qnet refuses an
+/// allow-list or config file that group or others may write.
+pub fn write_mode(path: &Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
 /// A running relay, killed on drop.
 pub struct Relay {
     pub child: Child,
@@ -32,6 +40,15 @@ impl Drop for Relay {
 }
 
 pub fn start_relay(dir: &Path, allowed: &[[u8; 32]], exit_allow: &[&str]) -> Relay {
+    let args: Vec<&str> = exit_allow
+        .iter()
+        .flat_map(|r| ["--exit-allow", r])
+        .collect();
+    start_relay_with(dir, allowed, &args)
+}
+
+/// [`start_relay`] with any extra command-line arguments.
+pub fn start_relay_with(dir: &Path, allowed: &[[u8; 32]], args: &[&str]) -> Relay {
     let key = PrivateKey::generate();
     let public = key.public().0;
     let key_path = dir.join("relay.key");
@@ -42,7 +59,7 @@ pub fn start_relay(dir: &Path, allowed: &[[u8; 32]], exit_allow: &[&str]) -> Rel
         .iter()
         .map(|k| format!("{}\n", qnet::keys::PublicKey(*k).to_base64()))
         .collect();
-    std::fs::write(&clients, list).unwrap();
+    write_mode(&clients, &list, 0o644);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_qnet-relay"));
     cmd.args(["--listen", "127.0.0.1:0", "--key"])
         .arg(&key_path)
@@ -50,10 +67,8 @@ pub fn start_relay(dir: &Path, allowed: &[[u8; 32]], exit_allow: &[&str]) -> Rel
         .arg(&clients)
         .env("QNET_CONFIG", dir.join("none.toml"))
         .stderr(Stdio::piped());
-    std::fs::write(dir.join("none.toml"), "").unwrap();
-    for r in exit_allow {
-        cmd.args(["--exit-allow", r]);
-    }
+    write_mode(&dir.join("none.toml"), "", 0o644);
+    cmd.args(args);
     let mut child = cmd.spawn().unwrap();
     let mut err = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();

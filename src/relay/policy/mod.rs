@@ -31,10 +31,17 @@
 //!
 //! Port 0 is never allowed.
 //!
+//! The relay host's own addresses (every address of every interface, as `getifaddrs`
+//! lists them, `lo`'s included) are refused too: a connection from the relay to its own
+//! public address goes over `lo`, past a host firewall that guards that address from
+//! outside. The relay reads them at start, on SIGHUP and every few seconds
+//! ([`ExitPolicy::set_own_addrs`]); `allow_own_addresses = true` in `[server]` (or
+//! `--allow-own-addresses`) lifts this refusal.
+//!
 //! Any `--exit-allow` rule **replaces** the default: the relay then dials only what
-//! some rule matches, so `0.0.0.0/0:443` really does include the relay's own loopback
-//! and LAN. To keep the default's protection while limiting ports, use the `global`
-//! target, e.g. `global:80,443`.
+//! some rule matches, so `0.0.0.0/0:443` really does include the relay's own loopback,
+//! LAN and public addresses. To keep the default's protection (the host's own addresses
+//! included) while limiting ports, use the `global` target, e.g. `global:80,443`.
 //!
 //! Rule syntax: `TARGET[:PORTS]`. `TARGET` is `global`, an IPv4 or IPv6 address (a
 //! single host), or a CIDR block such as `10.0.0.0/8` or `2001:db8::/32` (host bits
@@ -44,11 +51,19 @@
 //! no `PORTS` every port matches. Rule addresses in IPv4-mapped form are stored as
 //! IPv4, matching how destinations are checked.
 //!
-//! This module does no I/O; the relay asks [`ExitPolicy::allows`] after resolving a
-//! destination and before dialing it.
+//! Names: a name that is really an IP literal, in any form `inet_aton` reads
+//! (`2130706433`, `0x7f.1`, `0177.0.0.1`, `127.1`) or IPv6 (bracketed, with a zone), is
+//! judged and dialled as that address, also through an exit proxy. A name ending in a
+//! number that is no such literal (`1.2.3.4.5`) is refused. `localhost` and names under
+//! `.localhost` (RFC 6761) count as loopback: resolved here they are checked address by
+//! address; sent to an exit proxy they are allowed only if both `127.0.0.1` and `::1`
+//! are. Any other name goes to an exit proxy unresolved, checked by port only.
+//!
+//! This module does no I/O; the relay asks [`ExitPolicy::judge`] when a stream opens and
+//! [`ExitPolicy::allows`] for each address a name resolved to, before dialing.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use thiserror::Error;
 
@@ -111,7 +126,8 @@ pub enum RuleFault {
 }
 
 pub use crate::net::Cidr;
-use crate::net::{in_v4, in_v6};
+use crate::net::{HostKind, classify_host, in_v4, in_v6};
+use crate::proto::Destination;
 
 /// An inclusive range of ports, never including 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -329,11 +345,12 @@ impl ExitRule {
         &self.ports
     }
 
-    /// Whether the rule allows `port` on `ip`; `ip` is expected in canonical form.
-    fn matches(&self, ip: IpAddr, port: u16) -> bool {
+    /// Whether the rule allows `port` on `ip`; `ip` is expected in canonical form, and
+    /// `global` says whether the default policy allows it.
+    fn matches(&self, ip: IpAddr, port: u16, global: bool) -> bool {
         let port_ok = self.ports.is_empty() || self.ports.iter().any(|r| r.contains(port));
         let addr_ok = match self.target {
-            ExitTarget::Global => is_global_unicast(ip),
+            ExitTarget::Global => global,
             ExitTarget::Net(net) => net.contains(ip),
         };
         port != 0 && port_ok && addr_ok
@@ -448,16 +465,62 @@ pub fn is_global_unicast(ip: IpAddr) -> bool {
 }
 
 /// The set of destinations the relay will dial.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExitPolicy {
     /// `None` is the default policy; `Some` allows exactly what the rules match.
     rules: Option<Vec<ExitRule>>,
+    /// The host's own addresses, canonical and sorted, refused where the default's
+    /// protection applies; `None` once they are allowed.
+    own: Option<Vec<IpAddr>>,
+}
+
+impl Default for ExitPolicy {
+    fn default() -> ExitPolicy {
+        ExitPolicy {
+            rules: None,
+            own: Some(Vec::new()),
+        }
+    }
 }
 
 impl ExitPolicy {
     /// A policy allowing only what some rule matches; no rules allow nothing.
     pub fn from_rules(rules: Vec<ExitRule>) -> ExitPolicy {
-        ExitPolicy { rules: Some(rules) }
+        ExitPolicy {
+            rules: Some(rules),
+            ..ExitPolicy::default()
+        }
+    }
+
+    /// The same policy with the host's own addresses no longer refused.
+    pub fn allowing_own_addrs(self) -> ExitPolicy {
+        ExitPolicy { own: None, ..self }
+    }
+
+    /// Whether the host's own addresses are refused (so the relay must keep them fresh).
+    pub fn refuses_own_addrs(&self) -> bool {
+        self.own.is_some()
+    }
+
+    /// Replaces the host's own addresses (from `os::interface_addrs`); ignored once they
+    /// are allowed.
+    pub fn set_own_addrs(&mut self, addrs: impl IntoIterator<Item = IpAddr>) {
+        if let Some(own) = &mut self.own {
+            own.clear();
+            own.extend(addrs.into_iter().map(|a| a.to_canonical()));
+            own.sort_unstable();
+            own.dedup();
+        }
+    }
+
+    /// What the default policy allows: a globally routable unicast address that is not
+    /// one of this host's own (canonical `ip`).
+    fn default_allows(&self, ip: IpAddr) -> bool {
+        let own = self
+            .own
+            .as_ref()
+            .is_some_and(|own| own.binary_search(&ip).is_ok());
+        is_global_unicast(ip) && !own
     }
 
     /// Parses `--exit-allow` / `exit_allow` values; an empty list gives the default policy.
@@ -483,9 +546,42 @@ impl ExitPolicy {
             return false;
         }
         let ip = ip.to_canonical();
+        let global = self.default_allows(ip);
         match &self.rules {
-            None => is_global_unicast(ip),
-            Some(rules) => rules.iter().any(|r| r.matches(ip, port)),
+            None => global,
+            Some(rules) => rules.iter().any(|r| r.matches(ip, port, global)),
+        }
+    }
+
+    /// The destination to dial and whether the exit policy allows it.
+    ///
+    /// A name that is really an address (`2130706433`, `0x7f.1`, `[::1]`: see
+    /// `net::classify_host`) becomes that address, checked here and dialled or sent to the
+    /// exit proxy as such, so what is checked is what is reached. Other names are checked
+    /// after they resolve; one sent to an exit proxy unresolved (no DNS query leaves
+    /// here: Tor resolves at its exit) can be checked only by port, and the proxy's own
+    /// policy decides the rest. `localhost` names go to the proxy only where the policy
+    /// allows both loopback addresses, since the proxy picks which one it reaches.
+    pub fn judge(&self, dest: Destination, via_proxy: bool) -> (Destination, bool) {
+        let (host, port) = match dest {
+            Destination::Addr(a) => return (Destination::Addr(a), self.allows(a.ip(), a.port())),
+            Destination::Name(host, port) => (host, port),
+        };
+        match classify_host(&host) {
+            HostKind::Addr(ip) => {
+                let a = SocketAddr::new(ip, port);
+                (Destination::Addr(a), self.allows(ip, port))
+            }
+            HostKind::Numeric => (Destination::Name(host, port), false),
+            HostKind::Localhost if via_proxy => {
+                let ok = self.allows(Ipv4Addr::LOCALHOST.into(), port)
+                    && self.allows(Ipv6Addr::LOCALHOST.into(), port);
+                (Destination::Name("localhost".to_owned(), port), ok)
+            }
+            HostKind::Localhost | HostKind::Name => {
+                let ok = !via_proxy || self.allows_port(port);
+                (Destination::Name(host, port), ok)
+            }
         }
     }
 
@@ -507,7 +603,13 @@ impl ExitPolicy {
 impl fmt::Display for ExitPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.rules {
-            None => f.write_str("default (globally routable unicast addresses, all ports)"),
+            None => {
+                f.write_str("default (globally routable unicast addresses")?;
+                if self.own.is_some() {
+                    f.write_str(" but this host's own")?;
+                }
+                f.write_str(", all ports)")
+            }
             Some(rules) if rules.is_empty() => f.write_str("nothing allowed"),
             Some(rules) => {
                 f.write_str("allow ")?;

@@ -327,6 +327,10 @@ fn from_exit_allow() {
 fn policy_display() {
     assert_eq!(
         ExitPolicy::default().to_string(),
+        "default (globally routable unicast addresses but this host's own, all ports)"
+    );
+    assert_eq!(
+        ExitPolicy::default().allowing_own_addrs().to_string(),
         "default (globally routable unicast addresses, all ports)"
     );
     assert_eq!(
@@ -367,4 +371,118 @@ fn cidr_edges() {
     assert!(Cidr::new(ip("1.2.3.4"), 31).is_ok());
     assert!(PortRange::new(0, 5).is_err());
     assert!(PortRange::new(6, 5).is_err());
+}
+
+fn name(host: &str, port: u16) -> Destination {
+    Destination::Name(host.to_owned(), port)
+}
+
+fn addr(a: &str) -> Destination {
+    Destination::Addr(a.parse().unwrap())
+}
+
+/// Issue 12: with a SOCKS5 exit, `127.0.0.1`, `2130706433`, `localhost` and
+/// `169.254.169.254` were checked by port only and reached the proxy's loopback, LAN or
+/// cloud metadata.
+#[test]
+fn socks_exit_names_that_are_addresses_are_checked_as_addresses() {
+    let default = ExitPolicy::default();
+    for host in [
+        "127.0.0.1",
+        "2130706433",
+        "0x7f.1",
+        "0177.0.0.1",
+        "127.1",
+        "0xA9.0376.43518",
+        "169.254.169.254",
+        "10.1",
+        "0",
+        "1.2.3.4.5",
+        "example.999",
+    ] {
+        for via_proxy in [true, false] {
+            let (_, ok) = default.judge(name(host, 80), via_proxy);
+            assert!(!ok, "{host} allowed (via proxy: {via_proxy})");
+        }
+    }
+    // Loopback by name: refused for the proxy; resolved here, checked once resolved.
+    for host in ["localhost", "db.localhost.", "LOCALHOST"] {
+        assert!(!default.judge(name(host, 80), true).1, "{host}");
+    }
+    // An allowed literal is handed on as the address it means, not as the name.
+    assert_eq!(
+        default.judge(name("0x08080808", 53), true),
+        (addr("8.8.8.8:53"), true)
+    );
+    assert_eq!(
+        default.judge(name("134744072.", 53), false),
+        (addr("8.8.8.8:53"), true)
+    );
+    // Names stay names: unresolved to the proxy (port-checked), resolved here otherwise.
+    assert_eq!(
+        default.judge(name("example.com", 443), true),
+        (name("example.com", 443), true)
+    );
+    let ports = ExitPolicy::from_exit_allow(&["global:443"]).unwrap();
+    assert!(!ports.judge(name("example.com", 80), true).1);
+    assert!(
+        ports.judge(name("example.com", 80), false).1,
+        "checked once resolved"
+    );
+    // Loopback by name through a proxy: only where both loopback addresses are allowed.
+    let v4_only = ExitPolicy::from_exit_allow(&["127.0.0.0/8"]).unwrap();
+    assert!(!v4_only.judge(name("localhost", 80), true).1);
+    let both = ExitPolicy::from_exit_allow(&["127.0.0.0/8", "[::1]/128"]).unwrap();
+    assert_eq!(
+        both.judge(name("app.localhost", 80), true),
+        (name("localhost", 80), true)
+    );
+    // Resolved here, localhost is checked address by address after the lookup.
+    assert!(both.judge(name("localhost", 80), false).1);
+    assert_eq!(
+        both.judge(name("2130706433", 80), true),
+        (addr("127.0.0.1:80"), true)
+    );
+}
+
+/// Issue 12: the default policy let clients reach services on the relay host's own
+/// public address over `lo`, past the host firewall.
+#[test]
+fn own_addresses_are_refused_by_default_and_by_global() {
+    let own = [ip("203.0.114.7"), ip("2a01:4f8::7"), ip("::ffff:11.0.0.1")];
+    let mut default = ExitPolicy::default();
+    let mut global = ExitPolicy::from_exit_allow(&["global:443"]).unwrap();
+    let mut explicit = ExitPolicy::from_exit_allow(&["203.0.114.0/24", "11.0.0.1"]).unwrap();
+    for p in [&default, &global] {
+        assert!(p.refuses_own_addrs());
+        assert!(p.allows(ip("203.0.114.7"), 443), "unknown until read");
+    }
+    for p in [&mut default, &mut global, &mut explicit] {
+        p.set_own_addrs(own);
+    }
+    for p in [&default, &global] {
+        for a in [
+            "203.0.114.7",
+            "::ffff:203.0.114.7",
+            "2a01:4f8::7",
+            "11.0.0.1",
+        ] {
+            assert!(!p.allows(ip(a), 443), "{a} in {p}");
+            assert!(
+                !p.judge(Destination::Name(a.to_owned(), 443), true).1,
+                "{a}"
+            );
+        }
+        assert!(p.allows(ip("203.0.114.8"), 443), "a neighbour is not us");
+    }
+    // An explicit block allows what it names, as documented.
+    assert!(explicit.allows(ip("203.0.114.7"), 443) && explicit.allows(ip("11.0.0.1"), 80));
+    // A fresh read replaces the old list.
+    default.set_own_addrs([ip("8.8.8.8")]);
+    assert!(default.allows(ip("203.0.114.7"), 443) && !default.allows(ip("8.8.8.8"), 443));
+    // Allowed: nothing more is refused than without the host's addresses.
+    let mut open = ExitPolicy::default().allowing_own_addrs();
+    open.set_own_addrs(own);
+    assert!(!open.refuses_own_addrs());
+    assert!(open.allows(ip("203.0.114.7"), 443) && !open.allows(ip("127.0.0.1"), 443));
 }

@@ -92,15 +92,7 @@ impl Relay {
             },
         );
         let proxy = self.cfg.upstream.as_ref().map(|u| u.addr);
-        // Literal addresses are checked against the exit policy here. A name is checked
-        // after it resolves; a name sent to an exit proxy unresolved (no DNS query leaves
-        // here: Tor resolves at its exit) can be checked only by port, and the proxy's
-        // own policy decides the rest.
-        let allowed = match (&dest, proxy) {
-            (Destination::Addr(a), _) => self.cfg.policy.allows(a.ip(), a.port()),
-            (Destination::Name(_, port), Some(_)) => self.cfg.policy.allows_port(*port),
-            (Destination::Name(..), None) => true,
-        };
+        let (dest, allowed) = self.cfg.policy.judge(dest, proxy.is_some());
         if !allowed {
             qlog!(Info, "exit policy refuses {dest}");
             let _ = conn

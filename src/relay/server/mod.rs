@@ -38,6 +38,10 @@ const LISTENER: Token = Token(0);
 const WAKER: Token = Token(1);
 /// The timerfd of shaped departures.
 const TIMER: Token = Token(2);
+/// How often the host's own addresses are re-read for the exit policy (SIGHUP also
+/// re-reads them): one `getifaddrs` netlink dump, so a new address is refused within
+/// seconds at no measurable cost.
+const OWN_ADDRS_EVERY: Duration = Duration::from_secs(5);
 
 /// Everything the relay needs to run.
 pub struct RelayConfig {
@@ -112,11 +116,20 @@ pub struct Relay {
     pub lateness: Lateness,
     /// Shaped streams the timing verifier (or the session) stopped.
     pub shaping_failures: u64,
+    /// When the host's own addresses were last read into the exit policy.
+    own_addrs_read: Instant,
 }
 
 impl Relay {
-    /// Bind the listening socket and start the resolver threads.
-    pub fn bind(addr: SocketAddr, cfg: RelayConfig) -> io::Result<Relay> {
+    /// Bind the listening socket, read the host's own addresses (if the exit policy
+    /// refuses them) and start the resolver threads.
+    pub fn bind(addr: SocketAddr, mut cfg: RelayConfig) -> io::Result<Relay> {
+        if cfg.policy.refuses_own_addrs() {
+            let own = crate::os::interface_addrs().map_err(|e| {
+                io::Error::new(e.kind(), format!("reading this host's addresses: {e}"))
+            })?;
+            cfg.policy.set_own_addrs(own);
+        }
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(addr)?;
         poll.registry()
@@ -139,6 +152,7 @@ impl Relay {
             timers,
             lateness: Lateness::default(),
             shaping_failures: 0,
+            own_addrs_read: Instant::now(),
         })
     }
 
@@ -173,10 +187,13 @@ impl Relay {
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
+            let now = Instant::now();
             if reload.swap(false, Ordering::Relaxed) {
                 self.reload_clients();
+                self.refresh_own_addrs(now);
+            } else if now >= self.own_addrs_read + OWN_ADDRS_EVERY {
+                self.refresh_own_addrs(now);
             }
-            let now = Instant::now();
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(now)?,
@@ -272,6 +289,22 @@ impl Relay {
                 *self.cfg.clients.write() = set;
             }
             Err(e) => qlog!(Error, "allow-list not reloaded, keeping the old one: {e}"),
+        }
+    }
+
+    /// Re-read the host's own addresses for the exit policy; a failed read keeps the
+    /// last list.
+    fn refresh_own_addrs(&mut self, now: Instant) {
+        self.own_addrs_read = now;
+        if !self.cfg.policy.refuses_own_addrs() {
+            return;
+        }
+        match crate::os::interface_addrs() {
+            Ok(own) => self.cfg.policy.set_own_addrs(own),
+            Err(e) => qlog!(
+                Error,
+                "cannot re-read this host's addresses, keeping the last: {e}"
+            ),
         }
     }
 
