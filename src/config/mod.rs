@@ -24,6 +24,8 @@
 //! isolate = false                # fresh SOCKS credentials per client session
 //! profile = "performance"        # downstream timing profile for OPENs that ask for none
 //! allow_profiles = []            # timing profiles clients may ask for (empty: all)
+//! clock_skew_secs = 120          # a first message stamped further from the relay's clock is refused
+//! replay_cache = 65536           # first messages remembered against replay (full: new ones refused)
 //! [intercept]                    # read by libqnet.so inside the app
 //! bypass = ["127.0.0.0/8", "::1/128"]  # connected directly (CIDR); unix sockets always are
 //! remote_dns = true              # names resolve at the relay; the app sees fake addresses
@@ -300,6 +302,8 @@ listen = "[::]:7000"
 key = "/etc/qnet/relay.key"
 clients = "/etc/qnet/clients"
 exit_allow = ["0.0.0.0/0:80,443", "[::1]/128:22"]
+clock_skew_secs = 30
+replay_cache = 1000
 "#
         );
         let c = parse(&text).unwrap();
@@ -323,6 +327,18 @@ exit_allow = ["0.0.0.0/0:80,443", "[::1]/128:22"]
         assert_eq!(c.server.key, Some(PathBuf::from("/etc/qnet/relay.key")));
         assert_eq!(c.server.clients, Some(PathBuf::from("/etc/qnet/clients")));
         assert_eq!(c.server.exit_allow, ["0.0.0.0/0:80,443", "[::1]/128:22"]);
+        assert_eq!(c.server.clock_skew, Duration::from_secs(30));
+        assert_eq!(c.server.replay_cache, 1000);
+    }
+
+    #[test]
+    fn replay_settings_are_bounded() {
+        assert!(err("[server]\nclock_skew_secs = 0").contains("server.clock_skew_secs"));
+        assert!(err("[server]\nclock_skew_secs = 3601").contains("at most 3600"));
+        assert!(err("[server]\nreplay_cache = -1").contains("server.replay_cache"));
+        let d = parse("").unwrap().server;
+        assert_eq!(d.clock_skew, Duration::from_secs(120));
+        assert_eq!(d.replay_cache, 65536);
     }
 
     #[test]

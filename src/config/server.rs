@@ -4,16 +4,18 @@
 //! `relay` (the client's relay address) and a table of the same name.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Value;
 
 use super::value::{Origin, rebase};
 use super::{ConfigError, Upstream, parse_profile};
+use crate::proto::replay::ReplayCache;
 use crate::sched::Profile;
 
 /// The relay server's settings, from the `[server]` table.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     /// Address to listen on, `host:port`.
     pub listen: Option<String>,
@@ -29,6 +31,33 @@ pub struct ServerConfig {
     pub profile: Option<Profile>,
     /// Profiles a client may ask for; others get `profile`. Empty: all.
     pub allow_profiles: Vec<Profile>,
+    /// How far a client's msg1 timestamp may be from the relay's clock, either way.
+    pub clock_skew: Duration,
+    /// Most first messages remembered against replay; when full, new ones are refused.
+    pub replay_cache: usize,
+}
+
+impl ServerConfig {
+    /// Largest clock-skew tolerance: a replay cache entry lives up to twice this.
+    pub const MAX_CLOCK_SKEW_SECS: u64 = 3600;
+    /// Largest replay cache (≈ 56 bytes an entry: 16 M entries is about 1 GiB).
+    pub const MAX_REPLAY_CACHE: u64 = 1 << 24;
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: None,
+            key: None,
+            clients: None,
+            exit_allow: Vec::new(),
+            upstream: None,
+            profile: None,
+            allow_profiles: Vec::new(),
+            clock_skew: ReplayCache::DEFAULT_SKEW,
+            replay_cache: ReplayCache::DEFAULT_CAPACITY,
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -42,6 +71,8 @@ pub(super) struct RawServer {
     isolate: Option<Value>,
     profile: Option<Value>,
     allow_profiles: Option<Value>,
+    clock_skew_secs: Option<Value>,
+    replay_cache: Option<Value>,
 }
 
 impl ServerConfig {
@@ -84,6 +115,26 @@ impl ServerConfig {
                 s.allow_profiles
                     .push(parse_profile(&p).map_err(|m| o.err(&field, m))?);
             }
+        }
+        if let Some(v) = raw.clock_skew_secs {
+            let n = o.positive("server.clock_skew_secs", v)?;
+            if n > Self::MAX_CLOCK_SKEW_SECS {
+                return Err(o.err(
+                    "server.clock_skew_secs",
+                    format!("must be at most {} (got {n})", Self::MAX_CLOCK_SKEW_SECS),
+                ));
+            }
+            s.clock_skew = Duration::from_secs(n);
+        }
+        if let Some(v) = raw.replay_cache {
+            let n = o.positive("server.replay_cache", v)?;
+            if n > Self::MAX_REPLAY_CACHE {
+                return Err(o.err(
+                    "server.replay_cache",
+                    format!("must be at most {} (got {n})", Self::MAX_REPLAY_CACHE),
+                ));
+            }
+            s.replay_cache = n as usize;
         }
         Ok(s)
     }

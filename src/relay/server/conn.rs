@@ -67,7 +67,10 @@ impl Relay {
             let session = Session::new(
                 now,
                 self.cfg.session.clone(),
-                Role::Server { authorize },
+                Role::Server {
+                    authorize,
+                    replay: self.replay.clone(),
+                },
                 self.cfg.key.as_bytes(),
                 Box::new(crate::entropy::RingRandom),
             );
@@ -138,10 +141,24 @@ impl Relay {
             let ms = 2000 + (u16::from_le_bytes(r) as u64 % 8000);
             conn.drain_until = Some(now + Duration::from_millis(ms));
             qlog!(Info, "handshake failed; draining connection");
+            self.report_full_replay_cache();
             return;
         }
         qlog!(Info, "session ended: {e}");
         self.drop_conn(t);
+    }
+
+    /// Say so when the replay cache refused handshakes for want of room: at the 1st, 2nd,
+    /// 4th, 8th … refusal, so a flood cannot flood the log too.
+    fn report_full_replay_cache(&mut self) {
+        let full = self.replay.lock().stats().full;
+        if full > 0 && full >= self.full_reported * 2 {
+            self.full_reported = full;
+            qlog!(
+                Warn,
+                "replay cache full: {full} handshakes refused so far (entries leave within twice [server] clock_skew_secs; [server] replay_cache sets the room)"
+            );
+        }
     }
 
     /// Close a client connection and every destination socket of its streams.

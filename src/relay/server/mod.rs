@@ -27,6 +27,7 @@ use crate::engine::timers::{MAX_ROUNDS, ShapedTimers, pump_failed};
 use crate::engine::wheel::Lateness;
 use crate::engine::{READ_CHUNK, lower_timer_slack};
 use crate::keys::{PrivateKey, PublicKey, load_allow_list};
+use crate::proto::replay::{ReplayCache, SharedReplay};
 use crate::proto::{Event, OpenError, SessionConfig};
 use crate::qlog;
 use crate::sched::Profile;
@@ -61,6 +62,10 @@ pub struct RelayConfig {
     pub profile: Profile,
     /// Profiles clients may ask for (empty: all).
     pub allow_profiles: Vec<Profile>,
+    /// How far a client's msg1 timestamp may be from the relay's clock.
+    pub clock_skew: Duration,
+    /// Most first messages remembered against replay (when full, new ones are refused).
+    pub replay_capacity: usize,
 }
 
 /// A SOCKS5 proxy the relay exits through (Tor's SocksPort, a corporate proxy).
@@ -112,6 +117,10 @@ pub struct Relay {
     pub lateness: Lateness,
     /// Shaped streams the timing verifier (or the session) stopped.
     pub shaping_failures: u64,
+    /// First messages accepted lately, shared by every connection's session.
+    replay: SharedReplay,
+    /// Refusals for a full replay cache already reported (reports double each time).
+    full_reported: u64,
 }
 
 impl Relay {
@@ -124,6 +133,8 @@ impl Relay {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let timers = ShapedTimers::new(poll.registry(), TIMER)?;
         let (resolve_tx, resolved_rx) = names::spawn_resolvers(waker)?;
+        let started = cfg.session.clock.unix(Instant::now());
+        let replay = ReplayCache::shared(cfg.replay_capacity, cfg.clock_skew, started);
         Ok(Relay {
             poll,
             listener,
@@ -139,6 +150,8 @@ impl Relay {
             timers,
             lateness: Lateness::default(),
             shaping_failures: 0,
+            replay,
+            full_reported: 0,
         })
     }
 
