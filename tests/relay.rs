@@ -208,7 +208,7 @@ fn hostname_is_resolved_by_the_relay() {
 }
 
 /// The local side of a refused stream is closed without data, promptly (an unlisted
-/// client learns only when the relay's 2-10 s drain ends).
+/// client learns only when the relay closes it, 1-2 s after accept with `TEST_DRAIN`).
 fn assert_closed_without_data(fwd: &Forward) {
     let mut s = TcpStream::connect(fwd.addr).unwrap();
     let _ = s.write_all(b"hello?");

@@ -35,6 +35,11 @@ pub struct ServerConfig {
     pub clock_skew: Duration,
     /// Most first messages remembered against replay; when full, new ones are refused.
     pub replay_cache: usize,
+    /// Earliest close of a connection that has not authenticated (see `drain_max`).
+    pub drain_min: Duration,
+    /// A connection not authenticated is closed at a time drawn at accept, uniformly
+    /// between `drain_min` and this; a failure before then reads and discards until it.
+    pub drain_max: Duration,
 }
 
 impl ServerConfig {
@@ -42,6 +47,13 @@ impl ServerConfig {
     pub const MAX_CLOCK_SKEW_SECS: u64 = 3600;
     /// Largest replay cache (≈ 56 bytes an entry: 16 M entries is about 1 GiB).
     pub const MAX_REPLAY_CACHE: u64 = 1 << 24;
+    /// Default earliest close of an unauthenticated connection: an honest handshake
+    /// (one round trip after the client connects) is over long before.
+    pub const DEFAULT_DRAIN_MIN: Duration = Duration::from_secs(5);
+    /// Default latest close of an unauthenticated connection.
+    pub const DEFAULT_DRAIN_MAX: Duration = Duration::from_secs(15);
+    /// Longest drain window allowed, ms.
+    pub const MAX_DRAIN_MS: u64 = 600_000;
 }
 
 impl Default for ServerConfig {
@@ -56,6 +68,8 @@ impl Default for ServerConfig {
             allow_profiles: Vec::new(),
             clock_skew: ReplayCache::DEFAULT_SKEW,
             replay_cache: ReplayCache::DEFAULT_CAPACITY,
+            drain_min: Self::DEFAULT_DRAIN_MIN,
+            drain_max: Self::DEFAULT_DRAIN_MAX,
         }
     }
 }
@@ -73,6 +87,8 @@ pub(super) struct RawServer {
     allow_profiles: Option<Value>,
     clock_skew_secs: Option<Value>,
     replay_cache: Option<Value>,
+    drain_min_ms: Option<Value>,
+    drain_max_ms: Option<Value>,
 }
 
 impl ServerConfig {
@@ -135,6 +151,30 @@ impl ServerConfig {
                 ));
             }
             s.replay_cache = n as usize;
+        }
+        for (field, v, slot) in [
+            ("server.drain_min_ms", raw.drain_min_ms, &mut s.drain_min),
+            ("server.drain_max_ms", raw.drain_max_ms, &mut s.drain_max),
+        ] {
+            let Some(v) = v else { continue };
+            let n = o.positive(field, v)?;
+            if n > Self::MAX_DRAIN_MS {
+                return Err(o.err(
+                    field,
+                    format!("must be at most {} (got {n})", Self::MAX_DRAIN_MS),
+                ));
+            }
+            *slot = Duration::from_millis(n);
+        }
+        if s.drain_min > s.drain_max {
+            return Err(o.err(
+                "server.drain_min_ms",
+                format!(
+                    "must not exceed server.drain_max_ms ({} > {})",
+                    s.drain_min.as_millis(),
+                    s.drain_max.as_millis()
+                ),
+            ));
         }
         Ok(s)
     }

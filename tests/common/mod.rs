@@ -31,7 +31,21 @@ impl Drop for Relay {
     }
 }
 
+/// The `[server]` lines of every test relay: unauthenticated connections close after
+/// 1–2 s instead of 5–15 s, so tests of refusals wait less.
+pub const TEST_DRAIN: &str = "drain_min_ms = 1000\ndrain_max_ms = 2000\n";
+
 pub fn start_relay(dir: &Path, allowed: &[[u8; 32]], exit_allow: &[&str]) -> Relay {
+    start_relay_with(dir, allowed, exit_allow, TEST_DRAIN)
+}
+
+/// A relay whose config file's `[server]` table holds `server_toml`.
+pub fn start_relay_with(
+    dir: &Path,
+    allowed: &[[u8; 32]],
+    exit_allow: &[&str],
+    server_toml: &str,
+) -> Relay {
     let key = PrivateKey::generate();
     let public = key.public().0;
     let key_path = dir.join("relay.key");
@@ -48,9 +62,9 @@ pub fn start_relay(dir: &Path, allowed: &[[u8; 32]], exit_allow: &[&str]) -> Rel
         .arg(&key_path)
         .arg("--clients")
         .arg(&clients)
-        .env("QNET_CONFIG", dir.join("none.toml"))
+        .env("QNET_CONFIG", dir.join("relay.toml"))
         .stderr(Stdio::piped());
-    std::fs::write(dir.join("none.toml"), "").unwrap();
+    std::fs::write(dir.join("relay.toml"), format!("[server]\n{server_toml}")).unwrap();
     for r in exit_allow {
         cmd.args(["--exit-allow", r]);
     }

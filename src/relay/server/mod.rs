@@ -66,6 +66,10 @@ pub struct RelayConfig {
     pub clock_skew: Duration,
     /// Most first messages remembered against replay (when full, new ones are refused).
     pub replay_capacity: usize,
+    /// Earliest close of a connection that has not authenticated.
+    pub drain_min: Duration,
+    /// Latest close of a connection that has not authenticated (drawn uniformly at accept).
+    pub drain_max: Duration,
 }
 
 /// A SOCKS5 proxy the relay exits through (Tor's SocksPort, a corporate proxy).
@@ -324,6 +328,7 @@ impl Relay {
             };
             match ev {
                 Event::Connected { peer } => {
+                    conn.close_at = None;
                     qlog!(Info, "client {} authenticated", PublicKey(peer).to_base64());
                 }
                 Event::Opened {
@@ -348,7 +353,7 @@ impl Relay {
             let Some(conn) = self.conns.get_mut(&c) else {
                 return;
             };
-            if conn.drain_until.is_some() {
+            if conn.draining {
                 return;
             }
             let flushed = match conn.link.flush() {
@@ -368,7 +373,7 @@ impl Relay {
             return;
         };
         if let Some(e) = conn.link.session.error() {
-            return self.session_failed(now, c, e);
+            return self.session_failed(c, e);
         }
         if conn.link.eof && conn.link.session.transmit().is_empty() {
             self.drop_conn(c);
@@ -417,12 +422,9 @@ impl Relay {
         }
     }
 
-    /// The earliest session timer, drain end or connect deadline.
+    /// The earliest session timer, unauthenticated close or connect deadline.
     fn next_deadline(&self) -> Option<Instant> {
-        let sessions = self
-            .conns
-            .values()
-            .filter_map(|c| c.drain_until.or_else(|| c.link.session.next_timeout()));
+        let sessions = self.conns.values().filter_map(Conn::next_timer);
         let connects = self.deadlines.peek().map(|Reverse((t, _, _))| *t);
         sessions.chain(connects).min()
     }
@@ -443,24 +445,20 @@ impl Relay {
         let due: Vec<Token> = self
             .conns
             .iter()
-            .filter(|(_, c)| {
-                c.drain_until
-                    .or_else(|| c.link.session.next_timeout())
-                    .is_some_and(|t| t <= now)
-            })
+            .filter(|(_, c)| c.next_timer().is_some_and(|t| t <= now))
             .map(|(t, _)| *t)
             .collect();
         for t in due {
             let Some(conn) = self.conns.get_mut(&t) else {
                 continue;
             };
-            if conn.drain_until.is_some() {
-                self.drop_conn(t);
+            if conn.close_at.is_some() {
+                self.close_unauthenticated(t);
                 continue;
             }
             match conn.link.session.handle_timeout(now) {
                 Ok(()) => self.service(now, t),
-                Err(e) => self.session_failed(now, t, e),
+                Err(e) => self.session_failed(t, e),
             }
         }
     }
