@@ -232,6 +232,7 @@ pub fn relay_session(now: Instant) -> Session {
                 ReplayCache::DEFAULT_SKEW,
                 started,
             ),
+            source: 0,
         },
         &RELAY_PRIVATE,
         Box::new(SeededRandom::new(RELAY_SEED)),

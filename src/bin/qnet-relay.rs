@@ -20,8 +20,9 @@ const SERVER_ONLY: &str = "\
 [server] settings without a flag (in the --config file):
   clock_skew_secs = 120   a first message stamped further than this from the relay's
                           clock is refused, silently
-  replay_cache = 65536    first messages remembered against replay; when full, new
-                          handshakes are refused until entries expire (2 x skew at most)
+  replay_cache = 65536    first messages remembered against replay (one /24 or /48 may
+                          hold 1/16); when full, new handshakes are refused until
+                          entries expire (2 x skew at most)
   drain_min_ms = 5000     a connection that has not authenticated is closed at a time
   drain_max_ms = 15000    drawn at accept, uniformly in [min, max]; any failure before
                           then (no bytes, garbage, a replay, a slow trickle) is read and

@@ -45,7 +45,7 @@ pub struct ServerConfig {
 impl ServerConfig {
     /// Largest clock-skew tolerance: a replay cache entry lives up to twice this.
     pub const MAX_CLOCK_SKEW_SECS: u64 = 3600;
-    /// Largest replay cache (≈ 56 bytes an entry: 16 M entries is about 1 GiB).
+    /// Largest replay cache (≤ 128 bytes an entry: 16 M entries is at most 2 GiB).
     pub const MAX_REPLAY_CACHE: u64 = 1 << 24;
     /// Default earliest close of an unauthenticated connection: an honest handshake
     /// (one round trip after the client connects) is over long before.

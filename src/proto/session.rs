@@ -70,6 +70,9 @@ pub enum Role {
         /// First messages seen (shared by the relay's connections): stale and replayed
         /// ones are refused before any answer.
         replay: SharedReplay,
+        /// The client's network ([`super::replay::source_network`]), whose share of the
+        /// replay cache this handshake's entry counts against.
+        source: u64,
     },
 }
 
@@ -197,7 +200,7 @@ pub struct Session {
     cfg: SessionConfig,
     rng: Box<dyn Random>,
     authorize: Option<Authorizer>,
-    replay: Option<SharedReplay>,
+    replay: Option<(SharedReplay, u64)>,
     is_client: bool,
     hs: Hs,
     sealer: Option<Sealer>,
@@ -244,10 +247,14 @@ impl Session {
                 out.extend_from_slice(&h.write_msg1(stamp, &mut *rng));
                 (Hs::ClientAwaitMsg2(h), None, None, true)
             }
-            Role::Server { authorize, replay } => (
+            Role::Server {
+                authorize,
+                replay,
+                source,
+            } => (
                 Hs::ServerAwaitMsg1(Handshake::responder(local_private, params, &mut *rng)),
                 Some(authorize),
-                Some(replay),
+                Some((replay, source)),
                 false,
             ),
         };
@@ -716,11 +723,10 @@ impl Session {
                 let first = h.read_msg1(&m1).map_err(|_| SessionError::Handshake)?;
                 // Stale or replayed: exactly the silence of a msg1 that did not authenticate.
                 let now_ms = self.cfg.clock.unix(now).as_millis() as u64;
-                self.replay
-                    .as_ref()
-                    .expect("relay")
+                let (replay, source) = self.replay.as_ref().expect("relay");
+                replay
                     .lock()
-                    .admit(&first.ephemeral, first.stamp_ms, now_ms)
+                    .admit(&first.ephemeral, first.stamp_ms, now_ms, *source)
                     .map_err(|_| SessionError::Handshake)?;
                 let m2 = h
                     .write_msg2(&mut *self.rng)

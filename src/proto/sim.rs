@@ -165,6 +165,7 @@ impl Pair {
             Role::Server {
                 authorize: authorize.clone(),
                 replay: replay.clone(),
+                source: 0,
             },
             &keys.relay,
             Box::new(SeededRandom::new(seed.wrapping_add(1))),
@@ -198,6 +199,7 @@ impl Pair {
             Role::Server {
                 authorize: self.authorize.clone(),
                 replay: self.replay.clone(),
+                source: 0,
             },
             &self.relay_private,
             Box::new(SeededRandom::new(seed)),

@@ -16,6 +16,7 @@ use super::{Owner, Relay};
 use crate::engine::shape::Shaper;
 use crate::engine::{Link, LinkRead};
 use crate::keys::PublicKey;
+use crate::proto::replay::source_network;
 use crate::proto::{Role, Session, SessionError};
 use crate::qlog;
 use crate::socks::isolation_credentials;
@@ -83,6 +84,7 @@ impl Relay {
                 Role::Server {
                     authorize,
                     replay: self.replay.clone(),
+                    source: source_network(peer.ip()),
                 },
                 self.cfg.key.as_bytes(),
                 Box::new(crate::entropy::RingRandom),
@@ -181,15 +183,18 @@ impl Relay {
         self.drop_conn(t);
     }
 
-    /// Say so when the replay cache refused handshakes for want of room: at the 1st, 2nd,
-    /// 4th, 8th … refusal, so a flood cannot flood the log too.
+    /// Say so when the replay cache refused handshakes for want of room (all of it, or a
+    /// network's share): at the 1st, 2nd, 4th, 8th … refusal, so a flood cannot flood
+    /// the log too.
     fn report_full_replay_cache(&mut self) {
-        let full = self.replay.lock().stats().full;
-        if full > 0 && full >= self.full_reported * 2 {
-            self.full_reported = full;
+        let st = self.replay.lock().stats();
+        let refused = st.full + st.source_full;
+        if refused > 0 && refused >= self.full_reported * 2 {
+            self.full_reported = refused;
             qlog!(
                 Warn,
-                "replay cache full: {full} handshakes refused so far (entries leave within twice [server] clock_skew_secs; [server] replay_cache sets the room)"
+                "replay cache: {refused} handshakes refused for want of room, {} of them from a network holding its sixteenth (entries leave within twice [server] clock_skew_secs; [server] replay_cache sets the room)",
+                st.source_full
             );
         }
     }
