@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Relay, start_relay, start_relay_with, tempdir, write_mode};
+use common::{Relay, TEST_DRAIN, start_relay, start_relay_with, tempdir, write_mode};
 use qnet::config::TimingConfig;
 use qnet::engine::client::{Client, ClientConfig, parse_destination};
 use qnet::keys::PrivateKey;
@@ -209,7 +209,7 @@ fn hostname_is_resolved_by_the_relay() {
 }
 
 /// The local side of a refused stream is closed without data, promptly (an unlisted
-/// client learns only when the relay's 2-10 s drain ends).
+/// client learns only when the relay closes it, 1-2 s after accept with `TEST_DRAIN`).
 fn assert_closed_without_data(fwd: &Forward) {
     let mut s = TcpStream::connect(fwd.addr).unwrap();
     let _ = s.write_all(b"hello?");
@@ -293,7 +293,7 @@ fn probes_get_no_reply_bytes() {
     let dir = tempdir("probe");
     let relay = start_relay(&dir, &[], &["127.0.0.0/8"]);
     let mut rng = qnet::proto::SeededRandom::new(7);
-    for len in [1usize, 47, 48, 64, 73, 500] {
+    for len in [1usize, 47, 48, 55, 56, 57, 73, 500] {
         let mut junk = vec![0u8; len];
         qnet::proto::Random::fill(&mut rng, &mut junk);
         let mut s = TcpStream::connect(relay.addr).unwrap();
@@ -421,7 +421,12 @@ fn socks_exit_names_that_are_addresses_are_checked_as_addresses() {
     let client_key = PrivateKey::generate();
     let (proxy, seen) = recording_socks();
     let upstream = format!("socks5://{proxy}");
-    let relay = start_relay_with(&dir, &[client_key.public().0], &["--upstream", &upstream]);
+    let relay = start_relay_with(
+        &dir,
+        &[client_key.public().0],
+        &["--upstream", &upstream],
+        TEST_DRAIN,
+    );
     for to in [
         "2130706433:80",
         "0x7f.1:80",
@@ -539,7 +544,12 @@ fn relay_refuses_its_own_addresses_by_default() {
     drop(fwd);
 
     let dir = tempdir("own-addrs-allowed");
-    let relay = start_relay_with(&dir, &[client_key.public().0], &["--allow-own-addresses"]);
+    let relay = start_relay_with(
+        &dir,
+        &[client_key.public().0],
+        &["--allow-own-addresses"],
+        TEST_DRAIN,
+    );
     let fwd = forward(&relay, client_key, &echo);
     let mut s = TcpStream::connect(fwd.addr).unwrap();
     s.write_all(b"me").unwrap();
@@ -621,4 +631,62 @@ fn root_owned_config_is_accepted_in_a_user_namespace_without_root() {
     let err = String::from_utf8_lossy(&out.stderr);
     // Past the config: the next complaint is the missing key.
     assert!(err.contains("--key (or [server] key) is required"), "{err}");
+}
+
+/// A relay that answers the handshake with silence (here: the client pins another relay
+/// key) is reported with the likely causes: another protocol version, the wrong key, a
+/// clock off by minutes. (`qnet forward` logs it at info; a preloaded program's failing
+/// connect prints the same reason in its one "relay unusable" line.)
+#[test]
+fn silent_relay_is_reported_as_version_key_or_clock() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let dir = tempdir("unanswered");
+    let client_key = PrivateKey::generate();
+    let relay = start_relay(&dir, &[client_key.public().0], &["127.0.0.0/8"]);
+    let key_path = dir.join("client.key");
+    qnet::keys::write_private_key(&key_path, &client_key).unwrap();
+    let cfg = dir.join("client.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "relay = \"{}\"\nrelay_key = \"{}\"\nkey = \"{}\"\nlog = \"info\"\n",
+            relay.addr,
+            PrivateKey::generate().public().to_base64(),
+            key_path.display()
+        ),
+    )
+    .unwrap();
+    let mut fwd = Command::new(env!("CARGO_BIN_EXE_qnet"))
+        .args(["forward", "--listen", "127.0.0.1:0", "--to", "127.0.0.1:9"])
+        .arg("--config")
+        .arg(&cfg)
+        .env_remove("QNET_RELAY")
+        .env_remove("QNET_RELAY_KEY")
+        .env_remove("QNET_KEY")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(fwd.stderr.take().unwrap());
+    let mut line = String::new();
+    err.read_line(&mut line).unwrap();
+    let addr: SocketAddr = line
+        .trim()
+        .rsplit_once(" on ")
+        .and_then(|(_, rest)| rest.split(',').next())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .unwrap();
+    let mut s = TcpStream::connect(addr).unwrap();
+    let _ = s.write_all(b"hello?");
+    let got = read_to_end_timeout(&mut s, Duration::from_secs(15)).unwrap_or_default();
+    assert!(got.is_empty());
+    let _ = fwd.kill();
+    let _ = fwd.wait();
+    let mut rest = String::new();
+    let _ = err.read_to_string(&mut rest);
+    assert!(
+        rest.contains("no answer to the handshake: the relay may run another version of qnet, or the relay key is wrong, or this host's clock is off by minutes"),
+        "{rest}"
+    );
 }

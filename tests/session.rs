@@ -287,7 +287,8 @@ fn wrong_relay_key_and_random_bytes_get_no_reply_at_all() {
     assert!(p.client_events.is_empty());
 
     let mut rng = qnet::proto::SeededRandom::new(9);
-    for len in [1, 47, 48, 49, 200, 5000] {
+    let m1 = qnet::proto::noise::MSG1_LEN;
+    for len in [1, m1 - 1, m1, m1 + 1, 200, 5000] {
         let mut junk = vec![0u8; len];
         qnet::proto::Random::fill(&mut rng, &mut junk);
         let mut r = Pair::new(10);
@@ -296,7 +297,7 @@ fn wrong_relay_key_and_random_bytes_get_no_reply_at_all() {
             r.server.transmit().is_empty(),
             "{len} random bytes drew a reply"
         );
-        assert_eq!(res.is_err(), len >= 48, "{len}");
+        assert_eq!(res.is_err(), len >= m1, "{len}");
     }
 }
 
@@ -323,8 +324,79 @@ fn handshake_timeout() {
     let mut p = Pair::new(13);
     p.latency = Duration::from_secs(100);
     p.advance(Duration::from_secs(11));
-    assert_eq!(p.client_error, Some(SessionError::Timeout));
+    // Not one byte came back: the client says what a silent relay may mean.
+    assert_eq!(p.client_error, Some(SessionError::Unanswered));
     assert_eq!(p.server_error, Some(SessionError::Timeout));
+}
+
+/// A recorded first message, replayed to the same relay on a fresh connection, gets what
+/// random bytes get: no answer at all. Sent to a relay that never saw it, the same bytes
+/// are answered, so the refusal is the replay cache's doing.
+#[test]
+fn a_replayed_first_message_gets_no_answer() {
+    let m1_len = qnet::proto::noise::MSG1_LEN;
+    let mut p = Pair::new(17);
+    p.connect();
+    let msg1 = p.upstream_log[..m1_len].to_vec();
+    assert_eq!(p.replay.lock().len(), 1);
+    for (i, extra) in [&[][..], &[0u8; 100][..]].into_iter().enumerate() {
+        p.advance(Duration::from_secs(30));
+        let mut replayed = p.new_server(100 + i as u64);
+        let res = replayed.handle_input(p.now, &[&msg1[..], extra].concat());
+        assert_eq!(res, Err(SessionError::Handshake));
+        assert!(replayed.transmit().is_empty(), "a replay drew a reply");
+        assert!(replayed.poll_event().is_none());
+    }
+    // The top bit is the sender's coin: flipping it does not make a new message.
+    let mut flipped = msg1.clone();
+    flipped[31] ^= 0x80;
+    let mut replayed = p.new_server(200);
+    assert_eq!(
+        replayed.handle_input(p.now, &flipped),
+        Err(SessionError::Handshake)
+    );
+    assert!(replayed.transmit().is_empty());
+    assert_eq!(p.replay.lock().stats().replayed, 3);
+
+    // Once stale (120 s after its stamp) it is refused as stale, and forgotten.
+    p.advance(Duration::from_secs(60));
+    let mut late = p.new_server(201);
+    assert_eq!(
+        late.handle_input(p.now, &msg1),
+        Err(SessionError::Handshake)
+    );
+    assert!(late.transmit().is_empty());
+    assert_eq!(p.replay.lock().stats().stale, 1);
+
+    // A relay with an empty cache answers the same bytes (when fresh): they are valid.
+    let mut q = Pair::new(17);
+    q.server.handle_input(q.now, &msg1).unwrap();
+    assert_eq!(q.server.transmit().len(), qnet::proto::noise::MSG2_LEN);
+}
+
+/// Clocks up to the tolerance (120 s) apart either way connect; further apart the relay
+/// is silent and the client reports the unanswered handshake.
+#[test]
+fn clock_skew_within_the_tolerance_connects_and_beyond_it_is_silent() {
+    for (secs, behind) in [(0, false), (1, true), (119, false), (119, true)] {
+        let mut p = Pair::with_client_clock(18, Duration::from_secs(secs), behind);
+        p.connect();
+    }
+    for (secs, behind) in [(121, false), (121, true), (3600, false), (86_400, true)] {
+        let mut p = Pair::with_client_clock(19, Duration::from_secs(secs), behind);
+        p.drive();
+        assert_eq!(
+            p.server_error,
+            Some(SessionError::Handshake),
+            "{secs} {behind}"
+        );
+        assert!(p.client_events.is_empty());
+        assert!(p.client.is_unanswered());
+        p.advance(Duration::from_secs(11));
+        assert_eq!(p.client_error, Some(SessionError::Unanswered));
+        assert_eq!(p.replay.lock().stats().stale, 1);
+        assert!(p.replay.lock().is_empty(), "a stale message took a slot");
+    }
 }
 
 #[test]

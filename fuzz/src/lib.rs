@@ -3,13 +3,14 @@
 //! change one and regenerate them (`cargo run --example gen_seeds` in `fuzz/`).
 
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use qnet::proto::aead::TAG_LEN;
 use qnet::proto::frame::{Frame, FrameRepr, HEADER_LEN, MAX_FRAME};
 use qnet::proto::noise::{Handshake, MSG1_LEN, MSG2_LEN, MSG3_LEN, TransportParams, public_key};
 use qnet::proto::record::{LEN_LEN, Opener, RecordError, Sealer};
-use qnet::proto::{Role, SeededRandom, Session, SessionConfig};
+use qnet::proto::replay::ReplayCache;
+use qnet::proto::{Role, SeededRandom, Session, SessionConfig, SimClock};
 
 /// Traffic secret of the `record` target's sealer and opener.
 pub const RECORD_SECRET: [u8; 32] = [0x5a; 32];
@@ -23,6 +24,20 @@ pub const STRANGER_PRIVATE: [u8; 32] = [0x33; 32];
 pub const RELAY_SEED: u64 = 0x7e1a;
 /// Seed of the fixture clients' randomness.
 pub const CLIENT_SEED: u64 = 0xc11e;
+/// The wall-clock time of every fixture (ms since the epoch): fixed, so the seeds' msg1
+/// timestamps are the same every run and never stale to the relay.
+pub const UNIX_MS: u64 = 1_700_000_000_000;
+
+/// A session config whose wall clock reads [`UNIX_MS`] at `now`.
+fn config_at(now: Instant) -> SessionConfig {
+    SessionConfig {
+        clock: Arc::new(SimClock {
+            at: now,
+            unix: Duration::from_millis(UNIX_MS),
+        }),
+        ..SessionConfig::default()
+    }
+}
 
 /// Bits of the `handshake` target's first input byte above the two mode bits.
 pub mod handshake_flags {
@@ -202,14 +217,22 @@ pub fn seal_raw(sealer: &mut Sealer, wire: &mut Vec<u8>, frame: &[u8], pad: usiz
     }
 }
 
-/// The relay session under test: fixed key, seeded randomness, one authorized client.
+/// The relay session under test: fixed key, seeded randomness, one authorized client,
+/// its own empty replay cache and a clock reading [`UNIX_MS`] at `now`.
 pub fn relay_session(now: Instant) -> Session {
     let allowed = public_key(&CLIENT_PRIVATE);
+    let started = Duration::from_millis(UNIX_MS) - Duration::from_secs(3600);
     Session::new(
         now,
-        SessionConfig::default(),
+        config_at(now),
         Role::Server {
             authorize: Arc::new(move |k| *k == allowed),
+            replay: ReplayCache::shared(
+                ReplayCache::DEFAULT_CAPACITY,
+                ReplayCache::DEFAULT_SKEW,
+                started,
+            ),
+            source: 0,
         },
         &RELAY_PRIVATE,
         Box::new(SeededRandom::new(RELAY_SEED)),
@@ -238,10 +261,11 @@ fn run_client(private: &[u8; 32]) -> ClientRun {
     };
     let mut rng = SeededRandom::new(CLIENT_SEED);
     let mut client = Handshake::initiator(private, &public_key(&RELAY_PRIVATE), params, &mut rng);
-    let msg1 = client.write_msg1(&mut rng);
-    let mut relay = relay_session(Instant::now());
+    let msg1 = client.write_msg1(UNIX_MS, &mut rng);
+    let now = Instant::now();
+    let mut relay = relay_session(now);
     relay
-        .handle_input(Instant::now(), &msg1)
+        .handle_input(now, &msg1)
         .expect("relay accepts msg1");
     let msg2: [u8; MSG2_LEN] = relay.transmit().try_into().expect("relay sends msg2");
     let (msg3, out) = client

@@ -15,9 +15,22 @@ use qnet::relay::policy::ExitPolicy;
 use qnet::relay::server::{ExitProxy, Relay, RelayConfig};
 use qnet::sched::Profile;
 
+/// Settings only the config file's `[server]` table sets (src/config/mod.rs lists them all).
+const SERVER_ONLY: &str = "\
+[server] settings without a flag (in the --config file):
+  clock_skew_secs = 120   a first message stamped further than this from the relay's
+                          clock is refused, silently
+  replay_cache = 65536    first messages remembered against replay (one /24 or /48 may
+                          hold 1/16); when full, new handshakes are refused until
+                          entries expire (2 x skew at most)
+  drain_min_ms = 5000     a connection that has not authenticated is closed at a time
+  drain_max_ms = 15000    drawn at accept, uniformly in [min, max]; any failure before
+                          then (no bytes, garbage, a replay, a slow trickle) is read and
+                          discarded until that time, without a byte in reply";
+
 /// The qnet relay: accepts authenticated sessions and exits to TCP destinations.
 #[derive(Debug, Parser)]
-#[command(name = "qnet-relay", version, about)]
+#[command(name = "qnet-relay", version, about, after_help = SERVER_ONLY)]
 struct Args {
     /// Address to listen on (port 0 picks one; the bound address is printed on stderr).
     #[arg(long)]
@@ -133,6 +146,10 @@ fn run(args: Args) -> Result<(), String> {
         upstream,
         profile: cfg.server.profile.unwrap_or(Profile::Performance),
         allow_profiles: cfg.server.allow_profiles.clone(),
+        clock_skew: cfg.server.clock_skew,
+        replay_capacity: cfg.server.replay_cache,
+        drain_min: cfg.server.drain_min,
+        drain_max: cfg.server.drain_max,
     };
     let mut relay =
         Relay::bind(listen, relay_cfg).map_err(|e| format!("listen on {listen}: {e}"))?;

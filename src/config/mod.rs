@@ -25,6 +25,10 @@
 //! isolate = false                # fresh SOCKS credentials per client session
 //! profile = "performance"        # downstream timing profile for OPENs that ask for none
 //! allow_profiles = []            # timing profiles clients may ask for (empty: all)
+//! clock_skew_secs = 120          # a first message stamped further from the relay's clock is refused
+//! replay_cache = 65536           # first messages remembered against replay (full: new ones refused)
+//! drain_min_ms = 5000            # a connection not authenticated is closed at a time drawn at accept,
+//! drain_max_ms = 15000           # uniformly in [min, max]; any failure before it reads and discards until then
 //! [intercept]                    # read by libqnet.so inside the app
 //! bypass = ["127.0.0.0/8", "::1/128"]  # connected directly (CIDR); unix sockets always are
 //! remote_dns = true              # names resolve at the relay; the app sees fake addresses
@@ -315,6 +319,10 @@ key = "/etc/qnet/relay.key"
 clients = "/etc/qnet/clients"
 exit_allow = ["0.0.0.0/0:80,443", "[::1]/128:22"]
 allow_own_addresses = true
+clock_skew_secs = 30
+replay_cache = 1000
+drain_min_ms = 200
+drain_max_ms = 400
 "#
         );
         let c = parse(&text).unwrap();
@@ -341,6 +349,36 @@ allow_own_addresses = true
         assert!(c.server.allow_own_addresses);
         assert!(!parse("").unwrap().server.allow_own_addresses);
         assert!(err("[server]\nallow_own_addresses = 1").contains("server.allow_own_addresses"));
+        assert_eq!(c.server.clock_skew, Duration::from_secs(30));
+        assert_eq!(c.server.replay_cache, 1000);
+        assert_eq!(c.server.drain_min, Duration::from_millis(200));
+        assert_eq!(c.server.drain_max, Duration::from_millis(400));
+    }
+
+    #[test]
+    fn replay_settings_are_bounded() {
+        assert!(err("[server]\nclock_skew_secs = 0").contains("server.clock_skew_secs"));
+        assert!(err("[server]\nclock_skew_secs = 3601").contains("at most 3600"));
+        assert!(err("[server]\nreplay_cache = -1").contains("server.replay_cache"));
+        let d = parse("").unwrap().server;
+        assert_eq!(d.clock_skew, Duration::from_secs(120));
+        assert_eq!(d.replay_cache, 65536);
+    }
+
+    #[test]
+    fn drain_window_is_checked() {
+        assert!(err("[server]\ndrain_min_ms = 0").contains("server.drain_min_ms"));
+        assert!(err("[server]\ndrain_max_ms = 600001").contains("at most 600000"));
+        let msg = err("[server]\ndrain_min_ms = 500\ndrain_max_ms = 400");
+        assert!(msg.contains("must not exceed server.drain_max_ms"), "{msg}");
+        // A window of one point is allowed; a min alone above the default max is not.
+        assert!(parse("[server]\ndrain_min_ms = 300\ndrain_max_ms = 300").is_ok());
+        assert!(err("[server]\ndrain_min_ms = 20000").contains("must not exceed"));
+        let d = parse("").unwrap().server;
+        assert_eq!(
+            (d.drain_min, d.drain_max),
+            (Duration::from_secs(5), Duration::from_secs(15))
+        );
     }
 
     #[test]

@@ -4,16 +4,18 @@
 //! `relay` (the client's relay address) and a table of the same name.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Value;
 
 use super::value::{Origin, rebase};
 use super::{ConfigError, Upstream, parse_profile};
+use crate::proto::replay::ReplayCache;
 use crate::sched::Profile;
 
 /// The relay server's settings, from the `[server]` table.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     /// Address to listen on, `host:port`.
     pub listen: Option<String>,
@@ -31,6 +33,48 @@ pub struct ServerConfig {
     pub allow_profiles: Vec<Profile>,
     /// Let the default exit policy (and `global` rules) reach the relay host's own addresses.
     pub allow_own_addresses: bool,
+    /// How far a client's msg1 timestamp may be from the relay's clock, either way.
+    pub clock_skew: Duration,
+    /// Most first messages remembered against replay; when full, new ones are refused.
+    pub replay_cache: usize,
+    /// Earliest close of a connection that has not authenticated (see `drain_max`).
+    pub drain_min: Duration,
+    /// A connection not authenticated is closed at a time drawn at accept, uniformly
+    /// between `drain_min` and this; a failure before then reads and discards until it.
+    pub drain_max: Duration,
+}
+
+impl ServerConfig {
+    /// Largest clock-skew tolerance: a replay cache entry lives up to twice this.
+    pub const MAX_CLOCK_SKEW_SECS: u64 = 3600;
+    /// Largest replay cache (≤ 128 bytes an entry: 16 M entries is at most 2 GiB).
+    pub const MAX_REPLAY_CACHE: u64 = 1 << 24;
+    /// Default earliest close of an unauthenticated connection: an honest handshake
+    /// (one round trip after the client connects) is over long before.
+    pub const DEFAULT_DRAIN_MIN: Duration = Duration::from_secs(5);
+    /// Default latest close of an unauthenticated connection.
+    pub const DEFAULT_DRAIN_MAX: Duration = Duration::from_secs(15);
+    /// Longest drain window allowed, ms.
+    pub const MAX_DRAIN_MS: u64 = 600_000;
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: None,
+            key: None,
+            clients: None,
+            exit_allow: Vec::new(),
+            upstream: None,
+            profile: None,
+            allow_profiles: Vec::new(),
+            clock_skew: ReplayCache::DEFAULT_SKEW,
+            replay_cache: ReplayCache::DEFAULT_CAPACITY,
+            drain_min: Self::DEFAULT_DRAIN_MIN,
+            drain_max: Self::DEFAULT_DRAIN_MAX,
+            allow_own_addresses: false,
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -45,6 +89,10 @@ pub(super) struct RawServer {
     profile: Option<Value>,
     allow_profiles: Option<Value>,
     allow_own_addresses: Option<Value>,
+    clock_skew_secs: Option<Value>,
+    replay_cache: Option<Value>,
+    drain_min_ms: Option<Value>,
+    drain_max_ms: Option<Value>,
 }
 
 impl ServerConfig {
@@ -90,6 +138,50 @@ impl ServerConfig {
         }
         if let Some(v) = raw.allow_own_addresses {
             s.allow_own_addresses = o.boolean("server.allow_own_addresses", v)?;
+        }
+        if let Some(v) = raw.clock_skew_secs {
+            let n = o.positive("server.clock_skew_secs", v)?;
+            if n > Self::MAX_CLOCK_SKEW_SECS {
+                return Err(o.err(
+                    "server.clock_skew_secs",
+                    format!("must be at most {} (got {n})", Self::MAX_CLOCK_SKEW_SECS),
+                ));
+            }
+            s.clock_skew = Duration::from_secs(n);
+        }
+        if let Some(v) = raw.replay_cache {
+            let n = o.positive("server.replay_cache", v)?;
+            if n > Self::MAX_REPLAY_CACHE {
+                return Err(o.err(
+                    "server.replay_cache",
+                    format!("must be at most {} (got {n})", Self::MAX_REPLAY_CACHE),
+                ));
+            }
+            s.replay_cache = n as usize;
+        }
+        for (field, v, slot) in [
+            ("server.drain_min_ms", raw.drain_min_ms, &mut s.drain_min),
+            ("server.drain_max_ms", raw.drain_max_ms, &mut s.drain_max),
+        ] {
+            let Some(v) = v else { continue };
+            let n = o.positive(field, v)?;
+            if n > Self::MAX_DRAIN_MS {
+                return Err(o.err(
+                    field,
+                    format!("must be at most {} (got {n})", Self::MAX_DRAIN_MS),
+                ));
+            }
+            *slot = Duration::from_millis(n);
+        }
+        if s.drain_min > s.drain_max {
+            return Err(o.err(
+                "server.drain_min_ms",
+                format!(
+                    "must not exceed server.drain_max_ms ({} > {})",
+                    s.drain_min.as_millis(),
+                    s.drain_max.as_millis()
+                ),
+            ));
         }
         Ok(s)
     }

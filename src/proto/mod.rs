@@ -3,17 +3,22 @@
 //! [`Session`] takes bytes and the time in (`handle_input`, `handle_timeout`) and gives
 //! bytes, events and deadlines out (`transmit`, `poll_event`, `next_timeout`). Both the
 //! client engine and the relay drive the same type; `sim` drives two of them in memory.
+//! The wall-clock time the handshake needs (msg1's timestamp) comes through a
+//! [`WallClock`] in the session's config, as randomness comes through [`Random`].
 
 pub mod aead;
 pub mod frame;
 pub mod mux;
 pub mod noise;
 pub mod record;
+pub mod replay;
 pub mod session;
 pub mod sim;
 
 pub use frame::{Destination, OpenError};
 pub use session::{Event, Role, Session, SessionConfig, SessionError, SessionStats, StreamError};
+
+use std::time::{Duration, Instant, SystemTime};
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -49,5 +54,43 @@ impl SeededRandom {
 impl Random for SeededRandom {
     fn fill(&mut self, dst: &mut [u8]) {
         self.0.fill_bytes(dst);
+    }
+}
+
+/// Where the core reads the wall-clock time, so tests can set it (like [`Random`]).
+pub trait WallClock: Send + Sync + std::fmt::Debug {
+    /// Time since the Unix epoch at the monotonic instant `now`.
+    fn unix(&self, now: Instant) -> Duration;
+}
+
+/// The operating system's real-time clock; `now` is not needed to read it.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl WallClock for SystemClock {
+    fn unix(&self, _now: Instant) -> Duration {
+        // A clock set before 1970 reads as the epoch: every timestamp is then stale,
+        // which fails closed.
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+    }
+}
+
+/// A wall clock that reads `unix` at the instant `at` and runs with the monotonic clock.
+#[derive(Debug, Clone, Copy)]
+pub struct SimClock {
+    /// The instant at which the clock reads `unix`.
+    pub at: Instant,
+    /// The wall-clock reading at `at`.
+    pub unix: Duration,
+}
+
+impl WallClock for SimClock {
+    fn unix(&self, now: Instant) -> Duration {
+        match now.checked_duration_since(self.at) {
+            Some(d) => self.unix + d,
+            None => self.unix.saturating_sub(self.at - now),
+        }
     }
 }

@@ -2,13 +2,16 @@
 //!
 //! ```text
 //! XK:  <- s            (the client knows and pins the relay's static key)
-//!      -> e, es        msg1: 48 bytes, empty payload
+//!      -> e, es        msg1: 32 + 8 + 16 bytes, the client's wall-clock time (ms)
 //!      <- e, ee        msg2: 32 + 9 + 16 bytes, the relay's transport parameters
 //!      -> s, se        msg3: 48 + 9 + 16 bytes, the client's transport parameters
 //! ```
 //! Every message has a fixed length, so no length prefix is sent. The top bit of each
 //! ephemeral key is always zero in X25519 encodings; the sender replaces it with a
 //! random bit and the receiver clears it, so that bit does not mark the stream.
+//! msg1's timestamp is encrypted under `es`, so only a holder of the relay's public key
+//! can write one and a replayer cannot change it: the relay refuses stale and replayed
+//! first messages with it (`super::replay`) before answering anything.
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -18,14 +21,17 @@ use super::Random;
 
 /// Noise protocol name.
 pub const NOISE_PARAMS: &str = "Noise_XK_25519_ChaChaPoly_BLAKE2s";
-/// Prologue: binds both ends to this protocol and version.
-pub const PROLOGUE: &[u8] = b"qnet/1 Noise_XK_25519_ChaChaPoly_BLAKE2s";
+/// Prologue: binds both ends to this protocol and version (a relay or client of another
+/// version fails to authenticate msg1 or msg2, and the relay stays silent).
+pub const PROLOGUE: &[u8] = b"qnet/2 Noise_XK_25519_ChaChaPoly_BLAKE2s";
 /// Protocol version carried in the transport parameters.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Encoded transport parameters.
 pub const PARAMS_LEN: usize = 9;
-/// Handshake message lengths.
-pub const MSG1_LEN: usize = 32 + 16;
+/// msg1's payload: the client's wall-clock time, ms since the Unix epoch, big-endian.
+pub const STAMP_LEN: usize = 8;
+/// First message: ephemeral, encrypted timestamp, tag.
+pub const MSG1_LEN: usize = 32 + STAMP_LEN + 16;
 /// Second message: ephemeral, encrypted parameters, tag.
 pub const MSG2_LEN: usize = 32 + PARAMS_LEN + 16;
 /// Third message: encrypted static key and tag, encrypted parameters, tag.
@@ -77,6 +83,15 @@ pub struct HandshakeOutput {
     pub peer_static: [u8; 32],
     /// The peer's transport parameters.
     pub peer_params: TransportParams,
+}
+
+/// What the relay learns from a msg1 that authenticates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FirstMessage {
+    /// The client's ephemeral public key (top bit cleared): the replay cache's key.
+    pub ephemeral: [u8; 32],
+    /// The client's wall-clock time when it wrote msg1, ms since the Unix epoch.
+    pub stamp_ms: u64,
 }
 
 /// snow's RNG hook, fed from a seed drawn from the injected randomness.
@@ -167,21 +182,21 @@ impl Handshake {
         Handshake { state, params }
     }
 
-    /// Client: write msg1.
-    pub fn write_msg1(&mut self, rng: &mut dyn Random) -> [u8; MSG1_LEN] {
+    /// Client: write msg1 stamped with the wall-clock time `stamp_ms`.
+    pub fn write_msg1(&mut self, stamp_ms: u64, rng: &mut dyn Random) -> [u8; MSG1_LEN] {
         let mut m = [0u8; MSG1_LEN];
-        let n = self.state.write_message(&[], &mut m).expect("msg1");
+        let n = self
+            .state
+            .write_message(&stamp_ms.to_be_bytes(), &mut m)
+            .expect("msg1");
         debug_assert_eq!(n, MSG1_LEN);
         randomize_top_bit(&mut m, rng);
         m
     }
 
-    /// Relay: read msg1 and write msg2.
-    pub fn read_msg1_write_msg2(
-        &mut self,
-        msg1: &[u8; MSG1_LEN],
-        rng: &mut dyn Random,
-    ) -> Result<[u8; MSG2_LEN], HandshakeFailed> {
+    /// Relay: read msg1. The caller decides from its time and ephemeral key whether to
+    /// answer (`write_msg2`) or to stay silent.
+    pub fn read_msg1(&mut self, msg1: &[u8; MSG1_LEN]) -> Result<FirstMessage, HandshakeFailed> {
         let mut m = *msg1;
         m[31] &= 0x7f;
         let mut payload = [0u8; MSG1_LEN];
@@ -189,9 +204,17 @@ impl Handshake {
             .state
             .read_message(&m, &mut payload)
             .map_err(|_| HandshakeFailed)?;
-        if n != 0 {
-            return Err(HandshakeFailed);
-        }
+        let stamp: [u8; STAMP_LEN] = payload[..n].try_into().map_err(|_| HandshakeFailed)?;
+        let mut ephemeral = [0u8; 32];
+        ephemeral.copy_from_slice(&m[..32]);
+        Ok(FirstMessage {
+            ephemeral,
+            stamp_ms: u64::from_be_bytes(stamp),
+        })
+    }
+
+    /// Relay: write msg2, after an accepted msg1.
+    pub fn write_msg2(&mut self, rng: &mut dyn Random) -> Result<[u8; MSG2_LEN], HandshakeFailed> {
         let mut out = [0u8; MSG2_LEN];
         let n = self
             .state
@@ -266,6 +289,8 @@ mod tests {
         session_window: 1 << 24,
     };
 
+    const T: u64 = 1_700_000_000_123;
+
     fn keys(seed: u8) -> ([u8; 32], [u8; 32]) {
         let private = [seed; 32];
         (private, public_key(&private))
@@ -278,8 +303,9 @@ mod tests {
         let (rs, rp) = keys(2);
         let mut c = Handshake::initiator(&cs, &rp, P, &mut rng);
         let mut r = Handshake::responder(&rs, P, &mut rng);
-        let m1 = c.write_msg1(&mut rng);
-        let m2 = r.read_msg1_write_msg2(&m1, &mut rng).unwrap();
+        let m1 = c.write_msg1(T, &mut rng);
+        assert_eq!(r.read_msg1(&m1).unwrap().stamp_ms, T);
+        let m2 = r.write_msg2(&mut rng).unwrap();
         let (m3, co) = c.read_msg2_write_msg3(&m2).unwrap();
         let ro = r.read_msg3(&m3).unwrap();
         assert_eq!(co.send, ro.recv);
@@ -298,8 +324,8 @@ mod tests {
         let (_, other) = keys(3);
         let mut c = Handshake::initiator(&cs, &other, P, &mut rng);
         let mut r = Handshake::responder(&rs, P, &mut rng);
-        let m1 = c.write_msg1(&mut rng);
-        assert!(r.read_msg1_write_msg2(&m1, &mut rng).is_err());
+        let m1 = c.write_msg1(T, &mut rng);
+        assert!(r.read_msg1(&m1).is_err());
     }
 
     #[test]
@@ -310,19 +336,61 @@ mod tests {
             let mut rng = SeededRandom::new(3);
             let mut c = Handshake::initiator(&cs, &rp, P, &mut rng);
             let mut r = Handshake::responder(&rs, P, &mut rng);
-            let mut m1 = c.write_msg1(&mut rng);
+            let mut m1 = c.write_msg1(T, &mut rng);
             if byte < MSG1_LEN {
                 m1[byte] ^= 1;
-                assert!(
-                    r.read_msg1_write_msg2(&m1, &mut rng).is_err(),
-                    "msg1 byte {byte}"
-                );
+                assert!(r.read_msg1(&m1).is_err(), "msg1 byte {byte}");
                 continue;
             }
-            let m2 = r.read_msg1_write_msg2(&m1, &mut rng).unwrap();
+            r.read_msg1(&m1).unwrap();
+            let m2 = r.write_msg2(&mut rng).unwrap();
             let (mut m3, _) = c.read_msg2_write_msg3(&m2).unwrap();
             m3[byte] ^= 1;
             assert!(r.read_msg3(&m3).is_err(), "msg3 byte {byte}");
         }
+    }
+
+    #[test]
+    fn tampering_with_the_top_bit_is_not_a_new_message() {
+        // The randomized bit is cleared before Noise reads msg1, so flipping it yields the
+        // same ephemeral key: the replay cache sees the same message.
+        let mut rng = SeededRandom::new(4);
+        let (cs, _) = keys(1);
+        let (rs, rp) = keys(2);
+        let mut c = Handshake::initiator(&cs, &rp, P, &mut rng);
+        let m1 = c.write_msg1(T, &mut rng);
+        let mut flipped = m1;
+        flipped[31] ^= 0x80;
+        let a = Handshake::responder(&rs, P, &mut rng)
+            .read_msg1(&m1)
+            .unwrap();
+        let b = Handshake::responder(&rs, P, &mut rng)
+            .read_msg1(&flipped)
+            .unwrap();
+        assert_eq!(a, b);
+    }
+
+    /// docs/PROTOCOL.md section 8: msg1 from fixed keys and time, before the top bit is
+    /// randomized (tests/interop/record_spec.py recomputes it).
+    #[test]
+    fn msg1_golden_bytes() {
+        let relay_public = public_key(&[0x02; 32]);
+        let mut state = builder(&mut SeededRandom::new(0))
+            .local_private_key(&[0x01; 32])
+            .and_then(|b| b.remote_public_key(&relay_public))
+            .and_then(|b| b.prologue(PROLOGUE))
+            .map(|b| b.fixed_ephemeral_key_for_testing_only(&[0x03; 32]))
+            .and_then(|b| b.build_initiator())
+            .unwrap();
+        let mut m = [0u8; MSG1_LEN];
+        let n = state
+            .write_message(&1_700_000_000_000u64.to_be_bytes(), &mut m)
+            .unwrap();
+        assert_eq!(n, MSG1_LEN);
+        let hex: String = m.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "5dfedd3b6bd47f6fa28ee15d969d5bb0ea53774d488bdaf9df1c6e0124b3ef22612932c4eb227139b2f77fbac249ebd29f1707fa82c087b3"
+        );
     }
 }

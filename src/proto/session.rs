@@ -4,11 +4,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::Random;
 use super::frame::{Destination, Frame, FrameRepr, HEADER_LEN, MAX_FRAME, MAX_PAYLOAD, OpenError};
 use super::mux::{OpenState, RecvCredit, Stream};
 use super::noise::{self, Handshake, TransportParams};
 use super::record::{Opener, RecordError, Sealer};
+use super::replay::SharedReplay;
+use super::{Random, SystemClock, WallClock};
 
 /// Tunable limits and timers of a session.
 #[derive(Debug, Clone)]
@@ -31,6 +32,8 @@ pub struct SessionConfig {
     pub session_window: u32,
     /// Most streams open at once.
     pub max_streams: usize,
+    /// The wall clock: the client stamps msg1 with it, the relay judges stamps by it.
+    pub clock: Arc<dyn WallClock>,
 }
 
 impl Default for SessionConfig {
@@ -45,6 +48,7 @@ impl Default for SessionConfig {
             stream_window: 256 * 1024,
             session_window: 16 * 1024 * 1024,
             max_streams: 65_536,
+            clock: Arc::new(SystemClock),
         }
     }
 }
@@ -63,6 +67,12 @@ pub enum Role {
     Server {
         /// Allow-list check, called once the client's key is known.
         authorize: Authorizer,
+        /// First messages seen (shared by the relay's connections): stale and replayed
+        /// ones are refused before any answer.
+        replay: SharedReplay,
+        /// The client's network ([`super::replay::source_network`]), whose share of the
+        /// replay cache this handshake's entry counts against.
+        source: u64,
     },
 }
 
@@ -82,6 +92,12 @@ pub enum SessionError {
     /// Nothing arrived within the idle or handshake timeout.
     #[error("timed out")]
     Timeout,
+    /// Client: the relay sent not one byte in answer to msg1 (it stays silent to a msg1
+    /// it cannot authenticate or judges stale, so these are the likely causes).
+    #[error(
+        "no answer to the handshake: the relay may run another version of qnet, or the relay key is wrong, or this host's clock is off by minutes"
+    )]
+    Unanswered,
     /// The session was closed locally.
     #[error("session closed")]
     Closed,
@@ -184,6 +200,7 @@ pub struct Session {
     cfg: SessionConfig,
     rng: Box<dyn Random>,
     authorize: Option<Authorizer>,
+    replay: Option<(SharedReplay, u64)>,
     is_client: bool,
     hs: Hs,
     sealer: Option<Sealer>,
@@ -223,15 +240,21 @@ impl Session {
             session_window: cfg.session_window,
         };
         let mut out = Vec::new();
-        let (hs, authorize, is_client) = match role {
+        let (hs, authorize, replay, is_client) = match role {
             Role::Client { relay_public } => {
                 let mut h = Handshake::initiator(local_private, &relay_public, params, &mut *rng);
-                out.extend_from_slice(&h.write_msg1(&mut *rng));
-                (Hs::ClientAwaitMsg2(h), None, true)
+                let stamp = cfg.clock.unix(now).as_millis() as u64;
+                out.extend_from_slice(&h.write_msg1(stamp, &mut *rng));
+                (Hs::ClientAwaitMsg2(h), None, None, true)
             }
-            Role::Server { authorize } => (
+            Role::Server {
+                authorize,
+                replay,
+                source,
+            } => (
                 Hs::ServerAwaitMsg1(Handshake::responder(local_private, params, &mut *rng)),
                 Some(authorize),
+                Some((replay, source)),
                 false,
             ),
         };
@@ -240,6 +263,7 @@ impl Session {
             cfg,
             rng,
             authorize,
+            replay,
             is_client,
             hs,
             sealer: None,
@@ -270,6 +294,12 @@ impl Session {
     /// The handshake is done and the session is usable.
     pub fn is_established(&self) -> bool {
         matches!(self.hs, Hs::Done) && self.error.is_none()
+    }
+
+    /// Client: msg1 was sent and not one byte has come back (see
+    /// [`SessionError::Unanswered`]; an engine whose transport ends then reports that).
+    pub fn is_unanswered(&self) -> bool {
+        matches!(self.hs, Hs::ClientAwaitMsg2(_)) && self.inbuf.is_empty() && self.error.is_none()
     }
 
     /// Why the session ended, if it has.
@@ -690,8 +720,16 @@ impl Session {
                     return Ok(0);
                 }
                 let m1: [u8; noise::MSG1_LEN] = buf[..noise::MSG1_LEN].try_into().expect("len");
+                let first = h.read_msg1(&m1).map_err(|_| SessionError::Handshake)?;
+                // Stale or replayed: exactly the silence of a msg1 that did not authenticate.
+                let now_ms = self.cfg.clock.unix(now).as_millis() as u64;
+                let (replay, source) = self.replay.as_ref().expect("relay");
+                replay
+                    .lock()
+                    .admit(&first.ephemeral, first.stamp_ms, now_ms, *source)
+                    .map_err(|_| SessionError::Handshake)?;
                 let m2 = h
-                    .read_msg1_write_msg2(&m1, &mut *self.rng)
+                    .write_msg2(&mut *self.rng)
                     .map_err(|_| SessionError::Handshake)?;
                 self.out.extend_from_slice(&m2);
                 self.last_rx = now;
@@ -943,7 +981,12 @@ impl Session {
         }
         if !matches!(self.hs, Hs::Done) {
             if now >= self.started + self.cfg.handshake_timeout {
-                return Err(self.fail(SessionError::Timeout));
+                let e = if self.is_unanswered() {
+                    SessionError::Unanswered
+                } else {
+                    SessionError::Timeout
+                };
+                return Err(self.fail(e));
             }
             return Ok(());
         }

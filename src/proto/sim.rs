@@ -2,15 +2,25 @@
 //!
 //! Like quinn-proto's `Pair`: bytes written by one end arrive at the other after
 //! `latency`, in order and without loss, in deliveries of at most `chunk` bytes, so a
-//! test can split the byte stream anywhere (one byte at a time included).
+//! test can split the byte stream anywhere (one byte at a time included). Both ends read
+//! simulated wall clocks that run with `now` (the client's may be set off the relay's),
+//! and the relay's replay cache is the pair's, so a test can replay into a new relay.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::SeededRandom;
 use super::noise::public_key;
-use super::session::{Event, Role, Session, SessionConfig, SessionError};
+use super::replay::{ReplayCache, SharedReplay};
+use super::session::{Authorizer, Event, Role, Session, SessionConfig, SessionError};
+use super::{SeededRandom, SimClock};
+
+/// The relay's simulated wall-clock time when a pair is made (2023-11-14, in ms).
+pub const SIM_EPOCH: Duration = Duration::from_millis(1_700_000_000_000);
+
+/// How long before [`SIM_EPOCH`] the simulated relay started, so a client whose clock lags
+/// within the skew tolerance is not refused as stamped before the start.
+const RELAY_UPTIME: Duration = Duration::from_secs(3600);
 
 /// One direction of the simulated connection.
 #[derive(Default)]
@@ -40,6 +50,11 @@ pub struct Pair {
     pub server_error: Option<SessionError>,
     /// Bytes carried client → relay, for wire-level assertions.
     pub upstream_log: Vec<u8>,
+    /// The relay's replay cache (give it to [`Pair::new_server`]'s relays too).
+    pub replay: SharedReplay,
+    relay_private: [u8; 32],
+    authorize: Authorizer,
+    server_cfg: SessionConfig,
     to_server: Wire,
     to_client: Wire,
 }
@@ -75,16 +90,66 @@ impl Pair {
         )
     }
 
+    /// A default pair whose client's wall clock is `offset` ahead of the relay's
+    /// (`behind`: behind it).
+    pub fn with_client_clock(seed: u64, offset: Duration, behind: bool) -> Pair {
+        let keys = PairKeys {
+            client: [seed as u8 ^ 0x11; 32],
+            relay: [seed as u8 ^ 0x22; 32],
+        };
+        let allowed = public_key(&keys.client);
+        let unix = if behind {
+            SIM_EPOCH - offset
+        } else {
+            SIM_EPOCH + offset
+        };
+        Self::build_at(
+            seed,
+            &keys,
+            public_key(&keys.relay),
+            Arc::new(move |k| *k == allowed),
+            SessionConfig::default(),
+            SessionConfig::default(),
+            unix,
+        )
+    }
+
     /// Full control: keys, the relay key the client pins, and the relay's allow-list.
+    /// The configs' clocks are replaced by the pair's simulated ones.
     pub fn build(
         seed: u64,
         keys: &PairKeys,
         pinned_relay: [u8; 32],
-        authorize: super::session::Authorizer,
+        authorize: Authorizer,
         ccfg: SessionConfig,
         scfg: SessionConfig,
     ) -> Pair {
+        Self::build_at(seed, keys, pinned_relay, authorize, ccfg, scfg, SIM_EPOCH)
+    }
+
+    fn build_at(
+        seed: u64,
+        keys: &PairKeys,
+        pinned_relay: [u8; 32],
+        authorize: Authorizer,
+        mut ccfg: SessionConfig,
+        mut scfg: SessionConfig,
+        client_unix: Duration,
+    ) -> Pair {
         let now = Instant::now();
+        ccfg.clock = Arc::new(SimClock {
+            at: now,
+            unix: client_unix,
+        });
+        scfg.clock = Arc::new(SimClock {
+            at: now,
+            unix: SIM_EPOCH,
+        });
+        let replay = ReplayCache::shared(
+            ReplayCache::DEFAULT_CAPACITY,
+            ReplayCache::DEFAULT_SKEW,
+            SIM_EPOCH - RELAY_UPTIME,
+        );
         let client = Session::new(
             now,
             ccfg,
@@ -96,8 +161,12 @@ impl Pair {
         );
         let server = Session::new(
             now,
-            scfg,
-            Role::Server { authorize },
+            scfg.clone(),
+            Role::Server {
+                authorize: authorize.clone(),
+                replay: replay.clone(),
+                source: 0,
+            },
             &keys.relay,
             Box::new(SeededRandom::new(seed.wrapping_add(1))),
         );
@@ -112,9 +181,29 @@ impl Pair {
             client_error: None,
             server_error: None,
             upstream_log: vec![],
+            replay,
+            relay_private: keys.relay,
+            authorize,
+            server_cfg: scfg,
             to_server: Wire::default(),
             to_client: Wire::default(),
         }
+    }
+
+    /// Another relay session with this pair's key, allow-list, clock and replay cache,
+    /// created at `self.now`: what a fresh connection to the same relay meets.
+    pub fn new_server(&self, seed: u64) -> Session {
+        Session::new(
+            self.now,
+            self.server_cfg.clone(),
+            Role::Server {
+                authorize: self.authorize.clone(),
+                replay: self.replay.clone(),
+                source: 0,
+            },
+            &self.relay_private,
+            Box::new(SeededRandom::new(seed)),
+        )
     }
 
     fn collect(&mut self) {

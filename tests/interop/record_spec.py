@@ -27,7 +27,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 PROTOCOL_NAME = b"Noise_XK_25519_ChaChaPoly_BLAKE2s"
-PROLOGUE = b"qnet/1 Noise_XK_25519_ChaChaPoly_BLAKE2s"
+PROLOGUE = b"qnet/2 Noise_XK_25519_ChaChaPoly_BLAKE2s"
+VERSION = 2
+MSG1_LEN = 32 + 8 + 16
 MAX_PAYLOAD = 16384
 HEADER = 7
 TAG = 16
@@ -115,7 +117,11 @@ class Symmetric:
 
 
 def params(stream_window, session_window):
-    return bytes([1]) + struct.pack(">II", stream_window, session_window)
+    return bytes([VERSION]) + struct.pack(">II", stream_window, session_window)
+
+
+def now_ms():
+    return int(time.time() * 1000)
 
 
 class NoiseXKInitiator:
@@ -129,16 +135,19 @@ class NoiseXKInitiator:
         self.sym.mix_hash(PROLOGUE)
         self.sym.mix_hash(relay_pub)  # pre-message <- s
 
-    def msg1(self):
-        self.e = X25519PrivateKey.generate()
+    def msg1(self, stamp_ms=None, e=None, randomize=True):
+        """msg1 with the payload of spec section 2: the wall-clock time in ms, big-endian."""
+        self.e = e or X25519PrivateKey.generate()
         epub = public_bytes(self.e)
         self.sym.mix_hash(epub)
         self.sym.mix_key(dh(self.e, self.rs))
-        body = epub + self.sym.encrypt_and_hash(b"")
+        stamp = now_ms() if stamp_ms is None else stamp_ms
+        body = epub + self.sym.encrypt_and_hash(struct.pack(">Q", stamp))
         # Spec section 2: the clear top bit of the ephemeral key is replaced by a random bit.
         body = bytearray(body)
-        body[31] |= os.urandom(1)[0] & 0x80
-        assert len(body) == 48
+        if randomize:
+            body[31] |= os.urandom(1)[0] & 0x80
+        assert len(body) == MSG1_LEN
         return bytes(body)
 
     def read_msg2_write_msg3(self, m2):
@@ -263,6 +272,13 @@ def vectors():
         == [(DATA, 1, b"golden"), (KEY_UPDATE, 0, b""), (DATA, 1, b"after")] and updated,
         "vector: key update and padding round-trip in this implementation",
     )
+    relay_pub = public_bytes(X25519PrivateKey.from_private_bytes(b"\x02" * 32))
+    hs = NoiseXKInitiator(X25519PrivateKey.from_private_bytes(b"\x01" * 32), relay_pub, params(1 << 18, 1 << 24))
+    m1 = hs.msg1(1_700_000_000_000, X25519PrivateKey.from_private_bytes(b"\x03" * 32), randomize=False)
+    check(
+        m1.hex() == "5dfedd3b6bd47f6fa28ee15d969d5bb0ea53774d488bdaf9df1c6e0124b3ef22612932c4eb227139b2f77fbac249ebd29f1707fa82c087b3",
+        "vector: msg1 (prologue qnet/2, timestamp payload) matches src/proto/noise.rs",
+    )
     check(
         frame(OPEN, 1, bytes([2]) + dest_v4("192.0.2.7", 443) + b"hi")
         == bytes([0x01, 0, 0, 0, 1, 0, 10, 2, 1, 192, 0, 2, 7, 0x01, 0xBB]) + b"hi",
@@ -318,7 +334,8 @@ class Client:
         return out
 
     def handshake(self):
-        self.sock.sendall(self.hs.msg1())
+        self.msg1 = self.hs.msg1()
+        self.sock.sendall(self.msg1)
         m2 = self.recv_exact(57)
         m3, relay_params, k1, k2 = self.hs.read_msg2_write_msg3(m2)
         self.relay_params = relay_params
@@ -411,7 +428,7 @@ def session(addr, relay_pub, client_priv):
     echo = Echo()
     c = Client(addr, client_priv, relay_pub)
     c.handshake()
-    check(c.relay_params[0] == 1 and len(c.relay_params) == 9, "handshake: relay sends version-1 transport parameters")
+    check(c.relay_params[0] == VERSION and len(c.relay_params) == 9, "handshake: relay sends version-2 transport parameters")
     stream_window, session_window = struct.unpack(">II", c.relay_params[1:])
 
     # OPEN by IPv4 with first data, padding on the record, then DATA and a PING.
@@ -531,6 +548,29 @@ def refusals(addr, relay_pub, stranger, client_priv):
     wrong = Client(addr, client_priv, public_bytes(X25519PrivateKey.generate()))
     wrong.sock.sendall(wrong.hs.msg1())
     check(wait_quiet(wrong.sock, 1.5) == b"", "wrong relay key: no reply bytes")
+
+    # A replayed msg1 (the one c sent above, on a fresh connection): no reply, not even msg2.
+    s = socket.create_connection(addr)
+    s.sendall(c.msg1)
+    check(wait_quiet(s, 1.5) == b"", "replayed msg1: no reply bytes")
+
+    # A msg1 stamped 10 minutes off the relay's clock (either way): no reply.
+    for off, what in ((-600_000, "behind"), (600_000, "ahead")):
+        stale = Client(addr, client_priv, relay_pub)
+        stale.sock.sendall(stale.hs.msg1(now_ms() + off))
+        check(wait_quiet(stale.sock, 1.5) == b"", "msg1 stamped 10 min %s: no reply bytes" % what)
+
+    # A version-1 client (prologue qnet/1, empty msg1 payload): no reply.
+    old = NoiseXKInitiator(client_priv, relay_pub, bytes([1]) + struct.pack(">II", 1 << 18, 1 << 24))
+    old.sym = Symmetric()
+    old.sym.mix_hash(b"qnet/1 Noise_XK_25519_ChaChaPoly_BLAKE2s")
+    old.sym.mix_hash(relay_pub)
+    e = X25519PrivateKey.generate()
+    old.sym.mix_hash(public_bytes(e))
+    old.sym.mix_key(dh(e, relay_pub))
+    s = socket.create_connection(addr)
+    s.sendall(public_bytes(e) + old.sym.encrypt_and_hash(b""))
+    check(wait_quiet(s, 1.5) == b"", "version-1 msg1: no reply bytes")
 
     # Random bytes: no reply.
     s = socket.create_connection(addr)

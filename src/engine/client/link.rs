@@ -95,6 +95,10 @@ impl Client {
         if readable {
             match l.read_in(now, &mut self.buf) {
                 Ok(LinkRead::Drained) => {}
+                // A relay stays silent to a msg1 it refuses, then closes: say why that may be.
+                Ok(LinkRead::Eof) if l.session.is_unanswered() => {
+                    self.link_down(now, &crate::proto::SessionError::Unanswered.to_string())
+                }
                 Ok(LinkRead::Eof) => self.link_down(now, "relay closed the connection"),
                 Ok(LinkRead::Failed(e)) => self.link_down(now, &e.to_string()),
                 Ok(LinkRead::ProxyFailed(e)) => {

@@ -387,6 +387,7 @@ mod tests {
     fn relay(client: &PrivateKey, stop: Arc<AtomicBool>) -> (SocketAddr, [u8; 32]) {
         let key = PrivateKey::generate();
         let public = key.public().0;
+        let server = crate::config::ServerConfig::default();
         let cfg = RelayConfig {
             key,
             clients: Arc::new(parking_lot::RwLock::new(BTreeSet::from([client.public()]))),
@@ -397,6 +398,10 @@ mod tests {
             upstream: None,
             profile: crate::sched::Profile::Performance,
             allow_profiles: Vec::new(),
+            clock_skew: server.clock_skew,
+            replay_capacity: server.replay_cache,
+            drain_min: server.drain_min,
+            drain_max: server.drain_max,
         };
         let mut r = Relay::bind("127.0.0.1:0".parse().unwrap(), cfg).unwrap();
         let addr = r.local_addr().unwrap();

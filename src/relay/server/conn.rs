@@ -1,5 +1,8 @@
-//! A client's connection: accept, read, and the end of it (a failed handshake drains
-//! silently before the close, so a prober learns nothing from timing).
+//! A client's connection: accept, read, and the end of it. Until it authenticates, a
+//! connection has one close deadline, drawn at accept from `[drain_min, drain_max]`;
+//! whatever fails before then (garbage, a replay, a stranger's key, no bytes, a trickle)
+//! is read and discarded until that deadline, so neither bytes nor close time tell a
+//! prober which failure it caused (docs/PROTOCOL.md, section 2, "Failure").
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, ErrorKind, Read};
@@ -13,6 +16,7 @@ use super::{Owner, Relay};
 use crate::engine::shape::Shaper;
 use crate::engine::{Link, LinkRead};
 use crate::keys::PublicKey;
+use crate::proto::replay::source_network;
 use crate::proto::{Role, Session, SessionError};
 use crate::qlog;
 use crate::socks::isolation_credentials;
@@ -26,13 +30,23 @@ pub(super) struct Conn {
     pub(super) dirty: HashSet<u32>,
     /// Streams that stopped reading because the session's output was over the high-water mark.
     pub(super) stalled: HashSet<u32>,
-    /// Failed handshake: read and discard until this time, then close without a byte.
-    pub(super) drain_until: Option<Instant>,
+    /// Not authenticated yet: the connection is closed at this time (drawn at accept)
+    /// unless its handshake finishes first; `None` once it has.
+    pub(super) close_at: Option<Instant>,
+    /// Failed before authenticating: read and discard until `close_at`, answer nothing.
+    pub(super) draining: bool,
     /// The credentials this session's streams present to the exit proxy.
     pub(super) proxy_creds: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Conn {
+    /// When this connection's timers next need the loop: its close deadline until it
+    /// authenticates (the session's own handshake timeout is not used by the relay),
+    /// then the session's timers.
+    pub(super) fn next_timer(&self) -> Option<Instant> {
+        self.close_at.or_else(|| self.link.session.next_timeout())
+    }
+
     /// The shaper of stream `s`, if it is open and shaped.
     pub(super) fn shaper_mut(&mut self, s: u32) -> Option<&mut Shaper> {
         self.ups
@@ -64,13 +78,18 @@ impl Relay {
             let clients = self.cfg.clients.clone();
             let authorize: crate::proto::session::Authorizer =
                 Arc::new(move |k: &[u8; 32]| clients.read().contains(&PublicKey(*k)));
-            let session = Session::new(
+            let mut session = Session::new(
                 now,
                 self.cfg.session.clone(),
-                Role::Server { authorize },
+                Role::Server {
+                    authorize,
+                    replay: self.replay.clone(),
+                    source: source_network(peer.ip()),
+                },
                 self.cfg.key.as_bytes(),
                 Box::new(crate::entropy::RingRandom),
             );
+            let close_at = self.close_deadline(now, &mut session);
             qlog!(Debug, "connection from {peer}");
             let proxy_creds = self.cfg.upstream.as_ref().and_then(|u| {
                 if u.isolate {
@@ -87,7 +106,8 @@ impl Relay {
                     ups: HashMap::new(),
                     dirty: HashSet::new(),
                     stalled: HashSet::new(),
-                    drain_until: None,
+                    close_at: Some(close_at),
+                    draining: false,
                     proxy_creds,
                 },
             );
@@ -100,17 +120,12 @@ impl Relay {
             return;
         };
         if readable {
-            if conn.drain_until.is_some() {
-                // Discard everything a failed peer sends; answer nothing.
-                loop {
-                    match conn.link.sock.read(&mut self.buf) {
-                        Ok(0) => return self.drop_conn(t),
-                        Ok(_) => {}
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                        Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                        Err(_) => return self.drop_conn(t),
-                    }
+            if conn.draining {
+                // Discard everything a failed peer sends (nothing is kept); answer nothing.
+                if discard_input(conn, &mut self.buf) {
+                    self.drop_conn(t);
                 }
+                return;
             }
             match conn.link.read_in(now, &mut self.buf) {
                 Ok(LinkRead::Drained) => {}
@@ -120,28 +135,68 @@ impl Relay {
                     self.service(now, t);
                     return self.drop_conn(t);
                 }
-                Ok(LinkRead::Failed(e)) => return self.session_failed(now, t, e),
+                Ok(LinkRead::Failed(e)) => return self.session_failed(t, e),
             }
         }
         self.service(now, t);
     }
 
-    /// The session failed: drain a failed handshake silently, close anything else.
-    pub(super) fn session_failed(&mut self, now: Instant, t: Token, e: SessionError) {
+    /// A new connection's close deadline: `now` plus a uniform draw from
+    /// `[drain_min, drain_max]` (µs steps), the one distribution every unauthenticated
+    /// connection's close follows.
+    fn close_deadline(&self, now: Instant, session: &mut Session) -> Instant {
+        let (min, max) = (self.cfg.drain_min, self.cfg.drain_max);
+        let span = max.saturating_sub(min).as_micros() as u64;
+        let mut r = [0u8; 8];
+        session.random(&mut r);
+        // The modulo's bias is below span / 2^64: nothing a prober can measure.
+        now + min + Duration::from_micros(u64::from_le_bytes(r) % (span + 1))
+    }
+
+    /// The session failed: before authentication, drain silently until the deadline
+    /// drawn at accept; after it, close.
+    pub(super) fn session_failed(&mut self, t: Token, e: SessionError) {
         let Some(conn) = self.conns.get_mut(&t) else {
             return;
         };
-        if e == SessionError::Handshake && !conn.link.session.is_established() {
-            // A prober learns nothing from timing either: close after a random 2-10 s.
-            let mut r = [0u8; 2];
-            conn.link.session.random(&mut r);
-            let ms = 2000 + (u16::from_le_bytes(r) as u64 % 8000);
-            conn.drain_until = Some(now + Duration::from_millis(ms));
-            qlog!(Info, "handshake failed; draining connection");
+        if conn.close_at.is_some() {
+            if !conn.draining {
+                conn.draining = true;
+                qlog!(
+                    Info,
+                    "handshake failed; draining until the connection's close time"
+                );
+                self.report_full_replay_cache();
+            }
             return;
         }
         qlog!(Info, "session ended: {e}");
         self.drop_conn(t);
+    }
+
+    /// The close deadline of an unauthenticated connection passed: read what is pending
+    /// (so the close is a FIN, not the RST that unread bytes would cause), then close.
+    pub(super) fn close_unauthenticated(&mut self, t: Token) {
+        if let Some(conn) = self.conns.get_mut(&t) {
+            discard_input(conn, &mut self.buf);
+        }
+        self.drop_conn(t);
+    }
+
+    /// Say so when the replay cache refused handshakes for want of room (all of it, or a
+    /// network's share): at the 1st, 2nd, 4th, 8th … refusal, so a flood cannot flood
+    /// the log too.
+    fn report_full_replay_cache(&mut self) {
+        let st = self.replay.lock().stats();
+        let refused = st.full + st.source_full;
+        if refused > 0 && refused >= self.full_reported * 2 {
+            self.full_reported = refused;
+            qlog!(
+                Warn,
+                "replay cache: {refused} handshakes refused for want of room, {} of them from a network holding its sixteenth (entries leave within twice [server] clock_skew_secs; [server] replay_cache sets the room)",
+                st.source_full
+            );
+        }
     }
 
     /// Close a client connection and every destination socket of its streams.
@@ -155,6 +210,19 @@ impl Relay {
                     self.owners.remove(&ep.token);
                 }
             }
+        }
+    }
+}
+
+/// Read and drop everything the peer has sent so far; `true` when it closed or failed.
+fn discard_input(conn: &mut Conn, buf: &mut [u8]) -> bool {
+    loop {
+        match conn.link.sock.read(buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return true,
         }
     }
 }

@@ -27,6 +27,7 @@ use crate::engine::timers::{MAX_ROUNDS, ShapedTimers, pump_failed};
 use crate::engine::wheel::Lateness;
 use crate::engine::{READ_CHUNK, lower_timer_slack};
 use crate::keys::{PrivateKey, PublicKey, load_allow_list};
+use crate::proto::replay::{ReplayCache, SharedReplay};
 use crate::proto::{Event, OpenError, SessionConfig};
 use crate::qlog;
 use crate::sched::Profile;
@@ -65,6 +66,14 @@ pub struct RelayConfig {
     pub profile: Profile,
     /// Profiles clients may ask for (empty: all).
     pub allow_profiles: Vec<Profile>,
+    /// How far a client's msg1 timestamp may be from the relay's clock.
+    pub clock_skew: Duration,
+    /// Most first messages remembered against replay (when full, new ones are refused).
+    pub replay_capacity: usize,
+    /// Earliest close of a connection that has not authenticated.
+    pub drain_min: Duration,
+    /// Latest close of a connection that has not authenticated (drawn uniformly at accept).
+    pub drain_max: Duration,
 }
 
 /// A SOCKS5 proxy the relay exits through (Tor's SocksPort, a corporate proxy).
@@ -118,6 +127,10 @@ pub struct Relay {
     pub shaping_failures: u64,
     /// When the host's own addresses were last read into the exit policy.
     own_addrs_read: Instant,
+    /// First messages accepted lately, shared by every connection's session.
+    replay: SharedReplay,
+    /// Refusals for a full replay cache already reported (reports double each time).
+    full_reported: u64,
 }
 
 impl Relay {
@@ -137,6 +150,8 @@ impl Relay {
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let timers = ShapedTimers::new(poll.registry(), TIMER)?;
         let (resolve_tx, resolved_rx) = names::spawn_resolvers(waker)?;
+        let started = cfg.session.clock.unix(Instant::now());
+        let replay = ReplayCache::shared(cfg.replay_capacity, cfg.clock_skew, started);
         Ok(Relay {
             poll,
             listener,
@@ -153,6 +168,8 @@ impl Relay {
             lateness: Lateness::default(),
             shaping_failures: 0,
             own_addrs_read: Instant::now(),
+            replay,
+            full_reported: 0,
         })
     }
 
@@ -344,6 +361,7 @@ impl Relay {
             };
             match ev {
                 Event::Connected { peer } => {
+                    conn.close_at = None;
                     qlog!(Info, "client {} authenticated", PublicKey(peer).to_base64());
                 }
                 Event::Opened {
@@ -368,7 +386,7 @@ impl Relay {
             let Some(conn) = self.conns.get_mut(&c) else {
                 return;
             };
-            if conn.drain_until.is_some() {
+            if conn.draining {
                 return;
             }
             let flushed = match conn.link.flush() {
@@ -388,7 +406,7 @@ impl Relay {
             return;
         };
         if let Some(e) = conn.link.session.error() {
-            return self.session_failed(now, c, e);
+            return self.session_failed(c, e);
         }
         if conn.link.eof && conn.link.session.transmit().is_empty() {
             self.drop_conn(c);
@@ -437,12 +455,9 @@ impl Relay {
         }
     }
 
-    /// The earliest session timer, drain end or connect deadline.
+    /// The earliest session timer, unauthenticated close or connect deadline.
     fn next_deadline(&self) -> Option<Instant> {
-        let sessions = self
-            .conns
-            .values()
-            .filter_map(|c| c.drain_until.or_else(|| c.link.session.next_timeout()));
+        let sessions = self.conns.values().filter_map(Conn::next_timer);
         let connects = self.deadlines.peek().map(|Reverse((t, _, _))| *t);
         sessions.chain(connects).min()
     }
@@ -463,24 +478,20 @@ impl Relay {
         let due: Vec<Token> = self
             .conns
             .iter()
-            .filter(|(_, c)| {
-                c.drain_until
-                    .or_else(|| c.link.session.next_timeout())
-                    .is_some_and(|t| t <= now)
-            })
+            .filter(|(_, c)| c.next_timer().is_some_and(|t| t <= now))
             .map(|(t, _)| *t)
             .collect();
         for t in due {
             let Some(conn) = self.conns.get_mut(&t) else {
                 continue;
             };
-            if conn.drain_until.is_some() {
-                self.drop_conn(t);
+            if conn.close_at.is_some() {
+                self.close_unauthenticated(t);
                 continue;
             }
             match conn.link.session.handle_timeout(now) {
                 Ok(()) => self.service(now, t),
-                Err(e) => self.session_failed(now, t, e),
+                Err(e) => self.session_failed(t, e),
             }
         }
     }
