@@ -197,6 +197,47 @@ pub fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// A non-blocking, close-on-exec TCP socket with a connect to `addr` started (done, or
+/// EINPROGRESS) through the next `connect` in load order: never qnet's own hook, and
+/// proxychains-ng's when it is preloaded after us (or, in a program, before libc). Both
+/// the engine's relay dial and the jail's broker use it.
+pub(crate) fn connect_next(addr: std::net::SocketAddr) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let Some(connect) =
+        real!(connect: fn(libc::c_int, *const libc::sockaddr, libc::socklen_t) -> libc::c_int)
+    else {
+        return Err(io::Error::other("no connect() next in load order"));
+    };
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket creation; the fd is owned right below.
+    let fd = unsafe {
+        libc::socket(
+            family,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd owned by nobody else.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let sa = crate::sockaddr::encode(addr);
+    // SAFETY: a valid socket and a sockaddr of `sa.len()` bytes, alive for the call.
+    let r = unsafe { connect(sock.as_raw_fd(), sa.as_ptr(), sa.len()) };
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+    }
+    Ok(sock)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

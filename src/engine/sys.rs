@@ -321,39 +321,11 @@ pub(super) fn inet_peer(fd: RawFd) -> Option<std::net::SocketAddr> {
 }
 
 /// Start a non-blocking TCP connect to `addr` through the next `connect` in load order
-/// (never through qnet's own hook). The connect completes later, as with mio's.
+/// (never through qnet's own hook), on an fd in the engine's range. The connect completes
+/// later, as with mio's.
 pub(super) fn connect_next(addr: std::net::SocketAddr) -> io::Result<std::net::TcpStream> {
-    let Some(connect) =
-        real!(connect: fn(libc::c_int, *const libc::sockaddr, libc::socklen_t) -> libc::c_int)
-    else {
-        return Err(io::Error::other("no connect() after libqnet in load order"));
-    };
-    let family = if addr.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: plain socket creation; the fd is owned right below.
-    let fd = cvt(unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    })?;
-    // SAFETY: `fd` is a fresh socket owned by nobody else.
-    let sock = to_engine_range(unsafe { OwnedFd::from_raw_fd(fd) });
-    let sock = std::net::TcpStream::from(sock);
-    let sa = crate::sockaddr::encode(addr);
-    // SAFETY: a valid socket and a sockaddr of `sa.len()` bytes, alive for the call.
-    let r = unsafe { connect(sock.as_raw_fd(), sa.as_ptr(), sa.len()) };
-    if r != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINPROGRESS) {
-            return Err(e);
-        }
-    }
-    Ok(sock)
+    let sock = to_engine_range(crate::os::connect_next(addr)?);
+    Ok(std::net::TcpStream::from(sock))
 }
 
 /// Resolve `host` through the next `getaddrinfo` in load order (see [`real!`]).

@@ -122,7 +122,7 @@ fn decide(req: &[u8], policy: &Policy) -> Result<OwnedFd, i32> {
     let addrs = policy.addresses(target)?;
     let mut last = libc::EHOSTUNREACH;
     for a in addrs {
-        match sys::start_connect(a) {
+        match crate::os::connect_next(a) {
             Ok(s) => return Ok(s),
             Err(e) => last = e.raw_os_error().unwrap_or(libc::EIO),
         }

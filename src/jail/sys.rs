@@ -230,41 +230,6 @@ pub(super) fn recv_msg(s: &OwnedFd, buf: &mut [u8]) -> io::Result<(usize, Option
     Ok((n, fds.pop()))
 }
 
-/// A non-blocking, close-on-exec TCP socket for `addr` with a connect to it started
-/// (done, or EINPROGRESS), through the next `connect` in load order (proxychains-ng
-/// when `qnet run` itself runs under it).
-pub(super) fn start_connect(addr: std::net::SocketAddr) -> io::Result<OwnedFd> {
-    let Some(connect) = real!(connect: fn(c_int, *const libc::sockaddr, libc::socklen_t) -> c_int)
-    else {
-        return Err(io::Error::other("no connect() in load order"));
-    };
-    let family = if addr.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: plain socket creation; the fd is owned right below.
-    let fd = cvt(unsafe {
-        libc::socket(
-            family,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    })?;
-    // SAFETY: a fresh fd owned by nobody else.
-    let s = unsafe { OwnedFd::from_raw_fd(fd) };
-    let sa = crate::sockaddr::encode(addr);
-    // SAFETY: a valid socket and a sockaddr of `sa.len()` bytes, alive for the call.
-    let r = unsafe { connect(s.as_raw_fd(), sa.as_ptr(), sa.len()) };
-    if r != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINPROGRESS) {
-            return Err(e);
-        }
-    }
-    Ok(s)
-}
-
 // ---- the child's side of `qnet run`: after fork, before exec ---------------------------
 
 /// Run `f` in the child of `cmd` after fork, before exec. Call only while this process

@@ -41,19 +41,9 @@ static int try_uring(void) {
     socklen_t len;
     struct sockaddr_storage ss = mx_sa(DIRECT4, PORT, &len);
     int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct io_uring_sqe op;
-    memset(&op, 0, sizeof op);
-    op.opcode = IORING_OP_CONNECT;
-    op.fd = fd;
-    op.addr = (unsigned long)&ss;
-    op.off = len;
-    unsigned tail = *r.sq_tail, k = tail & *r.sq_mask;
-    r.sqes[k] = op;
-    r.sq_array[k] = k;
-    __atomic_store_n(r.sq_tail, tail + 1, __ATOMIC_RELEASE);
-    /* Wait for the completion: in a jail it comes at once with -ENETUNREACH; a SYN that
-     * left gets no answer (the firewall drops it), so the wait times out. */
-    syscall(__NR_io_uring_enter, r.fd, 1, 0, 0, NULL, 0);
+    /* Then wait for the completion: in a jail it comes at once with -ENETUNREACH; a SYN
+     * that left gets no answer (the firewall drops it), so the wait times out. */
+    ring_connect(&r, fd, &ss, len);
     int res = 0;
     for (int i = 0; i < 50; i++) {
         unsigned head = *r.cq_head;

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -55,3 +56,18 @@ static int ring_setup(struct ring *r) {
     return 0;
 }
 
+/* Queue an IORING_OP_CONNECT of fd to ss and submit it without waiting (io_uring waits for
+ * the handshake whatever O_NONBLOCK says); what io_uring_enter returned. */
+static long ring_connect(struct ring *r, int fd, const struct sockaddr_storage *ss, socklen_t len) {
+    struct io_uring_sqe op;
+    memset(&op, 0, sizeof op);
+    op.opcode = IORING_OP_CONNECT;
+    op.fd = fd;
+    op.addr = (unsigned long)ss;
+    op.off = len;
+    unsigned tail = *r->sq_tail, k = tail & *r->sq_mask;
+    r->sqes[k] = op;
+    r->sq_array[k] = k;
+    __atomic_store_n(r->sq_tail, tail + 1, __ATOMIC_RELEASE);
+    return syscall(__NR_io_uring_enter, r->fd, 1, 0, 0, NULL, 0);
+}

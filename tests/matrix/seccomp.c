@@ -48,18 +48,7 @@ static void t_uring(void) {
     mx_fail("io_uring_setup succeeded under LD_PRELOAD: an IORING_OP_CONNECT through it follows");
     ss = mx_sa(DIRECT4, PORT, &len);
     int fd = socket(ss.ss_family, SOCK_STREAM, 0);
-    struct io_uring_sqe op;
-    memset(&op, 0, sizeof op);
-    op.opcode = IORING_OP_CONNECT;
-    op.fd = fd;
-    op.addr = (unsigned long)&ss;
-    op.off = len;
-    /* io_uring waits for the handshake whatever O_NONBLOCK says: submit without waiting. */
-    unsigned tail = *r.sq_tail, k = tail & *r.sq_mask;
-    r.sqes[k] = op;
-    r.sq_array[k] = k;
-    __atomic_store_n(r.sq_tail, tail + 1, __ATOMIC_RELEASE);
-    long n = syscall(__NR_io_uring_enter, r.fd, 1, 0, 0, NULL, 0);
+    long n = ring_connect(&r, fd, &ss, len);
     printf("io_uring CONNECT %s submitted (%ld); the SYN leaves without the tunnel\n", DIRECT4, n);
     usleep(300000);
     close(fd);
