@@ -57,14 +57,7 @@ fn emit(fd: i32, args: std::fmt::Arguments<'_>) {
 /// The name a level is printed with.
 #[doc(hidden)]
 pub fn level_name(l: LogLevel) -> &'static str {
-    match l {
-        LogLevel::Off => "off",
-        LogLevel::Error => "error",
-        LogLevel::Warn => "warn",
-        LogLevel::Info => "info",
-        LogLevel::Debug => "debug",
-        LogLevel::Trace => "trace",
-    }
+    l.as_str()
 }
 
 static LEVEL: AtomicU8 = AtomicU8::new(2);

@@ -55,21 +55,6 @@ static int sa_echo(const struct sockaddr_storage *ss, socklen_t len, const char 
     return r;
 }
 
-static int tcp_to(const char *ip, int port) {
-    socklen_t len;
-    struct sockaddr_storage ss = mx_sa(ip, port, &len);
-    int fd = socket(ss.ss_family, SOCK_STREAM, 0);
-    if (fd < 0)
-        return -1;
-    if (connect(fd, (struct sockaddr *)&ss, len) < 0) {
-        int e = errno;
-        close(fd);
-        errno = e;
-        return -1;
-    }
-    return fd;
-}
-
 /* ---- resolver entry points ---------------------------------------------------------- */
 
 static void hostent_check(const struct hostent *h, int af, const char *what, struct sockaddr_storage *out) {
@@ -485,7 +470,7 @@ static int getint(int fd, int lvl, int opt) {
 }
 
 static void t_peer(void) {
-    int fd = tcp_to(ECHO4, PORT);
+    int fd = mx_tcp_to(ECHO4, PORT);
     if (fd < 0) {
         mx_fail("connect %s: %s", ECHO4, strerror(errno));
         return;
@@ -531,7 +516,7 @@ static void t_peer(void) {
         close(fd);
     }
     /* IPv6 and v4-mapped */
-    fd = tcp_to(ECHO6, PORT);
+    fd = mx_tcp_to(ECHO6, PORT);
     if (fd < 0)
         mx_fail("connect [%s]: %s", ECHO6, strerror(errno));
     else {
@@ -540,7 +525,7 @@ static void t_peer(void) {
         CHECK(e == 0, "IPv6 echo%s%s", e ? ": " : "", e ? why : "");
         close(fd);
     }
-    fd = tcp_to("::ffff:" ECHO4, PORT);
+    fd = mx_tcp_to("::ffff:" ECHO4, PORT);
     if (fd < 0)
         mx_fail("connect [::ffff:%s] (v4-mapped): %s", ECHO4, strerror(errno));
     else {
@@ -571,7 +556,7 @@ static void t_peer(void) {
 static void t_sockname(void) {
     const char *dst[] = {ECHO4, ECHO6};
     for (int i = 0; i < 2; i++) {
-        int fd = tcp_to(dst[i], PORT);
+        int fd = mx_tcp_to(dst[i], PORT);
         if (fd < 0) {
             mx_fail("connect %s: %s", dst[i], strerror(errno));
             continue;
@@ -646,7 +631,7 @@ static void t_fds(void) {
         return;
     int e;
     /* close, then the number is reused by a pipe */
-    int a = tcp_to(ECHO4, PORT);
+    int a = mx_tcp_to(ECHO4, PORT);
     if (a < 0) {
         mx_fail("connect: %s", strerror(errno));
         return;
@@ -672,7 +657,7 @@ static void t_fds(void) {
     reuse_direct(a, lst, port, "close");
 
     /* dup2 to a high number, close the original: the copy is still the connection */
-    a = tcp_to(ECHO4, PORT);
+    a = mx_tcp_to(ECHO4, PORT);
     int hi = 200;
     if (a < 0 || dup2(a, hi) != hi) {
         mx_fail("dup2: %s", strerror(errno));
@@ -689,7 +674,7 @@ static void t_fds(void) {
         reuse_direct(hi, lst, port, "dup2 over a tunneled fd");
     }
     /* dup3 */
-    a = tcp_to(ECHO6, PORT);
+    a = mx_tcp_to(ECHO6, PORT);
     if (a < 0 || dup3(a, hi, O_CLOEXEC) != hi) {
         mx_fail("dup3: %s", strerror(errno));
     } else {
@@ -699,7 +684,7 @@ static void t_fds(void) {
         close(hi);
     }
     /* close_range over one tunneled fd */
-    a = tcp_to(ECHO4, PORT);
+    a = mx_tcp_to(ECHO4, PORT);
     if (a < 0)
         mx_fail("connect: %s", strerror(errno));
     else {
@@ -708,7 +693,7 @@ static void t_fds(void) {
         reuse_direct(a, lst, port, "close_range");
     }
     /* close_range(CLOSE_RANGE_CLOEXEC) closes nothing */
-    a = tcp_to(ECHO4, PORT);
+    a = mx_tcp_to(ECHO4, PORT);
     if (a < 0)
         mx_fail("connect: %s", strerror(errno));
     else {
@@ -718,7 +703,7 @@ static void t_fds(void) {
         close(a);
     }
     /* fclose of an fdopen'ed tunneled socket */
-    a = tcp_to(ECHO4, PORT);
+    a = mx_tcp_to(ECHO4, PORT);
     if (a < 0)
         mx_fail("connect: %s", strerror(errno));
     else {
@@ -785,7 +770,7 @@ static void t_fork(void) {
     int r = child_echo(ECHO4, "fork before any connect");
     CHECK(r == 0, "child before any connect exited %d", r);
     /* parent tunnels, keeps a connection open, then forks */
-    int fd = tcp_to(ECHO4, PORT);
+    int fd = mx_tcp_to(ECHO4, PORT);
     if (fd < 0) {
         mx_fail("parent connect: %s", strerror(errno));
         return;
@@ -905,7 +890,7 @@ static void t_scm(void) {
     pid = fork();
     if (pid == 0) {
         close(sv[0]);
-        int c = tcp_to(ECHO4, PORT);
+        int c = mx_tcp_to(ECHO4, PORT);
         if (c < 0)
             _exit(3);
         send_fd(sv[1], c);
@@ -989,12 +974,12 @@ static void t_scm(void) {
 /* ---- connect errors -------------------------------------------------------------------- */
 
 static void t_errors(void) {
-    int fd = tcp_to(ECHO4, 1);
+    int fd = mx_tcp_to(ECHO4, 1);
     CHECK(fd < 0 && errno == ECONNREFUSED, "blocking connect to a closed port -> %s (want ECONNREFUSED)", fd < 0 ? strerror(errno) : "connected");
     if (fd >= 0)
         close(fd);
     /* The relay's exit policy allows only 10.78.0.0/16 and fd78::/64. */
-    fd = tcp_to("10.77.0.1", 22);
+    fd = mx_tcp_to("10.77.0.1", 22);
     CHECK(fd < 0 && errno == EACCES, "connect outside the exit policy -> %s (want EACCES)", fd < 0 ? strerror(errno) : "connected");
     if (fd >= 0)
         close(fd);

@@ -32,21 +32,6 @@ static long raw_close(int fd) {
     return r;
 }
 
-static int tcp_to(const char *ip, int port) {
-    socklen_t len;
-    struct sockaddr_storage ss = mx_sa(ip, port, &len);
-    int fd = socket(ss.ss_family, SOCK_STREAM, 0);
-    if (fd < 0)
-        return -1;
-    if (connect(fd, (struct sockaddr *)&ss, len) < 0) {
-        int e = errno;
-        close(fd);
-        errno = e;
-        return -1;
-    }
-    return fd;
-}
-
 /* A UDP socket (which the hooks mark: its sends are refused), closed past the hooks. */
 static int stale_udp_number(void) {
     int u = socket(AF_INET, SOCK_DGRAM, 0);
@@ -163,7 +148,7 @@ static void t_high_fds(void) {
     /* what the process had before any connect (inherited from the runner) is not the engine's */
     static int before[4096];
     int nbefore = open_fds(before, 4096);
-    int a = tcp_to(ECHO4, PORT);
+    int a = mx_tcp_to(ECHO4, PORT);
     int b = nonblocking_to(ECHO4, PORT);
     if (a < 0 || b < 0) {
         mx_fail("connect: %s", strerror(errno));
@@ -266,7 +251,7 @@ static void t_signal_connect(int port) {
     sigaction(SIGALRM, &sa, NULL);
     struct itimerval t = {.it_value = {.tv_usec = 400000}};
     setitimer(ITIMER_REAL, &t, NULL);
-    int s = tcp_to(ECHO4, port);
+    int s = mx_tcp_to(ECHO4, port);
     int e = errno;
     mx_ok("the blocking connect to a full backlog returned %s", s >= 0 ? "a socket" : strerror(e));
     CHECK(handler_result != -2, "the handler ran while the connect waited");

@@ -87,6 +87,22 @@ static struct sockaddr_storage mx_sa(const char *ip, int port, socklen_t *len) {
     return ss;
 }
 
+/* A blocking TCP connection to ip:port (the hooks tunnel it), or -1 with errno. */
+static int mx_tcp_to(const char *ip, int port) {
+    socklen_t len;
+    struct sockaddr_storage ss = mx_sa(ip, port, &len);
+    int fd = socket(ss.ss_family, SOCK_STREAM, 0);
+    if (fd < 0)
+        return -1;
+    if (connect(fd, (struct sockaddr *)&ss, len) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        return -1;
+    }
+    return fd;
+}
+
 /* Whether an address is a qnet fake address (240.0.0.0/4 or 100::/64). */
 static int mx_is_fake(const struct sockaddr *sa) {
     if (sa->sa_family == AF_INET) {
