@@ -6,6 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, ErrorKind, Read};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,61 +58,81 @@ impl Conn {
 }
 
 impl Relay {
-    /// Accept every client waiting on the listener and start its session.
-    pub(super) fn accept(&mut self, now: Instant) -> io::Result<()> {
+    /// Accept every client waiting on the listener and start its session. A failure
+    /// concerns one connection (or, for `accept` itself, this round): it is logged and
+    /// the relay serves on.
+    pub(super) fn accept(&mut self, now: Instant) {
         loop {
-            let (mut sock, peer) = match self.listener.accept() {
+            let (sock, peer) = match self.listener.accept() {
                 Ok(x) => x,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // EMFILE and friends: log and keep serving the connections we have.
                     qlog!(Error, "accept failed: {e}");
-                    return Ok(());
+                    return;
                 }
             };
-            let _ = sock.set_nodelay(true);
-            let t = self.token();
-            self.poll
-                .registry()
-                .register(&mut sock, t, Interest::READABLE | Interest::WRITABLE)?;
-            let clients = self.cfg.clients.clone();
-            let authorize: crate::proto::session::Authorizer =
-                Arc::new(move |k: &[u8; 32]| clients.read().contains(&PublicKey(*k)));
-            let mut session = Session::new(
-                now,
-                self.cfg.session.clone(),
-                Role::Server {
-                    authorize,
-                    replay: self.replay.clone(),
-                    source: source_network(peer.ip()),
-                },
-                self.cfg.key.as_bytes(),
-                Box::new(crate::entropy::RingRandom),
-            );
-            let close_at = self.close_deadline(now, &mut session);
-            qlog!(Debug, "connection from {peer}");
-            let proxy_creds = self.cfg.upstream.as_ref().and_then(|u| {
-                if u.isolate {
-                    Some(isolation_credentials())
-                } else {
-                    u.credentials.clone()
-                }
-            });
-            self.owners.insert(t, Owner::Conn);
-            self.conns.insert(
-                t,
-                Conn {
-                    link: Link::new(sock, session),
-                    ups: HashMap::new(),
-                    dirty: HashSet::new(),
-                    stalled: HashSet::new(),
-                    close_at: Some(close_at),
-                    draining: false,
-                    proxy_creds,
-                },
-            );
+            if let Err(e) = self.admit(now, sock, peer) {
+                // ENOMEM or ENOSPC (fs.epoll.max_user_watches) from epoll_ctl: the socket
+                // is dropped (closed) here; the other connections are not concerned.
+                qlog!(
+                    Error,
+                    "connection from {peer} dropped: cannot register it: {e}"
+                );
+            }
         }
+    }
+
+    /// Register an accepted connection and start its session.
+    pub(super) fn admit(
+        &mut self,
+        now: Instant,
+        mut sock: mio::net::TcpStream,
+        peer: SocketAddr,
+    ) -> io::Result<()> {
+        let _ = sock.set_nodelay(true);
+        let t = self.token();
+        self.poll
+            .registry()
+            .register(&mut sock, t, Interest::READABLE | Interest::WRITABLE)?;
+        let clients = self.cfg.clients.clone();
+        let authorize: crate::proto::session::Authorizer =
+            Arc::new(move |k: &[u8; 32]| clients.read().contains(&PublicKey(*k)));
+        let mut session = Session::new(
+            now,
+            self.cfg.session.clone(),
+            Role::Server {
+                authorize,
+                replay: self.replay.clone(),
+                source: source_network(peer.ip()),
+            },
+            self.cfg.key.as_bytes(),
+            Box::new(crate::entropy::RingRandom),
+        );
+        let close_at = self.close_deadline(now, &mut session);
+        qlog!(Debug, "connection from {peer}");
+        let proxy_creds = self.cfg.upstream.as_ref().and_then(|u| {
+            if u.isolate {
+                Some(isolation_credentials())
+            } else {
+                u.credentials.clone()
+            }
+        });
+        self.owners.insert(t, Owner::Conn);
+        self.conns.insert(
+            t,
+            Conn {
+                link: Link::new(sock, session),
+                ups: HashMap::new(),
+                dirty: HashSet::new(),
+                stalled: HashSet::new(),
+                close_at: Some(close_at),
+                draining: false,
+                proxy_creds,
+            },
+        );
+        Ok(())
     }
 
     /// Readiness of a client connection: read (or drain) it, then serve it.

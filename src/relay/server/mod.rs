@@ -213,7 +213,7 @@ impl Relay {
             }
             for ev in events.iter() {
                 match ev.token() {
-                    LISTENER => self.accept(now)?,
+                    LISTENER => self.accept(now),
                     WAKER => {}
                     TIMER => self.timers.fired(),
                     t => self.socket_event(
@@ -494,5 +494,76 @@ impl Relay {
                 Err(e) => self.session_failed(t, e),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServerConfig;
+    use std::io::Read;
+
+    fn relay() -> Relay {
+        let server = ServerConfig::default();
+        let cfg = RelayConfig {
+            key: PrivateKey::generate(),
+            clients: Arc::new(RwLock::new(BTreeSet::new())),
+            clients_path: None,
+            policy: ExitPolicy::from_exit_allow(&["127.0.0.1/32"]).unwrap(),
+            session: SessionConfig::default(),
+            connect_timeout: Duration::from_secs(5),
+            upstream: None,
+            profile: Profile::Performance,
+            allow_profiles: Vec::new(),
+            clock_skew: server.clock_skew,
+            replay_capacity: server.replay_cache,
+            drain_min: server.drain_min,
+            drain_max: server.drain_max,
+        };
+        Relay::bind("127.0.0.1:0".parse().unwrap(), cfg).unwrap()
+    }
+
+    /// The next connection waiting on the relay's listener.
+    fn accepted(r: &Relay) -> (mio::net::TcpStream, SocketAddr) {
+        for _ in 0..500 {
+            match r.listener.accept() {
+                Ok(x) => return x,
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        panic!("no connection arrived");
+    }
+
+    /// Regression: an epoll registration failure on accept returned the error out of
+    /// `run`, ending the relay and every session on it.
+    #[test]
+    fn failed_registration_on_accept_drops_that_connection_not_the_relay() {
+        let mut r = relay();
+        let addr = r.local_addr().unwrap();
+        let mut first = std::net::TcpStream::connect(addr).unwrap();
+        let (mut sock, peer) = accepted(&r);
+        // Registered once already: the relay's own registration fails (EEXIST), as
+        // ENOSPC or ENOMEM would.
+        r.poll
+            .registry()
+            .register(&mut sock, Token(usize::MAX), Interest::READABLE)
+            .unwrap();
+        assert!(r.admit(Instant::now(), sock, peer).is_err());
+        assert!(r.conns.is_empty() && r.owners.is_empty());
+        // That connection is closed...
+        first
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        assert!(matches!(first.read(&mut [0u8; 8]), Ok(0) | Err(_)));
+        // ...and the next one is served.
+        let _second = std::net::TcpStream::connect(addr).unwrap();
+        for _ in 0..500 {
+            r.accept(Instant::now());
+            if !r.conns.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(r.conns.len(), 1);
     }
 }
