@@ -38,6 +38,9 @@ pub(super) struct Conn {
     pub(super) draining: bool,
     /// The credentials this session's streams present to the exit proxy.
     pub(super) proxy_creds: Option<(Vec<u8>, Vec<u8>)>,
+    /// The client's key once it authenticated: SIGHUP ends the sessions of keys that
+    /// left the allow-list.
+    pub(super) peer: Option<PublicKey>,
 }
 
 impl Conn {
@@ -130,6 +133,7 @@ impl Relay {
                 close_at: Some(close_at),
                 draining: false,
                 proxy_creds,
+                peer: None,
             },
         );
         Ok(())

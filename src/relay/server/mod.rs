@@ -290,7 +290,8 @@ impl Relay {
         }
     }
 
-    /// SIGHUP: re-read the allow-list; a bad one keeps the old.
+    /// SIGHUP: re-read the allow-list and end the sessions of keys no longer on it; a
+    /// bad list keeps the old (and every session).
     fn reload_clients(&mut self) {
         let Some(path) = &self.cfg.clients_path else {
             return;
@@ -303,7 +304,23 @@ impl Relay {
                     set.len(),
                     path.display()
                 );
+                let gone: Vec<Token> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.peer.as_ref().is_some_and(|k| !set.contains(k)))
+                    .map(|(t, _)| *t)
+                    .collect();
                 *self.cfg.clients.write() = set;
+                for t in gone {
+                    if let Some(k) = self.conns.get(&t).and_then(|c| c.peer.as_ref()) {
+                        qlog!(
+                            Info,
+                            "client {} left the allow-list: session ended",
+                            k.to_base64()
+                        );
+                    }
+                    self.drop_conn(t);
+                }
             }
             Err(e) => qlog!(Error, "allow-list not reloaded, keeping the old one: {e}"),
         }
@@ -362,6 +379,7 @@ impl Relay {
             match ev {
                 Event::Connected { peer } => {
                     conn.close_at = None;
+                    conn.peer = Some(PublicKey(peer));
                     qlog!(Info, "client {} authenticated", PublicKey(peer).to_base64());
                 }
                 Event::Opened {
