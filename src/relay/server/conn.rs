@@ -38,6 +38,8 @@ pub(super) struct Conn {
     pub(super) draining: bool,
     /// The credentials this session's streams present to the exit proxy.
     pub(super) proxy_creds: Option<(Vec<u8>, Vec<u8>)>,
+    /// The deadline this connection's live entry in the relay's timer heap is for.
+    pub(super) armed: Option<Instant>,
     /// The client's key once it authenticated: SIGHUP ends the sessions of keys that
     /// left the allow-list.
     pub(super) peer: Option<PublicKey>,
@@ -134,8 +136,10 @@ impl Relay {
                 draining: false,
                 proxy_creds,
                 peer: None,
+                armed: None,
             },
         );
+        self.rearm(t);
         Ok(())
     }
 

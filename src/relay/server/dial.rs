@@ -1,7 +1,6 @@
 //! Dialling a stream's destination: the exit policy, the connect (address by address,
 //! each under the connect timeout), and the exit proxy's SOCKS5 handshake.
 
-use std::cmp::Reverse;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -9,6 +8,7 @@ use std::time::Instant;
 use mio::Token;
 use mio::net::TcpStream;
 
+use super::deadlines::Due;
 use super::{Owner, Relay};
 use crate::engine::pump::{Endpoint, Sock};
 use crate::engine::shape::Shaper;
@@ -282,7 +282,7 @@ impl Relay {
                     }
                     let deadline = now + self.cfg.connect_timeout;
                     self.owners.insert(t, Owner::Up(c, s));
-                    self.deadlines.push(Reverse((deadline, c.0, s)));
+                    self.deadlines.push(deadline, Due::Connect(c.0, s));
                     if let Some(up) = self.conns.get_mut(&c).and_then(|conn| conn.ups.get_mut(&s)) {
                         up.ep = Some(ep);
                         up.state = UpState::Connecting {
@@ -298,28 +298,6 @@ impl Relay {
         if let Some(conn) = self.conns.get_mut(&c) {
             let _ = conn.link.session.open_result(now, s, Err(last));
             conn.ups.remove(&s);
-        }
-    }
-
-    /// Whether a connect deadline still guards a dial (or its proxy handshake) in progress.
-    pub(super) fn deadline_live(&self, t: Instant, c: Token, s: u32) -> bool {
-        matches!(
-            self.conns.get(&c).and_then(|conn| conn.ups.get(&s)),
-            Some(Upstream {
-                state: UpState::Connecting { deadline, .. } | UpState::Proxying { deadline, .. },
-                ..
-            }) if *deadline == t
-        )
-    }
-
-    /// Drop deadlines of dials that finished: otherwise every stream would wake the loop
-    /// once more, `connect_timeout` after it opened.
-    pub(super) fn purge_stale_deadlines(&mut self) {
-        while let Some(Reverse((t, c, s))) = self.deadlines.peek().copied() {
-            if self.deadline_live(t, Token(c), s) {
-                break;
-            }
-            self.deadlines.pop();
         }
     }
 }

@@ -5,11 +5,11 @@
 //! destination, the exit policy and the exit proxy), `names` (the resolver threads).
 
 mod conn;
+mod deadlines;
 mod dial;
 mod names;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +32,7 @@ use crate::proto::{Event, OpenError, SessionConfig};
 use crate::qlog;
 use crate::sched::Profile;
 use conn::Conn;
+use deadlines::{Deadlines, Due};
 use dial::UpState;
 use names::{Query, Resolved};
 
@@ -113,7 +114,8 @@ pub struct Relay {
     conns: HashMap<Token, Conn>,
     owners: HashMap<Token, Owner>,
     next_token: usize,
-    deadlines: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    /// Every timer of the loop but shaped departures: connections' and dials'.
+    deadlines: Deadlines,
     resolve_tx: crossbeam::channel::Sender<Query>,
     resolved_rx: crossbeam::channel::Receiver<Resolved>,
     buf: Vec<u8>,
@@ -159,7 +161,7 @@ impl Relay {
             conns: HashMap::new(),
             owners: HashMap::new(),
             next_token: 3,
-            deadlines: BinaryHeap::new(),
+            deadlines: Deadlines::default(),
             resolve_tx,
             resolved_rx,
             buf: vec![0u8; READ_CHUNK],
@@ -367,8 +369,52 @@ impl Relay {
         }
     }
 
-    /// Handle session events, move stream bytes, flush: everything after input on `c`.
+    /// Handle session events, move stream bytes, flush: everything after input on `c`;
+    /// then point the timer heap at its next timer.
     fn service(&mut self, now: Instant, c: Token) {
+        self.service_io(now, c);
+        self.rearm(c);
+    }
+
+    /// Push a heap entry for connection `c` if its next timer is earlier than the one
+    /// armed (a later one is found when the armed entry fires).
+    fn rearm(&mut self, c: Token) {
+        let Some(conn) = self.conns.get_mut(&c) else {
+            return;
+        };
+        let Some(t) = conn.next_timer() else {
+            return;
+        };
+        if conn.armed.is_none_or(|a| t < a) {
+            conn.armed = Some(t);
+            self.deadlines.push(t, Due::Conn(c.0));
+            self.compact_deadlines();
+        }
+    }
+
+    /// Rebuild the heap from its live entries once stale ones outnumber them, so it
+    /// stays in proportion to the live timers.
+    fn compact_deadlines(&mut self) {
+        let live_bound = 2 * (self.conns.len() + self.owners.len()) + 64;
+        if self.deadlines.len() <= live_bound {
+            return;
+        }
+        let conns = &self.conns;
+        self.deadlines.retain(|t, d| deadline_live(conns, t, d));
+    }
+
+    /// Drop stale entries from the top, so the loop does not wake for them.
+    fn purge_stale_deadlines(&mut self) {
+        while let Some((t, d)) = self.deadlines.peek() {
+            if deadline_live(&self.conns, t, d) {
+                break;
+            }
+            self.deadlines.pop();
+        }
+    }
+
+    /// The body of [`Relay::service`].
+    fn service_io(&mut self, now: Instant, c: Token) {
         loop {
             let Some(conn) = self.conns.get_mut(&c) else {
                 return;
@@ -473,45 +519,73 @@ impl Relay {
         }
     }
 
-    /// The earliest session timer, unauthenticated close or connect deadline.
+    /// The earliest live deadline (stale ones were purged from the top).
     fn next_deadline(&self) -> Option<Instant> {
-        let sessions = self.conns.values().filter_map(Conn::next_timer);
-        let connects = self.deadlines.peek().map(|Reverse((t, _, _))| *t);
-        sessions.chain(connects).min()
+        self.deadlines.peek().map(|(t, _)| t)
     }
 
-    /// Serve the connect deadlines and the sessions' timers that are due.
+    /// Serve the connect deadlines and the connections' timers that are due. Entries a
+    /// service pushes for `now` or earlier wait for the next round, so one round ends.
     fn run_timers(&mut self, now: Instant) {
-        while let Some(Reverse((t, c, s))) = self.deadlines.peek().copied() {
+        let mut due = vec![];
+        while let Some((t, d)) = self.deadlines.peek() {
             if t > now {
                 break;
             }
             self.deadlines.pop();
-            let c = Token(c);
-            if self.deadline_live(t, c, s) {
-                self.connect_next(now, c, s, Some(OpenError::TimedOut));
-                self.service(now, c);
+            if deadline_live(&self.conns, t, d) {
+                if let Due::Conn(c) = d {
+                    if let Some(conn) = self.conns.get_mut(&Token(c)) {
+                        conn.armed = None;
+                    }
+                }
+                due.push(d);
             }
         }
-        let due: Vec<Token> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.next_timer().is_some_and(|t| t <= now))
-            .map(|(t, _)| *t)
-            .collect();
-        for t in due {
-            let Some(conn) = self.conns.get_mut(&t) else {
-                continue;
-            };
-            if conn.close_at.is_some() {
-                self.close_unauthenticated(t);
-                continue;
-            }
-            match conn.link.session.handle_timeout(now) {
-                Ok(()) => self.service(now, t),
-                Err(e) => self.session_failed(t, e),
+        for d in due {
+            match d {
+                Due::Connect(c, s) => {
+                    let c = Token(c);
+                    self.connect_next(now, c, s, Some(OpenError::TimedOut));
+                    self.service(now, c);
+                }
+                Due::Conn(c) => self.conn_timer(now, Token(c)),
             }
         }
+    }
+
+    /// Connection `t`'s armed entry fired: close it if unauthenticated and due, run its
+    /// session's timers if due, and arm its next one.
+    fn conn_timer(&mut self, now: Instant, t: Token) {
+        let Some(conn) = self.conns.get_mut(&t) else {
+            return;
+        };
+        if conn.next_timer().is_none_or(|d| d > now) {
+            // The entry was armed for an earlier timer that has since moved later.
+            return self.rearm(t);
+        }
+        if conn.close_at.is_some() {
+            return self.close_unauthenticated(t);
+        }
+        match conn.link.session.handle_timeout(now) {
+            Ok(()) => self.service(now, t),
+            Err(e) => self.session_failed(t, e),
+        }
+    }
+}
+
+/// Whether a heap entry still stands for a timer: the connection's armed one, or the
+/// deadline of a dial (or its proxy handshake) in progress.
+fn deadline_live(conns: &HashMap<Token, Conn>, t: Instant, d: Due) -> bool {
+    match d {
+        Due::Conn(c) => conns.get(&Token(c)).is_some_and(|c| c.armed == Some(t)),
+        Due::Connect(c, s) => matches!(
+            conns.get(&Token(c)).and_then(|conn| conn.ups.get(&s)),
+            Some(dial::Upstream {
+                state: UpState::Connecting { deadline, .. } | UpState::Proxying { deadline, .. },
+                ..
+            }) if *deadline == t
+        ),
     }
 }
 
@@ -522,6 +596,12 @@ mod tests {
     use std::io::Read;
 
     fn relay() -> Relay {
+        let server = ServerConfig::default();
+        relay_draining(server.drain_min, server.drain_max)
+    }
+
+    /// A relay whose unauthenticated connections close between `min` and `max`.
+    fn relay_draining(min: Duration, max: Duration) -> Relay {
         let server = ServerConfig::default();
         let cfg = RelayConfig {
             key: PrivateKey::generate(),
@@ -535,8 +615,8 @@ mod tests {
             allow_profiles: Vec::new(),
             clock_skew: server.clock_skew,
             replay_capacity: server.replay_cache,
-            drain_min: server.drain_min,
-            drain_max: server.drain_max,
+            drain_min: min,
+            drain_max: max,
         };
         Relay::bind("127.0.0.1:0".parse().unwrap(), cfg).unwrap()
     }
@@ -583,5 +663,32 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         assert_eq!(r.conns.len(), 1);
+    }
+
+    /// Regression: every loop scanned every connection for its next timer. Now each
+    /// connection has one live heap entry, and a due one is served from the heap.
+    #[test]
+    fn connection_timers_live_in_one_heap_entry_each() {
+        let mut r = relay_draining(Duration::from_millis(100), Duration::from_millis(200));
+        let addr = r.local_addr().unwrap();
+        let _clients: Vec<_> = (0..40)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
+            .collect();
+        for _ in 0..500 {
+            r.accept(Instant::now());
+            if r.conns.len() == 40 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(r.conns.len(), 40);
+        assert_eq!(r.deadlines.len(), 40);
+        let first = r.next_deadline().unwrap();
+        assert!(r.conns.values().all(|c| c.armed.unwrap() >= first));
+        std::thread::sleep(Duration::from_millis(250));
+        r.run_timers(Instant::now());
+        assert!(r.conns.is_empty(), "{} not closed", r.conns.len());
+        r.purge_stale_deadlines();
+        assert_eq!(r.deadlines.len(), 0);
     }
 }
