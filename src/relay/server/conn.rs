@@ -6,13 +6,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, ErrorKind, Read};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::{Interest, Token};
 
+use super::deadlines::Due;
 use super::dial::Upstream;
+use super::limits::{Admit, source_key};
 use super::{Owner, Relay};
 use crate::engine::shape::Shaper;
 use crate::engine::{Link, LinkRead};
@@ -38,11 +40,23 @@ pub(super) struct Conn {
     pub(super) draining: bool,
     /// The credentials this session's streams present to the exit proxy.
     pub(super) proxy_creds: Option<(Vec<u8>, Vec<u8>)>,
+    /// Not read while its output is over `[server] output_high_water_kib`: a peer that
+    /// does not read what it asks for (PONGs, stream bytes) is not read either.
+    pub(super) read_paused: bool,
+    /// The address the per-address caps count it under.
+    pub(super) source: IpAddr,
     /// The deadline this connection's live entry in the relay's timer heap is for.
     pub(super) armed: Option<Instant>,
     /// The client's key once it authenticated: SIGHUP ends the sessions of keys that
     /// left the allow-list.
     pub(super) peer: Option<PublicKey>,
+}
+
+/// A connection over a handshake rate: no session, read and discarded until `close_at`.
+pub(super) struct Sink {
+    sock: mio::net::TcpStream,
+    source: IpAddr,
+    pub(super) close_at: Instant,
 }
 
 impl Conn {
@@ -78,7 +92,21 @@ impl Relay {
                     return;
                 }
             };
+            let source = source_key(peer.ip());
+            match self.gate.admit(now, source) {
+                Admit::Handshake => {}
+                Admit::Close => {
+                    self.report_refusals();
+                    continue;
+                }
+                Admit::Sink => {
+                    self.report_refusals();
+                    self.sink(now, sock, source);
+                    continue;
+                }
+            }
             if let Err(e) = self.admit(now, sock, peer) {
+                self.gate.closed(source);
                 // ENOMEM or ENOSPC (fs.epoll.max_user_watches) from epoll_ctl: the socket
                 // is dropped (closed) here; the other connections are not concerned.
                 qlog!(
@@ -86,6 +114,63 @@ impl Relay {
                     "connection from {peer} dropped: cannot register it: {e}"
                 );
             }
+        }
+    }
+
+    /// Say so when caps closed or sank connections (at doubling counts).
+    fn report_refusals(&mut self) {
+        if self.gate.report_due() {
+            qlog!(
+                Warn,
+                "{} connections closed or drained unanswered by [server] max_connections*, handshakes_per_sec*",
+                self.gate.refused
+            );
+        }
+    }
+
+    /// Keep a connection the gate refused a handshake: read and discard until a close
+    /// time from the same distribution as every unauthenticated connection's.
+    fn sink(&mut self, now: Instant, mut sock: mio::net::TcpStream, source: IpAddr) {
+        let t = self.token();
+        if self
+            .poll
+            .registry()
+            .register(&mut sock, t, Interest::READABLE)
+            .is_err()
+        {
+            self.gate.closed(source);
+            return;
+        }
+        let close_at = self.close_deadline(now);
+        self.owners.insert(t, Owner::Sink);
+        self.sinks.insert(
+            t,
+            Sink {
+                sock,
+                source,
+                close_at,
+            },
+        );
+        self.deadlines.push(close_at, Due::Sink(t.0));
+    }
+
+    /// Input on a sink: discard it; close on the peer's close.
+    pub(super) fn sink_event(&mut self, t: Token) {
+        let Some(sink) = self.sinks.get_mut(&t) else {
+            return;
+        };
+        if discard(&mut sink.sock, &mut self.buf) {
+            self.close_sink(t);
+        }
+    }
+
+    /// Close a sink (read what is pending first, so the close is a FIN).
+    pub(super) fn close_sink(&mut self, t: Token) {
+        if let Some(mut sink) = self.sinks.remove(&t) {
+            discard(&mut sink.sock, &mut self.buf);
+            let _ = self.poll.registry().deregister(&mut sink.sock);
+            self.owners.remove(&t);
+            self.gate.closed(sink.source);
         }
     }
 
@@ -104,7 +189,7 @@ impl Relay {
         let clients = self.cfg.clients.clone();
         let authorize: crate::proto::session::Authorizer =
             Arc::new(move |k: &[u8; 32]| clients.read().contains(&PublicKey(*k)));
-        let mut session = Session::new(
+        let session = Session::new(
             now,
             self.cfg.session.clone(),
             Role::Server {
@@ -115,7 +200,7 @@ impl Relay {
             self.cfg.key.as_bytes(),
             Box::new(crate::entropy::RingRandom),
         );
-        let close_at = self.close_deadline(now, &mut session);
+        let close_at = self.close_deadline(now);
         qlog!(Debug, "connection from {peer}");
         let proxy_creds = self.cfg.upstream.as_ref().and_then(|u| {
             if u.isolate {
@@ -137,6 +222,8 @@ impl Relay {
                 proxy_creds,
                 peer: None,
                 armed: None,
+                read_paused: false,
+                source: source_key(peer.ip()),
             },
         );
         self.rearm(t);
@@ -156,6 +243,12 @@ impl Relay {
                 }
                 return;
             }
+            if conn.link.session.transmit().len() >= self.gate.limits().output_high_water {
+                // Leave the input in the kernel (TCP pushes back on the peer) until the
+                // output drains: `service` then queues this connection to be read again.
+                conn.read_paused = true;
+                return self.service(now, t);
+            }
             match conn.link.read_in(now, &mut self.buf) {
                 Ok(LinkRead::Drained) => {}
                 // The relay's own socket never goes through a proxy, so ProxyFailed cannot occur.
@@ -173,11 +266,11 @@ impl Relay {
     /// A new connection's close deadline: `now` plus a uniform draw from
     /// `[drain_min, drain_max]` (µs steps), the one distribution every unauthenticated
     /// connection's close follows.
-    fn close_deadline(&self, now: Instant, session: &mut Session) -> Instant {
+    fn close_deadline(&self, now: Instant) -> Instant {
         let (min, max) = (self.cfg.drain_min, self.cfg.drain_max);
         let span = max.saturating_sub(min).as_micros() as u64;
         let mut r = [0u8; 8];
-        session.random(&mut r);
+        crate::proto::Random::fill(&mut crate::entropy::RingRandom, &mut r);
         // The modulo's bias is below span / 2^64: nothing a prober can measure.
         now + min + Duration::from_micros(u64::from_le_bytes(r) % (span + 1))
     }
@@ -233,6 +326,15 @@ impl Relay {
         if let Some(mut conn) = self.conns.remove(&t) {
             let _ = self.poll.registry().deregister(&mut conn.link.sock);
             self.owners.remove(&t);
+            self.gate.closed(conn.source);
+            if let Some(k) = conn.peer {
+                if let Some(v) = self.by_key.get_mut(&k) {
+                    v.retain(|&c| c != t);
+                    if v.is_empty() {
+                        self.by_key.remove(&k);
+                    }
+                }
+            }
             for (_, up) in conn.ups.drain() {
                 if let Some(mut ep) = up.ep {
                     let _ = ep.sock.deregister(self.poll.registry());
@@ -245,8 +347,13 @@ impl Relay {
 
 /// Read and drop everything the peer has sent so far; `true` when it closed or failed.
 fn discard_input(conn: &mut Conn, buf: &mut [u8]) -> bool {
+    discard(&mut conn.link.sock, buf)
+}
+
+/// Read and drop everything on `sock`; `true` when the peer closed or it failed.
+fn discard(sock: &mut mio::net::TcpStream, buf: &mut [u8]) -> bool {
     loop {
-        match conn.link.sock.read(buf) {
+        match sock.read(buf) {
             Ok(0) => return true,
             Ok(_) => {}
             Err(e) if e.kind() == ErrorKind::WouldBlock => return false,

@@ -16,6 +16,8 @@ use std::time::Instant;
 pub(super) enum Due {
     /// Connection `.0`'s timers: its unauthenticated close or its session's timers.
     Conn(usize),
+    /// A sunk connection's close (see `limits`).
+    Sink(usize),
     /// The dial of stream `.1` on connection `.0` (connect or exit-proxy handshake).
     Connect(usize, u32),
 }

@@ -79,6 +79,17 @@ impl Relay {
                 return;
             }
         };
+        let is_name = matches!(dest, Destination::Name(..)) && self.cfg.upstream.is_none();
+        if let Some(quota) = self.over_quota(c, is_name) {
+            qlog!(Info, "stream {s} refused: over [server] {quota}");
+            if let Some(conn) = self.conns.get_mut(&c) {
+                let _ = conn
+                    .link
+                    .session
+                    .open_result(now, s, Err(OpenError::TooManyStreams));
+            }
+            return;
+        }
         let Some(conn) = self.conns.get_mut(&c) else {
             return;
         };
@@ -298,6 +309,42 @@ impl Relay {
         if let Some(conn) = self.conns.get_mut(&c) {
             let _ = conn.link.session.open_result(now, s, Err(last));
             conn.ups.remove(&s);
+        }
+    }
+
+    /// The quota a new stream on connection `c` would exceed, if any: streams in this
+    /// session, or those of [`Relay::key_over_quota`].
+    pub(super) fn over_quota(&self, c: Token, lookup: bool) -> Option<&'static str> {
+        let conn = self.conns.get(&c)?;
+        if conn.ups.len() >= self.gate.limits().streams_per_session as usize {
+            return Some("streams_per_session");
+        }
+        self.key_over_quota(c, lookup)
+    }
+
+    /// The quota of connection `c`'s client key that one more dial (`lookup`: name
+    /// lookup) would exceed, if any. The count walks the key's sessions' streams, at
+    /// most `sessions_per_key` × `streams_per_session`.
+    pub(super) fn key_over_quota(&self, c: Token, lookup: bool) -> Option<&'static str> {
+        let l = self.gate.limits();
+        let conn = self.conns.get(&c)?;
+        let sessions = conn.peer.as_ref().and_then(|k| self.by_key.get(k))?;
+        let pending = sessions
+            .iter()
+            .filter_map(|t| self.conns.get(t))
+            .flat_map(|conn| conn.ups.values())
+            .filter(|u| match u.state {
+                UpState::Resolving => lookup,
+                UpState::Connecting { .. } | UpState::Proxying { .. } => !lookup,
+                UpState::Connected => false,
+            })
+            .count();
+        if lookup && pending >= l.lookups_per_key as usize {
+            Some("lookups_per_key")
+        } else if !lookup && pending >= l.dials_per_key as usize {
+            Some("dials_per_key")
+        } else {
+            None
         }
     }
 }

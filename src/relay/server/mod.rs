@@ -7,6 +7,7 @@
 mod conn;
 mod deadlines;
 mod dial;
+mod limits;
 mod names;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -31,9 +32,10 @@ use crate::proto::replay::{ReplayCache, SharedReplay};
 use crate::proto::{Event, OpenError, SessionConfig};
 use crate::qlog;
 use crate::sched::Profile;
-use conn::Conn;
+use conn::{Conn, Sink};
 use deadlines::{Deadlines, Due};
 use dial::UpState;
+use limits::Gate;
 use names::{Query, Resolved};
 
 const LISTENER: Token = Token(0);
@@ -92,6 +94,8 @@ pub struct ExitProxy {
 enum Owner {
     /// A client's connection.
     Conn,
+    /// A connection over a handshake rate, drained without a session.
+    Sink,
     /// Stream `.1`'s destination on connection `.0`.
     Up(Token, u32),
 }
@@ -133,6 +137,15 @@ pub struct Relay {
     replay: SharedReplay,
     /// Refusals for a full replay cache already reported (reports double each time).
     full_reported: u64,
+    /// The caps on connections and handshakes, and each key's quotas.
+    gate: Gate,
+    /// Connections the gate sank: read and discarded until their close time.
+    sinks: HashMap<Token, Sink>,
+    /// Each authenticated key's live sessions.
+    by_key: HashMap<PublicKey, Vec<Token>>,
+    /// Connections that stopped being read at the output high-water mark and have
+    /// drained below it since: read them again this round.
+    resume: HashSet<Token>,
 }
 
 impl Relay {
@@ -172,7 +185,16 @@ impl Relay {
             own_addrs_read: Instant::now(),
             replay,
             full_reported: 0,
+            gate: Gate::new(crate::config::ServerLimits::default(), Instant::now()),
+            sinks: HashMap::new(),
+            by_key: HashMap::new(),
+            resume: HashSet::new(),
         })
+    }
+
+    /// Replace the default caps (`[server]` limits) with `limits`.
+    pub fn set_limits(&mut self, limits: crate::config::ServerLimits) {
+        self.gate = Gate::new(limits, Instant::now());
     }
 
     /// The bound address.
@@ -232,6 +254,9 @@ impl Relay {
                     conn.dirty.extend(stalled);
                     self.service(now, c);
                 }
+            }
+            for c in std::mem::take(&mut self.resume) {
+                self.conn_event(now, c, true);
             }
             while let Ok(r) = self.resolved_rx.try_recv() {
                 self.on_resolved(now, r);
@@ -348,6 +373,7 @@ impl Relay {
     fn socket_event(&mut self, now: Instant, t: Token, readable: bool, writable: bool) {
         match self.owners.get(&t) {
             Some(Owner::Conn) => self.conn_event(now, t, readable),
+            Some(Owner::Sink) => self.sink_event(t),
             Some(Owner::Up(c, s)) => {
                 let (c, s) = (*c, *s);
                 self.up_event(now, c, s, readable, writable);
@@ -374,6 +400,14 @@ impl Relay {
     fn service(&mut self, now: Instant, c: Token) {
         self.service_io(now, c);
         self.rearm(c);
+        if let Some(conn) = self.conns.get_mut(&c) {
+            if conn.read_paused
+                && conn.link.session.transmit().len() < self.gate.limits().output_high_water
+            {
+                conn.read_paused = false;
+                self.resume.insert(c);
+            }
+        }
     }
 
     /// Push a heap entry for connection `c` if its next timer is earlier than the one
@@ -399,14 +433,15 @@ impl Relay {
         if self.deadlines.len() <= live_bound {
             return;
         }
-        let conns = &self.conns;
-        self.deadlines.retain(|t, d| deadline_live(conns, t, d));
+        let (conns, sinks) = (&self.conns, &self.sinks);
+        self.deadlines
+            .retain(|t, d| deadline_live(conns, sinks, t, d));
     }
 
     /// Drop stale entries from the top, so the loop does not wake for them.
     fn purge_stale_deadlines(&mut self) {
         while let Some((t, d)) = self.deadlines.peek() {
-            if deadline_live(&self.conns, t, d) {
+            if deadline_live(&self.conns, &self.sinks, t, d) {
                 break;
             }
             self.deadlines.pop();
@@ -427,6 +462,16 @@ impl Relay {
                     conn.close_at = None;
                     conn.peer = Some(PublicKey(peer));
                     qlog!(Info, "client {} authenticated", PublicKey(peer).to_base64());
+                    let sessions = self.by_key.entry(PublicKey(peer)).or_default();
+                    if sessions.len() >= self.gate.limits().sessions_per_key as usize {
+                        qlog!(
+                            Warn,
+                            "client {} is at [server] sessions_per_key: new session closed",
+                            PublicKey(peer).to_base64()
+                        );
+                        return self.drop_conn(c);
+                    }
+                    sessions.push(c);
                 }
                 Event::Opened {
                     stream,
@@ -533,7 +578,7 @@ impl Relay {
                 break;
             }
             self.deadlines.pop();
-            if deadline_live(&self.conns, t, d) {
+            if deadline_live(&self.conns, &self.sinks, t, d) {
                 if let Due::Conn(c) = d {
                     if let Some(conn) = self.conns.get_mut(&Token(c)) {
                         conn.armed = None;
@@ -550,6 +595,7 @@ impl Relay {
                     self.service(now, c);
                 }
                 Due::Conn(c) => self.conn_timer(now, Token(c)),
+                Due::Sink(c) => self.close_sink(Token(c)),
             }
         }
     }
@@ -576,8 +622,14 @@ impl Relay {
 
 /// Whether a heap entry still stands for a timer: the connection's armed one, or the
 /// deadline of a dial (or its proxy handshake) in progress.
-fn deadline_live(conns: &HashMap<Token, Conn>, t: Instant, d: Due) -> bool {
+fn deadline_live(
+    conns: &HashMap<Token, Conn>,
+    sinks: &HashMap<Token, Sink>,
+    t: Instant,
+    d: Due,
+) -> bool {
     match d {
+        Due::Sink(c) => sinks.get(&Token(c)).is_some_and(|s| s.close_at == t),
         Due::Conn(c) => conns.get(&Token(c)).is_some_and(|c| c.armed == Some(t)),
         Due::Connect(c, s) => matches!(
             conns.get(&Token(c)).and_then(|conn| conn.ups.get(&s)),
