@@ -243,13 +243,8 @@ impl Relay {
                 }
                 return;
             }
-            if conn.link.session.transmit().len() >= self.gate.limits().output_high_water {
-                // Leave the input in the kernel (TCP pushes back on the peer) until the
-                // output drains: `service` then queues this connection to be read again.
-                conn.read_paused = true;
-                return self.service(now, t);
-            }
-            match conn.link.read_in(now, &mut self.buf) {
+            let high_water = self.gate.limits().output_high_water;
+            match read_below(conn, now, &mut self.buf, high_water) {
                 Ok(LinkRead::Drained) => {}
                 // The relay's own socket never goes through a proxy, so ProxyFailed cannot occur.
                 Ok(LinkRead::Eof) | Ok(LinkRead::ProxyFailed(_)) | Err(_) => {
@@ -341,6 +336,39 @@ impl Relay {
                     self.owners.remove(&ep.token);
                 }
             }
+        }
+    }
+}
+
+/// Read what the peer sent into the session while its output is under `high_water`
+/// bytes. `Link::read_in` reads until the kernel has nothing left, which a peer writing
+/// as fast as the relay reads never allows: a PING flood would queue PONGs without end.
+/// Past the mark the rest stays in the kernel (TCP pushes back on the peer) and the
+/// connection is marked `read_paused`; `service` reads it again once the output drains.
+fn read_below(
+    conn: &mut Conn,
+    now: Instant,
+    buf: &mut [u8],
+    high_water: usize,
+) -> io::Result<LinkRead> {
+    loop {
+        if conn.link.session.transmit().len() >= high_water {
+            conn.read_paused = true;
+            return Ok(LinkRead::Drained);
+        }
+        match conn.link.sock.read(buf) {
+            Ok(0) => {
+                conn.link.eof = true;
+                return Ok(LinkRead::Eof);
+            }
+            Ok(n) => {
+                if let Err(e) = conn.link.session.handle_input(now, &buf[..n]) {
+                    return Ok(LinkRead::Failed(e));
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(LinkRead::Drained),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }
