@@ -288,6 +288,53 @@ fn client_not_on_the_list_opens_nothing_until_sighup_adds_it() {
     assert!(accepted.load(Ordering::SeqCst) >= 1);
 }
 
+/// Regression: removing a key and sending SIGHUP left that client's live session (and
+/// its open streams) running.
+#[test]
+fn sighup_ends_the_live_sessions_of_keys_that_left_the_list() {
+    let dir = tempdir("revoke");
+    let client_key = PrivateKey::generate();
+    let other = PrivateKey::generate();
+    let relay = start_relay(
+        &dir,
+        &[client_key.public().0, other.public().0],
+        &["127.0.0.0/8"],
+    );
+    let (echo, _) = echo_server();
+    let fwd = forward(&relay, client_key, &echo.to_string());
+    let mut s = TcpStream::connect(fwd.addr).unwrap();
+    s.write_all(b"ping").unwrap();
+    let mut back = [0u8; 4];
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"ping");
+
+    write_mode(
+        &relay.clients,
+        &format!("{}\n", other.public().to_base64()),
+        0o644,
+    );
+    let st = Command::new("kill")
+        .args(["-HUP", &relay.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // The open stream ends (EOF or reset) well before the 10 s read timeout, and what it
+    // sends afterwards is never echoed.
+    let t = Instant::now();
+    let _ = s.write_all(b"still there?");
+    let got = read_to_end_timeout(&mut s, Duration::from_secs(10)).unwrap_or_default();
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "session outlived its key"
+    );
+    assert!(
+        !got.windows(12).any(|w| w == b"still there?"),
+        "got {got:?}"
+    );
+    assert_closed_without_data(&fwd);
+}
+
 #[test]
 fn probes_get_no_reply_bytes() {
     let dir = tempdir("probe");

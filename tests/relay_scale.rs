@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{start_relay, tempdir};
+use common::{TEST_DRAIN, start_relay_with, tempdir};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use qnet::keys::PrivateKey;
@@ -89,7 +89,14 @@ fn rss_kib(pid: u32) -> u64 {
 fn relay_holds_ten_thousand_concurrent_streams() {
     let dir = tempdir("scale");
     let key = PrivateKey::generate();
-    let relay = start_relay(&dir, &[key.public().0], &["127.0.0.0/8"]);
+    // One session holds all the streams, and dials them at once: past the default
+    // per-session and per-key quotas, which this test is not about.
+    let relay = start_relay_with(
+        &dir,
+        &[key.public().0],
+        &["--exit-allow", "127.0.0.0/8"],
+        &format!("{TEST_DRAIN}streams_per_session = {STREAMS}\ndials_per_key = {STREAMS}\n"),
+    );
     let (echo, open_at_echo) = echo_server();
     let rss_before = rss_kib(relay.child.id());
 

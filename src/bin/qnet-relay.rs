@@ -26,7 +26,18 @@ const SERVER_ONLY: &str = "\
   drain_min_ms = 5000     a connection that has not authenticated is closed at a time
   drain_max_ms = 15000    drawn at accept, uniformly in [min, max]; any failure before
                           then (no bytes, garbage, a replay, a slow trickle) is read and
-                          discarded until that time, without a byte in reply";
+                          discarded until that time, without a byte in reply
+  max_connections = 4096  open client connections, and from one address (IPv6: a
+  max_connections_per_addr = 256   /64); over either a new one is closed at once
+  handshakes_per_sec = 1000         new handshakes a second, and from one address;
+  handshakes_per_sec_per_addr = 50  over either a connection drains unanswered, no
+                          key work done for it
+  sessions_per_key = 32   per client key: live sessions (more are closed), streams per
+  streams_per_session = 1024  session, connects in progress and names being resolved
+  dials_per_key = 256     (over these an OPEN gets TOO_MANY_STREAMS)
+  lookups_per_key = 64
+  output_high_water_kib = 4096  a client whose unsent output is above this is not read
+                          until it drains";
 
 /// The qnet relay: accepts authenticated sessions and exits to TCP destinations.
 #[derive(Debug, Parser)]
@@ -153,6 +164,7 @@ fn run(args: Args) -> Result<(), String> {
     };
     let mut relay =
         Relay::bind(listen, relay_cfg).map_err(|e| format!("listen on {listen}: {e}"))?;
+    relay.set_limits(cfg.server.limits);
     let addr = relay.local_addr().map_err(|e| e.to_string())?;
     // First stderr line, parsed by scripts and tests when --listen uses port 0.
     eprintln!("qnet-relay listening on {addr}");

@@ -29,6 +29,15 @@
 //! replay_cache = 65536           # first messages remembered against replay (full: new ones refused)
 //! drain_min_ms = 5000            # a connection not authenticated is closed at a time drawn at accept,
 //! drain_max_ms = 15000           # uniformly in [min, max]; any failure before it reads and discards until then
+//! max_connections = 4096         # open client connections; over it a new one is closed at once
+//! max_connections_per_addr = 256 # ... from one address (IPv6: one /64)
+//! handshakes_per_sec = 1000      # new handshakes a second; over it a connection drains unanswered
+//! handshakes_per_sec_per_addr = 50  # ... from one address (IPv6: one /64)
+//! sessions_per_key = 32          # live sessions of one client key
+//! streams_per_session = 1024     # streams of one session; more: OPEN_RESULT TOO_MANY_STREAMS
+//! dials_per_key = 256            # connects in progress for one key; more: TOO_MANY_STREAMS
+//! lookups_per_key = 64           # names being resolved for one key; more: TOO_MANY_STREAMS
+//! output_high_water_kib = 4096   # a client's unsent output above which it is not read
 //! [intercept]                    # read by libqnet.so inside the app
 //! bypass = ["127.0.0.0/8", "::1/128"]  # connected directly (CIDR); unix sockets always are
 //! remote_dns = true              # names resolve at the relay; the app sees fake addresses
@@ -87,7 +96,7 @@ pub use crate::net::Cidr;
 pub use entropy::{EntropyConfig, EntropySource};
 pub use intercept::{DNS_PORTS, InterceptConfig, JailMode, Route};
 pub use log::{LogLevel, ParseLogLevelError};
-pub use server::ServerConfig;
+pub use server::{ServerConfig, ServerLimits};
 pub use session::SessionParams;
 pub(crate) use sources::SYSTEM_CONFIG_PATH;
 pub(crate) use timing::parse_profile;
@@ -363,6 +372,34 @@ drain_max_ms = 400
         let d = parse("").unwrap().server;
         assert_eq!(d.clock_skew, Duration::from_secs(120));
         assert_eq!(d.replay_cache, 65536);
+    }
+
+    #[test]
+    fn server_limits_are_read_and_checked() {
+        let l = parse(
+            "[server]\nmax_connections = 10\nmax_connections_per_addr = 2\nhandshakes_per_sec = 5\nhandshakes_per_sec_per_addr = 1\nsessions_per_key = 3\nstreams_per_session = 4\ndials_per_key = 5\nlookups_per_key = 6\noutput_high_water_kib = 64",
+        )
+        .unwrap()
+        .server
+        .limits;
+        assert_eq!(
+            l,
+            ServerLimits {
+                max_connections: 10,
+                max_connections_per_addr: 2,
+                handshakes_per_sec: 5,
+                handshakes_per_sec_per_addr: 1,
+                sessions_per_key: 3,
+                streams_per_session: 4,
+                dials_per_key: 5,
+                lookups_per_key: 6,
+                output_high_water: 64 << 10,
+            }
+        );
+        assert_eq!(parse("").unwrap().server.limits, ServerLimits::default());
+        assert!(err("[server]\nmax_connections = 0").contains("server.max_connections"));
+        assert!(err("[server]\nsessions_per_key = 4294967296").contains("too large"));
+        assert!(err("[server]\noutput_high_water_kib = 1048577").contains("at most"));
     }
 
     #[test]

@@ -42,6 +42,52 @@ pub struct ServerConfig {
     /// A connection not authenticated is closed at a time drawn at accept, uniformly
     /// between `drain_min` and this; a failure before then reads and discards until it.
     pub drain_max: Duration,
+    /// Caps on connections, handshakes and each client key's use of the relay.
+    pub limits: ServerLimits,
+}
+
+/// The relay's caps (`[server]` keys of the same names). The defaults are far above
+/// what one person's clients use and keep one flooding address or key from taking
+/// the relay from the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// Open client connections, authenticated or not; over it a new one is closed at once.
+    pub max_connections: u32,
+    /// Open client connections from one source address (IPv6: one /64).
+    pub max_connections_per_addr: u32,
+    /// New handshakes per second (and burst); over it a connection drains silently
+    /// and costs no X25519.
+    pub handshakes_per_sec: u32,
+    /// New handshakes per second (and burst) from one source address (IPv6: one /64).
+    pub handshakes_per_sec_per_addr: u32,
+    /// Live sessions of one client key; a further one is closed once it authenticates.
+    pub sessions_per_key: u32,
+    /// Open streams in one session; over it OPEN gets TOO_MANY_STREAMS.
+    pub streams_per_session: u32,
+    /// Dials (connect or exit-proxy handshake) in progress for one key; over it OPEN
+    /// gets TOO_MANY_STREAMS.
+    pub dials_per_key: u32,
+    /// Names being resolved for one key; over it OPEN gets TOO_MANY_STREAMS.
+    pub lookups_per_key: u32,
+    /// Bytes queued for one client above which the relay stops reading from it until
+    /// the queue drains.
+    pub output_high_water: usize,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: 4096,
+            max_connections_per_addr: 256,
+            handshakes_per_sec: 1000,
+            handshakes_per_sec_per_addr: 50,
+            sessions_per_key: 32,
+            streams_per_session: 1024,
+            dials_per_key: 256,
+            lookups_per_key: 64,
+            output_high_water: 4 << 20,
+        }
+    }
 }
 
 impl ServerConfig {
@@ -73,6 +119,7 @@ impl Default for ServerConfig {
             drain_min: Self::DEFAULT_DRAIN_MIN,
             drain_max: Self::DEFAULT_DRAIN_MAX,
             allow_own_addresses: false,
+            limits: ServerLimits::default(),
         }
     }
 }
@@ -93,6 +140,15 @@ pub(super) struct RawServer {
     replay_cache: Option<Value>,
     drain_min_ms: Option<Value>,
     drain_max_ms: Option<Value>,
+    max_connections: Option<Value>,
+    max_connections_per_addr: Option<Value>,
+    handshakes_per_sec: Option<Value>,
+    handshakes_per_sec_per_addr: Option<Value>,
+    sessions_per_key: Option<Value>,
+    streams_per_session: Option<Value>,
+    dials_per_key: Option<Value>,
+    lookups_per_key: Option<Value>,
+    output_high_water_kib: Option<Value>,
 }
 
 impl ServerConfig {
@@ -172,6 +228,61 @@ impl ServerConfig {
                 ));
             }
             *slot = Duration::from_millis(n);
+        }
+        let l = &mut s.limits;
+        for (field, v, slot) in [
+            (
+                "server.max_connections",
+                raw.max_connections,
+                &mut l.max_connections,
+            ),
+            (
+                "server.max_connections_per_addr",
+                raw.max_connections_per_addr,
+                &mut l.max_connections_per_addr,
+            ),
+            (
+                "server.handshakes_per_sec",
+                raw.handshakes_per_sec,
+                &mut l.handshakes_per_sec,
+            ),
+            (
+                "server.handshakes_per_sec_per_addr",
+                raw.handshakes_per_sec_per_addr,
+                &mut l.handshakes_per_sec_per_addr,
+            ),
+            (
+                "server.sessions_per_key",
+                raw.sessions_per_key,
+                &mut l.sessions_per_key,
+            ),
+            (
+                "server.streams_per_session",
+                raw.streams_per_session,
+                &mut l.streams_per_session,
+            ),
+            (
+                "server.dials_per_key",
+                raw.dials_per_key,
+                &mut l.dials_per_key,
+            ),
+            (
+                "server.lookups_per_key",
+                raw.lookups_per_key,
+                &mut l.lookups_per_key,
+            ),
+        ] {
+            let Some(v) = v else { continue };
+            let n = o.positive(field, v)?;
+            *slot = u32::try_from(n).map_err(|_| o.err(field, format!("too large (got {n})")))?;
+        }
+        if let Some(v) = raw.output_high_water_kib {
+            let field = "server.output_high_water_kib";
+            let n = o.positive(field, v)?;
+            if n > 1 << 20 {
+                return Err(o.err(field, format!("must be at most 1048576 (got {n})")));
+            }
+            l.output_high_water = (n as usize) << 10;
         }
         if s.drain_min > s.drain_max {
             return Err(o.err(

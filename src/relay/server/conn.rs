@@ -6,12 +6,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::io::{self, ErrorKind, Read};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::{Interest, Token};
 
+use super::deadlines::Due;
 use super::dial::Upstream;
+use super::limits::{Admit, source_key};
 use super::{Owner, Relay};
 use crate::engine::shape::Shaper;
 use crate::engine::{Link, LinkRead};
@@ -37,6 +40,23 @@ pub(super) struct Conn {
     pub(super) draining: bool,
     /// The credentials this session's streams present to the exit proxy.
     pub(super) proxy_creds: Option<(Vec<u8>, Vec<u8>)>,
+    /// Not read while its output is over `[server] output_high_water_kib`: a peer that
+    /// does not read what it asks for (PONGs, stream bytes) is not read either.
+    pub(super) read_paused: bool,
+    /// The address the per-address caps count it under.
+    pub(super) source: IpAddr,
+    /// The deadline this connection's live entry in the relay's timer heap is for.
+    pub(super) armed: Option<Instant>,
+    /// The client's key once it authenticated: SIGHUP ends the sessions of keys that
+    /// left the allow-list.
+    pub(super) peer: Option<PublicKey>,
+}
+
+/// A connection over a handshake rate: no session, read and discarded until `close_at`.
+pub(super) struct Sink {
+    sock: mio::net::TcpStream,
+    source: IpAddr,
+    pub(super) close_at: Instant,
 }
 
 impl Conn {
@@ -57,61 +77,157 @@ impl Conn {
 }
 
 impl Relay {
-    /// Accept every client waiting on the listener and start its session.
-    pub(super) fn accept(&mut self, now: Instant) -> io::Result<()> {
+    /// Accept every client waiting on the listener and start its session. A failure
+    /// concerns one connection (or, for `accept` itself, this round): it is logged and
+    /// the relay serves on.
+    pub(super) fn accept(&mut self, now: Instant) {
         loop {
-            let (mut sock, peer) = match self.listener.accept() {
+            let (sock, peer) = match self.listener.accept() {
                 Ok(x) => x,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // EMFILE and friends: log and keep serving the connections we have.
                     qlog!(Error, "accept failed: {e}");
-                    return Ok(());
+                    return;
                 }
             };
-            let _ = sock.set_nodelay(true);
-            let t = self.token();
-            self.poll
-                .registry()
-                .register(&mut sock, t, Interest::READABLE | Interest::WRITABLE)?;
-            let clients = self.cfg.clients.clone();
-            let authorize: crate::proto::session::Authorizer =
-                Arc::new(move |k: &[u8; 32]| clients.read().contains(&PublicKey(*k)));
-            let mut session = Session::new(
-                now,
-                self.cfg.session.clone(),
-                Role::Server {
-                    authorize,
-                    replay: self.replay.clone(),
-                    source: source_network(peer.ip()),
-                },
-                self.cfg.key.as_bytes(),
-                Box::new(crate::entropy::RingRandom),
-            );
-            let close_at = self.close_deadline(now, &mut session);
-            qlog!(Debug, "connection from {peer}");
-            let proxy_creds = self.cfg.upstream.as_ref().and_then(|u| {
-                if u.isolate {
-                    Some(isolation_credentials())
-                } else {
-                    u.credentials.clone()
+            let source = source_key(peer.ip());
+            match self.gate.admit(now, source) {
+                Admit::Handshake => {}
+                Admit::Close => {
+                    self.report_refusals();
+                    continue;
                 }
-            });
-            self.owners.insert(t, Owner::Conn);
-            self.conns.insert(
-                t,
-                Conn {
-                    link: Link::new(sock, session),
-                    ups: HashMap::new(),
-                    dirty: HashSet::new(),
-                    stalled: HashSet::new(),
-                    close_at: Some(close_at),
-                    draining: false,
-                    proxy_creds,
-                },
+                Admit::Sink => {
+                    self.report_refusals();
+                    self.sink(now, sock, source);
+                    continue;
+                }
+            }
+            if let Err(e) = self.admit(now, sock, peer) {
+                self.gate.closed(source);
+                // ENOMEM or ENOSPC (fs.epoll.max_user_watches) from epoll_ctl: the socket
+                // is dropped (closed) here; the other connections are not concerned.
+                qlog!(
+                    Error,
+                    "connection from {peer} dropped: cannot register it: {e}"
+                );
+            }
+        }
+    }
+
+    /// Say so when caps closed or sank connections (at doubling counts).
+    fn report_refusals(&mut self) {
+        if self.gate.report_due() {
+            qlog!(
+                Warn,
+                "{} connections closed or drained unanswered by [server] max_connections*, handshakes_per_sec*",
+                self.gate.refused
             );
         }
+    }
+
+    /// Keep a connection the gate refused a handshake: read and discard until a close
+    /// time from the same distribution as every unauthenticated connection's.
+    fn sink(&mut self, now: Instant, mut sock: mio::net::TcpStream, source: IpAddr) {
+        let t = self.token();
+        if self
+            .poll
+            .registry()
+            .register(&mut sock, t, Interest::READABLE)
+            .is_err()
+        {
+            self.gate.closed(source);
+            return;
+        }
+        let close_at = self.close_deadline(now);
+        self.owners.insert(t, Owner::Sink);
+        self.sinks.insert(
+            t,
+            Sink {
+                sock,
+                source,
+                close_at,
+            },
+        );
+        self.deadlines.push(close_at, Due::Sink(t.0));
+    }
+
+    /// Input on a sink: discard it; close on the peer's close.
+    pub(super) fn sink_event(&mut self, t: Token) {
+        let Some(sink) = self.sinks.get_mut(&t) else {
+            return;
+        };
+        if discard(&mut sink.sock, &mut self.buf) {
+            self.close_sink(t);
+        }
+    }
+
+    /// Close a sink (read what is pending first, so the close is a FIN).
+    pub(super) fn close_sink(&mut self, t: Token) {
+        if let Some(mut sink) = self.sinks.remove(&t) {
+            discard(&mut sink.sock, &mut self.buf);
+            let _ = self.poll.registry().deregister(&mut sink.sock);
+            self.owners.remove(&t);
+            self.gate.closed(sink.source);
+        }
+    }
+
+    /// Register an accepted connection and start its session.
+    pub(super) fn admit(
+        &mut self,
+        now: Instant,
+        mut sock: mio::net::TcpStream,
+        peer: SocketAddr,
+    ) -> io::Result<()> {
+        let _ = sock.set_nodelay(true);
+        let t = self.token();
+        self.poll
+            .registry()
+            .register(&mut sock, t, Interest::READABLE | Interest::WRITABLE)?;
+        let clients = self.cfg.clients.clone();
+        let authorize: crate::proto::session::Authorizer =
+            Arc::new(move |k: &[u8; 32]| clients.read().contains(&PublicKey(*k)));
+        let session = Session::new(
+            now,
+            self.cfg.session.clone(),
+            Role::Server {
+                authorize,
+                replay: self.replay.clone(),
+                source: source_network(peer.ip()),
+            },
+            self.cfg.key.as_bytes(),
+            Box::new(crate::entropy::RingRandom),
+        );
+        let close_at = self.close_deadline(now);
+        qlog!(Debug, "connection from {peer}");
+        let proxy_creds = self.cfg.upstream.as_ref().and_then(|u| {
+            if u.isolate {
+                Some(isolation_credentials())
+            } else {
+                u.credentials.clone()
+            }
+        });
+        self.owners.insert(t, Owner::Conn);
+        self.conns.insert(
+            t,
+            Conn {
+                link: Link::new(sock, session),
+                ups: HashMap::new(),
+                dirty: HashSet::new(),
+                stalled: HashSet::new(),
+                close_at: Some(close_at),
+                draining: false,
+                proxy_creds,
+                peer: None,
+                armed: None,
+                read_paused: false,
+                source: source_key(peer.ip()),
+            },
+        );
+        self.rearm(t);
+        Ok(())
     }
 
     /// Readiness of a client connection: read (or drain) it, then serve it.
@@ -127,7 +243,8 @@ impl Relay {
                 }
                 return;
             }
-            match conn.link.read_in(now, &mut self.buf) {
+            let high_water = self.gate.limits().output_high_water;
+            match read_below(conn, now, &mut self.buf, high_water) {
                 Ok(LinkRead::Drained) => {}
                 // The relay's own socket never goes through a proxy, so ProxyFailed cannot occur.
                 Ok(LinkRead::Eof) | Ok(LinkRead::ProxyFailed(_)) | Err(_) => {
@@ -144,11 +261,11 @@ impl Relay {
     /// A new connection's close deadline: `now` plus a uniform draw from
     /// `[drain_min, drain_max]` (µs steps), the one distribution every unauthenticated
     /// connection's close follows.
-    fn close_deadline(&self, now: Instant, session: &mut Session) -> Instant {
+    fn close_deadline(&self, now: Instant) -> Instant {
         let (min, max) = (self.cfg.drain_min, self.cfg.drain_max);
         let span = max.saturating_sub(min).as_micros() as u64;
         let mut r = [0u8; 8];
-        session.random(&mut r);
+        crate::proto::Random::fill(&mut crate::entropy::RingRandom, &mut r);
         // The modulo's bias is below span / 2^64: nothing a prober can measure.
         now + min + Duration::from_micros(u64::from_le_bytes(r) % (span + 1))
     }
@@ -204,6 +321,15 @@ impl Relay {
         if let Some(mut conn) = self.conns.remove(&t) {
             let _ = self.poll.registry().deregister(&mut conn.link.sock);
             self.owners.remove(&t);
+            self.gate.closed(conn.source);
+            if let Some(k) = conn.peer {
+                if let Some(v) = self.by_key.get_mut(&k) {
+                    v.retain(|&c| c != t);
+                    if v.is_empty() {
+                        self.by_key.remove(&k);
+                    }
+                }
+            }
             for (_, up) in conn.ups.drain() {
                 if let Some(mut ep) = up.ep {
                     let _ = ep.sock.deregister(self.poll.registry());
@@ -214,10 +340,48 @@ impl Relay {
     }
 }
 
+/// Read what the peer sent into the session while its output is under `high_water`
+/// bytes. `Link::read_in` reads until the kernel has nothing left, which a peer writing
+/// as fast as the relay reads never allows: a PING flood would queue PONGs without end.
+/// Past the mark the rest stays in the kernel (TCP pushes back on the peer) and the
+/// connection is marked `read_paused`; `service` reads it again once the output drains.
+fn read_below(
+    conn: &mut Conn,
+    now: Instant,
+    buf: &mut [u8],
+    high_water: usize,
+) -> io::Result<LinkRead> {
+    loop {
+        if conn.link.session.transmit().len() >= high_water {
+            conn.read_paused = true;
+            return Ok(LinkRead::Drained);
+        }
+        match conn.link.sock.read(buf) {
+            Ok(0) => {
+                conn.link.eof = true;
+                return Ok(LinkRead::Eof);
+            }
+            Ok(n) => {
+                if let Err(e) = conn.link.session.handle_input(now, &buf[..n]) {
+                    return Ok(LinkRead::Failed(e));
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(LinkRead::Drained),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Read and drop everything the peer has sent so far; `true` when it closed or failed.
 fn discard_input(conn: &mut Conn, buf: &mut [u8]) -> bool {
+    discard(&mut conn.link.sock, buf)
+}
+
+/// Read and drop everything on `sock`; `true` when the peer closed or it failed.
+fn discard(sock: &mut mio::net::TcpStream, buf: &mut [u8]) -> bool {
     loop {
-        match conn.link.sock.read(buf) {
+        match sock.read(buf) {
             Ok(0) => return true,
             Ok(_) => {}
             Err(e) if e.kind() == ErrorKind::WouldBlock => return false,

@@ -1,7 +1,6 @@
 //! Dialling a stream's destination: the exit policy, the connect (address by address,
 //! each under the connect timeout), and the exit proxy's SOCKS5 handshake.
 
-use std::cmp::Reverse;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
 use std::time::Instant;
@@ -9,6 +8,7 @@ use std::time::Instant;
 use mio::Token;
 use mio::net::TcpStream;
 
+use super::deadlines::Due;
 use super::{Owner, Relay};
 use crate::engine::pump::{Endpoint, Sock};
 use crate::engine::shape::Shaper;
@@ -79,6 +79,17 @@ impl Relay {
                 return;
             }
         };
+        let is_name = matches!(dest, Destination::Name(..)) && self.cfg.upstream.is_none();
+        if let Some(quota) = self.over_quota(c, is_name) {
+            qlog!(Info, "stream {s} refused: over [server] {quota}");
+            if let Some(conn) = self.conns.get_mut(&c) {
+                let _ = conn
+                    .link
+                    .session
+                    .open_result(now, s, Err(OpenError::TooManyStreams));
+            }
+            return;
+        }
         let Some(conn) = self.conns.get_mut(&c) else {
             return;
         };
@@ -282,7 +293,7 @@ impl Relay {
                     }
                     let deadline = now + self.cfg.connect_timeout;
                     self.owners.insert(t, Owner::Up(c, s));
-                    self.deadlines.push(Reverse((deadline, c.0, s)));
+                    self.deadlines.push(deadline, Due::Connect(c.0, s));
                     if let Some(up) = self.conns.get_mut(&c).and_then(|conn| conn.ups.get_mut(&s)) {
                         up.ep = Some(ep);
                         up.state = UpState::Connecting {
@@ -301,25 +312,39 @@ impl Relay {
         }
     }
 
-    /// Whether a connect deadline still guards a dial (or its proxy handshake) in progress.
-    pub(super) fn deadline_live(&self, t: Instant, c: Token, s: u32) -> bool {
-        matches!(
-            self.conns.get(&c).and_then(|conn| conn.ups.get(&s)),
-            Some(Upstream {
-                state: UpState::Connecting { deadline, .. } | UpState::Proxying { deadline, .. },
-                ..
-            }) if *deadline == t
-        )
+    /// The quota a new stream on connection `c` would exceed, if any: streams in this
+    /// session, or those of [`Relay::key_over_quota`].
+    pub(super) fn over_quota(&self, c: Token, lookup: bool) -> Option<&'static str> {
+        let conn = self.conns.get(&c)?;
+        if conn.ups.len() >= self.gate.limits().streams_per_session as usize {
+            return Some("streams_per_session");
+        }
+        self.key_over_quota(c, lookup)
     }
 
-    /// Drop deadlines of dials that finished: otherwise every stream would wake the loop
-    /// once more, `connect_timeout` after it opened.
-    pub(super) fn purge_stale_deadlines(&mut self) {
-        while let Some(Reverse((t, c, s))) = self.deadlines.peek().copied() {
-            if self.deadline_live(t, Token(c), s) {
-                break;
-            }
-            self.deadlines.pop();
+    /// The quota of connection `c`'s client key that one more dial (`lookup`: name
+    /// lookup) would exceed, if any. The count walks the key's sessions' streams, at
+    /// most `sessions_per_key` × `streams_per_session`.
+    pub(super) fn key_over_quota(&self, c: Token, lookup: bool) -> Option<&'static str> {
+        let l = self.gate.limits();
+        let conn = self.conns.get(&c)?;
+        let sessions = conn.peer.as_ref().and_then(|k| self.by_key.get(k))?;
+        let pending = sessions
+            .iter()
+            .filter_map(|t| self.conns.get(t))
+            .flat_map(|conn| conn.ups.values())
+            .filter(|u| match u.state {
+                UpState::Resolving => lookup,
+                UpState::Connecting { .. } | UpState::Proxying { .. } => !lookup,
+                UpState::Connected => false,
+            })
+            .count();
+        if lookup && pending >= l.lookups_per_key as usize {
+            Some("lookups_per_key")
+        } else if !lookup && pending >= l.dials_per_key as usize {
+            Some("dials_per_key")
+        } else {
+            None
         }
     }
 }

@@ -5,11 +5,12 @@
 //! destination, the exit policy and the exit proxy), `names` (the resolver threads).
 
 mod conn;
+mod deadlines;
 mod dial;
+mod limits;
 mod names;
 
-use std::cmp::Reverse;
-use std::collections::{BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,8 +32,10 @@ use crate::proto::replay::{ReplayCache, SharedReplay};
 use crate::proto::{Event, OpenError, SessionConfig};
 use crate::qlog;
 use crate::sched::Profile;
-use conn::Conn;
+use conn::{Conn, Sink};
+use deadlines::{Deadlines, Due};
 use dial::UpState;
+use limits::Gate;
 use names::{Query, Resolved};
 
 const LISTENER: Token = Token(0);
@@ -91,6 +94,8 @@ pub struct ExitProxy {
 enum Owner {
     /// A client's connection.
     Conn,
+    /// A connection over a handshake rate, drained without a session.
+    Sink,
     /// Stream `.1`'s destination on connection `.0`.
     Up(Token, u32),
 }
@@ -113,7 +118,8 @@ pub struct Relay {
     conns: HashMap<Token, Conn>,
     owners: HashMap<Token, Owner>,
     next_token: usize,
-    deadlines: BinaryHeap<Reverse<(Instant, usize, u32)>>,
+    /// Every timer of the loop but shaped departures: connections' and dials'.
+    deadlines: Deadlines,
     resolve_tx: crossbeam::channel::Sender<Query>,
     resolved_rx: crossbeam::channel::Receiver<Resolved>,
     buf: Vec<u8>,
@@ -131,6 +137,15 @@ pub struct Relay {
     replay: SharedReplay,
     /// Refusals for a full replay cache already reported (reports double each time).
     full_reported: u64,
+    /// The caps on connections and handshakes, and each key's quotas.
+    gate: Gate,
+    /// Connections the gate sank: read and discarded until their close time.
+    sinks: HashMap<Token, Sink>,
+    /// Each authenticated key's live sessions.
+    by_key: HashMap<PublicKey, Vec<Token>>,
+    /// Connections that stopped being read at the output high-water mark and have
+    /// drained below it since: read them again this round.
+    resume: HashSet<Token>,
 }
 
 impl Relay {
@@ -159,7 +174,7 @@ impl Relay {
             conns: HashMap::new(),
             owners: HashMap::new(),
             next_token: 3,
-            deadlines: BinaryHeap::new(),
+            deadlines: Deadlines::default(),
             resolve_tx,
             resolved_rx,
             buf: vec![0u8; READ_CHUNK],
@@ -170,7 +185,16 @@ impl Relay {
             own_addrs_read: Instant::now(),
             replay,
             full_reported: 0,
+            gate: Gate::new(crate::config::ServerLimits::default(), Instant::now()),
+            sinks: HashMap::new(),
+            by_key: HashMap::new(),
+            resume: HashSet::new(),
         })
+    }
+
+    /// Replace the default caps (`[server]` limits) with `limits`.
+    pub fn set_limits(&mut self, limits: crate::config::ServerLimits) {
+        self.gate = Gate::new(limits, Instant::now());
     }
 
     /// The bound address.
@@ -213,7 +237,7 @@ impl Relay {
             }
             for ev in events.iter() {
                 match ev.token() {
-                    LISTENER => self.accept(now)?,
+                    LISTENER => self.accept(now),
                     WAKER => {}
                     TIMER => self.timers.fired(),
                     t => self.socket_event(
@@ -230,6 +254,9 @@ impl Relay {
                     conn.dirty.extend(stalled);
                     self.service(now, c);
                 }
+            }
+            for c in std::mem::take(&mut self.resume) {
+                self.conn_event(now, c, true);
             }
             while let Ok(r) = self.resolved_rx.try_recv() {
                 self.on_resolved(now, r);
@@ -290,7 +317,8 @@ impl Relay {
         }
     }
 
-    /// SIGHUP: re-read the allow-list; a bad one keeps the old.
+    /// SIGHUP: re-read the allow-list and end the sessions of keys no longer on it; a
+    /// bad list keeps the old (and every session).
     fn reload_clients(&mut self) {
         let Some(path) = &self.cfg.clients_path else {
             return;
@@ -303,7 +331,23 @@ impl Relay {
                     set.len(),
                     path.display()
                 );
+                let gone: Vec<Token> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.peer.as_ref().is_some_and(|k| !set.contains(k)))
+                    .map(|(t, _)| *t)
+                    .collect();
                 *self.cfg.clients.write() = set;
+                for t in gone {
+                    if let Some(k) = self.conns.get(&t).and_then(|c| c.peer.as_ref()) {
+                        qlog!(
+                            Info,
+                            "client {} left the allow-list: session ended",
+                            k.to_base64()
+                        );
+                    }
+                    self.drop_conn(t);
+                }
             }
             Err(e) => qlog!(Error, "allow-list not reloaded, keeping the old one: {e}"),
         }
@@ -329,6 +373,7 @@ impl Relay {
     fn socket_event(&mut self, now: Instant, t: Token, readable: bool, writable: bool) {
         match self.owners.get(&t) {
             Some(Owner::Conn) => self.conn_event(now, t, readable),
+            Some(Owner::Sink) => self.sink_event(t),
             Some(Owner::Up(c, s)) => {
                 let (c, s) = (*c, *s);
                 self.up_event(now, c, s, readable, writable);
@@ -350,8 +395,61 @@ impl Relay {
         }
     }
 
-    /// Handle session events, move stream bytes, flush: everything after input on `c`.
+    /// Handle session events, move stream bytes, flush: everything after input on `c`;
+    /// then point the timer heap at its next timer.
     fn service(&mut self, now: Instant, c: Token) {
+        self.service_io(now, c);
+        self.rearm(c);
+        if let Some(conn) = self.conns.get_mut(&c) {
+            if conn.read_paused
+                && conn.link.session.transmit().len() < self.gate.limits().output_high_water
+            {
+                conn.read_paused = false;
+                self.resume.insert(c);
+            }
+        }
+    }
+
+    /// Push a heap entry for connection `c` if its next timer is earlier than the one
+    /// armed (a later one is found when the armed entry fires).
+    fn rearm(&mut self, c: Token) {
+        let Some(conn) = self.conns.get_mut(&c) else {
+            return;
+        };
+        let Some(t) = conn.next_timer() else {
+            return;
+        };
+        if conn.armed.is_none_or(|a| t < a) {
+            conn.armed = Some(t);
+            self.deadlines.push(t, Due::Conn(c.0));
+            self.compact_deadlines();
+        }
+    }
+
+    /// Rebuild the heap from its live entries once stale ones outnumber them, so it
+    /// stays in proportion to the live timers.
+    fn compact_deadlines(&mut self) {
+        let live_bound = 2 * (self.conns.len() + self.owners.len()) + 64;
+        if self.deadlines.len() <= live_bound {
+            return;
+        }
+        let (conns, sinks) = (&self.conns, &self.sinks);
+        self.deadlines
+            .retain(|t, d| deadline_live(conns, sinks, t, d));
+    }
+
+    /// Drop stale entries from the top, so the loop does not wake for them.
+    fn purge_stale_deadlines(&mut self) {
+        while let Some((t, d)) = self.deadlines.peek() {
+            if deadline_live(&self.conns, &self.sinks, t, d) {
+                break;
+            }
+            self.deadlines.pop();
+        }
+    }
+
+    /// The body of [`Relay::service`].
+    fn service_io(&mut self, now: Instant, c: Token) {
         loop {
             let Some(conn) = self.conns.get_mut(&c) else {
                 return;
@@ -362,7 +460,18 @@ impl Relay {
             match ev {
                 Event::Connected { peer } => {
                     conn.close_at = None;
+                    conn.peer = Some(PublicKey(peer));
                     qlog!(Info, "client {} authenticated", PublicKey(peer).to_base64());
+                    let sessions = self.by_key.entry(PublicKey(peer)).or_default();
+                    if sessions.len() >= self.gate.limits().sessions_per_key as usize {
+                        qlog!(
+                            Warn,
+                            "client {} is at [server] sessions_per_key: new session closed",
+                            PublicKey(peer).to_base64()
+                        );
+                        return self.drop_conn(c);
+                    }
+                    sessions.push(c);
                 }
                 Event::Opened {
                     stream,
@@ -455,44 +564,183 @@ impl Relay {
         }
     }
 
-    /// The earliest session timer, unauthenticated close or connect deadline.
+    /// The earliest live deadline (stale ones were purged from the top).
     fn next_deadline(&self) -> Option<Instant> {
-        let sessions = self.conns.values().filter_map(Conn::next_timer);
-        let connects = self.deadlines.peek().map(|Reverse((t, _, _))| *t);
-        sessions.chain(connects).min()
+        self.deadlines.peek().map(|(t, _)| t)
     }
 
-    /// Serve the connect deadlines and the sessions' timers that are due.
+    /// Serve the connect deadlines and the connections' timers that are due. Entries a
+    /// service pushes for `now` or earlier wait for the next round, so one round ends.
     fn run_timers(&mut self, now: Instant) {
-        while let Some(Reverse((t, c, s))) = self.deadlines.peek().copied() {
+        let mut due = vec![];
+        while let Some((t, d)) = self.deadlines.peek() {
             if t > now {
                 break;
             }
             self.deadlines.pop();
-            let c = Token(c);
-            if self.deadline_live(t, c, s) {
-                self.connect_next(now, c, s, Some(OpenError::TimedOut));
-                self.service(now, c);
+            if deadline_live(&self.conns, &self.sinks, t, d) {
+                if let Due::Conn(c) = d {
+                    if let Some(conn) = self.conns.get_mut(&Token(c)) {
+                        conn.armed = None;
+                    }
+                }
+                due.push(d);
             }
         }
-        let due: Vec<Token> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.next_timer().is_some_and(|t| t <= now))
-            .map(|(t, _)| *t)
+        for d in due {
+            match d {
+                Due::Connect(c, s) => {
+                    let c = Token(c);
+                    self.connect_next(now, c, s, Some(OpenError::TimedOut));
+                    self.service(now, c);
+                }
+                Due::Conn(c) => self.conn_timer(now, Token(c)),
+                Due::Sink(c) => self.close_sink(Token(c)),
+            }
+        }
+    }
+
+    /// Connection `t`'s armed entry fired: close it if unauthenticated and due, run its
+    /// session's timers if due, and arm its next one.
+    fn conn_timer(&mut self, now: Instant, t: Token) {
+        let Some(conn) = self.conns.get_mut(&t) else {
+            return;
+        };
+        if conn.next_timer().is_none_or(|d| d > now) {
+            // The entry was armed for an earlier timer that has since moved later.
+            return self.rearm(t);
+        }
+        if conn.close_at.is_some() {
+            return self.close_unauthenticated(t);
+        }
+        match conn.link.session.handle_timeout(now) {
+            Ok(()) => self.service(now, t),
+            Err(e) => self.session_failed(t, e),
+        }
+    }
+}
+
+/// Whether a heap entry still stands for a timer: the connection's armed one, or the
+/// deadline of a dial (or its proxy handshake) in progress.
+fn deadline_live(
+    conns: &HashMap<Token, Conn>,
+    sinks: &HashMap<Token, Sink>,
+    t: Instant,
+    d: Due,
+) -> bool {
+    match d {
+        Due::Sink(c) => sinks.get(&Token(c)).is_some_and(|s| s.close_at == t),
+        Due::Conn(c) => conns.get(&Token(c)).is_some_and(|c| c.armed == Some(t)),
+        Due::Connect(c, s) => matches!(
+            conns.get(&Token(c)).and_then(|conn| conn.ups.get(&s)),
+            Some(dial::Upstream {
+                state: UpState::Connecting { deadline, .. } | UpState::Proxying { deadline, .. },
+                ..
+            }) if *deadline == t
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ServerConfig;
+    use std::io::Read;
+
+    fn relay() -> Relay {
+        let server = ServerConfig::default();
+        relay_draining(server.drain_min, server.drain_max)
+    }
+
+    /// A relay whose unauthenticated connections close between `min` and `max`.
+    fn relay_draining(min: Duration, max: Duration) -> Relay {
+        let server = ServerConfig::default();
+        let cfg = RelayConfig {
+            key: PrivateKey::generate(),
+            clients: Arc::new(RwLock::new(BTreeSet::new())),
+            clients_path: None,
+            policy: ExitPolicy::from_exit_allow(&["127.0.0.1/32"]).unwrap(),
+            session: SessionConfig::default(),
+            connect_timeout: Duration::from_secs(5),
+            upstream: None,
+            profile: Profile::Performance,
+            allow_profiles: Vec::new(),
+            clock_skew: server.clock_skew,
+            replay_capacity: server.replay_cache,
+            drain_min: min,
+            drain_max: max,
+        };
+        Relay::bind("127.0.0.1:0".parse().unwrap(), cfg).unwrap()
+    }
+
+    /// The next connection waiting on the relay's listener.
+    fn accepted(r: &Relay) -> (mio::net::TcpStream, SocketAddr) {
+        for _ in 0..500 {
+            match r.listener.accept() {
+                Ok(x) => return x,
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+        panic!("no connection arrived");
+    }
+
+    /// Regression: an epoll registration failure on accept returned the error out of
+    /// `run`, ending the relay and every session on it.
+    #[test]
+    fn failed_registration_on_accept_drops_that_connection_not_the_relay() {
+        let mut r = relay();
+        let addr = r.local_addr().unwrap();
+        let mut first = std::net::TcpStream::connect(addr).unwrap();
+        let (mut sock, peer) = accepted(&r);
+        // Registered once already: the relay's own registration fails (EEXIST), as
+        // ENOSPC or ENOMEM would.
+        r.poll
+            .registry()
+            .register(&mut sock, Token(usize::MAX), Interest::READABLE)
+            .unwrap();
+        assert!(r.admit(Instant::now(), sock, peer).is_err());
+        assert!(r.conns.is_empty() && r.owners.is_empty());
+        // That connection is closed...
+        first
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        assert!(matches!(first.read(&mut [0u8; 8]), Ok(0) | Err(_)));
+        // ...and the next one is served.
+        let _second = std::net::TcpStream::connect(addr).unwrap();
+        for _ in 0..500 {
+            r.accept(Instant::now());
+            if !r.conns.is_empty() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(r.conns.len(), 1);
+    }
+
+    /// Regression: every loop scanned every connection for its next timer. Now each
+    /// connection has one live heap entry, and a due one is served from the heap.
+    #[test]
+    fn connection_timers_live_in_one_heap_entry_each() {
+        let mut r = relay_draining(Duration::from_millis(100), Duration::from_millis(200));
+        let addr = r.local_addr().unwrap();
+        let _clients: Vec<_> = (0..40)
+            .map(|_| std::net::TcpStream::connect(addr).unwrap())
             .collect();
-        for t in due {
-            let Some(conn) = self.conns.get_mut(&t) else {
-                continue;
-            };
-            if conn.close_at.is_some() {
-                self.close_unauthenticated(t);
-                continue;
+        for _ in 0..500 {
+            r.accept(Instant::now());
+            if r.conns.len() == 40 {
+                break;
             }
-            match conn.link.session.handle_timeout(now) {
-                Ok(()) => self.service(now, t),
-                Err(e) => self.session_failed(t, e),
-            }
+            std::thread::sleep(Duration::from_millis(5));
         }
+        assert_eq!(r.conns.len(), 40);
+        assert_eq!(r.deadlines.len(), 40);
+        let first = r.next_deadline().unwrap();
+        assert!(r.conns.values().all(|c| c.armed.unwrap() >= first));
+        std::thread::sleep(Duration::from_millis(250));
+        r.run_timers(Instant::now());
+        assert!(r.conns.is_empty(), "{} not closed", r.conns.len());
+        r.purge_stale_deadlines();
+        assert_eq!(r.deadlines.len(), 0);
     }
 }

@@ -79,6 +79,16 @@ impl Relay {
             }
             Err(_) => (vec![], OpenError::NameNotFound),
         };
+        let allowed = if !allowed.is_empty() && self.key_over_quota(r.conn, false).is_some() {
+            // The name resolved but the key's dials are at [server] dials_per_key.
+            (vec![], OpenError::TooManyStreams)
+        } else {
+            (allowed, failure)
+        };
+        let (allowed, failure) = allowed;
+        let Some(conn) = self.conns.get_mut(&r.conn) else {
+            return;
+        };
         if allowed.is_empty() {
             let _ = conn.link.session.open_result(now, r.stream, Err(failure));
             conn.ups.remove(&r.stream);
