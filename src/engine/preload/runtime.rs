@@ -250,11 +250,22 @@ pub(super) fn send(attach: Attach) -> Result<(), i32> {
 /// An app's `dup2`/`dup3` is about to replace engine fd `fd`: have the engine move off
 /// that number first (`Client::renumber`), so the app gets the number and every
 /// tunneled connection goes on. False (the hook answers EBUSY) when the engine's lock
-/// is held (perhaps by the thread a signal handler interrupted), the engine does not
-/// answer within a second, or the number cannot move (the poller's own fd).
+/// stays held for half a second (perhaps by the thread a signal handler interrupted,
+/// which would never let go: hence a bounded wait, not `lock`), the engine does not
+/// answer within two seconds, or the number cannot move (the poller's own fd).
 pub(crate) fn free_engine_fd(fd: i32) -> bool {
-    let Some(mut g) = ENGINE.try_lock() else {
-        return false;
+    // Another thread holds the lock for microseconds (a connect handing over its flow);
+    // a busy machine can stretch that, so try for a while before EBUSY.
+    let mut tries = 0;
+    let mut g = loop {
+        if let Some(g) = ENGINE.try_lock() {
+            break g;
+        }
+        tries += 1;
+        if tries > 500 {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
     };
     let Some(e) = g.as_mut().filter(|e| e.pid == sys::getpid()) else {
         return false;
@@ -278,7 +289,7 @@ pub(crate) fn free_engine_fd(fd: i32) -> bool {
     }
     let _ = std::io::Write::write(&mut *e.wake.lock(), &[1]);
     drop(g);
-    crate::engine::bypass::paused(|| rx.recv_timeout(std::time::Duration::from_secs(1)))
+    crate::engine::bypass::paused(|| rx.recv_timeout(std::time::Duration::from_secs(2)))
         .unwrap_or(false)
 }
 
