@@ -96,6 +96,9 @@ pub(crate) struct FlowCounters {
     pub profile: AtomicU8,
     /// The flow was open and ended with its relay session (set by the engine).
     pub lost: AtomicBool,
+    /// The inode of the app's end of the socketpair (`sys::socket_inode`; 0: none), so
+    /// the engine can tell that an fd it found in this table still is that end.
+    pub app_end: u64,
 }
 
 impl FlowCounters {
@@ -288,6 +291,18 @@ pub(crate) fn flow(fd: i32) -> Option<(Arc<FlowCounters>, FlowState)> {
     })
 }
 
+/// The app's fds that carry the flow counted by `counters` (every tunneled fd whose
+/// record shares them: the one `connect` made and its duplicates). The numbers may have
+/// been closed and reused by the time the caller looks: check what they point at.
+pub(crate) fn fds_of(counters: &Arc<FlowCounters>) -> Vec<i32> {
+    INFO.lock().as_ref().map_or_else(Vec::new, |m| {
+        m.iter()
+            .filter(|(_, i)| Arc::ptr_eq(&i.counters, counters))
+            .map(|(&fd, _)| fd)
+            .collect()
+    })
+}
+
 /// Run `f` on a tunneled fd's record.
 pub(crate) fn with_info<R>(fd: i32, f: impl FnOnce(&mut FdInfo) -> R) -> Option<R> {
     INFO.lock().as_mut().and_then(|m| m.get_mut(&fd)).map(f)
@@ -450,6 +465,23 @@ mod tests {
         let r = rx.recv_timeout(std::time::Duration::from_secs(5));
         drop(held);
         assert_eq!(r, Ok(Kind::None), "the lookups did not wait for the locks");
+    }
+
+    #[test]
+    fn fds_of_a_flow_are_its_fd_and_duplicates() {
+        let (a, b, other) = (60_301, 60_302, 60_303);
+        let info = FdInfo::for_test();
+        let counters = info.counters.clone();
+        add_tunneled(a, info);
+        duplicate(a, b);
+        add_tunneled(other, FdInfo::for_test());
+        let mut fds = fds_of(&counters);
+        fds.sort_unstable();
+        assert_eq!(fds, vec![a, b]);
+        for fd in [a, b, other] {
+            forget(fd);
+        }
+        assert!(fds_of(&counters).is_empty());
     }
 
     #[test]

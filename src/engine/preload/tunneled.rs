@@ -56,6 +56,9 @@ pub(crate) fn sockopt_get(fd: i32, level: i32, name: i32) -> Decision<Vec<u8>> {
     match (level, name) {
         (libc::SOL_SOCKET, libc::SO_ERROR) => match state {
             Some(e) if e != 0 && first => int(e),
+            // Connected: the socket's own pending error, which after a reset (see
+            // `Sock::reset_on_close`) is ECONNRESET once, as a TCP socket's after an RST.
+            Some(0) => Decision::Bypass,
             _ => int(0),
         },
         (libc::SOL_SOCKET, libc::SO_DOMAIN) => int(if peer.is_ipv4() {
