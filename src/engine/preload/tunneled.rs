@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 
 use super::Decision;
 use super::published::local_ip;
-use crate::engine::bypass::bypassed;
+use crate::engine::bypass::{BypassGuard, bypassed};
 use crate::engine::fdtab::{self, Kind};
+use crate::engine::sys;
 
 /// `getpeername`: the original destination for a tunneled fd.
 pub(crate) fn peer_of(fd: i32) -> Decision<SocketAddr> {
@@ -91,6 +92,20 @@ pub(crate) fn sockopt_set(fd: i32, level: i32, name: i32, value: &[u8]) -> Decis
     }
     fdtab::with_info(fd, |i| i.options.insert((level, name), value.to_vec()));
     Decision::Done(())
+}
+
+/// A send on tunneled `fd` (made with `MSG_NOSIGNAL`) failed with EPIPE: what to report
+/// instead. After the engine reset the flow (`Sock::reset_on_close`) the unix socket
+/// holds ECONNRESET as its pending error but answers sends with EPIPE, where TCP after
+/// an RST answers the first call, read or send, with ECONNRESET (without SIGPIPE) and
+/// only later ones with EPIPE. So: the pending error if there is one (taking it, as TCP
+/// does), else EPIPE, which is due its SIGPIPE.
+pub(crate) fn send_broken(fd: i32) -> i32 {
+    let _g = BypassGuard::enter();
+    match sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR) {
+        Ok(e) if e != 0 => e,
+        _ => libc::EPIPE,
+    }
 }
 
 /// `close`: engine fds are not the app's to close; tunneled fds are forgotten.
