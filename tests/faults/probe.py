@@ -4,12 +4,15 @@ serve ADDR          echo on ADDR:9001, a "hello" that then holds the connection 
 echo HOST PORT N    send N random bytes, read the echo, print "OK <sha256>" or "BAD <why>"
 hold HOST PORT      read "hello", print "ready", block in recv: print what ends it
                     (RESET for ConnectionResetError, EOF for a clean end)
+write HOST PORT     read "hello", print "ready", send 1 KiB every 10 ms: print what ends
+                    it (RESET, EPIPE for BrokenPipeError)
 """
 import hashlib
 import os
 import socket
 import sys
 import threading
+import time
 
 
 def serve(addr):
@@ -25,7 +28,8 @@ def serve(addr):
     def hold(c):
         c.sendall(b"hello\n")
         try:
-            c.recv(1)  # until the relay's side goes away
+            while c.recv(65536):  # until the relay's side goes away
+                pass
         except OSError:
             pass
         c.close()
@@ -82,6 +86,26 @@ def hold_client(host, port):
         print(f"ERROR {e!r}")
 
 
+def write_client(host, port):
+    s = socket.create_connection((host, port), timeout=20)
+    if s.recv(6) != b"hello\n":
+        print("BAD greeting")
+        return
+    print("ready", flush=True)
+    chunk = b"w" * 1024
+    try:
+        for _ in range(3000):  # 30 s at most
+            s.send(chunk)
+            time.sleep(0.01)
+        print("NO ERROR")
+    except ConnectionResetError:
+        print("RESET")
+    except BrokenPipeError:
+        print("EPIPE")
+    except OSError as e:
+        print(f"ERROR {e!r}")
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "serve":
@@ -90,3 +114,5 @@ if __name__ == "__main__":
         echo_client(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     elif cmd == "hold":
         hold_client(sys.argv[2], int(sys.argv[3]))
+    elif cmd == "write":
+        write_client(sys.argv[2], int(sys.argv[3]))
