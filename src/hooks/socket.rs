@@ -185,10 +185,21 @@ pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssiz
     let Some(real) = real!(write: fn(c_int, *const c_void, size_t) -> ssize_t) else {
         return refuse(libc::ENOSYS);
     };
-    if fdtab::kind(fd) != Kind::Tunneled {
-        // SAFETY: the caller's arguments, passed on unchanged.
-        return unsafe { real(fd, buf, n) };
+    if fdtab::is_tunneled(fd) {
+        // SAFETY: the caller's arguments.
+        return unsafe { write_tunneled(fd, buf, n) };
     }
+    // SAFETY: the caller's arguments, passed on unchanged.
+    unsafe { real(fd, buf, n) }
+}
+
+/// `write` on a tunneled fd, out of line: the hot path of every other fd stays short.
+///
+/// # Safety
+/// `write`'s arguments.
+#[cold]
+#[inline(never)]
+unsafe fn write_tunneled(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
     let Some(send) = real!(send: fn(c_int, *const c_void, size_t, c_int) -> ssize_t) else {
         return refuse(libc::ENOSYS);
     };
@@ -204,10 +215,21 @@ pub unsafe extern "C" fn writev(fd: c_int, iov: *const libc::iovec, count: c_int
     let Some(real) = real!(writev: fn(c_int, *const libc::iovec, c_int) -> ssize_t) else {
         return refuse(libc::ENOSYS);
     };
-    if fdtab::kind(fd) != Kind::Tunneled || count < 0 {
-        // SAFETY: the caller's arguments, passed on unchanged.
-        return unsafe { real(fd, iov, count) };
+    if fdtab::is_tunneled(fd) && count >= 0 {
+        // SAFETY: the caller's arguments.
+        return unsafe { writev_tunneled(fd, iov, count) };
     }
+    // SAFETY: the caller's arguments, passed on unchanged.
+    unsafe { real(fd, iov, count) }
+}
+
+/// `writev` on a tunneled fd, out of line (see `write_tunneled`).
+///
+/// # Safety
+/// `writev`'s arguments, `count` not negative.
+#[cold]
+#[inline(never)]
+unsafe fn writev_tunneled(fd: c_int, iov: *const libc::iovec, count: c_int) -> ssize_t {
     let Some(sendmsg) = real!(sendmsg: fn(c_int, *const msghdr, c_int) -> ssize_t) else {
         return refuse(libc::ENOSYS);
     };
@@ -227,7 +249,7 @@ pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c
     let Some(real) = real!(send: fn(c_int, *const c_void, size_t, c_int) -> ssize_t) else {
         return refuse(libc::ENOSYS);
     };
-    if fdtab::kind(fd) != Kind::Tunneled {
+    if !fdtab::is_tunneled(fd) {
         // SAFETY: the caller's arguments, passed on unchanged.
         return unsafe { real(fd, buf, n, flags) };
     }
