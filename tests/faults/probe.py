@@ -2,7 +2,7 @@
 
 serve ADDR          echo on ADDR:9001, a "hello" that then holds the connection on ADDR:9003
 echo HOST PORT N    send N random bytes, read the echo, print "OK <sha256>" or "BAD <why>"
-hold HOST PORT      read "hello", print "ready", block in recv: print what ends it
+hold HOST PORT      (through QNET_FAULTS_SOCKS=host:port if set) read "hello", print "ready", block in recv: print what ends it
                     (RESET for ConnectionResetError, EOF for a clean end)
 write HOST PORT     read "hello", print "ready", send 1 KiB every 10 ms: print what ends
                     it (RESET, EPIPE for BrokenPipeError)
@@ -69,8 +69,26 @@ def echo_client(host, port, n):
         print(f"OK {want}")
 
 
+def connect(host, port):
+    """A TCP connection to host:port; through the SOCKS5 server in QNET_FAULTS_SOCKS
+    (host:port, no authentication) when it is set."""
+    proxy = os.environ.get("QNET_FAULTS_SOCKS")
+    if not proxy:
+        return socket.create_connection((host, port), timeout=20)
+    phost, pport = proxy.rsplit(":", 1)
+    s = socket.create_connection((phost, int(pport)), timeout=20)
+    s.sendall(b"\x05\x01\x00")
+    if s.recv(2) != b"\x05\x00":
+        raise OSError("SOCKS: no acceptable method")
+    s.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(host) + port.to_bytes(2, "big"))
+    reply = s.recv(10)
+    if len(reply) < 2 or reply[1] != 0:
+        raise OSError(f"SOCKS: CONNECT refused {reply!r}")
+    return s
+
+
 def hold_client(host, port):
-    s = socket.create_connection((host, port), timeout=20)
+    s = connect(host, port)
     line = s.recv(6)
     if line != b"hello\n":
         print(f"BAD greeting {line!r}")
