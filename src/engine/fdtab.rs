@@ -96,6 +96,9 @@ pub(crate) struct FlowCounters {
     pub profile: AtomicU8,
     /// The flow was open and ended with its relay session (set by the engine).
     pub lost: AtomicBool,
+    /// The inode of the app's end of the socketpair (`sys::socket_inode`; 0: none), so
+    /// the engine can tell that an fd it found in this table still is that end.
+    pub app_end: u64,
 }
 
 impl FlowCounters {
@@ -221,6 +224,16 @@ pub(crate) fn kind(fd: i32) -> Kind {
     }
 }
 
+/// `kind(fd) == Kind::Tunneled`, inlined for the hooks every `write` of the process
+/// passes (`write`, `writev`, `send`): for an fd in the table, one load and a compare.
+#[inline(always)]
+pub(crate) fn is_tunneled(fd: i32) -> bool {
+    match usize::try_from(fd) {
+        Ok(i) if i < TABLE => KINDS[i].load(Ordering::Acquire) == TUNNELED,
+        _ => kind(fd) == Kind::Tunneled,
+    }
+}
+
 /// Mark an engine fd so the app cannot close it.
 pub(crate) fn mark_internal(fd: i32) {
     set_kind(fd, INTERNAL);
@@ -285,6 +298,18 @@ pub(crate) fn flow(fd: i32) -> Option<(Arc<FlowCounters>, FlowState)> {
     with_info(fd, |i| {
         let lost = i.counters.lost.load(Ordering::Relaxed);
         (i.counters.clone(), FlowState::of(i.state.get(), lost))
+    })
+}
+
+/// The app's fds that carry the flow counted by `counters` (every tunneled fd whose
+/// record shares them: the one `connect` made and its duplicates). The numbers may have
+/// been closed and reused by the time the caller looks: check what they point at.
+pub(crate) fn fds_of(counters: &Arc<FlowCounters>) -> Vec<i32> {
+    INFO.lock().as_ref().map_or_else(Vec::new, |m| {
+        m.iter()
+            .filter(|(_, i)| Arc::ptr_eq(&i.counters, counters))
+            .map(|(&fd, _)| fd)
+            .collect()
     })
 }
 
@@ -450,6 +475,23 @@ mod tests {
         let r = rx.recv_timeout(std::time::Duration::from_secs(5));
         drop(held);
         assert_eq!(r, Ok(Kind::None), "the lookups did not wait for the locks");
+    }
+
+    #[test]
+    fn fds_of_a_flow_are_its_fd_and_duplicates() {
+        let (a, b, other) = (60_301, 60_302, 60_303);
+        let info = FdInfo::for_test();
+        let counters = info.counters.clone();
+        add_tunneled(a, info);
+        duplicate(a, b);
+        add_tunneled(other, FdInfo::for_test());
+        let mut fds = fds_of(&counters);
+        fds.sort_unstable();
+        assert_eq!(fds, vec![a, b]);
+        for fd in [a, b, other] {
+            forget(fd);
+        }
+        assert!(fds_of(&counters).is_empty());
     }
 
     #[test]

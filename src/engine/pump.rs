@@ -43,12 +43,30 @@ pub(crate) enum Sock {
 }
 
 impl Sock {
-    /// Make the coming close a reset (TCP: RST, so the peer reads ECONNRESET rather than
-    /// a clean end of the stream). A unix socket has no such thing: its peer reads EOF,
-    /// or ECONNRESET when bytes it sent were still unread here.
-    pub(crate) fn reset_on_close(&self) {
-        if let Sock::Tcp(s) = self {
-            super::sys::reset_on_close(std::os::fd::AsRawFd::as_raw_fd(s));
+    /// Make the coming close a reset, so the peer reads ECONNRESET once (then EOF, and
+    /// EPIPE on writes) rather than a clean end of the stream. TCP: `SO_LINGER` 0, an
+    /// RST. A unix socket (an app's socketpair, whose record `app` is) cannot send one,
+    /// but the kernel gives its peer ECONNRESET when it is closed with bytes unread in
+    /// its receive queue (`unix_release_sock`); only the app's end can put a byte there,
+    /// so one is sent through a duplicate of it, taken from a number the fd table lists
+    /// for this flow and checked by inode (the app may have closed and reused that
+    /// number). No such fd left (the app closed every copy it had here): EOF.
+    pub(crate) fn reset_on_close(&self, app: Option<&std::sync::Arc<super::fdtab::FlowCounters>>) {
+        match (self, app) {
+            (Sock::Tcp(s), _) => super::sys::reset_on_close(std::os::fd::AsRawFd::as_raw_fd(s)),
+            (Sock::Unix(_), Some(c)) if c.app_end != 0 => {
+                for fd in super::fdtab::fds_of(c) {
+                    let Ok(copy) = super::sys::dup(fd) else {
+                        continue;
+                    };
+                    let copy = std::os::fd::AsRawFd::as_raw_fd(&copy);
+                    if super::sys::socket_inode(copy) == c.app_end {
+                        super::sys::send_one_byte(copy);
+                        return;
+                    }
+                }
+            }
+            (Sock::Unix(_), _) => {}
         }
     }
 
@@ -331,5 +349,78 @@ impl Endpoint {
         } else {
             PumpState::Open
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{ErrorKind, Read, Write};
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
+
+    use super::Sock;
+    use crate::engine::fdtab::{self, FdInfo, FlowCounters};
+    use crate::engine::sys;
+
+    /// An app socketpair as `connect` makes it: the app's end recorded in the fd table.
+    fn app_pair() -> (UnixStream, Sock, Arc<FlowCounters>) {
+        let (app, engine) = sys::socketpair().unwrap();
+        let counters = Arc::new(FlowCounters {
+            app_end: sys::socket_inode(app.as_raw_fd()),
+            ..Default::default()
+        });
+        fdtab::add_tunneled(
+            app.as_raw_fd(),
+            FdInfo {
+                counters: counters.clone(),
+                ..FdInfo::for_test()
+            },
+        );
+        let engine = mio::net::UnixStream::from_std(UnixStream::from(engine));
+        (UnixStream::from(app), Sock::Unix(engine), counters)
+    }
+
+    #[test]
+    fn relay_death_reads_as_reset_not_eof_on_an_app_socketpair() {
+        let (mut app, engine, counters) = app_pair();
+        engine.reset_on_close(Some(&counters));
+        drop(engine);
+        let mut buf = [0u8; 8];
+        let r = app.read(&mut buf);
+        assert!(
+            matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+            "first read: {r:?}"
+        );
+        assert_eq!(
+            app.read(&mut buf).unwrap(),
+            0,
+            "then EOF, as TCP after an RST"
+        );
+        assert!(app.write(b"x").is_err(), "and writes fail");
+        fdtab::forget(app.as_raw_fd());
+    }
+
+    #[test]
+    fn reset_never_writes_to_a_reused_fd_number() {
+        // The app closed its end and the number now holds another socket: the reset
+        // must not put a byte there, and the flow ends with EOF (nothing to reset).
+        let (app, engine, counters) = app_pair();
+        let n = app.as_raw_fd();
+        let (mut other, mut other_peer) = UnixStream::pair().unwrap();
+        let other_fd: OwnedFd = other.try_clone().unwrap().into();
+        sys::dup_onto(&other_fd, n, true).unwrap();
+        engine.reset_on_close(Some(&counters));
+        drop(engine);
+        other_peer.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 8];
+        let r = other_peer.read(&mut buf);
+        assert!(
+            matches!(&r, Err(e) if e.kind() == ErrorKind::WouldBlock),
+            "nothing written to the reused number: {r:?}"
+        );
+        other.write_all(b"ok").unwrap();
+        fdtab::forget(n);
+        drop(app);
     }
 }

@@ -216,6 +216,34 @@ pub(super) fn reset_on_close(fd: RawFd) {
     };
 }
 
+/// The inode number of the socket `fd` (0 for anything that is not a socket): it names
+/// the socket for as long as the socket is open, whatever fd numbers point at it.
+pub(super) fn socket_inode(fd: RawFd) -> u64 {
+    // SAFETY: stat is plain data; all-zero is a valid value.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes one `stat` into the valid, owned `st`.
+    let r = unsafe { libc::fstat(fd, &mut st) };
+    if r == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK {
+        st.st_ino
+    } else {
+        0
+    }
+}
+
+/// Send one byte on `fd` without blocking and without SIGPIPE; errors ignored (a full
+/// buffer already holds bytes, which is all the caller wants).
+pub(super) fn send_one_byte(fd: RawFd) {
+    // SAFETY: send reads one byte from the valid array.
+    unsafe {
+        libc::send(
+            fd,
+            [0u8].as_ptr().cast(),
+            1,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+}
+
 /// Write zero bytes without blocking until the socket's send buffer is full; returns the count.
 pub(super) fn fill_send_buffer(fd: RawFd) -> io::Result<usize> {
     let chunk = [0u8; 512];

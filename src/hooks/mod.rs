@@ -3,7 +3,8 @@
 //! or the small ops beside it) what to do, and maps the answer (bypass: call the real
 //! function; done; refuse with an errno) to a return value and errno.
 //!
-//! - [`socket`]: socket, connect, listen, the send family, recvmsg, recvmmsg, syscall.
+//! - [`socket`]: socket, connect, listen, the send family (write, writev and send for
+//!   tunneled fds only), recvmsg, recvmmsg, syscall.
 //! - [`fd`]: the close family, close_range, the dup family, fcntl.
 //! - [`sockopt`]: getpeername, getsockname, getsockopt, setsockopt.
 //! - [`resolver`]: getaddrinfo, the gethostby* family, getnameinfo; refused: res_*,

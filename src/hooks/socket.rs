@@ -1,6 +1,7 @@
 //! Sockets: `socket`, `connect`, `listen`, the send family (TCP Fast Open and addressed
-//! sends are connects), `recvmsg` and `recvmmsg` (fds passed in), and raw `syscall`s of
-//! all of these and of `execve`/`execveat` (to the exec hooks).
+//! sends are connects; `write`, `writev` and `send` only for tunneled fds, whose EPIPE
+//! after a reset is TCP's ECONNRESET), `recvmsg` and `recvmmsg` (fds passed in), and raw
+//! `syscall`s of all of these and of `execve`/`execveat` (to the exec hooks).
 
 use std::ffi::{c_char, c_int, c_long, c_uint, c_void};
 use std::net::SocketAddr;
@@ -160,6 +161,104 @@ unsafe fn send_op(
     send_with_address(fd, sa, flags)
 }
 
+/// A send on a tunneled fd, made with `MSG_NOSIGNAL` added; an EPIPE is answered as a
+/// TCP socket would (`preload::send_broken`): ECONNRESET once after the flow was reset,
+/// else EPIPE with the SIGPIPE the kernel would have sent for the caller's flags.
+fn tunneled_send(fd: c_int, flags: c_int, send: impl FnOnce(c_int) -> ssize_t) -> ssize_t {
+    let r = send(flags | libc::MSG_NOSIGNAL);
+    if r >= 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::EPIPE) {
+        return r;
+    }
+    let e = preload::send_broken(fd);
+    if e == libc::EPIPE && flags & libc::MSG_NOSIGNAL == 0 {
+        // SAFETY: raise has no preconditions; it signals the calling thread, as the
+        // kernel's SIGPIPE for a send does.
+        unsafe { libc::raise(libc::SIGPIPE) };
+    }
+    refuse(e)
+}
+
+/// `write(2)`: on a tunneled fd, a send (see `tunneled_send`); any other fd costs one
+/// lock-free table load before the real call.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn write(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
+    let Some(real) = real!(write: fn(c_int, *const c_void, size_t) -> ssize_t) else {
+        return refuse(libc::ENOSYS);
+    };
+    if fdtab::is_tunneled(fd) {
+        // SAFETY: the caller's arguments.
+        return unsafe { write_tunneled(fd, buf, n) };
+    }
+    // SAFETY: the caller's arguments, passed on unchanged.
+    unsafe { real(fd, buf, n) }
+}
+
+/// `write` on a tunneled fd, out of line: the hot path of every other fd stays short.
+///
+/// # Safety
+/// `write`'s arguments.
+#[cold]
+#[inline(never)]
+unsafe fn write_tunneled(fd: c_int, buf: *const c_void, n: size_t) -> ssize_t {
+    let Some(send) = real!(send: fn(c_int, *const c_void, size_t, c_int) -> ssize_t) else {
+        return refuse(libc::ENOSYS);
+    };
+    guarded("write", -1, || {
+        // SAFETY: the caller's buffer; on a socket, send with no flags is write.
+        tunneled_send(fd, 0, |f| unsafe { send(fd, buf, n, f) })
+    })
+}
+
+/// `writev(2)`: on a tunneled fd, a `sendmsg` of the same buffers (see `tunneled_send`).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn writev(fd: c_int, iov: *const libc::iovec, count: c_int) -> ssize_t {
+    let Some(real) = real!(writev: fn(c_int, *const libc::iovec, c_int) -> ssize_t) else {
+        return refuse(libc::ENOSYS);
+    };
+    if fdtab::is_tunneled(fd) && count >= 0 {
+        // SAFETY: the caller's arguments.
+        return unsafe { writev_tunneled(fd, iov, count) };
+    }
+    // SAFETY: the caller's arguments, passed on unchanged.
+    unsafe { real(fd, iov, count) }
+}
+
+/// `writev` on a tunneled fd, out of line (see `write_tunneled`).
+///
+/// # Safety
+/// `writev`'s arguments, `count` not negative.
+#[cold]
+#[inline(never)]
+unsafe fn writev_tunneled(fd: c_int, iov: *const libc::iovec, count: c_int) -> ssize_t {
+    let Some(sendmsg) = real!(sendmsg: fn(c_int, *const msghdr, c_int) -> ssize_t) else {
+        return refuse(libc::ENOSYS);
+    };
+    guarded("writev", -1, || {
+        // SAFETY: msghdr is plain data; all-zero is valid.
+        let mut m: msghdr = unsafe { std::mem::zeroed() };
+        m.msg_iov = iov.cast_mut();
+        m.msg_iovlen = count as usize;
+        // SAFETY: the caller's iovec array of `count` buffers, only read by the kernel.
+        tunneled_send(fd, 0, |f| unsafe { sendmsg(fd, &m, f) })
+    })
+}
+
+/// `send(2)`: on a tunneled fd, see `tunneled_send`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, flags: c_int) -> ssize_t {
+    let Some(real) = real!(send: fn(c_int, *const c_void, size_t, c_int) -> ssize_t) else {
+        return refuse(libc::ENOSYS);
+    };
+    if !fdtab::is_tunneled(fd) {
+        // SAFETY: the caller's arguments, passed on unchanged.
+        return unsafe { real(fd, buf, n, flags) };
+    }
+    guarded("send", -1, || {
+        // SAFETY: the caller's arguments, with MSG_NOSIGNAL added.
+        tunneled_send(fd, flags, |f| unsafe { real(fd, buf, n, f) })
+    })
+}
+
 /// `sendto(2)`: TCP Fast Open sends data with the connect.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sendto(
@@ -182,8 +281,10 @@ pub unsafe extern "C" fn sendto(
     guarded("sendto", -1, || {
         // SAFETY: the caller's address buffer of `len` bytes.
         match unsafe { send_op(fd, addr, len, flags) } {
-            // SAFETY: the caller's data buffer, sent on the now tunneled fd without an address.
-            Decision::Done(f) => unsafe { real(fd, buf, n, f, ptr::null(), 0) },
+            Decision::Done(f) => tunneled_send(fd, f, |g| {
+                // SAFETY: the caller's data buffer, sent on the now tunneled fd without an address.
+                unsafe { real(fd, buf, n, g, ptr::null(), 0) }
+            }),
             Decision::Refuse(e) => refuse(e),
             // SAFETY: as above.
             Decision::Bypass => unsafe { real(fd, buf, n, flags, addr, len) },
@@ -218,12 +319,11 @@ pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const msghdr, flags: c_int) ->
             Decision::Done(f) => {
                 // SAFETY: a copy of the caller's msghdr without the address; the buffers it
                 // points to stay the caller's.
-                unsafe {
-                    let mut m = ptr::read(msg);
-                    m.msg_name = ptr::null_mut();
-                    m.msg_namelen = 0;
-                    real(fd, &m, f)
-                }
+                let mut m = unsafe { ptr::read(msg) };
+                m.msg_name = ptr::null_mut();
+                m.msg_namelen = 0;
+                // SAFETY: as above.
+                tunneled_send(fd, f, |g| unsafe { real(fd, &m, g) })
             }
             Decision::Refuse(e) => refuse(e),
             // SAFETY: as above.
@@ -489,6 +589,40 @@ mod tests {
             ptr::write_unaligned(libc::CMSG_DATA(c).cast::<c_int>(), fd);
             assert_eq!(libc::sendmsg(s, &m, 0), 1);
         }
+    }
+
+    #[test]
+    fn send_after_relay_death_reports_reset_once_then_broken_pipe() {
+        // A flow the engine reset: its end closed with a byte unread. TCP answers the
+        // first send after an RST with ECONNRESET; the unix socket would say EPIPE.
+        let mut sv = [0; 2];
+        // SAFETY: a socketpair into a two-int array.
+        let r = unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, sv.as_mut_ptr()) };
+        assert_eq!(r, 0);
+        let [app, engine] = sv;
+        let info = fdtab::FdInfo::for_test();
+        info.state.set(0);
+        fdtab::add_tunneled(app, info);
+        // SAFETY: one byte from a static buffer; then the engine's end is closed.
+        unsafe {
+            assert_eq!(
+                libc::send(app, c"x".as_ptr().cast(), 1, libc::MSG_NOSIGNAL),
+                1
+            );
+            libc::close(engine);
+        }
+        let errno = || std::io::Error::last_os_error().raw_os_error();
+        // SAFETY: a two-byte buffer, sent through the hooks; SIGPIPE is ignored in tests
+        // (Rust's runtime), so the EPIPE's signal does no harm.
+        unsafe {
+            assert_eq!(write(app, c"y".as_ptr().cast(), 1), -1);
+            assert_eq!(errno(), Some(libc::ECONNRESET), "the first send");
+            assert_eq!(send(app, c"y".as_ptr().cast(), 1, 0), -1);
+            assert_eq!(errno(), Some(libc::EPIPE), "later ones");
+        }
+        fdtab::forget(app);
+        // SAFETY: the test's own fd.
+        unsafe { libc::close(app) };
     }
 
     #[test]

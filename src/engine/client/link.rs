@@ -184,24 +184,28 @@ impl Client {
         self.observer.down(&self.stats, &self.closed);
     }
 
-    /// Fail every flow and every socket waiting for the session: connects not yet
-    /// answered fail with `errno`, open flows' sockets are closed (and counted lost).
+    /// Fail every flow and every socket waiting for the session: app connects not yet
+    /// answered fail with `errno`; every other local socket is closed as a reset (the
+    /// program reads ECONNRESET, as from a TCP peer that died, never a clean EOF that
+    /// would pass a cut-off stream for a whole one) and open flows are counted lost.
     pub(super) fn fail_flows(&mut self, errno: i32) {
         for (_, mut f) in self.flows.drain() {
             let _ = f.ep.sock.deregister(self.poll.registry());
             if let Some(c) = &f.ep.counters {
                 c.mark_lost();
             }
-            if let Some(app) = f.app.take() {
-                app.finish(Err(Failure::Errno(errno)));
+            match f.app.take() {
+                Some(app) => app.finish(Err(Failure::Errno(errno))),
+                None => f.ep.sock.reset_on_close(f.ep.counters.as_ref()),
             }
             self.stats.streams_failed += 1;
         }
         self.by_token.clear();
         self.stats.streams_failed += self.waiting.len() as u64;
         for p in self.waiting.drain(..) {
-            if let Some(app) = p.app {
-                app.finish(Err(Failure::Errno(errno)));
+            match p.app {
+                Some(app) => app.finish(Err(Failure::Errno(errno))),
+                None => p.sock.reset_on_close(None),
             }
         }
     }

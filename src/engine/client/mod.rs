@@ -256,8 +256,8 @@ impl Client {
     }
 
     /// A step panicked: the session, the flows and their timers may be half updated. Fail
-    /// every flow (connects in flight get ECONNRESET; open TCP flows are reset, app
-    /// socketpairs closed), drop SOCKS handshakes and the session, and connect afresh;
+    /// every flow as a lost session does (connects in flight get ECONNRESET; open flows
+    /// are reset, see `fail_flows`), drop SOCKS handshakes and the session, and connect afresh;
     /// listeners and the command channel stay, so later connections work.
     fn recover(&mut self, now: Instant) {
         // A line per panic (at most MAX_PANICS), not `tell_once`: the runtime's own
@@ -266,12 +266,6 @@ impl Client {
             Error,
             "internal error in the engine; its connections were reset, new ones are served"
         );
-        for f in self.flows.values() {
-            f.ep.sock.reset_on_close();
-        }
-        for p in &self.waiting {
-            p.sock.reset_on_close();
-        }
         self.close_link();
         self.fail_flows(libc::ECONNRESET);
         self.handshakes.clear();
@@ -468,5 +462,45 @@ mod tests {
         let (r, sessions) = engine.join().expect("the engine thread did not die");
         assert!(r.is_ok(), "{r:?}");
         assert_eq!(sessions, 2, "a new session after the fault");
+    }
+
+    #[test]
+    fn relay_death_resets_forwarded_connections_instead_of_eof() {
+        let relay_stop = Arc::new(AtomicBool::new(false));
+        let key = PrivateKey::generate();
+        let (relay_addr, relay_key) = relay(&key, relay_stop.clone());
+        let echo = echo_server();
+        let mut client = Client::new(ClientConfig {
+            relay: relay_addr.to_string(),
+            relay_key,
+            key,
+            session: crate::proto::SessionConfig::default(),
+            upstream: None,
+            timing: crate::config::TimingConfig::default(),
+        })
+        .unwrap();
+        let local = client
+            .forward(
+                "127.0.0.1:0".parse().unwrap(),
+                crate::proto::Destination::Addr(echo),
+            )
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let engine = std::thread::spawn(move || client.run(|_| s.load(Ordering::SeqCst)));
+        let mut s = TcpStream::connect(local).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        echo_round(&mut s, b"before the relay dies");
+        // The relay's loop ends and drops every session: the flow in flight is cut off,
+        // which the program must not take for the stream's clean end.
+        relay_stop.store(true, Ordering::SeqCst);
+        let mut buf = [0u8; 16];
+        let r = s.read(&mut buf);
+        assert!(
+            matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+            "the open flow: {r:?}"
+        );
+        stop.store(true, Ordering::SeqCst);
+        assert!(engine.join().unwrap().is_ok());
     }
 }

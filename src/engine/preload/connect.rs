@@ -100,7 +100,7 @@ fn tunnel(fd: i32, peer: SocketAddr, dest: Destination, cfg: &Config) -> Result<
         state: state.clone(),
         reported: false,
         options: Default::default(),
-        counters: Default::default(),
+        counters: app_counters(&app),
     };
     fdtab::mark_internal(engine.as_raw_fd());
     let sock = mio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(engine));
@@ -158,6 +158,15 @@ fn tunnel(fd: i32, peer: SocketAddr, dest: Destination, cfg: &Config) -> Result<
     Ok(())
 }
 
+/// A new flow's record, naming the app's end `app` so that the engine can find it to
+/// reset the flow (`Sock::reset_on_close`).
+fn app_counters(app: &std::os::fd::OwnedFd) -> std::sync::Arc<fdtab::FlowCounters> {
+    std::sync::Arc::new(fdtab::FlowCounters {
+        app_end: sys::socket_inode(app.as_raw_fd()),
+        ..Default::default()
+    })
+}
+
 /// Hand `sock` to the engine as a stream to `dest` and wait up to `timeout` for the
 /// relay's answer (a blocking connect). The wait runs paused (`bypass::paused`): a
 /// signal handler that runs on this thread meanwhile (its own `connect`) must be
@@ -199,7 +208,7 @@ pub(crate) fn connect_stream(
     fdtab::mark_internal(engine.as_raw_fd());
     let sock = mio::net::UnixStream::from_std(std::os::unix::net::UnixStream::from(engine));
     let state = ConnState::new();
-    let counters: std::sync::Arc<fdtab::FlowCounters> = Default::default();
+    let counters = app_counters(&app);
     attach_and_wait(sock, dest, state.clone(), counters.clone(), timeout)?;
     state.set(0);
     fdtab::add_tunneled(

@@ -37,7 +37,7 @@ pub(crate) use leaks::{
 };
 pub(crate) use published::STATS;
 pub(crate) use runtime::{active, config, enable, free_engine_fd, init, preloaded, shutdown};
-pub(crate) use tunneled::{close, local_of, peer_of, sockopt_get, sockopt_set};
+pub(crate) use tunneled::{close, local_of, peer_of, send_broken, sockopt_get, sockopt_set};
 
 /// What a hook must do.
 #[derive(Debug, Clone, PartialEq, Eq)]

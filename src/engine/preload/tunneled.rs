@@ -6,8 +6,9 @@ use std::net::SocketAddr;
 
 use super::Decision;
 use super::published::local_ip;
-use crate::engine::bypass::bypassed;
+use crate::engine::bypass::{BypassGuard, bypassed};
 use crate::engine::fdtab::{self, Kind};
+use crate::engine::sys;
 
 /// `getpeername`: the original destination for a tunneled fd.
 pub(crate) fn peer_of(fd: i32) -> Decision<SocketAddr> {
@@ -56,6 +57,9 @@ pub(crate) fn sockopt_get(fd: i32, level: i32, name: i32) -> Decision<Vec<u8>> {
     match (level, name) {
         (libc::SOL_SOCKET, libc::SO_ERROR) => match state {
             Some(e) if e != 0 && first => int(e),
+            // Connected: the socket's own pending error, which after a reset (see
+            // `Sock::reset_on_close`) is ECONNRESET once, as a TCP socket's after an RST.
+            Some(0) => Decision::Bypass,
             _ => int(0),
         },
         (libc::SOL_SOCKET, libc::SO_DOMAIN) => int(if peer.is_ipv4() {
@@ -88,6 +92,20 @@ pub(crate) fn sockopt_set(fd: i32, level: i32, name: i32, value: &[u8]) -> Decis
     }
     fdtab::with_info(fd, |i| i.options.insert((level, name), value.to_vec()));
     Decision::Done(())
+}
+
+/// A send on tunneled `fd` (made with `MSG_NOSIGNAL`) failed with EPIPE: what to report
+/// instead. After the engine reset the flow (`Sock::reset_on_close`) the unix socket
+/// holds ECONNRESET as its pending error but answers sends with EPIPE, where TCP after
+/// an RST answers the first call, read or send, with ECONNRESET (without SIGPIPE) and
+/// only later ones with EPIPE. So: the pending error if there is one (taking it, as TCP
+/// does), else EPIPE, which is due its SIGPIPE.
+pub(crate) fn send_broken(fd: i32) -> i32 {
+    let _g = BypassGuard::enter();
+    match sys::getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR) {
+        Ok(e) if e != 0 => e,
+        _ => libc::EPIPE,
+    }
 }
 
 /// `close`: engine fds are not the app's to close; tunneled fds are forgotten.
