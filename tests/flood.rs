@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Relay, TEST_DRAIN, start_relay_with, tempdir};
+use common::{Relay, TEST_DRAIN, rss_kib, start_relay_with, tempdir};
 use qnet::keys::PrivateKey;
 use qnet::proto::{Destination, Event, OpenError, OsRandom, Role, Session, SessionConfig};
 
@@ -55,14 +55,6 @@ fn echo_server() -> SocketAddr {
         }
     });
     addr
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
 }
 
 fn fds(pid: u32) -> usize {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{TEST_DRAIN, start_relay_with, tempdir};
+use common::{TEST_DRAIN, rss_kib, start_relay_with, tempdir};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use qnet::keys::PrivateKey;
@@ -75,14 +75,6 @@ fn echo_server() -> (SocketAddr, Arc<AtomicUsize>) {
         }
     });
     (addr, open)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap()
 }
 
 #[test]

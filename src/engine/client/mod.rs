@@ -403,19 +403,13 @@ mod tests {
         (addr, public)
     }
 
-    fn echo_round(s: &mut TcpStream, msg: &[u8]) {
-        s.write_all(msg).unwrap();
-        let mut back = vec![0u8; msg.len()];
-        s.read_exact(&mut back).unwrap();
-        assert_eq!(back, msg);
-    }
-
-    #[test]
-    fn engine_survives_its_own_panic_and_serves_later_connects() {
-        let stop = Arc::new(AtomicBool::new(false));
-        let key = PrivateKey::generate();
-        let (relay_addr, relay_key) = relay(&key, stop.clone());
-        let echo = echo_server();
+    /// A client of the relay at `relay_addr` forwarding a local port (returned) to `echo`.
+    fn forwarding_client(
+        key: PrivateKey,
+        relay_addr: SocketAddr,
+        relay_key: [u8; 32],
+        echo: SocketAddr,
+    ) -> (Client, SocketAddr) {
         let mut client = Client::new(ClientConfig {
             relay: relay_addr.to_string(),
             relay_key,
@@ -431,6 +425,23 @@ mod tests {
                 crate::proto::Destination::Addr(echo),
             )
             .unwrap();
+        (client, local)
+    }
+
+    fn echo_round(s: &mut TcpStream, msg: &[u8]) {
+        s.write_all(msg).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back).unwrap();
+        assert_eq!(back, msg);
+    }
+
+    #[test]
+    fn engine_survives_its_own_panic_and_serves_later_connects() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let key = PrivateKey::generate();
+        let (relay_addr, relay_key) = relay(&key, stop.clone());
+        let echo = echo_server();
+        let (mut client, local) = forwarding_client(key, relay_addr, relay_key, echo);
         let fault = client.fault.clone();
         let s = stop.clone();
         let engine = std::thread::spawn(move || {
@@ -470,21 +481,7 @@ mod tests {
         let key = PrivateKey::generate();
         let (relay_addr, relay_key) = relay(&key, relay_stop.clone());
         let echo = echo_server();
-        let mut client = Client::new(ClientConfig {
-            relay: relay_addr.to_string(),
-            relay_key,
-            key,
-            session: crate::proto::SessionConfig::default(),
-            upstream: None,
-            timing: crate::config::TimingConfig::default(),
-        })
-        .unwrap();
-        let local = client
-            .forward(
-                "127.0.0.1:0".parse().unwrap(),
-                crate::proto::Destination::Addr(echo),
-            )
-            .unwrap();
+        let (mut client, local) = forwarding_client(key, relay_addr, relay_key, echo);
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let engine = std::thread::spawn(move || client.run(|_| s.load(Ordering::SeqCst)));
