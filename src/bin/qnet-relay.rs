@@ -34,8 +34,8 @@ const SERVER_ONLY: &str = "\
                           key work done for it
   sessions_per_key = 32   per client key: live sessions (more are closed), streams per
   streams_per_session = 1024  session, connects in progress and names being resolved
-  dials_per_key = 256     (over these an OPEN gets TOO_MANY_STREAMS)
-  lookups_per_key = 64
+  dials_per_key = 1024    (over these an OPEN gets TOO_MANY_STREAMS)
+  lookups_per_key = 256
   output_high_water_kib = 4096  a client whose unsent output is above this is not read
                           until it drains";
 

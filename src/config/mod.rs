@@ -35,8 +35,8 @@
 //! handshakes_per_sec_per_addr = 50  # ... from one address (IPv6: one /64)
 //! sessions_per_key = 32          # live sessions of one client key
 //! streams_per_session = 1024     # streams of one session; more: OPEN_RESULT TOO_MANY_STREAMS
-//! dials_per_key = 256            # connects in progress for one key; more: TOO_MANY_STREAMS
-//! lookups_per_key = 64           # names being resolved for one key; more: TOO_MANY_STREAMS
+//! dials_per_key = 1024           # connects in progress for one key; more: TOO_MANY_STREAMS
+//! lookups_per_key = 256          # names being resolved for one key; more: TOO_MANY_STREAMS
 //! output_high_water_kib = 4096   # a client's unsent output above which it is not read
 //! [intercept]                    # read by libqnet.so inside the app
 //! bypass = ["127.0.0.0/8", "::1/128"]  # connected directly (CIDR); unix sockets always are

@@ -83,8 +83,8 @@ impl Default for ServerLimits {
             handshakes_per_sec_per_addr: 50,
             sessions_per_key: 32,
             streams_per_session: 1024,
-            dials_per_key: 256,
-            lookups_per_key: 64,
+            dials_per_key: 1024,
+            lookups_per_key: 256,
             output_high_water: 4 << 20,
         }
     }
