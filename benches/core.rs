@@ -1,4 +1,4 @@
-//! CPU cost of the tunnel core: raw AEAD, record layer, handshake, stream open, session throughput.
+//! CPU cost of the tunnel core: raw AEAD, record layer, handshake (and each side's share, as handshakes per core-second), stream open, session throughput.
 //!
 //! `cargo bench --bench core` (add `--features aead-ring` for the ring backend). No harness:
 //! each figure is the median (and the best) of several timed runs after a calibration run
@@ -229,26 +229,53 @@ const PARAMS: TransportParams = TransportParams {
     session_window: 16 * 1024 * 1024,
 };
 
-fn handshake_us() -> Stat {
+/// Which part of a handshake [`handshake_us`] times.
+#[derive(Clone, Copy)]
+enum Side {
+    Both,
+    /// msg1 written, msg2 read and msg3 written: one handshake per core-second of these
+    /// is the client's ceiling.
+    Client,
+    /// msg1 read, msg2 written and msg3 read: the relay's work per admitted client.
+    Relay,
+}
+
+fn handshake_us(side: Side) -> Stat {
     let client_key = [0x11u8; 32];
     let relay_key = [0x22u8; 32];
     let relay_pub = public_key(&relay_key);
     let mut rng = SeededRandom::new(9);
     let s = per_iter(|iters| {
-        let t = Instant::now();
+        let (mut client, mut relay) = (Duration::ZERO, Duration::ZERO);
         for _ in 0..iters {
+            let t = Instant::now();
             let mut c = Handshake::initiator(&client_key, &relay_pub, PARAMS, &mut rng);
-            let mut r = Handshake::responder(&relay_key, PARAMS, &mut rng);
             let m1 = c.write_msg1(1_700_000_000_000, &mut rng);
+            let t1 = Instant::now();
+            let mut r = Handshake::responder(&relay_key, PARAMS, &mut rng);
             r.read_msg1(black_box(&m1)).expect("msg1");
             let m2 = r.write_msg2(&mut rng).expect("msg1");
+            let t2 = Instant::now();
             let (m3, co) = c.read_msg2_write_msg3(black_box(&m2)).expect("msg2");
+            let t3 = Instant::now();
             let ro = r.read_msg3(black_box(&m3)).expect("msg3");
+            let t4 = Instant::now();
             black_box((co.send, ro.recv));
+            client += (t1 - t) + (t3 - t2);
+            relay += (t2 - t1) + (t4 - t3);
         }
-        t.elapsed()
+        match side {
+            Side::Both => client + relay,
+            Side::Client => client,
+            Side::Relay => relay,
+        }
     });
     s.to_us()
+}
+
+/// Handshakes per second on one core at `us` microseconds each.
+fn per_core_second(us: Stat) -> String {
+    format!("{:.0} per core-second", 1e6 / us.median)
 }
 
 /// Two `Session`s (client and relay) through the whole handshake in memory.
@@ -575,10 +602,17 @@ fn main() {
         row(
             "noise XK handshake (both sides)",
             "",
-            handshake_us(),
+            handshake_us(Side::Both),
             "µs",
             "per handshake",
         );
+        for (case, side) in [
+            ("  the client's share", Side::Client),
+            ("  the relay's share", Side::Relay),
+        ] {
+            let us = handshake_us(side);
+            row(case, "", us, "µs", &per_core_second(us));
+        }
         row(
             "session handshake (2 Session::new + connect)",
             "",
