@@ -95,6 +95,16 @@ static void t_stale_mark(void) {
 }
 
 /* Every open fd of this process, ascending, into fds[] (at most max). */
+/* What /proc/self/fd/FD points at ("socket:[N]", "anon_inode:[eventpoll]" …), or "?". */
+static void fd_target(int fd, char *target, size_t size) {
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    ssize_t tl = readlink(path, target, size - 1);
+    if (tl < 0)
+        tl = snprintf(target, size, "?");
+    target[tl] = 0;
+}
+
 static int open_fds(int *fds, int max) {
     DIR *d = opendir("/proc/self/fd");
     if (!d)
@@ -165,11 +175,8 @@ static void t_high_fds(void) {
         int fd = fds[i];
         if (fd == a || fd == b || contains(before, nbefore, fd))
             continue;
-        char path[64], target[256] = "?";
-        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-        ssize_t tl = readlink(path, target, sizeof target - 1);
-        if (tl > 0)
-            target[tl] = 0;
+        char target[256];
+        fd_target(fd, target, sizeof target);
         if (fd < 64 && strcmp(target, "anon_inode:[eventpoll]") == 0)
             mx_ok("fd %d is the engine's epoll fd (mio's, cannot move; read/write on it fail with EINVAL)", fd);
         else if (fd < 64)
@@ -199,11 +206,8 @@ static void t_high_fds(void) {
         int fd = fds[i];
         if (fd == a || fd == b || contains(before, nbefore, fd))
             continue;
-        char path[64], target[256] = "?";
-        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-        ssize_t tl = readlink(path, target, sizeof target - 1);
-        if (tl > 0)
-            target[tl] = 0;
+        char target[256];
+        fd_target(fd, target, sizeof target);
         if (strcmp(target, "anon_inode:[eventpoll]") == 0)
             epfd = fd;
         else
