@@ -74,6 +74,10 @@ struct Args {
     /// Present fresh SOCKS credentials per client session (a Tor circuit each).
     #[arg(long)]
     isolate: bool,
+    /// Event loops, one thread each (0: one per core, the default; [server] threads).
+    /// Each session stays on one loop; caps and quotas hold for the whole relay.
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -161,6 +165,7 @@ fn run(args: Args) -> Result<(), String> {
         replay_capacity: cfg.server.replay_cache,
         drain_min: cfg.server.drain_min,
         drain_max: cfg.server.drain_max,
+        threads: args.threads.unwrap_or(cfg.server.threads),
     };
     let mut relay =
         Relay::bind(listen, relay_cfg).map_err(|e| format!("listen on {listen}: {e}"))?;
@@ -168,6 +173,7 @@ fn run(args: Args) -> Result<(), String> {
     let addr = relay.local_addr().map_err(|e| e.to_string())?;
     // First stderr line, parsed by scripts and tests when --listen uses port 0.
     eprintln!("qnet-relay listening on {addr}");
+    qnet::qlog!(Info, "{} event loops", relay.threads());
 
     let stop = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));

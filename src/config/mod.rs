@@ -38,6 +38,7 @@
 //! dials_per_key = 1024           # connects in progress for one key; more: TOO_MANY_STREAMS
 //! lookups_per_key = 256          # names being resolved for one key; more: TOO_MANY_STREAMS
 //! output_high_water_kib = 4096   # a client's unsent output above which it is not read
+//! threads = 0                    # event loops, one thread each; 0: one per core (--threads)
 //! [intercept]                    # read by libqnet.so inside the app
 //! bypass = ["127.0.0.0/8", "::1/128"]  # connected directly (CIDR); unix sockets always are
 //! remote_dns = true              # names resolve at the relay; the app sees fake addresses
@@ -416,6 +417,15 @@ drain_max_ms = 400
             (d.drain_min, d.drain_max),
             (Duration::from_secs(5), Duration::from_secs(15))
         );
+    }
+
+    #[test]
+    fn server_threads_are_zero_for_one_per_core_or_a_bounded_count() {
+        assert_eq!(parse("").unwrap().server.threads, 0);
+        assert_eq!(parse("[server]\nthreads = 3").unwrap().server.threads, 3);
+        assert!(err("[server]\nthreads = -1").contains("server.threads"));
+        assert!(err("[server]\nthreads = 100000").contains("must be 0 (one per core) to 256"));
+        assert!(err("[server]\nthreads = \"4\"").contains("server.threads"));
     }
 
     #[test]

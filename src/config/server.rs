@@ -44,6 +44,8 @@ pub struct ServerConfig {
     pub drain_max: Duration,
     /// Caps on connections, handshakes and each client key's use of the relay.
     pub limits: ServerLimits,
+    /// Event loops, one thread each; 0: one per core.
+    pub threads: usize,
 }
 
 /// The relay's caps (`[server]` keys of the same names). The defaults are far above
@@ -102,6 +104,8 @@ impl ServerConfig {
     pub const DEFAULT_DRAIN_MAX: Duration = Duration::from_secs(15);
     /// Longest drain window allowed, ms.
     pub const MAX_DRAIN_MS: u64 = 600_000;
+    /// Most event loops (each holds a listener, a timerfd and resolver threads).
+    pub const MAX_THREADS: usize = 256;
 }
 
 impl Default for ServerConfig {
@@ -120,6 +124,7 @@ impl Default for ServerConfig {
             drain_max: Self::DEFAULT_DRAIN_MAX,
             allow_own_addresses: false,
             limits: ServerLimits::default(),
+            threads: 0,
         }
     }
 }
@@ -149,6 +154,7 @@ pub(super) struct RawServer {
     dials_per_key: Option<Value>,
     lookups_per_key: Option<Value>,
     output_high_water_kib: Option<Value>,
+    threads: Option<Value>,
 }
 
 impl ServerConfig {
@@ -283,6 +289,20 @@ impl ServerConfig {
                 return Err(o.err(field, format!("must be at most 1048576 (got {n})")));
             }
             l.output_high_water = (n as usize) << 10;
+        }
+        if let Some(v) = raw.threads {
+            let field = "server.threads";
+            let n = o.integer(field, v)?;
+            if !(0..=Self::MAX_THREADS as i64).contains(&n) {
+                return Err(o.err(
+                    field,
+                    format!(
+                        "must be 0 (one per core) to {} (got {n})",
+                        Self::MAX_THREADS
+                    ),
+                ));
+            }
+            s.threads = n as usize;
         }
         if s.drain_min > s.drain_max {
             return Err(o.err(

@@ -143,6 +143,14 @@ impl Lateness {
         self.max_ns = self.max_ns.max(late_ns);
     }
 
+    /// Add `other`'s counts to these (another loop's).
+    pub fn merge(&mut self, other: &Lateness) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.max_ns = self.max_ns.max(other.max_ns);
+    }
+
     /// Timers served more than 1 ms late.
     pub fn later_than_1ms(&self) -> u64 {
         let i = LATENESS_BOUNDS_US

@@ -396,6 +396,7 @@ mod tests {
             replay_capacity: server.replay_cache,
             drain_min: server.drain_min,
             drain_max: server.drain_max,
+            threads: 0,
         };
         let mut r = Relay::bind("127.0.0.1:0".parse().unwrap(), cfg).unwrap();
         let addr = r.local_addr().unwrap();

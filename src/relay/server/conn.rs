@@ -15,7 +15,8 @@ use mio::{Interest, Token};
 use super::deadlines::Due;
 use super::dial::Upstream;
 use super::limits::{Admit, source_key};
-use super::{Owner, Relay};
+use super::quota::SessionHold;
+use super::{Loop, Owner};
 use crate::engine::shape::Shaper;
 use crate::engine::{Link, LinkRead};
 use crate::keys::PublicKey;
@@ -47,9 +48,9 @@ pub(super) struct Conn {
     pub(super) source: IpAddr,
     /// The deadline this connection's live entry in the relay's timer heap is for.
     pub(super) armed: Option<Instant>,
-    /// The client's key once it authenticated: SIGHUP ends the sessions of keys that
-    /// left the allow-list.
-    pub(super) peer: Option<PublicKey>,
+    /// The client's key and its session count once it authenticated: SIGHUP ends the
+    /// sessions of keys that left the allow-list.
+    pub(super) key: Option<SessionHold>,
 }
 
 /// A connection over a handshake rate: no session, read and discarded until `close_at`.
@@ -76,7 +77,7 @@ impl Conn {
     }
 }
 
-impl Relay {
+impl Loop {
     /// Accept every client waiting on the listener and start its session. A failure
     /// concerns one connection (or, for `accept` itself, this round): it is logged and
     /// the relay serves on.
@@ -93,7 +94,9 @@ impl Relay {
                 }
             };
             let source = source_key(peer.ip());
-            match self.gate.admit(now, source) {
+            // The guard must not live into the arms (report_refusals locks the gate).
+            let verdict = self.shared.gate.lock().admit(now, source);
+            match verdict {
                 Admit::Handshake => {}
                 Admit::Close => {
                     self.report_refusals();
@@ -106,7 +109,7 @@ impl Relay {
                 }
             }
             if let Err(e) = self.admit(now, sock, peer) {
-                self.gate.closed(source);
+                self.shared.gate.lock().closed(source);
                 // ENOMEM or ENOSPC (fs.epoll.max_user_watches) from epoll_ctl: the socket
                 // is dropped (closed) here; the other connections are not concerned.
                 qlog!(
@@ -119,11 +122,11 @@ impl Relay {
 
     /// Say so when caps closed or sank connections (at doubling counts).
     fn report_refusals(&mut self) {
-        if self.gate.report_due() {
+        let due = self.shared.gate.lock().report_due();
+        if let Some(refused) = due {
             qlog!(
                 Warn,
-                "{} connections closed or drained unanswered by [server] max_connections*, handshakes_per_sec*",
-                self.gate.refused
+                "{refused} connections closed or drained unanswered by [server] max_connections*, handshakes_per_sec*"
             );
         }
     }
@@ -138,7 +141,7 @@ impl Relay {
             .register(&mut sock, t, Interest::READABLE)
             .is_err()
         {
-            self.gate.closed(source);
+            self.shared.gate.lock().closed(source);
             return;
         }
         let close_at = self.close_deadline(now);
@@ -170,7 +173,7 @@ impl Relay {
             discard(&mut sink.sock, &mut self.buf);
             let _ = self.poll.registry().deregister(&mut sink.sock);
             self.owners.remove(&t);
-            self.gate.closed(sink.source);
+            self.shared.gate.lock().closed(sink.source);
         }
     }
 
@@ -194,7 +197,7 @@ impl Relay {
             self.cfg.session.clone(),
             Role::Server {
                 authorize,
-                replay: self.replay.clone(),
+                replay: self.shared.replay.clone(),
                 source: source_network(peer.ip()),
             },
             self.cfg.key.as_bytes(),
@@ -220,7 +223,7 @@ impl Relay {
                 close_at: Some(close_at),
                 draining: false,
                 proxy_creds,
-                peer: None,
+                key: None,
                 armed: None,
                 read_paused: false,
                 source: source_key(peer.ip()),
@@ -243,7 +246,7 @@ impl Relay {
                 }
                 return;
             }
-            let high_water = self.gate.limits().output_high_water;
+            let high_water = self.limits.output_high_water;
             match read_below(conn, now, &mut self.buf, high_water) {
                 Ok(LinkRead::Drained) => {}
                 // The relay's own socket never goes through a proxy, so ProxyFailed cannot occur.
@@ -304,7 +307,7 @@ impl Relay {
     /// network's share): at the 1st, 2nd, 4th, 8th … refusal, so a flood cannot flood
     /// the log too.
     fn report_full_replay_cache(&mut self) {
-        let st = self.replay.lock().stats();
+        let st = self.shared.replay.lock().stats();
         let refused = st.full + st.source_full;
         if refused > 0 && refused >= self.full_reported * 2 {
             self.full_reported = refused;
@@ -321,15 +324,7 @@ impl Relay {
         if let Some(mut conn) = self.conns.remove(&t) {
             let _ = self.poll.registry().deregister(&mut conn.link.sock);
             self.owners.remove(&t);
-            self.gate.closed(conn.source);
-            if let Some(k) = conn.peer {
-                if let Some(v) = self.by_key.get_mut(&k) {
-                    v.retain(|&c| c != t);
-                    if v.is_empty() {
-                        self.by_key.remove(&k);
-                    }
-                }
-            }
+            self.shared.gate.lock().closed(conn.source);
             for (_, up) in conn.ups.drain() {
                 if let Some(mut ep) = up.ep {
                     let _ = ep.sock.deregister(self.poll.registry());

@@ -9,7 +9,8 @@ use mio::Token;
 use mio::net::TcpStream;
 
 use super::deadlines::Due;
-use super::{Owner, Relay};
+use super::quota::{Pending, StreamHold};
+use super::{Loop, Owner};
 use crate::engine::pump::{Endpoint, Sock};
 use crate::engine::shape::Shaper;
 use crate::proto::{Destination, OpenError};
@@ -45,6 +46,20 @@ pub(super) struct Upstream {
     shaper: Option<Box<Shaper>>,
     /// With an exit proxy: the destination to ask it for once the TCP connect is up.
     via_proxy: Option<Destination>,
+    /// The key's lookup or dial count this stream holds until it connects.
+    pub(super) hold: StreamHold,
+}
+
+impl Upstream {
+    /// The destination is connected (through the exit proxy, its handshake done): the
+    /// stream holds no dial any more and its shaper moves to the endpoint.
+    fn connected(&mut self) {
+        self.state = UpState::Connected;
+        self.hold.release();
+        if let Some(ep) = self.ep.as_mut() {
+            ep.shaper = self.shaper.take();
+        }
+    }
 }
 
 /// The OPEN_RESULT reason a failed connect reports.
@@ -59,7 +74,7 @@ fn open_error(e: &io::Error) -> OpenError {
     }
 }
 
-impl Relay {
+impl Loop {
     /// The client opened stream `s` to `dest`: check the policy, then resolve or dial.
     pub(super) fn on_open(&mut self, now: Instant, c: Token, s: u32, dest: Destination, asked: u8) {
         // The client's wish for the downstream, within what this relay allows.
@@ -79,18 +94,48 @@ impl Relay {
                 return;
             }
         };
-        let is_name = matches!(dest, Destination::Name(..)) && self.cfg.upstream.is_none();
-        if let Some(quota) = self.over_quota(c, is_name) {
-            qlog!(Info, "stream {s} refused: over [server] {quota}");
-            if let Some(conn) = self.conns.get_mut(&c) {
-                let _ = conn
-                    .link
-                    .session
-                    .open_result(now, s, Err(OpenError::TooManyStreams));
-            }
+        let Some(conn) = self.conns.get_mut(&c) else {
+            return;
+        };
+        let proxy = self.cfg.upstream.as_ref().map(|u| u.addr);
+        let (dest, allowed) = self.cfg.policy.judge(dest, proxy.is_some());
+        if !allowed {
+            qlog!(Info, "exit policy refuses {dest}");
+            let _ = conn
+                .link
+                .session
+                .open_result(now, s, Err(OpenError::Forbidden));
             return;
         }
-        let Some(conn) = self.conns.get_mut(&c) else {
+        // Only a name this relay resolves itself is a lookup; with an exit proxy the
+        // proxy resolves it and the stream is a dial from the start.
+        let pending = match (&dest, proxy) {
+            (Destination::Name(..), None) => Pending::Lookup,
+            _ => Pending::Dial,
+        };
+        let l = &self.limits;
+        // A session without a key has not authenticated and cannot open: fail closed.
+        let mut hold = conn.key.as_ref().map(|k| k.stream());
+        let quota = if conn.ups.len() >= l.streams_per_session as usize {
+            Some("streams_per_session")
+        } else if !hold
+            .as_mut()
+            .is_some_and(|h| h.take(pending, per_key(l, pending)))
+        {
+            Some(per_key_name(pending))
+        } else {
+            None
+        };
+        let (Some(hold), None) = (hold, quota) else {
+            qlog!(
+                Info,
+                "stream {s} refused: over [server] {}",
+                quota.unwrap_or("?")
+            );
+            let _ = conn
+                .link
+                .session
+                .open_result(now, s, Err(OpenError::TooManyStreams));
             return;
         };
         conn.ups.insert(
@@ -100,19 +145,9 @@ impl Relay {
                 ep: None,
                 shaper,
                 via_proxy: None,
+                hold,
             },
         );
-        let proxy = self.cfg.upstream.as_ref().map(|u| u.addr);
-        let (dest, allowed) = self.cfg.policy.judge(dest, proxy.is_some());
-        if !allowed {
-            qlog!(Info, "exit policy refuses {dest}");
-            let _ = conn
-                .link
-                .session
-                .open_result(now, s, Err(OpenError::Forbidden));
-            conn.ups.remove(&s);
-            return;
-        }
         match (dest, proxy) {
             (dest, Some(proxy)) => {
                 if let Some(up) = conn.ups.get_mut(&s) {
@@ -171,8 +206,7 @@ impl Relay {
                         up.state = UpState::Proxying { hs, out, deadline };
                     }
                     None => {
-                        up.state = UpState::Connected;
-                        ep.shaper = up.shaper.take();
+                        up.connected();
                         conn.dirty.insert(s);
                         let _ = conn.link.session.open_result(now, s, Ok(()));
                         return;
@@ -237,10 +271,7 @@ impl Relay {
         match failure {
             None => {
                 if let Some(up) = conn.ups.get_mut(&s) {
-                    up.state = UpState::Connected;
-                    if let Some(ep) = up.ep.as_mut() {
-                        ep.shaper = up.shaper.take();
-                    }
+                    up.connected();
                 }
                 conn.dirty.insert(s);
                 let _ = conn.link.session.open_result(now, s, Ok(()));
@@ -311,40 +342,20 @@ impl Relay {
             conn.ups.remove(&s);
         }
     }
+}
 
-    /// The quota a new stream on connection `c` would exceed, if any: streams in this
-    /// session, or those of [`Relay::key_over_quota`].
-    pub(super) fn over_quota(&self, c: Token, lookup: bool) -> Option<&'static str> {
-        let conn = self.conns.get(&c)?;
-        if conn.ups.len() >= self.gate.limits().streams_per_session as usize {
-            return Some("streams_per_session");
-        }
-        self.key_over_quota(c, lookup)
+/// The `[server]` cap on a key's streams holding `p`.
+pub(super) fn per_key(l: &crate::config::ServerLimits, p: Pending) -> u32 {
+    match p {
+        Pending::Lookup => l.lookups_per_key,
+        Pending::Dial => l.dials_per_key,
     }
+}
 
-    /// The quota of connection `c`'s client key that one more dial (`lookup`: name
-    /// lookup) would exceed, if any. The count walks the key's sessions' streams, at
-    /// most `sessions_per_key` × `streams_per_session`.
-    pub(super) fn key_over_quota(&self, c: Token, lookup: bool) -> Option<&'static str> {
-        let l = self.gate.limits();
-        let conn = self.conns.get(&c)?;
-        let sessions = conn.peer.as_ref().and_then(|k| self.by_key.get(k))?;
-        let pending = sessions
-            .iter()
-            .filter_map(|t| self.conns.get(t))
-            .flat_map(|conn| conn.ups.values())
-            .filter(|u| match u.state {
-                UpState::Resolving => lookup,
-                UpState::Connecting { .. } | UpState::Proxying { .. } => !lookup,
-                UpState::Connected => false,
-            })
-            .count();
-        if lookup && pending >= l.lookups_per_key as usize {
-            Some("lookups_per_key")
-        } else if !lookup && pending >= l.dials_per_key as usize {
-            Some("dials_per_key")
-        } else {
-            None
-        }
+/// The `[server]` key naming that cap, for logs.
+pub(super) fn per_key_name(p: Pending) -> &'static str {
+    match p {
+        Pending::Lookup => "lookups_per_key",
+        Pending::Dial => "dials_per_key",
     }
 }

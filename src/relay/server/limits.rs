@@ -69,7 +69,7 @@ pub(super) struct Gate {
     open_per_addr: HashMap<IpAddr, u32>,
     open: u32,
     /// Connections closed or sunk by a cap, and the count last logged.
-    pub(super) refused: u64,
+    refused: u64,
     reported: u64,
 }
 
@@ -138,14 +138,14 @@ impl Gate {
         }
     }
 
-    /// Whether to log the refusals now: at the 1st, 2nd, 4th, 8th … so a flood cannot
+    /// The refusals to log now, if any: at the 1st, 2nd, 4th, 8th … so a flood cannot
     /// flood the log too.
-    pub(super) fn report_due(&mut self) -> bool {
+    pub(super) fn report_due(&mut self) -> Option<u64> {
         if self.refused > 0 && self.refused >= self.reported * 2 {
             self.reported = self.refused;
-            return true;
+            return Some(self.refused);
         }
-        false
+        None
     }
 }
 

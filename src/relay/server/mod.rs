@@ -1,14 +1,21 @@
 //! The relay's event loop: accept clients, authenticate, resolve, dial, pump.
 //!
-//! [`Relay::run`] polls and dispatches; `service` does everything after input on
-//! one connection. The files: `conn` (a client's connection), `dial` (a stream's
-//! destination, the exit policy and the exit proxy), `names` (the resolver threads).
+//! [`Relay`] (in `pool`) runs one event loop per thread, each with a listener of its
+//! own on the same port; [`Loop::run`] polls and dispatches; `service` does everything
+//! after input on one connection. The files: `pool` (the loops and what they share),
+//! `conn` (a client's connection), `dial` (a stream's destination, the exit policy and
+//! the exit proxy), `names` (the resolver threads), `limits` (the admission gate),
+//! `quota` (each key's use across the loops), `deadlines` (the timer heap).
 
 mod conn;
 mod deadlines;
 mod dial;
 mod limits;
 mod names;
+mod pool;
+mod quota;
+
+pub use pool::Relay;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{self, ErrorKind};
@@ -23,23 +30,23 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use parking_lot::RwLock;
 
 use super::policy::ExitPolicy;
+use crate::config::ServerLimits;
 use crate::engine::pump::PumpState;
 use crate::engine::timers::{MAX_ROUNDS, ShapedTimers, pump_failed};
 use crate::engine::wheel::Lateness;
 use crate::engine::{READ_CHUNK, lower_timer_slack};
-use crate::keys::{PrivateKey, PublicKey, load_allow_list};
-use crate::proto::replay::{ReplayCache, SharedReplay};
+use crate::keys::{PrivateKey, PublicKey};
 use crate::proto::{Event, OpenError, SessionConfig};
 use crate::qlog;
 use crate::sched::Profile;
 use conn::{Conn, Sink};
 use deadlines::{Deadlines, Due};
 use dial::UpState;
-use limits::Gate;
 use names::{Query, Resolved};
+use pool::Shared;
 
 const LISTENER: Token = Token(0);
-const WAKER: Token = Token(1);
+pub(super) const WAKER: Token = Token(1);
 /// The timerfd of shaped departures.
 const TIMER: Token = Token(2);
 /// How often the host's own addresses are re-read for the exit policy (SIGHUP also
@@ -48,6 +55,7 @@ const TIMER: Token = Token(2);
 const OWN_ADDRS_EVERY: Duration = Duration::from_secs(5);
 
 /// Everything the relay needs to run.
+#[derive(Clone)]
 pub struct RelayConfig {
     /// The relay's static private key.
     pub key: PrivateKey,
@@ -77,9 +85,12 @@ pub struct RelayConfig {
     pub drain_min: Duration,
     /// Latest close of a connection that has not authenticated (drawn uniformly at accept).
     pub drain_max: Duration,
+    /// Event loops, one thread each (0: one per core).
+    pub threads: usize,
 }
 
 /// A SOCKS5 proxy the relay exits through (Tor's SocksPort, a corporate proxy).
+#[derive(Clone)]
 pub struct ExitProxy {
     /// Where the proxy listens.
     pub addr: SocketAddr,
@@ -110,11 +121,18 @@ fn shaped_flow(key: u64) -> (Token, u32) {
     (Token((key >> 32) as usize), key as u32)
 }
 
-/// A bound relay, ready to run.
-pub struct Relay {
+/// One event loop: its listener, its connections and their timers. Sessions stay on
+/// the loop that accepted them.
+pub(super) struct Loop {
     poll: Poll,
     listener: TcpListener,
     cfg: RelayConfig,
+    /// The `[server]` caps (a copy of the shared gate's).
+    limits: ServerLimits,
+    /// What every loop shares: the gate, the replay cache, each key's counts, reloads.
+    shared: Arc<Shared>,
+    /// The allow-list generation this loop last applied (see [`Shared::reloaded`]).
+    reload_seen: u64,
     conns: HashMap<Token, Conn>,
     owners: HashMap<Token, Owner>,
     next_token: usize,
@@ -128,49 +146,40 @@ pub struct Relay {
     /// Shaped streams' next departures, keyed by [`shaped_key`].
     timers: ShapedTimers,
     /// How late shaped departures were served.
-    pub lateness: Lateness,
+    lateness: Lateness,
     /// Shaped streams the timing verifier (or the session) stopped.
-    pub shaping_failures: u64,
+    shaping_failures: u64,
     /// When the host's own addresses were last read into the exit policy.
     own_addrs_read: Instant,
-    /// First messages accepted lately, shared by every connection's session.
-    replay: SharedReplay,
     /// Refusals for a full replay cache already reported (reports double each time).
     full_reported: u64,
-    /// The caps on connections and handshakes, and each key's quotas.
-    gate: Gate,
     /// Connections the gate sank: read and discarded until their close time.
     sinks: HashMap<Token, Sink>,
-    /// Each authenticated key's live sessions.
-    by_key: HashMap<PublicKey, Vec<Token>>,
     /// Connections that stopped being read at the output high-water mark and have
     /// drained below it since: read them again this round.
     resume: HashSet<Token>,
 }
 
-impl Relay {
-    /// Bind the listening socket, read the host's own addresses (if the exit policy
-    /// refuses them) and start the resolver threads.
-    pub fn bind(addr: SocketAddr, mut cfg: RelayConfig) -> io::Result<Relay> {
-        if cfg.policy.refuses_own_addrs() {
-            let own = crate::os::interface_addrs().map_err(|e| {
-                io::Error::new(e.kind(), format!("reading this host's addresses: {e}"))
-            })?;
-            cfg.policy.set_own_addrs(own);
-        }
-        let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(addr)?;
+impl Loop {
+    /// A loop over `listener`, polled by `poll` (whose waker is `waker`).
+    fn new(
+        poll: Poll,
+        mut listener: TcpListener,
+        waker: Arc<Waker>,
+        cfg: RelayConfig,
+        shared: Arc<Shared>,
+    ) -> io::Result<Loop> {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let timers = ShapedTimers::new(poll.registry(), TIMER)?;
         let (resolve_tx, resolved_rx) = names::spawn_resolvers(waker)?;
-        let started = cfg.session.clock.unix(Instant::now());
-        let replay = ReplayCache::shared(cfg.replay_capacity, cfg.clock_skew, started);
-        Ok(Relay {
+        Ok(Loop {
             poll,
             listener,
             cfg,
+            limits: shared.limits(),
+            reload_seen: shared.generation(),
+            shared,
             conns: HashMap::new(),
             owners: HashMap::new(),
             next_token: 3,
@@ -183,23 +192,10 @@ impl Relay {
             lateness: Lateness::default(),
             shaping_failures: 0,
             own_addrs_read: Instant::now(),
-            replay,
             full_reported: 0,
-            gate: Gate::new(crate::config::ServerLimits::default(), Instant::now()),
             sinks: HashMap::new(),
-            by_key: HashMap::new(),
             resume: HashSet::new(),
         })
-    }
-
-    /// Replace the default caps (`[server]` limits) with `limits`.
-    pub fn set_limits(&mut self, limits: crate::config::ServerLimits) {
-        self.gate = Gate::new(limits, Instant::now());
-    }
-
-    /// The bound address.
-    pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.listener.local_addr()
     }
 
     fn token(&mut self) -> Token {
@@ -207,11 +203,12 @@ impl Relay {
         Token(self.next_token)
     }
 
-    /// Serve until `stop` is set; `reload` set by SIGHUP re-reads the allow-list.
-    pub fn run(&mut self, stop: &AtomicBool, reload: &AtomicBool) -> io::Result<()> {
+    /// Serve until `stop` is set. `reload`, set by SIGHUP, is given to one loop: it
+    /// re-reads the allow-list for all of them (see [`Shared::reload`]).
+    fn run(&mut self, stop: &AtomicBool, reload: Option<&AtomicBool>) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         lower_timer_slack();
-        while !stop.load(Ordering::Relaxed) {
+        while !stop.load(Ordering::Relaxed) && !self.shared.halted() {
             self.purge_stale_deadlines();
             self.arm_timer(Instant::now());
             let timeout = self
@@ -229,8 +226,14 @@ impl Relay {
                 Err(e) => return Err(e),
             }
             let now = Instant::now();
-            if reload.swap(false, Ordering::Relaxed) {
-                self.reload_clients();
+            if reload.is_some_and(|r| r.swap(false, Ordering::Relaxed)) {
+                if let Some(path) = &self.cfg.clients_path {
+                    self.shared.reload(path, &self.cfg.clients);
+                }
+            }
+            if self.shared.generation() != self.reload_seen {
+                self.reload_seen = self.shared.generation();
+                self.end_removed_keys();
                 self.refresh_own_addrs(now);
             } else if now >= self.own_addrs_read + OWN_ADDRS_EVERY {
                 self.refresh_own_addrs(now);
@@ -317,39 +320,25 @@ impl Relay {
         }
     }
 
-    /// SIGHUP: re-read the allow-list and end the sessions of keys no longer on it; a
-    /// bad list keeps the old (and every session).
-    fn reload_clients(&mut self) {
-        let Some(path) = &self.cfg.clients_path else {
-            return;
+    /// The allow-list changed: end the sessions of keys no longer on it.
+    fn end_removed_keys(&mut self) {
+        let gone: Vec<Token> = {
+            let set = self.cfg.clients.read();
+            self.conns
+                .iter()
+                .filter(|(_, c)| c.key.as_ref().is_some_and(|k| !set.contains(k.key())))
+                .map(|(t, _)| *t)
+                .collect()
         };
-        match load_allow_list(path) {
-            Ok(set) => {
+        for t in gone {
+            if let Some(k) = self.conns.get(&t).and_then(|c| c.key.as_ref()) {
                 qlog!(
                     Info,
-                    "reloaded {} client keys from {}",
-                    set.len(),
-                    path.display()
+                    "client {} left the allow-list: session ended",
+                    k.key().to_base64()
                 );
-                let gone: Vec<Token> = self
-                    .conns
-                    .iter()
-                    .filter(|(_, c)| c.peer.as_ref().is_some_and(|k| !set.contains(k)))
-                    .map(|(t, _)| *t)
-                    .collect();
-                *self.cfg.clients.write() = set;
-                for t in gone {
-                    if let Some(k) = self.conns.get(&t).and_then(|c| c.peer.as_ref()) {
-                        qlog!(
-                            Info,
-                            "client {} left the allow-list: session ended",
-                            k.to_base64()
-                        );
-                    }
-                    self.drop_conn(t);
-                }
             }
-            Err(e) => qlog!(Error, "allow-list not reloaded, keeping the old one: {e}"),
+            self.drop_conn(t);
         }
     }
 
@@ -402,7 +391,7 @@ impl Relay {
         self.rearm(c);
         if let Some(conn) = self.conns.get_mut(&c) {
             if conn.read_paused
-                && conn.link.session.transmit().len() < self.gate.limits().output_high_water
+                && conn.link.session.transmit().len() < self.limits.output_high_water
             {
                 conn.read_paused = false;
                 self.resume.insert(c);
@@ -459,19 +448,19 @@ impl Relay {
             };
             match ev {
                 Event::Connected { peer } => {
+                    let key = PublicKey(peer);
                     conn.close_at = None;
-                    conn.peer = Some(PublicKey(peer));
-                    qlog!(Info, "client {} authenticated", PublicKey(peer).to_base64());
-                    let sessions = self.by_key.entry(PublicKey(peer)).or_default();
-                    if sessions.len() >= self.gate.limits().sessions_per_key as usize {
+                    qlog!(Info, "client {} authenticated", key.to_base64());
+                    let max = self.limits.sessions_per_key;
+                    let Some(hold) = self.shared.quotas.session(key, max) else {
                         qlog!(
                             Warn,
                             "client {} is at [server] sessions_per_key: new session closed",
-                            PublicKey(peer).to_base64()
+                            key.to_base64()
                         );
                         return self.drop_conn(c);
-                    }
-                    sessions.push(c);
+                    };
+                    conn.key = Some(hold);
                 }
                 Event::Opened {
                     stream,
@@ -647,15 +636,16 @@ mod tests {
     use crate::config::ServerConfig;
     use std::io::Read;
 
-    fn relay() -> Relay {
+    fn relay() -> Loop {
         let server = ServerConfig::default();
         relay_draining(server.drain_min, server.drain_max)
     }
 
-    /// A relay whose unauthenticated connections close between `min` and `max`.
-    fn relay_draining(min: Duration, max: Duration) -> Relay {
+    /// A relay's config on loopback with `threads` loops, whose unauthenticated
+    /// connections close between `min` and `max`.
+    pub(super) fn config(min: Duration, max: Duration, threads: usize) -> RelayConfig {
         let server = ServerConfig::default();
-        let cfg = RelayConfig {
+        RelayConfig {
             key: PrivateKey::generate(),
             clients: Arc::new(RwLock::new(BTreeSet::new())),
             clients_path: None,
@@ -669,12 +659,19 @@ mod tests {
             replay_capacity: server.replay_cache,
             drain_min: min,
             drain_max: max,
-        };
-        Relay::bind("127.0.0.1:0".parse().unwrap(), cfg).unwrap()
+            threads,
+        }
+    }
+
+    /// A one-loop relay whose unauthenticated connections close between `min` and `max`.
+    fn relay_draining(min: Duration, max: Duration) -> Loop {
+        let cfg = config(min, max, 1);
+        let mut r = Relay::bind("127.0.0.1:0".parse().unwrap(), cfg).unwrap();
+        r.loops.remove(0)
     }
 
     /// The next connection waiting on the relay's listener.
-    fn accepted(r: &Relay) -> (mio::net::TcpStream, SocketAddr) {
+    fn accepted(r: &Loop) -> (mio::net::TcpStream, SocketAddr) {
         for _ in 0..500 {
             match r.listener.accept() {
                 Ok(x) => return x,
@@ -689,7 +686,7 @@ mod tests {
     #[test]
     fn failed_registration_on_accept_drops_that_connection_not_the_relay() {
         let mut r = relay();
-        let addr = r.local_addr().unwrap();
+        let addr = r.listener.local_addr().unwrap();
         let mut first = std::net::TcpStream::connect(addr).unwrap();
         let (mut sock, peer) = accepted(&r);
         // Registered once already: the relay's own registration fails (EEXIST), as
@@ -722,7 +719,7 @@ mod tests {
     #[test]
     fn connection_timers_live_in_one_heap_entry_each() {
         let mut r = relay_draining(Duration::from_millis(100), Duration::from_millis(200));
-        let addr = r.local_addr().unwrap();
+        let addr = r.listener.local_addr().unwrap();
         let _clients: Vec<_> = (0..40)
             .map(|_| std::net::TcpStream::connect(addr).unwrap())
             .collect();

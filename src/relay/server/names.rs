@@ -9,7 +9,9 @@ use std::time::Instant;
 use crossbeam::channel::{Receiver, Sender};
 use mio::{Token, Waker};
 
-use super::Relay;
+use super::Loop;
+use super::dial::per_key;
+use super::quota::Pending;
 use crate::proto::OpenError;
 
 const RESOLVER_THREADS: usize = 4;
@@ -59,15 +61,9 @@ pub(super) fn spawn_resolvers(
     Ok((resolve_tx, resolved_rx))
 }
 
-impl Relay {
+impl Loop {
     /// Dial the allowed addresses a name resolved to, or refuse the stream.
     pub(super) fn on_resolved(&mut self, now: Instant, r: Resolved) {
-        let Some(conn) = self.conns.get_mut(&r.conn) else {
-            return;
-        };
-        if !conn.ups.contains_key(&r.stream) {
-            return;
-        }
         let (allowed, failure) = match r.addrs {
             Ok(addrs) if addrs.is_empty() => (vec![], OpenError::NameNotFound),
             Ok(addrs) => {
@@ -79,15 +75,19 @@ impl Relay {
             }
             Err(_) => (vec![], OpenError::NameNotFound),
         };
-        let allowed = if !allowed.is_empty() && self.key_over_quota(r.conn, false).is_some() {
-            // The name resolved but the key's dials are at [server] dials_per_key.
+        let max_dials = per_key(&self.limits, Pending::Dial);
+        let Some(conn) = self.conns.get_mut(&r.conn) else {
+            return;
+        };
+        let Some(up) = conn.ups.get_mut(&r.stream) else {
+            return;
+        };
+        // The name resolved: its lookup becomes a dial, unless the key's dials are at
+        // [server] dials_per_key.
+        let (allowed, failure) = if !allowed.is_empty() && !up.hold.take(Pending::Dial, max_dials) {
             (vec![], OpenError::TooManyStreams)
         } else {
             (allowed, failure)
-        };
-        let (allowed, failure) = allowed;
-        let Some(conn) = self.conns.get_mut(&r.conn) else {
-            return;
         };
         if allowed.is_empty() {
             let _ = conn.link.session.open_result(now, r.stream, Err(failure));
