@@ -9,6 +9,7 @@ use mio::Token;
 use mio::net::TcpStream;
 
 use super::deadlines::Due;
+use super::names::Query;
 use super::quota::{Pending, StreamHold};
 use super::{Loop, Owner};
 use crate::engine::pump::{Endpoint, Sock};
@@ -159,7 +160,13 @@ impl Loop {
                 self.start_connect(now, c, s, vec![a], OpenError::Failure);
             }
             (Destination::Name(host, port), None) => {
-                let _ = self.resolve_tx.send((c, s, host, port));
+                let _ = self.resolve_tx.send(Query {
+                    answers: self.answers.clone(),
+                    conn: c,
+                    stream: s,
+                    host,
+                    port,
+                });
             }
         }
     }

@@ -42,7 +42,7 @@ use crate::sched::Profile;
 use conn::{Conn, Sink};
 use deadlines::{Deadlines, Due};
 use dial::UpState;
-use names::{Query, Resolved};
+use names::{Answers, Query, Resolved};
 use pool::Shared;
 
 const LISTENER: Token = Token(0);
@@ -138,7 +138,9 @@ pub(super) struct Loop {
     next_token: usize,
     /// Every timer of the loop but shaped departures: connections' and dials'.
     deadlines: Deadlines,
+    /// The resolver threads (shared by the loops) and this loop's answers from them.
     resolve_tx: crossbeam::channel::Sender<Query>,
+    answers: Arc<Answers>,
     resolved_rx: crossbeam::channel::Receiver<Resolved>,
     buf: Vec<u8>,
     /// Connections with work left after their last round: poll without sleeping.
@@ -161,18 +163,20 @@ pub(super) struct Loop {
 }
 
 impl Loop {
-    /// A loop over `listener`, polled by `poll` (whose waker is `waker`).
+    /// A loop over `listener`, polled by `poll` (whose waker is `waker`), asking names
+    /// of the resolver threads behind `resolve_tx`.
     fn new(
         poll: Poll,
         mut listener: TcpListener,
         waker: Arc<Waker>,
+        resolve_tx: crossbeam::channel::Sender<Query>,
         cfg: RelayConfig,
         shared: Arc<Shared>,
     ) -> io::Result<Loop> {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let timers = ShapedTimers::new(poll.registry(), TIMER)?;
-        let (resolve_tx, resolved_rx) = names::spawn_resolvers(waker)?;
+        let (answers, resolved_rx) = Answers::new(waker);
         Ok(Loop {
             poll,
             listener,
@@ -185,6 +189,7 @@ impl Loop {
             next_token: 3,
             deadlines: Deadlines::default(),
             resolve_tx,
+            answers,
             resolved_rx,
             buf: vec![0u8; READ_CHUNK],
             busy: HashSet::new(),

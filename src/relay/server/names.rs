@@ -16,8 +16,28 @@ use crate::proto::OpenError;
 
 const RESOLVER_THREADS: usize = 4;
 
-/// A name to resolve for stream `.1` of connection `.0`, and its port.
-pub(super) type Query = (Token, u32, String, u16);
+/// Where a loop takes its answers: the channel, and the waker that makes it look.
+pub(super) struct Answers {
+    tx: Sender<Resolved>,
+    waker: Arc<Waker>,
+}
+
+impl Answers {
+    /// A loop's answer channel, woken through `waker`; the receiver is the loop's.
+    pub(super) fn new(waker: Arc<Waker>) -> (Arc<Answers>, Receiver<Resolved>) {
+        let (tx, rx) = crossbeam::channel::unbounded();
+        (Arc::new(Answers { tx, waker }), rx)
+    }
+}
+
+/// A name to resolve for stream `stream` of connection `conn`, and where to answer.
+pub(super) struct Query {
+    pub(super) answers: Arc<Answers>,
+    pub(super) conn: Token,
+    pub(super) stream: u32,
+    pub(super) host: String,
+    pub(super) port: u16,
+}
 
 /// A resolver thread's answer.
 pub(super) struct Resolved {
@@ -27,38 +47,34 @@ pub(super) struct Resolved {
     addrs: io::Result<Vec<SocketAddr>>,
 }
 
-/// Start the resolver threads; each answer wakes the loop through `waker`.
-pub(super) fn spawn_resolvers(
-    waker: Arc<Waker>,
-) -> io::Result<(Sender<Query>, Receiver<Resolved>)> {
+/// Start the resolver threads every loop shares; each answer goes to the asking loop's
+/// channel and wakes it. They end when every sender of queries is gone.
+pub(super) fn spawn_resolvers() -> io::Result<Sender<Query>> {
     let (resolve_tx, resolve_rx) = crossbeam::channel::unbounded::<Query>();
-    let (resolved_tx, resolved_rx) = crossbeam::channel::unbounded();
-    // getaddrinfo blocks; a few threads keep slow names from stalling the event loop.
+    // getaddrinfo blocks; a few threads keep slow names from stalling the event loops.
     for i in 0..RESOLVER_THREADS {
         let rx = resolve_rx.clone();
-        let tx = resolved_tx.clone();
-        let waker = waker.clone();
         std::thread::Builder::new()
             .name(format!("qnet-resolve-{i}"))
             .spawn(move || {
-                for (conn, stream, host, port) in rx {
-                    let addrs = (host.as_str(), port).to_socket_addrs().map(|a| a.collect());
-                    if tx
-                        .send(Resolved {
-                            conn,
-                            stream,
-                            port,
-                            addrs,
-                        })
-                        .is_err()
-                    {
-                        break;
+                for q in rx {
+                    let addrs = (q.host.as_str(), q.port)
+                        .to_socket_addrs()
+                        .map(|a| a.collect());
+                    let answer = Resolved {
+                        conn: q.conn,
+                        stream: q.stream,
+                        port: q.port,
+                        addrs,
+                    };
+                    // A loop that has ended no longer reads its answers.
+                    if q.answers.tx.send(answer).is_ok() {
+                        let _ = q.answers.waker.wake();
                     }
-                    let _ = waker.wake();
                 }
             })?;
     }
-    Ok((resolve_tx, resolved_rx))
+    Ok(resolve_tx)
 }
 
 impl Loop {

@@ -134,8 +134,8 @@ fn loop_count(configured: usize) -> usize {
 
 impl Relay {
     /// Bind one listener per loop (`cfg.threads`; port 0 picks one port for all), read
-    /// the host's own addresses (if the exit policy refuses them) and start each loop's
-    /// resolver threads.
+    /// the host's own addresses (if the exit policy refuses them) and start the resolver
+    /// threads the loops share.
     pub fn bind(addr: SocketAddr, mut cfg: RelayConfig) -> io::Result<Relay> {
         if cfg.policy.refuses_own_addrs() {
             let own = crate::os::interface_addrs().map_err(|e| {
@@ -165,10 +165,20 @@ impl Relay {
             halt: AtomicBool::new(false),
             wakers: polls.iter().map(|(_, w)| w.clone()).collect(),
         });
+        let resolve_tx = super::names::spawn_resolvers()?;
         let loops = polls
             .into_iter()
             .zip(listeners)
-            .map(|((poll, waker), l)| Loop::new(poll, l, waker, cfg.clone(), shared.clone()))
+            .map(|((poll, waker), l)| {
+                Loop::new(
+                    poll,
+                    l,
+                    waker,
+                    resolve_tx.clone(),
+                    cfg.clone(),
+                    shared.clone(),
+                )
+            })
             .collect::<io::Result<Vec<_>>>()?;
         Ok(Relay {
             loops,
