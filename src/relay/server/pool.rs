@@ -109,6 +109,16 @@ impl Shared {
     }
 }
 
+/// Stops every loop when dropped: when the loop that holds it returns, fails or
+/// panics (the scope would otherwise wait for the others for ever).
+struct HaltOnExit<'a>(&'a Shared);
+
+impl Drop for HaltOnExit<'_> {
+    fn drop(&mut self) {
+        self.0.halt();
+    }
+}
+
 /// A non-blocking listener on `addr`; `reuse_port` lets the other loops' listeners
 /// bind the same address.
 fn listener(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
@@ -223,10 +233,9 @@ impl Relay {
                 let spawned = std::thread::Builder::new()
                     .name(format!("qnet-relay-{}", i + 1))
                     .spawn_scoped(scope, move || {
+                        let shared = l.shared.clone();
+                        let _halt = HaltOnExit(&shared);
                         let r = l.run(stop, None);
-                        if r.is_err() {
-                            l.shared.halt();
-                        }
                         (l.lateness, l.shaping_failures, r)
                     });
                 match spawned {
@@ -238,13 +247,13 @@ impl Relay {
                     }
                 }
             }
-            let r = match spawn_error {
-                Some(e) => Err(e),
-                None => first.run(stop, Some(reload)),
+            let r = {
+                let _halt = HaltOnExit(&shared);
+                match spawn_error {
+                    Some(e) => Err(e),
+                    None => first.run(stop, Some(reload)),
+                }
             };
-            if r.is_err() {
-                shared.halt();
-            }
             let mut results = vec![(first.lateness, first.shaping_failures, r)];
             for h in handles {
                 results.push(h.join().unwrap_or_else(|_| {
