@@ -1,6 +1,6 @@
 //! The few process-level libc facilities that several layers share, written once: the
 //! next definition of a symbol in load order, fork handlers, the shell's PATH search,
-//! the host's interface addresses and the effective uid.
+//! the host's interface addresses, the effective uid and the allocator's trim.
 #![allow(unsafe_code)]
 
 use std::ffi::{CStr, OsStr};
@@ -189,6 +189,17 @@ pub fn interface_addrs() -> io::Result<Vec<IpAddr>> {
     // SAFETY: `head` came from getifaddrs and is freed once; no reference into it remains.
     unsafe { libc::freeifaddrs(head) };
     Ok(addrs)
+}
+
+/// Hand the allocator's free memory back to the kernel (glibc's `malloc_trim(0)`: free
+/// pages anywhere in its heaps, not only at their top); whether any was released.
+/// Elsewhere (musl) a no-op that says no.
+pub(crate) fn release_free_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes a plain size and only walks the allocator's own lists.
+    return unsafe { libc::malloc_trim(0) } == 1;
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    false
 }
 
 /// This process's effective uid.

@@ -9,6 +9,7 @@ mod deadlines;
 mod dial;
 mod limits;
 mod names;
+mod trim;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{self, ErrorKind};
@@ -263,6 +264,7 @@ impl Relay {
             }
             self.run_timers(Instant::now());
             self.expire_shaped(Instant::now());
+            self.give_back_memory();
         }
         Ok(())
     }
