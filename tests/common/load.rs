@@ -703,6 +703,13 @@ pub fn soak(
         &format!("{extra_toml}{}", soak_server_toml(p)),
     );
     let pid = relay.child.id();
+    progress(&format!(
+        "relay config beyond the defaults: max_connections {}, handshakes_per_sec 100000; {} clients per source address, {} sessions per key ({} keys)",
+        p.sessions + 256,
+        p.conns_per_addr,
+        p.sessions_per_key,
+        keys.len()
+    ));
     let (echo, open_at_echo) = echo_server();
     let sample = || Sample {
         rss_kib: rss_kib(pid),
