@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::load::fds;
 use common::{Relay, TEST_DRAIN, rss_kib, start_relay_with, tempdir};
 use qnet::keys::PrivateKey;
 use qnet::proto::{Destination, Event, OpenError, OsRandom, Role, Session, SessionConfig};
@@ -57,12 +58,6 @@ fn echo_server() -> SocketAddr {
         }
     });
     addr
-}
-
-fn fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .count()
 }
 
 /// The largest RSS (KiB) and fd count seen, sampled by [`Watch::sample`].

@@ -4,78 +4,16 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::thread;
+use std::net::TcpStream;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use common::load::echo_server;
 use common::{TEST_DRAIN, rss_kib, start_relay_with, tempdir};
-use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Token};
 use qnet::keys::PrivateKey;
 use qnet::proto::{Destination, Event, OsRandom, Role, Session, SessionConfig};
 
 const STREAMS: usize = 10_000;
-
-/// A one-thread echo server that reports how many connections it holds open at once.
-fn echo_server() -> (SocketAddr, Arc<AtomicUsize>) {
-    let mut l = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = l.local_addr().unwrap();
-    let open = Arc::new(AtomicUsize::new(0));
-    let o = open.clone();
-    thread::spawn(move || {
-        let mut poll = Poll::new().unwrap();
-        poll.registry()
-            .register(&mut l, Token(0), Interest::READABLE)
-            .unwrap();
-        let mut conns = HashMap::new();
-        let mut next = 1;
-        let mut events = Events::with_capacity(1024);
-        let mut buf = [0u8; 4096];
-        loop {
-            poll.poll(&mut events, Some(Duration::from_millis(100)))
-                .unwrap();
-            for ev in events.iter() {
-                if ev.token() == Token(0) {
-                    while let Ok((mut s, _)) = l.accept() {
-                        poll.registry()
-                            .register(&mut s, Token(next), Interest::READABLE)
-                            .unwrap();
-                        conns.insert(next, s);
-                        next += 1;
-                    }
-                    o.store(conns.len(), Ordering::SeqCst);
-                    continue;
-                }
-                let t = ev.token().0;
-                let mut closed = false;
-                if let Some(s) = conns.get_mut(&t) {
-                    loop {
-                        match s.read(&mut buf) {
-                            Ok(0) => {
-                                closed = true;
-                                break;
-                            }
-                            // Small messages: a loopback socket buffer always takes them.
-                            Ok(n) => s.write_all(&buf[..n]).unwrap(),
-                            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                            Err(_) => {
-                                closed = true;
-                                break;
-                            }
-                        }
-                    }
-                }
-                if closed {
-                    conns.remove(&t);
-                    o.store(conns.len(), Ordering::SeqCst);
-                }
-            }
-        }
-    });
-    (addr, open)
-}
 
 #[test]
 fn relay_holds_ten_thousand_concurrent_streams() {

@@ -14,6 +14,7 @@ mod limits;
 mod names;
 mod pool;
 mod quota;
+mod trim;
 
 pub use pool::Relay;
 
@@ -271,6 +272,7 @@ impl Loop {
             }
             self.run_timers(Instant::now());
             self.expire_shaped(Instant::now());
+            self.give_back_memory();
         }
         Ok(())
     }

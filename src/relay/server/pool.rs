@@ -153,6 +153,8 @@ impl Relay {
             })?;
             cfg.policy.set_own_addrs(own);
         }
+        // Before the loops' threads: memory they free must go back (see `trim`).
+        crate::os::steady_malloc_thresholds();
         let n = loop_count(cfg.threads);
         let first = listener(addr, n > 1)?;
         let addr = first.local_addr()?;
