@@ -6,6 +6,7 @@
 //! The wall-clock time the handshake needs (msg1's timestamp) comes through a
 //! [`WallClock`] in the session's config, as randomness comes through [`Random`].
 
+pub mod admit;
 pub mod aead;
 pub mod frame;
 pub mod mux;
