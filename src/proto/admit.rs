@@ -197,6 +197,100 @@ mod tests {
         assert_eq!(reloaded.check_msg1(&E, T, &k.hint(), &k.tag(&E, T)), None);
     }
 
+    /// A relay session admitting `allowed`, and a client handshake whose msg1 proves
+    /// `proof` while its static key (msg3) is `client`.
+    fn relay_and_client(
+        allowed: &[[u8; 32]],
+        client: &[u8; 32],
+        proof: AdmitKey,
+    ) -> (crate::proto::Session, crate::proto::noise::Handshake, u64) {
+        use crate::proto::noise::{Handshake, TransportParams};
+        use crate::proto::replay::ReplayCache;
+        use crate::proto::{Role, SeededRandom, Session, SessionConfig, SimClock};
+        use std::time::{Duration, Instant};
+        let relay = [0x02; 32];
+        let now = Instant::now();
+        let unix = Duration::from_millis(T);
+        let cfg = SessionConfig {
+            clock: Arc::new(SimClock { at: now, unix }),
+            ..SessionConfig::default()
+        };
+        let params = TransportParams {
+            stream_window: cfg.stream_window,
+            session_window: cfg.session_window,
+        };
+        let server = Session::new(
+            now,
+            cfg,
+            Role::Server {
+                admission: Admission::shared(&relay, allowed.iter().copied()),
+                replay: ReplayCache::shared(1024, Duration::from_secs(120), unix / 2),
+                source: 0,
+            },
+            &relay,
+            Box::new(SeededRandom::new(1)),
+        );
+        let rng = &mut SeededRandom::new(2);
+        let hs =
+            Handshake::initiator_with(client, &public_key(&relay), params, [0x03; 32], proof, rng);
+        (server, hs, T)
+    }
+
+    /// msg1 proves key A, msg3 presents key B: refused at msg3, whether B is on the list
+    /// or not (so holding one allowed key does not let a client in as another).
+    #[test]
+    fn msg3_must_present_the_key_msg1_proved() {
+        let (a, b) = ([0x0a; 32], [0x0b; 32]);
+        let relay_public = public_key(&[0x02; 32]);
+        for allowed in [vec![public_key(&a)], vec![public_key(&a), public_key(&b)]] {
+            let (mut relay, mut client, t) =
+                relay_and_client(&allowed, &b, AdmitKey::client(&a, &relay_public));
+            let now = std::time::Instant::now();
+            let m1 = client.write_msg1(t, &mut crate::proto::SeededRandom::new(3));
+            relay.handle_input(now, &m1).expect("msg1 proves A");
+            let m2: [u8; crate::proto::noise::MSG2_LEN] = relay.transmit().try_into().unwrap();
+            relay.transmit_done(m2.len());
+            let (m3, _) = client.read_msg2_write_msg3(&m2).unwrap();
+            assert_eq!(
+                relay.handle_input(now, &m3),
+                Err(crate::proto::SessionError::Handshake)
+            );
+            assert!(relay.transmit().is_empty() && !relay.is_established());
+        }
+        // The same client proving its own key gets in.
+        let (mut relay, mut client, t) =
+            relay_and_client(&[public_key(&b)], &b, AdmitKey::client(&b, &relay_public));
+        let now = std::time::Instant::now();
+        relay
+            .handle_input(
+                now,
+                &client.write_msg1(t, &mut crate::proto::SeededRandom::new(3)),
+            )
+            .unwrap();
+        let m2: [u8; crate::proto::noise::MSG2_LEN] = relay.transmit().try_into().unwrap();
+        let (m3, _) = client.read_msg2_write_msg3(&m2).unwrap();
+        relay.handle_input(now, &m3).unwrap();
+        assert!(relay.is_established());
+    }
+
+    /// An allowed key's hint with a wrong tag: silence at msg1, like a stranger.
+    #[test]
+    fn the_right_hint_with_a_wrong_tag_gets_no_answer() {
+        let a = [0x0a; 32];
+        let real = AdmitKey::client(&a, &public_key(&[0x02; 32]));
+        let forged = AdmitKey {
+            key: [0x99; 32],
+            hint: real.hint(),
+        };
+        let (mut relay, mut client, t) = relay_and_client(&[public_key(&a)], &a, forged);
+        let m1 = client.write_msg1(t, &mut crate::proto::SeededRandom::new(3));
+        assert_eq!(
+            relay.handle_input(std::time::Instant::now(), &m1),
+            Err(crate::proto::SessionError::Handshake)
+        );
+        assert!(relay.transmit().is_empty());
+    }
+
     #[test]
     fn a_low_order_key_is_never_admitted() {
         // The all-zero point: X25519 with it is zero whatever the private key.

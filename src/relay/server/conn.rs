@@ -7,7 +7,6 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{self, ErrorKind, Read};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::{Interest, Token};
@@ -186,14 +185,11 @@ impl Relay {
         self.poll
             .registry()
             .register(&mut sock, t, Interest::READABLE | Interest::WRITABLE)?;
-        let clients = self.cfg.clients.clone();
-        let authorize: crate::proto::session::Authorizer =
-            Arc::new(move |k: &[u8; 32]| clients.read().contains(&PublicKey(*k)));
         let session = Session::new(
             now,
             self.cfg.session.clone(),
             Role::Server {
-                authorize,
+                admission: self.cfg.clients.clone(),
                 replay: self.replay.clone(),
                 source: source_network(peer.ip()),
             },

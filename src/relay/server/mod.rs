@@ -10,7 +10,7 @@ mod dial;
 mod limits;
 mod names;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
-use parking_lot::RwLock;
 
 use super::policy::ExitPolicy;
 use crate::engine::pump::PumpState;
@@ -28,6 +27,7 @@ use crate::engine::timers::{MAX_ROUNDS, ShapedTimers, pump_failed};
 use crate::engine::wheel::Lateness;
 use crate::engine::{READ_CHUNK, lower_timer_slack};
 use crate::keys::{PrivateKey, PublicKey, load_allow_list};
+use crate::proto::admit::{Admission, SharedAdmission};
 use crate::proto::replay::{ReplayCache, SharedReplay};
 use crate::proto::{Event, OpenError, SessionConfig};
 use crate::qlog;
@@ -51,8 +51,8 @@ const OWN_ADDRS_EVERY: Duration = Duration::from_secs(5);
 pub struct RelayConfig {
     /// The relay's static private key.
     pub key: PrivateKey,
-    /// Admitted client keys (shared so SIGHUP can replace them).
-    pub clients: Arc<RwLock<BTreeSet<PublicKey>>>,
+    /// Admitted client keys with their admission keys (shared so SIGHUP can replace them).
+    pub clients: SharedAdmission,
     /// Where the allow-list is read from on reload.
     pub clients_path: Option<PathBuf>,
     /// Which destinations may be dialled.
@@ -337,7 +337,9 @@ impl Relay {
                     .filter(|(_, c)| c.peer.as_ref().is_some_and(|k| !set.contains(k)))
                     .map(|(t, _)| *t)
                     .collect();
-                *self.cfg.clients.write() = set;
+                // One X25519 per key, computed before the lock is taken.
+                let admission = Admission::new(self.cfg.key.as_bytes(), set.iter().map(|k| k.0));
+                *self.cfg.clients.write() = admission;
                 for t in gone {
                     if let Some(k) = self.conns.get(&t).and_then(|c| c.peer.as_ref()) {
                         qlog!(
@@ -657,7 +659,7 @@ mod tests {
         let server = ServerConfig::default();
         let cfg = RelayConfig {
             key: PrivateKey::generate(),
-            clients: Arc::new(RwLock::new(BTreeSet::new())),
+            clients: SharedAdmission::default(),
             clients_path: None,
             policy: ExitPolicy::from_exit_allow(&["127.0.0.1/32"]).unwrap(),
             session: SessionConfig::default(),
