@@ -582,6 +582,11 @@ def refusals(addr, relay_pub, stranger, client_priv):
     c.sock.sendall(c.hs.msg1())
     check(silent_until_close(c.sock), "client not on the allow-list: no msg2, silence until the relay closes")
 
+    # The allowed key's hint with a tag under another key: silence, as for a stranger.
+    c = Client(addr, client_priv, relay_pub)
+    c.sock.sendall(c.hs.msg1(proof=(os.urandom(32), admit_key(client_priv, relay_pub)[1])))
+    check(silent_until_close(c.sock), "allowed key's hint with a wrong tag: silence until the relay closes")
+
     # msg1 proving the allowed key, msg3 presenting another: msg2 comes, then nothing.
     c = Client(addr, stranger, relay_pub)
     c.sock.sendall(c.hs.msg1(proof=admit_key(client_priv, relay_pub)))
