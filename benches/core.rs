@@ -23,6 +23,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use qnet::engine::{HIGH_WATER, READ_CHUNK};
+use qnet::proto::admit::Admission;
 use qnet::proto::aead::{AeadKey, TAG_LEN};
 use qnet::proto::frame::{FrameRepr, MAX_PAYLOAD};
 use qnet::proto::noise::{Handshake, TransportParams, public_key};
@@ -244,6 +245,8 @@ fn handshake_us(side: Side) -> Stat {
     let client_key = [0x11u8; 32];
     let relay_key = [0x22u8; 32];
     let relay_pub = public_key(&relay_key);
+    // Built once, as the relay does when it loads its allow-list.
+    let admission = Admission::new(&relay_key, [public_key(&client_key)]);
     let mut rng = SeededRandom::new(9);
     let s = per_iter(|iters| {
         let (mut client, mut relay) = (Duration::ZERO, Duration::ZERO);
@@ -253,7 +256,10 @@ fn handshake_us(side: Side) -> Stat {
             let m1 = c.write_msg1(1_700_000_000_000, &mut rng);
             let t1 = Instant::now();
             let mut r = Handshake::responder(&relay_key, PARAMS, &mut rng);
-            r.read_msg1(black_box(&m1)).expect("msg1");
+            let f = r.read_msg1(black_box(&m1)).expect("msg1");
+            admission
+                .check_msg1(&f.ephemeral, f.stamp_ms, &f.hint, &f.tag)
+                .expect("admitted");
             let m2 = r.write_msg2(&mut rng).expect("msg1");
             let t2 = Instant::now();
             let (m3, co) = c.read_msg2_write_msg3(black_box(&m2)).expect("msg2");

@@ -682,10 +682,10 @@ fn root_owned_config_is_accepted_in_a_user_namespace_without_root() {
 
 /// A relay that answers the handshake with silence (here: the client pins another relay
 /// key) is reported with the likely causes: another protocol version, the wrong key, a
-/// clock off by minutes. (`qnet forward` logs it at info; a preloaded program's failing
+/// client key not on the relay's list, a clock off by minutes. (`qnet forward` logs it at info; a preloaded program's failing
 /// connect prints the same reason in its one "relay unusable" line.)
 #[test]
-fn silent_relay_is_reported_as_version_key_or_clock() {
+fn silent_relay_is_reported_as_version_key_list_or_clock() {
     use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     let dir = tempdir("unanswered");
@@ -733,7 +733,7 @@ fn silent_relay_is_reported_as_version_key_or_clock() {
     let mut rest = String::new();
     let _ = err.read_to_string(&mut rest);
     assert!(
-        rest.contains("no answer to the handshake: the relay may run another version of qnet, or the relay key is wrong, or this host's clock is off by minutes"),
+        rest.contains("no answer to the handshake: the relay may run another version of qnet, or the relay key is wrong, or this client's key is not on the relay's allow-list, or this host's clock is off by minutes"),
         "{rest}"
     );
 }

@@ -1,8 +1,8 @@
 //! The session core driven by a simulated pair and clock: no sockets, no real time.
 
-use std::sync::Arc;
 use std::time::Duration;
 
+use qnet::proto::admit::Admission;
 use qnet::proto::noise::public_key;
 use qnet::proto::sim::{Pair, PairKeys};
 use qnet::proto::{Destination, Event, OpenError, SessionConfig, SessionError, StreamError};
@@ -241,8 +241,11 @@ fn key_update_mid_stream_loses_nothing() {
     assert!(p.client_error.is_none() && p.server_error.is_none());
 }
 
+/// Issue 12: a key not on the list, though it holds the relay's public key, gets what
+/// random bytes get: not one byte (msg1 must prove the key is on the list, so XK's msg2
+/// no longer answers a stranger), and it takes no room in the replay cache.
 #[test]
-fn client_not_on_the_list_gets_nothing_after_handshake() {
+fn client_not_on_the_list_gets_no_answer_at_all() {
     let keys = PairKeys {
         client: [0x31; 32],
         relay: [0x32; 32],
@@ -251,21 +254,72 @@ fn client_not_on_the_list_gets_nothing_after_handshake() {
         8,
         &keys,
         public_key(&keys.relay),
-        Arc::new(|_| false),
+        &[public_key(&[0x33; 32])],
         SessionConfig::default(),
         SessionConfig::default(),
     );
     p.drive();
     assert_eq!(p.server_error, Some(SessionError::Handshake));
-    assert!(!p.server.is_established());
-    // The client believes it is connected (XK gives the relay the last word), but any
-    // stream it opens is never answered and the relay produces no more bytes.
-    if p.client.is_established() {
-        let _ = p.client.open(p.now, dest(), 0, b"x");
-        p.drive();
-    }
-    assert!(p.server_events.is_empty());
+    assert!(!p.server.is_established() && !p.client.is_established());
     assert!(p.server.transmit().is_empty());
+    assert!(p.client_events.is_empty() && p.server_events.is_empty());
+    assert_eq!(
+        p.replay.lock().len(),
+        0,
+        "a stranger took a replay-cache entry"
+    );
+    // The client sees the relay's silence and says what it may mean.
+    p.advance(Duration::from_secs(11));
+    assert_eq!(p.client_error, Some(SessionError::Unanswered));
+    assert!(
+        SessionError::Unanswered
+            .to_string()
+            .contains("not on the relay's allow-list")
+    );
+}
+
+/// Reloading the list (a new `Admission`) refuses a removed key's next handshake at
+/// msg1, and one in flight (msg2 sent, msg3 not yet read) at msg3; an added key gets in.
+#[test]
+fn a_reloaded_list_refuses_a_removed_key_and_admits_an_added_one() {
+    let keys = PairKeys {
+        client: [0x51; 32],
+        relay: [0x52; 32],
+    };
+    let other = public_key(&[0x53; 32]);
+    let client = public_key(&keys.client);
+    let mut p = Pair::build(
+        21,
+        &keys,
+        public_key(&keys.relay),
+        &[client, other],
+        SessionConfig::default(),
+        SessionConfig::default(),
+    );
+    p.connect();
+    *p.admission.write() = Admission::new(&keys.relay, [other]);
+    p.reconnect(22);
+    p.drive();
+    assert_eq!(p.server_error, Some(SessionError::Handshake));
+    assert!(p.client_events.is_empty(), "a removed key drew msg2");
+
+    *p.admission.write() = Admission::new(&keys.relay, [other, client]);
+    p.reconnect(23);
+    p.connect();
+
+    // Removed between msg1 and msg3: msg2 went out under the old list, msg3 fails.
+    p.reconnect(24);
+    assert!(p.step(), "msg1 delivered");
+    assert!(p.server_error.is_none());
+    *p.admission.write() = Admission::new(&keys.relay, [other]);
+    p.drive();
+    assert!(
+        p.client.is_established(),
+        "msg2 went out under the old list"
+    );
+    assert_eq!(p.server_error, Some(SessionError::Handshake));
+    assert!(!p.server.is_established());
+    assert!(p.server_events.is_empty());
 }
 
 #[test]
@@ -278,7 +332,7 @@ fn wrong_relay_key_and_random_bytes_get_no_reply_at_all() {
         9,
         &keys,
         public_key(&[0x43; 32]),
-        Arc::new(|_| true),
+        &[public_key(&keys.client)],
         SessionConfig::default(),
         SessionConfig::default(),
     );

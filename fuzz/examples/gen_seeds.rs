@@ -193,7 +193,7 @@ fn main() {
     let mut m = vec![2 | STRANGER | DRAIN, 30, 0];
     m.extend(encode_piece(&frame_bytes(&ping), 0));
     write(&dir, "stranger", &m);
-    // The stranger's own messages in raw mode: completes the crypto, then refused.
+    // The stranger's own messages in raw mode: refused at msg1.
     let s = stranger();
     write(
         &dir,

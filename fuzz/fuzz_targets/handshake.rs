@@ -1,13 +1,13 @@
 //! The relay's side of the handshake (and what follows it) on arbitrary input.
 //!
 //! Input: `flags (1) | size a (1) | size b (1) | rest`. The relay session (fixed key,
-//! seeded randomness, one authorized client key) gets its input in chunks whose sizes
+//! seeded randomness, one allowed client key) gets its input in chunks whose sizes
 //! alternate between `a` and `b` (0: all that is left). `flags & 3` picks what it reads:
 //! - 0: the rest, as is (msg1 handling on garbage);
 //! - 1: a valid msg1 from the fixture client, then the rest (msg3 handling);
 //! - 2 and 3: a full valid handshake, then the rest as frames (`len | pad | bytes`) that the
 //!   client seals: the established relay's frame handling. With flag `STRANGER` the
-//!   handshake comes from a key the authorizer refuses, so it must fail at msg3.
+//!   handshake comes from a key not on the list, so it must fail at msg1 and send nothing.
 //!
 //! The other flag bits are in `qnet_fuzz::handshake_flags`.
 //!
@@ -124,6 +124,7 @@ fuzz_target!(|data: &[u8]| {
 
     if mode == 2 && flags & STRANGER != 0 {
         assert_eq!(failed, Some(SessionError::Handshake), "stranger admitted");
+        assert!(sent.is_empty(), "a stranger drew bytes");
     }
     if mode == 2 && failed.is_none() {
         assert!(relay.is_established(), "valid handshake not established");

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use qnet::proto::aead::TAG_LEN;
 use qnet::proto::frame::{Frame, FrameRepr, HEADER_LEN, MAX_FRAME};
+use qnet::proto::admit::Admission;
 use qnet::proto::noise::{Handshake, MSG1_LEN, MSG2_LEN, MSG3_LEN, TransportParams, public_key};
 use qnet::proto::record::{LEN_LEN, Opener, RecordError, Sealer};
 use qnet::proto::replay::ReplayCache;
@@ -16,9 +17,9 @@ use qnet::proto::{Role, SeededRandom, Session, SessionConfig, SimClock};
 pub const RECORD_SECRET: [u8; 32] = [0x5a; 32];
 /// The relay's static private key in the `handshake` target.
 pub const RELAY_PRIVATE: [u8; 32] = [0x22; 32];
-/// The one client key the relay's authorizer accepts.
+/// The one client key on the relay's allow-list.
 pub const CLIENT_PRIVATE: [u8; 32] = [0x11; 32];
-/// A client key the relay does not know: its handshake completes, then is refused.
+/// A client key the relay does not know: its msg1 proves nothing, so it is refused there.
 pub const STRANGER_PRIVATE: [u8; 32] = [0x33; 32];
 /// Seed of the relay session's randomness (fixes its msg2 for a given msg1).
 pub const RELAY_SEED: u64 = 0x7e1a;
@@ -217,16 +218,20 @@ pub fn seal_raw(sealer: &mut Sealer, wire: &mut Vec<u8>, frame: &[u8], pad: usiz
     }
 }
 
-/// The relay session under test: fixed key, seeded randomness, one authorized client,
+/// The relay session under test: fixed key, seeded randomness, one allowed client,
 /// its own empty replay cache and a clock reading [`UNIX_MS`] at `now`.
 pub fn relay_session(now: Instant) -> Session {
-    let allowed = public_key(&CLIENT_PRIVATE);
+    relay_session_admitting(now, &CLIENT_PRIVATE)
+}
+
+/// [`relay_session`] with the one allowed client `client` (its private key).
+fn relay_session_admitting(now: Instant, client: &[u8; 32]) -> Session {
     let started = Duration::from_millis(UNIX_MS) - Duration::from_secs(3600);
     Session::new(
         now,
         config_at(now),
         Role::Server {
-            authorize: Arc::new(move |k| *k == allowed),
+            admission: Admission::shared(&RELAY_PRIVATE, [public_key(client)]),
             replay: ReplayCache::shared(
                 ReplayCache::DEFAULT_CAPACITY,
                 ReplayCache::DEFAULT_SKEW,
@@ -243,7 +248,8 @@ pub fn relay_session(now: Instant) -> Session {
 pub struct ClientRun {
     /// The client's first message.
     pub msg1: [u8; MSG1_LEN],
-    /// What the relay answers to `msg1` (the same every run: the relay's seed is fixed).
+    /// What a relay admitting this client answers to `msg1` (the same every run: the
+    /// relay's seed is fixed).
     pub msg2: [u8; MSG2_LEN],
     /// The client's last message.
     pub msg3: [u8; MSG3_LEN],
@@ -263,7 +269,7 @@ fn run_client(private: &[u8; 32]) -> ClientRun {
     let mut client = Handshake::initiator(private, &public_key(&RELAY_PRIVATE), params, &mut rng);
     let msg1 = client.write_msg1(UNIX_MS, &mut rng);
     let now = Instant::now();
-    let mut relay = relay_session(now);
+    let mut relay = relay_session_admitting(now, private);
     relay
         .handle_input(now, &msg1)
         .expect("relay accepts msg1");
@@ -280,13 +286,14 @@ fn run_client(private: &[u8; 32]) -> ClientRun {
     }
 }
 
-/// The authorized client's handshake.
+/// The allowed client's handshake.
 pub fn client() -> &'static ClientRun {
     static RUN: OnceLock<ClientRun> = OnceLock::new();
     RUN.get_or_init(|| run_client(&CLIENT_PRIVATE))
 }
 
-/// A stranger's handshake: cryptographically fine, refused by the authorizer.
+/// A stranger's handshake, as a relay that admitted it would see it: [`relay_session`]
+/// refuses its msg1.
 pub fn stranger() -> &'static ClientRun {
     static RUN: OnceLock<ClientRun> = OnceLock::new();
     RUN.get_or_init(|| run_client(&STRANGER_PRIVATE))

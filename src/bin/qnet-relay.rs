@@ -7,10 +7,10 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::Parser;
-use parking_lot::RwLock;
 use qnet::config::{Config, Upstream};
 use qnet::engine::{log, session_config};
 use qnet::keys::{load_allow_list, load_private_key};
+use qnet::proto::admit::Admission;
 use qnet::relay::policy::ExitPolicy;
 use qnet::relay::server::{ExitProxy, Relay, RelayConfig};
 use qnet::sched::Profile;
@@ -116,6 +116,7 @@ fn run(args: Args) -> Result<(), String> {
         .or(cfg.server.clients.clone())
         .ok_or("--clients (or [server] clients) is required")?;
     let clients = load_allow_list(&clients_path).map_err(|e| e.to_string())?;
+    let clients = Admission::shared(key.as_bytes(), clients.iter().map(|k| k.0));
     let rules = if args.exit_allow.is_empty() {
         cfg.server.exit_allow.clone()
     } else {
@@ -153,7 +154,7 @@ fn run(args: Args) -> Result<(), String> {
 
     let relay_cfg = RelayConfig {
         key,
-        clients: Arc::new(RwLock::new(clients)),
+        clients,
         clients_path: Some(clients_path),
         policy,
         session: session_config(&cfg.session),

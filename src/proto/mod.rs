@@ -6,6 +6,7 @@
 //! The wall-clock time the handshake needs (msg1's timestamp) comes through a
 //! [`WallClock`] in the session's config, as randomness comes through [`Random`].
 
+pub mod admit;
 pub mod aead;
 pub mod frame;
 pub mod mux;
@@ -20,8 +21,21 @@ pub use session::{Event, Role, Session, SessionConfig, SessionError, SessionStat
 
 use std::time::{Duration, Instant, SystemTime};
 
+use blake2::Blake2sMac256;
+use blake2::digest::{KeyInit, Mac};
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
+
+/// BLAKE2s keyed with `key` (RFC 7693, 32-byte output) over the concatenation of
+/// `parts`: the spec's `BLAKE2s-MAC`, the one KDF and MAC step of the record layer and
+/// of msg1's admission proof.
+pub(crate) fn blake2s_mac(key: &[u8; 32], parts: &[&[u8]]) -> [u8; 32] {
+    let mut mac = <Blake2sMac256 as KeyInit>::new_from_slice(key).expect("32-byte key");
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().into()
+}
 
 /// Where the core's randomness comes from, so tests can inject a seeded source.
 pub trait Random: Send {

@@ -2,36 +2,42 @@
 //!
 //! ```text
 //! XK:  <- s            (the client knows and pins the relay's static key)
-//!      -> e, es        msg1: 32 + 8 + 16 bytes, the client's wall-clock time (ms)
+//!      -> e, es        msg1: 32 + 26 + 16 bytes, the client's wall-clock time (ms) and
+//!                      its proof of being on the allow-list (`super::admit`)
 //!      <- e, ee        msg2: 32 + 9 + 16 bytes, the relay's transport parameters
 //!      -> s, se        msg3: 48 + 9 + 16 bytes, the client's transport parameters
 //! ```
 //! Every message has a fixed length, so no length prefix is sent. The top bit of each
 //! ephemeral key is always zero in X25519 encodings; the sender replaces it with a
 //! random bit and the receiver clears it, so that bit does not mark the stream.
-//! msg1's timestamp is encrypted under `es`, so only a holder of the relay's public key
-//! can write one and a replayer cannot change it: the relay refuses stale and replayed
-//! first messages with it (`super::replay`) before answering anything.
+//! msg1's payload is encrypted under `es`, so only a holder of the relay's public key
+//! can write one and a replayer cannot change it. Its timestamp lets the relay refuse
+//! stale and replayed first messages (`super::replay`), and its admission tag, under a
+//! key derived from the two static keys, lets it refuse a client not on its allow-list
+//! (`super::admit`), both before answering anything.
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use snow::resolvers::{CryptoResolver, DefaultResolver, FallbackResolver};
 
 use super::Random;
+use super::admit::{self, AdmitKey};
 
 /// Noise protocol name.
 pub const NOISE_PARAMS: &str = "Noise_XK_25519_ChaChaPoly_BLAKE2s";
 /// Prologue: binds both ends to this protocol and version (a relay or client of another
 /// version fails to authenticate msg1 or msg2, and the relay stays silent).
-pub const PROLOGUE: &[u8] = b"qnet/2 Noise_XK_25519_ChaChaPoly_BLAKE2s";
+pub const PROLOGUE: &[u8] = b"qnet/3 Noise_XK_25519_ChaChaPoly_BLAKE2s";
 /// Protocol version carried in the transport parameters.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Encoded transport parameters.
 pub const PARAMS_LEN: usize = 9;
-/// msg1's payload: the client's wall-clock time, ms since the Unix epoch, big-endian.
+/// msg1's timestamp: the client's wall-clock time, ms since the Unix epoch, big-endian.
 pub const STAMP_LEN: usize = 8;
-/// First message: ephemeral, encrypted timestamp, tag.
-pub const MSG1_LEN: usize = 32 + STAMP_LEN + 16;
+/// msg1's payload: timestamp, admission hint, admission tag.
+pub const MSG1_PAYLOAD_LEN: usize = STAMP_LEN + admit::HINT_LEN + admit::TAG_LEN;
+/// First message: ephemeral, encrypted payload, AEAD tag.
+pub const MSG1_LEN: usize = 32 + MSG1_PAYLOAD_LEN + 16;
 /// Second message: ephemeral, encrypted parameters, tag.
 pub const MSG2_LEN: usize = 32 + PARAMS_LEN + 16;
 /// Third message: encrypted static key and tag, encrypted parameters, tag.
@@ -92,6 +98,10 @@ pub struct FirstMessage {
     pub ephemeral: [u8; 32],
     /// The client's wall-clock time when it wrote msg1, ms since the Unix epoch.
     pub stamp_ms: u64,
+    /// Names the admission key the tag was made with ([`admit::AdmitKey::hint`]).
+    pub hint: [u8; admit::HINT_LEN],
+    /// The client's proof of being on the allow-list ([`admit::Admission::check_msg1`]).
+    pub tag: [u8; admit::TAG_LEN],
 }
 
 /// snow's RNG hook, fed from a seed drawn from the injected randomness.
@@ -104,14 +114,69 @@ impl snow::types::Random for SeededRng {
     }
 }
 
-struct SeededResolver([u8; 32]);
+/// snow draws the initiator's ephemeral key inside `write_message`, after the payload
+/// has been handed over; msg1's admission tag covers that key, so the client draws it
+/// first and snow takes it through this `Dh` (snow's public resolver API; its builder's
+/// fixed-key hook is hidden and meant for tests). Everything else is snow's own X25519.
+struct PresetEphemeral {
+    inner: Box<dyn snow::types::Dh>,
+    preset: Option<[u8; 32]>,
+}
+
+impl snow::types::Dh for PresetEphemeral {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn pub_len(&self) -> usize {
+        self.inner.pub_len()
+    }
+    fn priv_len(&self) -> usize {
+        self.inner.priv_len()
+    }
+    fn set(&mut self, privkey: &[u8]) {
+        self.inner.set(privkey)
+    }
+    fn generate(&mut self, rng: &mut dyn snow::types::Random) -> Result<(), snow::Error> {
+        // Once only: a second ephemeral from the same handshake would be a fresh draw.
+        match self.preset.take() {
+            Some(k) => {
+                self.inner.set(&k);
+                Ok(())
+            }
+            None => self.inner.generate(rng),
+        }
+    }
+    fn pubkey(&self) -> &[u8] {
+        self.inner.pubkey()
+    }
+    fn privkey(&self) -> &[u8] {
+        self.inner.privkey()
+    }
+    fn dh(&self, pubkey: &[u8], out: &mut [u8]) -> Result<(), snow::Error> {
+        self.inner.dh(pubkey, out)
+    }
+    fn dh_len(&self) -> usize {
+        self.inner.dh_len()
+    }
+}
+
+/// snow's randomness from a seed, and (initiator) the ephemeral key drawn in advance.
+struct SeededResolver {
+    seed: [u8; 32],
+    ephemeral: Option<[u8; 32]>,
+}
 
 impl CryptoResolver for SeededResolver {
     fn resolve_rng(&self) -> Option<Box<dyn snow::types::Random>> {
-        Some(Box::new(SeededRng(ChaCha20Rng::from_seed(self.0))))
+        Some(Box::new(SeededRng(ChaCha20Rng::from_seed(self.seed))))
     }
-    fn resolve_dh(&self, _: &snow::params::DHChoice) -> Option<Box<dyn snow::types::Dh>> {
-        None
+    fn resolve_dh(&self, choice: &snow::params::DHChoice) -> Option<Box<dyn snow::types::Dh>> {
+        // Asked for the static key's slot too, which is set, never generated.
+        let preset = self.ephemeral?;
+        Some(Box::new(PresetEphemeral {
+            inner: DefaultResolver.resolve_dh(choice)?,
+            preset: Some(preset),
+        }))
     }
     fn resolve_hash(&self, _: &snow::params::HashChoice) -> Option<Box<dyn snow::types::Hash>> {
         None
@@ -124,10 +189,13 @@ impl CryptoResolver for SeededResolver {
     }
 }
 
-fn builder(rng: &mut dyn Random) -> snow::Builder<'static> {
+fn builder(rng: &mut dyn Random, ephemeral: Option<[u8; 32]>) -> snow::Builder<'static> {
     let mut seed = [0u8; 32];
     rng.fill(&mut seed);
-    let resolver = FallbackResolver::new(Box::new(SeededResolver(seed)), Box::new(DefaultResolver));
+    let resolver = FallbackResolver::new(
+        Box::new(SeededResolver { seed, ephemeral }),
+        Box::new(DefaultResolver),
+    );
     snow::Builder::with_resolver(
         NOISE_PARAMS.parse().expect("valid params"),
         Box::new(resolver),
@@ -143,6 +211,8 @@ pub fn public_key(private: &[u8; 32]) -> [u8; 32] {
 pub struct Handshake {
     state: snow::HandshakeState,
     params: TransportParams,
+    /// Initiator: its admission key and the ephemeral public key msg1 will carry.
+    admit: Option<(AdmitKey, [u8; 32])>,
 }
 
 fn randomize_top_bit(msg: &mut [u8], rng: &mut dyn Random) {
@@ -152,20 +222,41 @@ fn randomize_top_bit(msg: &mut [u8], rng: &mut dyn Random) {
 }
 
 impl Handshake {
-    /// Start as the client, pinning the relay's static key.
+    /// Start as the client, pinning the relay's static key. Costs two X25519 besides
+    /// Noise's: the admission key and the ephemeral public key the tag covers.
     pub fn initiator(
         local_private: &[u8; 32],
         relay_public: &[u8; 32],
         params: TransportParams,
         rng: &mut dyn Random,
     ) -> Self {
-        let state = builder(rng)
+        let mut ephemeral = [0u8; 32];
+        rng.fill(&mut ephemeral);
+        let admit = AdmitKey::client(local_private, relay_public);
+        Self::initiator_with(local_private, relay_public, params, ephemeral, admit, rng)
+    }
+
+    /// [`Self::initiator`] with the ephemeral private key and the admission key given
+    /// (tests make msg1s that prove another key than the static one).
+    pub(crate) fn initiator_with(
+        local_private: &[u8; 32],
+        relay_public: &[u8; 32],
+        params: TransportParams,
+        ephemeral: [u8; 32],
+        admit: AdmitKey,
+        rng: &mut dyn Random,
+    ) -> Self {
+        let state = builder(rng, Some(ephemeral))
             .local_private_key(local_private)
             .and_then(|b| b.remote_public_key(relay_public))
             .and_then(|b| b.prologue(PROLOGUE))
             .and_then(|b| b.build_initiator())
             .expect("static handshake configuration is valid");
-        Handshake { state, params }
+        Handshake {
+            state,
+            params,
+            admit: Some((admit, public_key(&ephemeral))),
+        }
     }
 
     /// Start as the relay.
@@ -174,28 +265,38 @@ impl Handshake {
         params: TransportParams,
         rng: &mut dyn Random,
     ) -> Self {
-        let state = builder(rng)
+        let state = builder(rng, None)
             .local_private_key(local_private)
             .and_then(|b| b.prologue(PROLOGUE))
             .and_then(|b| b.build_responder())
             .expect("static handshake configuration is valid");
-        Handshake { state, params }
+        Handshake {
+            state,
+            params,
+            admit: None,
+        }
     }
 
-    /// Client: write msg1 stamped with the wall-clock time `stamp_ms`.
+    /// Client: write msg1 stamped with the wall-clock time `stamp_ms`, with its proof
+    /// of admission.
     pub fn write_msg1(&mut self, stamp_ms: u64, rng: &mut dyn Random) -> [u8; MSG1_LEN] {
+        let (admit, ephemeral) = self.admit.as_ref().expect("msg1 is the initiator's");
+        let mut payload = [0u8; MSG1_PAYLOAD_LEN];
+        let (stamp, rest) = payload.split_at_mut(STAMP_LEN);
+        let (hint, tag) = rest.split_at_mut(admit::HINT_LEN);
+        stamp.copy_from_slice(&stamp_ms.to_be_bytes());
+        hint.copy_from_slice(&admit.hint());
+        tag.copy_from_slice(&admit.tag(ephemeral, stamp_ms));
         let mut m = [0u8; MSG1_LEN];
-        let n = self
-            .state
-            .write_message(&stamp_ms.to_be_bytes(), &mut m)
-            .expect("msg1");
+        let n = self.state.write_message(&payload, &mut m).expect("msg1");
         debug_assert_eq!(n, MSG1_LEN);
+        debug_assert_eq!(m[..32], ephemeral[..], "snow took the preset ephemeral key");
         randomize_top_bit(&mut m, rng);
         m
     }
 
-    /// Relay: read msg1. The caller decides from its time and ephemeral key whether to
-    /// answer (`write_msg2`) or to stay silent.
+    /// Relay: read msg1. The caller decides from its admission tag, time and ephemeral
+    /// key whether to answer (`write_msg2`) or to stay silent.
     pub fn read_msg1(&mut self, msg1: &[u8; MSG1_LEN]) -> Result<FirstMessage, HandshakeFailed> {
         let mut m = *msg1;
         m[31] &= 0x7f;
@@ -204,12 +305,16 @@ impl Handshake {
             .state
             .read_message(&m, &mut payload)
             .map_err(|_| HandshakeFailed)?;
-        let stamp: [u8; STAMP_LEN] = payload[..n].try_into().map_err(|_| HandshakeFailed)?;
-        let mut ephemeral = [0u8; 32];
-        ephemeral.copy_from_slice(&m[..32]);
+        if n != MSG1_PAYLOAD_LEN {
+            return Err(HandshakeFailed);
+        }
+        let (stamp, rest) = payload[..n].split_at(STAMP_LEN);
+        let (hint, tag) = rest.split_at(admit::HINT_LEN);
         Ok(FirstMessage {
-            ephemeral,
-            stamp_ms: u64::from_be_bytes(stamp),
+            ephemeral: m[..32].try_into().expect("32 bytes"),
+            stamp_ms: u64::from_be_bytes(stamp.try_into().expect("8 bytes")),
+            hint: hint.try_into().expect("hint"),
+            tag: tag.try_into().expect("tag"),
         })
     }
 
@@ -374,23 +479,22 @@ mod tests {
     /// randomized (tests/interop/record_spec.py recomputes it).
     #[test]
     fn msg1_golden_bytes() {
+        let client = [0x01; 32];
         let relay_public = public_key(&[0x02; 32]);
-        let mut state = builder(&mut SeededRandom::new(0))
-            .local_private_key(&[0x01; 32])
-            .and_then(|b| b.remote_public_key(&relay_public))
-            .and_then(|b| b.prologue(PROLOGUE))
-            .map(|b| b.fixed_ephemeral_key_for_testing_only(&[0x03; 32]))
-            .and_then(|b| b.build_initiator())
-            .unwrap();
-        let mut m = [0u8; MSG1_LEN];
-        let n = state
-            .write_message(&1_700_000_000_000u64.to_be_bytes(), &mut m)
-            .unwrap();
-        assert_eq!(n, MSG1_LEN);
-        let hex: String = m.iter().map(|b| format!("{b:02x}")).collect();
+        let admit = AdmitKey::client(&client, &relay_public);
+        let hex = |b: &[u8]| -> String { b.iter().map(|b| format!("{b:02x}")).collect() };
+        assert_eq!(hex(&admit.hint()), "c0ab");
         assert_eq!(
-            hex,
-            "5dfedd3b6bd47f6fa28ee15d969d5bb0ea53774d488bdaf9df1c6e0124b3ef22612932c4eb227139b2f77fbac249ebd29f1707fa82c087b3"
+            hex(&admit.tag(&public_key(&[0x03; 32]), 1_700_000_000_000)),
+            "0b79ec7d45dbad49c91392db2629a1e6"
+        );
+        let rng = &mut SeededRandom::new(0);
+        let mut h = Handshake::initiator_with(&client, &relay_public, P, [0x03; 32], admit, rng);
+        let mut m = h.write_msg1(1_700_000_000_000, rng);
+        m[31] &= 0x7f;
+        assert_eq!(
+            hex(&m),
+            "5dfedd3b6bd47f6fa28ee15d969d5bb0ea53774d488bdaf9df1c6e0124b3ef22612932c4eb22713978d715a30d8e63ec4e9e793404f1810b955dc7e9aa5055c35bc03e43d0d74e5567dd"
         );
     }
 }

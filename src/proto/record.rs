@@ -9,12 +9,11 @@
 //! length is not authenticated by itself: a changed length makes the AEAD fail.
 //! Nonces are implicit counters, so a replayed, dropped or reordered record fails too.
 
-use blake2::Blake2sMac256;
-use blake2::digest::{KeyInit, Mac};
 use chacha20::ChaCha20;
 use chacha20::cipher::{KeyIvInit, StreamCipher};
 
 use super::aead::{AeadKey, TAG_LEN};
+use super::blake2s_mac;
 use super::frame::{FrameRepr, HEADER_LEN, MAX_FRAME};
 
 /// Bytes of the masked length prefix.
@@ -40,13 +39,6 @@ pub enum RecordError {
     CounterExhausted,
 }
 
-/// BLAKE2s keyed with `key` over `label`: the one KDF step the record layer needs.
-fn kdf(key: &[u8; 32], label: &[u8]) -> [u8; 32] {
-    let mut mac = <Blake2sMac256 as KeyInit>::new_from_slice(key).expect("32-byte key");
-    mac.update(label);
-    mac.finalize().into_bytes().into()
-}
-
 /// One direction's keys: derived from a traffic secret, replaced on KEY_UPDATE.
 struct DirectionKeys {
     secret: [u8; 32],
@@ -57,8 +49,8 @@ struct DirectionKeys {
 
 impl DirectionKeys {
     fn new(secret: [u8; 32]) -> Self {
-        let aead = AeadKey::new(&kdf(&secret, b"qnet/1 record key"));
-        let mask_key = kdf(&secret, b"qnet/1 length mask");
+        let aead = AeadKey::new(&blake2s_mac(&secret, &[b"qnet/1 record key"]));
+        let mask_key = blake2s_mac(&secret, &[b"qnet/1 length mask"]);
         let mask = ChaCha20::new((&mask_key).into(), (&[0u8; 12]).into());
         DirectionKeys {
             secret,
@@ -69,7 +61,7 @@ impl DirectionKeys {
     }
 
     fn update(&mut self) {
-        *self = DirectionKeys::new(kdf(&self.secret, b"qnet/1 key update"));
+        *self = DirectionKeys::new(blake2s_mac(&self.secret, &[b"qnet/1 key update"]));
     }
 
     fn next_counter(&mut self) -> Result<u64, RecordError> {
@@ -352,7 +344,7 @@ mod tests {
         // Find two bytes that unmask to 0 (below the minimum) by unmasking the first keystream.
         let mut ks = [0u8; 2];
         ChaCha20::new(
-            (&kdf(&[1u8; 32], b"qnet/1 length mask")).into(),
+            (&blake2s_mac(&[1u8; 32], &[b"qnet/1 length mask"])).into(),
             (&[0u8; 12]).into(),
         )
         .apply_keystream(&mut ks);

@@ -4,6 +4,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::admit::SharedAdmission;
 use super::frame::{Destination, Frame, FrameRepr, HEADER_LEN, MAX_FRAME, MAX_PAYLOAD, OpenError};
 use super::mux::{OpenState, RecvCredit, Stream};
 use super::noise::{self, Handshake, TransportParams};
@@ -53,9 +54,6 @@ impl Default for SessionConfig {
     }
 }
 
-/// Decides whether a client's static key may use the relay.
-pub type Authorizer = Arc<dyn Fn(&[u8; 32]) -> bool + Send + Sync>;
-
 /// Which end this session is.
 pub enum Role {
     /// The client, pinning the relay's static public key.
@@ -63,10 +61,10 @@ pub enum Role {
         /// The relay's static public key.
         relay_public: [u8; 32],
     },
-    /// The relay, admitting clients the authorizer accepts.
+    /// The relay, admitting clients on its allow-list.
     Server {
-        /// Allow-list check, called once the client's key is known.
-        authorize: Authorizer,
+        /// The allow-list: msg1 must prove a key on it, msg3 must present that key.
+        admission: SharedAdmission,
         /// First messages seen (shared by the relay's connections): stale and replayed
         /// ones are refused before any answer.
         replay: SharedReplay,
@@ -80,7 +78,7 @@ pub enum Role {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SessionError {
-    /// The handshake failed (wrong key, not on the allow-list, garbage).
+    /// The handshake failed (wrong key, not on the allow-list, stale, replayed, garbage).
     #[error("handshake failed")]
     Handshake,
     /// A record failed authentication or had a bad length.
@@ -93,9 +91,10 @@ pub enum SessionError {
     #[error("timed out")]
     Timeout,
     /// Client: the relay sent not one byte in answer to msg1 (it stays silent to a msg1
-    /// it cannot authenticate or judges stale, so these are the likely causes).
+    /// it cannot authenticate, judges stale or from a key not on its list, so these are
+    /// the likely causes).
     #[error(
-        "no answer to the handshake: the relay may run another version of qnet, or the relay key is wrong, or this host's clock is off by minutes"
+        "no answer to the handshake: the relay may run another version of qnet, or the relay key is wrong, or this client's key is not on the relay's allow-list, or this host's clock is off by minutes"
     )]
     Unanswered,
     /// The session was closed locally.
@@ -190,7 +189,8 @@ pub struct SessionStats {
 enum Hs {
     ClientAwaitMsg2(Handshake),
     ServerAwaitMsg1(Handshake),
-    ServerAwaitMsg3(Handshake),
+    /// With the allowed key msg1 proved: msg3 must present it.
+    ServerAwaitMsg3(Handshake, [u8; 32]),
     Done,
     Failed,
 }
@@ -199,7 +199,7 @@ enum Hs {
 pub struct Session {
     cfg: SessionConfig,
     rng: Box<dyn Random>,
-    authorize: Option<Authorizer>,
+    admission: Option<SharedAdmission>,
     replay: Option<(SharedReplay, u64)>,
     is_client: bool,
     hs: Hs,
@@ -240,7 +240,7 @@ impl Session {
             session_window: cfg.session_window,
         };
         let mut out = Vec::new();
-        let (hs, authorize, replay, is_client) = match role {
+        let (hs, admission, replay, is_client) = match role {
             Role::Client { relay_public } => {
                 let mut h = Handshake::initiator(local_private, &relay_public, params, &mut *rng);
                 let stamp = cfg.clock.unix(now).as_millis() as u64;
@@ -248,12 +248,12 @@ impl Session {
                 (Hs::ClientAwaitMsg2(h), None, None, true)
             }
             Role::Server {
-                authorize,
+                admission,
                 replay,
                 source,
             } => (
                 Hs::ServerAwaitMsg1(Handshake::responder(local_private, params, &mut *rng)),
-                Some(authorize),
+                Some(admission),
                 Some((replay, source)),
                 false,
             ),
@@ -262,7 +262,7 @@ impl Session {
             recv_credit: RecvCredit::new(cfg.session_window),
             cfg,
             rng,
-            authorize,
+            admission,
             replay,
             is_client,
             hs,
@@ -721,7 +721,14 @@ impl Session {
                 }
                 let m1: [u8; noise::MSG1_LEN] = buf[..noise::MSG1_LEN].try_into().expect("len");
                 let first = h.read_msg1(&m1).map_err(|_| SessionError::Handshake)?;
-                // Stale or replayed: exactly the silence of a msg1 that did not authenticate.
+                // Not from an allowed key: the silence of a msg1 that did not authenticate.
+                // Checked before the replay cache, so only allowed keys take entries in it.
+                let admission = self.admission.as_ref().expect("relay");
+                let proved = admission
+                    .read()
+                    .check_msg1(&first.ephemeral, first.stamp_ms, &first.hint, &first.tag)
+                    .ok_or(SessionError::Handshake)?;
+                // Stale or replayed: the same silence.
                 let now_ms = self.cfg.clock.unix(now).as_millis() as u64;
                 let (replay, source) = self.replay.as_ref().expect("relay");
                 replay
@@ -733,18 +740,24 @@ impl Session {
                     .map_err(|_| SessionError::Handshake)?;
                 self.out.extend_from_slice(&m2);
                 self.last_rx = now;
-                self.hs = Hs::ServerAwaitMsg3(h);
+                self.hs = Hs::ServerAwaitMsg3(h, proved);
                 let rest = self.process_handshake(now, &buf[noise::MSG1_LEN..])?;
                 Ok(noise::MSG1_LEN + rest)
             }
-            Hs::ServerAwaitMsg3(h) => {
+            Hs::ServerAwaitMsg3(h, proved) => {
                 if buf.len() < noise::MSG3_LEN {
-                    self.hs = Hs::ServerAwaitMsg3(h);
+                    self.hs = Hs::ServerAwaitMsg3(h, proved);
                     return Ok(0);
                 }
                 let m3: [u8; noise::MSG3_LEN] = buf[..noise::MSG3_LEN].try_into().expect("len");
                 let o = h.read_msg3(&m3).map_err(|_| SessionError::Handshake)?;
-                let allowed = self.authorize.as_ref().is_some_and(|f| f(&o.peer_static));
+                // The key msg1 proved, and still on the list (a reload may have come
+                // between): else a client could prove one key and present another.
+                let allowed = o.peer_static == proved
+                    && self
+                        .admission
+                        .as_ref()
+                        .is_some_and(|a| a.read().contains(&o.peer_static));
                 if !allowed {
                     return Err(SessionError::Handshake);
                 }

@@ -4,15 +4,17 @@
 //! `latency`, in order and without loss, in deliveries of at most `chunk` bytes, so a
 //! test can split the byte stream anywhere (one byte at a time included). Both ends read
 //! simulated wall clocks that run with `now` (the client's may be set off the relay's),
-//! and the relay's replay cache is the pair's, so a test can replay into a new relay.
+//! and the relay's replay cache and allow-list are the pair's, so a test can replay into
+//! a new relay or reload the list.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::admit::{Admission, SharedAdmission};
 use super::noise::public_key;
 use super::replay::{ReplayCache, SharedReplay};
-use super::session::{Authorizer, Event, Role, Session, SessionConfig, SessionError};
+use super::session::{Event, Role, Session, SessionConfig, SessionError};
 use super::{SeededRandom, SimClock};
 
 /// The relay's simulated wall-clock time when a pair is made (2023-11-14, in ms).
@@ -52,8 +54,12 @@ pub struct Pair {
     pub upstream_log: Vec<u8>,
     /// The relay's replay cache (give it to [`Pair::new_server`]'s relays too).
     pub replay: SharedReplay,
+    /// The relay's allow-list (replace it to reload; [`Pair::new_server`]'s relays share it).
+    pub admission: SharedAdmission,
     relay_private: [u8; 32],
-    authorize: Authorizer,
+    client_private: [u8; 32],
+    pinned_relay: [u8; 32],
+    client_cfg: SessionConfig,
     server_cfg: SessionConfig,
     to_server: Wire,
     to_client: Wire,
@@ -79,12 +85,11 @@ impl Pair {
             client: [seed as u8 ^ 0x11; 32],
             relay: [seed as u8 ^ 0x22; 32],
         };
-        let allowed = public_key(&keys.client);
         Self::build(
             seed,
             &keys,
             public_key(&keys.relay),
-            Arc::new(move |k| *k == allowed),
+            &[public_key(&keys.client)],
             client,
             server,
         )
@@ -97,7 +102,6 @@ impl Pair {
             client: [seed as u8 ^ 0x11; 32],
             relay: [seed as u8 ^ 0x22; 32],
         };
-        let allowed = public_key(&keys.client);
         let unix = if behind {
             SIM_EPOCH - offset
         } else {
@@ -107,7 +111,7 @@ impl Pair {
             seed,
             &keys,
             public_key(&keys.relay),
-            Arc::new(move |k| *k == allowed),
+            &[public_key(&keys.client)],
             SessionConfig::default(),
             SessionConfig::default(),
             unix,
@@ -120,18 +124,18 @@ impl Pair {
         seed: u64,
         keys: &PairKeys,
         pinned_relay: [u8; 32],
-        authorize: Authorizer,
+        allowed: &[[u8; 32]],
         ccfg: SessionConfig,
         scfg: SessionConfig,
     ) -> Pair {
-        Self::build_at(seed, keys, pinned_relay, authorize, ccfg, scfg, SIM_EPOCH)
+        Self::build_at(seed, keys, pinned_relay, allowed, ccfg, scfg, SIM_EPOCH)
     }
 
     fn build_at(
         seed: u64,
         keys: &PairKeys,
         pinned_relay: [u8; 32],
-        authorize: Authorizer,
+        allowed: &[[u8; 32]],
         mut ccfg: SessionConfig,
         mut scfg: SessionConfig,
         client_unix: Duration,
@@ -150,9 +154,10 @@ impl Pair {
             ReplayCache::DEFAULT_SKEW,
             SIM_EPOCH - RELAY_UPTIME,
         );
+        let admission = Admission::shared(&keys.relay, allowed.iter().copied());
         let client = Session::new(
             now,
-            ccfg,
+            ccfg.clone(),
             Role::Client {
                 relay_public: pinned_relay,
             },
@@ -163,7 +168,7 @@ impl Pair {
             now,
             scfg.clone(),
             Role::Server {
-                authorize: authorize.clone(),
+                admission: admission.clone(),
                 replay: replay.clone(),
                 source: 0,
             },
@@ -182,8 +187,11 @@ impl Pair {
             server_error: None,
             upstream_log: vec![],
             replay,
+            admission,
             relay_private: keys.relay,
-            authorize,
+            client_private: keys.client,
+            pinned_relay,
+            client_cfg: ccfg,
             server_cfg: scfg,
             to_server: Wire::default(),
             to_client: Wire::default(),
@@ -197,13 +205,36 @@ impl Pair {
             self.now,
             self.server_cfg.clone(),
             Role::Server {
-                authorize: self.authorize.clone(),
+                admission: self.admission.clone(),
                 replay: self.replay.clone(),
                 source: 0,
             },
             &self.relay_private,
             Box::new(SeededRandom::new(seed)),
         )
+    }
+
+    /// The client connects again: a new client session and a [`Pair::new_server`] in place
+    /// of the old ones, created at `self.now`, with nothing in flight and no events or
+    /// errors recorded. Keys, clocks, replay cache and allow-list stay the pair's.
+    pub fn reconnect(&mut self, seed: u64) {
+        self.client = Session::new(
+            self.now,
+            self.client_cfg.clone(),
+            Role::Client {
+                relay_public: self.pinned_relay,
+            },
+            &self.client_private,
+            Box::new(SeededRandom::new(seed)),
+        );
+        self.server = self.new_server(seed.wrapping_add(1));
+        self.to_server = Wire::default();
+        self.to_client = Wire::default();
+        self.client_events.clear();
+        self.server_events.clear();
+        self.client_error = None;
+        self.server_error = None;
+        self.upstream_log.clear();
     }
 
     fn collect(&mut self) {

@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 PROTOCOL_NAME = b"Noise_XK_25519_ChaChaPoly_BLAKE2s"
-PROLOGUE = b"qnet/2 Noise_XK_25519_ChaChaPoly_BLAKE2s"
-VERSION = 2
-MSG1_LEN = 32 + 8 + 16
+PROLOGUE = b"qnet/3 Noise_XK_25519_ChaChaPoly_BLAKE2s"
+VERSION = 3
+MSG1_LEN = 32 + 8 + 2 + 16 + 16
 MAX_PAYLOAD = 16384
 HEADER = 7
 TAG = 16
@@ -68,6 +68,19 @@ def private_bytes(priv):
 
 def dh(priv, pub):
     return priv.exchange(X25519PublicKey.from_public_bytes(pub))
+
+
+# ---- admission (spec section 2, "Admission") -------------------------------------
+
+
+def admit_key(client_priv, relay_pub):
+    """k_c and the 2-byte hint the client's msg1 carries."""
+    k = blake2s_mac(dh(client_priv, relay_pub), b"qnet/3 admit")
+    return k, blake2s_mac(k, b"qnet/3 admit hint")[:2]
+
+
+def admit_tag(k, epub, stamp):
+    return blake2s_mac(k, epub + struct.pack(">Q", stamp))[:16]
 
 
 # ---- Noise XK (Noise spec rev. 34, sections 5 and 7) ---------------------------
@@ -135,14 +148,17 @@ class NoiseXKInitiator:
         self.sym.mix_hash(PROLOGUE)
         self.sym.mix_hash(relay_pub)  # pre-message <- s
 
-    def msg1(self, stamp_ms=None, e=None, randomize=True):
-        """msg1 with the payload of spec section 2: the wall-clock time in ms, big-endian."""
+    def msg1(self, stamp_ms=None, e=None, randomize=True, proof=None):
+        """msg1 with the payload of spec section 2: the wall-clock time in ms, big-endian,
+        the admission hint and the tag. `proof` is (k_c, hint), by default this client's."""
         self.e = e or X25519PrivateKey.generate()
         epub = public_bytes(self.e)
         self.sym.mix_hash(epub)
         self.sym.mix_key(dh(self.e, self.rs))
         stamp = now_ms() if stamp_ms is None else stamp_ms
-        body = epub + self.sym.encrypt_and_hash(struct.pack(">Q", stamp))
+        k, hint = proof or admit_key(self.s, self.rs)
+        payload = struct.pack(">Q", stamp) + hint + admit_tag(k, epub, stamp)
+        body = epub + self.sym.encrypt_and_hash(payload)
         # Spec section 2: the clear top bit of the ephemeral key is replaced by a random bit.
         body = bytearray(body)
         if randomize:
@@ -273,11 +289,19 @@ def vectors():
         "vector: key update and padding round-trip in this implementation",
     )
     relay_pub = public_bytes(X25519PrivateKey.from_private_bytes(b"\x02" * 32))
-    hs = NoiseXKInitiator(X25519PrivateKey.from_private_bytes(b"\x01" * 32), relay_pub, params(1 << 18, 1 << 24))
-    m1 = hs.msg1(1_700_000_000_000, X25519PrivateKey.from_private_bytes(b"\x03" * 32), randomize=False)
+    client = X25519PrivateKey.from_private_bytes(b"\x01" * 32)
+    e = X25519PrivateKey.from_private_bytes(b"\x03" * 32)
+    k, hint = admit_key(client, relay_pub)
+    tag = admit_tag(k, public_bytes(e), 1_700_000_000_000)
     check(
-        m1.hex() == "5dfedd3b6bd47f6fa28ee15d969d5bb0ea53774d488bdaf9df1c6e0124b3ef22612932c4eb227139b2f77fbac249ebd29f1707fa82c087b3",
-        "vector: msg1 (prologue qnet/2, timestamp payload) matches src/proto/noise.rs",
+        hint.hex() == "c0ab" and tag.hex() == "0b79ec7d45dbad49c91392db2629a1e6",
+        "vector: admission hint and tag (k_c from the static-static X25519) match src/proto/noise.rs",
+    )
+    hs = NoiseXKInitiator(client, relay_pub, params(1 << 18, 1 << 24))
+    m1 = hs.msg1(1_700_000_000_000, e, randomize=False)
+    check(
+        m1.hex() == "5dfedd3b6bd47f6fa28ee15d969d5bb0ea53774d488bdaf9df1c6e0124b3ef22612932c4eb22713978d715a30d8e63ec4e9e793404f1810b955dc7e9aa5055c35bc03e43d0d74e5567dd",
+        "vector: msg1 (prologue qnet/3, timestamp, hint and tag) matches src/proto/noise.rs",
     )
     check(
         frame(OPEN, 1, bytes([2]) + dest_v4("192.0.2.7", 443) + b"hi")
@@ -391,6 +415,17 @@ def wait_quiet(sock, seconds):
     return got
 
 
+def silent_until_close(sock, limit=5):
+    """True when the peer closes within `limit` seconds without sending a byte."""
+    sock.settimeout(limit)
+    try:
+        return sock.recv(4096) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
 def live(relay_bin):
     tmp = tempfile.mkdtemp(prefix="qnet-interop-")
     relay_priv = X25519PrivateKey.generate()
@@ -403,8 +438,11 @@ def live(relay_bin):
     clients = os.path.join(tmp, "clients")
     with open(clients, "w") as f:
         f.write("# the interop client\n" + base64.b64encode(public_bytes(client_priv)).decode() + "\n")
-    empty_cfg = os.path.join(tmp, "none.toml")
-    open(empty_cfg, "w").close()
+    # Unauthenticated connections close after 0.3-0.7 s (spec section 2, "Failure"), so
+    # the refusals below can wait for the close.
+    empty_cfg = os.path.join(tmp, "relay.toml")
+    with open(empty_cfg, "w") as f:
+        f.write("[server]\ndrain_min_ms = 300\ndrain_max_ms = 700\n")
     proc = subprocess.Popen(
         [relay_bin, "--listen", "127.0.0.1:0", "--key", key_path, "--clients", clients,
          "--exit-allow", "127.0.0.1/32", "--exit-allow", "[::1]/128", "--connect-timeout", "3"],
@@ -428,7 +466,7 @@ def session(addr, relay_pub, client_priv):
     echo = Echo()
     c = Client(addr, client_priv, relay_pub)
     c.handshake()
-    check(c.relay_params[0] == VERSION and len(c.relay_params) == 9, "handshake: relay sends version-2 transport parameters")
+    check(c.relay_params[0] == VERSION and len(c.relay_params) == 9, "handshake: relay sends version-3 transport parameters")
     stream_window, session_window = struct.unpack(">II", c.relay_params[1:])
 
     # OPEN by IPv4 with first data, padding on the record, then DATA and a PING.
@@ -538,11 +576,27 @@ def session(addr, relay_pub, client_priv):
 
 
 def refusals(addr, relay_pub, stranger, client_priv):
-    # A key not on the allow-list: msg2 arrives (XK), then nothing at all.
+    # A key not on the allow-list: its msg1 proves nothing, so not even msg2 comes back;
+    # the relay closes at its drain deadline without a byte.
     c = Client(addr, stranger, relay_pub)
+    c.sock.sendall(c.hs.msg1())
+    check(silent_until_close(c.sock), "client not on the allow-list: no msg2, silence until the relay closes")
+
+    # The allowed key's hint with a tag under another key: silence, as for a stranger.
+    c = Client(addr, client_priv, relay_pub)
+    c.sock.sendall(c.hs.msg1(proof=(os.urandom(32), admit_key(client_priv, relay_pub)[1])))
+    check(silent_until_close(c.sock), "allowed key's hint with a wrong tag: silence until the relay closes")
+
+    # msg1 proving the allowed key, msg3 presenting another: msg2 comes, then nothing.
+    c = Client(addr, stranger, relay_pub)
+    c.sock.sendall(c.hs.msg1(proof=admit_key(client_priv, relay_pub)))
+    m3, _, k1, _ = c.hs.read_msg2_write_msg3(c.recv_exact(57))
+    c.sock.sendall(m3 + Direction(k1).seal(frame(PING, 0, b"abcdefgh")))
+    check(wait_quiet(c.sock, 1.5) == b"", "msg3 with another key than msg1 proved: no byte after msg2")
+
+    # An allowed client's handshake, whose msg1 is replayed below.
+    c = Client(addr, client_priv, relay_pub)
     c.handshake()
-    c.send(frame(OPEN, 1, bytes([0]) + dest_v4("127.0.0.1", 9)), frame(PING, 0, b"abcdefgh"))
-    check(wait_quiet(c.sock, 1.5) == b"", "client not on the allow-list gets no byte after msg2")
 
     # The wrong relay key: msg1 fails at the relay, which answers nothing.
     wrong = Client(addr, client_priv, public_bytes(X25519PrivateKey.generate()))
@@ -559,6 +613,18 @@ def refusals(addr, relay_pub, stranger, client_priv):
         stale = Client(addr, client_priv, relay_pub)
         stale.sock.sendall(stale.hs.msg1(now_ms() + off))
         check(wait_quiet(stale.sock, 1.5) == b"", "msg1 stamped 10 min %s: no reply bytes" % what)
+
+    # A version-2 client (prologue qnet/2, the timestamp alone as msg1's payload): no reply.
+    old = NoiseXKInitiator(client_priv, relay_pub, bytes([2]) + struct.pack(">II", 1 << 18, 1 << 24))
+    old.sym = Symmetric()
+    old.sym.mix_hash(b"qnet/2 Noise_XK_25519_ChaChaPoly_BLAKE2s")
+    old.sym.mix_hash(relay_pub)
+    e = X25519PrivateKey.generate()
+    old.sym.mix_hash(public_bytes(e))
+    old.sym.mix_key(dh(e, relay_pub))
+    s = socket.create_connection(addr)
+    s.sendall(public_bytes(e) + old.sym.encrypt_and_hash(struct.pack(">Q", now_ms())))
+    check(silent_until_close(s), "version-2 msg1: no reply bytes")
 
     # A version-1 client (prologue qnet/1, empty msg1 payload): no reply.
     old = NoiseXKInitiator(client_priv, relay_pub, bytes([1]) + struct.pack(">II", 1 << 18, 1 << 24))

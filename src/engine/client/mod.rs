@@ -350,7 +350,6 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeSet;
     use std::io::{Read, Write};
     use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::sync::Arc;
@@ -382,9 +381,10 @@ mod tests {
         let key = PrivateKey::generate();
         let public = key.public().0;
         let server = crate::config::ServerConfig::default();
+        let clients = crate::proto::admit::Admission::shared(key.as_bytes(), [client.public().0]);
         let cfg = RelayConfig {
             key,
-            clients: Arc::new(parking_lot::RwLock::new(BTreeSet::from([client.public()]))),
+            clients,
             clients_path: None,
             policy: ExitPolicy::from_exit_allow(&["127.0.0.1/32"]).unwrap(),
             session: crate::proto::SessionConfig::default(),

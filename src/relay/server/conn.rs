@@ -7,7 +7,6 @@
 use std::collections::{HashMap, HashSet};
 use std::io::{self, ErrorKind, Read};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::{Interest, Token};
@@ -19,7 +18,6 @@ use super::quota::SessionHold;
 use super::{Loop, Owner};
 use crate::engine::shape::Shaper;
 use crate::engine::{Link, LinkRead};
-use crate::keys::PublicKey;
 use crate::proto::replay::source_network;
 use crate::proto::{Role, Session, SessionError};
 use crate::qlog;
@@ -189,14 +187,11 @@ impl Loop {
         self.poll
             .registry()
             .register(&mut sock, t, Interest::READABLE | Interest::WRITABLE)?;
-        let clients = self.cfg.clients.clone();
-        let authorize: crate::proto::session::Authorizer =
-            Arc::new(move |k: &[u8; 32]| clients.read().contains(&PublicKey(*k)));
         let session = Session::new(
             now,
             self.cfg.session.clone(),
             Role::Server {
-                authorize,
+                admission: self.cfg.clients.clone(),
                 replay: self.shared.replay.clone(),
                 source: source_network(peer.ip()),
             },

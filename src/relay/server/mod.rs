@@ -18,7 +18,7 @@ mod trim;
 
 pub use pool::Relay;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::io::{self, ErrorKind};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
-use parking_lot::RwLock;
 
 use super::policy::ExitPolicy;
 use crate::config::ServerLimits;
@@ -37,6 +36,7 @@ use crate::engine::timers::{MAX_ROUNDS, ShapedTimers, pump_failed};
 use crate::engine::wheel::Lateness;
 use crate::engine::{READ_CHUNK, lower_timer_slack};
 use crate::keys::{PrivateKey, PublicKey};
+use crate::proto::admit::SharedAdmission;
 use crate::proto::{Event, OpenError, SessionConfig};
 use crate::qlog;
 use crate::sched::Profile;
@@ -60,8 +60,8 @@ const OWN_ADDRS_EVERY: Duration = Duration::from_secs(5);
 pub struct RelayConfig {
     /// The relay's static private key.
     pub key: PrivateKey,
-    /// Admitted client keys (shared so SIGHUP can replace them).
-    pub clients: Arc<RwLock<BTreeSet<PublicKey>>>,
+    /// Admitted client keys with their admission keys (shared so SIGHUP can replace them).
+    pub clients: SharedAdmission,
     /// Where the allow-list is read from on reload.
     pub clients_path: Option<PathBuf>,
     /// Which destinations may be dialled.
@@ -234,7 +234,7 @@ impl Loop {
             let now = Instant::now();
             if reload.is_some_and(|r| r.swap(false, Ordering::Relaxed)) {
                 if let Some(path) = &self.cfg.clients_path {
-                    self.shared.reload(path, &self.cfg.clients);
+                    self.shared.reload(path, &self.cfg.clients, &self.cfg.key);
                 }
             }
             if self.shared.generation() != self.reload_seen {
@@ -333,7 +333,7 @@ impl Loop {
             let set = self.cfg.clients.read();
             self.conns
                 .iter()
-                .filter(|(_, c)| c.key.as_ref().is_some_and(|k| !set.contains(k.key())))
+                .filter(|(_, c)| c.key.as_ref().is_some_and(|k| !set.contains(&k.key().0)))
                 .map(|(t, _)| *t)
                 .collect()
         };
@@ -654,7 +654,7 @@ mod tests {
         let server = ServerConfig::default();
         RelayConfig {
             key: PrivateKey::generate(),
-            clients: Arc::new(RwLock::new(BTreeSet::new())),
+            clients: SharedAdmission::default(),
             clients_path: None,
             policy: ExitPolicy::from_exit_allow(&["127.0.0.1/32"]).unwrap(),
             session: SessionConfig::default(),

@@ -10,7 +10,6 @@
 //! `SO_REUSEPORT` lets only sockets of the same effective user join the group, so no
 //! other account can take a share of the connections; with one loop it is not set.
 
-use std::collections::BTreeSet;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,7 +19,7 @@ use std::time::Instant;
 
 use mio::net::TcpListener;
 use mio::{Poll, Waker};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use super::limits::Gate;
@@ -28,7 +27,8 @@ use super::quota::Quotas;
 use super::{Loop, RelayConfig, WAKER};
 use crate::config::ServerLimits;
 use crate::engine::wheel::Lateness;
-use crate::keys::{PublicKey, load_allow_list};
+use crate::keys::{PrivateKey, load_allow_list};
+use crate::proto::admit::{Admission, SharedAdmission};
 use crate::proto::replay::{ReplayCache, SharedReplay};
 use crate::qlog;
 
@@ -89,9 +89,10 @@ impl Shared {
         }
     }
 
-    /// SIGHUP: re-read the allow-list at `path` into `clients` and have every loop end
-    /// the sessions of keys no longer on it; a bad list keeps the old (and every session).
-    pub(super) fn reload(&self, path: &Path, clients: &RwLock<BTreeSet<PublicKey>>) {
+    /// SIGHUP: re-read the allow-list at `path` into `clients` (admission keys under
+    /// the relay's `key`) and have every loop end the sessions of keys no longer on it;
+    /// a bad list keeps the old (and every session).
+    pub(super) fn reload(&self, path: &Path, clients: &SharedAdmission, key: &PrivateKey) {
         match load_allow_list(path) {
             Ok(set) => {
                 qlog!(
@@ -100,7 +101,9 @@ impl Shared {
                     set.len(),
                     path.display()
                 );
-                *clients.write() = set;
+                // One X25519 per key, computed before the lock is taken.
+                let admission = Admission::new(key.as_bytes(), set.iter().map(|k| k.0));
+                *clients.write() = admission;
                 self.generation.fetch_add(1, Ordering::AcqRel);
                 self.wake_all();
             }
