@@ -614,28 +614,25 @@ def refusals(addr, relay_pub, stranger, client_priv):
         stale.sock.sendall(stale.hs.msg1(now_ms() + off))
         check(wait_quiet(stale.sock, 1.5) == b"", "msg1 stamped 10 min %s: no reply bytes" % what)
 
-    # A version-2 client (prologue qnet/2, the timestamp alone as msg1's payload): no reply.
-    old = NoiseXKInitiator(client_priv, relay_pub, bytes([2]) + struct.pack(">II", 1 << 18, 1 << 24))
-    old.sym = Symmetric()
-    old.sym.mix_hash(b"qnet/2 Noise_XK_25519_ChaChaPoly_BLAKE2s")
-    old.sym.mix_hash(relay_pub)
-    e = X25519PrivateKey.generate()
-    old.sym.mix_hash(public_bytes(e))
-    old.sym.mix_key(dh(e, relay_pub))
-    s = socket.create_connection(addr)
-    s.sendall(public_bytes(e) + old.sym.encrypt_and_hash(struct.pack(">Q", now_ms())))
-    check(silent_until_close(s), "version-2 msg1: no reply bytes")
+    # Clients of older versions: their prologue and msg1 payload, no reply.
+    def old_msg1(version, payload):
+        """msg1 of protocol `version` (prologue qnet/<version>) carrying `payload`."""
+        old = NoiseXKInitiator(client_priv, relay_pub, bytes([version]) + struct.pack(">II", 1 << 18, 1 << 24))
+        old.sym = Symmetric()
+        old.sym.mix_hash(b"qnet/%d Noise_XK_25519_ChaChaPoly_BLAKE2s" % version)
+        old.sym.mix_hash(relay_pub)
+        e = X25519PrivateKey.generate()
+        old.sym.mix_hash(public_bytes(e))
+        old.sym.mix_key(dh(e, relay_pub))
+        return public_bytes(e) + old.sym.encrypt_and_hash(payload)
 
-    # A version-1 client (prologue qnet/1, empty msg1 payload): no reply.
-    old = NoiseXKInitiator(client_priv, relay_pub, bytes([1]) + struct.pack(">II", 1 << 18, 1 << 24))
-    old.sym = Symmetric()
-    old.sym.mix_hash(b"qnet/1 Noise_XK_25519_ChaChaPoly_BLAKE2s")
-    old.sym.mix_hash(relay_pub)
-    e = X25519PrivateKey.generate()
-    old.sym.mix_hash(public_bytes(e))
-    old.sym.mix_key(dh(e, relay_pub))
+    # Version 2: the timestamp alone as msg1's payload.
     s = socket.create_connection(addr)
-    s.sendall(public_bytes(e) + old.sym.encrypt_and_hash(b""))
+    s.sendall(old_msg1(2, struct.pack(">Q", now_ms())))
+    check(silent_until_close(s), "version-2 msg1: no reply bytes")
+    # Version 1: an empty msg1 payload.
+    s = socket.create_connection(addr)
+    s.sendall(old_msg1(1, b""))
     check(wait_quiet(s, 1.5) == b"", "version-1 msg1: no reply bytes")
 
     # Random bytes: no reply.
