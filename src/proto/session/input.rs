@@ -1,0 +1,301 @@
+//! What arrives from the peer: the handshake's messages, then records and the frames
+//! they carry, each applied to the session's streams.
+
+use std::time::Instant;
+
+use super::*;
+
+impl Session {
+    /// Feed bytes received from the transport.
+    pub fn handle_input(&mut self, now: Instant, data: &[u8]) -> Result<(), SessionError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        self.inbuf.extend_from_slice(data);
+        let mut buf = std::mem::take(&mut self.inbuf);
+        let r = self.process(now, &mut buf);
+        self.inbuf = buf;
+        r.map_err(|e| self.fail(e))
+    }
+
+    /// Parse as much of `buf` as possible, then keep the unparsed tail in it.
+    fn process(&mut self, now: Instant, buf: &mut Vec<u8>) -> Result<(), SessionError> {
+        let mut at = self.process_handshake(now, buf)?;
+        if self.opener.is_some() {
+            loop {
+                let opener = self.opener.as_mut().expect("checked");
+                let Some(r) = opener.open(&mut buf[at..]).map_err(SessionError::Record)? else {
+                    break;
+                };
+                self.stats.records_received += 1;
+                self.last_rx = now;
+                let frame = Frame::new_unchecked(&buf[at + r.frame.start..at + r.frame.end]);
+                let repr =
+                    FrameRepr::parse(&frame).map_err(|_| SessionError::Protocol("bad frame"))?;
+                self.handle_frame(now, repr)?;
+                at += r.consumed;
+            }
+        }
+        buf.drain(..at);
+        Ok(())
+    }
+
+    fn process_handshake(&mut self, now: Instant, buf: &[u8]) -> Result<usize, SessionError> {
+        match std::mem::replace(&mut self.hs, Hs::Failed) {
+            Hs::ServerAwaitMsg1(mut h) => {
+                if buf.len() < noise::MSG1_LEN {
+                    self.hs = Hs::ServerAwaitMsg1(h);
+                    return Ok(0);
+                }
+                let m1: [u8; noise::MSG1_LEN] = buf[..noise::MSG1_LEN].try_into().expect("len");
+                let first = h.read_msg1(&m1).map_err(|_| SessionError::Handshake)?;
+                // Not from an allowed key: the silence of a msg1 that did not authenticate.
+                // Checked before the replay cache, so only allowed keys take entries in it.
+                let admission = self.admission.as_ref().expect("relay");
+                let proved = admission
+                    .read()
+                    .check_msg1(&first.ephemeral, first.stamp_ms, &first.hint, &first.tag)
+                    .ok_or(SessionError::Handshake)?;
+                // Stale or replayed: the same silence.
+                let now_ms = self.cfg.clock.unix(now).as_millis() as u64;
+                let (replay, source) = self.replay.as_ref().expect("relay");
+                replay
+                    .lock()
+                    .admit(&first.ephemeral, first.stamp_ms, now_ms, *source)
+                    .map_err(|_| SessionError::Handshake)?;
+                let m2 = h
+                    .write_msg2(&mut *self.rng)
+                    .map_err(|_| SessionError::Handshake)?;
+                self.out.extend_from_slice(&m2);
+                self.last_rx = now;
+                self.hs = Hs::ServerAwaitMsg3(h, proved);
+                let rest = self.process_handshake(now, &buf[noise::MSG1_LEN..])?;
+                Ok(noise::MSG1_LEN + rest)
+            }
+            Hs::ServerAwaitMsg3(h, proved) => {
+                if buf.len() < noise::MSG3_LEN {
+                    self.hs = Hs::ServerAwaitMsg3(h, proved);
+                    return Ok(0);
+                }
+                let m3: [u8; noise::MSG3_LEN] = buf[..noise::MSG3_LEN].try_into().expect("len");
+                let o = h.read_msg3(&m3).map_err(|_| SessionError::Handshake)?;
+                // The key msg1 proved, and still on the list (a reload may have come
+                // between): else a client could prove one key and present another.
+                let allowed = o.peer_static == proved
+                    && self
+                        .admission
+                        .as_ref()
+                        .is_some_and(|a| a.read().contains(&o.peer_static));
+                if !allowed {
+                    return Err(SessionError::Handshake);
+                }
+                self.established(now, o);
+                Ok(noise::MSG3_LEN)
+            }
+            Hs::ClientAwaitMsg2(h) => {
+                if buf.len() < noise::MSG2_LEN {
+                    self.hs = Hs::ClientAwaitMsg2(h);
+                    return Ok(0);
+                }
+                let m2: [u8; noise::MSG2_LEN] = buf[..noise::MSG2_LEN].try_into().expect("len");
+                let (m3, o) = h
+                    .read_msg2_write_msg3(&m2)
+                    .map_err(|_| SessionError::Handshake)?;
+                self.out.extend_from_slice(&m3);
+                self.established(now, o);
+                Ok(noise::MSG2_LEN)
+            }
+            Hs::Done => {
+                self.hs = Hs::Done;
+                Ok(0)
+            }
+            Hs::Failed => Err(SessionError::Handshake),
+        }
+    }
+
+    fn established(&mut self, now: Instant, o: noise::HandshakeOutput) {
+        self.sealer = Some(Sealer::new(o.send));
+        self.opener = Some(Opener::new(o.recv));
+        self.send_credit = o.peer_params.session_window as u64;
+        self.peer_params = Some(o.peer_params);
+        self.hs = Hs::Done;
+        self.last_rx = now;
+        self.last_tx = now;
+        self.key_since = now;
+        self.events.push_back(Event::Connected {
+            peer: o.peer_static,
+        });
+    }
+
+    fn readable(events: &mut VecDeque<Event>, stream: u32, s: &mut Stream) {
+        if !s.readable_reported {
+            s.readable_reported = true;
+            events.push_back(Event::Readable { stream });
+        }
+    }
+
+    /// Take stream data into the buffer, or discard it (returning credit) if the stream is gone.
+    fn take_data(&mut self, now: Instant, stream: u32, data: &[u8]) -> Result<(), SessionError> {
+        if !self.recv_credit.receive(data.len()) {
+            return Err(SessionError::Protocol("session flow control exceeded"));
+        }
+        self.stats.bytes_received += data.len() as u64;
+        match self.streams.get_mut(&stream) {
+            Some(s) => {
+                if s.fin_received {
+                    return Err(SessionError::Protocol("data after close"));
+                }
+                if !s.recv_credit.receive(data.len()) {
+                    return Err(SessionError::Protocol("stream flow control exceeded"));
+                }
+                s.records.1 += 1;
+                if !data.is_empty() {
+                    s.recv_buf.extend(data);
+                    Self::readable(&mut self.events, stream, s);
+                }
+            }
+            None => self.session_consumed(now, data.len()),
+        }
+        Ok(())
+    }
+
+    /// Frames for a stream we do not hold: fine if it existed once (late frames after
+    /// a reset), a violation if it never did.
+    fn check_unknown(&self, stream: u32) -> Result<(), SessionError> {
+        let ours = stream % 2 == 1;
+        let ever = if self.is_client == ours {
+            stream < self.next_stream
+        } else {
+            stream <= self.highest_peer_stream
+        };
+        if ever {
+            Ok(())
+        } else {
+            Err(SessionError::Protocol("frame for a stream never opened"))
+        }
+    }
+
+    fn handle_frame(&mut self, now: Instant, f: FrameRepr<'_>) -> Result<(), SessionError> {
+        match f {
+            FrameRepr::Padding => {}
+            FrameRepr::KeyUpdate => {
+                self.opener.as_mut().expect("established").update_key();
+                self.stats.key_updates_received += 1;
+            }
+            FrameRepr::Ping { payload } => self.seal(now, &FrameRepr::Pong { payload }, 0),
+            FrameRepr::Pong { payload } => {
+                if let Some((seq, sent)) = self.ping {
+                    if seq.to_be_bytes() == payload {
+                        self.rtt = Some(now.duration_since(sent));
+                        self.ping = None;
+                    }
+                }
+            }
+            FrameRepr::Open {
+                stream,
+                profile,
+                dest,
+                data,
+            } => {
+                if self.is_client {
+                    return Err(SessionError::Protocol("OPEN sent to a client"));
+                }
+                if stream % 2 != 1 || stream <= self.highest_peer_stream {
+                    return Err(SessionError::Protocol("OPEN with a stale stream id"));
+                }
+                self.highest_peer_stream = stream;
+                self.stats.streams_opened += 1;
+                let peer = self.peer_params.expect("established");
+                if self.streams.len() >= self.cfg.max_streams {
+                    self.take_data(now, 0, data)?;
+                    self.seal(
+                        now,
+                        &FrameRepr::OpenResult {
+                            stream,
+                            result: Err(OpenError::TooManyStreams),
+                        },
+                        0,
+                    );
+                    return Ok(());
+                }
+                let s = Stream::new(
+                    OpenState::Opening,
+                    peer.stream_window,
+                    self.cfg.stream_window,
+                    profile,
+                );
+                self.streams.insert(stream, s);
+                self.events.push_back(Event::Opened {
+                    stream,
+                    dest,
+                    profile,
+                });
+                self.take_data(now, stream, data)?;
+            }
+            FrameRepr::OpenResult { stream, result } => {
+                if !self.is_client {
+                    return Err(SessionError::Protocol("OPEN_RESULT sent to a relay"));
+                }
+                match self.streams.get_mut(&stream) {
+                    Some(s) if s.open == OpenState::Opening => {
+                        s.open = OpenState::Open;
+                        self.events.push_back(Event::OpenResult { stream, result });
+                        if result.is_err() {
+                            self.drop_stream(now, stream);
+                        }
+                    }
+                    Some(_) => return Err(SessionError::Protocol("second OPEN_RESULT")),
+                    None => self.check_unknown(stream)?,
+                }
+            }
+            FrameRepr::Data { stream, data } => {
+                if !self.streams.contains_key(&stream) {
+                    self.check_unknown(stream)?;
+                }
+                self.take_data(now, stream, data)?;
+            }
+            FrameRepr::WindowUpdate {
+                stream: 0,
+                increment,
+            } => {
+                self.send_credit += increment as u64;
+                for (&id, s) in self.streams.iter_mut() {
+                    if s.blocked && s.send_credit > 0 {
+                        s.blocked = false;
+                        self.events.push_back(Event::Writable { stream: id });
+                    }
+                }
+            }
+            FrameRepr::WindowUpdate { stream, increment } => match self.streams.get_mut(&stream) {
+                Some(s) => {
+                    s.send_credit += increment as u64;
+                    if s.blocked && self.send_credit > 0 {
+                        s.blocked = false;
+                        self.events.push_back(Event::Writable { stream });
+                    }
+                }
+                None => self.check_unknown(stream)?,
+            },
+            FrameRepr::Close { stream } => match self.streams.get_mut(&stream) {
+                Some(s) => {
+                    if s.fin_received {
+                        return Err(SessionError::Protocol("second CLOSE"));
+                    }
+                    s.fin_received = true;
+                    s.readable_reported = false;
+                    Self::readable(&mut self.events, stream, s);
+                }
+                None => self.check_unknown(stream)?,
+            },
+            FrameRepr::Reset { stream, code } => {
+                if self.streams.contains_key(&stream) {
+                    self.drop_stream(now, stream);
+                    self.events.push_back(Event::Reset { stream, code });
+                } else {
+                    self.check_unknown(stream)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
