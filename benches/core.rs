@@ -26,7 +26,7 @@ use qnet::engine::{HIGH_WATER, READ_CHUNK};
 use qnet::proto::admit::Admission;
 use qnet::proto::aead::{AeadKey, TAG_LEN};
 use qnet::proto::frame::{FrameRepr, MAX_PAYLOAD};
-use qnet::proto::noise::{Handshake, TransportParams, public_key};
+use qnet::proto::noise::{Handshake, MSG1_LEN, MSG3_LEN, REPLY_LEN, TransportParams, public_key};
 use qnet::proto::record::{MAX_RECORD, Opener, Sealer};
 use qnet::proto::sim::Pair;
 use qnet::proto::{Destination, Event, SeededRandom, Session, SessionConfig};
@@ -256,15 +256,18 @@ fn handshake_us(side: Side) -> Stat {
             let m1 = c.write_msg1(1_700_000_000_000, &mut rng);
             let t1 = Instant::now();
             let mut r = Handshake::responder(&relay_key, PARAMS, &mut rng);
-            let f = r.read_msg1(black_box(&m1)).expect("msg1");
-            admission
+            let f = r.read_msg1(black_box(&m1[..MSG1_LEN])).expect("msg1");
+            let a = admission
                 .check_msg1(&f.ephemeral, f.stamp_ms, &f.hint, &f.tag)
                 .expect("admitted");
-            let m2 = r.write_msg2(&mut rng).expect("msg1");
+            r.read_pad1(a.mask, &m1[MSG1_LEN..]).expect("pad1");
+            let reply = r.write_reply(&mut rng).expect("msg1");
             let t2 = Instant::now();
-            let (m3, co) = c.read_msg2_write_msg3(black_box(&m2)).expect("msg2");
+            c.read_reply(black_box(&reply[..REPLY_LEN])).expect("msg2");
+            let (m3, co) = c.finish_client(&reply[REPLY_LEN..], &mut rng).expect("pad2");
             let t3 = Instant::now();
-            let ro = r.read_msg3(black_box(&m3)).expect("msg3");
+            r.read_msg3(black_box(&m3[..MSG3_LEN])).expect("msg3");
+            let ro = r.finish_relay(&m3[MSG3_LEN..]).expect("pad3");
             let t4 = Instant::now();
             black_box((co.send, ro.recv));
             client += (t1 - t) + (t3 - t2);

@@ -22,6 +22,7 @@ use parking_lot::RwLock;
 use subtle::ConstantTimeEq;
 
 use super::blake2s_mac;
+use super::mask::Mask;
 
 /// Bytes of the hint that names a client's admission key without revealing it.
 pub const HINT_LEN: usize = 2;
@@ -66,6 +67,21 @@ impl AdmitKey {
         tag.copy_from_slice(&mac[..TAG_LEN]);
         tag
     }
+
+    /// The masking key of the handshake whose msg1 has ephemeral key `ephemeral` (top bit
+    /// clear): `BLAKE2s-MAC(k_c, "qnet/4 mask" || e)`, 43 bytes MACed, so it cannot stand
+    /// in for a hint (17) or a tag (40).
+    pub fn mask(&self, ephemeral: &[u8; 32]) -> Mask {
+        Mask::new(blake2s_mac(&self.key, &[b"qnet/4 mask", ephemeral]))
+    }
+}
+
+/// An allowed client that msg1 proved, and its handshake's masking key.
+pub struct Admitted {
+    /// The client's static public key: msg3 must present it.
+    pub public: [u8; 32],
+    /// The keystreams of this handshake ([`AdmitKey::mask`]).
+    pub mask: Mask,
 }
 
 impl Drop for AdmitKey {
@@ -122,7 +138,7 @@ impl Admission {
         Arc::new(RwLock::new(Self::new(relay_private, allowed)))
     }
 
-    /// The allowed client whose key made `tag` for this msg1, if any. Only the clients
+    /// The allowed client whose key made `tag` for this msg1, if any, with the mask. Only the clients
     /// whose hint is `hint` are tried, each compared in constant time.
     pub fn check_msg1(
         &self,
@@ -130,13 +146,16 @@ impl Admission {
         stamp_ms: u64,
         hint: &[u8; HINT_LEN],
         tag: &[u8; TAG_LEN],
-    ) -> Option<[u8; 32]> {
+    ) -> Option<Admitted> {
         let start = self.by_hint.partition_point(|e| e.key.hint < *hint);
         self.by_hint[start..]
             .iter()
             .take_while(|e| e.key.hint == *hint)
             .find(|e| bool::from(e.key.tag(ephemeral, stamp_ms).ct_eq(tag)))
-            .map(|e| e.public)
+            .map(|e| Admitted {
+                public: e.public,
+                mask: e.key.mask(ephemeral),
+            })
     }
 
     /// `public` is on the allow-list.
@@ -172,14 +191,17 @@ mod tests {
         for c in &clients {
             let k = AdmitKey::client(c, &public_key(&relay));
             let tag = k.tag(&E, T);
-            assert_eq!(a.check_msg1(&E, T, &k.hint(), &tag), Some(public_key(c)));
+            assert_eq!(
+                a.check_msg1(&E, T, &k.hint(), &tag).map(|a| a.public),
+                Some(public_key(c))
+            );
             assert!(a.contains(&public_key(c)));
             // The tag covers the ephemeral key and the time.
-            assert_eq!(a.check_msg1(&[0x45; 32], T, &k.hint(), &tag), None);
-            assert_eq!(a.check_msg1(&E, T + 1, &k.hint(), &tag), None);
+            assert!(a.check_msg1(&[0x45; 32], T, &k.hint(), &tag).is_none());
+            assert!(a.check_msg1(&E, T + 1, &k.hint(), &tag).is_none());
             let mut bad = tag;
             bad[15] ^= 1;
-            assert_eq!(a.check_msg1(&E, T, &k.hint(), &bad), None);
+            assert!(a.check_msg1(&E, T, &k.hint(), &bad).is_none());
         }
     }
 
@@ -189,12 +211,16 @@ mod tests {
         let (alice, bob) = ([0x0a; 32], [0x0b; 32]);
         let a = Admission::new(&relay, [public_key(&alice)]);
         let k = AdmitKey::client(&bob, &public_key(&relay));
-        assert_eq!(a.check_msg1(&E, T, &k.hint(), &k.tag(&E, T)), None);
+        assert!(a.check_msg1(&E, T, &k.hint(), &k.tag(&E, T)).is_none());
         assert!(!a.contains(&public_key(&bob)));
         let k = AdmitKey::client(&alice, &public_key(&relay));
         assert!(a.check_msg1(&E, T, &k.hint(), &k.tag(&E, T)).is_some());
         let reloaded = Admission::new(&relay, [public_key(&bob)]);
-        assert_eq!(reloaded.check_msg1(&E, T, &k.hint(), &k.tag(&E, T)), None);
+        assert!(
+            reloaded
+                .check_msg1(&E, T, &k.hint(), &k.tag(&E, T))
+                .is_none()
+        );
     }
 
     /// A relay session admitting `allowed`, and a client handshake whose msg1 proves
@@ -236,6 +262,14 @@ mod tests {
         (server, hs, T)
     }
 
+    /// The client's msg3 and pad3 in answer to the relay's flight.
+    fn msg3(mut client: crate::proto::noise::Handshake, reply: &[u8]) -> Vec<u8> {
+        use crate::proto::noise::REPLY_LEN;
+        client.read_reply(&reply[..REPLY_LEN]).unwrap();
+        let rng = &mut crate::proto::SeededRandom::new(4);
+        client.finish_client(&reply[REPLY_LEN..], rng).unwrap().0
+    }
+
     /// msg1 proves key A, msg3 presents key B: refused at msg3, whether B is on the list
     /// or not (so holding one allowed key does not let a client in as another).
     #[test]
@@ -248,9 +282,9 @@ mod tests {
             let now = std::time::Instant::now();
             let m1 = client.write_msg1(t, &mut crate::proto::SeededRandom::new(3));
             relay.handle_input(now, &m1).expect("msg1 proves A");
-            let m2: [u8; crate::proto::noise::MSG2_LEN] = relay.transmit().try_into().unwrap();
-            relay.transmit_done(m2.len());
-            let (m3, _) = client.read_msg2_write_msg3(&m2).unwrap();
+            let reply = relay.transmit().to_vec();
+            relay.transmit_done(reply.len());
+            let m3 = msg3(client, &reply);
             assert_eq!(
                 relay.handle_input(now, &m3),
                 Err(crate::proto::SessionError::Handshake)
@@ -267,8 +301,8 @@ mod tests {
                 &client.write_msg1(t, &mut crate::proto::SeededRandom::new(3)),
             )
             .unwrap();
-        let m2: [u8; crate::proto::noise::MSG2_LEN] = relay.transmit().try_into().unwrap();
-        let (m3, _) = client.read_msg2_write_msg3(&m2).unwrap();
+        let reply = relay.transmit().to_vec();
+        let m3 = msg3(client, &reply);
         relay.handle_input(now, &m3).unwrap();
         assert!(relay.is_established());
     }

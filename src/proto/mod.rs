@@ -9,6 +9,8 @@
 pub mod admit;
 pub mod aead;
 pub mod frame;
+pub mod kem;
+pub mod mask;
 pub mod mux;
 pub mod noise;
 pub mod record;

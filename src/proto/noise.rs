@@ -1,20 +1,27 @@
-//! The Noise XK handshake (snow) and the transport parameters it carries.
+//! The hybrid handshake: Noise XKpsk2 (snow) with an ML-KEM-768 secret as its PSK.
 //!
 //! ```text
-//! XK:  <- s            (the client knows and pins the relay's static key)
-//!      -> e, es        msg1: 32 + 26 + 16 bytes, the client's wall-clock time (ms) and
-//!                      its proof of being on the allow-list (`super::admit`)
-//!      <- e, ee        msg2: 32 + 9 + 16 bytes, the relay's transport parameters
-//!      -> s, se        msg3: 48 + 9 + 16 bytes, the client's transport parameters
+//! XKpsk2:  <- s        (the client knows and pins the relay's static key)
+//!          -> e, es    msg1: 32 + 1212 + 16 bytes, then pad1: the client's time, its
+//!                      admission proof (`super::admit`), pad1's length, and a fresh
+//!                      ML-KEM encapsulation key (`super::kem`)
+//!          (ct)        1088 bytes: the relay's ML-KEM ciphertext, masked (`super::mask`)
+//!          <- e, ee, psk  msg2: 32 + 11 + 16, then pad2: the relay's transport parameters
+//!          -> s, se    msg3: 48 + 11 + 16, then pad3: the client's transport parameters
 //! ```
-//! Every message has a fixed length, so no length prefix is sent. The top bit of each
-//! ephemeral key is always zero in X25519 encodings; the sender replaces it with a
-//! random bit and the receiver clears it, so that bit does not mark the stream.
-//! msg1's payload is encrypted under `es`, so only a holder of the relay's public key
-//! can write one and a replayer cannot change it. Its timestamp lets the relay refuse
-//! stale and replayed first messages (`super::replay`), and its admission tag, under a
-//! key derived from the two static keys, lets it refuse a client not on its allow-list
-//! (`super::admit`), both before answering anything.
+//! The PSK is the ML-KEM shared secret (with the ciphertext bound in), so every key
+//! from msg2's payload on, the one hiding the client's static key among them, depends on
+//! both X25519 and ML-KEM. Each message's fixed part has one length and announces, inside
+//! its encryption, the length of the pad that follows it (0 to 511 bytes of keystream,
+//! checked by the receiver), so no length prefix is sent and sizes vary. The top bit of
+//! each ephemeral key is always zero in X25519 encodings; the sender replaces it with a
+//! random bit and the receiver clears it, so that bit does not mark the stream. msg1's
+//! payload is encrypted under `es`, so only a holder of the relay's public key can write
+//! one and a replayer cannot change it. Its timestamp lets the relay refuse stale and
+//! replayed first messages (`super::replay`), and its admission tag, under a key derived
+//! from the two static keys, lets it refuse a client not on its allow-list
+//! (`super::admit`), both before any ML-KEM work and before answering anything.
+//! docs/PROTOCOL.md, section 2.
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
@@ -22,26 +29,37 @@ use snow::resolvers::{CryptoResolver, DefaultResolver, FallbackResolver};
 
 use super::Random;
 use super::admit::{self, AdmitKey};
+use super::kem::{self, CT_LEN, EK_LEN};
+use super::mask::{self, Mask, PAD_LEN_BYTES, Part};
 
 /// Noise protocol name.
-pub const NOISE_PARAMS: &str = "Noise_XK_25519_ChaChaPoly_BLAKE2s";
+pub const NOISE_PARAMS: &str = "Noise_XKpsk2_25519_ChaChaPoly_BLAKE2s";
 /// Prologue: binds both ends to this protocol and version (a relay or client of another
 /// version fails to authenticate msg1 or msg2, and the relay stays silent).
-pub const PROLOGUE: &[u8] = b"qnet/3 Noise_XK_25519_ChaChaPoly_BLAKE2s";
+pub const PROLOGUE: &[u8] = b"qnet/4 Noise_XKpsk2_25519_ChaChaPoly_BLAKE2s ML-KEM-768";
 /// Protocol version carried in the transport parameters.
-pub const VERSION: u8 = 3;
+pub const VERSION: u8 = 4;
 /// Encoded transport parameters.
 pub const PARAMS_LEN: usize = 9;
 /// msg1's timestamp: the client's wall-clock time, ms since the Unix epoch, big-endian.
 pub const STAMP_LEN: usize = 8;
-/// msg1's payload: timestamp, admission hint, admission tag.
-pub const MSG1_PAYLOAD_LEN: usize = STAMP_LEN + admit::HINT_LEN + admit::TAG_LEN;
-/// First message: ephemeral, encrypted payload, AEAD tag.
+/// msg1's payload: timestamp, admission hint and tag, pad length, encapsulation key.
+pub const MSG1_PAYLOAD_LEN: usize =
+    STAMP_LEN + admit::HINT_LEN + admit::TAG_LEN + PAD_LEN_BYTES + EK_LEN;
+/// msg1's fixed part: ephemeral, encrypted payload, AEAD tag (pad1 follows).
 pub const MSG1_LEN: usize = 32 + MSG1_PAYLOAD_LEN + 16;
-/// Second message: ephemeral, encrypted parameters, tag.
-pub const MSG2_LEN: usize = 32 + PARAMS_LEN + 16;
-/// Third message: encrypted static key and tag, encrypted parameters, tag.
-pub const MSG3_LEN: usize = 32 + 16 + PARAMS_LEN + 16;
+/// msg2 and msg3's payload: transport parameters and pad length.
+const PAYLOAD_LEN: usize = PARAMS_LEN + PAD_LEN_BYTES;
+/// Second message: ephemeral, encrypted payload, tag.
+pub const MSG2_LEN: usize = 32 + PAYLOAD_LEN + 16;
+/// The relay's flight before its pad: the masked ciphertext, then msg2.
+pub const REPLY_LEN: usize = CT_LEN + MSG2_LEN;
+/// Third message: encrypted static key and tag, encrypted payload, tag (pad3 follows).
+pub const MSG3_LEN: usize = 32 + 16 + PAYLOAD_LEN + 16;
+/// Where in the relay's keystream pad2 starts: after the ciphertext's mask.
+const PAD2_OFFSET: usize = CT_LEN;
+/// msg2's PSK position (`psk2`).
+const PSK_AT: usize = 2;
 
 /// What each end tells the other about itself, inside the handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,6 +107,8 @@ pub struct HandshakeOutput {
     pub peer_static: [u8; 32],
     /// The peer's transport parameters.
     pub peer_params: TransportParams,
+    /// Noise's handshake hash: the same at both ends of one handshake.
+    pub hash: [u8; 32],
 }
 
 /// What the relay learns from a msg1 that authenticates.
@@ -102,6 +122,30 @@ pub struct FirstMessage {
     pub hint: [u8; admit::HINT_LEN],
     /// The client's proof of being on the allow-list ([`admit::Admission::check_msg1`]).
     pub tag: [u8; admit::TAG_LEN],
+    /// Bytes of pad1, which follow msg1's fixed part.
+    pub pad_len: usize,
+}
+
+/// What a step of the handshake draws from its randomness, given whole (test vectors
+/// fix them; [`Draws::new`] draws them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Draws {
+    /// Length of the pad this message announces.
+    pub pad_len: usize,
+    /// The ephemeral key's top bit on the wire: 0 or 0x80.
+    pub top_bit: u8,
+}
+
+impl Draws {
+    /// Draw a pad length and a top bit.
+    pub fn new(rng: &mut dyn Random) -> Draws {
+        let mut b = [0u8; 1];
+        rng.fill(&mut b);
+        Draws {
+            pad_len: mask::draw_len(rng),
+            top_bit: b[0] & 0x80,
+        }
+    }
 }
 
 /// snow's RNG hook, fed from a seed drawn from the injected randomness.
@@ -207,18 +251,55 @@ pub fn public_key(private: &[u8; 32]) -> [u8; 32] {
     x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(*private)).to_bytes()
 }
 
+/// Where the handshake is.
+enum Stage {
+    /// Client: before msg1 (then its key pair for the relay's ciphertext).
+    ClientStart,
+    ClientAwaitReply(Box<kem::KeyPair>),
+    ClientAwaitPad2 {
+        pad_len: usize,
+        peer: TransportParams,
+    },
+    RelayAwaitMsg1,
+    /// The encapsulation key msg1 carried, until the relay answers; pad1's length.
+    RelayRead {
+        ek: Box<[u8; EK_LEN]>,
+        pad_len: usize,
+    },
+    RelayAwaitMsg3,
+    RelayAwaitPad3 {
+        pad_len: usize,
+        peer: TransportParams,
+    },
+    Spent,
+}
+
 /// The handshake in progress, either role.
 pub struct Handshake {
     state: snow::HandshakeState,
     params: TransportParams,
     /// Initiator: its admission key and the ephemeral public key msg1 will carry.
     admit: Option<(AdmitKey, [u8; 32])>,
+    /// The keystreams, once known (client: at msg1; relay: once msg1 proved a key).
+    mask: Option<Mask>,
+    stage: Stage,
 }
 
-fn randomize_top_bit(msg: &mut [u8], rng: &mut dyn Random) {
-    let mut b = [0u8; 1];
-    rng.fill(&mut b);
-    msg[31] |= b[0] & 0x80;
+/// Payload of msg2 and msg3: the transport parameters and the pad length.
+fn payload(params: &TransportParams, pad_len: usize) -> [u8; PAYLOAD_LEN] {
+    let mut b = [0u8; PAYLOAD_LEN];
+    b[..PARAMS_LEN].copy_from_slice(&params.encode());
+    b[PARAMS_LEN..].copy_from_slice(&(pad_len as u16).to_be_bytes());
+    b
+}
+
+fn parse_payload(b: &[u8]) -> Result<(TransportParams, usize), HandshakeFailed> {
+    if b.len() != PAYLOAD_LEN {
+        return Err(HandshakeFailed);
+    }
+    let params = TransportParams::decode(&b[..PARAMS_LEN]).ok_or(HandshakeFailed)?;
+    let pad_len = mask::parse_len(&b[PARAMS_LEN..]).ok_or(HandshakeFailed)?;
+    Ok((params, pad_len))
 }
 
 impl Handshake {
@@ -237,8 +318,8 @@ impl Handshake {
     }
 
     /// [`Self::initiator`] with the ephemeral private key and the admission key given
-    /// (tests make msg1s that prove another key than the static one).
-    pub(crate) fn initiator_with(
+    /// (tests make msg1s that prove another key than the static one, and test vectors).
+    pub fn initiator_with(
         local_private: &[u8; 32],
         relay_public: &[u8; 32],
         params: TransportParams,
@@ -256,6 +337,8 @@ impl Handshake {
             state,
             params,
             admit: Some((admit, public_key(&ephemeral))),
+            mask: None,
+            stage: Stage::ClientStart,
         }
     }
 
@@ -265,7 +348,17 @@ impl Handshake {
         params: TransportParams,
         rng: &mut dyn Random,
     ) -> Self {
-        let state = builder(rng, None)
+        Self::responder_with(local_private, params, None, rng)
+    }
+
+    /// [`Self::responder`], optionally with its ephemeral private key given (test vectors).
+    pub fn responder_with(
+        local_private: &[u8; 32],
+        params: TransportParams,
+        ephemeral: Option<[u8; 32]>,
+        rng: &mut dyn Random,
+    ) -> Self {
+        let state = builder(rng, ephemeral)
             .local_private_key(local_private)
             .and_then(|b| b.prologue(PROLOGUE))
             .and_then(|b| b.build_responder())
@@ -274,31 +367,70 @@ impl Handshake {
             state,
             params,
             admit: None,
+            mask: None,
+            stage: Stage::RelayAwaitMsg1,
         }
     }
 
-    /// Client: write msg1 stamped with the wall-clock time `stamp_ms`, with its proof
-    /// of admission.
-    pub fn write_msg1(&mut self, stamp_ms: u64, rng: &mut dyn Random) -> [u8; MSG1_LEN] {
+    /// Bytes the next read step takes: a fixed part, or the pad it announced.
+    pub fn wants(&self) -> usize {
+        match &self.stage {
+            Stage::ClientAwaitReply(_) => REPLY_LEN,
+            Stage::ClientAwaitPad2 { pad_len, .. }
+            | Stage::RelayRead { pad_len, .. }
+            | Stage::RelayAwaitPad3 { pad_len, .. } => *pad_len,
+            Stage::RelayAwaitMsg1 => MSG1_LEN,
+            Stage::RelayAwaitMsg3 => MSG3_LEN,
+            Stage::ClientStart | Stage::Spent => 0,
+        }
+    }
+
+    /// Client: msg1 stamped with the wall-clock time `stamp_ms`, with its proof of
+    /// admission and a fresh ML-KEM key, then pad1.
+    pub fn write_msg1(&mut self, stamp_ms: u64, rng: &mut dyn Random) -> Vec<u8> {
+        let pair = kem::KeyPair::generate(rng);
+        self.write_msg1_with(stamp_ms, pair, Draws::new(rng))
+    }
+
+    /// [`Self::write_msg1`] with its key pair and draws given.
+    pub fn write_msg1_with(&mut self, stamp_ms: u64, pair: kem::KeyPair, d: Draws) -> Vec<u8> {
+        assert!(
+            matches!(self.stage, Stage::ClientStart),
+            "msg1 is the client's first"
+        );
         let (admit, ephemeral) = self.admit.as_ref().expect("msg1 is the initiator's");
         let mut payload = [0u8; MSG1_PAYLOAD_LEN];
         let (stamp, rest) = payload.split_at_mut(STAMP_LEN);
-        let (hint, tag) = rest.split_at_mut(admit::HINT_LEN);
+        let (hint, rest) = rest.split_at_mut(admit::HINT_LEN);
+        let (tag, rest) = rest.split_at_mut(admit::TAG_LEN);
+        let (pad_len, ek) = rest.split_at_mut(PAD_LEN_BYTES);
         stamp.copy_from_slice(&stamp_ms.to_be_bytes());
         hint.copy_from_slice(&admit.hint());
         tag.copy_from_slice(&admit.tag(ephemeral, stamp_ms));
-        let mut m = [0u8; MSG1_LEN];
+        pad_len.copy_from_slice(&(d.pad_len as u16).to_be_bytes());
+        ek.copy_from_slice(pair.public());
+        let mask = admit.mask(ephemeral);
+        let mut m = vec![0u8; MSG1_LEN];
         let n = self.state.write_message(&payload, &mut m).expect("msg1");
         debug_assert_eq!(n, MSG1_LEN);
         debug_assert_eq!(m[..32], ephemeral[..], "snow took the preset ephemeral key");
-        randomize_top_bit(&mut m, rng);
+        m[31] |= d.top_bit;
+        mask.pad(Part::Pad1, 0, d.pad_len, &mut m);
+        self.mask = Some(mask);
+        self.stage = Stage::ClientAwaitReply(Box::new(pair));
         m
     }
 
-    /// Relay: read msg1. The caller decides from its admission tag, time and ephemeral
-    /// key whether to answer (`write_msg2`) or to stay silent.
-    pub fn read_msg1(&mut self, msg1: &[u8; MSG1_LEN]) -> Result<FirstMessage, HandshakeFailed> {
-        let mut m = *msg1;
+    /// Relay: read msg1's fixed part. The caller decides from its admission tag, time
+    /// and ephemeral key whether to go on ([`Self::read_pad1`]) or to stay silent. Costs
+    /// Noise's X25519 (`es`) and an AEAD; no ML-KEM work.
+    pub fn read_msg1(&mut self, msg1: &[u8]) -> Result<FirstMessage, HandshakeFailed> {
+        if !matches!(self.stage, Stage::RelayAwaitMsg1) || msg1.len() != MSG1_LEN {
+            return Err(HandshakeFailed);
+        }
+        self.stage = Stage::Spent;
+        let mut m = [0u8; MSG1_LEN];
+        m.copy_from_slice(msg1);
         m[31] &= 0x7f;
         let mut payload = [0u8; MSG1_LEN];
         let n = self
@@ -309,66 +441,171 @@ impl Handshake {
             return Err(HandshakeFailed);
         }
         let (stamp, rest) = payload[..n].split_at(STAMP_LEN);
-        let (hint, tag) = rest.split_at(admit::HINT_LEN);
+        let (hint, rest) = rest.split_at(admit::HINT_LEN);
+        let (tag, rest) = rest.split_at(admit::TAG_LEN);
+        let (pad_len, ek) = rest.split_at(PAD_LEN_BYTES);
+        let pad_len = mask::parse_len(pad_len).ok_or(HandshakeFailed)?;
+        self.stage = Stage::RelayRead {
+            ek: Box::new(ek.try_into().expect("ek")),
+            pad_len,
+        };
         Ok(FirstMessage {
             ephemeral: m[..32].try_into().expect("32 bytes"),
             stamp_ms: u64::from_be_bytes(stamp.try_into().expect("8 bytes")),
             hint: hint.try_into().expect("hint"),
             tag: tag.try_into().expect("tag"),
+            pad_len,
         })
     }
 
-    /// Relay: write msg2, after an accepted msg1.
-    pub fn write_msg2(&mut self, rng: &mut dyn Random) -> Result<[u8; MSG2_LEN], HandshakeFailed> {
-        let mut out = [0u8; MSG2_LEN];
+    /// Relay: check pad1 under the mask of the key msg1 proved
+    /// ([`admit::Admission::check_msg1`]).
+    pub fn read_pad1(&mut self, mask: Mask, pad: &[u8]) -> Result<(), HandshakeFailed> {
+        let due = matches!(self.stage, Stage::RelayRead { pad_len, .. } if pad_len == pad.len());
+        if !due || !mask.check(Part::Pad1, 0, pad) {
+            self.stage = Stage::Spent;
+            return Err(HandshakeFailed);
+        }
+        self.mask = Some(mask);
+        Ok(())
+    }
+
+    /// Relay: after an accepted msg1 and pad1, encapsulate to the client's key and write
+    /// the masked ciphertext, msg2 and pad2. Fails for an encapsulation key that fails
+    /// FIPS 203's modulus check.
+    pub fn write_reply(&mut self, rng: &mut dyn Random) -> Result<Vec<u8>, HandshakeFailed> {
+        let mut m = [0u8; 32];
+        rng.fill(&mut m);
+        self.write_reply_with(m, Draws::new(rng))
+    }
+
+    /// [`Self::write_reply`] with the encapsulation's randomness and the draws given.
+    pub fn write_reply_with(&mut self, m: [u8; 32], d: Draws) -> Result<Vec<u8>, HandshakeFailed> {
+        let Stage::RelayRead { ek, .. } = std::mem::replace(&mut self.stage, Stage::Spent) else {
+            return Err(HandshakeFailed);
+        };
+        let mask = self.mask.as_ref().ok_or(HandshakeFailed)?;
+        let (ct, psk) = kem::encapsulate_with(&ek, m).ok_or(HandshakeFailed)?;
+        self.state
+            .set_psk(PSK_AT, &psk)
+            .map_err(|_| HandshakeFailed)?;
+        let mut out = vec![0u8; REPLY_LEN];
+        out[..CT_LEN].copy_from_slice(&ct);
+        mask.apply(Part::Relay, 0, &mut out[..CT_LEN]);
         let n = self
             .state
-            .write_message(&self.params.encode(), &mut out)
+            .write_message(&payload(&self.params, d.pad_len), &mut out[CT_LEN..])
             .map_err(|_| HandshakeFailed)?;
         debug_assert_eq!(n, MSG2_LEN);
-        randomize_top_bit(&mut out, rng);
+        out[CT_LEN + 31] |= d.top_bit;
+        mask.pad(Part::Relay, PAD2_OFFSET, d.pad_len, &mut out);
+        self.stage = Stage::RelayAwaitMsg3;
         Ok(out)
     }
 
-    /// Client: read msg2, write msg3; the handshake is then complete.
-    pub fn read_msg2_write_msg3(
-        mut self,
-        msg2: &[u8; MSG2_LEN],
-    ) -> Result<([u8; MSG3_LEN], HandshakeOutput), HandshakeFailed> {
-        let mut m = *msg2;
+    /// Client: read the relay's flight (masked ciphertext and msg2) up to pad2, whose
+    /// length [`Self::wants`] then tells.
+    pub fn read_reply(&mut self, reply: &[u8]) -> Result<(), HandshakeFailed> {
+        let Stage::ClientAwaitReply(pair) = std::mem::replace(&mut self.stage, Stage::Spent) else {
+            return Err(HandshakeFailed);
+        };
+        let mask = self.mask.as_ref().ok_or(HandshakeFailed)?;
+        if reply.len() != REPLY_LEN {
+            return Err(HandshakeFailed);
+        }
+        let mut ct = [0u8; CT_LEN];
+        ct.copy_from_slice(&reply[..CT_LEN]);
+        mask.apply(Part::Relay, 0, &mut ct);
+        self.state
+            .set_psk(PSK_AT, &pair.psk(&ct))
+            .map_err(|_| HandshakeFailed)?;
+        let mut m = [0u8; MSG2_LEN];
+        m.copy_from_slice(&reply[CT_LEN..]);
         m[31] &= 0x7f;
-        let mut payload = [0u8; MSG2_LEN];
+        let mut plain = [0u8; MSG2_LEN];
         let n = self
             .state
-            .read_message(&m, &mut payload)
+            .read_message(&m, &mut plain)
             .map_err(|_| HandshakeFailed)?;
-        let peer_params = TransportParams::decode(&payload[..n]).ok_or(HandshakeFailed)?;
-        let mut out = [0u8; MSG3_LEN];
-        let n = self
-            .state
-            .write_message(&self.params.encode(), &mut out)
-            .map_err(|_| HandshakeFailed)?;
-        debug_assert_eq!(n, MSG3_LEN);
-        Ok((out, self.finish(peer_params)?))
+        let (peer, pad_len) = parse_payload(&plain[..n])?;
+        self.stage = Stage::ClientAwaitPad2 { pad_len, peer };
+        Ok(())
     }
 
-    /// Relay: read msg3; the handshake is then complete and the client's key known.
-    pub fn read_msg3(mut self, msg3: &[u8; MSG3_LEN]) -> Result<HandshakeOutput, HandshakeFailed> {
-        let mut payload = [0u8; MSG3_LEN];
+    /// Client: check pad2, write msg3 and pad3; the handshake is then complete.
+    pub fn finish_client(
+        self,
+        pad2: &[u8],
+        rng: &mut dyn Random,
+    ) -> Result<(Vec<u8>, HandshakeOutput), HandshakeFailed> {
+        let d = Draws::new(rng);
+        self.finish_client_with(pad2, d.pad_len)
+    }
+
+    /// [`Self::finish_client`] with pad3's length given.
+    pub fn finish_client_with(
+        mut self,
+        pad2: &[u8],
+        pad3_len: usize,
+    ) -> Result<(Vec<u8>, HandshakeOutput), HandshakeFailed> {
+        let Stage::ClientAwaitPad2 { pad_len, peer } = self.stage else {
+            return Err(HandshakeFailed);
+        };
+        let mask = self.mask.take().ok_or(HandshakeFailed)?;
+        if pad2.len() != pad_len || !mask.check(Part::Relay, PAD2_OFFSET, pad2) {
+            return Err(HandshakeFailed);
+        }
+        let mut out = vec![0u8; MSG3_LEN];
         let n = self
             .state
-            .read_message(msg3, &mut payload)
+            .write_message(&payload(&self.params, pad3_len), &mut out)
             .map_err(|_| HandshakeFailed)?;
-        let peer_params = TransportParams::decode(&payload[..n]).ok_or(HandshakeFailed)?;
-        self.finish(peer_params)
+        debug_assert_eq!(n, MSG3_LEN);
+        mask.pad(Part::Pad3, 0, pad3_len, &mut out);
+        Ok((out, self.finish(peer)?))
+    }
+
+    /// Relay: read msg3's fixed part; pad3's length [`Self::wants`] then tells. The
+    /// client's static key is known from here on ([`Self::peer_static`]).
+    pub fn read_msg3(&mut self, msg3: &[u8]) -> Result<(), HandshakeFailed> {
+        if !matches!(self.stage, Stage::RelayAwaitMsg3) || msg3.len() != MSG3_LEN {
+            return Err(HandshakeFailed);
+        }
+        self.stage = Stage::Spent;
+        let mut plain = [0u8; MSG3_LEN];
+        let n = self
+            .state
+            .read_message(msg3, &mut plain)
+            .map_err(|_| HandshakeFailed)?;
+        let (peer, pad_len) = parse_payload(&plain[..n])?;
+        self.stage = Stage::RelayAwaitPad3 { pad_len, peer };
+        Ok(())
+    }
+
+    /// The peer's static key, once Noise has read it.
+    pub fn peer_static(&self) -> Option<[u8; 32]> {
+        self.state.get_remote_static()?.try_into().ok()
+    }
+
+    /// Relay: check pad3; the handshake is then complete.
+    pub fn finish_relay(mut self, pad3: &[u8]) -> Result<HandshakeOutput, HandshakeFailed> {
+        let Stage::RelayAwaitPad3 { pad_len, peer } = self.stage else {
+            return Err(HandshakeFailed);
+        };
+        let mask = self.mask.take().ok_or(HandshakeFailed)?;
+        if pad3.len() != pad_len || !mask.check(Part::Pad3, 0, pad3) {
+            return Err(HandshakeFailed);
+        }
+        self.finish(peer)
     }
 
     fn finish(mut self, peer_params: TransportParams) -> Result<HandshakeOutput, HandshakeFailed> {
         if !self.state.is_handshake_finished() {
             return Err(HandshakeFailed);
         }
-        let mut peer_static = [0u8; 32];
-        peer_static.copy_from_slice(self.state.get_remote_static().ok_or(HandshakeFailed)?);
+        let peer_static = self.peer_static().ok_or(HandshakeFailed)?;
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(self.state.get_handshake_hash());
         let (i2r, r2i) = self.state.dangerously_get_raw_split();
         let (send, recv) = if self.state.is_initiator() {
             (i2r, r2i)
@@ -380,121 +617,10 @@ impl Handshake {
             recv,
             peer_static,
             peer_params,
+            hash,
         })
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::proto::SeededRandom;
-
-    const P: TransportParams = TransportParams {
-        stream_window: 1 << 18,
-        session_window: 1 << 24,
-    };
-
-    const T: u64 = 1_700_000_000_123;
-
-    fn keys(seed: u8) -> ([u8; 32], [u8; 32]) {
-        let private = [seed; 32];
-        (private, public_key(&private))
-    }
-
-    #[test]
-    fn full_handshake_agrees() {
-        let mut rng = SeededRandom::new(1);
-        let (cs, cp) = keys(1);
-        let (rs, rp) = keys(2);
-        let mut c = Handshake::initiator(&cs, &rp, P, &mut rng);
-        let mut r = Handshake::responder(&rs, P, &mut rng);
-        let m1 = c.write_msg1(T, &mut rng);
-        assert_eq!(r.read_msg1(&m1).unwrap().stamp_ms, T);
-        let m2 = r.write_msg2(&mut rng).unwrap();
-        let (m3, co) = c.read_msg2_write_msg3(&m2).unwrap();
-        let ro = r.read_msg3(&m3).unwrap();
-        assert_eq!(co.send, ro.recv);
-        assert_eq!(co.recv, ro.send);
-        assert_ne!(co.send, co.recv);
-        assert_eq!(ro.peer_static, cp);
-        assert_eq!(co.peer_static, rp);
-        assert_eq!(co.peer_params, P);
-    }
-
-    #[test]
-    fn wrong_relay_key_fails_at_msg1() {
-        let mut rng = SeededRandom::new(2);
-        let (cs, _) = keys(1);
-        let (rs, _) = keys(2);
-        let (_, other) = keys(3);
-        let mut c = Handshake::initiator(&cs, &other, P, &mut rng);
-        let mut r = Handshake::responder(&rs, P, &mut rng);
-        let m1 = c.write_msg1(T, &mut rng);
-        assert!(r.read_msg1(&m1).is_err());
-    }
-
-    #[test]
-    fn tampered_messages_fail() {
-        let (cs, _) = keys(1);
-        let (rs, rp) = keys(2);
-        for byte in 0..MSG3_LEN {
-            let mut rng = SeededRandom::new(3);
-            let mut c = Handshake::initiator(&cs, &rp, P, &mut rng);
-            let mut r = Handshake::responder(&rs, P, &mut rng);
-            let mut m1 = c.write_msg1(T, &mut rng);
-            if byte < MSG1_LEN {
-                m1[byte] ^= 1;
-                assert!(r.read_msg1(&m1).is_err(), "msg1 byte {byte}");
-                continue;
-            }
-            r.read_msg1(&m1).unwrap();
-            let m2 = r.write_msg2(&mut rng).unwrap();
-            let (mut m3, _) = c.read_msg2_write_msg3(&m2).unwrap();
-            m3[byte] ^= 1;
-            assert!(r.read_msg3(&m3).is_err(), "msg3 byte {byte}");
-        }
-    }
-
-    #[test]
-    fn tampering_with_the_top_bit_is_not_a_new_message() {
-        // The randomized bit is cleared before Noise reads msg1, so flipping it yields the
-        // same ephemeral key: the replay cache sees the same message.
-        let mut rng = SeededRandom::new(4);
-        let (cs, _) = keys(1);
-        let (rs, rp) = keys(2);
-        let mut c = Handshake::initiator(&cs, &rp, P, &mut rng);
-        let m1 = c.write_msg1(T, &mut rng);
-        let mut flipped = m1;
-        flipped[31] ^= 0x80;
-        let a = Handshake::responder(&rs, P, &mut rng)
-            .read_msg1(&m1)
-            .unwrap();
-        let b = Handshake::responder(&rs, P, &mut rng)
-            .read_msg1(&flipped)
-            .unwrap();
-        assert_eq!(a, b);
-    }
-
-    /// docs/PROTOCOL.md section 8: msg1 from fixed keys and time, before the top bit is
-    /// randomized (tests/interop/record_spec.py recomputes it).
-    #[test]
-    fn msg1_golden_bytes() {
-        let client = [0x01; 32];
-        let relay_public = public_key(&[0x02; 32]);
-        let admit = AdmitKey::client(&client, &relay_public);
-        let hex = |b: &[u8]| -> String { b.iter().map(|b| format!("{b:02x}")).collect() };
-        assert_eq!(hex(&admit.hint()), "c0ab");
-        assert_eq!(
-            hex(&admit.tag(&public_key(&[0x03; 32]), 1_700_000_000_000)),
-            "0b79ec7d45dbad49c91392db2629a1e6"
-        );
-        let rng = &mut SeededRandom::new(0);
-        let mut h = Handshake::initiator_with(&client, &relay_public, P, [0x03; 32], admit, rng);
-        let mut m = h.write_msg1(1_700_000_000_000, rng);
-        m[31] &= 0x7f;
-        assert_eq!(
-            hex(&m),
-            "5dfedd3b6bd47f6fa28ee15d969d5bb0ea53774d488bdaf9df1c6e0124b3ef22612932c4eb22713978d715a30d8e63ec4e9e793404f1810b955dc7e9aa5055c35bc03e43d0d74e5567dd"
-        );
-    }
-}
+mod tests;

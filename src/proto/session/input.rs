@@ -40,22 +40,49 @@ impl Session {
         Ok(())
     }
 
+    /// Run the handshake over the head of `buf`, a step each time the bytes its next part
+    /// needs are there; the bytes it took.
     fn process_handshake(&mut self, now: Instant, buf: &[u8]) -> Result<usize, SessionError> {
-        match std::mem::replace(&mut self.hs, Hs::Failed) {
+        let mut at = 0;
+        loop {
+            let need = match &self.hs {
+                Hs::Done => return Ok(at),
+                Hs::Failed => return Err(SessionError::Handshake),
+                Hs::ClientAwaitReply(h)
+                | Hs::ClientAwaitPad2(h)
+                | Hs::ServerAwaitMsg1(h)
+                | Hs::ServerAwaitPad1(h, ..)
+                | Hs::ServerAwaitMsg3(h, _)
+                | Hs::ServerAwaitPad3(h) => h.wants(),
+            };
+            if buf.len() - at < need {
+                return Ok(at);
+            }
+            let hs = std::mem::replace(&mut self.hs, Hs::Failed);
+            self.hs = self.handshake_step(now, hs, &buf[at..at + need])?;
+            at += need;
+        }
+    }
+
+    /// One step of the handshake, given the bytes of its part.
+    fn handshake_step(&mut self, now: Instant, hs: Hs, part: &[u8]) -> Result<Hs, SessionError> {
+        let failed = |_| SessionError::Handshake;
+        Ok(match hs {
             Hs::ServerAwaitMsg1(mut h) => {
-                if buf.len() < noise::MSG1_LEN {
-                    self.hs = Hs::ServerAwaitMsg1(h);
-                    return Ok(0);
-                }
-                let m1: [u8; noise::MSG1_LEN] = buf[..noise::MSG1_LEN].try_into().expect("len");
-                let first = h.read_msg1(&m1).map_err(|_| SessionError::Handshake)?;
+                let first = h.read_msg1(part).map_err(failed)?;
                 // Not from an allowed key: the silence of a msg1 that did not authenticate.
                 // Checked before the replay cache, so only allowed keys take entries in it.
-                let admission = self.admission.as_ref().expect("relay");
-                let proved = admission
+                let admitted = self
+                    .admission
+                    .as_ref()
+                    .expect("relay")
                     .read()
                     .check_msg1(&first.ephemeral, first.stamp_ms, &first.hint, &first.tag)
                     .ok_or(SessionError::Handshake)?;
+                Hs::ServerAwaitPad1(h, first, admitted)
+            }
+            Hs::ServerAwaitPad1(mut h, first, Admitted { public, mask }) => {
+                h.read_pad1(mask, part).map_err(failed)?;
                 // Stale or replayed: the same silence.
                 let now_ms = self.cfg.clock.unix(now).as_millis() as u64;
                 let (replay, source) = self.replay.as_ref().expect("relay");
@@ -63,54 +90,43 @@ impl Session {
                     .lock()
                     .admit(&first.ephemeral, first.stamp_ms, now_ms, *source)
                     .map_err(|_| SessionError::Handshake)?;
-                let m2 = h
-                    .write_msg2(&mut *self.rng)
-                    .map_err(|_| SessionError::Handshake)?;
-                self.out.extend_from_slice(&m2);
+                // Only now the ML-KEM work: everything cheaper has passed.
+                let reply = h.write_reply(&mut *self.rng).map_err(failed)?;
+                self.out.extend_from_slice(&reply);
                 self.last_rx = now;
-                self.hs = Hs::ServerAwaitMsg3(h, proved);
-                let rest = self.process_handshake(now, &buf[noise::MSG1_LEN..])?;
-                Ok(noise::MSG1_LEN + rest)
+                Hs::ServerAwaitMsg3(h, public)
             }
-            Hs::ServerAwaitMsg3(h, proved) => {
-                if buf.len() < noise::MSG3_LEN {
-                    self.hs = Hs::ServerAwaitMsg3(h, proved);
-                    return Ok(0);
-                }
-                let m3: [u8; noise::MSG3_LEN] = buf[..noise::MSG3_LEN].try_into().expect("len");
-                let o = h.read_msg3(&m3).map_err(|_| SessionError::Handshake)?;
+            Hs::ServerAwaitMsg3(mut h, proved) => {
+                h.read_msg3(part).map_err(failed)?;
                 // The key msg1 proved, and still on the list (a reload may have come
                 // between): else a client could prove one key and present another.
-                let allowed = o.peer_static == proved
+                let allowed = h.peer_static() == Some(proved)
                     && self
                         .admission
                         .as_ref()
-                        .is_some_and(|a| a.read().contains(&o.peer_static));
+                        .is_some_and(|a| a.read().contains(&proved));
                 if !allowed {
                     return Err(SessionError::Handshake);
                 }
-                self.established(now, o);
-                Ok(noise::MSG3_LEN)
+                Hs::ServerAwaitPad3(h)
             }
-            Hs::ClientAwaitMsg2(h) => {
-                if buf.len() < noise::MSG2_LEN {
-                    self.hs = Hs::ClientAwaitMsg2(h);
-                    return Ok(0);
-                }
-                let m2: [u8; noise::MSG2_LEN] = buf[..noise::MSG2_LEN].try_into().expect("len");
-                let (m3, o) = h
-                    .read_msg2_write_msg3(&m2)
-                    .map_err(|_| SessionError::Handshake)?;
+            Hs::ServerAwaitPad3(h) => {
+                let o = h.finish_relay(part).map_err(failed)?;
+                self.established(now, o);
+                Hs::Done
+            }
+            Hs::ClientAwaitReply(mut h) => {
+                h.read_reply(part).map_err(failed)?;
+                Hs::ClientAwaitPad2(h)
+            }
+            Hs::ClientAwaitPad2(h) => {
+                let (m3, o) = h.finish_client(part, &mut *self.rng).map_err(failed)?;
                 self.out.extend_from_slice(&m3);
                 self.established(now, o);
-                Ok(noise::MSG2_LEN)
+                Hs::Done
             }
-            Hs::Done => {
-                self.hs = Hs::Done;
-                Ok(0)
-            }
-            Hs::Failed => Err(SessionError::Handshake),
-        }
+            Hs::Done | Hs::Failed => return Err(SessionError::Handshake),
+        })
     }
 
     fn established(&mut self, now: Instant, o: noise::HandshakeOutput) {
@@ -118,7 +134,6 @@ impl Session {
         self.opener = Some(Opener::new(o.recv));
         self.send_credit = o.peer_params.session_window as u64;
         self.peer_params = Some(o.peer_params);
-        self.hs = Hs::Done;
         self.last_rx = now;
         self.last_tx = now;
         self.key_since = now;

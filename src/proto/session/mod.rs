@@ -4,10 +4,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::admit::SharedAdmission;
+use super::admit::{Admitted, SharedAdmission};
 use super::frame::{Destination, Frame, FrameRepr, HEADER_LEN, MAX_FRAME, MAX_PAYLOAD, OpenError};
 use super::mux::{OpenState, RecvCredit, Stream};
-use super::noise::{self, Handshake, TransportParams};
+use super::noise::{self, FirstMessage, Handshake, TransportParams};
 use super::record::{Opener, RecordError, Sealer};
 use super::replay::SharedReplay;
 use super::{Random, SystemClock, WallClock};
@@ -188,11 +188,20 @@ pub struct SessionStats {
     pub streams_opened: u64,
 }
 
+/// Where the handshake is: the part of the stream each state waits for.
 enum Hs {
-    ClientAwaitMsg2(Handshake),
+    /// Client: the masked ciphertext and msg2.
+    ClientAwaitReply(Handshake),
+    /// Client: pad2, then msg3 goes out.
+    ClientAwaitPad2(Handshake),
+    /// Relay: msg1's fixed part.
     ServerAwaitMsg1(Handshake),
+    /// Relay: msg1 proved an allowed key; pad1, then the replay cache and the answer.
+    ServerAwaitPad1(Handshake, FirstMessage, Admitted),
     /// With the allowed key msg1 proved: msg3 must present it.
     ServerAwaitMsg3(Handshake, [u8; 32]),
+    /// Relay: pad3.
+    ServerAwaitPad3(Handshake),
     Done,
     Failed,
 }
@@ -247,7 +256,7 @@ impl Session {
                 let mut h = Handshake::initiator(local_private, &relay_public, params, &mut *rng);
                 let stamp = cfg.clock.unix(now).as_millis() as u64;
                 out.extend_from_slice(&h.write_msg1(stamp, &mut *rng));
-                (Hs::ClientAwaitMsg2(h), None, None, true)
+                (Hs::ClientAwaitReply(h), None, None, true)
             }
             Role::Server {
                 admission,
@@ -301,7 +310,7 @@ impl Session {
     /// Client: msg1 was sent and not one byte has come back (see
     /// [`SessionError::Unanswered`]; an engine whose transport ends then reports that).
     pub fn is_unanswered(&self) -> bool {
-        matches!(self.hs, Hs::ClientAwaitMsg2(_)) && self.inbuf.is_empty() && self.error.is_none()
+        matches!(self.hs, Hs::ClientAwaitReply(_)) && self.inbuf.is_empty() && self.error.is_none()
     }
 
     /// Why the session ended, if it has.
