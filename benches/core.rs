@@ -264,7 +264,9 @@ fn handshake_us(side: Side) -> Stat {
             let reply = r.write_reply(&mut rng).expect("msg1");
             let t2 = Instant::now();
             c.read_reply(black_box(&reply[..REPLY_LEN])).expect("msg2");
-            let (m3, co) = c.finish_client(&reply[REPLY_LEN..], &mut rng).expect("pad2");
+            let (m3, co) = c
+                .finish_client(&reply[REPLY_LEN..], &mut rng)
+                .expect("pad2");
             let t3 = Instant::now();
             r.read_msg3(black_box(&m3[..MSG3_LEN])).expect("msg3");
             let ro = r.finish_relay(&m3[MSG3_LEN..]).expect("pad3");

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use common::{start_relay_with, tempdir};
 use qnet::keys::PrivateKey;
-use qnet::proto::noise::{MSG1_LEN, MSG2_LEN};
+use qnet::proto::mask::PAD_MAX;
+use qnet::proto::noise::MSG1_LEN;
 use qnet::proto::{
     OsRandom, Random, Role, SeededRandom, Session, SessionConfig, SimClock, SystemClock, WallClock,
 };
@@ -44,7 +45,7 @@ const GIVE_UP: Duration = Duration::from_secs(10);
 enum Kind {
     /// A real client's recorded msg1, sent again on a fresh connection.
     Replay,
-    /// A prefix (1–73 bytes) of the recorded msg1.
+    /// A prefix of the recorded msg1 and pad1, one byte short or more.
     Truncated,
     /// The recorded msg1 followed by 1–4000 random bytes.
     Oversized,
@@ -115,20 +116,22 @@ fn msg1_with_clock(relay_public: [u8; 32], key: &PrivateKey, offset_secs: i64) -
     s.transmit().to_vec()
 }
 
-/// Run a real client's handshake against the relay and return its first flight.
+/// Run a real client's handshake against the relay and return its first flight (msg1
+/// and pad1).
 fn record_first_flight(addr: SocketAddr, relay_public: [u8; 32], key: &PrivateKey) -> Vec<u8> {
     let mut s = client_session(relay_public, key.as_bytes(), Arc::new(SystemClock));
     let msg1 = s.transmit().to_vec();
-    assert_eq!(msg1.len(), MSG1_LEN);
+    assert!((MSG1_LEN..=MSG1_LEN + PAD_MAX).contains(&msg1.len()));
     s.transmit_done(msg1.len());
     let mut sock = TcpStream::connect(addr).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     sock.write_all(&msg1).unwrap();
-    let mut msg2 = [0u8; MSG2_LEN];
-    sock.read_exact(&mut msg2)
-        .expect("the relay answers a fresh msg1");
-    s.handle_input(Instant::now(), &msg2).unwrap();
-    assert!(s.is_established());
+    let mut buf = [0u8; 4096];
+    while !s.is_established() {
+        let n = sock.read(&mut buf).expect("the relay answers a fresh msg1");
+        assert!(n > 0, "the relay closed instead of answering");
+        s.handle_input(Instant::now(), &buf[..n]).unwrap();
+    }
     sock.write_all(s.transmit()).unwrap();
     msg1
 }
@@ -184,7 +187,9 @@ fn probe(
     // Build what needs crypto before connecting, so the clock starts at the connect.
     let flight: Vec<u8> = match kind {
         Kind::Replay => recorded.to_vec(),
-        Kind::Truncated => recorded[..1 + below(&mut rng, MSG1_LEN as u64 - 1) as usize].to_vec(),
+        Kind::Truncated => {
+            recorded[..1 + below(&mut rng, recorded.len() as u64 - 1) as usize].to_vec()
+        }
         Kind::Oversized => {
             let extra = 1 + below(&mut rng, 4000) as usize;
             [recorded, &random_bytes(&mut rng, extra)].concat()

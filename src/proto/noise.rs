@@ -398,26 +398,44 @@ impl Handshake {
             matches!(self.stage, Stage::ClientStart),
             "msg1 is the client's first"
         );
+        let mut m = self.msg1(stamp_ms, d.pad_len as u16, pair.public());
+        m[31] |= d.top_bit;
+        let (admit, ephemeral) = self.admit.as_ref().expect("msg1 is the initiator's");
+        let mask = admit.mask(ephemeral);
+        mask.pad(Part::Pad1, 0, d.pad_len, &mut m);
+        self.mask = Some(mask);
+        self.stage = Stage::ClientAwaitReply(Box::new(pair));
+        m
+    }
+
+    /// msg1's fixed part with a valid time and admission proof but the pad length and
+    /// encapsulation key given as they are, however wrong (fuzzing and tests of the
+    /// relay's checks after admission). The handshake cannot go on from it.
+    pub fn write_msg1_forged(&mut self, stamp_ms: u64, pad_len: u16, ek: &[u8; EK_LEN]) -> Vec<u8> {
+        assert!(
+            matches!(self.stage, Stage::ClientStart),
+            "msg1 is the client's first"
+        );
+        self.stage = Stage::Spent;
+        self.msg1(stamp_ms, pad_len, ek)
+    }
+
+    fn msg1(&mut self, stamp_ms: u64, pad_len: u16, ek: &[u8; EK_LEN]) -> Vec<u8> {
         let (admit, ephemeral) = self.admit.as_ref().expect("msg1 is the initiator's");
         let mut payload = [0u8; MSG1_PAYLOAD_LEN];
         let (stamp, rest) = payload.split_at_mut(STAMP_LEN);
         let (hint, rest) = rest.split_at_mut(admit::HINT_LEN);
         let (tag, rest) = rest.split_at_mut(admit::TAG_LEN);
-        let (pad_len, ek) = rest.split_at_mut(PAD_LEN_BYTES);
+        let (len, key) = rest.split_at_mut(PAD_LEN_BYTES);
         stamp.copy_from_slice(&stamp_ms.to_be_bytes());
         hint.copy_from_slice(&admit.hint());
         tag.copy_from_slice(&admit.tag(ephemeral, stamp_ms));
-        pad_len.copy_from_slice(&(d.pad_len as u16).to_be_bytes());
-        ek.copy_from_slice(pair.public());
-        let mask = admit.mask(ephemeral);
+        len.copy_from_slice(&pad_len.to_be_bytes());
+        key.copy_from_slice(ek);
         let mut m = vec![0u8; MSG1_LEN];
         let n = self.state.write_message(&payload, &mut m).expect("msg1");
         debug_assert_eq!(n, MSG1_LEN);
         debug_assert_eq!(m[..32], ephemeral[..], "snow took the preset ephemeral key");
-        m[31] |= d.top_bit;
-        mask.pad(Part::Pad1, 0, d.pad_len, &mut m);
-        self.mask = Some(mask);
-        self.stage = Stage::ClientAwaitReply(Box::new(pair));
         m
     }
 

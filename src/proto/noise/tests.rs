@@ -154,15 +154,8 @@ fn an_invalid_encapsulation_key_is_refused() {
     let (rs, rp) = keys(2);
     let mut c = Handshake::initiator(&cs, &rp, P, rng);
     let mut r = Handshake::responder(&rs, P, rng);
-    // msg1 as write_msg1 makes it, but with ek all 0xff (coefficients 4095 > 3329).
-    let (admit, e) = c.admit.as_ref().unwrap();
-    let mut payload = [0xffu8; MSG1_PAYLOAD_LEN];
-    payload[..8].copy_from_slice(&T.to_be_bytes());
-    payload[8..10].copy_from_slice(&admit.hint());
-    payload[10..26].copy_from_slice(&admit.tag(e, T));
-    payload[26..28].copy_from_slice(&[0, 0]);
-    let mut m1 = vec![0u8; MSG1_LEN];
-    c.state.write_message(&payload, &mut m1).unwrap();
+    // ek all 0xff: coefficients 4095 > 3329.
+    let m1 = c.write_msg1_forged(T, 0, &[0xff; kem::EK_LEN]);
     assert!(relay_reads(&mut r, cp, &rs, &m1), "msg1 itself is fine");
     assert_eq!(r.write_reply(rng).err(), Some(HandshakeFailed));
 }
