@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """A second implementation of docs/PROTOCOL.md, written from the spec alone.
 
-It uses only Python's standard library and the `cryptography` package (X25519,
-ChaCha20, ChaCha20-Poly1305), never the Rust code. Part one recomputes the spec's
-test vectors; part two runs a Noise XK client against a real `qnet-relay` and uses
-every frame type, so a drift between the spec and the implementation fails here.
+It uses Python's standard library, the `cryptography` package (X25519, ChaCha20,
+ChaCha20-Poly1305) and the `kyber-py` package (ML-KEM-768, FIPS 203), never the Rust
+code. Part one recomputes the spec's test vectors, playing both ends of the handshake;
+part two runs a Noise XKpsk2 + ML-KEM client against a real `qnet-relay` and uses every
+frame type, so a drift between the spec and the implementation fails here.
 
 usage: record_spec.py [path/to/qnet-relay]   (default: target/debug/qnet-relay)
 """
@@ -13,6 +14,7 @@ import base64
 import hashlib
 import hmac
 import os
+import secrets
 import socket
 import struct
 import subprocess
@@ -21,15 +23,22 @@ import tempfile
 import threading
 import time
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from kyber_py.ml_kem import ML_KEM_768
 
-PROTOCOL_NAME = b"Noise_XK_25519_ChaChaPoly_BLAKE2s"
-PROLOGUE = b"qnet/3 Noise_XK_25519_ChaChaPoly_BLAKE2s"
-VERSION = 3
-MSG1_LEN = 32 + 8 + 2 + 16 + 16
+PROTOCOL_NAME = b"Noise_XKpsk2_25519_ChaChaPoly_BLAKE2s"
+PROLOGUE = b"qnet/4 Noise_XKpsk2_25519_ChaChaPoly_BLAKE2s ML-KEM-768"
+VERSION = 4  # the transport parameters' version byte
+EK_LEN = 1184
+CT_LEN = 1088
+MSG1_LEN = 32 + (8 + 2 + 16 + 2 + EK_LEN) + 16
+MSG2_LEN = 32 + (9 + 2) + 16
+MSG3_LEN = 32 + 16 + (9 + 2) + 16
+MAX_PAD = 511
 MAX_PAYLOAD = 16384
 HEADER = 7
 TAG = 16
@@ -52,8 +61,23 @@ def blake2s_mac(key, msg):
     return hashlib.blake2s(msg, key=key, digest_size=32).digest()
 
 
+def digest(data):
+    return hashlib.blake2s(data).hexdigest()
+
+
 def nonce(counter):
     return b"\0" * 4 + struct.pack("<Q", counter)
+
+
+def chacha20(key, n, length):
+    """The spec's ChaCha20(key, n): nonce of eleven zero bytes then n, block counter 0.
+    cryptography's 16-byte nonce is the 32-bit LE block counter then the 96-bit nonce."""
+    nonce16 = b"\0" * 4 + b"\0" * 11 + bytes([n])
+    return Cipher(algorithms.ChaCha20(key, nonce16), mode=None).encryptor().update(b"\0" * length)
+
+
+def xor(a, b):
+    return bytes(x ^ y for x, y in zip(a, b))
 
 
 def public_bytes(priv):
@@ -70,7 +94,20 @@ def dh(priv, pub):
     return priv.exchange(X25519PublicKey.from_public_bytes(pub))
 
 
-# ---- admission (spec section 2, "Admission") -------------------------------------
+def reader(data):
+    """A read(n) over bytes, as a socket's recv_exact is over the stream."""
+    buf = bytearray(data)
+
+    def read(n):
+        assert len(buf) >= n, "short input"
+        out = bytes(buf[:n])
+        del buf[:n]
+        return out
+
+    return read
+
+
+# ---- admission, masks and pads (spec section 2) ---------------------------------
 
 
 def admit_key(client_priv, relay_pub):
@@ -83,32 +120,80 @@ def admit_tag(k, epub, stamp):
     return blake2s_mac(k, epub + struct.pack(">Q", stamp))[:16]
 
 
-# ---- Noise XK (Noise spec rev. 34, sections 5 and 7) ---------------------------
+def mask_key(k_c, epub):
+    """m, whose keystreams are pad1 (1), the relay's flight (2) and pad3 (3)."""
+    return blake2s_mac(k_c, b"qnet/4 mask" + epub)
+
+
+def kem_psk(K, ct):
+    return blake2s_mac(K, b"qnet/4 psk" + ct)
+
+
+def draw_pad():
+    return secrets.randbelow(MAX_PAD + 1)
+
+
+def check_pad(pad, expected):
+    """A pad must be its keystream byte for byte; a difference fails the handshake."""
+    if not hmac.compare_digest(pad, expected):
+        raise ValueError("pad differs from its keystream")
+
+
+def pad_len(field):
+    """The 2-byte pad length of a payload; over 511 fails the handshake."""
+    n = struct.unpack(">H", field)[0]
+    if n > MAX_PAD:
+        raise ValueError("pad length %d over %d" % (n, MAX_PAD))
+    return n
+
+
+def random_top_bit(msg):
+    """Spec section 2: bit 7 of byte 31 (the last byte of e), clear as Noise writes it,
+    goes out as a random bit; the receiver clears it before Noise reads the message."""
+    msg = bytearray(msg)
+    msg[31] |= os.urandom(1)[0] & 0x80
+    return bytes(msg)
+
+
+def clear_top_bit(msg):
+    msg = bytearray(msg)
+    msg[31] &= 0x7F
+    return bytes(msg)
+
+
+# ---- Noise XKpsk2 (Noise spec rev. 34, sections 5, 7 and 9) ---------------------
 
 
 def hmac_b2s(key, data):
     return hmac.new(key, data, hashlib.blake2s).digest()
 
 
-def hkdf2(ck, ikm):
+def hkdf(ck, ikm, outputs):
     temp = hmac_b2s(ck, ikm)
-    o1 = hmac_b2s(temp, b"\x01")
-    o2 = hmac_b2s(temp, o1 + b"\x02")
-    return o1, o2
+    out = [hmac_b2s(temp, b"\x01")]
+    for i in range(2, outputs + 1):
+        out.append(hmac_b2s(temp, out[-1] + bytes([i])))
+    return out
 
 
 class Symmetric:
-    def __init__(self):
-        self.h = hashlib.blake2s(PROTOCOL_NAME).digest() if len(PROTOCOL_NAME) > 32 else PROTOCOL_NAME.ljust(32, b"\0")
+    def __init__(self, protocol_name, prologue):
+        self.h = hashlib.blake2s(protocol_name).digest() if len(protocol_name) > 32 else protocol_name.ljust(32, b"\0")
         self.ck = self.h
         self.k = None
         self.n = 0
+        self.mix_hash(prologue)
 
     def mix_hash(self, data):
         self.h = hashlib.blake2s(self.h + data).digest()
 
     def mix_key(self, ikm):
-        self.ck, self.k = hkdf2(self.ck, ikm)
+        self.ck, self.k = hkdf(self.ck, ikm, 2)
+        self.n = 0
+
+    def mix_key_and_hash(self, ikm):
+        self.ck, temp_h, self.k = hkdf(self.ck, ikm, 3)
+        self.mix_hash(temp_h)
         self.n = 0
 
     def encrypt_and_hash(self, pt):
@@ -126,7 +211,7 @@ class Symmetric:
         return pt
 
     def split(self):
-        return hkdf2(self.ck, b"")
+        return hkdf(self.ck, b"", 2)
 
 
 def params(stream_window, session_window):
@@ -137,49 +222,138 @@ def now_ms():
     return int(time.time() * 1000)
 
 
-class NoiseXKInitiator:
-    """The client side of XK: knows the responder's static key in advance."""
+class Initiator:
+    """The client side of XKpsk2 + ML-KEM: knows the relay's static key in advance."""
 
     def __init__(self, static_priv, relay_pub, my_params):
         self.s = static_priv
         self.rs = relay_pub
         self.params = my_params
-        self.sym = Symmetric()
-        self.sym.mix_hash(PROLOGUE)
+        self.sym = Symmetric(PROTOCOL_NAME, PROLOGUE)
         self.sym.mix_hash(relay_pub)  # pre-message <- s
 
-    def msg1(self, stamp_ms=None, e=None, randomize=True, proof=None):
-        """msg1 with the payload of spec section 2: the wall-clock time in ms, big-endian,
-        the admission hint and the tag. `proof` is (k_c, hint), by default this client's."""
+    def msg1(self, stamp_ms=None, e=None, kem=None, pad=None, randomize=True, proof=None):
+        """msg1 then pad1. The payload is the time in ms, the admission hint and tag, pad1's
+        length and a fresh ML-KEM encapsulation key; `kem` is (ek, dk), `proof` (k_c, hint),
+        both by default this client's own."""
         self.e = e or X25519PrivateKey.generate()
+        self.ek, self.dk = kem or ML_KEM_768.keygen()
         epub = public_bytes(self.e)
         self.sym.mix_hash(epub)
+        self.sym.mix_key(epub)  # the psk modifier's extra MixKey on each e
         self.sym.mix_key(dh(self.e, self.rs))
         stamp = now_ms() if stamp_ms is None else stamp_ms
-        k, hint = proof or admit_key(self.s, self.rs)
-        payload = struct.pack(">Q", stamp) + hint + admit_tag(k, epub, stamp)
+        self.k_c, hint = proof or admit_key(self.s, self.rs)
+        self.m = mask_key(self.k_c, epub)
+        n = draw_pad() if pad is None else pad
+        tag = admit_tag(self.k_c, epub, stamp)
+        payload = struct.pack(">Q", stamp) + hint + tag + struct.pack(">H", n) + self.ek
         body = epub + self.sym.encrypt_and_hash(payload)
-        # Spec section 2: the clear top bit of the ephemeral key is replaced by a random bit.
-        body = bytearray(body)
-        if randomize:
-            body[31] |= os.urandom(1)[0] & 0x80
         assert len(body) == MSG1_LEN
-        return bytes(body)
+        return (random_top_bit(body) if randomize else body) + chacha20(self.m, 1, n)
 
-    def read_msg2_write_msg3(self, m2):
-        assert len(m2) == 57
-        m2 = bytearray(m2)
-        m2[31] &= 0x7F
-        re = bytes(m2[:32])
-        self.sym.mix_hash(re)
-        self.sym.mix_key(dh(self.e, re))
-        relay_params = self.sym.decrypt_and_hash(bytes(m2[32:]))
+    def read_flight(self, read):
+        """The relay's flight from read(n): masked ct, msg2 (under the ML-KEM psk), pad2.
+        Raises InvalidTag when msg2 does not authenticate. Returns the relay's parameters."""
+        ks = chacha20(self.m, 2, CT_LEN + MAX_PAD)
+        ct = xor(read(CT_LEN), ks)
+        K = ML_KEM_768.decaps(self.dk, ct)
+        m2 = read(MSG2_LEN)
+        self.relay_top_bit = m2[31] >> 7
+        m2 = clear_top_bit(m2)
+        self.re = m2[:32]
+        self.sym.mix_hash(self.re)
+        self.sym.mix_key(self.re)
+        self.sym.mix_key(dh(self.e, self.re))
+        self.sym.mix_key_and_hash(kem_psk(K, ct))
+        payload = self.sym.decrypt_and_hash(m2[32:])
+        n = pad_len(payload[9:11])
+        check_pad(read(n), ks[CT_LEN : CT_LEN + n])
+        return payload[:9]
+
+    def msg3(self, pad=None):
+        """msg3 then pad3, and the split: (bytes, k1, k2)."""
         out = self.sym.encrypt_and_hash(public_bytes(self.s))
-        self.sym.mix_key(dh(self.s, re))
-        out += self.sym.encrypt_and_hash(self.params)
-        assert len(out) == 73
+        self.sym.mix_key(dh(self.s, self.re))
+        n = draw_pad() if pad is None else pad
+        out += self.sym.encrypt_and_hash(self.params + struct.pack(">H", n))
+        assert len(out) == MSG3_LEN
         k1, k2 = self.sym.split()
-        return out, relay_params, k1, k2
+        return out + chacha20(self.m, 3, n), k1, k2
+
+
+class Responder:
+    """The relay side, for the test vectors: one allowed client key, no clock or replay cache."""
+
+    def __init__(self, static_priv, client_pub, my_params):
+        self.s = static_priv
+        self.k_c, self.hint = admit_key(static_priv, client_pub)
+        self.client_pub = client_pub
+        self.params = my_params
+        self.sym = Symmetric(PROTOCOL_NAME, PROLOGUE)
+        self.sym.mix_hash(public_bytes(static_priv))
+
+    def read_msg1(self, read):
+        """msg1 and pad1; checks admission and the pad, returns the time."""
+        m1 = clear_top_bit(read(MSG1_LEN))
+        epub = m1[:32]
+        self.sym.mix_hash(epub)
+        self.sym.mix_key(epub)
+        self.sym.mix_key(dh(self.s, epub))
+        payload = self.sym.decrypt_and_hash(m1[32:])
+        stamp = struct.unpack(">Q", payload[:8])[0]
+        assert payload[8:10] == self.hint, "hint names no allowed key"
+        assert hmac.compare_digest(payload[10:26], admit_tag(self.k_c, epub, stamp)), "wrong tag"
+        n = pad_len(payload[26:28])
+        self.m = mask_key(self.k_c, epub)
+        check_pad(read(n), chacha20(self.m, 1, n))
+        self.re = epub
+        self.ek = payload[28:]
+        return stamp
+
+    def flight(self, e, m, pad):
+        """Masked ct, msg2 and pad2, with ephemeral key `e` and encapsulation randomness `m`."""
+        self.e = e
+        K, ct = ML_KEM_768._encaps_internal(self.ek, m)
+        self.ct, self.psk = ct, kem_psk(K, ct)
+        epub = public_bytes(e)
+        self.sym.mix_hash(epub)
+        self.sym.mix_key(epub)
+        self.sym.mix_key(dh(e, self.re))
+        self.sym.mix_key_and_hash(self.psk)
+        m2 = epub + self.sym.encrypt_and_hash(self.params + struct.pack(">H", pad))
+        assert len(m2) == MSG2_LEN
+        ks = chacha20(self.m, 2, CT_LEN + pad)
+        return xor(ct, ks) + m2 + ks[CT_LEN:]
+
+    def read_msg3(self, read):
+        """msg3 and pad3; returns the client's parameters and the split."""
+        m3 = read(MSG3_LEN)
+        client_pub = self.sym.decrypt_and_hash(m3[:48])
+        assert client_pub == self.client_pub, "msg3's key is not the one msg1 proved"
+        self.sym.mix_key(dh(self.e, client_pub))
+        payload = self.sym.decrypt_and_hash(m3[48:])
+        n = pad_len(payload[9:11])
+        check_pad(read(n), chacha20(self.m, 3, n))
+        k1, k2 = self.sym.split()
+        return payload[:9], k1, k2
+
+
+def old_msg1(version, client_priv, relay_pub, stamp=None, e=None):
+    """msg1 of an older version: Noise_XK without psk, prologue qnet/<version>, and that
+    version's payload (1: empty; 2: the time; 3: the time, admission hint and tag)."""
+    sym = Symmetric(b"Noise_XK_25519_ChaChaPoly_BLAKE2s", b"qnet/%d Noise_XK_25519_ChaChaPoly_BLAKE2s" % version)
+    sym.mix_hash(relay_pub)
+    e = e or X25519PrivateKey.generate()
+    epub = public_bytes(e)
+    sym.mix_hash(epub)
+    sym.mix_key(dh(e, relay_pub))
+    stamp = now_ms() if stamp is None else stamp
+    payload = b"" if version == 1 else struct.pack(">Q", stamp)
+    if version == 3:
+        k, hint = admit_key(client_priv, relay_pub)
+        payload += hint + admit_tag(k, epub, stamp)
+    return epub + sym.encrypt_and_hash(payload)
 
 
 # ---- records (spec section 3) ---------------------------------------------------
@@ -288,25 +462,84 @@ def vectors():
         == [(DATA, 1, b"golden"), (KEY_UPDATE, 0, b""), (DATA, 1, b"after")] and updated,
         "vector: key update and padding round-trip in this implementation",
     )
-    relay_pub = public_bytes(X25519PrivateKey.from_private_bytes(b"\x02" * 32))
-    client = X25519PrivateKey.from_private_bytes(b"\x01" * 32)
-    e = X25519PrivateKey.from_private_bytes(b"\x03" * 32)
-    k, hint = admit_key(client, relay_pub)
-    tag = admit_tag(k, public_bytes(e), 1_700_000_000_000)
-    check(
-        hint.hex() == "c0ab" and tag.hex() == "0b79ec7d45dbad49c91392db2629a1e6",
-        "vector: admission hint and tag (k_c from the static-static X25519) match src/proto/noise.rs",
-    )
-    hs = NoiseXKInitiator(client, relay_pub, params(1 << 18, 1 << 24))
-    m1 = hs.msg1(1_700_000_000_000, e, randomize=False)
-    check(
-        m1.hex() == "5dfedd3b6bd47f6fa28ee15d969d5bb0ea53774d488bdaf9df1c6e0124b3ef22612932c4eb22713978d715a30d8e63ec4e9e793404f1810b955dc7e9aa5055c35bc03e43d0d74e5567dd",
-        "vector: msg1 (prologue qnet/3, timestamp, hint and tag) matches src/proto/noise.rs",
-    )
     check(
         frame(OPEN, 1, bytes([2]) + dest_v4("192.0.2.7", 443) + b"hi")
         == bytes([0x01, 0, 0, 0, 1, 0, 10, 2, 1, 192, 0, 2, 7, 0x01, 0xBB]) + b"hi",
         "vector: OPEN frame golden bytes match src/proto/frame.rs",
+    )
+
+    # Spec section 8, "A whole handshake": both ends played here, from the spec's inputs.
+    stamp = 1_700_000_000_000
+    relay_priv = X25519PrivateKey.from_private_bytes(b"\x02" * 32)
+    client = X25519PrivateKey.from_private_bytes(b"\x01" * 32)
+    e = X25519PrivateKey.from_private_bytes(b"\x03" * 32)
+    relay_pub = public_bytes(relay_priv)
+    k, hint = admit_key(client, relay_pub)
+    tag = admit_tag(k, public_bytes(e), stamp)
+    check(
+        hint.hex() == "c0ab" and tag.hex() == "0b79ec7d45dbad49c91392db2629a1e6",
+        "vector: admission hint and tag (k_c from the static-static X25519)",
+    )
+    # The version-3 msg1 the silence check below sends, against that version's vector.
+    check(
+        old_msg1(3, client, relay_pub, stamp, e).hex()
+        == "5dfedd3b6bd47f6fa28ee15d969d5bb0ea53774d488bdaf9df1c6e0124b3ef22612932c4eb22713978d715a30d8e63ec4e9e793404f1810b955dc7e9aa5055c35bc03e43d0d74e5567dd",
+        "vector: version-3 msg1 (Noise_XK, prologue qnet/3) as version 3's spec gave it",
+    )
+    kem = ML_KEM_768._keygen_internal(b"\x04" * 32, b"\x05" * 32)
+    check(
+        digest(kem[0]) == "14319c7bc1aa830f17c8fa34d6017693781169297460540e21d1f07c848f4da2",
+        "vector: ML-KEM-768 ek from KeyGen_internal(d, z)",
+    )
+    ini = Initiator(client, relay_pub, params(1 << 18, 1 << 24))
+    res = Responder(relay_priv, public_bytes(client), params(1 << 18, 1 << 24))
+    out1 = ini.msg1(stamp, e, kem, pad=5, randomize=False)
+    check(
+        len(out1) == 1265
+        and out1[:32].hex() == "5dfedd3b6bd47f6fa28ee15d969d5bb0ea53774d488bdaf9df1c6e0124b3ef22"
+        and digest(out1) == "92a3e11b3987577e8b36829b4727e6eb35d320a4b6dce95ab6b62c3f1731d5a1",
+        "vector: msg1 then pad1 (prologue qnet/4, XKpsk2 MixKey(e), time, hint, tag, pad length, ek, keystream pad)",
+    )
+    got_stamp = res.read_msg1(reader(out1))
+    check(got_stamp == stamp and res.ek == kem[0], "vector: the relay side reads msg1, its admission proof and pad1")
+    flight = res.flight(X25519PrivateKey.from_private_bytes(b"\x07" * 32), b"\x06" * 32, pad=3)
+    check(
+        digest(res.ct) == "5cd6293f83679a90424091accf9de399216658de4ec0b14e82fec565bdbef43d",
+        "vector: ML-KEM-768 ct from Encaps_internal(ek, m)",
+    )
+    check(
+        res.psk.hex() == "cdf7867c0bc2df2693cd4e6877b3bf4c4b8ad19c335593077f115589c8335b2e",
+        "vector: psk = BLAKE2s-MAC(K, \"qnet/4 psk\" || ct)",
+    )
+    check(
+        len(flight) == 1150
+        and flight[:32].hex() == "45321140b92657c325692fca18b2c9e57875cfcf5ad4f6d372c9fadf2956fc72"
+        and digest(flight) == "73342167e3d02c916f3dc5b16b7fd7479d3cdbe76e822f1e5c469ed456135d68",
+        "vector: the relay's flight, masked ct then msg2 (e, ee, psk) then pad2",
+    )
+    check(
+        ini.read_flight(reader(flight)) == params(1 << 18, 1 << 24),
+        "vector: the client side unmasks ct, decapsulates and reads msg2 and pad2",
+    )
+    out3, k1, k2 = ini.msg3(pad=2)
+    check(
+        len(out3) == 77 and digest(out3) == "9d3485999d055ba107b0965c627686ca07576613ca16592c77e4a695a0744d60",
+        "vector: msg3 then pad3 (s, se under the psk-mixed keys)",
+    )
+    client_params, rk1, rk2 = res.read_msg3(reader(out3))
+    check(
+        client_params == params(1 << 18, 1 << 24) and (rk1, rk2) == (k1, k2),
+        "vector: the relay side reads msg3 and pad3, same split",
+    )
+    check(
+        ini.sym.h.hex() == "5e25152042489553cc4d9c542bbf3ebdcd14459794430231bc5bcd3751477ef5"
+        and res.sym.h == ini.sym.h,
+        "vector: handshake hash",
+    )
+    check(
+        k1.hex() == "b3c0912e630e95dde59a7f624858bc54bae6af4b59a3e5e4ac10d7a6d9a99ff6"
+        and k2.hex() == "cdc9be358d1b9b5fdd3fe5e8e74bbee189539b00af513bd7cce187cece48fbf7",
+        "vector: k1 (client -> relay) and k2 (relay -> client) from Split()",
     )
 
 
@@ -342,7 +575,7 @@ class Echo:
 class Client:
     def __init__(self, addr, static_priv, relay_pub, stream_window=1 << 18, session_window=1 << 24):
         self.sock = socket.create_connection(addr, timeout=10)
-        self.hs = NoiseXKInitiator(static_priv, relay_pub, params(stream_window, session_window))
+        self.hs = Initiator(static_priv, relay_pub, params(stream_window, session_window))
         self.rx = bytearray()
         self.frames = []
         self.next_stream = 1
@@ -357,12 +590,13 @@ class Client:
         del self.rx[:n]
         return out
 
-    def handshake(self):
-        self.msg1 = self.hs.msg1()
+    def handshake(self, pad=None):
+        """msg1 and pad1, the relay's flight, then msg3 and pad3 wait for the first record.
+        `pad` is both pads' length, by default each drawn."""
+        self.msg1 = self.hs.msg1(pad=pad)
         self.sock.sendall(self.msg1)
-        m2 = self.recv_exact(57)
-        m3, relay_params, k1, k2 = self.hs.read_msg2_write_msg3(m2)
-        self.relay_params = relay_params
+        self.relay_params = self.hs.read_flight(self.recv_exact)
+        m3, k1, k2 = self.hs.msg3(pad=pad)
         self.tx = Direction(k1)
         self.rxd = Direction(k2)
         self.pending_out = m3  # msg3 goes out together with the first record(s)
@@ -456,6 +690,7 @@ def live(relay_bin):
         addr = (host, int(port))
         threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
         session(addr, public_bytes(relay_priv), client_priv)
+        handshakes(addr, public_bytes(relay_priv), client_priv)
         refusals(addr, public_bytes(relay_priv), stranger, client_priv)
     finally:
         proc.kill()
@@ -466,7 +701,10 @@ def session(addr, relay_pub, client_priv):
     echo = Echo()
     c = Client(addr, client_priv, relay_pub)
     c.handshake()
-    check(c.relay_params[0] == VERSION and len(c.relay_params) == 9, "handshake: relay sends version-3 transport parameters")
+    check(
+        c.relay_params[0] == VERSION and len(c.relay_params) == 9,
+        "handshake: relay sends version-%d transport parameters" % VERSION,
+    )
     stream_window, session_window = struct.unpack(">II", c.relay_params[1:])
 
     # OPEN by IPv4 with first data, padding on the record, then DATA and a PING.
@@ -575,70 +813,117 @@ def session(addr, relay_pub, client_priv):
     check(wait_quiet(c.sock, 2) == b"", "protocol violation: the relay closes without replying")
 
 
+def handshakes(addr, relay_pub, client_priv, count=16):
+    """Handshakes with pads at both ends of their range, then drawn, and random top bits."""
+    answered, relay_bits = 0, set()
+    for i in range(count):
+        c = Client(addr, client_priv, relay_pub)
+        c.handshake(pad=(0, MAX_PAD)[i] if i < 2 else None)
+        relay_bits.add(c.hs.relay_top_bit)
+        c.send(frame(PING, 0, b"%08d" % i))
+        answered += c.next_frame() == (PONG, 0, b"%08d" % i)
+        c.sock.close()
+    check(
+        answered == count,
+        "%d handshakes (pads 0, 511, then drawn; random top bits in msg1) each answer a PING" % count,
+    )
+    # A fixed bit would mark every connection; 2 in 2^16 runs see one value by chance.
+    check(relay_bits == {0, 1}, "the relay's msg2 carries a random top bit (both values in %d handshakes)" % count)
+
+
 def refusals(addr, relay_pub, stranger, client_priv):
-    # A key not on the allow-list: its msg1 proves nothing, so not even msg2 comes back;
-    # the relay closes at its drain deadline without a byte.
+    # A key not on the allow-list: its msg1 proves nothing, so not even the relay's flight
+    # comes back; the relay closes at its drain deadline without a byte.
     c = Client(addr, stranger, relay_pub)
     c.sock.sendall(c.hs.msg1())
-    check(silent_until_close(c.sock), "client not on the allow-list: no msg2, silence until the relay closes")
+    check(silent_until_close(c.sock), "client not on the allow-list: no flight, silence until the relay closes")
 
     # The allowed key's hint with a tag under another key: silence, as for a stranger.
     c = Client(addr, client_priv, relay_pub)
     c.sock.sendall(c.hs.msg1(proof=(os.urandom(32), admit_key(client_priv, relay_pub)[1])))
     check(silent_until_close(c.sock), "allowed key's hint with a wrong tag: silence until the relay closes")
 
-    # msg1 proving the allowed key, msg3 presenting another: msg2 comes, then nothing.
+    # msg1 proving the allowed key, msg3 presenting another: the flight comes, then nothing.
     c = Client(addr, stranger, relay_pub)
     c.sock.sendall(c.hs.msg1(proof=admit_key(client_priv, relay_pub)))
-    m3, _, k1, _ = c.hs.read_msg2_write_msg3(c.recv_exact(57))
+    c.hs.read_flight(c.recv_exact)
+    m3, k1, _ = c.hs.msg3()
     c.sock.sendall(m3 + Direction(k1).seal(frame(PING, 0, b"abcdefgh")))
     check(wait_quiet(c.sock, 1.5) == b"", "msg3 with another key than msg1 proved: no byte after msg2")
 
-    # An allowed client's handshake, whose msg1 is replayed below.
+    # msg3 whose transport parameters carry another version byte: a rule broken, no byte after msg2.
+    c = Client(addr, client_priv, relay_pub)
+    c.hs.params = bytes([3]) + c.hs.params[1:]
+    c.handshake()
+    c.send(frame(PING, 0, b"abcdefgh"))
+    check(wait_quiet(c.sock, 1.5) == b"", "msg3 with version-3 transport parameters: no byte after msg2")
+
+    # An allowed client's handshake, whose msg1 and pad1 are replayed below.
     c = Client(addr, client_priv, relay_pub)
     c.handshake()
 
     # The wrong relay key: msg1 fails at the relay, which answers nothing.
     wrong = Client(addr, client_priv, public_bytes(X25519PrivateKey.generate()))
     wrong.sock.sendall(wrong.hs.msg1())
-    check(wait_quiet(wrong.sock, 1.5) == b"", "wrong relay key: no reply bytes")
+    check(silent_until_close(wrong.sock), "wrong relay key: no reply bytes")
 
-    # A replayed msg1 (the one c sent above, on a fresh connection): no reply, not even msg2.
+    # A replayed msg1 (the one c sent above, on a fresh connection): no reply, not even the flight.
     s = socket.create_connection(addr)
     s.sendall(c.msg1)
-    check(wait_quiet(s, 1.5) == b"", "replayed msg1: no reply bytes")
+    check(silent_until_close(s), "replayed msg1: no reply bytes")
 
     # A msg1 stamped 10 minutes off the relay's clock (either way): no reply.
     for off, what in ((-600_000, "behind"), (600_000, "ahead")):
         stale = Client(addr, client_priv, relay_pub)
         stale.sock.sendall(stale.hs.msg1(now_ms() + off))
-        check(wait_quiet(stale.sock, 1.5) == b"", "msg1 stamped 10 min %s: no reply bytes" % what)
+        check(silent_until_close(stale.sock), "msg1 stamped 10 min %s: no reply bytes" % what)
+
+    # An encapsulation key that fails FIPS 203's modulus check (12-bit fields of 4095, not
+    # below 3329) in an otherwise valid msg1: the relay cannot encapsulate, so no flight.
+    c = Client(addr, client_priv, relay_pub)
+    c.sock.sendall(c.hs.msg1(kem=(b"\xff" * EK_LEN, None)))
+    check(silent_until_close(c.sock), "msg1 with an invalid ML-KEM ek: no reply bytes")
+
+    # pad1 with one byte changed: the pad is checked against its keystream, so no flight.
+    c = Client(addr, client_priv, relay_pub)
+    first = bytearray(c.hs.msg1(pad=100))
+    first[MSG1_LEN + 50] ^= 1
+    c.sock.sendall(first)
+    check(silent_until_close(c.sock), "msg1 whose pad1 has a changed byte: no reply bytes")
+
+    # A pad length over 511, with that many keystream bytes after msg1: no flight.
+    c = Client(addr, client_priv, relay_pub)
+    c.sock.sendall(c.hs.msg1(pad=MAX_PAD + 1))
+    check(silent_until_close(c.sock), "msg1 announcing a 512-byte pad1: no reply bytes")
+
+    # The masked ciphertext with one bit flipped before the client reads it: decapsulation
+    # yields another K (implicit rejection), so another psk, and msg2 fails to authenticate.
+    c = Client(addr, client_priv, relay_pub)
+    c.sock.sendall(c.hs.msg1())
+    # Flip it as it arrives and put it back, so read_flight takes it from the stream as usual.
+    head = bytearray(c.recv_exact(CT_LEN))
+    head[500] ^= 1
+    c.rx[:0] = head
+    try:
+        c.hs.read_flight(c.recv_exact)
+        check(False, "tampered masked ct: msg2 still authenticated")
+    except InvalidTag:
+        check(True, "tampered masked ct: the client's msg2 decryption fails")
 
     # Clients of older versions: their prologue and msg1 payload, no reply.
-    def old_msg1(version, payload):
-        """msg1 of protocol `version` (prologue qnet/<version>) carrying `payload`."""
-        old = NoiseXKInitiator(client_priv, relay_pub, bytes([version]) + struct.pack(">II", 1 << 18, 1 << 24))
-        old.sym = Symmetric()
-        old.sym.mix_hash(b"qnet/%d Noise_XK_25519_ChaChaPoly_BLAKE2s" % version)
-        old.sym.mix_hash(relay_pub)
-        e = X25519PrivateKey.generate()
-        old.sym.mix_hash(public_bytes(e))
-        old.sym.mix_key(dh(e, relay_pub))
-        return public_bytes(e) + old.sym.encrypt_and_hash(payload)
-
-    # Version 2: the timestamp alone as msg1's payload.
-    s = socket.create_connection(addr)
-    s.sendall(old_msg1(2, struct.pack(">Q", now_ms())))
-    check(silent_until_close(s), "version-2 msg1: no reply bytes")
-    # Version 1: an empty msg1 payload.
-    s = socket.create_connection(addr)
-    s.sendall(old_msg1(1, b""))
-    check(wait_quiet(s, 1.5) == b"", "version-1 msg1: no reply bytes")
+    for version, length in ((3, 74), (2, 56), (1, 48)):
+        m1 = old_msg1(version, client_priv, relay_pub)
+        s = socket.create_connection(addr)
+        s.sendall(m1)
+        check(
+            len(m1) == length and silent_until_close(s),
+            "version-%d msg1 (%d bytes): no reply bytes" % (version, length),
+        )
 
     # Random bytes: no reply.
     s = socket.create_connection(addr)
     s.sendall(os.urandom(500))
-    check(wait_quiet(s, 1.5) == b"", "random bytes: no reply bytes")
+    check(silent_until_close(s), "random bytes: no reply bytes")
 
     # A tampered record after a good handshake: the session ends silently.
     c = Client(addr, client_priv, relay_pub)
