@@ -8,6 +8,7 @@ use std::fs;
 use std::path::Path;
 
 use qnet::proto::frame::{Destination, FrameRepr};
+use qnet::proto::kem::EK_LEN;
 use qnet::proto::record::Sealer;
 use qnet::proto::{OpenError, SessionConfig};
 use qnet_fuzz::handshake_flags::{DRAIN, ECHO, REFUSE, STRANGER};
@@ -193,6 +194,14 @@ fn main() {
     let mut m = vec![2 | STRANGER | DRAIN, 30, 0];
     m.extend(encode_piece(&frame_bytes(&ping), 0));
     write(&dir, "stranger", &m);
+    // Forged msg1s (mode 3): an all-zero encapsulation key is valid (every coefficient
+    // below q), all 0xff is not; a pad whose bytes are not the keystream.
+    let forged = |pad: [u8; 2], ek: u8, rest: &[u8]| {
+        [&[3, 0, 0][..], &pad, &[ek; EK_LEN], rest].concat()
+    };
+    write(&dir, "forged-zero-ek", &forged([0, 0], 0, &[]));
+    write(&dir, "forged-bad-ek", &forged([0, 0], 0xff, &[]));
+    write(&dir, "forged-bad-pad", &forged([0, 5], 0, &[1, 2, 3, 4, 5]));
     // The stranger's own messages in raw mode: refused at msg1.
     let s = stranger();
     write(

@@ -5,16 +5,19 @@
 //! alternate between `a` and `b` (0: all that is left). `flags & 3` picks what it reads:
 //! - 0: the rest, as is (msg1 handling on garbage);
 //! - 1: a valid msg1 from the fixture client, then the rest (msg3 handling);
-//! - 2 and 3: a full valid handshake, then the rest as frames (`len | pad | bytes`) that the
+//! - 2: a full valid handshake, then the rest as frames (`len | pad | bytes`) that the
 //!   client seals: the established relay's frame handling. With flag `STRANGER` the
-//!   handshake comes from a key not on the list, so it must fail at msg1 and send nothing.
+//!   handshake comes from a key not on the list, so it must fail at msg1 and send nothing;
+//! - 3: msg1 from the allowed client with a valid time and proof, but its pad length (2
+//!   bytes) and ML-KEM encapsulation key (1184 bytes, zero-filled when short) taken from
+//!   the input, then the rest (pad1 and beyond): the checks after admission.
 //!
 //! The other flag bits are in `qnet_fuzz::handshake_flags`.
 //!
 //! The relay acts as a small echo server (answers OPEN, reads and echoes data, closes).
 //! Checked: no panic; once `handle_input` fails, `transmit()` is empty, stays empty and
 //! every later call fails the same way (a failed session answers nothing); the relay's
-//! msg2 is the fixture's; everything an established relay sends opens with the client's
+//! flight (masked ciphertext, msg2, pad2) is the fixture's; everything an established relay sends opens with the client's
 //! key into well-formed frames.
 #![no_main]
 
@@ -22,12 +25,13 @@ use std::time::Instant;
 
 use libfuzzer_sys::fuzz_target;
 use qnet::proto::frame::{Frame, FrameRepr};
-use qnet::proto::noise::MSG2_LEN;
+use qnet::proto::kem::EK_LEN;
 use qnet::proto::record::Sealer;
 use qnet::proto::{Event, OpenError, Session, SessionError};
 use qnet_fuzz::handshake_flags::{DRAIN, ECHO, REFUSE, STRANGER};
 use qnet_fuzz::{
-    End, Input, chunks, client, next_piece, open_stream, relay_session, seal_raw, stranger,
+    End, Input, chunks, client, forged_msg1, next_piece, open_stream, relay_session, seal_raw,
+    stranger,
 };
 
 /// What the relay's engine would do with its events.
@@ -67,7 +71,7 @@ fuzz_target!(|data: &[u8]| {
     let mut input = Input::new(data);
     let flags = input.byte();
     let sizes = [input.byte() as usize, input.byte() as usize];
-    let mode = (flags & 3).min(2);
+    let mode = flags & 3;
     let hs = if mode == 2 && flags & STRANGER != 0 {
         stranger()
     } else {
@@ -78,6 +82,15 @@ fuzz_target!(|data: &[u8]| {
         0 => wire.extend_from_slice(input.rest()),
         1 => {
             wire.extend_from_slice(&hs.msg1);
+            wire.extend_from_slice(input.rest());
+        }
+        3 => {
+            let pad_len = u16::from_be_bytes([input.byte(), input.byte()]);
+            let mut ek = [0u8; EK_LEN];
+            for b in &mut ek {
+                *b = input.byte();
+            }
+            wire.extend_from_slice(&forged_msg1(pad_len, &ek));
             wire.extend_from_slice(input.rest());
         }
         _ => {
@@ -129,11 +142,11 @@ fuzz_target!(|data: &[u8]| {
     if mode == 2 && failed.is_none() {
         assert!(relay.is_established(), "valid handshake not established");
     }
-    if mode != 0 && !sent.is_empty() {
+    if (mode == 1 || mode == 2) && !sent.is_empty() {
         assert_eq!(
-            sent[..MSG2_LEN],
-            hs.msg2,
-            "relay's msg2 differs from the fixture's"
+            sent[..hs.reply.len()],
+            hs.reply,
+            "relay's flight differs from the fixture's"
         );
     }
     // Record and protocol errors only happen after the handshake.
@@ -142,10 +155,10 @@ fuzz_target!(|data: &[u8]| {
             failed,
             Some(SessionError::Record(_) | SessionError::Protocol(_))
         );
-    if established && sent.len() >= MSG2_LEN {
+    if established && sent.len() >= hs.reply.len() {
         // Only the fixture client can complete a handshake (nobody else can forge msg1),
-        // so whatever follows msg2 is sealed with its key.
-        let (frames, end) = open_stream(client().recv, &sent[MSG2_LEN..], usize::MAX);
+        // so whatever follows its flight (ciphertext, msg2, pad2) is sealed with its key.
+        let (frames, end) = open_stream(client().recv, &sent[hs.reply.len()..], usize::MAX);
         assert_eq!(end, End::Incomplete(0), "relay output does not open");
         for f in &frames {
             let parsed = FrameRepr::parse(&Frame::new_unchecked(&f[..]));

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use qnet::proto::aead::TAG_LEN;
 use qnet::proto::frame::{Frame, FrameRepr, HEADER_LEN, MAX_FRAME};
 use qnet::proto::admit::Admission;
-use qnet::proto::noise::{Handshake, MSG1_LEN, MSG2_LEN, MSG3_LEN, TransportParams, public_key};
+use qnet::proto::kem::EK_LEN;
+use qnet::proto::noise::{Handshake, REPLY_LEN, TransportParams, public_key};
 use qnet::proto::record::{LEN_LEN, Opener, RecordError, Sealer};
 use qnet::proto::replay::ReplayCache;
 use qnet::proto::{Role, SeededRandom, Session, SessionConfig, SimClock};
@@ -246,40 +247,56 @@ fn relay_session_admitting(now: Instant, client: &[u8; 32]) -> Session {
 
 /// A complete handshake of a client against [`relay_session`], computed once.
 pub struct ClientRun {
-    /// The client's first message.
-    pub msg1: [u8; MSG1_LEN],
-    /// What a relay admitting this client answers to `msg1` (the same every run: the
-    /// relay's seed is fixed).
-    pub msg2: [u8; MSG2_LEN],
-    /// The client's last message.
-    pub msg3: [u8; MSG3_LEN],
+    /// The client's first flight: msg1 and pad1.
+    pub msg1: Vec<u8>,
+    /// What a relay admitting this client answers to `msg1`: the masked ML-KEM
+    /// ciphertext, msg2 and pad2 (the same every run: the relay's seed is fixed).
+    pub reply: Vec<u8>,
+    /// The client's last message and pad3.
+    pub msg3: Vec<u8>,
     /// Client-to-relay traffic secret.
     pub send: [u8; 32],
     /// Relay-to-client traffic secret.
     pub recv: [u8; 32],
 }
 
-fn run_client(private: &[u8; 32]) -> ClientRun {
+/// The fixture client's handshake, before msg1.
+fn client_handshake(private: &[u8; 32], rng: &mut SeededRandom) -> Handshake {
     let cfg = SessionConfig::default();
     let params = TransportParams {
         stream_window: cfg.stream_window,
         session_window: cfg.session_window,
     };
+    Handshake::initiator(private, &public_key(&RELAY_PRIVATE), params, rng)
+}
+
+/// msg1's fixed part from the allowed client, its time and admission proof valid, with
+/// the pad length and encapsulation key given: what [`relay_session`] checks after
+/// admission (the pad, the key's validity) on arbitrary values.
+pub fn forged_msg1(pad_len: u16, ek: &[u8; EK_LEN]) -> Vec<u8> {
     let mut rng = SeededRandom::new(CLIENT_SEED);
-    let mut client = Handshake::initiator(private, &public_key(&RELAY_PRIVATE), params, &mut rng);
+    client_handshake(&CLIENT_PRIVATE, &mut rng).write_msg1_forged(UNIX_MS, pad_len, ek)
+}
+
+fn run_client(private: &[u8; 32]) -> ClientRun {
+    let mut rng = SeededRandom::new(CLIENT_SEED);
+    let mut client = client_handshake(private, &mut rng);
     let msg1 = client.write_msg1(UNIX_MS, &mut rng);
     let now = Instant::now();
     let mut relay = relay_session_admitting(now, private);
     relay
         .handle_input(now, &msg1)
         .expect("relay accepts msg1");
-    let msg2: [u8; MSG2_LEN] = relay.transmit().try_into().expect("relay sends msg2");
-    let (msg3, out) = client
-        .read_msg2_write_msg3(&msg2)
+    let reply = relay.transmit().to_vec();
+    client
+        .read_reply(&reply[..REPLY_LEN])
         .expect("client accepts msg2");
+    let (msg3, out) = client
+        .finish_client(&reply[REPLY_LEN..], &mut rng)
+        .expect("client accepts pad2");
     ClientRun {
         msg1,
-        msg2,
+        reply,
         msg3,
         send: out.send,
         recv: out.recv,
