@@ -26,6 +26,8 @@ use qnet::engine::{HIGH_WATER, READ_CHUNK};
 use qnet::proto::admit::Admission;
 use qnet::proto::aead::{AeadKey, TAG_LEN};
 use qnet::proto::frame::{FrameRepr, MAX_PAYLOAD};
+use qnet::proto::kem;
+use qnet::proto::mask::PAD_MAX;
 use qnet::proto::noise::{Handshake, MSG1_LEN, MSG3_LEN, REPLY_LEN, TransportParams, public_key};
 use qnet::proto::record::{MAX_RECORD, Opener, Sealer};
 use qnet::proto::sim::Pair;
@@ -282,6 +284,48 @@ fn handshake_us(side: Side) -> Stat {
         }
     });
     s.to_us()
+}
+
+/// The ML-KEM-768 operations inside the handshake, each alone.
+fn kem_us() -> [(&'static str, Stat, &'static str); 3] {
+    let mut rng = SeededRandom::new(10);
+    let pair = kem::KeyPair::generate(&mut rng);
+    let ek = *pair.public();
+    let (ct, _) = kem::encapsulate(&ek, &mut rng).expect("valid key");
+    let keygen = per_iter(|iters| {
+        let t = Instant::now();
+        for _ in 0..iters {
+            black_box(kem::KeyPair::generate(&mut rng));
+        }
+        t.elapsed()
+    });
+    let encaps = per_iter(|iters| {
+        let t = Instant::now();
+        for _ in 0..iters {
+            black_box(kem::encapsulate(black_box(&ek), &mut rng));
+        }
+        t.elapsed()
+    });
+    let decaps = per_iter(|iters| {
+        let t = Instant::now();
+        for _ in 0..iters {
+            black_box(pair.psk(black_box(&ct)));
+        }
+        t.elapsed()
+    });
+    [
+        (
+            "  ML-KEM-768 key pair",
+            keygen.to_us(),
+            "client, per handshake",
+        ),
+        (
+            "  ML-KEM-768 key check + encapsulate",
+            encaps.to_us(),
+            "relay",
+        ),
+        ("  ML-KEM-768 decapsulate + psk", decaps.to_us(), "client"),
+    ]
 }
 
 /// Handshakes per second on one core at `us` microseconds each.
@@ -611,7 +655,7 @@ fn main() {
     }
     if run("handshake") {
         row(
-            "noise XK handshake (both sides)",
+            "hybrid handshake, XKpsk2 + ML-KEM (both sides)",
             "",
             handshake_us(Side::Both),
             "µs",
@@ -624,6 +668,17 @@ fn main() {
             let us = handshake_us(side);
             row(case, "", us, "µs", &per_core_second(us));
         }
+        for (case, us, note) in kem_us() {
+            row(case, "", us, "µs", note);
+        }
+        println!(
+            "{:<44} msg1 {} + pad 0-{p}, relay's flight {} + pad 0-{p}, msg3 {} + pad 0-{p}",
+            "handshake bytes on the wire",
+            MSG1_LEN,
+            REPLY_LEN,
+            MSG3_LEN,
+            p = PAD_MAX
+        );
         row(
             "session handshake (2 Session::new + connect)",
             "",
