@@ -23,6 +23,7 @@ use subtle::ConstantTimeEq;
 
 use super::blake2s_mac;
 use super::mask::Mask;
+use super::memo::{self, Memo};
 
 /// Bytes of the hint that names a client's admission key without revealing it.
 pub const HINT_LEN: usize = 2;
@@ -33,6 +34,7 @@ pub const TAG_LEN: usize = 16;
 pub type SharedAdmission = Arc<RwLock<Admission>>;
 
 /// One client's admission key `k_c` and its hint; zeroed when dropped.
+#[derive(Clone)]
 pub struct AdmitKey {
     key: [u8; 32],
     hint: [u8; HINT_LEN],
@@ -48,11 +50,15 @@ impl AdmitKey {
     }
 
     /// The client's key: from its static private key and the relay's public key.
+    /// Derived once per process for the same two keys (a full X25519 each time else).
     pub fn client(client_private: &[u8; 32], relay_public: &[u8; 32]) -> AdmitKey {
-        let client = x25519_dalek::StaticSecret::from(*client_private);
-        // SharedSecret, unlike a plain array, is zeroed when dropped.
-        let shared = client.diffie_hellman(&x25519_dalek::PublicKey::from(*relay_public));
-        Self::derive(shared.as_bytes())
+        static MEMO: Memo<AdmitKey> = Memo::new();
+        MEMO.get(memo::pair(client_private, relay_public), || {
+            let client = x25519_dalek::StaticSecret::from(*client_private);
+            // SharedSecret, unlike a plain array, is zeroed when dropped.
+            let shared = client.diffie_hellman(&x25519_dalek::PublicKey::from(*relay_public));
+            Self::derive(shared.as_bytes())
+        })
     }
 
     /// The hint msg1 carries (encrypted by Noise, like the rest of its payload).

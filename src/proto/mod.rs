@@ -11,6 +11,7 @@ pub mod aead;
 pub mod frame;
 pub mod kem;
 pub mod mask;
+mod memo;
 pub mod mux;
 pub mod noise;
 pub mod record;

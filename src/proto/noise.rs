@@ -31,6 +31,7 @@ use super::Random;
 use super::admit::{self, AdmitKey};
 use super::kem::{self, CT_LEN, EK_LEN};
 use super::mask::{self, Mask, PAD_LEN_BYTES, Part};
+use super::memo::{self, Memo};
 
 /// Noise protocol name.
 pub const NOISE_PARAMS: &str = "Noise_XKpsk2_25519_ChaChaPoly_BLAKE2s";
@@ -158,68 +159,87 @@ impl snow::types::Random for SeededRng {
     }
 }
 
-/// snow draws the initiator's ephemeral key inside `write_message`, after the payload
-/// has been handed over; msg1's admission tag covers that key, so the client draws it
-/// first and snow takes it through this `Dh` (snow's public resolver API; its builder's
-/// fixed-key hook is hidden and meant for tests). Everything else is snow's own X25519.
-struct PresetEphemeral {
-    inner: Box<dyn snow::types::Dh>,
-    preset: Option<[u8; 32]>,
+/// snow's X25519, with the public halves it would derive known in advance: the static
+/// key's (derived once per process, [`static_public`]) and the client's ephemeral key's.
+/// msg1's admission tag covers that ephemeral key, so the client draws it before snow
+/// asks, and snow takes it through this `Dh` (snow's public resolver API; its builder's
+/// fixed-key hook is hidden and meant for tests).
+struct X25519 {
+    private: [u8; 32],
+    public: [u8; 32],
+    /// The next ephemeral key: private and public.
+    preset: Option<([u8; 32], [u8; 32])>,
 }
 
-impl snow::types::Dh for PresetEphemeral {
+impl snow::types::Dh for X25519 {
     fn name(&self) -> &'static str {
-        self.inner.name()
+        "25519"
     }
     fn pub_len(&self) -> usize {
-        self.inner.pub_len()
+        32
     }
     fn priv_len(&self) -> usize {
-        self.inner.priv_len()
+        32
     }
     fn set(&mut self, privkey: &[u8]) {
-        self.inner.set(privkey)
+        // Only the static key is set (the builder's `local_private_key`).
+        self.private.copy_from_slice(&privkey[..32]);
+        self.public = static_public(&self.private);
     }
     fn generate(&mut self, rng: &mut dyn snow::types::Random) -> Result<(), snow::Error> {
         // Once only: a second ephemeral from the same handshake would be a fresh draw.
         match self.preset.take() {
-            Some(k) => {
-                self.inner.set(&k);
-                Ok(())
+            Some((private, public)) => (self.private, self.public) = (private, public),
+            None => {
+                rng.try_fill_bytes(&mut self.private)?;
+                self.public = public_key(&self.private);
             }
-            None => self.inner.generate(rng),
         }
+        Ok(())
     }
     fn pubkey(&self) -> &[u8] {
-        self.inner.pubkey()
+        &self.public
     }
     fn privkey(&self) -> &[u8] {
-        self.inner.privkey()
+        &self.private
     }
     fn dh(&self, pubkey: &[u8], out: &mut [u8]) -> Result<(), snow::Error> {
-        self.inner.dh(pubkey, out)
+        let peer: [u8; 32] = pubkey
+            .get(..32)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(snow::Error::Dh)?;
+        out[..32].copy_from_slice(&x25519_dalek::x25519(self.private, peer));
+        Ok(())
     }
     fn dh_len(&self) -> usize {
-        self.inner.dh_len()
+        32
+    }
+}
+
+impl Drop for X25519 {
+    fn drop(&mut self) {
+        self.private = [0u8; 32];
+        // As for keys::PrivateKey: black_box keeps the zeroing store from being elided.
+        std::hint::black_box(&mut self.private);
     }
 }
 
 /// snow's randomness from a seed, and (initiator) the ephemeral key drawn in advance.
 struct SeededResolver {
     seed: [u8; 32],
-    ephemeral: Option<[u8; 32]>,
+    ephemeral: Option<([u8; 32], [u8; 32])>,
 }
 
 impl CryptoResolver for SeededResolver {
     fn resolve_rng(&self) -> Option<Box<dyn snow::types::Random>> {
         Some(Box::new(SeededRng(ChaCha20Rng::from_seed(self.seed))))
     }
-    fn resolve_dh(&self, choice: &snow::params::DHChoice) -> Option<Box<dyn snow::types::Dh>> {
+    fn resolve_dh(&self, _: &snow::params::DHChoice) -> Option<Box<dyn snow::types::Dh>> {
         // Asked for the static key's slot too, which is set, never generated.
-        let preset = self.ephemeral?;
-        Some(Box::new(PresetEphemeral {
-            inner: DefaultResolver.resolve_dh(choice)?,
-            preset: Some(preset),
+        Some(Box::new(X25519 {
+            private: [0u8; 32],
+            public: [0u8; 32],
+            preset: self.ephemeral,
         }))
     }
     fn resolve_hash(&self, _: &snow::params::HashChoice) -> Option<Box<dyn snow::types::Hash>> {
@@ -233,7 +253,11 @@ impl CryptoResolver for SeededResolver {
     }
 }
 
-fn builder(rng: &mut dyn Random, ephemeral: Option<[u8; 32]>) -> snow::Builder<'static> {
+/// snow's builder; `ephemeral`: the ephemeral key pair snow is to take.
+fn builder(
+    rng: &mut dyn Random,
+    ephemeral: Option<([u8; 32], [u8; 32])>,
+) -> snow::Builder<'static> {
     let mut seed = [0u8; 32];
     rng.fill(&mut seed);
     let resolver = FallbackResolver::new(
@@ -249,6 +273,12 @@ fn builder(rng: &mut dyn Random, ephemeral: Option<[u8; 32]>) -> snow::Builder<'
 /// Derive the public key of an X25519 private key.
 pub fn public_key(private: &[u8; 32]) -> [u8; 32] {
     x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(*private)).to_bytes()
+}
+
+/// [`public_key`] of a static key: each session of a process uses the same one.
+fn static_public(private: &[u8; 32]) -> [u8; 32] {
+    static MEMO: Memo<[u8; 32]> = Memo::new();
+    MEMO.get(memo::pair(private, &[0u8; 32]), || public_key(private))
 }
 
 /// Where the handshake is.
@@ -327,7 +357,8 @@ impl Handshake {
         admit: AdmitKey,
         rng: &mut dyn Random,
     ) -> Self {
-        let state = builder(rng, Some(ephemeral))
+        let ephemeral_public = public_key(&ephemeral);
+        let state = builder(rng, Some((ephemeral, ephemeral_public)))
             .local_private_key(local_private)
             .and_then(|b| b.remote_public_key(relay_public))
             .and_then(|b| b.prologue(PROLOGUE))
@@ -336,7 +367,7 @@ impl Handshake {
         Handshake {
             state,
             params,
-            admit: Some((admit, public_key(&ephemeral))),
+            admit: Some((admit, ephemeral_public)),
             mask: None,
             stage: Stage::ClientStart,
         }
@@ -358,7 +389,7 @@ impl Handshake {
         ephemeral: Option<[u8; 32]>,
         rng: &mut dyn Random,
     ) -> Self {
-        let state = builder(rng, ephemeral)
+        let state = builder(rng, ephemeral.map(|e| (e, public_key(&e))))
             .local_private_key(local_private)
             .and_then(|b| b.prologue(PROLOGUE))
             .and_then(|b| b.build_responder())
