@@ -155,7 +155,7 @@ fn an_invalid_encapsulation_key_is_refused() {
     let mut c = Handshake::initiator(&cs, &rp, P, rng);
     let mut r = Handshake::responder(&rs, P, rng);
     // ek all 0xff: coefficients 4095 > 3329.
-    let m1 = c.write_msg1_forged(T, 0, &[0xff; kem::EK_LEN]);
+    let m1 = c.write_msg1_forged(T, 0, &[0xff; EK_LEN]);
     assert!(relay_reads(&mut r, cp, &rs, &m1), "msg1 itself is fine");
     assert_eq!(r.write_reply(rng).err(), Some(HandshakeFailed));
 }
