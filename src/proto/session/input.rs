@@ -20,6 +20,7 @@ impl Session {
 
     /// Parse as much of `buf` as possible, then keep the unparsed tail in it.
     fn process(&mut self, now: Instant, buf: &mut Vec<u8>) -> Result<(), SessionError> {
+        let handshaking = !matches!(self.hs, Hs::Done);
         let mut at = self.process_handshake(now, buf)?;
         if self.opener.is_some() {
             loop {
@@ -37,6 +38,11 @@ impl Session {
             }
         }
         buf.drain(..at);
+        if handshaking && matches!(self.hs, Hs::Done) && buf.is_empty() {
+            // msg1 (or the relay's flight) grew the buffer to 1.3-1.8 KB; an idle session
+            // need not keep that.
+            *buf = Vec::new();
+        }
         Ok(())
     }
 
@@ -137,6 +143,7 @@ impl Session {
         self.last_rx = now;
         self.last_tx = now;
         self.key_since = now;
+        self.shed_out = true;
         self.events.push_back(Event::Connected {
             peer: o.peer_static,
         });

@@ -235,6 +235,9 @@ pub struct Session {
     rtt: Option<Duration>,
     error: Option<SessionError>,
     stats: SessionStats,
+    /// The handshake's flights (up to 1.8 KB each way) grew `out`: give that back at its
+    /// next full drain, so an idle session does not keep it.
+    shed_out: bool,
 }
 
 impl Session {
@@ -297,6 +300,7 @@ impl Session {
             rtt: None,
             error: None,
             stats: SessionStats::default(),
+            shed_out: false,
         }
     }
 
@@ -394,6 +398,9 @@ impl Session {
         self.out_start += n;
         debug_assert!(self.out_start <= self.out.len());
         if self.out_start == self.out.len() {
+            if std::mem::take(&mut self.shed_out) {
+                self.out = Vec::new();
+            }
             self.out.clear();
             self.out_start = 0;
         } else if self.out_start > 64 * 1024 && self.out_start * 2 > self.out.len() {
