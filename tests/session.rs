@@ -419,7 +419,8 @@ fn a_replayed_first_message_gets_no_answer() {
         assert!(replayed.transmit().is_empty(), "a replay drew a reply");
         assert!(replayed.poll_event().is_none());
     }
-    // The top bit is the sender's coin: flipping it does not make a new message.
+    // The representative's top bits are the sender's coin: flipping one does not make a new
+    // message (the decoded key is the same).
     let mut flipped = msg1.clone();
     flipped[31] ^= 0x80;
     let mut replayed = p.new_server(200);

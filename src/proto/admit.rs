@@ -10,8 +10,8 @@
 //! hint = BLAKE2s-MAC(key = k_c, msg = "qnet/3 admit hint")[..2]
 //! tag  = BLAKE2s-MAC(key = k_c, msg = e || timestamp)[..16]
 //! ```
-//! `e` is msg1's ephemeral public key with its top bit clear (as the transcript hashes
-//! it), so a tag cannot be moved to another msg1. The relay derives `k_c` for every
+//! `e` is msg1's ephemeral public key, decoded from its representative (as the transcript
+//! hashes it), so a tag cannot be moved to another msg1. The relay derives `k_c` for every
 //! allowed key when it loads the list ([`Admission::new`]) and finds the candidates for
 //! a msg1 by its hint, so a msg1 costs a MAC or two, not one per allowed key. The rule
 //! and its trade-offs are argued in docs/PROTOCOL.md, section 2 ("Admission").
@@ -66,7 +66,7 @@ impl AdmitKey {
         self.hint
     }
 
-    /// The tag of a msg1 with ephemeral key `ephemeral` (top bit clear) and time `stamp_ms`.
+    /// The tag of a msg1 with (decoded) ephemeral key `ephemeral` and time `stamp_ms`.
     pub fn tag(&self, ephemeral: &[u8; 32], stamp_ms: u64) -> [u8; TAG_LEN] {
         let mac = blake2s_mac(&self.key, &[ephemeral, &stamp_ms.to_be_bytes()]);
         let mut tag = [0u8; TAG_LEN];
@@ -74,8 +74,8 @@ impl AdmitKey {
         tag
     }
 
-    /// The masking key of the handshake whose msg1 has ephemeral key `ephemeral` (top bit
-    /// clear): `BLAKE2s-MAC(k_c, "qnet/4 mask" || e)`, 43 bytes MACed, so it cannot stand
+    /// The masking key of the handshake whose msg1 has (decoded) ephemeral key `ephemeral`:
+    /// `BLAKE2s-MAC(k_c, "qnet/4 mask" || e)`, 43 bytes MACed, so it cannot stand
     /// in for a hint (17) or a tag (40).
     pub fn mask(&self, ephemeral: &[u8; 32]) -> Mask {
         Mask::new(blake2s_mac(&self.key, &[b"qnet/4 mask", ephemeral]))
@@ -263,8 +263,10 @@ mod tests {
             Box::new(SeededRandom::new(1)),
         );
         let rng = &mut SeededRandom::new(2);
+        let ephemeral =
+            crate::proto::elligator::Ephemeral::generate(|b| crate::proto::Random::fill(rng, b));
         let hs =
-            Handshake::initiator_with(client, &public_key(&relay), params, [0x03; 32], proof, rng);
+            Handshake::initiator_with(client, &public_key(&relay), params, ephemeral, proof, rng);
         (server, hs, T)
     }
 

@@ -8,6 +8,7 @@
 
 pub mod admit;
 pub mod aead;
+pub mod elligator;
 pub mod frame;
 pub mod kem;
 pub mod mask;

@@ -13,9 +13,9 @@
 //! from msg2's payload on, the one hiding the client's static key among them, depends on
 //! both X25519 and ML-KEM. Each message's fixed part has one length and announces, inside
 //! its encryption, the length of the pad that follows it (0 to 511 bytes of keystream,
-//! checked by the receiver), so no length prefix is sent and sizes vary. The top bit of
-//! each ephemeral key is always zero in X25519 encodings; the sender replaces it with a
-//! random bit and the receiver clears it, so that bit does not mark the stream. msg1's
+//! checked by the receiver), so no length prefix is sent and sizes vary. Each ephemeral
+//! key goes on the wire as an Elligator2 representative (`super::elligator`): an X25519
+//! key as such is a curve point anyone can test for. msg1's
 //! payload is encrypted under `es`, so only a holder of the relay's public key can write
 //! one and a replayer cannot change it. Its timestamp lets the relay refuse stale and
 //! replayed first messages (`super::replay`), and its admission tag, under a key derived
@@ -27,8 +27,13 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use snow::resolvers::{CryptoResolver, DefaultResolver, FallbackResolver};
 
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
 use super::Random;
 use super::admit::{self, AdmitKey};
+use super::elligator::{self, Ephemeral};
 use super::kem::{self, CT_LEN, EK_LEN};
 use super::mask::{self, Mask, PAD_LEN_BYTES, Part};
 use super::memo::{self, Memo};
@@ -115,7 +120,8 @@ pub struct HandshakeOutput {
 /// What the relay learns from a msg1 that authenticates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FirstMessage {
-    /// The client's ephemeral public key (top bit cleared): the replay cache's key.
+    /// The client's ephemeral public key (decoded from its representative): the replay
+    /// cache's key.
     pub ephemeral: [u8; 32],
     /// The client's wall-clock time when it wrote msg1, ms since the Unix epoch.
     pub stamp_ms: u64,
@@ -125,28 +131,6 @@ pub struct FirstMessage {
     pub tag: [u8; admit::TAG_LEN],
     /// Bytes of pad1, which follow msg1's fixed part.
     pub pad_len: usize,
-}
-
-/// What a step of the handshake draws from its randomness, given whole (test vectors
-/// fix them; [`Draws::new`] draws them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Draws {
-    /// Length of the pad this message announces.
-    pub pad_len: usize,
-    /// The ephemeral key's top bit on the wire: 0 or 0x80.
-    pub top_bit: u8,
-}
-
-impl Draws {
-    /// Draw a pad length and a top bit.
-    pub fn new(rng: &mut dyn Random) -> Draws {
-        let mut b = [0u8; 1];
-        rng.fill(&mut b);
-        Draws {
-            pad_len: mask::draw_len(rng),
-            top_bit: b[0] & 0x80,
-        }
-    }
 }
 
 /// snow's RNG hook, fed from a seed drawn from the injected randomness.
@@ -159,17 +143,24 @@ impl snow::types::Random for SeededRng {
     }
 }
 
-/// snow's X25519, with the public halves it would derive known in advance: the static
-/// key's (derived once per process, [`static_public`]) and the client's ephemeral key's.
-/// msg1's admission tag covers that ephemeral key, so the client draws it before snow
-/// asks, and snow takes it through this `Dh` (snow's public resolver API; its builder's
-/// fixed-key hook is hidden and meant for tests).
+/// snow's X25519, with the public halves it would derive known in advance (the static
+/// key's is derived once per process, [`static_public`]) and ephemeral keys that have an
+/// Elligator2 representative ([`Ephemeral`]), which it leaves in `representative` for
+/// the message's writer to put on the wire. msg1's admission tag covers the client's
+/// ephemeral key, so the client draws it before snow asks, and snow takes it through this
+/// `Dh` (snow's public resolver API; its builder's fixed-key hook is hidden and meant for
+/// tests).
 struct X25519 {
     private: [u8; 32],
     public: [u8; 32],
-    /// The next ephemeral key: private and public.
-    preset: Option<([u8; 32], [u8; 32])>,
+    /// The next ephemeral key, drawn in advance.
+    preset: Option<Ephemeral>,
+    /// The representative of the ephemeral key last generated.
+    representative: Representative,
 }
+
+/// Where the `Dh` inside snow leaves its ephemeral key's representative.
+type Representative = Arc<Mutex<Option<[u8; 32]>>>;
 
 impl snow::types::Dh for X25519 {
     fn name(&self) -> &'static str {
@@ -188,13 +179,24 @@ impl snow::types::Dh for X25519 {
     }
     fn generate(&mut self, rng: &mut dyn snow::types::Random) -> Result<(), snow::Error> {
         // Once only: a second ephemeral from the same handshake would be a fresh draw.
-        match self.preset.take() {
-            Some((private, public)) => (self.private, self.public) = (private, public),
+        let e = match self.preset.take() {
+            Some(e) => e,
             None => {
-                rng.try_fill_bytes(&mut self.private)?;
-                self.public = public_key(&self.private);
+                let mut failed = None;
+                let e = Ephemeral::generate(|b| {
+                    if let Err(err) = rng.try_fill_bytes(b) {
+                        failed = Some(err);
+                    }
+                });
+                if let Some(err) = failed {
+                    return Err(err);
+                }
+                e
             }
-        }
+        };
+        self.private = *e.private();
+        self.public = *e.public();
+        *self.representative.lock() = Some(*e.representative());
         Ok(())
     }
     fn pubkey(&self) -> &[u8] {
@@ -224,10 +226,11 @@ impl Drop for X25519 {
     }
 }
 
-/// snow's randomness from a seed, and (initiator) the ephemeral key drawn in advance.
+/// snow's randomness from a seed, and the ephemeral key (client: drawn in advance).
 struct SeededResolver {
     seed: [u8; 32],
-    ephemeral: Option<([u8; 32], [u8; 32])>,
+    ephemeral: Option<Ephemeral>,
+    representative: Representative,
 }
 
 impl CryptoResolver for SeededResolver {
@@ -239,7 +242,8 @@ impl CryptoResolver for SeededResolver {
         Some(Box::new(X25519 {
             private: [0u8; 32],
             public: [0u8; 32],
-            preset: self.ephemeral,
+            preset: self.ephemeral.clone(),
+            representative: self.representative.clone(),
         }))
     }
     fn resolve_hash(&self, _: &snow::params::HashChoice) -> Option<Box<dyn snow::types::Hash>> {
@@ -253,15 +257,20 @@ impl CryptoResolver for SeededResolver {
     }
 }
 
-/// snow's builder; `ephemeral`: the ephemeral key pair snow is to take.
+/// snow's builder; `ephemeral`: the ephemeral key snow is to take.
 fn builder(
     rng: &mut dyn Random,
-    ephemeral: Option<([u8; 32], [u8; 32])>,
+    ephemeral: Option<Ephemeral>,
+    representative: Representative,
 ) -> snow::Builder<'static> {
     let mut seed = [0u8; 32];
     rng.fill(&mut seed);
     let resolver = FallbackResolver::new(
-        Box::new(SeededResolver { seed, ephemeral }),
+        Box::new(SeededResolver {
+            seed,
+            ephemeral,
+            representative,
+        }),
         Box::new(DefaultResolver),
     );
     snow::Builder::with_resolver(
@@ -312,7 +321,15 @@ pub struct Handshake {
     admit: Option<(AdmitKey, [u8; 32])>,
     /// The keystreams, once known (client: at msg1; relay: once msg1 proved a key).
     mask: Option<Mask>,
+    /// Our ephemeral key's representative, once snow has generated it.
+    representative: Representative,
     stage: Stage,
+}
+
+/// Turn the representative that starts a message into the public key Noise reads.
+fn decode_ephemeral(msg: &mut [u8]) {
+    let r: [u8; 32] = msg[..32].try_into().expect("32 bytes");
+    msg[..32].copy_from_slice(&elligator::decode(&r));
 }
 
 /// Payload of msg2 and msg3: the transport parameters and the pad length.
@@ -341,8 +358,7 @@ impl Handshake {
         params: TransportParams,
         rng: &mut dyn Random,
     ) -> Self {
-        let mut ephemeral = [0u8; 32];
-        rng.fill(&mut ephemeral);
+        let ephemeral = Ephemeral::generate(|b| rng.fill(b));
         let admit = AdmitKey::client(local_private, relay_public);
         Self::initiator_with(local_private, relay_public, params, ephemeral, admit, rng)
     }
@@ -353,12 +369,13 @@ impl Handshake {
         local_private: &[u8; 32],
         relay_public: &[u8; 32],
         params: TransportParams,
-        ephemeral: [u8; 32],
+        ephemeral: Ephemeral,
         admit: AdmitKey,
         rng: &mut dyn Random,
     ) -> Self {
-        let ephemeral_public = public_key(&ephemeral);
-        let state = builder(rng, Some((ephemeral, ephemeral_public)))
+        let ephemeral_public = *ephemeral.public();
+        let representative = Representative::default();
+        let state = builder(rng, Some(ephemeral), representative.clone())
             .local_private_key(local_private)
             .and_then(|b| b.remote_public_key(relay_public))
             .and_then(|b| b.prologue(PROLOGUE))
@@ -369,6 +386,7 @@ impl Handshake {
             params,
             admit: Some((admit, ephemeral_public)),
             mask: None,
+            representative,
             stage: Stage::ClientStart,
         }
     }
@@ -386,10 +404,11 @@ impl Handshake {
     pub fn responder_with(
         local_private: &[u8; 32],
         params: TransportParams,
-        ephemeral: Option<[u8; 32]>,
+        ephemeral: Option<Ephemeral>,
         rng: &mut dyn Random,
     ) -> Self {
-        let state = builder(rng, ephemeral.map(|e| (e, public_key(&e))))
+        let representative = Representative::default();
+        let state = builder(rng, ephemeral, representative.clone())
             .local_private_key(local_private)
             .and_then(|b| b.prologue(PROLOGUE))
             .and_then(|b| b.build_responder())
@@ -399,6 +418,7 @@ impl Handshake {
             params,
             admit: None,
             mask: None,
+            representative,
             stage: Stage::RelayAwaitMsg1,
         }
     }
@@ -420,20 +440,24 @@ impl Handshake {
     /// admission and a fresh ML-KEM key, then pad1.
     pub fn write_msg1(&mut self, stamp_ms: u64, rng: &mut dyn Random) -> Vec<u8> {
         let pair = kem::KeyPair::generate(rng);
-        self.write_msg1_with(stamp_ms, pair, Draws::new(rng))
+        self.write_msg1_with(stamp_ms, pair, mask::draw_len(rng))
     }
 
-    /// [`Self::write_msg1`] with its key pair and draws given.
-    pub fn write_msg1_with(&mut self, stamp_ms: u64, pair: kem::KeyPair, d: Draws) -> Vec<u8> {
+    /// [`Self::write_msg1`] with its key pair and pad length given.
+    pub fn write_msg1_with(
+        &mut self,
+        stamp_ms: u64,
+        pair: kem::KeyPair,
+        pad_len: usize,
+    ) -> Vec<u8> {
         assert!(
             matches!(self.stage, Stage::ClientStart),
             "msg1 is the client's first"
         );
-        let mut m = self.msg1(stamp_ms, d.pad_len as u16, pair.public());
-        m[31] |= d.top_bit;
+        let mut m = self.msg1(stamp_ms, pad_len as u16, pair.public());
         let (admit, ephemeral) = self.admit.as_ref().expect("msg1 is the initiator's");
         let mask = admit.mask(ephemeral);
-        mask.pad(Part::Pad1, 0, d.pad_len, &mut m);
+        mask.pad(Part::Pad1, 0, pad_len, &mut m);
         self.mask = Some(mask);
         self.stage = Stage::ClientAwaitReply(Box::new(pair));
         m
@@ -467,7 +491,18 @@ impl Handshake {
         let n = self.state.write_message(&payload, &mut m).expect("msg1");
         debug_assert_eq!(n, MSG1_LEN);
         debug_assert_eq!(m[..32], ephemeral[..], "snow took the preset ephemeral key");
+        self.put_representative(&mut m[..32]);
         m
+    }
+
+    /// Replace the ephemeral key snow just wrote with its representative.
+    fn put_representative(&self, key: &mut [u8]) {
+        let r = self
+            .representative
+            .lock()
+            .take()
+            .expect("snow generated the key");
+        key.copy_from_slice(&r);
     }
 
     /// Relay: read msg1's fixed part. The caller decides from its admission tag, time
@@ -480,7 +515,7 @@ impl Handshake {
         self.stage = Stage::Spent;
         let mut m = [0u8; MSG1_LEN];
         m.copy_from_slice(msg1);
-        m[31] &= 0x7f;
+        decode_ephemeral(&mut m);
         let mut payload = [0u8; MSG1_LEN];
         let n = self
             .state
@@ -525,11 +560,15 @@ impl Handshake {
     pub fn write_reply(&mut self, rng: &mut dyn Random) -> Result<Vec<u8>, HandshakeFailed> {
         let mut m = [0u8; 32];
         rng.fill(&mut m);
-        self.write_reply_with(m, Draws::new(rng))
+        self.write_reply_with(m, mask::draw_len(rng))
     }
 
-    /// [`Self::write_reply`] with the encapsulation's randomness and the draws given.
-    pub fn write_reply_with(&mut self, m: [u8; 32], d: Draws) -> Result<Vec<u8>, HandshakeFailed> {
+    /// [`Self::write_reply`] with the encapsulation's randomness and pad2's length given.
+    pub fn write_reply_with(
+        &mut self,
+        m: [u8; 32],
+        pad_len: usize,
+    ) -> Result<Vec<u8>, HandshakeFailed> {
         let Stage::RelayRead { ek, .. } = std::mem::replace(&mut self.stage, Stage::Spent) else {
             return Err(HandshakeFailed);
         };
@@ -543,11 +582,11 @@ impl Handshake {
         mask.apply(Part::Relay, 0, &mut out[..CT_LEN]);
         let n = self
             .state
-            .write_message(&payload(&self.params, d.pad_len), &mut out[CT_LEN..])
+            .write_message(&payload(&self.params, pad_len), &mut out[CT_LEN..])
             .map_err(|_| HandshakeFailed)?;
         debug_assert_eq!(n, MSG2_LEN);
-        out[CT_LEN + 31] |= d.top_bit;
-        mask.pad(Part::Relay, PAD2_OFFSET, d.pad_len, &mut out);
+        self.put_representative(&mut out[CT_LEN..CT_LEN + 32]);
+        mask.pad(Part::Relay, PAD2_OFFSET, pad_len, &mut out);
         self.stage = Stage::RelayAwaitMsg3;
         Ok(out)
     }
@@ -570,7 +609,7 @@ impl Handshake {
             .map_err(|_| HandshakeFailed)?;
         let mut m = [0u8; MSG2_LEN];
         m.copy_from_slice(&reply[CT_LEN..]);
-        m[31] &= 0x7f;
+        decode_ephemeral(&mut m);
         let mut plain = [0u8; MSG2_LEN];
         let n = self
             .state
@@ -587,8 +626,7 @@ impl Handshake {
         pad2: &[u8],
         rng: &mut dyn Random,
     ) -> Result<(Vec<u8>, HandshakeOutput), HandshakeFailed> {
-        let d = Draws::new(rng);
-        self.finish_client_with(pad2, d.pad_len)
+        self.finish_client_with(pad2, mask::draw_len(rng))
     }
 
     /// [`Self::finish_client`] with pad3's length given.
