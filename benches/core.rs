@@ -25,13 +25,14 @@ use std::time::{Duration, Instant};
 use qnet::engine::{HIGH_WATER, READ_CHUNK};
 use qnet::proto::admit::Admission;
 use qnet::proto::aead::{AeadKey, TAG_LEN};
+use qnet::proto::elligator::{self, Ephemeral};
 use qnet::proto::frame::{FrameRepr, MAX_PAYLOAD};
 use qnet::proto::kem;
 use qnet::proto::mask::PAD_MAX;
 use qnet::proto::noise::{Handshake, MSG1_LEN, MSG3_LEN, REPLY_LEN, TransportParams, public_key};
 use qnet::proto::record::{MAX_RECORD, Opener, Sealer};
 use qnet::proto::sim::Pair;
-use qnet::proto::{Destination, Event, SeededRandom, Session, SessionConfig};
+use qnet::proto::{Destination, Event, Random, SeededRandom, Session, SessionConfig};
 
 /// Small message size (a typical MTU-sized packet's worth of data).
 const SMALL: usize = 1400;
@@ -284,6 +285,39 @@ fn handshake_us(side: Side) -> Stat {
         }
     });
     s.to_us()
+}
+
+/// Each end's ephemeral key with its Elligator2 representative, and the decoding of the
+/// peer's.
+fn elligator_us() -> [(&'static str, Stat, &'static str); 2] {
+    let mut rng = SeededRandom::new(11);
+    let e = Ephemeral::generate(|b| rng.fill(b));
+    let generate = per_iter(|iters| {
+        let t = Instant::now();
+        for _ in 0..iters {
+            black_box(Ephemeral::generate(|b| rng.fill(b)));
+        }
+        t.elapsed()
+    });
+    let decode = per_iter(|iters| {
+        let t = Instant::now();
+        for _ in 0..iters {
+            black_box(elligator::decode(black_box(e.representative())));
+        }
+        t.elapsed()
+    });
+    [
+        (
+            "  ephemeral key + Elligator2 representative",
+            generate.to_us(),
+            "each end, per handshake",
+        ),
+        (
+            "  Elligator2 decode",
+            decode.to_us(),
+            "each end, the peer's key",
+        ),
+    ]
 }
 
 /// The ML-KEM-768 operations inside the handshake, each alone.
@@ -668,7 +702,7 @@ fn main() {
             let us = handshake_us(side);
             row(case, "", us, "µs", &per_core_second(us));
         }
-        for (case, us, note) in kem_us() {
+        for (case, us, note) in elligator_us().into_iter().chain(kem_us()) {
             row(case, "", us, "µs", note);
         }
         println!(
