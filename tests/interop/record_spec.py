@@ -47,6 +47,7 @@ PADDING, OPEN, OPEN_RESULT, DATA, WINDOW_UPDATE, CLOSE, RESET, PING, PONG, KEY_U
 
 failures = []
 passes = []
+relay_reps = []  # the representative of every msg2 the relay sent in this run
 
 
 def check(cond, what):
@@ -147,18 +148,83 @@ def pad_len(field):
     return n
 
 
-def random_top_bit(msg):
-    """Spec section 2: bit 7 of byte 31 (the last byte of e), clear as Noise writes it,
-    goes out as a random bit; the receiver clears it before Noise reads the message."""
-    msg = bytearray(msg)
-    msg[31] |= os.urandom(1)[0] & 0x80
-    return bytes(msg)
+# ---- ephemeral keys as Elligator2 representatives (spec section 2) -----------------
+
+P = 2**255 - 19
+A = 486662  # Curve25519's Montgomery coefficient
+Z = 2  # RFC 9380's Z for curve25519
+SQRT_M1 = pow(2, (P - 1) // 4, P)
 
 
-def clear_top_bit(msg):
-    msg = bytearray(msg)
-    msg[31] &= 0x7F
-    return bytes(msg)
+def is_square(x):
+    """Legendre symbol: 0 and the quadratic residues mod p."""
+    x %= P
+    return x == 0 or pow(x, (P - 1) // 2, P) == 1
+
+
+def inv(x):
+    return pow(x, P - 2, P)  # 0 for 0, as RFC 9380's inv0
+
+
+def sqrt(x):
+    """The square root of x mod p below (p - 1)/2, or None when x is not a square
+    (p = 5 mod 8: x^((p+3)/8), times sqrt(-1) if that squares to -x)."""
+    x %= P
+    if not is_square(x):
+        return None
+    c = pow(x, (P + 3) // 8, P)
+    if c * c % P != x:
+        c = c * SQRT_M1 % P
+    assert c * c % P == x
+    return min(c, P - c)
+
+
+def decode(r):
+    """The spec's decode: RFC 9380 6.7.1 map_to_curve_elligator2 for curve25519, the
+    u-coordinate only. r is 32 bytes, little-endian, its top two bits ignored."""
+    v = (int.from_bytes(r, "little") & ((1 << 254) - 1)) % P
+    d = (1 + Z * v * v) % P
+    x1 = (-A * inv(d)) % P if d else (-A) % P
+    g = (x1 * x1 * x1 + A * x1 * x1 + x1) % P
+    e = x1 if is_square(g) else (-x1 - A) % P
+    return e.to_bytes(32, "little")
+
+
+def encode(epub):
+    """A representative of the public key epub with random top two bits, or None when
+    epub has none (about half of all keys). The spec's two formulas, r^2 = -e / (Z (e + A))
+    and r^2 = -(e + A) / (Z e), have a root for the same keys (their product is 1/Z^2) and
+    give two r that both decode to e, through decode's second and first branch: one drawn
+    at random, since a sender that always took one would be told by that branch."""
+    u = int.from_bytes(epub, "little")
+    if u == 0 or (u + A) % P == 0:
+        return None
+    if secrets.randbelow(2):
+        r = sqrt(-u * inv(Z * (u + A)))
+    else:
+        r = sqrt(-(u + A) * inv(Z * u))
+    if r is None:
+        return None
+    rep = r.to_bytes(32, "little")
+    assert decode(rep) == epub, "representative does not decode to its key"
+    return rep[:31] + bytes([rep[31] | (os.urandom(1)[0] & 0xC0)])
+
+
+def ephemeral():
+    """A fresh ephemeral key with a representative: (private key, representative).
+    This test client represents the clean key [k]B, without the low-order point the spec
+    adds: the spec says such a sender interoperates but is easy to spot (its keys all lie
+    in the prime-order subgroup), which does not matter for a test client."""
+    while True:
+        priv = X25519PrivateKey.generate()
+        rep = encode(public_bytes(priv))
+        if rep is not None:
+            return priv, rep
+
+
+def top_bits(rep):
+    """The top two bits of a representative (bits 7 and 6 of byte 31)."""
+    return rep[31] >> 6
 
 
 # ---- Noise XKpsk2 (Noise spec rev. 34, sections 5, 7 and 9) ---------------------
@@ -232,13 +298,15 @@ class Initiator:
         self.sym = Symmetric(PROTOCOL_NAME, PROLOGUE)
         self.sym.mix_hash(relay_pub)  # pre-message <- s
 
-    def msg1(self, stamp_ms=None, e=None, kem=None, pad=None, randomize=True, proof=None):
-        """msg1 then pad1. The payload is the time in ms, the admission hint and tag, pad1's
-        length and a fresh ML-KEM encapsulation key; `kem` is (ek, dk), `proof` (k_c, hint),
-        both by default this client's own."""
-        self.e = e or X25519PrivateKey.generate()
+    def msg1(self, stamp_ms=None, e=None, kem=None, pad=None, proof=None):
+        """msg1 then pad1. msg1 starts with the representative of the ephemeral key; Noise,
+        the tag and the mask see the key it decodes to. The payload is the time in ms, the
+        admission hint and tag, pad1's length and a fresh ML-KEM encapsulation key; `e` is
+        (private key, representative), `kem` (ek, dk), `proof` (k_c, hint), by default
+        fresh ones and this client's own."""
+        self.e, rep = e or ephemeral()
         self.ek, self.dk = kem or ML_KEM_768.keygen()
-        epub = public_bytes(self.e)
+        epub = decode(rep)
         self.sym.mix_hash(epub)
         self.sym.mix_key(epub)  # the psk modifier's extra MixKey on each e
         self.sym.mix_key(dh(self.e, self.rs))
@@ -248,9 +316,9 @@ class Initiator:
         n = draw_pad() if pad is None else pad
         tag = admit_tag(self.k_c, epub, stamp)
         payload = struct.pack(">Q", stamp) + hint + tag + struct.pack(">H", n) + self.ek
-        body = epub + self.sym.encrypt_and_hash(payload)
+        body = rep + self.sym.encrypt_and_hash(payload)
         assert len(body) == MSG1_LEN
-        return (random_top_bit(body) if randomize else body) + chacha20(self.m, 1, n)
+        return body + chacha20(self.m, 1, n)
 
     def read_flight(self, read):
         """The relay's flight from read(n): masked ct, msg2 (under the ML-KEM psk), pad2.
@@ -259,9 +327,9 @@ class Initiator:
         ct = xor(read(CT_LEN), ks)
         K = ML_KEM_768.decaps(self.dk, ct)
         m2 = read(MSG2_LEN)
-        self.relay_top_bit = m2[31] >> 7
-        m2 = clear_top_bit(m2)
-        self.re = m2[:32]
+        self.relay_rep = m2[:32]
+        relay_reps.append(self.relay_rep)
+        self.re = decode(self.relay_rep)  # Noise reads the key, not its representative
         self.sym.mix_hash(self.re)
         self.sym.mix_key(self.re)
         self.sym.mix_key(dh(self.e, self.re))
@@ -295,8 +363,8 @@ class Responder:
 
     def read_msg1(self, read):
         """msg1 and pad1; checks admission and the pad, returns the time."""
-        m1 = clear_top_bit(read(MSG1_LEN))
-        epub = m1[:32]
+        m1 = read(MSG1_LEN)
+        epub = decode(m1[:32])
         self.sym.mix_hash(epub)
         self.sym.mix_key(epub)
         self.sym.mix_key(dh(self.s, epub))
@@ -312,16 +380,17 @@ class Responder:
         return stamp
 
     def flight(self, e, m, pad):
-        """Masked ct, msg2 and pad2, with ephemeral key `e` and encapsulation randomness `m`."""
-        self.e = e
+        """Masked ct, msg2 and pad2, with ephemeral key `e` (private key, representative)
+        and encapsulation randomness `m`."""
+        self.e, rep = e
         K, ct = ML_KEM_768._encaps_internal(self.ek, m)
         self.ct, self.psk = ct, kem_psk(K, ct)
-        epub = public_bytes(e)
+        epub = decode(rep)
         self.sym.mix_hash(epub)
         self.sym.mix_key(epub)
-        self.sym.mix_key(dh(e, self.re))
+        self.sym.mix_key(dh(self.e, self.re))
         self.sym.mix_key_and_hash(self.psk)
-        m2 = epub + self.sym.encrypt_and_hash(self.params + struct.pack(">H", pad))
+        m2 = rep + self.sym.encrypt_and_hash(self.params + struct.pack(">H", pad))
         assert len(m2) == MSG2_LEN
         ks = chacha20(self.m, 2, CT_LEN + pad)
         return xor(ct, ks) + m2 + ks[CT_LEN:]
@@ -473,12 +542,27 @@ def vectors():
     relay_priv = X25519PrivateKey.from_private_bytes(b"\x02" * 32)
     client = X25519PrivateKey.from_private_bytes(b"\x01" * 32)
     e = X25519PrivateKey.from_private_bytes(b"\x03" * 32)
+    relay_e = X25519PrivateKey.from_private_bytes(b"\x07" * 32)
+    # Both ephemeral keys carry a low-order point, which this script does not add: it
+    # takes their representatives from the spec and only decodes them.
+    e_rep = bytes.fromhex("6fa44919e3f6dfc49fa6423edb7b196acea1de1d700007a9d2d730d17794f117")
+    relay_e_rep = bytes.fromhex("5b5cb64e6907695dccbe5d4facbce5e7cd0433317b5dac7e8b57dec9d2e60b21")
+    epub = decode(e_rep)
+    check(
+        epub.hex() == "418edeb9799ab80953b72e4a98fefa25a1094dc27847b649de014c0a43b13d76"
+        and epub != public_bytes(e),
+        "vector: the client's representative decodes to the listed e (not the clean 0x03.. key)",
+    )
+    check(
+        dh(e, decode(relay_e_rep)) == dh(relay_e, epub) == dh(e, public_bytes(relay_e)),
+        "vector: ee agrees both ways with the decoded dirty keys (clamping cancels the low-order points)",
+    )
     relay_pub = public_bytes(relay_priv)
     k, hint = admit_key(client, relay_pub)
-    tag = admit_tag(k, public_bytes(e), stamp)
+    tag = admit_tag(k, epub, stamp)
     check(
-        hint.hex() == "c0ab" and tag.hex() == "0b79ec7d45dbad49c91392db2629a1e6",
-        "vector: admission hint and tag (k_c from the static-static X25519)",
+        hint.hex() == "c0ab" and tag.hex() == "3856b08472b980eac858cbdd70bb77d5",
+        "vector: admission hint and tag (k_c from the static-static X25519, tag over the decoded e)",
     )
     # The version-3 msg1 the silence check below sends, against that version's vector.
     check(
@@ -493,16 +577,16 @@ def vectors():
     )
     ini = Initiator(client, relay_pub, params(1 << 18, 1 << 24))
     res = Responder(relay_priv, public_bytes(client), params(1 << 18, 1 << 24))
-    out1 = ini.msg1(stamp, e, kem, pad=5, randomize=False)
+    out1 = ini.msg1(stamp, (e, e_rep), kem, pad=5)
     check(
         len(out1) == 1265
-        and out1[:32].hex() == "5dfedd3b6bd47f6fa28ee15d969d5bb0ea53774d488bdaf9df1c6e0124b3ef22"
-        and digest(out1) == "92a3e11b3987577e8b36829b4727e6eb35d320a4b6dce95ab6b62c3f1731d5a1",
-        "vector: msg1 then pad1 (prologue qnet/4, XKpsk2 MixKey(e), time, hint, tag, pad length, ek, keystream pad)",
+        and out1[:32] == e_rep
+        and digest(out1) == "7ef7e5fa5dea8765bcedbab7a1ad4f9bd98c2b59ea02968124f53c53afc9431c",
+        "vector: msg1 then pad1 (representative, prologue qnet/4, XKpsk2 MixKey(e), time, hint, tag, pad length, ek, keystream pad)",
     )
     got_stamp = res.read_msg1(reader(out1))
     check(got_stamp == stamp and res.ek == kem[0], "vector: the relay side reads msg1, its admission proof and pad1")
-    flight = res.flight(X25519PrivateKey.from_private_bytes(b"\x07" * 32), b"\x06" * 32, pad=3)
+    flight = res.flight((relay_e, relay_e_rep), b"\x06" * 32, pad=3)
     check(
         digest(res.ct) == "5cd6293f83679a90424091accf9de399216658de4ec0b14e82fec565bdbef43d",
         "vector: ML-KEM-768 ct from Encaps_internal(ek, m)",
@@ -513,9 +597,10 @@ def vectors():
     )
     check(
         len(flight) == 1150
-        and flight[:32].hex() == "45321140b92657c325692fca18b2c9e57875cfcf5ad4f6d372c9fadf2956fc72"
-        and digest(flight) == "73342167e3d02c916f3dc5b16b7fd7479d3cdbe76e822f1e5c469ed456135d68",
-        "vector: the relay's flight, masked ct then msg2 (e, ee, psk) then pad2",
+        and flight[:32].hex() == "855201daf2ffba384075d43c042b816be83b8cf20baa71c5acaa78cd0acc350c"
+        and flight[CT_LEN : CT_LEN + 32] == relay_e_rep
+        and digest(flight) == "0103462a0030bf385262502bbc18ea442dd89106fdd5f539f1cf13c69576cb38",
+        "vector: the relay's flight, masked ct then msg2 (representative, ee, psk) then pad2",
     )
     check(
         ini.read_flight(reader(flight)) == params(1 << 18, 1 << 24),
@@ -523,7 +608,7 @@ def vectors():
     )
     out3, k1, k2 = ini.msg3(pad=2)
     check(
-        len(out3) == 77 and digest(out3) == "9d3485999d055ba107b0965c627686ca07576613ca16592c77e4a695a0744d60",
+        len(out3) == 77 and digest(out3) == "5698b6907a6413e05a48126af02f54c8d35fe636ef831b9dfde5d5ee98811fd0",
         "vector: msg3 then pad3 (s, se under the psk-mixed keys)",
     )
     client_params, rk1, rk2 = res.read_msg3(reader(out3))
@@ -532,13 +617,13 @@ def vectors():
         "vector: the relay side reads msg3 and pad3, same split",
     )
     check(
-        ini.sym.h.hex() == "5e25152042489553cc4d9c542bbf3ebdcd14459794430231bc5bcd3751477ef5"
+        ini.sym.h.hex() == "1c1d7a59a39c27a14cd0fe7a2d9d89ed4e7b88b21e17743253fcee3b487f0082"
         and res.sym.h == ini.sym.h,
         "vector: handshake hash",
     )
     check(
-        k1.hex() == "b3c0912e630e95dde59a7f624858bc54bae6af4b59a3e5e4ac10d7a6d9a99ff6"
-        and k2.hex() == "cdc9be358d1b9b5fdd3fe5e8e74bbee189539b00af513bd7cce187cece48fbf7",
+        k1.hex() == "4b1bad605383e198c891ecdcd0d3ddcedc151f3a398ff4c81f16957d4d1290f9"
+        and k2.hex() == "9ebf2c2d7de9309fb38dd726e0cf8052a60be655f5bb1638dd9e24abd664b70c",
         "vector: k1 (client -> relay) and k2 (relay -> client) from Split()",
     )
 
@@ -590,10 +675,13 @@ class Client:
         del self.rx[:n]
         return out
 
-    def handshake(self, pad=None):
+    def handshake(self, pad=None, flip=False):
         """msg1 and pad1, the relay's flight, then msg3 and pad3 wait for the first record.
-        `pad` is both pads' length, by default each drawn."""
+        `pad` is both pads' length, by default each drawn; `flip` flips the top two bits of
+        msg1's representative after it is written."""
         self.msg1 = self.hs.msg1(pad=pad)
+        if flip:
+            self.msg1 = self.msg1[:31] + bytes([self.msg1[31] ^ 0xC0]) + self.msg1[32:]
         self.sock.sendall(self.msg1)
         self.relay_params = self.hs.read_flight(self.recv_exact)
         m3, k1, k2 = self.hs.msg3(pad=pad)
@@ -661,6 +749,7 @@ def silent_until_close(sock, limit=5):
 
 
 def live(relay_bin):
+    del relay_reps[:]  # the vectors' one is not the relay's
     tmp = tempfile.mkdtemp(prefix="qnet-interop-")
     relay_priv = X25519PrivateKey.generate()
     client_priv = X25519PrivateKey.generate()
@@ -813,22 +902,41 @@ def session(addr, relay_pub, client_priv):
     check(wait_quiet(c.sock, 2) == b"", "protocol violation: the relay closes without replying")
 
 
-def handshakes(addr, relay_pub, client_priv, count=16):
-    """Handshakes with pads at both ends of their range, then drawn, and random top bits."""
-    answered, relay_bits = 0, set()
+def handshakes(addr, relay_pub, client_priv, count=40):
+    """Handshakes with pads at both ends of their range, then drawn, and representatives
+    with random top bits; then one whose msg1 has its representative's top bits flipped."""
+    answered = 0
     for i in range(count):
         c = Client(addr, client_priv, relay_pub)
         c.handshake(pad=(0, MAX_PAD)[i] if i < 2 else None)
-        relay_bits.add(c.hs.relay_top_bit)
         c.send(frame(PING, 0, b"%08d" % i))
         answered += c.next_frame() == (PONG, 0, b"%08d" % i)
         c.sock.close()
     check(
         answered == count,
-        "%d handshakes (pads 0, 511, then drawn; random top bits in msg1) each answer a PING" % count,
+        "%d handshakes (pads 0, 511, then drawn; random representative top bits in msg1) each answer a PING" % count,
     )
-    # A fixed bit would mark every connection; 2 in 2^16 runs see one value by chance.
-    check(relay_bits == {0, 1}, "the relay's msg2 carries a random top bit (both values in %d handshakes)" % count)
+
+    # The top two bits do not take part in decode: a fresh msg1 with both flipped stands
+    # for the same key, so the relay answers it as it would the unflipped one.
+    c = Client(addr, client_priv, relay_pub)
+    c.handshake(flip=True)
+    c.send(frame(PING, 0, b"flipped!"))
+    written = c.msg1[:31] + bytes([c.msg1[31] ^ 0xC0])  # the representative as msg1() wrote it
+    check(
+        c.next_frame() == (PONG, 0, b"flipped!") and decode(c.msg1[:32]) == decode(written),
+        "msg1 with its representative's top two bits flipped (fresh, not a replay): answered, same key",
+    )
+    c.sock.close()
+
+    # Fixed top bits would mark every connection. Over n flights (the session's, the 40
+    # above and the flipped one: n = 42) a given value of the four is missing with
+    # probability (3/4)^n, so at most 4 (3/4)^42, about 1 in 44,000 runs, fails here by chance.
+    bits = {top_bits(r) for r in relay_reps}
+    check(
+        bits == {0, 1, 2, 3},
+        "the relay's msg2 representatives' top two bits take all four values (in %d handshakes)" % len(relay_reps),
+    )
 
 
 def refusals(addr, relay_pub, stranger, client_priv):
