@@ -13,6 +13,15 @@ fn keys(seed: u8) -> ([u8; 32], [u8; 32]) {
     (private, public_key(&private))
 }
 
+/// A fresh client (key 1, pinning the relay's key 2) and relay (key 2), with their
+/// randomness.
+fn fresh(seed: u64) -> (SeededRandom, Handshake, Handshake) {
+    let mut rng = SeededRandom::new(seed);
+    let c = Handshake::initiator(&keys(1).0, &keys(2).1, P, &mut rng);
+    let r = Handshake::responder(&keys(2).0, P, &mut rng);
+    (rng, c, r)
+}
+
 /// The relay's side of msg1 and pad1 as a session runs it: read, admit, check the pad.
 fn relay_reads(r: &mut Handshake, client_public: [u8; 32], rs: &[u8; 32], wire: &[u8]) -> bool {
     let Ok(first) = r.read_msg1(&wire[..MSG1_LEN]) else {
@@ -32,14 +41,11 @@ fn run(
     seed: u64,
     tamper: &mut dyn FnMut(usize, &mut Vec<u8>),
 ) -> Option<(HandshakeOutput, HandshakeOutput)> {
-    let rng = &mut SeededRandom::new(seed);
-    let (cs, cp) = keys(1);
-    let (rs, rp) = keys(2);
-    let mut c = Handshake::initiator(&cs, &rp, P, rng);
-    let mut r = Handshake::responder(&rs, P, rng);
+    let (mut rng, mut c, mut r) = fresh(seed);
+    let rng = &mut rng;
     let mut m1 = c.write_msg1(T, rng);
     tamper(0, &mut m1);
-    if !relay_reads(&mut r, cp, &rs, &m1) {
+    if !relay_reads(&mut r, keys(1).1, &keys(2).0, &m1) {
         return None;
     }
     let mut reply = r.write_reply(rng).ok()?;
@@ -130,13 +136,10 @@ fn tampered_messages_fail() {
 /// client decapsulating with a key pair other than the one msg1 carried), msg2 fails.
 #[test]
 fn a_wrong_ml_kem_secret_fails_at_msg2() {
-    let rng = &mut SeededRandom::new(5);
-    let (cs, cp) = keys(1);
-    let (rs, rp) = keys(2);
-    let mut c = Handshake::initiator(&cs, &rp, P, rng);
-    let mut r = Handshake::responder(&rs, P, rng);
+    let (mut rng, mut c, mut r) = fresh(5);
+    let rng = &mut rng;
     let m1 = c.write_msg1(T, rng);
-    assert!(relay_reads(&mut r, cp, &rs, &m1));
+    assert!(relay_reads(&mut r, keys(1).1, &keys(2).0, &m1));
     let reply = r.write_reply(rng).unwrap();
     let Stage::ClientAwaitReply(pair) = &mut c.stage else {
         panic!("client awaits the reply");
@@ -149,15 +152,14 @@ fn a_wrong_ml_kem_secret_fails_at_msg2() {
 /// msg1 authenticates and proves an allowed key.
 #[test]
 fn an_invalid_encapsulation_key_is_refused() {
-    let rng = &mut SeededRandom::new(6);
-    let (cs, cp) = keys(1);
-    let (rs, rp) = keys(2);
-    let mut c = Handshake::initiator(&cs, &rp, P, rng);
-    let mut r = Handshake::responder(&rs, P, rng);
+    let (mut rng, mut c, mut r) = fresh(6);
     // ek all 0xff: coefficients 4095 > 3329.
     let m1 = c.write_msg1_forged(T, 0, &[0xff; EK_LEN]);
-    assert!(relay_reads(&mut r, cp, &rs, &m1), "msg1 itself is fine");
-    assert_eq!(r.write_reply(rng).err(), Some(HandshakeFailed));
+    assert!(
+        relay_reads(&mut r, keys(1).1, &keys(2).0, &m1),
+        "msg1 itself is fine"
+    );
+    assert_eq!(r.write_reply(&mut rng).err(), Some(HandshakeFailed));
 }
 
 /// A representative's top two bits are the sender's coin: flipping them gives the same
