@@ -143,7 +143,14 @@ impl Session {
         self.last_rx = now;
         self.last_tx = now;
         self.key_since = now;
-        self.shed_out = true;
+        // The handshake's flights grew `out`: give that back now if it is drained (the
+        // relay: its flight left a round trip ago), else at its next full drain.
+        if self.out_start == self.out.len() {
+            self.out = Vec::new();
+            self.out_start = 0;
+        } else {
+            self.shed_out = true;
+        }
         self.events.push_back(Event::Connected {
             peer: o.peer_static,
         });
@@ -319,5 +326,21 @@ impl Session {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::proto::sim::Pair;
+
+    /// Regression: protocol 4's flights (1.1-1.8 KB) left their capacity in both buffers
+    /// of every session for its life, 1.5 KiB more per idle session at the relay.
+    #[test]
+    fn an_idle_session_keeps_no_handshake_buffers() {
+        let mut p = Pair::new(1);
+        p.connect();
+        for s in [&p.client, &p.server] {
+            assert_eq!((s.inbuf.capacity(), s.out.capacity()), (0, 0));
+        }
     }
 }

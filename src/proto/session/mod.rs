@@ -235,8 +235,8 @@ pub struct Session {
     rtt: Option<Duration>,
     error: Option<SessionError>,
     stats: SessionStats,
-    /// The handshake's flights (up to 1.8 KB each way) grew `out`: give that back at its
-    /// next full drain, so an idle session does not keep it.
+    /// `out` still holds the end of the handshake: give its capacity back at the next
+    /// full drain, so an idle session does not keep it.
     shed_out: bool,
 }
 
