@@ -144,16 +144,16 @@ impl snow::types::Random for SeededRng {
 }
 
 /// snow's X25519, with the public halves it would derive known in advance (the static
-/// key's is derived once per process, [`static_public`]) and ephemeral keys that have an
-/// Elligator2 representative ([`Ephemeral`]), which it leaves in `representative` for
-/// the message's writer to put on the wire. msg1's admission tag covers the client's
-/// ephemeral key, so the client draws it before snow asks, and snow takes it through this
-/// `Dh` (snow's public resolver API; its builder's fixed-key hook is hidden and meant for
-/// tests).
+/// key's is derived once per process, [`static_public`]) and the ephemeral key drawn in
+/// advance, which has an Elligator2 representative ([`Ephemeral`]); it leaves that in
+/// `representative` for the message's writer to put on the wire. The client draws its key
+/// before snow asks because msg1's admission tag covers it, the relay at accept; snow
+/// takes it through this `Dh` (snow's public resolver API; its builder's fixed-key hook
+/// is hidden and meant for tests).
 struct X25519 {
     private: [u8; 32],
     public: [u8; 32],
-    /// The next ephemeral key, drawn in advance.
+    /// The ephemeral key, drawn in advance, until snow generates (takes) it.
     preset: Option<Ephemeral>,
     /// The representative of the ephemeral key last generated.
     representative: Representative,
@@ -177,23 +177,9 @@ impl snow::types::Dh for X25519 {
         self.private.copy_from_slice(&privkey[..32]);
         self.public = static_public(&self.private);
     }
-    fn generate(&mut self, rng: &mut dyn snow::types::Random) -> Result<(), snow::Error> {
-        // Once only: a second ephemeral from the same handshake would be a fresh draw.
-        let e = match self.preset.take() {
-            Some(e) => e,
-            None => {
-                let mut failed = None;
-                let e = Ephemeral::generate(|b| {
-                    if let Err(err) = rng.try_fill_bytes(b) {
-                        failed = Some(err);
-                    }
-                });
-                if let Some(err) = failed {
-                    return Err(err);
-                }
-                e
-            }
-        };
+    fn generate(&mut self, _: &mut dyn snow::types::Random) -> Result<(), snow::Error> {
+        // Both ends draw their ephemeral key in advance; a second one is never asked for.
+        let e = self.preset.take().ok_or(snow::Error::Dh)?;
         self.private = *e.private();
         self.public = *e.public();
         *self.representative.lock() = Some(*e.representative());
@@ -226,10 +212,11 @@ impl Drop for X25519 {
     }
 }
 
-/// snow's randomness from a seed, and the ephemeral key (client: drawn in advance).
+/// snow's randomness from a seed (snow asks for a source; it draws nothing from it, as
+/// both ends' ephemeral keys are drawn in advance), and the ephemeral key.
 struct SeededResolver {
     seed: [u8; 32],
-    ephemeral: Option<Ephemeral>,
+    ephemeral: Ephemeral,
     representative: Representative,
 }
 
@@ -242,7 +229,7 @@ impl CryptoResolver for SeededResolver {
         Some(Box::new(X25519 {
             private: [0u8; 32],
             public: [0u8; 32],
-            preset: self.ephemeral.clone(),
+            preset: Some(self.ephemeral.clone()),
             representative: self.representative.clone(),
         }))
     }
@@ -260,7 +247,7 @@ impl CryptoResolver for SeededResolver {
 /// snow's builder; `ephemeral`: the ephemeral key snow is to take.
 fn builder(
     rng: &mut dyn Random,
-    ephemeral: Option<Ephemeral>,
+    ephemeral: Ephemeral,
     representative: Representative,
 ) -> snow::Builder<'static> {
     let mut seed = [0u8; 32];
@@ -375,7 +362,7 @@ impl Handshake {
     ) -> Self {
         let ephemeral_public = *ephemeral.public();
         let representative = Representative::default();
-        let state = builder(rng, Some(ephemeral), representative.clone())
+        let state = builder(rng, ephemeral, representative.clone())
             .local_private_key(local_private)
             .and_then(|b| b.remote_public_key(relay_public))
             .and_then(|b| b.prologue(PROLOGUE))
@@ -391,20 +378,23 @@ impl Handshake {
         }
     }
 
-    /// Start as the relay.
+    /// Start as the relay. Its ephemeral key is drawn now, at accept, not at msg2: the
+    /// client spends longer than that writing msg1, so the key is ready when it comes
+    /// and off the round trip's critical path.
     pub fn responder(
         local_private: &[u8; 32],
         params: TransportParams,
         rng: &mut dyn Random,
     ) -> Self {
-        Self::responder_with(local_private, params, None, rng)
+        let ephemeral = Ephemeral::generate(|b| rng.fill(b));
+        Self::responder_with(local_private, params, ephemeral, rng)
     }
 
-    /// [`Self::responder`], optionally with its ephemeral private key given (test vectors).
+    /// [`Self::responder`] with its ephemeral key given (test vectors).
     pub fn responder_with(
         local_private: &[u8; 32],
         params: TransportParams,
-        ephemeral: Option<Ephemeral>,
+        ephemeral: Ephemeral,
         rng: &mut dyn Random,
     ) -> Self {
         let representative = Representative::default();

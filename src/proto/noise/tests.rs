@@ -232,7 +232,7 @@ fn handshake_golden_bytes() {
     let (ce_repr, ce_public) = (hex(ce.representative()), hex(ce.public()));
     let re_repr = hex(re.representative());
     let mut c = Handshake::initiator_with(&cs, &rp, P, ce, admit, rng);
-    let mut r = Handshake::responder_with(&rs, P, Some(re), rng);
+    let mut r = Handshake::responder_with(&rs, P, re, rng);
     let mut seed = [0x04; 64];
     seed[32..].fill(0x05);
     let m1 = c.write_msg1_with(1_700_000_000_000, kem::KeyPair::from_seed(seed), 5);
