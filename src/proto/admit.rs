@@ -265,8 +265,7 @@ mod tests {
         let rng = &mut SeededRandom::new(2);
         let ephemeral =
             crate::proto::elligator::Ephemeral::generate(|b| crate::proto::Random::fill(rng, b));
-        let hs =
-            Handshake::initiator_with(client, &public_key(&relay), params, ephemeral, proof, rng);
+        let hs = Handshake::initiator_with(client, &public_key(&relay), params, ephemeral, proof);
         (server, hs, T)
     }
 

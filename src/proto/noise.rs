@@ -23,13 +23,7 @@
 //! (`super::admit`), both before any ML-KEM work and before answering anything.
 //! docs/PROTOCOL.md, section 2.
 
-use rand_chacha::ChaCha20Rng;
-use rand_core::{RngCore, SeedableRng};
 use snow::resolvers::{CryptoResolver, DefaultResolver, FallbackResolver};
-
-use std::sync::Arc;
-
-use parking_lot::Mutex;
 
 use super::Random;
 use super::admit::{self, AdmitKey};
@@ -129,38 +123,31 @@ pub struct FirstMessage {
     pub hint: [u8; admit::HINT_LEN],
     /// The client's proof of being on the allow-list ([`admit::Admission::check_msg1`]).
     pub tag: [u8; admit::TAG_LEN],
-    /// Bytes of pad1, which follow msg1's fixed part.
-    pub pad_len: usize,
 }
 
-/// snow's RNG hook, fed from a seed drawn from the injected randomness.
-struct SeededRng(ChaCha20Rng);
+/// snow's RNG hook. snow wants one, but both ends draw their ephemeral key in advance
+/// from the injected randomness, so snow has nothing to draw: if it ever tried, the
+/// handshake fails rather than use a source we did not choose.
+struct NoRandom;
 
-impl snow::types::Random for SeededRng {
-    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), snow::Error> {
-        self.0.fill_bytes(dest);
-        Ok(())
+impl snow::types::Random for NoRandom {
+    fn try_fill_bytes(&mut self, _: &mut [u8]) -> Result<(), snow::Error> {
+        Err(snow::Error::Rng)
     }
 }
 
-/// snow's X25519, with the public halves it would derive known in advance (the static
-/// key's is derived once per process, [`static_public`]) and the ephemeral key drawn in
-/// advance, which has an Elligator2 representative ([`Ephemeral`]); it leaves that in
-/// `representative` for the message's writer to put on the wire. The client draws its key
-/// before snow asks because msg1's admission tag covers it, the relay at accept; snow
-/// takes it through this `Dh` (snow's public resolver API; its builder's fixed-key hook
-/// is hidden and meant for tests).
+/// snow's X25519, with the public halves it would derive known in advance: the static
+/// key's (derived once per process, [`static_public`]) and that of the ephemeral key
+/// drawn in advance ([`Ephemeral`], whose representative the [`Handshake`] keeps for the
+/// wire). The client draws its key before snow asks because msg1's admission tag covers
+/// it, the relay at accept; snow takes it through this `Dh` (snow's public resolver API;
+/// its builder's fixed-key hook is hidden and meant for tests).
 struct X25519 {
     private: [u8; 32],
     public: [u8; 32],
     /// The ephemeral key, drawn in advance, until snow generates (takes) it.
     preset: Option<Ephemeral>,
-    /// The representative of the ephemeral key last generated.
-    representative: Representative,
 }
-
-/// Where the `Dh` inside snow leaves its ephemeral key's representative.
-type Representative = Arc<Mutex<Option<[u8; 32]>>>;
 
 impl snow::types::Dh for X25519 {
     fn name(&self) -> &'static str {
@@ -182,7 +169,6 @@ impl snow::types::Dh for X25519 {
         let e = self.preset.take().ok_or(snow::Error::Dh)?;
         self.private = *e.private();
         self.public = *e.public();
-        *self.representative.lock() = Some(*e.representative());
         Ok(())
     }
     fn pubkey(&self) -> &[u8] {
@@ -212,17 +198,14 @@ impl Drop for X25519 {
     }
 }
 
-/// snow's randomness from a seed (snow asks for a source; it draws nothing from it, as
-/// both ends' ephemeral keys are drawn in advance), and the ephemeral key.
-struct SeededResolver {
-    seed: [u8; 32],
+/// Our X25519 with the ephemeral key, and no randomness ([`NoRandom`]).
+struct KeysResolver {
     ephemeral: Ephemeral,
-    representative: Representative,
 }
 
-impl CryptoResolver for SeededResolver {
+impl CryptoResolver for KeysResolver {
     fn resolve_rng(&self) -> Option<Box<dyn snow::types::Random>> {
-        Some(Box::new(SeededRng(ChaCha20Rng::from_seed(self.seed))))
+        Some(Box::new(NoRandom))
     }
     fn resolve_dh(&self, _: &snow::params::DHChoice) -> Option<Box<dyn snow::types::Dh>> {
         // Asked for the static key's slot too, which is set, never generated.
@@ -230,7 +213,6 @@ impl CryptoResolver for SeededResolver {
             private: [0u8; 32],
             public: [0u8; 32],
             preset: Some(self.ephemeral.clone()),
-            representative: self.representative.clone(),
         }))
     }
     fn resolve_hash(&self, _: &snow::params::HashChoice) -> Option<Box<dyn snow::types::Hash>> {
@@ -245,19 +227,9 @@ impl CryptoResolver for SeededResolver {
 }
 
 /// snow's builder; `ephemeral`: the ephemeral key snow is to take.
-fn builder(
-    rng: &mut dyn Random,
-    ephemeral: Ephemeral,
-    representative: Representative,
-) -> snow::Builder<'static> {
-    let mut seed = [0u8; 32];
-    rng.fill(&mut seed);
+fn builder(ephemeral: Ephemeral) -> snow::Builder<'static> {
     let resolver = FallbackResolver::new(
-        Box::new(SeededResolver {
-            seed,
-            ephemeral,
-            representative,
-        }),
+        Box::new(KeysResolver { ephemeral }),
         Box::new(DefaultResolver),
     );
     snow::Builder::with_resolver(
@@ -308,8 +280,8 @@ pub struct Handshake {
     admit: Option<(AdmitKey, [u8; 32])>,
     /// The keystreams, once known (client: at msg1; relay: once msg1 proved a key).
     mask: Option<Mask>,
-    /// Our ephemeral key's representative, once snow has generated it.
-    representative: Representative,
+    /// What goes on the wire in place of our ephemeral key.
+    representative: [u8; 32],
     stage: Stage,
 }
 
@@ -337,8 +309,8 @@ fn parse_payload(b: &[u8]) -> Result<(TransportParams, usize), HandshakeFailed> 
 }
 
 impl Handshake {
-    /// Start as the client, pinning the relay's static key. Costs two X25519 besides
-    /// Noise's: the admission key and the ephemeral public key the tag covers.
+    /// Start as the client, pinning the relay's static key. Costs an ephemeral key with
+    /// a representative besides Noise's work, and once per process the admission key.
     pub fn initiator(
         local_private: &[u8; 32],
         relay_public: &[u8; 32],
@@ -347,7 +319,7 @@ impl Handshake {
     ) -> Self {
         let ephemeral = Ephemeral::generate(|b| rng.fill(b));
         let admit = AdmitKey::client(local_private, relay_public);
-        Self::initiator_with(local_private, relay_public, params, ephemeral, admit, rng)
+        Self::initiator_with(local_private, relay_public, params, ephemeral, admit)
     }
 
     /// [`Self::initiator`] with the ephemeral private key and the admission key given
@@ -358,11 +330,10 @@ impl Handshake {
         params: TransportParams,
         ephemeral: Ephemeral,
         admit: AdmitKey,
-        rng: &mut dyn Random,
     ) -> Self {
         let ephemeral_public = *ephemeral.public();
-        let representative = Representative::default();
-        let state = builder(rng, ephemeral, representative.clone())
+        let representative = *ephemeral.representative();
+        let state = builder(ephemeral)
             .local_private_key(local_private)
             .and_then(|b| b.remote_public_key(relay_public))
             .and_then(|b| b.prologue(PROLOGUE))
@@ -387,7 +358,7 @@ impl Handshake {
         rng: &mut dyn Random,
     ) -> Self {
         let ephemeral = Ephemeral::generate(|b| rng.fill(b));
-        Self::responder_with(local_private, params, ephemeral, rng)
+        Self::responder_with(local_private, params, ephemeral)
     }
 
     /// [`Self::responder`] with its ephemeral key given (test vectors).
@@ -395,10 +366,9 @@ impl Handshake {
         local_private: &[u8; 32],
         params: TransportParams,
         ephemeral: Ephemeral,
-        rng: &mut dyn Random,
     ) -> Self {
-        let representative = Representative::default();
-        let state = builder(rng, ephemeral, representative.clone())
+        let representative = *ephemeral.representative();
+        let state = builder(ephemeral)
             .local_private_key(local_private)
             .and_then(|b| b.prologue(PROLOGUE))
             .and_then(|b| b.build_responder())
@@ -487,12 +457,7 @@ impl Handshake {
 
     /// Replace the ephemeral key snow just wrote with its representative.
     fn put_representative(&self, key: &mut [u8]) {
-        let r = self
-            .representative
-            .lock()
-            .take()
-            .expect("snow generated the key");
-        key.copy_from_slice(&r);
+        key.copy_from_slice(&self.representative);
     }
 
     /// Relay: read msg1's fixed part. The caller decides from its admission tag, time
@@ -528,7 +493,6 @@ impl Handshake {
             stamp_ms: u64::from_be_bytes(stamp.try_into().expect("8 bytes")),
             hint: hint.try_into().expect("hint"),
             tag: tag.try_into().expect("tag"),
-            pad_len,
         })
     }
 
