@@ -15,7 +15,6 @@ use common::{Relay, TEST_DRAIN, start_relay, start_relay_with, tempdir, write_mo
 use qnet::config::TimingConfig;
 use qnet::engine::client::{Client, ClientConfig, parse_destination};
 use qnet::keys::PrivateKey;
-use qnet::proto::SessionConfig;
 use qnet::sched::Profile;
 
 /// An echo server that counts the connections it accepted.
@@ -58,14 +57,8 @@ fn forward(relay: &Relay, key: PrivateKey, to: &str) -> Forward {
 }
 
 fn forward_shaped(relay: &Relay, key: PrivateKey, to: &str, timing: TimingConfig) -> Forward {
-    let cfg = ClientConfig {
-        relay: relay.addr.to_string(),
-        relay_key: relay.public,
-        key,
-        session: SessionConfig::default(),
-        upstream: None,
-        timing,
-    };
+    let mut cfg = ClientConfig::one_relay(relay.addr.to_string(), relay.public, key);
+    cfg.timing = timing;
     let mut client = Client::new(cfg).unwrap();
     let addr = client
         .forward(

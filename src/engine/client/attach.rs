@@ -134,10 +134,6 @@ impl Client {
                     continue;
                 }
             };
-            if self.refuse_while_down() {
-                a.app.finish(Err(Failure::Errno(libc::ECONNREFUSED)));
-                continue;
-            }
             self.waiting
                 .push_back(Pending::plain(Sock::Unix(a.sock), a.dest, Some(a.app)));
         }
@@ -163,16 +159,20 @@ impl Client {
             crate::engine::sys::renumber(&mut c.wake)
                 .and_then(|_| r.register(&mut c.wake, WAKE, Interest::READABLE))
                 .map(|()| c.wake.as_raw_fd())
-        } else if let Some(l) = self.link.as_mut().filter(|l| l.sock.as_raw_fd() == fd) {
-            crate::engine::sys::renumber(&mut l.sock)
+        } else if let Some(l) = self
+            .tunnels
+            .iter_mut()
+            .find(|l| l.link.sock.as_raw_fd() == fd)
+        {
+            crate::engine::sys::renumber(&mut l.link.sock)
                 .and_then(|_| {
                     r.register(
-                        &mut l.sock,
-                        self.link_token,
+                        &mut l.link.sock,
+                        l.token,
                         Interest::READABLE | Interest::WRITABLE,
                     )
                 })
-                .map(|()| l.sock.as_raw_fd())
+                .map(|()| l.link.sock.as_raw_fd())
         } else if let Some(f) = self.flows.values_mut().find(|f| f.ep.sock.raw_fd() == fd) {
             let t = f.ep.token;
             f.ep.sock

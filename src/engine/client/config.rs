@@ -7,47 +7,119 @@ use std::net::SocketAddr;
 use crate::keys::PrivateKey;
 use crate::proto::{Destination, SessionConfig};
 
+/// One hop of a path: a relay's `host:port` and its pinned static public key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hop {
+    /// `host:port` (IPv6 as `[addr]:port`).
+    pub address: String,
+    /// The relay's static public key.
+    pub key: [u8; 32],
+}
+
+/// A way to the destinations: one relay, or a route of two or three (entry first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathConfig {
+    /// The relays, entry first, exit last.
+    pub hops: Vec<Hop>,
+    /// Paths of one group are tried before the next group's.
+    pub group: Option<String>,
+    /// Inside a group, how often this path is preferred (RFC 2782 weights).
+    pub weight: u32,
+}
+
+impl PathConfig {
+    /// A path through one relay.
+    pub fn relay(address: impl Into<String>, key: [u8; 32]) -> PathConfig {
+        PathConfig {
+            hops: vec![Hop {
+                address: address.into(),
+                key,
+            }],
+            group: None,
+            weight: 1,
+        }
+    }
+
+    /// How logs name it: the entry, and the exit for a route.
+    pub(super) fn name(&self) -> String {
+        match self.hops.as_slice() {
+            [one] => one.address.clone(),
+            hops => hops
+                .iter()
+                .map(|h| h.address.as_str())
+                .collect::<Vec<_>>()
+                .join(" -> "),
+        }
+    }
+}
+
 /// What the client engine needs.
 pub struct ClientConfig {
-    /// Relay address, `host:port`.
-    pub relay: String,
-    /// The relay's static public key (pinned).
-    pub relay_key: [u8; 32],
+    /// The paths, in order of preference (at least one).
+    pub paths: Vec<PathConfig>,
     /// This client's static private key.
     pub key: PrivateKey,
     /// Session limits and timers.
     pub session: SessionConfig,
-    /// Reach the relay through this SOCKS5 proxy.
+    /// Reach each path's entry relay through this SOCKS5 proxy.
     pub upstream: Option<crate::config::Upstream>,
     /// Which timing profile each flow gets.
     pub timing: crate::config::TimingConfig,
+    /// Where this user's processes share what they learned of paths' health
+    /// (`$XDG_RUNTIME_DIR/qnet/health`); `None`: not shared.
+    pub health_file: Option<std::path::PathBuf>,
 }
 
 impl ClientConfig {
-    /// Take relay, relay key, client key and session tunables from a loaded config.
+    /// A config for one relay with default session, timing and no sharing (tests, tools).
+    pub fn one_relay(
+        relay: impl Into<String>,
+        relay_key: [u8; 32],
+        key: PrivateKey,
+    ) -> ClientConfig {
+        ClientConfig {
+            paths: vec![PathConfig::relay(relay, relay_key)],
+            key,
+            session: SessionConfig::default(),
+            upstream: None,
+            timing: crate::config::TimingConfig::default(),
+            health_file: None,
+        }
+    }
+
+    /// Take the paths, client key and session tunables from a loaded config.
     // A `String` error still: the preload runtime's and the C API's config checks take one.
     pub fn from_config(cfg: &crate::config::Config) -> Result<ClientConfig, String> {
-        let relay = cfg
-            .relay
-            .clone()
-            .ok_or("no relay configured (config `relay` or QNET_RELAY)")?;
-        let relay_key = cfg
-            .relay_key
-            .ok_or("no relay key configured (config `relay_key` or QNET_RELAY_KEY)")?;
+        let paths = paths_of(cfg)?;
         let key_path = cfg
             .key
             .as_ref()
             .ok_or("no client key configured (config `key` or QNET_KEY)")?;
         let key = crate::keys::load_private_key(key_path).map_err(|e| e.to_string())?;
         Ok(ClientConfig {
-            relay,
-            relay_key: relay_key.0,
+            paths,
             key,
             session: crate::engine::session_config(&cfg.session),
             upstream: cfg.upstream.clone(),
             timing: cfg.timing.clone(),
+            health_file: std::env::var_os("XDG_RUNTIME_DIR")
+                .filter(|d| !d.is_empty())
+                .map(|d| super::shared::file_in(std::path::Path::new(&d))),
         })
     }
+}
+
+/// The configured paths: the routes if any (never silently one hop instead), else
+/// each relay of the list.
+fn paths_of(cfg: &crate::config::Config) -> Result<Vec<PathConfig>, String> {
+    let relay = cfg
+        .relay
+        .clone()
+        .ok_or("no relay configured (config `relay` or QNET_RELAY)")?;
+    let relay_key = cfg
+        .relay_key
+        .ok_or("no relay key configured (config `relay_key` or QNET_RELAY_KEY)")?;
+    Ok(vec![PathConfig::relay(relay, relay_key.0)])
 }
 
 /// Why a `host:port` is not a destination.

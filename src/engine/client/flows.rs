@@ -28,6 +28,19 @@ pub(super) struct Flow {
     socks: bool,
     /// Filler bytes still to discard before the app's own data (see [`AppConn`]).
     skip: usize,
+    /// Bytes of the local socket went into the stream (in OPEN or held by its shaper):
+    /// the flow can no longer be opened again elsewhere.
+    sent_first: bool,
+}
+
+/// A flow's key: its tunnel's serial and its stream id there.
+pub(super) fn flow_key(serial: u32, stream: u32) -> u64 {
+    u64::from(serial) << 32 | u64::from(stream)
+}
+
+/// The tunnel serial of a flow key.
+pub(super) fn serial_of(key: u64) -> u32 {
+    (key >> 32) as u32
 }
 
 /// A local socket waiting for the session, and what it came from.
@@ -65,6 +78,17 @@ enum Pumped {
 }
 
 impl Flow {
+    /// The relay never answered it and nothing of it was sent: it may be opened again
+    /// through another tunnel.
+    pub(super) fn may_retry(&self) -> bool {
+        !self.open && !self.sent_first && !self.socks
+    }
+
+    /// Back to a socket waiting for a tunnel (its socket already deregistered).
+    pub(super) fn into_pending(self) -> Pending {
+        Pending::plain(self.ep.sock, self.dest, self.app)
+    }
+
     /// Publish the app's per-flow counters (`qnet_flow_stats`).
     fn publish(&self, session: &Session) {
         let Some(c) = &self.ep.counters else {
@@ -83,33 +107,41 @@ impl Flow {
 }
 
 impl Client {
-    /// Everything the session reported since the last round.
+    /// Everything the tunnels' exit sessions reported since the last round.
     pub(super) fn session_events(&mut self, now: Instant) {
-        while let Some(ev) = self.link.as_mut().and_then(|l| l.session.poll_event()) {
+        let mut i = 0;
+        while i < self.tunnels.len() {
+            let serial = self.tunnels[i].serial;
+            let ev = self.tunnels[i].exit_mut().and_then(|s| s.poll_event());
+            let Some(ev) = ev else {
+                i += 1;
+                continue;
+            };
             match ev {
-                Event::Connected { .. } => self.link_up(),
+                Event::Connected { .. } => self.tunnel_up(now, serial),
                 Event::OpenResult { stream, result } => match result {
-                    Ok(()) => self.stream_open(now, stream),
-                    Err(e) => self.stream_refused(stream, e),
+                    Ok(()) => self.stream_open(now, flow_key(serial, stream)),
+                    Err(e) => self.stream_refused(flow_key(serial, stream), e),
                 },
                 Event::Reset { stream, .. } => {
-                    self.forget(stream);
+                    self.forget(flow_key(serial, stream));
                 }
                 Event::Readable { stream } | Event::Writable { stream } => {
-                    self.dirty.insert(stream);
+                    self.dirty.insert(flow_key(serial, stream));
                 }
                 Event::Opened { .. } => {}
             }
         }
     }
 
-    /// The relay connected `stream`: tell the app (or SOCKS client), start pumping.
-    fn stream_open(&mut self, now: Instant, stream: u32) {
-        let Some(f) = self.flows.get_mut(&stream) else {
+    /// The relay connected a flow: tell the app (or SOCKS client), start pumping.
+    fn stream_open(&mut self, now: Instant, key: u64) {
+        let Some(f) = self.flows.get_mut(&key) else {
             return;
         };
+        let stream = key as u32;
         f.open = true;
-        self.dirty.insert(stream);
+        self.dirty.insert(key);
         self.told_down = false;
         if f.socks {
             f.socks = false;
@@ -134,9 +166,9 @@ impl Client {
         );
     }
 
-    /// The relay refused `stream`: pass the reason on and forget the flow.
-    fn stream_refused(&mut self, stream: u32, e: OpenError) {
-        let Some(mut f) = self.forget(stream) else {
+    /// The relay refused a flow: pass the reason on and forget it.
+    fn stream_refused(&mut self, key: u64, e: OpenError) {
+        let Some(mut f) = self.forget(key) else {
             return;
         };
         qlog!(Info, "relay refused stream to {}: {e}", f.dest);
@@ -149,13 +181,9 @@ impl Client {
         self.stats.streams_failed += 1;
     }
 
-    /// Open a stream for every socket that waited for the session.
+    /// Open a stream on the current tunnel for every socket that waited for one.
     pub(super) fn open_waiting(&mut self, now: Instant) {
-        if !self
-            .link
-            .as_ref()
-            .is_some_and(|l| l.session.is_established())
-        {
+        if self.current().is_none() {
             return;
         }
         while let Some(p) = self.waiting.pop_front() {
@@ -171,7 +199,11 @@ impl Client {
             socks,
             first,
         } = p;
-        let Some(l) = self.link.as_mut() else {
+        let Some(ti) = self.current() else {
+            return;
+        };
+        let serial = self.tunnels[ti].serial;
+        let Some(l) = self.tunnels[ti].exit_mut() else {
             return;
         };
         let profile = match &dest {
@@ -196,7 +228,7 @@ impl Client {
         } else {
             (&first[..], &[][..])
         };
-        let (id, taken) = match l.session.open(now, dest.clone(), profile.wire(), eager) {
+        let (id, taken) = match l.open(now, dest.clone(), profile.wire(), eager) {
             Ok(opened) => opened,
             Err(e) => {
                 qlog!(Warn, "cannot open stream: {e}");
@@ -209,8 +241,9 @@ impl Client {
         };
         if taken < eager.len() {
             // Allowed before OPEN_RESULT; small pipelined data always fits.
-            let _ = l.session.write(now, id, &eager[taken..]);
+            let _ = l.write(now, id, &eager[taken..]);
         }
+        let key = flow_key(serial, id);
         self.next_token += 1;
         let t = Token(self.next_token);
         let mut ep = Endpoint::new(sock, t, id);
@@ -222,13 +255,13 @@ impl Client {
             }
         }
         if ep.sock.register(self.poll.registry(), t).is_err() {
-            let _ = l.session.reset(now, id, 1);
+            let _ = l.reset(now, id, 1);
             if let Some(app) = app {
                 app.finish(Err(Failure::Errno(libc::ENOBUFS)));
             }
             return;
         }
-        self.by_token.insert(t, id);
+        self.by_token.insert(t, key);
         let flow = Flow {
             ep,
             open: false,
@@ -237,21 +270,22 @@ impl Client {
             app,
             socks,
             skip: 0,
+            sent_first: !first.is_empty(),
         };
-        self.flows.insert(id, flow);
+        self.flows.insert(key, flow);
     }
 
-    /// Pump the flows an event touched and flush, until no stream waits for room: a
-    /// stream that stopped at the high-water mark gets no new readiness edge once the
-    /// flush drains, so it must be retried here. False when the session went down.
-    pub(super) fn pump_dirty(&mut self, now: Instant) -> bool {
+    /// Pump the flows an event touched and flush every tunnel, until no stream waits for
+    /// room: a stream that stopped at the high-water mark gets no new readiness edge once
+    /// the flush drains, so it must be retried here.
+    pub(super) fn pump_dirty(&mut self, now: Instant) {
         if self.busy {
             // The last service stopped after MAX_ROUNDS with flows still waiting.
             let stalled = std::mem::take(&mut self.stalled);
             self.dirty.extend(stalled);
         }
         self.busy = false;
-        let mut ids: Vec<u32> = self.dirty.drain().collect();
+        let mut ids: Vec<u64> = self.dirty.drain().collect();
         for round in 0..MAX_ROUNDS {
             let mut again = vec![];
             for &id in &ids {
@@ -261,35 +295,49 @@ impl Client {
                     Pumped::Finished => self.finished(id),
                 }
             }
-            let Some(l) = self.link.as_mut() else {
-                return false;
-            };
-            let flushed = l.flush();
-            if let Some(e) = l.session.error() {
-                self.link_down(now, &e.to_string());
-                return false;
-            }
+            let flushed = self.flush_tunnels(now);
             let stalled = !again.is_empty();
             ids = again;
-            match flushed {
-                Err(e) => {
-                    self.link_down(now, &e.to_string());
-                    return false;
-                }
-                // WouldBlock: the transport's writable edge will call us again.
-                Ok(false) => break,
-                Ok(true) if !stalled => break,
-                Ok(true) => self.busy = round + 1 == MAX_ROUNDS,
+            // Not all out: the transport's writable edge will call us again.
+            if !flushed || !stalled {
+                break;
             }
+            self.busy = round + 1 == MAX_ROUNDS;
         }
         // Whatever still waits for room is retried after the next flush (or at once, busy).
         self.stalled.extend(ids);
-        true
+    }
+
+    /// Move every tunnel's bytes between its hops and write them out; a tunnel that
+    /// fails goes down. True when every tunnel's output is out.
+    fn flush_tunnels(&mut self, now: Instant) -> bool {
+        let mut all = true;
+        let mut failed = Vec::new();
+        for t in &mut self.tunnels {
+            let r = t
+                .advance(now, self.cfg.key.as_bytes())
+                .and_then(|_| t.link.flush().map_err(|e| e.to_string()))
+                .and_then(|done| t.error().map_or(Ok(done), Err));
+            match r {
+                Ok(done) => all &= done,
+                Err(e) => failed.push((t.serial, e)),
+            }
+        }
+        for (serial, why) in failed {
+            self.tunnel_down(now, serial, &why);
+        }
+        all
     }
 
     /// Move one flow's bytes both ways and schedule its next shaped departure.
-    fn pump_flow(&mut self, now: Instant, id: u32) -> Pumped {
-        let (Some(l), Some(f)) = (self.link.as_mut(), self.flows.get_mut(&id)) else {
+    fn pump_flow(&mut self, now: Instant, key: u64) -> Pumped {
+        let serial = serial_of(key);
+        let id = key as u32;
+        let Some(t) = self.tunnels.iter_mut().find(|t| t.serial == serial) else {
+            return Pumped::Idle;
+        };
+        let room = t.has_room();
+        let (Some(l), Some(f)) = (t.exit_mut(), self.flows.get_mut(&key)) else {
             return Pumped::Idle;
         };
         if !f.open {
@@ -313,27 +361,25 @@ impl Client {
                 Ok(sh) => f.ep.shaper = sh,
                 Err(e) => {
                     qlog!(Error, "cannot reshape the stream to {}: {e}", f.dest);
-                    let _ = l.session.reset(now, id, 1);
+                    let _ = l.reset(now, id, 1);
                     return Pumped::Finished;
                 }
             }
         }
-        let room = l.has_room();
         let r =
-            f.ep.pump_down(now, &mut l.session)
-                .and_then(|_| f.ep.pump_up(now, &mut l.session, room, &mut self.buf));
-        f.publish(&l.session);
-        self.timers
-            .schedule(u64::from(id), &mut f.ep, now, &l.session);
+            f.ep.pump_down(now, l)
+                .and_then(|_| f.ep.pump_up(now, l, room, &mut self.buf));
+        f.publish(l);
+        self.timers.schedule(key, &mut f.ep, now, l);
         let failures = &mut self.stats.shaping_failures;
         if pump_failed(&r, failures, format_args!("to {}", f.dest)) {
-            let _ = l.session.reset(now, id, 1);
+            let _ = l.reset(now, id, 1);
             Pumped::Finished
         } else if f.ep.state() == PumpState::Done {
             Pumped::Finished
         } else if f.ep.readable
             && !f.ep.read_eof
-            && l.session.stream_send_capacity(id) > 0
+            && l.stream_send_capacity(id) > 0
             // A full shaper waits for its schedule, not for another round.
             && f.ep.shaper.as_ref().is_none_or(|sh| sh.room() > 0)
         {
@@ -344,8 +390,8 @@ impl Client {
     }
 
     /// A flow ended: count the delay its schedule added, then forget it.
-    fn finished(&mut self, id: u32) {
-        if let Some(f) = self.forget(id) {
+    fn finished(&mut self, key: u64) {
+        if let Some(f) = self.forget(key) {
             if let Some(sh) = &f.ep.shaper {
                 self.stats.added_delay_ns += sh.stats().total_hold_ns;
             }
@@ -353,8 +399,8 @@ impl Client {
     }
 
     /// Take a flow out of the loop (its socket closes when the returned flow drops).
-    fn forget(&mut self, id: u32) -> Option<Flow> {
-        let mut f = self.flows.remove(&id)?;
+    fn forget(&mut self, key: u64) -> Option<Flow> {
+        let mut f = self.flows.remove(&key)?;
         let _ = f.ep.sock.deregister(self.poll.registry());
         self.by_token.remove(&f.ep.token);
         Some(f)
@@ -367,18 +413,23 @@ impl Client {
             return;
         };
         for &(key, deadline) in stranded.entries() {
-            let id = key as u32;
-            let Some(sh) = self.flows.get_mut(&id).and_then(|f| f.ep.shaper.as_mut()) else {
+            let Some(sh) = self.flows.get_mut(&key).and_then(|f| f.ep.shaper.as_mut()) else {
                 continue;
             };
             if !stranded.claim(sh, deadline, &mut self.stats.lateness) {
                 continue;
             }
             self.stats.shaping_failures += 1;
-            if let Some(l) = self.link.as_mut() {
-                let _ = l.session.reset(now, id, 1);
+            let serial = serial_of(key);
+            if let Some(l) = self
+                .tunnels
+                .iter_mut()
+                .find(|t| t.serial == serial)
+                .and_then(|t| t.exit_mut())
+            {
+                let _ = l.reset(now, key as u32, 1);
             }
-            self.finished(id);
+            self.finished(key);
             // The next round flushes the resets.
             self.busy = true;
         }
@@ -389,12 +440,11 @@ impl Client {
     pub(super) fn expire_timers(&mut self, now: Instant) {
         let due = self.timers.expire(now);
         for &(key, deadline) in due.entries() {
-            let id = key as u32;
-            let Some(sh) = self.flows.get_mut(&id).and_then(|f| f.ep.shaper.as_mut()) else {
+            let Some(sh) = self.flows.get_mut(&key).and_then(|f| f.ep.shaper.as_mut()) else {
                 continue;
             };
             if due.claim(sh, deadline, &mut self.stats.lateness) {
-                self.dirty.insert(id);
+                self.dirty.insert(key);
             }
         }
     }

@@ -50,10 +50,6 @@ impl Client {
                 Ok((sock, _)) => {
                     let _ = sock.set_nodelay(true);
                     let dest = f.dest.clone();
-                    if self.refuse_while_down() {
-                        drop(sock);
-                        continue;
-                    }
                     self.waiting
                         .push_back(Pending::plain(Sock::Tcp(sock), dest, None));
                 }

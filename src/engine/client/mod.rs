@@ -1,24 +1,32 @@
-//! The client engine: one session to the relay, local sockets carried as streams.
+//! The client engine: tunnels to the relays, local sockets carried as streams.
 //!
 //! Local sockets come from listeners (`qnet forward`, like `ssh -L`; `qnet socks`); the
-//! preload library adds app sockets to the same loop. The session is re-established when
-//! it drops; streams that were open on it fail, and nothing is ever sent directly.
+//! preload library adds app sockets to the same loop. New flows go to the current
+//! tunnel, on the most preferred healthy path (a relay, or a route through two or three);
+//! a tunnel that dies fails the streams open on it, and nothing is ever sent directly.
 //!
 //! [`Client::run`] polls and dispatches; each wakeup ends in `service`'s steps.
-//! The files: `config` (what the loop is told), `link` (the session to the relay),
-//! `forward` and `socks` (local listeners), `attach` (app sockets from the preload
-//! library), `flows` (streams: open, answers, pump, shaped departures).
+//! The files: `config` (what the loop is told), `health` (each path's state, pure),
+//! `shared` (that state shared with this user's other processes), `tunnel` (the
+//! sessions to one path's hops, telescoped), `link` (a tunnel's connection, events and
+//! end), `paths` (which tunnels should exist: current, races, probes, the silence
+//! check), `forward` and `socks` (local listeners), `attach` (app sockets from the
+//! preload library), `flows` (streams: open, answers, pump, shaped departures).
 
 mod attach;
 mod config;
 mod flows;
 mod forward;
+mod health;
 mod link;
+mod paths;
+mod shared;
 mod socks;
+mod tunnel;
 
 pub use attach::Failure;
 pub(crate) use attach::{AppConn, Attach, Command};
-pub use config::{ClientConfig, DestinationError, parse_destination};
+pub use config::{ClientConfig, DestinationError, Hop, PathConfig, parse_destination};
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, ErrorKind};
@@ -29,8 +37,8 @@ use std::time::{Duration, Instant};
 use mio::net::TcpListener;
 use mio::{Events, Poll, Token};
 
+use super::READ_CHUNK;
 use super::timers::ShapedTimers;
-use super::{Link, READ_CHUNK};
 use crate::proto::{Session, SessionStats};
 use attach::Commands;
 use config::relay_address;
@@ -44,7 +52,7 @@ use socks::Handshaking;
 pub(crate) trait Observer: Send {
     /// `fd` belongs to the engine: the app must not close or reuse it.
     fn internal_fd(&self, _fd: RawFd) {}
-    /// The session to the relay is up, from this local address.
+    /// A session to a relay is up, from this local address.
     fn relay_local(&self, _ip: IpAddr) {}
     /// Counters after a service round (before received bytes reach the app).
     fn stats(
@@ -55,7 +63,7 @@ pub(crate) trait Observer: Send {
         _flows: usize,
     ) {
     }
-    /// The session is down; counters of the sessions that ended stay.
+    /// No session is up; counters of the sessions that ended stay.
     fn down(&self, _client: &ClientStats, _closed: &SessionStats) {}
 }
 
@@ -91,8 +99,16 @@ const MAX_PANICS: u32 = 8;
 pub struct Client {
     poll: Poll,
     cfg: ClientConfig,
-    link: Option<Link>,
-    link_token: Token,
+    /// Tunnels to the paths: at most one current, races, probes, draining ones.
+    tunnels: Vec<tunnel::Tunnel>,
+    /// The last tunnel's serial (the high half of its flows' keys).
+    next_serial: u32,
+    /// Every path's health and the order of preference.
+    health: health::Health,
+    /// Paths tried in this round of attempts (cleared when one is up or all failed).
+    tried: Vec<usize>,
+    /// Why the last path failed, for the line an app user sees.
+    last_failure: Option<String>,
     forwards: HashMap<Token, Forward>,
     /// Accepted local sockets waiting for the session.
     waiting: VecDeque<Pending>,
@@ -103,24 +119,25 @@ pub struct Client {
     commands: Option<Commands>,
     /// The relay failure was already reported on stderr (once per outage).
     told_down: bool,
-    flows: HashMap<u32, Flow>,
-    by_token: HashMap<Token, u32>,
+    /// Keyed by tunnel serial (high half) and stream id.
+    flows: HashMap<u64, Flow>,
+    by_token: HashMap<Token, u64>,
     next_token: usize,
-    retry_at: Option<Instant>,
-    backoff: Duration,
     buf: Vec<u8>,
     /// Work was left after the last service round: poll without sleeping.
     busy: bool,
     /// Flows an event touched since the last pump: only these are pumped, so a wakeup
     /// costs O(flows touched), not O(flows).
-    dirty: HashSet<u32>,
+    dirty: HashSet<u64>,
     /// Flows that stopped for room in the session's output: pumped again after a flush.
-    stalled: HashSet<u32>,
+    stalled: HashSet<u64>,
     /// Longest sleep between checks of `run`'s stop condition.
     max_wait: Duration,
+    /// When the tunnels must be looked at again (a race, a probe, a silence check).
+    wake_at: Option<Instant>,
     /// Counters of sessions that ended, so totals survive reconnects.
     closed: SessionStats,
-    /// Shaped flows' next departures (keys are stream ids).
+    /// Shaped flows' next departures (keys are flow keys).
     timers: ShapedTimers,
     /// Counters.
     pub stats: ClientStats,
@@ -134,13 +151,27 @@ pub struct Client {
 impl Client {
     /// Create the loop (nothing is connected until [`Client::run`]).
     pub fn new(cfg: ClientConfig) -> io::Result<Client> {
+        if cfg.paths.is_empty() || cfg.paths.iter().any(|p| p.hops.is_empty()) {
+            return Err(io::Error::other("no relay configured"));
+        }
         let poll = Poll::new()?;
         let timers = ShapedTimers::new(poll.registry(), TIMER)?;
+        let weights: Vec<(Option<&str>, u32)> = cfg
+            .paths
+            .iter()
+            .map(|p| (p.group.as_deref(), p.weight))
+            .collect();
+        // Without randomness the configured order stands (weights only spread load).
+        let health = health::Health::new(&weights, || crate::entropy::next_u64().unwrap_or(0));
+        drop(weights);
         Ok(Client {
             poll,
             cfg,
-            link: None,
-            link_token: Token(0),
+            tunnels: Vec::new(),
+            next_serial: 0,
+            health,
+            tried: Vec::new(),
+            last_failure: None,
             forwards: HashMap::new(),
             waiting: VecDeque::new(),
             socks_listeners: HashMap::new(),
@@ -150,13 +181,12 @@ impl Client {
             flows: HashMap::new(),
             by_token: HashMap::new(),
             next_token: FIRST_LOCAL,
-            retry_at: None,
-            backoff: link::FIRST_BACKOFF,
             buf: vec![0u8; READ_CHUNK],
             busy: false,
             dirty: HashSet::new(),
             stalled: HashSet::new(),
             max_wait: Duration::from_millis(100),
+            wake_at: None,
             closed: SessionStats::default(),
             timers,
             stats: ClientStats::default(),
@@ -183,11 +213,9 @@ impl Client {
         self.observer = observer;
     }
 
-    /// Whether the session is up.
+    /// Whether a session new flows can use is up.
     pub fn is_connected(&self) -> bool {
-        self.link
-            .as_ref()
-            .is_some_and(|l| l.session.is_established())
+        self.current().is_some()
     }
 
     /// Sleep at most this long between checks of `run`'s stop condition (default 100 ms).
@@ -206,7 +234,9 @@ impl Client {
     /// an error (and its flows fail closed) rather than panic forever.
     pub fn run(&mut self, mut stop: impl FnMut(&Client) -> bool) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
-        self.connect_relay(Instant::now());
+        let now = Instant::now();
+        self.learn_shared(now);
+        self.wake_at = self.manage_tunnels(now);
         super::lower_timer_slack();
         let mut panics = 0;
         while !stop(self) {
@@ -217,8 +247,8 @@ impl Client {
                 Err(_) => {
                     panics += 1;
                     if panics > MAX_PANICS {
-                        self.close_link();
-                        self.fail_flows(libc::ECONNRESET);
+                        self.close_all();
+                        self.fail_all(libc::ECONNRESET);
                         return Err(io::Error::other("repeated internal errors"));
                     }
                     self.recover(Instant::now());
@@ -246,10 +276,7 @@ impl Client {
             let writable = ev.is_writable() || ev.is_error();
             self.dispatch(now, ev.token(), readable, writable);
         }
-        if self.link.is_none() && self.retry_at.is_some_and(|t| t <= now) {
-            self.connect_relay(now);
-        }
-        self.link_timeout(now);
+        self.tunnel_timeouts(now);
         self.expire_timers(now);
         self.service(now);
         Ok(())
@@ -266,29 +293,30 @@ impl Client {
             Error,
             "internal error in the engine; its connections were reset, new ones are served"
         );
-        self.close_link();
-        self.fail_flows(libc::ECONNRESET);
+        self.close_all();
+        self.fail_all(libc::ECONNRESET);
         self.handshakes.clear();
         self.dirty.clear();
         self.stalled.clear();
         self.timers.clear();
         self.busy = false;
         self.told_down = false;
-        self.backoff = link::FIRST_BACKOFF;
-        self.connect_relay(now);
+        self.tried.clear();
+        self.wake_at = self.manage_tunnels(now);
     }
 
-    /// How long the next poll may sleep: until the retry or the session's next timer,
-    /// at most `max_wait`; not at all when the last round left work.
+    /// How long the next poll may sleep: until a tunnel's check or a session's next
+    /// timer, at most `max_wait`; not at all when the last round left work.
     fn timeout(&self, now: Instant) -> Duration {
         if self.busy {
             return Duration::ZERO;
         }
-        let session = self.link.as_ref().and_then(|l| l.session.next_timeout());
-        let deadline = match (self.retry_at, session) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let deadline = self
+            .tunnels
+            .iter()
+            .filter_map(|t| t.next_timeout())
+            .chain(self.wake_at)
+            .min();
         deadline
             .map(|t| t.saturating_duration_since(now))
             .unwrap_or(self.max_wait)
@@ -305,11 +333,11 @@ impl Client {
             self.socks_accept(t);
         } else if self.handshakes.contains_key(&t) {
             self.socks_read(t);
-        } else if t == self.link_token && self.link.is_some() {
+        } else if let Some(i) = self.tunnels.iter().position(|l| l.token == t) {
             // The session's output may have drained: retry flows that waited for room.
             let stalled = std::mem::take(&mut self.stalled);
             self.dirty.extend(stalled);
-            self.link_event(now, readable);
+            self.tunnel_event(now, i, readable);
         } else if self.forwards.contains_key(&t) {
             self.accept(t);
         } else if let Some(&s) = self.by_token.get(&t) {
@@ -325,180 +353,24 @@ impl Client {
     /// the flows an event touched, with the counters published around it.
     fn service(&mut self, now: Instant) {
         self.expire_handshakes(now);
-        if self.link.is_none() {
-            return;
-        }
         self.session_events(now);
+        self.wake_at = self.manage_tunnels(now);
         self.open_waiting(now);
         // Before the pump hands received bytes to the app: an app that read them must
         // find them counted.
         self.publish();
-        if self.pump_dirty(now) {
-            self.publish();
-        }
+        self.pump_dirty(now);
+        self.publish();
     }
 
-    /// Tell the observer the counters.
+    /// Tell the observer the counters (the current tunnel's session's).
     fn publish(&self) {
-        if let Some(l) = &self.link {
+        if let Some(s) = self.current().and_then(|i| self.tunnels[i].exit()) {
             self.observer
-                .stats(&l.session, &self.stats, &self.closed, self.flows.len());
+                .stats(s, &self.stats, &self.closed, self.flows.len());
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpListener, TcpStream};
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    use crate::keys::PrivateKey;
-    use crate::relay::policy::ExitPolicy;
-    use crate::relay::server::{Relay, RelayConfig};
-
-    /// An echo server on loopback.
-    fn echo_server() -> SocketAddr {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = l.local_addr().unwrap();
-        std::thread::spawn(move || {
-            for s in l.incoming() {
-                let Ok(mut s) = s else { continue };
-                std::thread::spawn(move || {
-                    let mut r = s.try_clone().unwrap();
-                    let _ = io::copy(&mut r, &mut s);
-                });
-            }
-        });
-        addr
-    }
-
-    /// A relay on loopback admitting `client`, exiting only to 127.0.0.1; runs until
-    /// `stop` is set. Returns its address and public key.
-    fn relay(client: &PrivateKey, stop: Arc<AtomicBool>) -> (SocketAddr, [u8; 32]) {
-        let key = PrivateKey::generate();
-        let public = key.public().0;
-        let server = crate::config::ServerConfig::default();
-        let clients = crate::proto::admit::Admission::shared(key.as_bytes(), [client.public().0]);
-        let cfg = RelayConfig {
-            key,
-            clients,
-            clients_path: None,
-            policy: ExitPolicy::from_exit_allow(&["127.0.0.1/32"]).unwrap(),
-            session: crate::proto::SessionConfig::default(),
-            connect_timeout: Duration::from_secs(5),
-            upstream: None,
-            profile: crate::sched::Profile::Performance,
-            allow_profiles: Vec::new(),
-            clock_skew: server.clock_skew,
-            replay_capacity: server.replay_cache,
-            drain_min: server.drain_min,
-            drain_max: server.drain_max,
-            threads: 0,
-        };
-        let mut r = Relay::bind("127.0.0.1:0".parse().unwrap(), cfg).unwrap();
-        let addr = r.local_addr().unwrap();
-        std::thread::spawn(move || r.run(&stop, &AtomicBool::new(false)));
-        (addr, public)
-    }
-
-    /// A client of the relay at `relay_addr` forwarding a local port (returned) to `echo`.
-    fn forwarding_client(
-        key: PrivateKey,
-        relay_addr: SocketAddr,
-        relay_key: [u8; 32],
-        echo: SocketAddr,
-    ) -> (Client, SocketAddr) {
-        let mut client = Client::new(ClientConfig {
-            relay: relay_addr.to_string(),
-            relay_key,
-            key,
-            session: crate::proto::SessionConfig::default(),
-            upstream: None,
-            timing: crate::config::TimingConfig::default(),
-        })
-        .unwrap();
-        let local = client
-            .forward(
-                "127.0.0.1:0".parse().unwrap(),
-                crate::proto::Destination::Addr(echo),
-            )
-            .unwrap();
-        (client, local)
-    }
-
-    fn echo_round(s: &mut TcpStream, msg: &[u8]) {
-        s.write_all(msg).unwrap();
-        let mut back = vec![0u8; msg.len()];
-        s.read_exact(&mut back).unwrap();
-        assert_eq!(back, msg);
-    }
-
-    #[test]
-    fn engine_survives_its_own_panic_and_serves_later_connects() {
-        let stop = Arc::new(AtomicBool::new(false));
-        let key = PrivateKey::generate();
-        let (relay_addr, relay_key) = relay(&key, stop.clone());
-        let echo = echo_server();
-        let (mut client, local) = forwarding_client(key, relay_addr, relay_key, echo);
-        let fault = client.fault.clone();
-        let s = stop.clone();
-        let engine = std::thread::spawn(move || {
-            let r = client.run(|_| s.load(Ordering::SeqCst));
-            (r, client.stats.sessions)
-        });
-        let timeout = Some(Duration::from_secs(10));
-
-        let mut before = TcpStream::connect(local).unwrap();
-        before.set_read_timeout(timeout).unwrap();
-        echo_round(&mut before, b"before the fault");
-
-        // The next step panics (the loop wakes at least every 100 ms): the flow in
-        // flight is reset, not left hanging or ended as if the peer closed.
-        fault.store(true, Ordering::SeqCst);
-        let mut buf = [0u8; 16];
-        let r = before.read(&mut buf);
-        assert!(
-            matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
-            "the open flow: {r:?}"
-        );
-
-        // The loop goes on, with a fresh session: later connections work.
-        let mut after = TcpStream::connect(local).unwrap();
-        after.set_read_timeout(timeout).unwrap();
-        echo_round(&mut after, b"after the fault");
-
-        stop.store(true, Ordering::SeqCst);
-        let (r, sessions) = engine.join().expect("the engine thread did not die");
-        assert!(r.is_ok(), "{r:?}");
-        assert_eq!(sessions, 2, "a new session after the fault");
-    }
-
-    #[test]
-    fn relay_death_resets_forwarded_connections_instead_of_eof() {
-        let relay_stop = Arc::new(AtomicBool::new(false));
-        let key = PrivateKey::generate();
-        let (relay_addr, relay_key) = relay(&key, relay_stop.clone());
-        let echo = echo_server();
-        let (mut client, local) = forwarding_client(key, relay_addr, relay_key, echo);
-        let stop = Arc::new(AtomicBool::new(false));
-        let s = stop.clone();
-        let engine = std::thread::spawn(move || client.run(|_| s.load(Ordering::SeqCst)));
-        let mut s = TcpStream::connect(local).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        echo_round(&mut s, b"before the relay dies");
-        // The relay's loop ends and drops every session: the flow in flight is cut off,
-        // which the program must not take for the stream's clean end.
-        relay_stop.store(true, Ordering::SeqCst);
-        let mut buf = [0u8; 16];
-        let r = s.read(&mut buf);
-        assert!(
-            matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
-            "the open flow: {r:?}"
-        );
-        stop.store(true, Ordering::SeqCst);
-        assert!(engine.join().unwrap().is_ok());
-    }
-}
+mod tests;

@@ -110,12 +110,6 @@ impl Client {
                     if h.sock.write_all(&reply).is_err() {
                         return;
                     }
-                    if self.refuse_while_down() {
-                        let _ = h
-                            .sock
-                            .write_all(&connect_reply(Err(crate::proto::OpenError::Failure)));
-                        return;
-                    }
                     self.waiting.push_back(Pending {
                         sock: Sock::Tcp(h.sock),
                         dest,

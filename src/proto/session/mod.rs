@@ -730,12 +730,32 @@ impl Session {
             return Err(self.fail(SessionError::Timeout));
         }
         if now >= self.last_tx + self.cfg.keepalive {
+            // A keepalive is sent even with a probe unanswered: it is what keeps the
+            // transport's middleboxes from forgetting an idle connection.
             self.ping_seq += 1;
             self.ping = Some((self.ping_seq, now));
             let payload = self.ping_seq.to_be_bytes();
             self.seal(now, &FrameRepr::Ping { payload }, 0);
         }
         self.maybe_rekey(now);
+        Ok(())
+    }
+
+    /// When the last record (or handshake byte) arrived from the peer.
+    pub fn last_received(&self) -> Instant {
+        self.last_rx
+    }
+
+    /// Send a PING now, unless one is still unanswered: a health check of the peer
+    /// between keepalives (its PONG, like any record, moves [`Self::last_received`]).
+    pub fn probe(&mut self, now: Instant) -> Result<(), StreamError> {
+        self.check_live()?;
+        if self.ping.is_none() {
+            self.ping_seq += 1;
+            self.ping = Some((self.ping_seq, now));
+            let payload = self.ping_seq.to_be_bytes();
+            self.seal(now, &FrameRepr::Ping { payload }, 0);
+        }
         Ok(())
     }
 

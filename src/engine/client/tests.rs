@@ -1,0 +1,335 @@
+//! The client loop against real relays on loopback: panics, relay deaths, failover
+//! between relays, and routes through several.
+
+use super::*;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::keys::PrivateKey;
+use crate::relay::policy::ExitPolicy;
+use crate::relay::server::{Relay, RelayConfig};
+
+/// An echo server on loopback.
+fn echo_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                let _ = io::copy(&mut r, &mut s);
+            });
+        }
+    });
+    addr
+}
+
+/// A relay on loopback admitting `client`, exiting only to 127.0.0.1; runs until
+/// `stop` is set. Returns its address and public key.
+fn relay(client: &PrivateKey, stop: Arc<AtomicBool>) -> (SocketAddr, [u8; 32]) {
+    let key = PrivateKey::generate();
+    let public = key.public().0;
+    let server = crate::config::ServerConfig::default();
+    let clients = crate::proto::admit::Admission::shared(key.as_bytes(), [client.public().0]);
+    let cfg = RelayConfig {
+        key,
+        clients,
+        clients_path: None,
+        policy: ExitPolicy::from_exit_allow(&["127.0.0.1/32"]).unwrap(),
+        session: crate::proto::SessionConfig::default(),
+        connect_timeout: Duration::from_secs(5),
+        upstream: None,
+        profile: crate::sched::Profile::Performance,
+        allow_profiles: Vec::new(),
+        clock_skew: server.clock_skew,
+        replay_capacity: server.replay_cache,
+        drain_min: server.drain_min,
+        drain_max: server.drain_max,
+        threads: 0,
+    };
+    let mut r = Relay::bind("127.0.0.1:0".parse().unwrap(), cfg).unwrap();
+    let addr = r.local_addr().unwrap();
+    std::thread::spawn(move || r.run(&stop, &AtomicBool::new(false)));
+    (addr, public)
+}
+
+/// A client of the relay at `relay_addr` forwarding a local port (returned) to `echo`.
+fn forwarding_client(
+    key: PrivateKey,
+    relay_addr: SocketAddr,
+    relay_key: [u8; 32],
+    echo: SocketAddr,
+) -> (Client, SocketAddr) {
+    let mut client = Client::new(ClientConfig::one_relay(
+        relay_addr.to_string(),
+        relay_key,
+        key,
+    ))
+    .unwrap();
+    let local = client
+        .forward(
+            "127.0.0.1:0".parse().unwrap(),
+            crate::proto::Destination::Addr(echo),
+        )
+        .unwrap();
+    (client, local)
+}
+
+fn echo_round(s: &mut TcpStream, msg: &[u8]) {
+    s.write_all(msg).unwrap();
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(back, msg);
+}
+
+#[test]
+fn engine_survives_its_own_panic_and_serves_later_connects() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let key = PrivateKey::generate();
+    let (relay_addr, relay_key) = relay(&key, stop.clone());
+    let echo = echo_server();
+    let (mut client, local) = forwarding_client(key, relay_addr, relay_key, echo);
+    let fault = client.fault.clone();
+    let s = stop.clone();
+    let engine = std::thread::spawn(move || {
+        let r = client.run(|_| s.load(Ordering::SeqCst));
+        (r, client.stats.sessions)
+    });
+    let timeout = Some(Duration::from_secs(10));
+
+    let mut before = TcpStream::connect(local).unwrap();
+    before.set_read_timeout(timeout).unwrap();
+    echo_round(&mut before, b"before the fault");
+
+    // The next step panics (the loop wakes at least every 100 ms): the flow in
+    // flight is reset, not left hanging or ended as if the peer closed.
+    fault.store(true, Ordering::SeqCst);
+    let mut buf = [0u8; 16];
+    let r = before.read(&mut buf);
+    assert!(
+        matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "the open flow: {r:?}"
+    );
+
+    // The loop goes on, with a fresh session: later connections work.
+    let mut after = TcpStream::connect(local).unwrap();
+    after.set_read_timeout(timeout).unwrap();
+    echo_round(&mut after, b"after the fault");
+
+    stop.store(true, Ordering::SeqCst);
+    let (r, sessions) = engine.join().expect("the engine thread did not die");
+    assert!(r.is_ok(), "{r:?}");
+    assert_eq!(sessions, 2, "a new session after the fault");
+}
+
+#[test]
+fn relay_death_resets_forwarded_connections_instead_of_eof() {
+    let relay_stop = Arc::new(AtomicBool::new(false));
+    let key = PrivateKey::generate();
+    let (relay_addr, relay_key) = relay(&key, relay_stop.clone());
+    let echo = echo_server();
+    let (mut client, local) = forwarding_client(key, relay_addr, relay_key, echo);
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let engine = std::thread::spawn(move || client.run(|_| s.load(Ordering::SeqCst)));
+    let mut s = TcpStream::connect(local).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    echo_round(&mut s, b"before the relay dies");
+    // The relay's loop ends and drops every session: the flow in flight is cut off,
+    // which the program must not take for the stream's clean end.
+    relay_stop.store(true, Ordering::SeqCst);
+    let mut buf = [0u8; 16];
+    let r = s.read(&mut buf);
+    assert!(
+        matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "the open flow: {r:?}"
+    );
+    stop.store(true, Ordering::SeqCst);
+    assert!(engine.join().unwrap().is_ok());
+}
+
+/// A TCP forwarder to `target` that can be frozen: while frozen it moves no byte either
+/// way and keeps the connections open, as a stopped relay process or a cut link does.
+fn freezable(target: SocketAddr) -> (SocketAddr, Arc<AtomicBool>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let frozen = Arc::new(AtomicBool::new(false));
+    let f = frozen.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(a) = s else { continue };
+            let Ok(b) = TcpStream::connect(target) else {
+                continue;
+            };
+            for (mut from, mut to) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)] {
+                let f = f.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 16384];
+                    loop {
+                        while f.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        match from.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                while f.load(Ordering::SeqCst) {
+                                    std::thread::sleep(Duration::from_millis(5));
+                                }
+                                if to.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+    (addr, frozen)
+}
+
+/// A listener that accepts and never answers: a black-holed relay.
+fn black_hole() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut keep = Vec::new();
+        for s in l.incoming() {
+            keep.push(s);
+        }
+    });
+    addr
+}
+
+/// A client of `paths` (each one relay) forwarding a local port (returned) to `echo`,
+/// running on its own thread until `stop`.
+fn failover_client(
+    key: PrivateKey,
+    paths: &[(SocketAddr, [u8; 32])],
+    echo: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> SocketAddr {
+    let mut cfg = ClientConfig::one_relay(paths[0].0.to_string(), paths[0].1, key);
+    cfg.paths = paths
+        .iter()
+        .map(|(a, k)| PathConfig::relay(a.to_string(), *k))
+        .collect();
+    let mut client = Client::new(cfg).unwrap();
+    let local = client
+        .forward(
+            "127.0.0.1:0".parse().unwrap(),
+            crate::proto::Destination::Addr(echo),
+        )
+        .unwrap();
+    std::thread::spawn(move || client.run(|_| stop.load(Ordering::SeqCst)));
+    local
+}
+
+/// Connect through the client and echo `msg`; how long it took.
+fn timed_echo(local: SocketAddr, msg: &[u8]) -> Duration {
+    let t = std::time::Instant::now();
+    let mut s = TcpStream::connect(local).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    echo_round(&mut s, msg);
+    t.elapsed()
+}
+
+#[test]
+fn a_relay_that_goes_silent_loses_new_flows_to_the_next_within_a_second() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let key = PrivateKey::generate();
+    let (r1, k1) = relay(&key, stop.clone());
+    let (r2, k2) = relay(&key, stop.clone());
+    let (p1, frozen) = freezable(r1);
+    let echo = echo_server();
+    let local = failover_client(key, &[(p1, k1), (r2, k2)], echo, stop.clone());
+    // A long-lived flow on the first relay keeps its tunnel watched.
+    let mut held = TcpStream::connect(local).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    echo_round(&mut held, b"through the first relay");
+    frozen.store(true, Ordering::SeqCst);
+    // A new flow started at the fault waits for the silence check, then goes elsewhere.
+    let took = timed_echo(local, b"after the freeze");
+    assert!(took < Duration::from_secs(1), "recovery took {took:?}");
+    // The flow on the silent relay is reset once it stays silent, not left hanging.
+    let mut buf = [0u8; 8];
+    held.write_all(b"x").unwrap();
+    let r = held.read(&mut buf);
+    assert!(
+        matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "the flow on the silent relay: {r:?}"
+    );
+    stop.store(true, Ordering::SeqCst);
+}
+
+#[test]
+fn a_relay_that_dies_loses_new_flows_to_the_next_at_once() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop1 = Arc::new(AtomicBool::new(false));
+    let key = PrivateKey::generate();
+    let (r1, k1) = relay(&key, stop1.clone());
+    let (r2, k2) = relay(&key, stop.clone());
+    let echo = echo_server();
+    let local = failover_client(key, &[(r1, k1), (r2, k2)], echo, stop.clone());
+    timed_echo(local, b"through the first relay");
+    stop1.store(true, Ordering::SeqCst);
+    // The relay's loop wakes within 100 ms and drops its sessions.
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..5 {
+        let took = timed_echo(local, b"after the death");
+        assert!(took < Duration::from_millis(500), "took {took:?}");
+    }
+    stop.store(true, Ordering::SeqCst);
+}
+
+#[test]
+fn a_black_holed_first_relay_is_raced_happy_eyeballs_style() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let key = PrivateKey::generate();
+    let (r2, k2) = relay(&key, stop.clone());
+    let hole = black_hole();
+    let echo = echo_server();
+    let local = failover_client(key, &[(hole, [7; 32]), (r2, k2)], echo, stop.clone());
+    // The first connect races the silent relay's handshake after 250 ms.
+    let took = timed_echo(local, b"despite the black hole");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    stop.store(true, Ordering::SeqCst);
+}
+
+#[test]
+fn every_relay_down_fails_flows_with_a_refusal_and_nothing_hangs() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let key = PrivateKey::generate();
+    // Two closed ports: nothing listens.
+    let closed: Vec<SocketAddr> = (0..2)
+        .map(|_| {
+            TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        })
+        .collect();
+    let echo = echo_server();
+    let local = failover_client(
+        key,
+        &[(closed[0], [1; 32]), (closed[1], [2; 32])],
+        echo,
+        stop.clone(),
+    );
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(local).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 4];
+        let r = s.read(&mut buf);
+        assert!(
+            matches!(&r, Ok(0)) || matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+            "{r:?}"
+        );
+    }
+    stop.store(true, Ordering::SeqCst);
+}
