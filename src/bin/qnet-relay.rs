@@ -11,6 +11,7 @@ use qnet::config::{Config, Upstream};
 use qnet::engine::{log, session_config};
 use qnet::keys::{load_allow_list, load_private_key};
 use qnet::proto::admit::Admission;
+use qnet::relay::extend::ExtendPolicy;
 use qnet::relay::policy::ExitPolicy;
 use qnet::relay::server::{ExitProxy, Relay, RelayConfig};
 use qnet::sched::Profile;
@@ -74,6 +75,12 @@ struct Args {
     /// Present fresh SOCKS credentials per client session (a Tor circuit each).
     #[arg(long)]
     isolate: bool,
+    /// A relay this one extends client sessions to as a middle hop of a multi-hop route
+    /// (repeatable; replaces [server] relays). Extends go there directly, whatever the
+    /// exit policy says; never to this relay itself nor straight back to the relay a
+    /// session came from.
+    #[arg(long = "extend-to", value_name = "HOST:PORT")]
+    extend_to: Vec<String>,
     /// Event loops, one thread each (0: one per core, the default; [server] threads).
     /// Each session stays on one loop; caps and quotas hold for the whole relay.
     #[arg(long, value_name = "N")]
@@ -150,6 +157,7 @@ fn run(args: Args) -> Result<(), String> {
         }
         None => None,
     };
+    let extend = ExtendPolicy::new(&args.extend_to).map_err(|e| format!("--extend-to: {e}"))?;
     qnet::engine::raise_fd_limit();
 
     let relay_cfg = RelayConfig {
@@ -157,6 +165,7 @@ fn run(args: Args) -> Result<(), String> {
         clients,
         clients_path: Some(clients_path),
         policy,
+        extend,
         session: session_config(&cfg.session),
         connect_timeout: Duration::from_secs(args.connect_timeout),
         upstream,

@@ -1,4 +1,5 @@
-//! The server role of the engine: accept, authenticate, exit policy, dial.
+//! The server role of the engine: accept, authenticate, exit policy, extends, dial.
 
+pub mod extend;
 pub mod policy;
 pub mod server;

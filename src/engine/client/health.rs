@@ -62,14 +62,15 @@ pub(super) struct Health {
 }
 
 impl Health {
-    /// `paths` lists each path's (group, weight) in configured order. Groups keep the
-    /// order of their first path; inside a group the order is drawn by weight (RFC 2782's
-    /// selection), so clients of one organisation spread over its relays. `draw` returns
-    /// uniform random numbers.
+    /// `paths` lists each path's (group, weight) in configured order, which is the order
+    /// of preference. A group takes the place of its first path; inside it the order is
+    /// drawn by weight (RFC 2782's selection), so clients of one organisation spread over
+    /// its relays. `draw` returns uniform random numbers.
     pub(super) fn new(paths: &[(Option<&str>, u32)], mut draw: impl FnMut() -> u64) -> Health {
+        // A path without a group is a tier of its own: the configured order stands.
         let mut groups: Vec<(Option<&str>, Vec<usize>)> = Vec::new();
         for (i, (g, _)) in paths.iter().enumerate() {
-            match groups.iter_mut().find(|(name, _)| name == g) {
+            match groups.iter_mut().find(|(name, _)| g.is_some() && name == g) {
                 Some((_, members)) => members.push(i),
                 None => groups.push((*g, vec![i])),
             }
@@ -236,8 +237,9 @@ mod tests {
         // Weight 3 against 1: about three quarters of the draws start with path 2.
         assert!((2700..3300).contains(&firsts[2]), "{firsts:?}");
         assert_eq!(firsts[1], 0);
-        let plain = Health::new(&[(None, 1), (None, 1)], || 0);
-        assert_eq!(plain.preference(), [0, 1]);
+        // Without groups the configured order stands, whatever the weights and draws.
+        let plain = Health::new(&[(None, 1), (None, 9), (None, 1)], &mut draw);
+        assert_eq!(plain.preference(), [0, 1, 2]);
     }
 
     #[test]

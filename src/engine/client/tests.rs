@@ -30,6 +30,17 @@ fn echo_server() -> SocketAddr {
 /// A relay on loopback admitting `client`, exiting only to 127.0.0.1; runs until
 /// `stop` is set. Returns its address and public key.
 fn relay(client: &PrivateKey, stop: Arc<AtomicBool>) -> (SocketAddr, [u8; 32]) {
+    relay_at("127.0.0.1", client, stop, &[])
+}
+
+/// A relay on loopback address `ip` admitting `client`, exiting only to 127.0.0.1 and
+/// extending to `extend`.
+fn relay_at(
+    ip: &str,
+    client: &PrivateKey,
+    stop: Arc<AtomicBool>,
+    extend: &[String],
+) -> (SocketAddr, [u8; 32]) {
     let key = PrivateKey::generate();
     let public = key.public().0;
     let server = crate::config::ServerConfig::default();
@@ -39,6 +50,7 @@ fn relay(client: &PrivateKey, stop: Arc<AtomicBool>) -> (SocketAddr, [u8; 32]) {
         clients,
         clients_path: None,
         policy: ExitPolicy::from_exit_allow(&["127.0.0.1/32"]).unwrap(),
+        extend: crate::relay::extend::ExtendPolicy::new(extend).unwrap(),
         session: crate::proto::SessionConfig::default(),
         connect_timeout: Duration::from_secs(5),
         upstream: None,
@@ -50,7 +62,7 @@ fn relay(client: &PrivateKey, stop: Arc<AtomicBool>) -> (SocketAddr, [u8; 32]) {
         drain_max: server.drain_max,
         threads: 0,
     };
-    let mut r = Relay::bind("127.0.0.1:0".parse().unwrap(), cfg).unwrap();
+    let mut r = Relay::bind(format!("{ip}:0").parse().unwrap(), cfg).unwrap();
     let addr = r.local_addr().unwrap();
     std::thread::spawn(move || r.run(&stop, &AtomicBool::new(false)));
     (addr, public)
@@ -331,5 +343,78 @@ fn every_relay_down_fails_flows_with_a_refusal_and_nothing_hangs() {
             "{r:?}"
         );
     }
+    stop.store(true, Ordering::SeqCst);
+}
+
+/// A client of one route through `hops`, forwarding a local port (returned) to `echo`.
+fn route_client(
+    key: PrivateKey,
+    hops: &[(SocketAddr, [u8; 32])],
+    echo: SocketAddr,
+    stop: Arc<AtomicBool>,
+) -> SocketAddr {
+    let mut cfg = ClientConfig::one_relay(hops[0].0.to_string(), hops[0].1, key);
+    cfg.paths[0].hops = hops
+        .iter()
+        .map(|(a, k)| Hop {
+            address: a.to_string(),
+            key: *k,
+        })
+        .collect();
+    let mut client = Client::new(cfg).unwrap();
+    let local = client
+        .forward(
+            "127.0.0.1:0".parse().unwrap(),
+            crate::proto::Destination::Addr(echo),
+        )
+        .unwrap();
+    std::thread::spawn(move || client.run(|_| stop.load(Ordering::SeqCst)));
+    local
+}
+
+#[test]
+fn a_route_of_two_and_of_three_relays_carries_a_megabyte_both_ways() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let key = PrivateKey::generate();
+    let (c, kc) = relay_at("127.0.0.4", &key, stop.clone(), &[]);
+    let (b, kb) = relay_at("127.0.0.3", &key, stop.clone(), &[c.to_string()]);
+    let (a, ka) = relay_at("127.0.0.2", &key, stop.clone(), &[b.to_string()]);
+    let echo = echo_server();
+    for hops in [vec![(a, ka), (b, kb)], vec![(a, ka), (b, kb), (c, kc)]] {
+        let local = route_client(key.clone(), &hops, echo, stop.clone());
+        let mut s = TcpStream::connect(local).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        echo_round(&mut s, b"through every hop");
+        let big: Vec<u8> = (0..1 << 20).map(|i| (i * 7 + i / 251) as u8).collect();
+        let mut r = s.try_clone().unwrap();
+        let expect = big.clone();
+        let reader = std::thread::spawn(move || {
+            let mut back = vec![0u8; expect.len()];
+            r.read_exact(&mut back).unwrap();
+            back == expect
+        });
+        s.write_all(&big).unwrap();
+        assert!(reader.join().unwrap(), "{} hops: bytes differ", hops.len());
+    }
+    stop.store(true, Ordering::SeqCst);
+}
+
+#[test]
+fn a_relay_refuses_to_extend_to_an_address_that_is_not_a_listed_relay() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let key = PrivateKey::generate();
+    let (b, kb) = relay_at("127.0.0.3", &key, stop.clone(), &[]);
+    // A lists no relay: B's address is a destination its exit policy refuses.
+    let (a, ka) = relay_at("127.0.0.2", &key, stop.clone(), &[]);
+    let echo = echo_server();
+    let local = route_client(key, &[(a, ka), (b, kb)], echo, stop.clone());
+    let mut s = TcpStream::connect(local).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 4];
+    let r = s.read(&mut buf);
+    assert!(
+        matches!(&r, Ok(0)) || matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "{r:?}"
+    );
     stop.store(true, Ordering::SeqCst);
 }

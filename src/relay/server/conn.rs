@@ -44,6 +44,8 @@ pub(super) struct Conn {
     pub(super) read_paused: bool,
     /// The address the per-address caps count it under.
     pub(super) source: IpAddr,
+    /// Where the connection comes from (logs; extends never go straight back there).
+    pub(super) peer: SocketAddr,
     /// The deadline this connection's live entry in the relay's timer heap is for.
     pub(super) armed: Option<Instant>,
     /// The client's key and its session count once it authenticated: SIGHUP ends the
@@ -222,6 +224,7 @@ impl Loop {
                 armed: None,
                 read_paused: false,
                 source: source_key(peer.ip()),
+                peer,
             },
         );
         self.rearm(t);

@@ -3,6 +3,7 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use mio::Token;
@@ -16,6 +17,7 @@ use crate::engine::pump::{Endpoint, Sock};
 use crate::engine::shape::Shaper;
 use crate::proto::{Destination, OpenError};
 use crate::qlog;
+use crate::relay::extend::Extend;
 use crate::sched::{Direction, Profile};
 use crate::socks::{ClientHandshake, ClientProgress};
 
@@ -98,16 +100,41 @@ impl Loop {
         let Some(conn) = self.conns.get_mut(&c) else {
             return;
         };
-        let proxy = self.cfg.upstream.as_ref().map(|u| u.addr);
-        let (dest, allowed) = self.cfg.policy.judge(dest, proxy.is_some());
-        if !allowed {
-            qlog!(Info, "exit policy refuses {dest}");
-            let _ = conn
-                .link
-                .session
-                .open_result(now, s, Err(OpenError::Forbidden));
-            return;
-        }
+        let mut proxy = self.cfg.upstream.as_ref().map(|u| u.addr);
+        let peer = conn.peer;
+        let dest = match self.cfg.extend.judge(&dest, peer.ip()) {
+            Extend::NotARelay => {
+                let (dest, allowed) = self.cfg.policy.judge(dest, proxy.is_some());
+                if !allowed {
+                    qlog!(Info, "exit policy refuses {dest}");
+                    let _ = conn
+                        .link
+                        .session
+                        .open_result(now, s, Err(OpenError::Forbidden));
+                    return;
+                }
+                dest
+            }
+            Extend::Allowed => {
+                // The next hop of a route: dialled directly, as the operator listed it.
+                proxy = None;
+                let n = self.shared.extends.fetch_add(1, Relaxed) + 1;
+                qlog!(Info, "extend #{n}: a session from {peer} to relay {dest}");
+                dest
+            }
+            Extend::Refused(why) => {
+                let n = self.shared.extends_refused.fetch_add(1, Relaxed) + 1;
+                qlog!(
+                    Info,
+                    "extend refused (#{n}): a session from {peer} to relay {dest}: {why}"
+                );
+                let _ = conn
+                    .link
+                    .session
+                    .open_result(now, s, Err(OpenError::Forbidden));
+                return;
+            }
+        };
         // Only a name this relay resolves itself is a lookup; with an exit proxy the
         // proxy resolves it and the stream is a dial from the start.
         let pending = match (&dest, proxy) {

@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::extend::ExtendPolicy;
 use super::policy::ExitPolicy;
 use crate::config::ServerLimits;
 use crate::engine::pump::PumpState;
@@ -66,6 +67,8 @@ pub struct RelayConfig {
     pub clients_path: Option<PathBuf>,
     /// Which destinations may be dialled.
     pub policy: ExitPolicy,
+    /// The relays client sessions may be extended to (multi-hop routes).
+    pub extend: ExtendPolicy,
     /// Session limits and timers.
     pub session: SessionConfig,
     /// How long a destination may take to accept a connection (through the upstream
@@ -353,11 +356,15 @@ impl Loop {
     /// last list.
     fn refresh_own_addrs(&mut self, now: Instant) {
         self.own_addrs_read = now;
-        if !self.cfg.policy.refuses_own_addrs() {
+        if !self.cfg.policy.refuses_own_addrs() && self.cfg.extend.is_empty() {
             return;
         }
         match crate::os::interface_addrs() {
-            Ok(own) => self.cfg.policy.set_own_addrs(own),
+            Ok(own) => {
+                let port = self.listener.local_addr().map_or(0, |a| a.port());
+                self.cfg.extend.set_own(own.iter().copied(), port);
+                self.cfg.policy.set_own_addrs(own);
+            }
             Err(e) => qlog!(
                 Error,
                 "cannot re-read this host's addresses, keeping the last: {e}"
@@ -657,6 +664,7 @@ mod tests {
             clients: SharedAdmission::default(),
             clients_path: None,
             policy: ExitPolicy::from_exit_allow(&["127.0.0.1/32"]).unwrap(),
+            extend: crate::relay::extend::ExtendPolicy::default(),
             session: SessionConfig::default(),
             connect_timeout: Duration::from_secs(5),
             upstream: None,

@@ -60,6 +60,9 @@ pub(super) struct Shared {
     halt: AtomicBool,
     /// Every loop's waker, to make them see a reload or a halt at once.
     wakers: Vec<Arc<Waker>>,
+    /// Extends dialled, and refused, across the loops.
+    pub(super) extends: AtomicU64,
+    pub(super) extends_refused: AtomicU64,
 }
 
 impl Shared {
@@ -147,20 +150,22 @@ fn loop_count(configured: usize) -> usize {
 
 impl Relay {
     /// Bind one listener per loop (`cfg.threads`; port 0 picks one port for all), read
-    /// the host's own addresses (if the exit policy refuses them) and start the resolver
+    /// the host's own addresses (if the exit policy refuses them or the relay extends:
+    /// it never extends to itself) and start the resolver
     /// threads the loops share.
     pub fn bind(addr: SocketAddr, mut cfg: RelayConfig) -> io::Result<Relay> {
-        if cfg.policy.refuses_own_addrs() {
-            let own = crate::os::interface_addrs().map_err(|e| {
-                io::Error::new(e.kind(), format!("reading this host's addresses: {e}"))
-            })?;
-            cfg.policy.set_own_addrs(own);
-        }
         // Before the loops' threads: memory they free must go back (see `trim`).
         crate::os::steady_malloc_thresholds();
         let n = loop_count(cfg.threads);
         let first = listener(addr, n > 1)?;
         let addr = first.local_addr()?;
+        if cfg.policy.refuses_own_addrs() || !cfg.extend.is_empty() {
+            let own = crate::os::interface_addrs().map_err(|e| {
+                io::Error::new(e.kind(), format!("reading this host's addresses: {e}"))
+            })?;
+            cfg.extend.set_own(own.iter().copied(), addr.port());
+            cfg.policy.set_own_addrs(own);
+        }
         let mut listeners = vec![first];
         for _ in 1..n {
             listeners.push(listener(addr, true)?);
@@ -179,6 +184,8 @@ impl Relay {
             generation: AtomicU64::new(0),
             halt: AtomicBool::new(false),
             wakers: polls.iter().map(|(_, w)| w.clone()).collect(),
+            extends: AtomicU64::new(0),
+            extends_refused: AtomicU64::new(0),
         });
         let resolve_tx = super::names::spawn_resolvers()?;
         let loops = polls
