@@ -27,21 +27,22 @@ impl ClientConfig {
     /// Take relay, relay key, client key and session tunables from a loaded config.
     // A `String` error still: the preload runtime's and the C API's config checks take one.
     pub fn from_config(cfg: &crate::config::Config) -> Result<ClientConfig, String> {
-        let relay = cfg
-            .relay
-            .clone()
-            .ok_or("no relay configured (config `relay` or QNET_RELAY)")?;
-        let relay_key = cfg
-            .relay_key
-            .ok_or("no relay key configured (config `relay_key` or QNET_RELAY_KEY)")?;
+        // For now the entry of the first path only.
+        let Some(hop) = cfg.paths().into_iter().flatten().next() else {
+            return Err(match cfg.relay_without_key() {
+                Some(_) => "no relay key configured (config `relay_key` or QNET_RELAY_KEY)",
+                None => "no relay configured (config `relay` or QNET_RELAY)",
+            }
+            .into());
+        };
         let key_path = cfg
             .key
             .as_ref()
             .ok_or("no client key configured (config `key` or QNET_KEY)")?;
         let key = crate::keys::load_private_key(key_path).map_err(|e| e.to_string())?;
         Ok(ClientConfig {
-            relay,
-            relay_key: relay_key.0,
+            relay: hop.address,
+            relay_key: hop.key.0,
             key,
             session: crate::engine::session_config(&cfg.session),
             upstream: cfg.upstream.clone(),
