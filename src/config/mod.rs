@@ -48,6 +48,7 @@
 //! lookups_per_key = 256          # names being resolved for one key; more: TOO_MANY_STREAMS
 //! output_high_water_kib = 4096   # a client's unsent output above which it is not read
 //! threads = 0                    # event loops, one thread each; 0: one per core (--threads)
+//! relays = ["10.0.0.2:7000"]     # relays this relay extends to as a middle hop (multi-hop routes)
 //! [intercept]                    # read by libqnet.so inside the app
 //! bypass = ["127.0.0.0/8", "::1/128"]  # connected directly (CIDR); unix sockets always are
 //! remote_dns = true              # names resolve at the relay; the app sees fake addresses
