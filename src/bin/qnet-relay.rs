@@ -157,7 +157,12 @@ fn run(args: Args) -> Result<(), String> {
         }
         None => None,
     };
-    let extend = ExtendPolicy::new(&args.extend_to).map_err(|e| format!("--extend-to: {e}"))?;
+    let extend_to = if args.extend_to.is_empty() {
+        cfg.server.relays.clone()
+    } else {
+        args.extend_to
+    };
+    let extend = ExtendPolicy::new(&extend_to).map_err(|e| format!("--extend-to: {e}"))?;
     qnet::engine::raise_fd_limit();
 
     let relay_cfg = RelayConfig {

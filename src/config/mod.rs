@@ -1,12 +1,21 @@
 //! Client and relay configuration: a TOML file, then `QNET_*` environment overrides.
 //!
 //! ```toml
-//! relay = "127.0.0.1:7000"      # host:port of the relay (client side); IPv6 as [::1]:7000
-//! relay_key = "<base64 public key of the relay>"
+//! relay = "127.0.0.1:7000"      # host:port of the relay (client side); IPv6 as [::1]:7000;
+//!                               # several in order of preference: "10.0.0.1:7000, 10.0.0.2:7000"
+//! relay_key = "<base64 public key of the relay>"  # several: one per relay, in the same order
 //! key = "/path/to/client.key"    # client's private key file
 //! log = "warn"                   # off|error|warn|info|debug|trace
 //! upstream = "socks5://127.0.0.1:9050"  # reach the relay through a SOCKS5 proxy (user:pass@ optional)
 //! isolate = false                # fresh SOCKS credentials per session (a circuit each with Tor)
+//! [[relays]]                     # instead of relay and relay_key: one table per relay
+//! address = "10.0.0.1:7000"
+//! key = "<base64 public key of the relay>"
+//! group = "eu"                   # optional label
+//! weight = 2                     # optional, 1 to 1000 (default 1)
+//! [[routes]]                     # multi-hop: 2 or 3 hops, entry first, exit last
+//! name = "two-hop"               # optional
+//! hops = ["10.0.0.1:7000", "10.0.0.2:7000@<base64 key>"]  # a listed relay, or HOST:PORT@KEY
 //! [session]
 //! keepalive_secs = 25            # PING after this much idle time
 //! idle_timeout_secs = 90         # session dead if nothing received for this long
@@ -39,6 +48,7 @@
 //! lookups_per_key = 256          # names being resolved for one key; more: TOO_MANY_STREAMS
 //! output_high_water_kib = 4096   # a client's unsent output above which it is not read
 //! threads = 0                    # event loops, one thread each; 0: one per core (--threads)
+//! relays = ["10.0.0.2:7000"]     # relays this relay extends to as a middle hop (multi-hop routes)
 //! [intercept]                    # read by libqnet.so inside the app
 //! bypass = ["127.0.0.0/8", "::1/128"]  # connected directly (CIDR); unix sockets always are
 //! remote_dns = true              # names resolve at the relay; the app sees fake addresses
@@ -70,7 +80,10 @@
 //! exist), `$HOME/.config/qnet/qnet.toml`, `/etc/qnet/qnet.toml`; with none of them it
 //! starts from the defaults. Then `QNET_RELAY`, `QNET_RELAY_KEY`, `QNET_KEY`, `QNET_LOG`,
 //! `QNET_PROFILE` and `QNET_SECCOMP` override the matching keys; a variable set to the empty string
-//! counts as unset.
+//! counts as unset. `QNET_RELAY` and `QNET_RELAY_KEY` take comma-separated lists like the
+//! file's; either rebuilds the relay list, the other half coming from the file.
+//! `QNET_HOPS` (`HOST:PORT@KEY, ...`, entry first; a listed relay's key may be left out)
+//! replaces the file's routes with one route.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -79,11 +92,10 @@ use serde::Deserialize;
 use thiserror::Error;
 use toml::Value;
 
-use crate::keys::PublicKey;
-
 mod entropy;
 mod intercept;
 mod log;
+mod relays;
 mod server;
 mod session;
 mod sources;
@@ -97,6 +109,7 @@ pub use crate::net::Cidr;
 pub use entropy::{EntropyConfig, EntropySource};
 pub use intercept::{DNS_PORTS, InterceptConfig, JailMode, Route};
 pub use log::{LogLevel, ParseLogLevelError};
+pub use relays::{Hop, RelayEntry, RouteConfig, WeightedPath};
 pub use server::{ServerConfig, ServerLimits};
 pub use session::SessionParams;
 pub(crate) use sources::SYSTEM_CONFIG_PATH;
@@ -109,10 +122,12 @@ use value::{Origin, toml_error};
 /// A validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Config {
-    /// The relay to connect to, `host:port`.
-    pub relay: Option<String>,
-    /// The relay's static public key.
-    pub relay_key: Option<PublicKey>,
+    /// The relays the client knows, in order of preference.
+    pub relays: Vec<RelayEntry>,
+    /// Multi-hop routes through relays; when any is given, sessions take only these.
+    pub routes: Vec<RouteConfig>,
+    /// A `relay` or `relay_key` given without the other, for the client to report.
+    unpaired: Option<relays::Unpaired>,
     /// The client's private key file.
     pub key: Option<PathBuf>,
     /// Log verbosity.
@@ -190,6 +205,8 @@ pub enum ConfigError {
 struct RawConfig {
     relay: Option<Value>,
     relay_key: Option<Value>,
+    relays: Option<Vec<relays::RawRelay>>,
+    routes: Option<Vec<relays::RawRoute>>,
     upstream: Option<Value>,
     isolate: Option<Value>,
     key: Option<Value>,
@@ -227,21 +244,8 @@ impl Config {
 
     fn from_raw(raw: RawConfig, o: &Origin<'_>) -> Result<Config, ConfigError> {
         let mut config = Config::default();
-        if let Some(v) = raw.relay {
-            if v.is_table() {
-                return Err(o.err(
-                    "relay",
-                    "expected a string \"host:port\"; the relay server's own settings go in [server]",
-                ));
-            }
-            config.relay = Some(o.host_port("relay", v)?);
-        }
+        config.read_relays(o, raw.relay, raw.relay_key, raw.relays, raw.routes)?;
         config.upstream = Upstream::from_raw(o, "", raw.upstream, raw.isolate)?;
-        if let Some(v) = raw.relay_key {
-            let s = o.string("relay_key", v)?;
-            let key = PublicKey::parse_base64(&s).map_err(|e| o.err("relay_key", e.to_string()))?;
-            config.relay_key = Some(key);
-        }
         if let Some(v) = raw.key {
             config.key = Some(o.path("key", v)?);
         }
@@ -291,7 +295,8 @@ mod tests {
         assert_eq!(c.session.stream_window, 262_144);
         assert_eq!(c.session.session_window, 16_777_216);
         assert!(c.server.exit_allow.is_empty());
-        assert!(c.relay.is_none() && c.relay_key.is_none() && c.key.is_none());
+        assert!(c.relays.is_empty() && c.routes.is_empty() && c.key.is_none());
+        assert!(c.paths().is_empty() && c.relay_without_key().is_none());
     }
 
     #[test]
@@ -336,8 +341,15 @@ drain_max_ms = 400
 "#
         );
         let c = parse(&text).unwrap();
-        assert_eq!(c.relay.as_deref(), Some("relay.example.com:7000"));
-        assert_eq!(c.relay_key, Some(KEY_B64.parse().unwrap()));
+        assert_eq!(
+            c.relays,
+            [RelayEntry {
+                address: "relay.example.com:7000".into(),
+                key: KEY_B64.parse().unwrap(),
+                group: None,
+                weight: 1,
+            }]
+        );
         assert_eq!(c.key, Some(PathBuf::from("/path/to/client.key")));
         assert_eq!(c.log, LogLevel::Debug);
         assert_eq!(

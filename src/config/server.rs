@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Value;
 
-use super::value::{Origin, rebase};
+use super::value::{Origin, check_unique, rebase};
 use super::{ConfigError, Upstream, parse_profile};
 use crate::proto::replay::ReplayCache;
 use crate::sched::Profile;
@@ -46,6 +46,8 @@ pub struct ServerConfig {
     pub limits: ServerLimits,
     /// Event loops, one thread each; 0: one per core.
     pub threads: usize,
+    /// Relays this relay may extend client sessions to as a middle hop, `host:port` each.
+    pub relays: Vec<String>,
 }
 
 /// The relay's caps (`[server]` keys of the same names). The defaults are far above
@@ -125,6 +127,7 @@ impl Default for ServerConfig {
             allow_own_addresses: false,
             limits: ServerLimits::default(),
             threads: 0,
+            relays: Vec::new(),
         }
     }
 }
@@ -155,6 +158,7 @@ pub(super) struct RawServer {
     lookups_per_key: Option<Value>,
     output_high_water_kib: Option<Value>,
     threads: Option<Value>,
+    relays: Option<Value>,
 }
 
 impl ServerConfig {
@@ -304,6 +308,14 @@ impl ServerConfig {
             }
             s.threads = n as usize;
         }
+        if let Some(v) = raw.relays {
+            let field = "server.relays";
+            for (i, item) in o.array(field, v)?.into_iter().enumerate() {
+                s.relays.push(o.host_port(&format!("{field}[{i}]"), item)?);
+            }
+            check_unique(field, s.relays.iter().map(String::as_str))
+                .map_err(|m| o.err(field, m))?;
+        }
         if s.drain_min > s.drain_max {
             return Err(o.err(
                 "server.drain_min_ms",
@@ -322,5 +334,49 @@ impl ServerConfig {
         for p in [&mut self.key, &mut self.clients].into_iter().flatten() {
             rebase(p, base);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{err, parse};
+
+    #[test]
+    fn server_relays_are_checked_addresses_without_repeats() {
+        let s = parse(
+            "[server]\nrelays = [\"10.0.0.2:7000\", \"relay-b.example:7000\", \"[::1]:7000\"]",
+        )
+        .unwrap()
+        .server;
+        assert_eq!(
+            s.relays,
+            ["10.0.0.2:7000", "relay-b.example:7000", "[::1]:7000"]
+        );
+        assert!(parse("").unwrap().server.relays.is_empty());
+        assert!(
+            parse("[server]\nrelays = []")
+                .unwrap()
+                .server
+                .relays
+                .is_empty()
+        );
+        assert_eq!(
+            err("[server]\nrelays = [\"10.0.0.2:7000\", \"nope\"]"),
+            "config /etc/qnet/qnet.toml: server.relays[1]: must be host:port, e.g. 127.0.0.1:7000, relay.example.com:7000 or [::1]:7000 (got \"nope\")"
+        );
+        assert_eq!(
+            err(
+                "[server]\nrelays = [\"Relay-B.example:7000\", \"10.0.0.2:7000\", \"relay-b.example:7000\"]"
+            ),
+            "config /etc/qnet/qnet.toml: server.relays: relay-b.example:7000 is listed twice (server.relays[0] and server.relays[2])"
+        );
+        assert!(
+            err("[server]\nrelays = [\"[::1]:7000\", \"[0::1]:7000\"]").contains("is listed twice")
+        );
+        assert_eq!(
+            err("[server]\nrelays = \"10.0.0.2:7000\""),
+            "config /etc/qnet/qnet.toml: server.relays: expected an array, got string"
+        );
+        assert!(err("[server]\nrelays = [7000]").contains("server.relays[0]: expected a string"));
     }
 }

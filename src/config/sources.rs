@@ -10,10 +10,9 @@ use std::fs;
 use std::io::{self, Read as _};
 use std::path::{Path, PathBuf};
 
-use super::value::{check_host_port, check_path, rebase};
+use super::value::{check_path, rebase};
 use super::{Config, ConfigError, ParseLogLevelError, parse_profile};
 use crate::fileperm::{self, Holds};
-use crate::keys::PublicKey;
 
 /// The system-wide config file, read when neither `QNET_CONFIG` nor the user's file exists.
 pub(crate) const SYSTEM_CONFIG_PATH: &str = "/etc/qnet/qnet.toml";
@@ -63,8 +62,8 @@ impl Config {
         Ok(config)
     }
 
-    /// Applies `QNET_RELAY`, `QNET_RELAY_KEY`, `QNET_KEY`, `QNET_LOG`, `QNET_PROFILE` and
-    /// `QNET_SECCOMP` looked up through `get`.
+    /// Applies `QNET_RELAY`, `QNET_RELAY_KEY`, `QNET_HOPS`, `QNET_KEY`, `QNET_LOG`,
+    /// `QNET_PROFILE` and `QNET_SECCOMP` looked up through `get`.
     pub(crate) fn apply_env(
         &mut self,
         get: impl Fn(&str) -> Option<String>,
@@ -73,15 +72,11 @@ impl Config {
             var: var.to_owned(),
             message,
         };
-        if let Some(v) = non_empty(&get, "QNET_RELAY") {
-            check_host_port(&v).map_err(|m| env_err("QNET_RELAY", m))?;
-            self.relay = Some(v);
-        }
-        if let Some(v) = non_empty(&get, "QNET_RELAY_KEY") {
-            let key = PublicKey::parse_base64(&v)
-                .map_err(|e| env_err("QNET_RELAY_KEY", e.to_string()))?;
-            self.relay_key = Some(key);
-        }
+        self.apply_relay_env(
+            non_empty(&get, "QNET_RELAY"),
+            non_empty(&get, "QNET_RELAY_KEY"),
+            non_empty(&get, "QNET_HOPS"),
+        )?;
         if let Some(v) = non_empty(&get, "QNET_KEY") {
             check_path(&v).map_err(|m| env_err("QNET_KEY", m))?;
             self.key = Some(PathBuf::from(v));
@@ -200,8 +195,9 @@ mod tests {
             ("QNET_LOG", "trace"),
         ]))
         .unwrap();
-        assert_eq!(c.relay.as_deref(), Some("[::1]:9"));
-        assert_eq!(c.relay_key, Some(OTHER_KEY_B64.parse().unwrap()));
+        assert_eq!(c.relays.len(), 1);
+        assert_eq!(c.relays[0].address, "[::1]:9");
+        assert_eq!(c.relays[0].key, OTHER_KEY_B64.parse().unwrap());
         assert_eq!(c.key, Some(PathBuf::from("relative/client.key")));
         assert_eq!(c.log, LogLevel::Trace);
 

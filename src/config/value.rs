@@ -1,6 +1,8 @@
 //! Reading one raw TOML value as a typed one, with errors that name the field and the
 //! source; and the checks of values that more than one table has (paths, `host:port`).
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
@@ -170,6 +172,47 @@ pub(super) fn check_host_port(s: &str) -> Result<(), String> {
     }
 }
 
+/// The spelling two writings of one `host:port` share: DNS names are case-insensitive,
+/// and one IPv6 address has many spellings (`[::1]`, `[0::1]`, `[::0001]`).
+pub(super) fn address_key(s: &str) -> String {
+    let s = s.trim();
+    if let Some((inside, after)) = s.strip_prefix('[').and_then(|r| r.split_once(']')) {
+        if let Ok(ip) = inside.parse::<Ipv6Addr>() {
+            return format!("[{ip}]{after}");
+        }
+    }
+    s.to_ascii_lowercase()
+}
+
+/// The positions of the first item equal to an earlier one, if any.
+pub(super) fn first_repeat<T: Eq + Hash>(
+    items: impl IntoIterator<Item = T>,
+) -> Option<(usize, usize)> {
+    let mut seen = HashMap::new();
+    for (j, item) in items.into_iter().enumerate() {
+        if let Some(&i) = seen.get(&item) {
+            return Some((i, j));
+        }
+        seen.insert(item, j);
+    }
+    None
+}
+
+/// Checks that the list `name` of `host:port` names no address twice (by [`address_key`]).
+pub(super) fn check_unique<'a>(
+    name: &str,
+    addresses: impl IntoIterator<Item = &'a str>,
+) -> Result<(), String> {
+    let addresses: Vec<&str> = addresses.into_iter().collect();
+    match first_repeat(addresses.iter().map(|a| address_key(a))) {
+        Some((i, j)) => Err(format!(
+            "{} is listed twice ({name}[{i}] and {name}[{j}])",
+            addresses[j].trim()
+        )),
+        None => Ok(()),
+    }
+}
+
 fn check_host(host: &str) -> Result<(), String> {
     if host.is_empty() {
         return Err("host is empty".to_owned());
@@ -207,7 +250,7 @@ fn check_host(host: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{err, parse};
+    use super::super::testutil::{KEY_B64, err, parse};
 
     #[test]
     fn wrong_types_name_the_field() {
@@ -257,8 +300,8 @@ mod tests {
             "localhost:7000",
             "xn--bcher-kva.example:80",
         ] {
-            let c = parse(&format!("relay = \"{good}\"")).unwrap();
-            assert_eq!(c.relay.as_deref(), Some(good));
+            let c = parse(&format!("relay = \"{good}\"\nrelay_key = \"{KEY_B64}\"")).unwrap();
+            assert_eq!(c.relays[0].address, good);
         }
         for bad in [
             "",

@@ -12,31 +12,37 @@ use std::time::Duration;
 use super::{DIAL, MAX_REQUEST, VERSION, sys};
 use crate::config::{Config, InterceptConfig, Route};
 
-/// What the broker may dial: the first hop exactly as the config names it, and the
-/// addresses `intercept.route` sends directly. `None`: the config did not load, and
-/// the broker dials nothing (the library inside fails closed with the same error).
+/// What the broker may dial: the first hops exactly as the config names them (the
+/// entry of every path, or the upstream proxy), and the addresses `intercept.route`
+/// sends directly. `None`: the config did not load, and the broker dials nothing (the
+/// library inside fails closed with the same error).
 #[derive(Debug, Clone)]
-pub(super) struct Policy(Option<(Option<String>, InterceptConfig)>);
+pub(super) struct Policy(Option<(Vec<String>, InterceptConfig)>);
 
 impl Policy {
     /// The policy of `cfg`, or of no config.
     pub(super) fn new(cfg: Option<&Config>) -> Policy {
         Policy(cfg.map(|c| {
-            let hop = c
-                .upstream
-                .as_ref()
-                .map(|u| u.proxy.clone())
-                .or_else(|| c.relay.clone());
-            (hop, c.intercept.clone())
+            let hops = match &c.upstream {
+                Some(u) => vec![u.proxy.clone()],
+                // Any path may be taken (another after a failure), so each entry may be dialled.
+                None => c
+                    .paths()
+                    .into_iter()
+                    .filter_map(|p| p.into_iter().next())
+                    .map(|h| h.address)
+                    .collect(),
+            };
+            (hops, c.intercept.clone())
         }))
     }
 
     /// Where a request for `target` may go, or the errno that refuses it.
     fn addresses(&self, target: &str) -> Result<Vec<SocketAddr>, i32> {
-        let Some((hop, intercept)) = &self.0 else {
+        let Some((hops, intercept)) = &self.0 else {
             return Err(libc::EACCES);
         };
-        if hop.as_deref() == Some(target) {
+        if hops.iter().any(|h| h == target) {
             // The relay's (or the proxy's) name is resolved out here: inside there is
             // no resolver to ask.
             return target
@@ -145,13 +151,18 @@ fn answer(conn: &OwnedFd, result: Result<std::os::fd::RawFd, i32>) -> io::Result
 mod tests {
     use super::*;
 
+    const KEY: &str = "hSDwCYkwp1R0i33ctD73Wg2/Og0mOBr066SpjqqbTmo=";
+    const OTHER_KEY: &str = "3p7bfXt9wbTTW2HC7OQ1Nz+DQ8hbeGdNrfx+FG+IK08=";
+
     fn cfg(text: &str) -> Config {
         Config::from_toml_str(text, "test").unwrap()
     }
 
     #[test]
     fn the_broker_dials_the_first_hop_and_bypassed_addresses_only() {
-        let c = cfg("relay = \"127.0.0.1:7000\"\n");
+        let c = cfg(&format!(
+            "relay = \"127.0.0.1:7000\"\nrelay_key = \"{KEY}\"\n"
+        ));
         let p = Policy::new(Some(&c));
         assert_eq!(
             p.addresses("127.0.0.1:7000"),
@@ -175,10 +186,39 @@ mod tests {
 
     #[test]
     fn with_an_upstream_the_first_hop_is_the_proxy_not_the_relay() {
-        let c = cfg("relay = \"198.51.100.1:7000\"\nupstream = \"socks5h://127.0.0.1:9050\"\n");
+        let c = cfg(&format!(
+            "relay = \"198.51.100.1:7000\"\nrelay_key = \"{KEY}\"\nupstream = \"socks5h://127.0.0.1:9050\"\n"
+        ));
         let p = Policy::new(Some(&c));
         assert!(p.addresses("127.0.0.1:9050").is_ok());
         assert_eq!(p.addresses("198.51.100.1:7000"), Err(libc::EACCES));
+    }
+
+    #[test]
+    fn every_relay_of_the_list_is_a_first_hop() {
+        let c = cfg(&format!(
+            "relay = \"198.51.100.1:7000, 198.51.100.2:7000\"\nrelay_key = \"{KEY}, {OTHER_KEY}\"\n"
+        ));
+        let p = Policy::new(Some(&c));
+        for relay in ["198.51.100.1:7000", "198.51.100.2:7000"] {
+            assert_eq!(p.addresses(relay), Ok(vec![relay.parse().unwrap()]));
+        }
+        assert_eq!(p.addresses("198.51.100.3:7000"), Err(libc::EACCES));
+    }
+
+    #[test]
+    fn with_a_route_only_its_entry_is_a_first_hop() {
+        let c = cfg(&format!(
+            "[[relays]]\naddress = \"198.51.100.1:7000\"\nkey = \"{KEY}\"\n\
+             [[routes]]\nhops = [\"198.51.100.1:7000\", \"198.51.100.2:7000@{OTHER_KEY}\"]\n"
+        ));
+        let p = Policy::new(Some(&c));
+        assert_eq!(
+            p.addresses("198.51.100.1:7000"),
+            Ok(vec!["198.51.100.1:7000".parse().unwrap()])
+        );
+        // The exit is reached through the entry, never from here.
+        assert_eq!(p.addresses("198.51.100.2:7000"), Err(libc::EACCES));
     }
 
     #[test]

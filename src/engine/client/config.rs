@@ -109,17 +109,32 @@ impl ClientConfig {
     }
 }
 
-/// The configured paths: the routes if any (never silently one hop instead), else
-/// each relay of the list.
+/// The configured paths ([`crate::config::Config::weighted_paths`]), or why there are none.
 fn paths_of(cfg: &crate::config::Config) -> Result<Vec<PathConfig>, String> {
-    let relay = cfg
-        .relay
-        .clone()
-        .ok_or("no relay configured (config `relay` or QNET_RELAY)")?;
-    let relay_key = cfg
-        .relay_key
-        .ok_or("no relay key configured (config `relay_key` or QNET_RELAY_KEY)")?;
-    Ok(vec![PathConfig::relay(relay, relay_key.0)])
+    let paths: Vec<PathConfig> = cfg
+        .weighted_paths()
+        .into_iter()
+        .map(|p| PathConfig {
+            hops: p
+                .hops
+                .into_iter()
+                .map(|h| Hop {
+                    address: h.address,
+                    key: h.key.0,
+                })
+                .collect(),
+            group: p.group,
+            weight: p.weight,
+        })
+        .collect();
+    if paths.is_empty() {
+        return Err(match cfg.relay_without_key() {
+            Some(_) => "no relay key configured (config `relay_key` or QNET_RELAY_KEY)",
+            None => "no relay configured (config `relay` or QNET_RELAY)",
+        }
+        .into());
+    }
+    Ok(paths)
 }
 
 /// Why a `host:port` is not a destination.

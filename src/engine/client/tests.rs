@@ -243,7 +243,7 @@ fn failover_client(
 
 /// Connect through the client and echo `msg`; how long it took.
 fn timed_echo(local: SocketAddr, msg: &[u8]) -> Duration {
-    let t = std::time::Instant::now();
+    let t = Instant::now();
     let mut s = TcpStream::connect(local).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     echo_round(&mut s, msg);

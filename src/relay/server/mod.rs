@@ -664,7 +664,7 @@ mod tests {
             clients: SharedAdmission::default(),
             clients_path: None,
             policy: ExitPolicy::from_exit_allow(&["127.0.0.1/32"]).unwrap(),
-            extend: crate::relay::extend::ExtendPolicy::default(),
+            extend: ExtendPolicy::default(),
             session: SessionConfig::default(),
             connect_timeout: Duration::from_secs(5),
             upstream: None,
