@@ -8,6 +8,7 @@ use std::time::Instant;
 use mio::Token;
 
 use super::socks::socks_reply;
+use super::tunnel::Tunnel;
 use super::{AppConn, Client, Failure};
 use crate::engine::pump::{Endpoint, PumpState, Sock};
 use crate::engine::shape::Shaper;
@@ -313,11 +314,9 @@ impl Client {
     fn flush_tunnels(&mut self, now: Instant) -> bool {
         let mut all = true;
         let mut failed = Vec::new();
+        let key = self.cfg.key.as_bytes();
         for t in &mut self.tunnels {
-            let r = t
-                .advance(now, self.cfg.key.as_bytes())
-                .and_then(|_| t.link.flush().map_err(|e| e.to_string()))
-                .and_then(|done| t.error().map_or(Ok(done), Err));
+            let r = flush_tunnel(t, now, key);
             match r {
                 Ok(done) => all &= done,
                 Err(e) => failed.push((t.serial, e)),
@@ -448,6 +447,23 @@ impl Client {
             }
         }
     }
+}
+
+/// Move a tunnel's bytes between its hops and write them out; true when all is out. A
+/// flush that empties the connection makes room for a route's inner output, which no
+/// event brings back: it is moved and flushed again while that progresses (bounded).
+fn flush_tunnel(t: &mut Tunnel, now: Instant, key: &[u8; 32]) -> Result<bool, String> {
+    for _ in 0..8 {
+        let moved = t.advance(now, key)?;
+        let done = t.link.flush().map_err(|e| e.to_string())?;
+        if let Some(e) = t.error() {
+            return Err(e);
+        }
+        if !done || !moved || !t.inner_waiting() {
+            return Ok(done);
+        }
+    }
+    Ok(true)
 }
 
 /// Read and drop up to `n` bytes that are already queued; returns how many are still due.

@@ -319,6 +319,11 @@ impl Tunnel {
         Ok(n > 0)
     }
 
+    /// A later hop's session has output its carrier has not taken yet.
+    pub(super) fn inner_waiting(&self) -> bool {
+        self.inner.iter().any(|n| !n.session.transmit().is_empty())
+    }
+
     /// End every session; nothing more is sent.
     pub(super) fn close(&mut self) {
         for l in 0..self.depth() {
