@@ -8,7 +8,7 @@ use std::time::Instant;
 use mio::Interest;
 use mio::net::TcpStream;
 
-use super::flows::Pending;
+use super::flows::{Pending, serial_of};
 use super::tunnel::{Purpose, Tunnel};
 use super::{Client, Failure, parse_destination, relay_address};
 use crate::engine::{Link, LinkRead};
@@ -48,7 +48,7 @@ impl Client {
         let mut sock = match sock {
             Ok(s) => TcpStream::from_std(s),
             Err(why) => {
-                self.path_failed(now, p, purpose, &why);
+                self.path_failed(now, p, &why);
                 return false;
             }
         };
@@ -60,7 +60,7 @@ impl Client {
                 .registry()
                 .register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)
         {
-            self.path_failed(now, p, purpose, &format!("register: {e}"));
+            self.path_failed(now, p, &format!("register: {e}"));
             return false;
         }
         let session = Session::new(
@@ -78,7 +78,7 @@ impl Client {
                 Ok(d) => d,
                 Err(e) => {
                     let _ = self.poll.registry().deregister(&mut link.sock);
-                    self.path_failed(now, p, purpose, &e.to_string());
+                    self.path_failed(now, p, &e.to_string());
                     return false;
                 }
             };
@@ -166,14 +166,14 @@ impl Client {
                 let back = self.health.probe_ok(p, now);
                 if back {
                     qlog!(Info, "relay {name} is back");
-                    self.share(p, None);
+                    self.share_up(p);
                 }
                 self.drop_tunnel(serial);
             }
             Purpose::Attempt => {
                 if self.health.mark_up(p) {
                     qlog!(Info, "relay {name} is back");
-                    self.share(p, None);
+                    self.share_up(p);
                 }
                 qlog!(Info, "session to {name} established");
                 // The race is won: the others go (they carry no flows), the old current drains.
@@ -214,19 +214,14 @@ impl Client {
         let purpose = self.tunnels[i].purpose;
         let name = self.cfg.paths[p].name();
         self.close_tunnel(i);
-        let flows: Vec<u64> = self
-            .flows
-            .keys()
-            .copied()
-            .filter(|&k| (k >> 32) as u32 == serial)
-            .collect();
+        let flows = self.flows_of(serial);
         let requeued = self.take_back(&flows);
         self.fail_flows_of(&flows, libc::ECONNRESET);
         // Never send a second copy of a stream's first bytes: only flows that had none go back.
         for (_, p) in requeued.into_iter().rev() {
             self.waiting.push_front(p);
         }
-        self.path_failed(now, p, purpose, why);
+        self.path_failed(now, p, why);
         if purpose == Purpose::Probe {
             qlog!(Debug, "probe of {name} failed: {why}");
         }
@@ -234,7 +229,7 @@ impl Client {
 
     /// Path `p` failed for `purpose`: mark it down (shared with this user's other
     /// processes) and, when flows are left without a way out, say so once.
-    pub(super) fn path_failed(&mut self, now: Instant, p: usize, purpose: Purpose, why: &str) {
+    pub(super) fn path_failed(&mut self, now: Instant, p: usize, why: &str) {
         let name = self.cfg.paths[p].name();
         if self.health.mark_down(p, now) {
             qlog!(Info, "relay {name} marked down: {why}");
@@ -249,7 +244,6 @@ impl Client {
             self.share_until(p, u, now);
         }
         self.last_failure = Some(format!("{name}: {why}"));
-        let _ = purpose;
     }
 
     /// The waiting flows have no way out: every path was tried in this round and failed.
@@ -294,12 +288,7 @@ impl Client {
     /// A tunnel went silent: its flows that the relay never answered (and that sent
     /// nothing) are opened elsewhere; their streams there are reset.
     pub(super) fn requeue(&mut self, serial: u32, now: Instant) {
-        let keys: Vec<u64> = self
-            .flows
-            .keys()
-            .copied()
-            .filter(|&k| (k >> 32) as u32 == serial)
-            .collect();
+        let keys = self.flows_of(serial);
         let back = self.take_back(&keys);
         if let Some(s) = self
             .tunnel_index(serial)
@@ -405,13 +394,22 @@ impl Client {
         }
     }
 
+    /// The keys of tunnel `serial`'s flows.
+    pub(super) fn flows_of(&self, serial: u32) -> Vec<u64> {
+        self.flows
+            .keys()
+            .copied()
+            .filter(|&k| serial_of(k) == serial)
+            .collect()
+    }
+
     /// Where tunnel `serial` is in the list.
     pub(super) fn tunnel_index(&self, serial: u32) -> Option<usize> {
         self.tunnels.iter().position(|t| t.serial == serial)
     }
 
     /// Tell this user's other processes that path `p` is up again.
-    fn share(&self, p: usize, _until: Option<Instant>) {
+    fn share_up(&self, p: usize) {
         if let Some(f) = &self.cfg.health_file {
             let id = super::shared::path_id(&self.cfg.paths[p].hops);
             super::shared::record(f, &id, None, unix_ms());

@@ -5,6 +5,7 @@
 use std::time::Instant;
 
 use super::Client;
+use super::flows::serial_of;
 use super::health::{DEAD_AFTER, RACE_AFTER, silence_limits};
 use super::tunnel::Purpose;
 use crate::qlog;
@@ -19,7 +20,7 @@ impl Client {
 
     /// Whether tunnel `serial` has flows (opened or being opened).
     fn has_flows(&self, serial: u32) -> bool {
-        self.flows.keys().any(|&k| (k >> 32) as u32 == serial)
+        self.flows.keys().any(|&k| serial_of(k) == serial)
     }
 
     /// Keep the tunnels right for now; returns when this must run again at the latest.
@@ -127,7 +128,7 @@ impl Client {
                     self.tunnels[i].purpose,
                     Purpose::Current | Purpose::Draining
                 ) && self.tunnels[i].is_established()
-                    && self.flows.keys().any(|&k| (k >> 32) as u32 == serial);
+                    && self.has_flows(serial);
             let t = &mut self.tunnels[i];
             if !watched {
                 t.watch_since = None;
@@ -169,7 +170,7 @@ impl Client {
             self.tunnels[i].suspect = true;
             self.tunnels[i].purpose = Purpose::Draining;
             let why = format!("silent for {} ms", silent.as_millis());
-            self.path_failed(now, p, Purpose::Current, &why);
+            self.path_failed(now, p, &why);
             self.requeue(serial, now);
         }
         for (serial, silent) in dead {
