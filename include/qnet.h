@@ -154,7 +154,7 @@ extern "C" {
 
 // Initialise the library: load the configuration from `config_path` (NULL: `QNET_CONFIG`,
 // then `~/.config/qnet/qnet.toml`, then `/etc/qnet/qnet.toml`; `QNET_RELAY`,
-// `QNET_RELAY_KEY`, `QNET_KEY` and `QNET_LOG` override it). `flags` may contain
+// `QNET_RELAY_KEY`, `QNET_HOPS`, `QNET_KEY` and `QNET_LOG` override it). `flags` may contain
 // `QNET_INIT_INTERCEPT`. No thread starts and nothing connects until the first
 // `qnet_connect` (or intercepted connect). Calling it again is allowed and changes
 // nothing but can add `QNET_INIT_INTERCEPT`.

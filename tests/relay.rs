@@ -703,6 +703,7 @@ fn silent_relay_is_reported_as_version_key_list_or_clock() {
         .arg(&cfg)
         .env_remove("QNET_RELAY")
         .env_remove("QNET_RELAY_KEY")
+        .env_remove("QNET_HOPS")
         .env_remove("QNET_KEY")
         .stderr(Stdio::piped())
         .spawn()
