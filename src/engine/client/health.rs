@@ -198,14 +198,21 @@ impl Health {
     }
 
     /// The earliest retry of a down path.
+    #[cfg(test)]
     pub(super) fn next_retry(&self) -> Option<Instant> {
-        self.states
-            .iter()
-            .filter_map(|s| match s {
-                State::Down { retry_at, .. } => Some(*retry_at),
-                State::Up => None,
-            })
-            .min()
+        self.retries().min()
+    }
+
+    /// The earliest retry of a down path that is still ahead of `now`.
+    pub(super) fn next_retry_after(&self, now: Instant) -> Option<Instant> {
+        self.retries().filter(|&t| t > now).min()
+    }
+
+    fn retries(&self) -> impl Iterator<Item = Instant> + '_ {
+        self.states.iter().filter_map(|s| match s {
+            State::Down { retry_at, .. } => Some(*retry_at),
+            State::Up => None,
+        })
     }
 }
 

@@ -176,15 +176,21 @@ impl Client {
                     self.share_up(p);
                 }
                 qlog!(Info, "session to {name} established");
-                // The race is won: the others go (they carry no flows), the old current drains.
-                let losers: Vec<u32> = self
+                // The race is won: the others go (they carry no flows), the old current
+                // drains. Those that started first lost to a later start: too slow, down.
+                let started = self.tunnels[i].started;
+                let losers: Vec<(u32, bool)> = self
                     .tunnels
                     .iter()
                     .filter(|t| t.purpose == Purpose::Attempt && t.serial != serial)
-                    .map(|t| t.serial)
+                    .map(|t| (t.serial, t.started < started))
                     .collect();
-                for l in losers {
-                    self.drop_tunnel(l);
+                for (l, slow) in losers {
+                    if slow {
+                        self.tunnel_down(now, l, "its handshake lost a race to a later start");
+                    } else {
+                        self.drop_tunnel(l);
+                    }
                 }
                 for t in &mut self.tunnels {
                     if t.purpose == Purpose::Current {

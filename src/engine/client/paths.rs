@@ -50,7 +50,7 @@ impl Client {
             .health
             .candidates()
             .into_iter()
-            .filter(|p| !self.tried.contains(p))
+            .filter(|p| !self.tried.contains(p) && !self.tunnels.iter().any(|t| t.path == *p))
             .collect();
         match (current, attempts.last()) {
             // Served by the best path there is.
@@ -79,17 +79,16 @@ impl Client {
                         self.tried.clear();
                         self.give_up_waiting();
                     }
-                    None => {
-                        self.tried.clear();
-                        next = min(next, self.health.next_retry());
-                    }
+                    None => self.tried.clear(),
                 }
             }
-            // Happy Eyeballs: a handshake slow to finish is raced by the next path's.
-            (_, Some(&(p, started))) => {
+            // Happy Eyeballs: a handshake slow to finish is raced by the next path's, while
+            // no tunnel takes new flows (with one, flows go there and the attempt may take
+            // its time).
+            (None, Some(&(p, started))) => {
                 let race_at = started + RACE_AFTER * self.cfg.paths[p].hops.len() as u32;
                 if let Some(&n) = untried.first() {
-                    if now >= race_at && (waiting || current.is_none()) {
+                    if now >= race_at {
                         qlog!(
                             Debug,
                             "racing {} against a slow handshake",
@@ -102,6 +101,7 @@ impl Client {
                     }
                 }
             }
+            (Some(_), Some(_)) => {}
         }
         // Probes: down paths whose retry is due and that have no tunnel.
         for p in self.health.due(now) {
@@ -109,7 +109,9 @@ impl Client {
                 self.start_tunnel(now, p, Purpose::Probe);
             }
         }
-        min(next, self.health.next_retry())
+        // A retry already due waits for what blocks it (a tunnel on that path, this round
+        // of attempts), whose end brings the loop back: only later ones set a wake-up.
+        min(next, self.health.next_retry_after(now))
     }
 
     /// The silence check of tunnels carrying flows, when there is another path to go to:

@@ -204,17 +204,21 @@ fn freezable(target: SocketAddr) -> (SocketAddr, Arc<AtomicBool>) {
     (addr, frozen)
 }
 
-/// A listener that accepts and never answers: a black-holed relay.
-fn black_hole() -> SocketAddr {
+/// A listener that accepts and never answers: a black-holed relay. The counter says
+/// how many connections it took.
+fn black_hole() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
+    let taken = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t = taken.clone();
     std::thread::spawn(move || {
         let mut keep = Vec::new();
         for s in l.incoming() {
+            t.fetch_add(1, Ordering::SeqCst);
             keep.push(s);
         }
     });
-    addr
+    (addr, taken)
 }
 
 /// A client of `paths` (each one relay) forwarding a local port (returned) to `echo`,
@@ -225,11 +229,24 @@ fn failover_client(
     echo: SocketAddr,
     stop: Arc<AtomicBool>,
 ) -> SocketAddr {
+    failover_client_with(key, paths, echo, stop, None).0
+}
+
+/// [`failover_client`] sharing health through `health_file`; also returns a count of
+/// the loop's wakeups (its stop condition is checked once per wakeup).
+fn failover_client_with(
+    key: PrivateKey,
+    paths: &[(SocketAddr, [u8; 32])],
+    echo: SocketAddr,
+    stop: Arc<AtomicBool>,
+    health_file: Option<std::path::PathBuf>,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     let mut cfg = ClientConfig::one_relay(paths[0].0.to_string(), paths[0].1, key);
     cfg.paths = paths
         .iter()
         .map(|(a, k)| PathConfig::relay(a.to_string(), *k))
         .collect();
+    cfg.health_file = health_file;
     let mut client = Client::new(cfg).unwrap();
     let local = client
         .forward(
@@ -237,8 +254,15 @@ fn failover_client(
             crate::proto::Destination::Addr(echo),
         )
         .unwrap();
-    std::thread::spawn(move || client.run(|_| stop.load(Ordering::SeqCst)));
-    local
+    let wakeups = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let w = wakeups.clone();
+    std::thread::spawn(move || {
+        client.run(|_| {
+            w.fetch_add(1, Ordering::SeqCst);
+            stop.load(Ordering::SeqCst)
+        })
+    });
+    (local, wakeups)
 }
 
 /// Connect through the client and echo `msg`; how long it took.
@@ -304,7 +328,7 @@ fn a_black_holed_first_relay_is_raced_happy_eyeballs_style() {
     let stop = Arc::new(AtomicBool::new(false));
     let key = PrivateKey::generate();
     let (r2, k2) = relay(&key, stop.clone());
-    let hole = black_hole();
+    let (hole, _) = black_hole();
     let echo = echo_server();
     let local = failover_client(key, &[(hole, [7; 32]), (r2, k2)], echo, stop.clone());
     // The first connect races the silent relay's handshake after 250 ms.
@@ -416,5 +440,56 @@ fn a_relay_refuses_to_extend_to_an_address_that_is_not_a_listed_relay() {
         matches!(&r, Ok(0)) || matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
         "{r:?}"
     );
+    stop.store(true, Ordering::SeqCst);
+}
+
+#[test]
+fn a_relay_that_loses_a_happy_eyeballs_race_is_marked_down_and_shared_with_the_next_process() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let key = PrivateKey::generate();
+    let (r2, k2) = relay(&key, stop.clone());
+    let (hole, taken) = black_hole();
+    let echo = echo_server();
+    let dir = std::env::temp_dir().join(format!("qnet-race-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = shared::file_in(&dir);
+    let paths = [(hole, [7; 32]), (r2, k2)];
+    let (first, _) =
+        failover_client_with(key.clone(), &paths, echo, stop.clone(), Some(file.clone()));
+    timed_echo(first, b"past the black hole");
+    let shared = std::fs::read_to_string(&file).unwrap_or_default();
+    assert!(
+        shared.contains(&hole.to_string()),
+        "health file: {shared:?}"
+    );
+    // The next process (here: a second client) reads the file and leaves the hole alone.
+    let before = taken.load(Ordering::SeqCst);
+    let (second, _) = failover_client_with(key, &paths, echo, stop.clone(), Some(file));
+    timed_echo(second, b"without trying the hole");
+    assert_eq!(
+        taken.load(Ordering::SeqCst),
+        before,
+        "the second client tried the hole"
+    );
+    stop.store(true, Ordering::SeqCst);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn no_busy_loop_while_the_preferred_relay_is_a_black_hole() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let key = PrivateKey::generate();
+    let (r2, k2) = relay(&key, stop.clone());
+    let (hole, _) = black_hole();
+    let echo = echo_server();
+    let paths = [(hole, [7; 32]), (r2, k2)];
+    let (local, wakeups) = failover_client_with(key, &paths, echo, stop.clone(), None);
+    timed_echo(local, b"past the black hole");
+    // Idle, with the hole down and probed with backoff: a few wakeups a second (the
+    // 100 ms stop check, probes), not a loop that never sleeps.
+    let before = wakeups.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(1));
+    let n = wakeups.load(Ordering::SeqCst) - before;
+    assert!(n < 100, "{n} wakeups in one idle second");
     stop.store(true, Ordering::SeqCst);
 }
