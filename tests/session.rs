@@ -377,6 +377,17 @@ fn keepalive_measures_rtt_and_idle_timeout_fires() {
     let mut p = Pair::new(11);
     p.latency = Duration::from_millis(30);
     p.connect();
+    // Before any PING: the handshake's own round trip, msg1 out to the reply in.
+    assert_eq!(p.client.rtt(), Some(Duration::from_millis(60)));
+    p.latency = Duration::from_millis(20);
+    p.advance(Duration::from_secs(26));
+    let rtt = p.client.rtt().expect("ping answered");
+    assert_eq!(
+        rtt,
+        Duration::from_millis(40),
+        "the PONG's measure replaces it"
+    );
+    p.latency = Duration::from_millis(30);
     p.advance(Duration::from_secs(26));
     let rtt = p.client.rtt().expect("ping answered");
     assert_eq!(rtt, Duration::from_millis(60));

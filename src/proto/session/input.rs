@@ -128,6 +128,10 @@ impl Session {
             Hs::ClientAwaitPad2(h) => {
                 let (m3, o) = h.finish_client(part, &mut *self.rng).map_err(failed)?;
                 self.out.extend_from_slice(&m3);
+                // A first round-trip estimate, high rather than low (it includes the
+                // transport's own set-up), so a health check of a slow path does not
+                // take it for a silent one before a PONG has measured it.
+                self.rtt.get_or_insert(now.duration_since(self.started));
                 self.established(now, o);
                 Hs::Done
             }

@@ -327,7 +327,8 @@ impl Session {
         self.stats
     }
 
-    /// Round-trip time measured by the last PING/PONG.
+    /// Round-trip time measured by the last PING/PONG; on a client, before any, the time
+    /// from its start to the relay's handshake reply.
     pub fn rtt(&self) -> Option<Duration> {
         self.rtt
     }
