@@ -14,30 +14,41 @@ fmt2() { if ok "${1:-}"; then calc '%.2f' "$1"; else echo "n/a"; fi; }
 step "routes: qnet forward through two relays against one, and ss-tunnel chained twice ($CONN_ROUNDS rounds)"
 HOPS_D=$WORK/hops
 mkdir -p "$HOPS_D"
-hops_relay() { # NAME LISTEN [ARGS...]: prints the relay's address
+hops_relay() { # NAME LISTEN [ARGS...]: starts a relay, sets HOP_ADDR to its address
     local name=$1 listen=$2
     shift 2
     (umask 077 && "${S_BIN[cur]}/qnet" keygen > "$HOPS_D/$name.key")
+    # Not in $(...): the relay would hold the substitution's pipe open for ever.
     QNET_CONFIG="$WORK/relay.toml" "${S_BIN[cur]}/qnet-relay" --listen "$listen" --key "$HOPS_D/$name.key" \
-        --clients "$WORK/clients" "$@" 2> "$HOPS_D/$name.log" &
+        --clients "$WORK/clients" "$@" > /dev/null 2> "$HOPS_D/$name.log" &
     PIDS+=($!)
-    wait_line "$HOPS_D/$name.log" 'listening on' | awk '{print $NF}'
+    HOP_ADDR=$(wait_line "$HOPS_D/$name.log" 'listening on' | awk '{print $NF}')
 }
-hops_forward() { # TARGET_PORT: prints the local port of a two-hop forward
+hops_forward() { # TARGET_PORT: starts a two-hop forward, sets HOP_PORT to its local port
     local log=$HOPS_D/fwd-$1.log
     QNET_CONFIG="$WORK/empty.toml" QNET_KEY="$WORK/client.key" QNET_HOPS="$HOPS" \
-        "${S_BIN[cur]}/qnet" forward --listen 127.0.0.1:0 --to "127.0.0.1:$1" 2> "$log" &
+        "${S_BIN[cur]}/qnet" forward --listen 127.0.0.1:0 --to "127.0.0.1:$1" > /dev/null 2> "$log" &
     PIDS+=($!)
-    wait_line "$log" 'listening on' | grep -oE '127\.0\.0\.1:[0-9]+' | head -1 | cut -d: -f2
+    HOP_PORT=$(wait_line "$log" 'listening on' | grep -oE '127\.0\.0\.1:[0-9]+' | head -1 | cut -d: -f2)
 }
-HOP_B=$(hops_relay b 127.0.0.3:0 --exit-allow 127.0.0.0/8)
-HOP_A=$(hops_relay a 127.0.0.2:0 --extend-to "$HOP_B")
+hops_relay b 127.0.0.3:0 --exit-allow 127.0.0.0/8
+HOP_B=$HOP_ADDR
+hops_relay a 127.0.0.2:0 --extend-to "$HOP_B"
+HOP_A=$HOP_ADDR
 HOPS="$HOP_A@$("${S_BIN[cur]}/qnet" pubkey < "$HOPS_D/a.key"),$HOP_B@$("${S_BIN[cur]}/qnet" pubkey < "$HOPS_D/b.key")"
 note "relay A $HOP_A extends to relay B $HOP_B"
 H2_ECHO=
 H2_IPERF=
-[ -n "${ECHO:-}" ] && H2_ECHO=$(hops_forward "$ECHO") && note "qnet forward, 2 hops 127.0.0.1:$H2_ECHO -> echo"
-[ -n "${IPERF:-}" ] && H2_IPERF=$(hops_forward "$IPERF") && note "qnet forward, 2 hops 127.0.0.1:$H2_IPERF -> iperf3"
+if [ -n "${ECHO:-}" ]; then
+    hops_forward "$ECHO"
+    H2_ECHO=$HOP_PORT
+    note "qnet forward, 2 hops 127.0.0.1:$H2_ECHO -> echo"
+fi
+if [ -n "${IPERF:-}" ]; then
+    hops_forward "$IPERF"
+    H2_IPERF=$HOP_PORT
+    note "qnet forward, 2 hops 127.0.0.1:$H2_IPERF -> iperf3"
+fi
 
 SS2_ECHO=
 SS2_IPERF=
@@ -47,22 +58,21 @@ if [ -n "${SS:-}" ]; then
     SS2_PID=$!
     PIDS+=("$SS2_PID")
     wait_port "$SS2_PORT"
-    ss_chain() { # TARGET_PORT: prints the first tunnel's port (tunnel 1 -> server 1 -> tunnel 2 -> server 2 -> target)
-        local inner outer
+    ss_chain() { # TARGET_PORT: sets SS_CHAIN to the first tunnel's port (tunnel 1 -> server 1 -> tunnel 2 -> server 2 -> target)
+        local inner
         inner=$(free_port)
         ss-tunnel -s 127.0.0.1 -p "$SS2_PORT" -b 127.0.0.1 -l "$inner" -L "127.0.0.1:$1" \
             -k "$SS_PW" -m "$CIPHER" -n 65536 > "$WORK/ss-chain-in-$1.log" 2>&1 &
         PIDS+=($!)
         wait_port "$inner"
-        outer=$(free_port)
-        ss-tunnel -s 127.0.0.1 -p "$SS_PORT" -b 127.0.0.1 -l "$outer" -L "127.0.0.1:$inner" \
+        SS_CHAIN=$(free_port)
+        ss-tunnel -s 127.0.0.1 -p "$SS_PORT" -b 127.0.0.1 -l "$SS_CHAIN" -L "127.0.0.1:$inner" \
             -k "$SS_PW" -m "$CIPHER" -n 65536 > "$WORK/ss-chain-out-$1.log" 2>&1 &
         PIDS+=($!)
-        wait_port "$outer"
-        echo "$outer"
+        wait_port "$SS_CHAIN"
     }
-    [ -n "${ECHO:-}" ] && SS2_ECHO=$(ss_chain "$ECHO")
-    [ -n "${IPERF:-}" ] && SS2_IPERF=$(ss_chain "$IPERF")
+    if [ -n "${ECHO:-}" ]; then ss_chain "$ECHO"; SS2_ECHO=$SS_CHAIN; fi
+    if [ -n "${IPERF:-}" ]; then ss_chain "$IPERF"; SS2_IPERF=$SS_CHAIN; fi
     note "ss-tunnel chained twice: through ss-server :$SS_PORT, then ss-server :$SS2_PORT"
 fi
 

@@ -8,9 +8,18 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use qnet::keys::PrivateKey;
 
+/// Where forward, socks and run find their relays (README "Configuration", "Several relays").
+const RELAYS: &str = "Relays: the config file (QNET_CONFIG, ~/.config/qnet/qnet.toml, \
+                      /etc/qnet/qnet.toml: relay and relay_key, [[relays]], [[routes]]), \
+                      then QNET_RELAY and QNET_RELAY_KEY (comma-separated lists of equal \
+                      length, in order of preference) and QNET_HOPS (a route of 2 or 3 \
+                      relays, entry first: HOST:PORT@KEY,HOST:PORT@KEY). New connections \
+                      go to the most preferred healthy relay or route; QNET_LOG=info \
+                      logs each one marked down and back.";
+
 /// Command-line tools for qnet, an encrypted TCP tunnel.
 #[derive(Debug, Parser)]
-#[command(name = "qnet", version, about)]
+#[command(name = "qnet", version, about, after_help = RELAYS)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
