@@ -31,12 +31,12 @@ hops_forward() { # TARGET_PORT: starts a two-hop forward, sets HOP_PORT to its l
     PIDS+=($!)
     HOP_PORT=$(wait_line "$log" 'listening on' | grep -oE '127\.0\.0\.1:[0-9]+' | head -1 | cut -d: -f2)
 }
-hops_relay b 127.0.0.3:0 --exit-allow 127.0.0.0/8
-HOP_B=$HOP_ADDR
+hops_relay b 127.0.0.3:0 --exit-allow 127.0.0.0/8 --routes
+HOP_B=$HOP_ADDR@$("${S_BIN[cur]}/qnet" pubkey < "$HOPS_D/b.key")
 hops_relay a 127.0.0.2:0 --extend-to "$HOP_B"
-HOP_A=$HOP_ADDR
-HOPS="$HOP_A@$("${S_BIN[cur]}/qnet" pubkey < "$HOPS_D/a.key"),$HOP_B@$("${S_BIN[cur]}/qnet" pubkey < "$HOPS_D/b.key")"
-note "relay A $HOP_A extends to relay B $HOP_B"
+HOP_A=$HOP_ADDR@$("${S_BIN[cur]}/qnet" pubkey < "$HOPS_D/a.key")
+HOPS="$HOP_A,$HOP_B"
+note "relay A ${HOP_A%@*} extends to relay B ${HOP_B%@*}"
 H2_ECHO=
 H2_IPERF=
 if [ -n "${ECHO:-}" ]; then

@@ -7,6 +7,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::Parser;
+use qnet::config::parse_keyed_hop;
 use qnet::config::{Config, Upstream};
 use qnet::engine::{log, session_config};
 use qnet::keys::{load_allow_list, load_private_key};
@@ -75,12 +76,16 @@ struct Args {
     /// Present fresh SOCKS credentials per client session (a Tor circuit each).
     #[arg(long)]
     isolate: bool,
-    /// A relay this one extends client sessions to as a middle hop of a multi-hop route
-    /// (repeatable; replaces [server] relays). Extends go there directly, whatever the
-    /// exit policy says; never to this relay itself nor straight back to the relay a
-    /// session came from.
-    #[arg(long = "extend-to", value_name = "HOST:PORT")]
+    /// A relay this one extends client sessions to as a middle hop of a multi-hop route,
+    /// with its public key (repeatable; replaces [server] relays). Extends go there
+    /// directly, whatever the exit policy says; never to this relay itself, nor straight
+    /// back to the address a session came from, nor past a route's third hop.
+    #[arg(long = "extend-to", value_name = "HOST:PORT@KEY")]
     extend_to: Vec<String>,
+    /// Take part in routes as a later hop: read the preamble an extending relay sends
+    /// ahead of a client's bytes (on by default when this relay extends; [server] routes).
+    #[arg(long)]
+    routes: bool,
     /// Event loops, one thread each (0: one per core, the default; [server] threads).
     /// Each session stays on one loop; caps and quotas hold for the whole relay.
     #[arg(long, value_name = "N")]
@@ -161,8 +166,13 @@ fn run(args: Args) -> Result<(), String> {
         cfg.server.relays.clone()
     } else {
         args.extend_to
+            .iter()
+            .map(|t| parse_keyed_hop(t))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("--extend-to {e}"))?
     };
     let extend = ExtendPolicy::new(&extend_to).map_err(|e| format!("--extend-to: {e}"))?;
+    let routes = args.routes || cfg.server.routes.unwrap_or(!extend.is_empty());
     qnet::engine::raise_fd_limit();
 
     let relay_cfg = RelayConfig {
@@ -171,6 +181,7 @@ fn run(args: Args) -> Result<(), String> {
         clients_path: Some(clients_path),
         policy,
         extend,
+        routes,
         session: session_config(&cfg.session),
         connect_timeout: Duration::from_secs(args.connect_timeout),
         upstream,

@@ -48,7 +48,8 @@
 //! lookups_per_key = 256          # names being resolved for one key; more: TOO_MANY_STREAMS
 //! output_high_water_kib = 4096   # a client's unsent output above which it is not read
 //! threads = 0                    # event loops, one thread each; 0: one per core (--threads)
-//! relays = ["10.0.0.2:7000"]     # relays this relay extends to as a middle hop (multi-hop routes)
+//! relays = ["10.0.0.2:7000@<base64 key>"]  # relays this relay extends routes to (--extend-to)
+//! routes = false                 # a later hop of routes: read the preamble (default: relays set)
 //! [intercept]                    # read by libqnet.so inside the app
 //! bypass = ["127.0.0.0/8", "::1/128"]  # connected directly (CIDR); unix sockets always are
 //! remote_dns = true              # names resolve at the relay; the app sees fake addresses
@@ -109,7 +110,7 @@ pub use crate::net::Cidr;
 pub use entropy::{EntropyConfig, EntropySource};
 pub use intercept::{DNS_PORTS, InterceptConfig, JailMode, Route};
 pub use log::{LogLevel, ParseLogLevelError};
-pub use relays::{Hop, RelayEntry, RouteConfig, WeightedPath};
+pub use relays::{Hop, RelayEntry, RouteConfig, WeightedPath, parse_keyed_hop};
 pub use server::{ServerConfig, ServerLimits};
 pub use session::SessionParams;
 pub(crate) use sources::SYSTEM_CONFIG_PATH;

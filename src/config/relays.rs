@@ -401,6 +401,14 @@ fn pair(
     }
 }
 
+/// Reads `HOST:PORT@KEY`, the key required (a relay's `[server] relays`, `--extend-to`).
+pub fn parse_keyed_hop(text: &str) -> Result<Hop, String> {
+    if !text.contains('@') {
+        return Err(format!("{}: expected HOST:PORT@KEY", text.trim()));
+    }
+    hop(text, &[])
+}
+
 /// Reads one hop: `HOST:PORT@KEY`, or a `HOST:PORT` of `relays`, whose key it takes.
 fn hop(text: &str, relays: &[RelayEntry]) -> Result<Hop, String> {
     // Base64 has no '@', so whatever follows the last one is the key.

@@ -46,8 +46,11 @@ pub struct ServerConfig {
     pub limits: ServerLimits,
     /// Event loops, one thread each; 0: one per core.
     pub threads: usize,
-    /// Relays this relay may extend client sessions to as a middle hop, `host:port` each.
-    pub relays: Vec<String>,
+    /// Relays this relay may extend client sessions to as a middle hop, with their keys.
+    pub relays: Vec<super::Hop>,
+    /// Whether this relay takes part in routes: it reads an extend preamble at the start
+    /// of each connection (`None`: when `relays` is not empty).
+    pub routes: Option<bool>,
 }
 
 /// The relay's caps (`[server]` keys of the same names). The defaults are far above
@@ -128,6 +131,7 @@ impl Default for ServerConfig {
             limits: ServerLimits::default(),
             threads: 0,
             relays: Vec::new(),
+            routes: None,
         }
     }
 }
@@ -159,6 +163,7 @@ pub(super) struct RawServer {
     output_high_water_kib: Option<Value>,
     threads: Option<Value>,
     relays: Option<Value>,
+    routes: Option<Value>,
 }
 
 impl ServerConfig {
@@ -311,10 +316,16 @@ impl ServerConfig {
         if let Some(v) = raw.relays {
             let field = "server.relays";
             for (i, item) in o.array(field, v)?.into_iter().enumerate() {
-                s.relays.push(o.host_port(&format!("{field}[{i}]"), item)?);
+                let at = format!("{field}[{i}]");
+                let text = o.string(&at, item)?;
+                s.relays
+                    .push(super::parse_keyed_hop(&text).map_err(|m| o.err(&at, m))?);
             }
-            check_unique(field, s.relays.iter().map(String::as_str))
+            check_unique(field, s.relays.iter().map(|h| h.address.as_str()))
                 .map_err(|m| o.err(field, m))?;
+        }
+        if let Some(v) = raw.routes {
+            s.routes = Some(o.boolean("server.routes", v)?);
         }
         if s.drain_min > s.drain_max {
             return Err(o.err(
@@ -342,41 +353,41 @@ mod tests {
     use super::super::testutil::{err, parse};
 
     #[test]
-    fn server_relays_are_checked_addresses_without_repeats() {
-        let s = parse(
-            "[server]\nrelays = [\"10.0.0.2:7000\", \"relay-b.example:7000\", \"[::1]:7000\"]",
-        )
+    fn server_relays_are_keyed_addresses_without_repeats() {
+        let k = super::super::testutil::KEY_B64;
+        let s = parse(&format!(
+            "[server]\nrelays = [\"10.0.0.2:7000@{k}\", \"relay-b.example:7000@{k}\", \"[::1]:7000@{k}\"]\nroutes = true"
+        ))
         .unwrap()
         .server;
+        let addrs: Vec<&str> = s.relays.iter().map(|h| h.address.as_str()).collect();
         assert_eq!(
-            s.relays,
+            addrs,
             ["10.0.0.2:7000", "relay-b.example:7000", "[::1]:7000"]
         );
-        assert!(parse("").unwrap().server.relays.is_empty());
-        assert!(
-            parse("[server]\nrelays = []")
-                .unwrap()
-                .server
-                .relays
-                .is_empty()
-        );
+        assert_eq!(s.relays[0].key, k.parse().unwrap());
+        assert_eq!(s.routes, Some(true));
+        let d = parse("").unwrap().server;
+        assert!(d.relays.is_empty() && d.routes.is_none());
         assert_eq!(
-            err("[server]\nrelays = [\"10.0.0.2:7000\", \"nope\"]"),
-            "config /etc/qnet/qnet.toml: server.relays[1]: must be host:port, e.g. 127.0.0.1:7000, relay.example.com:7000 or [::1]:7000 (got \"nope\")"
-        );
-        assert_eq!(
-            err(
-                "[server]\nrelays = [\"Relay-B.example:7000\", \"10.0.0.2:7000\", \"relay-b.example:7000\"]"
-            ),
-            "config /etc/qnet/qnet.toml: server.relays: relay-b.example:7000 is listed twice (server.relays[0] and server.relays[2])"
+            err("[server]\nrelays = [\"10.0.0.2:7000\"]"),
+            "config /etc/qnet/qnet.toml: server.relays[0]: 10.0.0.2:7000: expected HOST:PORT@KEY"
         );
         assert!(
-            err("[server]\nrelays = [\"[::1]:7000\", \"[0::1]:7000\"]").contains("is listed twice")
+            err(&format!("[server]\nrelays = [\"nope@{k}\"]"))
+                .contains("server.relays[0]: must be host:port")
+        );
+        assert!(err("[server]\nrelays = [\"10.0.0.2:7000@short\"]").contains("invalid key"));
+        assert!(
+            err(&format!(
+                "[server]\nrelays = [\"Relay-B.example:7000@{k}\", \"relay-b.example:7000@{k}\"]"
+            ))
+            .contains("is listed twice")
         );
         assert_eq!(
             err("[server]\nrelays = \"10.0.0.2:7000\""),
             "config /etc/qnet/qnet.toml: server.relays: expected an array, got string"
         );
-        assert!(err("[server]\nrelays = [7000]").contains("server.relays[0]: expected a string"));
+        assert!(err("[server]\nroutes = 1").contains("server.routes"));
     }
 }

@@ -15,6 +15,7 @@ pub mod mask;
 mod memo;
 pub mod mux;
 pub mod noise;
+pub mod preamble;
 pub mod record;
 pub mod replay;
 pub mod session;

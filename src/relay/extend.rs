@@ -3,14 +3,21 @@
 //! policy it stands beside: the loop asks [`ExtendPolicy::judge`] before the exit policy.
 //!
 //! An extend is dialled directly (never through an exit proxy), whatever the exit
-//! policy says of that address; any other OPEN is judged by the exit policy alone, so a
-//! relay with `exit_allow` naming no destination serves only as a middle. A relay never
-//! extends to itself (its own port on any of its addresses, loopback and unspecified
-//! included) and never straight back to the relay a session came from.
+//! policy says of that address, and starts with a preamble (`proto::preamble`) sealed to
+//! the next relay's key that tells it its position in the route; any other OPEN is
+//! judged by the exit policy alone, so a relay with `exit_allow` naming no destination
+//! serves only as a middle. A relay never extends to itself (its own port on any of its
+//! addresses, loopback and unspecified included), never straight back to the address a
+//! session came from, and never from the third position: a route has at most three
+//! hops, so it cannot loop either (a loop needs a fourth).
 
 use std::net::{IpAddr, SocketAddr};
 
+use crate::config::Hop;
 use crate::proto::Destination;
+
+/// The most hops a route has; a relay at this position never extends.
+pub const MAX_HOPS: u8 = 3;
 
 /// A relay of the list, as written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,8 +32,11 @@ enum Listed {
 pub enum Extend {
     /// Not a listed relay: the exit policy decides.
     NotARelay,
-    /// A listed relay: dial it.
-    Allowed,
+    /// A listed relay: dial it, sending a preamble sealed to `key`.
+    Allowed {
+        /// The next relay's static public key.
+        key: [u8; 32],
+    },
     /// A listed relay this session may not extend to (the reason, for the log).
     Refused(&'static str),
 }
@@ -34,7 +44,7 @@ pub enum Extend {
 /// The relays this relay extends to, and what it knows of itself.
 #[derive(Debug, Clone, Default)]
 pub struct ExtendPolicy {
-    relays: Vec<Listed>,
+    relays: Vec<(Listed, [u8; 32])>,
     /// This host's addresses (canonical), refreshed with the exit policy's.
     own: Vec<IpAddr>,
     /// The port this relay listens on.
@@ -46,10 +56,10 @@ impl ExtendPolicy {
     ///
     /// # Errors
     /// An entry that is not `host:port`.
-    pub fn new<S: AsRef<str>>(relays: &[S]) -> Result<ExtendPolicy, String> {
+    pub fn new(relays: &[Hop]) -> Result<ExtendPolicy, String> {
         let mut listed = Vec::with_capacity(relays.len());
-        for r in relays {
-            let r = r.as_ref();
+        for hop in relays {
+            let r = hop.address.as_str();
             let entry = match r.parse::<SocketAddr>() {
                 Ok(a) => Listed::Addr(canonical(a)),
                 Err(_) => {
@@ -60,7 +70,7 @@ impl ExtendPolicy {
                     Listed::Name(host.to_ascii_lowercase(), port)
                 }
             };
-            listed.push(entry);
+            listed.push((entry, hop.key.0));
         }
         Ok(ExtendPolicy {
             relays: listed,
@@ -79,16 +89,19 @@ impl ExtendPolicy {
         self.port = port;
     }
 
-    /// Whether an OPEN to `dest` on a session from `from` is an extend, and allowed.
-    pub fn judge(&self, dest: &Destination, from: IpAddr) -> Extend {
-        let listed = match dest {
-            Destination::Addr(a) => self.relays.contains(&Listed::Addr(canonical(*a))),
-            Destination::Name(n, p) => self
-                .relays
-                .contains(&Listed::Name(n.to_ascii_lowercase(), *p)),
+    /// Whether an OPEN to `dest` on a session from `from`, this relay being hop
+    /// `position` of the route (1: the client connected directly), is an extend, and
+    /// allowed.
+    pub fn judge(&self, dest: &Destination, from: IpAddr, position: u8) -> Extend {
+        let want = match dest {
+            Destination::Addr(a) => Listed::Addr(canonical(*a)),
+            Destination::Name(n, p) => Listed::Name(n.to_ascii_lowercase(), *p),
         };
-        if !listed {
+        let Some(&(_, key)) = self.relays.iter().find(|(l, _)| *l == want) else {
             return Extend::NotARelay;
+        };
+        if position >= MAX_HOPS {
+            return Extend::Refused("the route has three hops already");
         }
         if let Destination::Addr(a) = dest {
             let ip = a.ip().to_canonical();
@@ -101,7 +114,7 @@ impl ExtendPolicy {
                 return Extend::Refused("it is where the session came from");
             }
         }
-        Extend::Allowed
+        Extend::Allowed { key }
     }
 }
 
@@ -118,50 +131,72 @@ mod tests {
         Destination::Addr(s.parse().unwrap())
     }
 
-    #[test]
-    fn only_listed_relays_are_extends() {
-        let p = ExtendPolicy::new(&[
-            "10.0.0.2:7000",
-            "Relay-B.example:7000",
-            "[2001:db8::1]:7000",
-        ])
-        .unwrap();
-        let from: IpAddr = "192.0.2.9".parse().unwrap();
-        assert_eq!(p.judge(&addr("10.0.0.2:7000"), from), Extend::Allowed);
-        assert_eq!(
-            p.judge(&addr("[::ffff:10.0.0.2]:7000"), from),
-            Extend::Allowed
-        );
-        assert_eq!(p.judge(&addr("10.0.0.2:7001"), from), Extend::NotARelay);
-        assert_eq!(p.judge(&addr("10.0.0.3:7000"), from), Extend::NotARelay);
-        assert_eq!(p.judge(&addr("[2001:db8::1]:7000"), from), Extend::Allowed);
-        let name = Destination::Name("relay-b.EXAMPLE".into(), 7000);
-        assert_eq!(p.judge(&name, from), Extend::Allowed);
-        let other = Destination::Name("relay-c.example".into(), 7000);
-        assert_eq!(p.judge(&other, from), Extend::NotARelay);
-        assert!(ExtendPolicy::new(&["nonsense"]).is_err());
-        assert!(ExtendPolicy::new::<&str>(&[]).unwrap().is_empty());
+    fn policy(relays: &[&str]) -> ExtendPolicy {
+        let hops: Vec<Hop> = relays
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Hop {
+                address: (*a).to_owned(),
+                key: crate::keys::PublicKey([i as u8 + 1; 32]),
+            })
+            .collect();
+        ExtendPolicy::new(&hops).unwrap()
     }
 
     #[test]
-    fn never_to_itself_nor_straight_back() {
-        let mut p =
-            ExtendPolicy::new(&["10.0.0.1:7000", "10.0.0.2:7000", "127.0.0.1:7000"]).unwrap();
+    fn only_listed_relays_are_extends_and_each_with_its_key() {
+        let p = policy(&[
+            "10.0.0.2:7000",
+            "Relay-B.example:7000",
+            "[2001:db8::1]:7000",
+        ]);
+        let from: IpAddr = "192.0.2.9".parse().unwrap();
+        let first = Extend::Allowed { key: [1; 32] };
+        assert_eq!(p.judge(&addr("10.0.0.2:7000"), from, 1), first);
+        assert_eq!(p.judge(&addr("[::ffff:10.0.0.2]:7000"), from, 1), first);
+        assert_eq!(p.judge(&addr("10.0.0.2:7001"), from, 1), Extend::NotARelay);
+        assert_eq!(p.judge(&addr("10.0.0.3:7000"), from, 1), Extend::NotARelay);
+        assert_eq!(
+            p.judge(&addr("[2001:db8::1]:7000"), from, 2),
+            Extend::Allowed { key: [3; 32] }
+        );
+        let name = Destination::Name("relay-b.EXAMPLE".into(), 7000);
+        assert_eq!(p.judge(&name, from, 1), Extend::Allowed { key: [2; 32] });
+        let other = Destination::Name("relay-c.example".into(), 7000);
+        assert_eq!(p.judge(&other, from, 1), Extend::NotARelay);
+        let bad = Hop {
+            address: "nonsense".into(),
+            key: crate::keys::PublicKey([0; 32]),
+        };
+        assert!(ExtendPolicy::new(&[bad]).is_err());
+        assert!(ExtendPolicy::new(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn never_to_itself_nor_straight_back_nor_past_three_hops() {
+        let mut p = policy(&["10.0.0.1:7000", "10.0.0.2:7000", "127.0.0.1:7000"]);
         p.set_own(["10.0.0.1".parse().unwrap()], 7000);
         let client: IpAddr = "192.0.2.9".parse().unwrap();
         let a: IpAddr = "10.0.0.2".parse().unwrap();
+        let me = Extend::Refused("it is this relay");
+        assert_eq!(p.judge(&addr("10.0.0.1:7000"), client, 1), me);
+        assert_eq!(p.judge(&addr("127.0.0.1:7000"), client, 1), me);
         assert_eq!(
-            p.judge(&addr("10.0.0.1:7000"), client),
-            Extend::Refused("it is this relay")
-        );
-        assert_eq!(
-            p.judge(&addr("127.0.0.1:7000"), client),
-            Extend::Refused("it is this relay")
-        );
-        assert_eq!(
-            p.judge(&addr("10.0.0.2:7000"), a),
+            p.judge(&addr("10.0.0.2:7000"), a, 2),
             Extend::Refused("it is where the session came from")
         );
-        assert_eq!(p.judge(&addr("10.0.0.2:7000"), client), Extend::Allowed);
+        assert_eq!(
+            p.judge(&addr("10.0.0.2:7000"), client, 2),
+            Extend::Allowed { key: [2; 32] }
+        );
+        // The third hop extends no further, whatever a client asks.
+        for position in [3, 4, 200] {
+            assert_eq!(
+                p.judge(&addr("10.0.0.2:7000"), client, position),
+                Extend::Refused("the route has three hops already")
+            );
+        }
+        // An address that is not listed stays the exit policy's, at any position.
+        assert_eq!(p.judge(&addr("10.9.9.9:80"), client, 3), Extend::NotARelay);
     }
 }

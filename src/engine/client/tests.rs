@@ -33,14 +33,21 @@ fn relay(client: &PrivateKey, stop: Arc<AtomicBool>) -> (SocketAddr, [u8; 32]) {
     relay_at("127.0.0.1", client, stop, &[])
 }
 
-/// A relay on loopback address `ip` admitting `client`, exiting only to 127.0.0.1 and
-/// extending to `extend`.
+/// A relay on loopback address `ip` admitting `client`, exiting only to 127.0.0.1,
+/// extending to `extend` and taking part in routes (it reads a preamble first).
 fn relay_at(
     ip: &str,
     client: &PrivateKey,
     stop: Arc<AtomicBool>,
-    extend: &[String],
+    extend: &[(SocketAddr, [u8; 32])],
 ) -> (SocketAddr, [u8; 32]) {
+    let extend: Vec<crate::config::Hop> = extend
+        .iter()
+        .map(|(a, k)| crate::config::Hop {
+            address: a.to_string(),
+            key: crate::keys::PublicKey(*k),
+        })
+        .collect();
     let key = PrivateKey::generate();
     let public = key.public().0;
     let server = crate::config::ServerConfig::default();
@@ -50,7 +57,8 @@ fn relay_at(
         clients,
         clients_path: None,
         policy: ExitPolicy::from_exit_allow(&["127.0.0.1/32"]).unwrap(),
-        extend: crate::relay::extend::ExtendPolicy::new(extend).unwrap(),
+        extend: crate::relay::extend::ExtendPolicy::new(&extend).unwrap(),
+        routes: true,
         session: crate::proto::SessionConfig::default(),
         connect_timeout: Duration::from_secs(5),
         upstream: None,
@@ -405,8 +413,8 @@ fn a_route_of_two_and_of_three_relays_carries_a_megabyte_both_ways() {
     let stop = Arc::new(AtomicBool::new(false));
     let key = PrivateKey::generate();
     let (c, kc) = relay_at("127.0.0.4", &key, stop.clone(), &[]);
-    let (b, kb) = relay_at("127.0.0.3", &key, stop.clone(), &[c.to_string()]);
-    let (a, ka) = relay_at("127.0.0.2", &key, stop.clone(), &[b.to_string()]);
+    let (b, kb) = relay_at("127.0.0.3", &key, stop.clone(), &[(c, kc)]);
+    let (a, ka) = relay_at("127.0.0.2", &key, stop.clone(), &[(b, kb)]);
     let echo = echo_server();
     for hops in [vec![(a, ka), (b, kb)], vec![(a, ka), (b, kb), (c, kc)]] {
         let local = route_client(key.clone(), &hops, echo, stop.clone());
@@ -471,7 +479,8 @@ fn a_relay_that_loses_a_happy_eyeballs_race_is_marked_down_and_shared_with_the_n
         "the second client tried the hole"
     );
     stop.store(true, Ordering::SeqCst);
-    std::fs::remove_dir_all(&dir).unwrap();
+    // The clients may still be writing the file as they stop: best effort.
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -490,5 +499,37 @@ fn no_busy_loop_while_the_preferred_relay_is_a_black_hole() {
     std::thread::sleep(Duration::from_secs(1));
     let n = wakeups.load(Ordering::SeqCst) - before;
     assert!(n < 100, "{n} wakeups in one idle second");
+    stop.store(true, Ordering::SeqCst);
+}
+
+#[test]
+fn relays_refuse_a_fourth_hop_that_a_modified_client_asks_for() {
+    // The config refuses routes of four hops; a client built without that check must
+    // meet the relays' own limit: the third hop extends no further.
+    let stop = Arc::new(AtomicBool::new(false));
+    let key = PrivateKey::generate();
+    let (d, kd) = relay_at("127.0.0.5", &key, stop.clone(), &[]);
+    let (c, kc) = relay_at("127.0.0.4", &key, stop.clone(), &[(d, kd)]);
+    let (b, kb) = relay_at("127.0.0.3", &key, stop.clone(), &[(c, kc)]);
+    let (a, ka) = relay_at("127.0.0.2", &key, stop.clone(), &[(b, kb)]);
+    let echo = echo_server();
+    let three = route_client(
+        key.clone(),
+        &[(b, kb), (c, kc), (d, kd)],
+        echo,
+        stop.clone(),
+    );
+    let mut s = TcpStream::connect(three).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    echo_round(&mut s, b"C extends to D from hop 2");
+    let four = route_client(
+        key,
+        &[(a, ka), (b, kb), (c, kc), (d, kd)],
+        echo,
+        stop.clone(),
+    );
+    let mut s = TcpStream::connect(four).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_ended(&mut s);
     stop.store(true, Ordering::SeqCst);
 }

@@ -18,6 +18,7 @@ use super::quota::SessionHold;
 use super::{Loop, Owner};
 use crate::engine::shape::Shaper;
 use crate::engine::{Link, LinkRead};
+use crate::proto::preamble::{self, PREAMBLE_LEN};
 use crate::proto::replay::source_network;
 use crate::proto::{Role, Session, SessionError};
 use crate::qlog;
@@ -46,6 +47,12 @@ pub(super) struct Conn {
     pub(super) source: IpAddr,
     /// Where the connection comes from (logs; extends never go straight back there).
     pub(super) peer: SocketAddr,
+    /// A relay that takes part in routes: the first bytes, until there are enough to
+    /// tell an extend preamble from a client's msg1 (`None` once told, or never).
+    pub(super) pre: Option<Vec<u8>>,
+    /// This relay's hop in the session's route: 1 when the client connected directly,
+    /// else the preamble's position plus one.
+    pub(super) position: u8,
     /// The deadline this connection's live entry in the relay's timer heap is for.
     pub(super) armed: Option<Instant>,
     /// The client's key and its session count once it authenticated: SIGHUP ends the
@@ -225,6 +232,8 @@ impl Loop {
                 read_paused: false,
                 source: source_key(peer.ip()),
                 peer,
+                pre: self.cfg.routes.then(Vec::new),
+                position: 1,
             },
         );
         self.rearm(t);
@@ -245,7 +254,8 @@ impl Loop {
                 return;
             }
             let high_water = self.limits.output_high_water;
-            match read_below(conn, now, &mut self.buf, high_water) {
+            let key = self.cfg.key.as_bytes();
+            match read_below(conn, now, &mut self.buf, high_water, key) {
                 Ok(LinkRead::Drained) => {}
                 // The relay's own socket never goes through a proxy, so ProxyFailed cannot occur.
                 Ok(LinkRead::Eof) | Ok(LinkRead::ProxyFailed(_)) | Err(_) => {
@@ -343,6 +353,7 @@ fn read_below(
     now: Instant,
     buf: &mut [u8],
     high_water: usize,
+    key: &[u8; 32],
 ) -> io::Result<LinkRead> {
     loop {
         if conn.link.session.transmit().len() >= high_water {
@@ -355,7 +366,16 @@ fn read_below(
                 return Ok(LinkRead::Eof);
             }
             Ok(n) => {
-                if let Err(e) = conn.link.session.handle_input(now, &buf[..n]) {
+                let data = match take_preamble(conn, &buf[..n], key) {
+                    Some((told, rest)) => {
+                        if let Err(e) = conn.link.session.handle_input(now, &told) {
+                            return Ok(LinkRead::Failed(e));
+                        }
+                        rest
+                    }
+                    None => &buf[..n],
+                };
+                if let Err(e) = conn.link.session.handle_input(now, data) {
                     return Ok(LinkRead::Failed(e));
                 }
             }
@@ -363,6 +383,34 @@ fn read_below(
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// While a relay in routes waits for the first [`PREAMBLE_LEN`] bytes: hold `data`'s
+/// share of them, and once they are all in, take them for a preamble (the position it
+/// gives is kept; nothing goes to the session) or give them back as the start of a
+/// client's msg1. Returns what the session must read first and the rest of `data`;
+/// `None` when no preamble is awaited.
+fn take_preamble<'a>(
+    conn: &mut Conn,
+    data: &'a [u8],
+    key: &[u8; 32],
+) -> Option<(Vec<u8>, &'a [u8])> {
+    let pre = conn.pre.as_mut()?;
+    let n = (PREAMBLE_LEN - pre.len()).min(data.len());
+    pre.extend_from_slice(&data[..n]);
+    if pre.len() < PREAMBLE_LEN {
+        return Some((Vec::new(), &data[n..]));
+    }
+    let head = conn.pre.take().unwrap_or_default();
+    let mut bytes = [0u8; PREAMBLE_LEN];
+    bytes.copy_from_slice(&head);
+    match preamble::open(&bytes, key) {
+        Some(p) => {
+            conn.position = p.saturating_add(1);
+            Some((Vec::new(), &data[n..]))
+        }
+        None => Some((head, &data[n..])),
     }
 }
 

@@ -15,6 +15,8 @@ use super::quota::{Pending, StreamHold};
 use super::{Loop, Owner};
 use crate::engine::pump::{Endpoint, Sock};
 use crate::engine::shape::Shaper;
+use crate::entropy::RingRandom;
+use crate::proto::elligator::Ephemeral;
 use crate::proto::{Destination, OpenError};
 use crate::qlog;
 use crate::relay::extend::Extend;
@@ -49,6 +51,8 @@ pub(super) struct Upstream {
     shaper: Option<Box<Shaper>>,
     /// With an exit proxy: the destination to ask it for once the TCP connect is up.
     via_proxy: Option<Destination>,
+    /// An extend: the preamble that goes out first, once the TCP connect is up.
+    preamble: Option<[u8; crate::proto::preamble::PREAMBLE_LEN]>,
     /// The key's lookup or dial count this stream holds until it connects.
     pub(super) hold: StreamHold,
 }
@@ -101,8 +105,9 @@ impl Loop {
             return;
         };
         let mut proxy = self.cfg.upstream.as_ref().map(|u| u.addr);
-        let peer = conn.peer;
-        let dest = match self.cfg.extend.judge(&dest, peer.ip()) {
+        let (peer, position) = (conn.peer, conn.position);
+        let mut preamble = None;
+        let dest = match self.cfg.extend.judge(&dest, peer.ip(), position) {
             Extend::NotARelay => {
                 let (dest, allowed) = self.cfg.policy.judge(dest, proxy.is_some());
                 if !allowed {
@@ -115,11 +120,17 @@ impl Loop {
                 }
                 dest
             }
-            Extend::Allowed => {
-                // The next hop of a route: dialled directly, as the operator listed it.
+            Extend::Allowed { key } => {
+                // The next hop of a route: dialled directly, as the operator listed it,
+                // told its position first.
                 proxy = None;
+                let e = Ephemeral::generate(|b| crate::proto::Random::fill(&mut RingRandom, b));
+                preamble = Some(crate::proto::preamble::seal(position, &key, &e));
                 let n = self.shared.extends.fetch_add(1, Relaxed) + 1;
-                qlog!(Info, "extend #{n}: a session from {peer} to relay {dest}");
+                qlog!(
+                    Info,
+                    "extend #{n}: a session from {peer} (hop {position}) to relay {dest}"
+                );
                 dest
             }
             Extend::Refused(why) => {
@@ -173,6 +184,7 @@ impl Loop {
                 ep: None,
                 shaper,
                 via_proxy: None,
+                preamble,
                 hold,
             },
         );
@@ -240,6 +252,13 @@ impl Loop {
                         up.state = UpState::Proxying { hs, out, deadline };
                     }
                     None => {
+                        // A fresh connection's send buffer takes 49 bytes whole; if it
+                        // did not, the next relay would read a client's bytes as garbage.
+                        if let Some(p) = up.preamble.take() {
+                            if !matches!(ep.sock.write(&p), Ok(n) if n == p.len()) {
+                                return self.connect_next(now, c, s, Some(OpenError::Failure));
+                            }
+                        }
                         up.connected();
                         conn.dirty.insert(s);
                         let _ = conn.link.session.open_result(now, s, Ok(()));

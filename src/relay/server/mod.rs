@@ -69,6 +69,9 @@ pub struct RelayConfig {
     pub policy: ExitPolicy,
     /// The relays client sessions may be extended to (multi-hop routes).
     pub extend: ExtendPolicy,
+    /// Whether this relay takes part in routes: each connection may start with an
+    /// extend preamble (one X25519 more per connection to find out).
+    pub routes: bool,
     /// Session limits and timers.
     pub session: SessionConfig,
     /// How long a destination may take to accept a connection (through the upstream
@@ -665,6 +668,7 @@ mod tests {
             clients_path: None,
             policy: ExitPolicy::from_exit_allow(&["127.0.0.1/32"]).unwrap(),
             extend: ExtendPolicy::default(),
+            routes: false,
             session: SessionConfig::default(),
             connect_timeout: Duration::from_secs(5),
             upstream: None,
