@@ -14,18 +14,11 @@
 use std::net::{IpAddr, SocketAddr};
 
 use crate::config::Hop;
+use crate::engine::client::parse_destination;
 use crate::proto::Destination;
 
 /// The most hops a route has; a relay at this position never extends.
 pub const MAX_HOPS: u8 = 3;
-
-/// A relay of the list, as written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Listed {
-    Addr(SocketAddr),
-    /// A name (lower case) and port: matched by name; only the client's name reaches it.
-    Name(String, u16),
-}
 
 /// What [`ExtendPolicy::judge`] concluded of an OPEN.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +37,8 @@ pub enum Extend {
 /// The relays this relay extends to, and what it knows of itself.
 #[derive(Debug, Clone, Default)]
 pub struct ExtendPolicy {
-    relays: Vec<(Listed, [u8; 32])>,
+    /// Each relay as [`normal`] spells it, and its key.
+    relays: Vec<(Destination, [u8; 32])>,
     /// This host's addresses (canonical), refreshed with the exit policy's.
     own: Vec<IpAddr>,
     /// The port this relay listens on.
@@ -59,18 +53,8 @@ impl ExtendPolicy {
     pub fn new(relays: &[Hop]) -> Result<ExtendPolicy, String> {
         let mut listed = Vec::with_capacity(relays.len());
         for hop in relays {
-            let r = hop.address.as_str();
-            let entry = match r.parse::<SocketAddr>() {
-                Ok(a) => Listed::Addr(canonical(a)),
-                Err(_) => {
-                    let (host, port) = r
-                        .rsplit_once(':')
-                        .ok_or_else(|| format!("relay {r:?}: expected host:port"))?;
-                    let port = port.parse().map_err(|_| format!("relay {r:?}: bad port"))?;
-                    Listed::Name(host.to_ascii_lowercase(), port)
-                }
-            };
-            listed.push((entry, hop.key.0));
+            let dest = parse_destination(&hop.address).map_err(|e| format!("relay {e}"))?;
+            listed.push((normal(&dest), hop.key.0));
         }
         Ok(ExtendPolicy {
             relays: listed,
@@ -93,10 +77,7 @@ impl ExtendPolicy {
     /// `position` of the route (1: the client connected directly), is an extend, and
     /// allowed.
     pub fn judge(&self, dest: &Destination, from: IpAddr, position: u8) -> Extend {
-        let want = match dest {
-            Destination::Addr(a) => Listed::Addr(canonical(*a)),
-            Destination::Name(n, p) => Listed::Name(n.to_ascii_lowercase(), *p),
-        };
+        let want = normal(dest);
         let Some(&(_, key)) = self.relays.iter().find(|(l, _)| *l == want) else {
             return Extend::NotARelay;
         };
@@ -118,9 +99,12 @@ impl ExtendPolicy {
     }
 }
 
-/// IPv4-mapped addresses as IPv4, so each relay has one spelling.
-fn canonical(a: SocketAddr) -> SocketAddr {
-    SocketAddr::new(a.ip().to_canonical(), a.port())
+/// One spelling per relay: IPv4-mapped addresses as IPv4, names in lower case.
+fn normal(dest: &Destination) -> Destination {
+    match dest {
+        Destination::Addr(a) => Destination::Addr(SocketAddr::new(a.ip().to_canonical(), a.port())),
+        Destination::Name(n, p) => Destination::Name(n.to_ascii_lowercase(), *p),
+    }
 }
 
 #[cfg(test)]

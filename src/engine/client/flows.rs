@@ -39,6 +39,11 @@ pub(super) fn flow_key(serial: u32, stream: u32) -> u64 {
     u64::from(serial) << 32 | u64::from(stream)
 }
 
+/// The keys of tunnel `serial`'s flows.
+pub(super) fn flow_range(serial: u32) -> std::ops::RangeInclusive<u64> {
+    flow_key(serial, 0)..=flow_key(serial, u32::MAX)
+}
+
 /// The tunnel serial of a flow key.
 pub(super) fn serial_of(key: u64) -> u32 {
     (key >> 32) as u32

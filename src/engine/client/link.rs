@@ -8,7 +8,7 @@ use std::time::Instant;
 use mio::Interest;
 use mio::net::TcpStream;
 
-use super::flows::{Pending, serial_of};
+use super::flows::{Pending, flow_range};
 use super::tunnel::{Purpose, Tunnel};
 use super::{Client, Failure, parse_destination, relay_address};
 use crate::engine::{Link, LinkRead};
@@ -166,14 +166,14 @@ impl Client {
                 let back = self.health.probe_ok(p, now);
                 if back {
                     qlog!(Info, "relay {name} is back");
-                    self.share_up(p);
+                    self.share_up(p, now);
                 }
                 self.drop_tunnel(serial);
             }
             Purpose::Attempt => {
                 if self.health.mark_up(p) {
                     qlog!(Info, "relay {name} is back");
-                    self.share_up(p);
+                    self.share_up(p, now);
                 }
                 qlog!(Info, "session to {name} established");
                 // The race is won: the others go (they carry no flows), the old current
@@ -403,9 +403,8 @@ impl Client {
     /// The keys of tunnel `serial`'s flows.
     pub(super) fn flows_of(&self, serial: u32) -> Vec<u64> {
         self.flows
-            .keys()
-            .copied()
-            .filter(|&k| serial_of(k) == serial)
+            .range(flow_range(serial))
+            .map(|(&k, _)| k)
             .collect()
     }
 
@@ -415,10 +414,10 @@ impl Client {
     }
 
     /// Tell this user's other processes that path `p` is up again.
-    fn share_up(&self, p: usize) {
+    fn share_up(&self, p: usize, now: Instant) {
         if let Some(f) = &self.cfg.health_file {
             let id = super::shared::path_id(&self.cfg.paths[p].hops);
-            super::shared::record(f, &id, None, unix_ms());
+            super::shared::record(f, &id, None, self.unix_ms(now));
         }
     }
 
@@ -426,18 +425,24 @@ impl Client {
     fn share_until(&self, p: usize, until: Instant, now: Instant) {
         if let Some(f) = &self.cfg.health_file {
             let id = super::shared::path_id(&self.cfg.paths[p].hops);
-            let ms = unix_ms();
+            let ms = self.unix_ms(now);
             let ahead = until.saturating_duration_since(now).as_millis() as u64;
             super::shared::record(f, &id, Some(ms + ahead), ms);
         }
     }
 
+    /// `now` as unix milliseconds, by the sessions' wall clock: the shared file's clock,
+    /// since processes share no `Instant`.
+    fn unix_ms(&self, now: Instant) -> u64 {
+        self.cfg.session.clock.unix(now).as_millis() as u64
+    }
+
     /// Learn from this user's other processes which paths are down.
     pub(super) fn learn_shared(&mut self, now: Instant) {
+        let ms = self.unix_ms(now);
         let Some(f) = &self.cfg.health_file else {
             return;
         };
-        let ms = unix_ms();
         let down = super::shared::read(f, ms);
         for (p, path) in self.cfg.paths.iter().enumerate() {
             let id = super::shared::path_id(&path.hops);
@@ -452,11 +457,4 @@ impl Client {
             }
         }
     }
-}
-
-/// Now, as unix milliseconds (the shared file's clock: processes share no `Instant`).
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }

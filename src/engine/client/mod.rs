@@ -28,7 +28,7 @@ pub use attach::Failure;
 pub(crate) use attach::{AppConn, Attach, Command};
 pub use config::{ClientConfig, DestinationError, Hop, PathConfig, parse_destination};
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::{self, ErrorKind};
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -119,8 +119,9 @@ pub struct Client {
     commands: Option<Commands>,
     /// The relay failure was already reported on stderr (once per outage).
     told_down: bool,
-    /// Keyed by tunnel serial (high half) and stream id.
-    flows: HashMap<u64, Flow>,
+    /// Keyed by tunnel serial (high half) and stream id: ordered, so a tunnel's flows
+    /// are one range (`flows_of`), with no count to keep beside them.
+    flows: BTreeMap<u64, Flow>,
     by_token: HashMap<Token, u64>,
     next_token: usize,
     buf: Vec<u8>,
@@ -178,7 +179,7 @@ impl Client {
             handshakes: HashMap::new(),
             commands: None,
             told_down: false,
-            flows: HashMap::new(),
+            flows: BTreeMap::new(),
             by_token: HashMap::new(),
             next_token: FIRST_LOCAL,
             buf: vec![0u8; READ_CHUNK],

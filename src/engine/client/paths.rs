@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use super::Client;
-use super::flows::serial_of;
+use super::flows::flow_range;
 use super::health::{DEAD_AFTER, RACE_AFTER, silence_limits};
 use super::tunnel::Purpose;
 use crate::qlog;
@@ -20,7 +20,17 @@ impl Client {
 
     /// Whether tunnel `serial` has flows (opened or being opened).
     fn has_flows(&self, serial: u32) -> bool {
-        self.flows.keys().any(|&k| serial_of(k) == serial)
+        self.flows.range(flow_range(serial)).next().is_some()
+    }
+
+    /// Paths that may be attempted for new flows, in order: candidates not tried in this
+    /// round and without a tunnel.
+    fn untried(&self) -> Vec<usize> {
+        self.health
+            .candidates()
+            .into_iter()
+            .filter(|p| !self.tried.contains(p) && !self.tunnels.iter().any(|t| t.path == *p))
+            .collect()
     }
 
     /// Keep the tunnels right for now; returns when this must run again at the latest.
@@ -46,12 +56,6 @@ impl Client {
         let current = self.current().map(|i| self.tunnels[i].path);
         let waiting = !self.waiting.is_empty();
         let best = self.health.best_up();
-        let untried: Vec<usize> = self
-            .health
-            .candidates()
-            .into_iter()
-            .filter(|p| !self.tried.contains(p) && !self.tunnels.iter().any(|t| t.path == *p))
-            .collect();
         match (current, attempts.last()) {
             // Served by the best path there is.
             (Some(c), None) if best.is_none_or(|b| b == c) => {}
@@ -65,7 +69,7 @@ impl Client {
             (None, None) => {
                 // Without flows waiting, only a path that is up or due is tried: a dead set
                 // is not hammered for a session no one uses yet.
-                let first = untried.first().copied().filter(|&p| {
+                let first = self.untried().first().copied().filter(|&p| {
                     waiting || self.health.is_up(p) || self.health.due(now).contains(&p)
                 });
                 match first {
@@ -87,7 +91,7 @@ impl Client {
             // its time).
             (None, Some(&(p, started))) => {
                 let race_at = started + RACE_AFTER * self.cfg.paths[p].hops.len() as u32;
-                if let Some(&n) = untried.first() {
+                if let Some(&n) = self.untried().first() {
                     if now >= race_at {
                         qlog!(
                             Debug,

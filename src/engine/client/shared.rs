@@ -10,11 +10,12 @@
 
 use std::fs;
 use std::io::{Read as _, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::config::Hop;
+use crate::fileperm::{self, Holds};
 
 /// At most this many lines are kept (the oldest retry times go first).
 const MAX_LINES: usize = 256;
@@ -61,13 +62,15 @@ fn parse(text: &str, now_ms: u64) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// Read the file only if this user owns it and no one else may write it.
+/// Read the file only if this user (or root) owns it and no one else may write it:
+/// the one check of files that say where to connect (`fileperm`).
 fn read_own(file: &Path) -> std::io::Result<String> {
     let f = fs::File::open(file)?;
     let meta = f.metadata()?;
-    if meta.uid() != crate::os::euid() || meta.mode() & 0o022 != 0 || !meta.is_file() {
-        return Err(std::io::Error::other("not this user's file"));
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a file"));
     }
+    fileperm::check(&meta, file, "health file", Holds::Access).map_err(std::io::Error::other)?;
     let mut text = String::new();
     f.take(64 * 1024).read_to_string(&mut text)?;
     Ok(text)
@@ -97,9 +100,8 @@ fn write(file: &Path, lines: &[(String, u64)]) -> std::io::Result<()> {
         Err(e) => return Err(e),
     }
     let meta = fs::metadata(dir)?;
-    if meta.uid() != crate::os::euid() || meta.mode() & 0o022 != 0 {
-        return Err(std::io::Error::other("not this user's directory"));
-    }
+    fileperm::check(&meta, dir, "health directory", Holds::Access)
+        .map_err(std::io::Error::other)?;
     let mut nonce = [0u8; 8];
     crate::entropy::fill(&mut nonce).map_err(std::io::Error::other)?;
     let tmp = dir.join(format!(".health-{:016x}", u64::from_le_bytes(nonce)));
@@ -147,7 +149,9 @@ mod tests {
         assert_eq!(read(&file, 6000), [(b.clone(), 9000)]);
         record(&file, &b, None, 1000);
         assert_eq!(read(&file, 1000), [(a.clone(), 5000)]);
-        let mode = fs::metadata(file.parent().unwrap()).unwrap().mode() & 0o777;
+        let mode =
+            std::os::unix::fs::MetadataExt::mode(&fs::metadata(file.parent().unwrap()).unwrap())
+                & 0o777;
         assert_eq!(mode, 0o700);
         fs::remove_dir_all(&dir).unwrap();
     }
