@@ -172,7 +172,11 @@ fn run(args: Args) -> Result<(), String> {
             .map_err(|e| format!("--extend-to {e}"))?
     };
     let extend = ExtendPolicy::new(&extend_to).map_err(|e| format!("--extend-to: {e}"))?;
-    let routes = args.routes || cfg.server.routes.unwrap_or(!extend.is_empty());
+    // A relay that extends must know its own position, or the hop limit resets there.
+    if cfg.server.routes == Some(false) && !extend.is_empty() {
+        return Err("[server] routes = false cannot go with relays to extend to: a relay that extends reads its position from the preamble".into());
+    }
+    let routes = args.routes || cfg.server.routes.unwrap_or(false) || !extend.is_empty();
     qnet::engine::raise_fd_limit();
 
     let relay_cfg = RelayConfig {

@@ -1,8 +1,10 @@
 //! The extend preamble: what a relay that extends a route sends the next relay ahead of
-//! the client's first byte: how many hops the route already has. The client cannot
-//! forge it (it is sealed to the next relay's static key by the extending relay, and a
-//! client's own connection carries none), so relays can hold routes to three hops and
-//! no route can loop back on itself. docs/PROTOCOL.md, "Routes (multi-hop)".
+//! the client's first byte: how many hops the route already has. Anyone who knows the
+//! relay's public key can seal one, but that gains nothing: on an extend the extending
+//! relay's comes first (the client's bytes follow it), and on a connection of the
+//! client's own a preamble can only claim position 1 or more, which is what it has
+//! anyway. So relays hold routes to three hops and no route loops back on itself.
+//! docs/PROTOCOL.md, "Routes (multi-hop)".
 //!
 //! ```text
 //! e = a fresh ephemeral key, sent as its Elligator2 representative (32)

@@ -15,6 +15,7 @@ use std::net::{IpAddr, SocketAddr};
 
 use crate::config::Hop;
 use crate::engine::client::parse_destination;
+use crate::net::{HostKind, classify_host};
 use crate::proto::Destination;
 
 /// The most hops a route has; a relay at this position never extends.
@@ -99,11 +100,18 @@ impl ExtendPolicy {
     }
 }
 
-/// One spelling per relay: IPv4-mapped addresses as IPv4, names in lower case.
-fn normal(dest: &Destination) -> Destination {
+/// One spelling per relay, so no other spelling of a listed relay reaches it as an
+/// exit (with no preamble, as a route's first hop): IPv4-mapped addresses as IPv4, a
+/// name that is an address in any form (`net::classify_host`) as that address, other
+/// names in lower case without a trailing dot.
+pub(crate) fn normal(dest: &Destination) -> Destination {
+    let addr = |ip: IpAddr, port| Destination::Addr(SocketAddr::new(ip.to_canonical(), port));
     match dest {
-        Destination::Addr(a) => Destination::Addr(SocketAddr::new(a.ip().to_canonical(), a.port())),
-        Destination::Name(n, p) => Destination::Name(n.to_ascii_lowercase(), *p),
+        Destination::Addr(a) => addr(a.ip(), a.port()),
+        Destination::Name(n, p) => match classify_host(n) {
+            HostKind::Addr(ip) => addr(ip, *p),
+            _ => Destination::Name(n.trim_end_matches('.').to_ascii_lowercase(), *p),
+        },
     }
 }
 
@@ -148,6 +156,18 @@ mod tests {
         assert_eq!(p.judge(&name, from, 1), Extend::Allowed { key: [2; 32] });
         let other = Destination::Name("relay-c.example".into(), 7000);
         assert_eq!(p.judge(&other, from, 1), Extend::NotARelay);
+        // Another spelling of a listed relay is that relay, not an exit.
+        for spelling in ["10.0.0.2", "0x0a.2", "167772162", "[::ffff:10.0.0.2]"] {
+            let d = Destination::Name(spelling.into(), 7000);
+            assert_eq!(p.judge(&d, from, 1), first, "{spelling}");
+            assert_eq!(
+                p.judge(&d, from, 3),
+                Extend::Refused("the route has three hops already"),
+                "{spelling}"
+            );
+        }
+        let dotted = Destination::Name("relay-b.example.".into(), 7000);
+        assert_eq!(p.judge(&dotted, from, 1), Extend::Allowed { key: [2; 32] });
         let bad = Hop {
             address: "nonsense".into(),
             key: crate::keys::PublicKey([0; 32]),

@@ -65,7 +65,11 @@ fn parse(text: &str, now_ms: u64) -> Vec<(String, u64)> {
 /// Read the file only if this user (or root) owns it and no one else may write it:
 /// the one check of files that say where to connect (`fileperm`).
 fn read_own(file: &Path) -> std::io::Result<String> {
-    let f = fs::File::open(file)?;
+    // Non-blocking: a FIFO put there must not hold the engine's thread in open().
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(file)?;
     let meta = f.metadata()?;
     if !meta.is_file() {
         return Err(std::io::Error::other("not a file"));

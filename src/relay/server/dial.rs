@@ -131,7 +131,9 @@ impl Loop {
                     Info,
                     "extend #{n}: a session from {peer} (hop {position}) to relay {dest}"
                 );
-                dest
+                // As the list spells it: an address in a name's clothing is dialled as
+                // that address.
+                crate::relay::extend::normal(&dest)
             }
             Extend::Refused(why) => {
                 let n = self.shared.extends_refused.fetch_add(1, Relaxed) + 1;
@@ -254,7 +256,9 @@ impl Loop {
                     None => {
                         // A fresh connection's send buffer takes 49 bytes whole; if it
                         // did not, the next relay would read a client's bytes as garbage.
-                        if let Some(p) = up.preamble.take() {
+                        // Kept for the next address if this write fails: no dial of an
+                        // extend ever goes out without it.
+                        if let Some(p) = up.preamble {
                             if !matches!(ep.sock.write(&p), Ok(n) if n == p.len()) {
                                 return self.connect_next(now, c, s, Some(OpenError::Failure));
                             }
