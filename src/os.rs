@@ -225,6 +225,21 @@ pub fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// CPU time the calling thread has used (user and system), for the relay's per-loop
+/// metric; zero if the clock cannot be read.
+pub fn thread_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux knows.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if r != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 /// A non-blocking, close-on-exec TCP socket with a connect to `addr` started (done, or
 /// EINPROGRESS) through the next `connect` in load order: never qnet's own hook, and
 /// proxychains-ng's when it is preloaded after us (or, in a program, before libc). Both

@@ -7,8 +7,8 @@ use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::Parser;
-use qnet::config::parse_keyed_hop;
 use qnet::config::{Config, Upstream};
+use qnet::config::{parse_keyed_hop, parse_metrics_listen};
 use qnet::engine::{log, session_config};
 use qnet::keys::{load_allow_list, load_private_key};
 use qnet::proto::admit::Admission;
@@ -90,6 +90,10 @@ struct Args {
     /// Each session stays on one loop; caps and quotas hold for the whole relay.
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
+    /// Serve Prometheus metrics at http://ADDR/metrics ([server] metrics): a bare PORT
+    /// listens on 127.0.0.1. No series names a client key, an address or a destination.
+    #[arg(long, value_name = "[HOST:]PORT")]
+    metrics: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -201,8 +205,21 @@ fn run(args: Args) -> Result<(), String> {
         Relay::bind(listen, relay_cfg).map_err(|e| format!("listen on {listen}: {e}"))?;
     relay.set_limits(cfg.server.limits);
     let addr = relay.local_addr().map_err(|e| e.to_string())?;
+    let metrics = match &args.metrics {
+        Some(m) => Some(parse_metrics_listen(m).map_err(|e| format!("--metrics {e}"))?),
+        None => cfg.server.metrics,
+    };
+    let metrics = metrics
+        .map(|m| {
+            qnet::relay::metrics::http::serve(m, relay.metrics())
+                .map_err(|e| format!("metrics on {m}: {e}"))
+        })
+        .transpose()?;
     // First stderr line, parsed by scripts and tests when --listen uses port 0.
     eprintln!("qnet-relay listening on {addr}");
+    if let Some(m) = metrics {
+        eprintln!("qnet-relay metrics on http://{m}/metrics");
+    }
     qnet::qlog!(Info, "{} event loops", relay.threads());
 
     let stop = Arc::new(AtomicBool::new(false));

@@ -111,7 +111,7 @@ pub use entropy::{EntropyConfig, EntropySource};
 pub use intercept::{DNS_PORTS, InterceptConfig, JailMode, Route};
 pub use log::{LogLevel, ParseLogLevelError};
 pub use relays::{Hop, RelayEntry, RouteConfig, WeightedPath, parse_keyed_hop};
-pub use server::{ServerConfig, ServerLimits};
+pub use server::{ServerConfig, ServerLimits, parse_metrics_listen};
 pub use session::SessionParams;
 pub(crate) use sources::SYSTEM_CONFIG_PATH;
 pub(crate) use timing::parse_profile;

@@ -51,6 +51,19 @@ pub struct ServerConfig {
     /// Whether this relay takes part in routes: it reads an extend preamble at the start
     /// of each connection (`None`: when `relays` is not empty).
     pub routes: Option<bool>,
+    /// Serve Prometheus metrics at `/metrics` on this address (its own listener).
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+/// Where the relay's metrics listen: `HOST:PORT` with a literal address, `[V6]:PORT`,
+/// or a bare port on 127.0.0.1 (loopback unless said otherwise: the counters describe
+/// the relay's clients).
+pub fn parse_metrics_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?} is not PORT or ADDRESS:PORT (e.g. 127.0.0.1:9150)"))
 }
 
 /// The relay's caps (`[server]` keys of the same names). The defaults are far above
@@ -132,6 +145,7 @@ impl Default for ServerConfig {
             threads: 0,
             relays: Vec::new(),
             routes: None,
+            metrics: None,
         }
     }
 }
@@ -164,6 +178,7 @@ pub(super) struct RawServer {
     threads: Option<Value>,
     relays: Option<Value>,
     routes: Option<Value>,
+    metrics: Option<Value>,
 }
 
 impl ServerConfig {
@@ -171,6 +186,11 @@ impl ServerConfig {
         let mut s = ServerConfig::default();
         if let Some(v) = raw.listen {
             s.listen = Some(o.host_port("server.listen", v)?);
+        }
+        if let Some(v) = raw.metrics {
+            let field = "server.metrics";
+            let text = o.string(field, v)?;
+            s.metrics = Some(parse_metrics_listen(&text).map_err(|e| o.err(field, e))?);
         }
         if let Some(v) = raw.key {
             s.key = Some(o.path("server.key", v)?);
@@ -351,6 +371,20 @@ impl ServerConfig {
 #[cfg(test)]
 mod tests {
     use super::super::testutil::{err, parse};
+
+    #[test]
+    fn metrics_listen_on_loopback_unless_an_address_is_given() {
+        let p = super::parse_metrics_listen;
+        assert_eq!(p("9150").unwrap(), "127.0.0.1:9150".parse().unwrap());
+        assert_eq!(p("[::1]:9150").unwrap(), "[::1]:9150".parse().unwrap());
+        assert_eq!(p("0.0.0.0:9150").unwrap(), "0.0.0.0:9150".parse().unwrap());
+        assert!(
+            p("localhost:9150")
+                .unwrap_err()
+                .contains("PORT or ADDRESS:PORT")
+        );
+        assert!(p("99999").is_err());
+    }
 
     #[test]
     fn server_relays_are_keyed_addresses_without_repeats() {

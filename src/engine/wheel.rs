@@ -126,6 +126,8 @@ pub struct Lateness {
     pub buckets: [u64; 8],
     /// The worst lateness seen, in nanoseconds.
     pub max_ns: u64,
+    /// All lateness seen, in nanoseconds (a histogram's sum, for the relay's metrics).
+    pub sum_ns: u64,
 }
 
 /// Upper bounds of [`Lateness::buckets`] in microseconds (the last bucket is open).
@@ -141,6 +143,7 @@ impl Lateness {
             .unwrap_or(LATENESS_BOUNDS_US.len());
         self.buckets[i] += 1;
         self.max_ns = self.max_ns.max(late_ns);
+        self.sum_ns = self.sum_ns.saturating_add(late_ns);
     }
 
     /// Add `other`'s counts to these (another loop's).
@@ -149,6 +152,7 @@ impl Lateness {
             *a += b;
         }
         self.max_ns = self.max_ns.max(other.max_ns);
+        self.sum_ns = self.sum_ns.saturating_add(other.sum_ns);
     }
 
     /// Timers served more than 1 ms late.

@@ -22,7 +22,9 @@ pub mod session;
 pub mod sim;
 
 pub use frame::{Destination, OpenError};
-pub use session::{Event, Role, Session, SessionConfig, SessionError, SessionStats, StreamError};
+pub use session::{
+    Event, HandshakeFault, Role, Session, SessionConfig, SessionError, SessionStats, StreamError,
+};
 
 use std::time::{Duration, Instant, SystemTime};
 

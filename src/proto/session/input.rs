@@ -3,6 +3,8 @@
 
 use std::time::Instant;
 
+use crate::proto::replay::Refusal;
+
 use super::*;
 
 impl Session {
@@ -65,14 +67,22 @@ impl Session {
                 return Ok(at);
             }
             let hs = std::mem::replace(&mut self.hs, Hs::Failed);
-            self.hs = self.handshake_step(now, hs, &buf[at..at + need])?;
+            self.hs = self
+                .handshake_step(now, hs, &buf[at..at + need])
+                .map_err(|f| {
+                    if !self.is_client {
+                        self.fault = Some(f);
+                    }
+                    SessionError::Handshake
+                })?;
             at += need;
         }
     }
 
-    /// One step of the handshake, given the bytes of its part.
-    fn handshake_step(&mut self, now: Instant, hs: Hs, part: &[u8]) -> Result<Hs, SessionError> {
-        let failed = |_| SessionError::Handshake;
+    /// One step of the handshake, given the bytes of its part; a failure says why (the
+    /// relay counts it; the wire sees the same silence for each).
+    fn handshake_step(&mut self, now: Instant, hs: Hs, part: &[u8]) -> Result<Hs, HandshakeFault> {
+        let failed = |_| HandshakeFault::Garbage;
         Ok(match hs {
             Hs::ServerAwaitMsg1(mut h) => {
                 let first = h.read_msg1(part).map_err(failed)?;
@@ -84,7 +94,7 @@ impl Session {
                     .expect("relay")
                     .read()
                     .check_msg1(&first.ephemeral, first.stamp_ms, &first.hint, &first.tag)
-                    .ok_or(SessionError::Handshake)?;
+                    .ok_or(HandshakeFault::UnknownKey)?;
                 Hs::ServerAwaitPad1(h, first, admitted)
             }
             Hs::ServerAwaitPad1(mut h, first, Admitted { public, mask }) => {
@@ -95,7 +105,11 @@ impl Session {
                 replay
                     .lock()
                     .admit(&first.ephemeral, first.stamp_ms, now_ms, *source)
-                    .map_err(|_| SessionError::Handshake)?;
+                    .map_err(|r| match r {
+                        Refusal::Stale | Refusal::BeforeStart => HandshakeFault::Stale,
+                        Refusal::Replayed => HandshakeFault::Replayed,
+                        Refusal::Full | Refusal::SourceFull => HandshakeFault::CacheFull,
+                    })?;
                 // Only now the ML-KEM work: everything cheaper has passed.
                 let reply = h.write_reply(&mut *self.rng).map_err(failed)?;
                 self.out.extend_from_slice(&reply);
@@ -112,7 +126,7 @@ impl Session {
                         .as_ref()
                         .is_some_and(|a| a.read().contains(&proved));
                 if !allowed {
-                    return Err(SessionError::Handshake);
+                    return Err(HandshakeFault::UnknownKey);
                 }
                 Hs::ServerAwaitPad3(h)
             }
@@ -135,7 +149,7 @@ impl Session {
                 self.established(now, o);
                 Hs::Done
             }
-            Hs::Done | Hs::Failed => return Err(SessionError::Handshake),
+            Hs::Done | Hs::Failed => return Err(HandshakeFault::Garbage),
         })
     }
 

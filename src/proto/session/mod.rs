@@ -104,6 +104,25 @@ pub enum SessionError {
     Closed,
 }
 
+/// Why a relay refused a client's handshake (it answers none of them: this is for its
+/// own counters, never for the wire).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeFault {
+    /// A part did not decode or decrypt (random bytes that passed admission, a broken
+    /// client).
+    Garbage,
+    /// msg1 proved no listed key (a stranger, a wrong relay key, random bytes), or msg3
+    /// presented another key than msg1 proved, or one removed meanwhile.
+    UnknownKey,
+    /// msg1's timestamp is further from the relay's clock than the skew allows, or
+    /// before the relay started.
+    Stale,
+    /// msg1 was seen before.
+    Replayed,
+    /// The replay cache had no room to remember msg1 (all of it, or its network's share).
+    CacheFull,
+}
+
 /// Why a stream operation failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum StreamError {
@@ -234,6 +253,8 @@ pub struct Session {
     ping_seq: u64,
     rtt: Option<Duration>,
     error: Option<SessionError>,
+    /// Relay: why the handshake was refused, if it was.
+    fault: Option<HandshakeFault>,
     stats: SessionStats,
     /// `out` still holds the end of the handshake: give its capacity back at the next
     /// full drain, so an idle session does not keep it.
@@ -299,6 +320,7 @@ impl Session {
             ping_seq: 0,
             rtt: None,
             error: None,
+            fault: None,
             stats: SessionStats::default(),
             shed_out: false,
         }
@@ -320,6 +342,11 @@ impl Session {
     /// Why the session ended, if it has.
     pub fn error(&self) -> Option<SessionError> {
         self.error
+    }
+
+    /// Relay: why the handshake was refused (`None` while it goes on or once it passed).
+    pub fn handshake_fault(&self) -> Option<HandshakeFault> {
+        self.fault
     }
 
     /// Counters.

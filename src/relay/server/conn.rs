@@ -22,6 +22,7 @@ use crate::proto::preamble::{self, PREAMBLE_LEN};
 use crate::proto::replay::source_network;
 use crate::proto::{Role, Session, SessionError};
 use crate::qlog;
+use crate::relay::metrics::{Handshake, Limit, LoopMetrics};
 use crate::socks::isolation_credentials;
 
 /// One client's session and the streams it opened.
@@ -58,6 +59,9 @@ pub(super) struct Conn {
     /// The client's key and its session count once it authenticated: SIGHUP ends the
     /// sessions of keys that left the allow-list.
     pub(super) key: Option<SessionHold>,
+    /// The session's stream payload counts (sent, received) already added to the
+    /// loop's metrics.
+    pub(super) counted: (u64, u64),
 }
 
 /// A connection over a handshake rate: no session, read and discarded until `close_at`.
@@ -73,6 +77,27 @@ impl Conn {
     /// then the session's timers.
     pub(super) fn next_timer(&self) -> Option<Instant> {
         self.close_at.or_else(|| self.link.session.next_timeout())
+    }
+
+    /// Answer stream `s`'s OPEN, and count the answer.
+    pub(super) fn answer(
+        &mut self,
+        m: &LoopMetrics,
+        now: Instant,
+        s: u32,
+        r: Result<(), crate::proto::OpenError>,
+    ) {
+        m.open(r);
+        let _ = self.link.session.open_result(now, s, r);
+    }
+
+    /// Add the stream payload moved since the last call to `m`.
+    pub(super) fn count_payload(&mut self, m: &LoopMetrics) {
+        let st = self.link.session.stats();
+        let (sent, received) = self.counted;
+        // Received is up (client to destination), sent is down.
+        m.payload(st.bytes_received - received, st.bytes_sent - sent);
+        self.counted = (st.bytes_sent, st.bytes_received);
     }
 
     /// The shaper of stream `s`, if it is open and shaped.
@@ -105,11 +130,13 @@ impl Loop {
             let verdict = self.shared.gate.lock().admit(now, source);
             match verdict {
                 Admit::Handshake => {}
-                Admit::Close => {
+                Admit::Close(limit) => {
+                    self.m.limit(limit);
                     self.report_refusals();
                     continue;
                 }
-                Admit::Sink => {
+                Admit::Sink(limit) => {
+                    self.m.limit(limit);
                     self.report_refusals();
                     self.sink(now, sock, source);
                     continue;
@@ -234,6 +261,7 @@ impl Loop {
                 peer,
                 pre: self.cfg.routes.then(Vec::new),
                 position: 1,
+                counted: (0, 0),
             },
         );
         self.rearm(t);
@@ -255,10 +283,13 @@ impl Loop {
             }
             let high_water = self.limits.output_high_water;
             let key = self.cfg.key.as_bytes();
-            match read_below(conn, now, &mut self.buf, high_water, key) {
+            match read_below(conn, now, &mut self.buf, high_water, key, &self.m) {
                 Ok(LinkRead::Drained) => {}
                 // The relay's own socket never goes through a proxy, so ProxyFailed cannot occur.
                 Ok(LinkRead::Eof) | Ok(LinkRead::ProxyFailed(_)) | Err(_) => {
+                    if conn.close_at.is_some() {
+                        self.m.handshake(Handshake::Closed);
+                    }
                     // Deliver what was decoded before the close, then let the streams finish.
                     self.service(now, t);
                     return self.drop_conn(t);
@@ -290,6 +321,12 @@ impl Loop {
         if conn.close_at.is_some() {
             if !conn.draining {
                 conn.draining = true;
+                let fault = conn.link.session.handshake_fault();
+                let result = fault.map_or(Handshake::Garbage, Handshake::of);
+                self.m.handshake(result);
+                if result == Handshake::ReplayCacheFull {
+                    self.m.limit(Limit::ReplayCache);
+                }
                 qlog!(
                     Info,
                     "handshake failed; draining until the connection's close time"
@@ -306,6 +343,10 @@ impl Loop {
     /// (so the close is a FIN, not the RST that unread bytes would cause), then close.
     pub(super) fn close_unauthenticated(&mut self, t: Token) {
         if let Some(conn) = self.conns.get_mut(&t) {
+            if !conn.draining {
+                // No handshake result of any kind before the close time.
+                self.m.handshake(Handshake::Timeout);
+            }
             discard_input(conn, &mut self.buf);
         }
         self.drop_conn(t);
@@ -330,6 +371,7 @@ impl Loop {
     /// Close a client connection and every destination socket of its streams.
     pub(super) fn drop_conn(&mut self, t: Token) {
         if let Some(mut conn) = self.conns.remove(&t) {
+            conn.count_payload(&self.m);
             let _ = self.poll.registry().deregister(&mut conn.link.sock);
             self.owners.remove(&t);
             self.shared.gate.lock().closed(conn.source);
@@ -354,9 +396,13 @@ fn read_below(
     buf: &mut [u8],
     high_water: usize,
     key: &[u8; 32],
+    m: &LoopMetrics,
 ) -> io::Result<LinkRead> {
     loop {
         if conn.link.session.transmit().len() >= high_water {
+            if !conn.read_paused {
+                m.limit(Limit::OutputHighWater);
+            }
             conn.read_paused = true;
             return Ok(LinkRead::Drained);
         }
@@ -366,6 +412,7 @@ fn read_below(
                 return Ok(LinkRead::Eof);
             }
             Ok(n) => {
+                m.wire_in(n);
                 let data = match take_preamble(conn, &buf[..n], key) {
                     Some((told, rest)) => {
                         if let Err(e) = conn.link.session.handle_input(now, &told) {

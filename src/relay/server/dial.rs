@@ -3,7 +3,6 @@
 
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use mio::Token;
@@ -20,6 +19,7 @@ use crate::proto::elligator::Ephemeral;
 use crate::proto::{Destination, OpenError};
 use crate::qlog;
 use crate::relay::extend::Extend;
+use crate::relay::metrics::Limit;
 use crate::sched::{Direction, Profile};
 use crate::socks::{ClientHandshake, ClientProgress};
 
@@ -84,6 +84,7 @@ fn open_error(e: &io::Error) -> OpenError {
 impl Loop {
     /// The client opened stream `s` to `dest`: check the policy, then resolve or dial.
     pub(super) fn on_open(&mut self, now: Instant, c: Token, s: u32, dest: Destination, asked: u8) {
+        self.m.stream();
         // The client's wish for the downstream, within what this relay allows.
         let profile = Profile::from_wire(asked)
             .filter(|p| self.cfg.allow_profiles.is_empty() || self.cfg.allow_profiles.contains(p))
@@ -93,10 +94,7 @@ impl Loop {
             Err(e) => {
                 qlog!(Error, "cannot shape stream {s}: {e}");
                 if let Some(conn) = self.conns.get_mut(&c) {
-                    let _ = conn
-                        .link
-                        .session
-                        .open_result(now, s, Err(OpenError::Failure));
+                    conn.answer(&self.m, now, s, Err(OpenError::Failure));
                 }
                 return;
             }
@@ -112,10 +110,8 @@ impl Loop {
                 let (dest, allowed) = self.cfg.policy.judge(dest, proxy.is_some());
                 if !allowed {
                     qlog!(Info, "exit policy refuses {dest}");
-                    let _ = conn
-                        .link
-                        .session
-                        .open_result(now, s, Err(OpenError::Forbidden));
+                    self.m.exit_refused();
+                    conn.answer(&self.m, now, s, Err(OpenError::Forbidden));
                     return;
                 }
                 dest
@@ -126,7 +122,7 @@ impl Loop {
                 proxy = None;
                 let e = Ephemeral::generate(|b| crate::proto::Random::fill(&mut RingRandom, b));
                 preamble = Some(crate::proto::preamble::seal(position, &key, &e));
-                let n = self.shared.extends.fetch_add(1, Relaxed) + 1;
+                let n = self.m.extend(true);
                 qlog!(
                     Info,
                     "extend #{n}: a session from {peer} (hop {position}) to relay {dest}"
@@ -136,15 +132,12 @@ impl Loop {
                 crate::relay::extend::normal(&dest)
             }
             Extend::Refused(why) => {
-                let n = self.shared.extends_refused.fetch_add(1, Relaxed) + 1;
+                let n = self.m.extend(false);
                 qlog!(
                     Info,
                     "extend refused (#{n}): a session from {peer} to relay {dest}: {why}"
                 );
-                let _ = conn
-                    .link
-                    .session
-                    .open_result(now, s, Err(OpenError::Forbidden));
+                conn.answer(&self.m, now, s, Err(OpenError::Forbidden));
                 return;
             }
         };
@@ -158,25 +151,25 @@ impl Loop {
         // A session without a key has not authenticated and cannot open: fail closed.
         let mut hold = conn.key.as_ref().map(|k| k.stream());
         let quota = if conn.ups.len() >= l.streams_per_session as usize {
-            Some("streams_per_session")
+            Some(Limit::StreamsPerSession)
         } else if !hold
             .as_mut()
             .is_some_and(|h| h.take(pending, per_key(l, pending)))
         {
-            Some(per_key_name(pending))
+            Some(per_key_limit(pending))
         } else {
             None
         };
         let (Some(hold), None) = (hold, quota) else {
+            if let Some(q) = quota {
+                self.m.limit(q);
+            }
             qlog!(
                 Info,
                 "stream {s} refused: over [server] {}",
-                quota.unwrap_or("?")
+                quota.map_or("?", Limit::name)
             );
-            let _ = conn
-                .link
-                .session
-                .open_result(now, s, Err(OpenError::TooManyStreams));
+            conn.answer(&self.m, now, s, Err(OpenError::TooManyStreams));
             return;
         };
         conn.ups.insert(
@@ -265,7 +258,7 @@ impl Loop {
                         }
                         up.connected();
                         conn.dirty.insert(s);
-                        let _ = conn.link.session.open_result(now, s, Ok(()));
+                        conn.answer(&self.m, now, s, Ok(()));
                         return;
                     }
                 },
@@ -331,7 +324,7 @@ impl Loop {
                     up.connected();
                 }
                 conn.dirty.insert(s);
-                let _ = conn.link.session.open_result(now, s, Ok(()));
+                conn.answer(&self.m, now, s, Ok(()));
             }
             Some(e) => self.start_connect(now, c, s, Vec::new(), e),
         }
@@ -395,7 +388,7 @@ impl Loop {
             }
         }
         if let Some(conn) = self.conns.get_mut(&c) {
-            let _ = conn.link.session.open_result(now, s, Err(last));
+            conn.answer(&self.m, now, s, Err(last));
             conn.ups.remove(&s);
         }
     }
@@ -409,10 +402,10 @@ pub(super) fn per_key(l: &crate::config::ServerLimits, p: Pending) -> u32 {
     }
 }
 
-/// The `[server]` key naming that cap, for logs.
-pub(super) fn per_key_name(p: Pending) -> &'static str {
+/// The `[server]` limit of that cap.
+pub(super) fn per_key_limit(p: Pending) -> Limit {
     match p {
-        Pending::Lookup => "lookups_per_key",
-        Pending::Dial => "dials_per_key",
+        Pending::Lookup => Limit::LookupsPerKey,
+        Pending::Dial => Limit::DialsPerKey,
     }
 }

@@ -11,16 +11,17 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::time::Instant;
 
 use crate::config::ServerLimits;
+use crate::relay::metrics::Limit;
 
 /// What the gate decided for a new connection.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Admit {
     /// Start its handshake.
     Handshake,
-    /// Over a handshake rate: drain it silently, without a session.
-    Sink,
-    /// Over a connection cap: close it now.
-    Close,
+    /// Over a handshake rate (which one): drain it silently, without a session.
+    Sink(Limit),
+    /// Over a connection cap (which one): close it now.
+    Close(Limit),
 }
 
 /// The address a per-address cap counts under: IPv4 as is, IPv6 by /64 (what one
@@ -97,9 +98,13 @@ impl Gate {
     pub(super) fn admit(&mut self, now: Instant, src: IpAddr) -> Admit {
         let l = self.limits;
         let open_here = self.open_per_addr.get(&src).copied().unwrap_or(0);
-        if self.open >= l.max_connections || open_here >= l.max_connections_per_addr {
+        if self.open >= l.max_connections {
             self.refused += 1;
-            return Admit::Close;
+            return Admit::Close(Limit::MaxConnections);
+        }
+        if open_here >= l.max_connections_per_addr {
+            self.refused += 1;
+            return Admit::Close(Limit::MaxConnectionsPerAddr);
         }
         self.open += 1;
         *self.open_per_addr.entry(src).or_insert(0) += 1;
@@ -118,9 +123,13 @@ impl Gate {
             .entry(src)
             .or_insert_with(|| Bucket::full(now, l.handshakes_per_sec_per_addr));
         b.refill(now, l.handshakes_per_sec_per_addr);
-        if self.global.tokens < 1.0 || b.tokens < 1.0 {
+        if self.global.tokens < 1.0 {
             self.refused += 1;
-            return Admit::Sink;
+            return Admit::Sink(Limit::HandshakesPerSec);
+        }
+        if b.tokens < 1.0 {
+            self.refused += 1;
+            return Admit::Sink(Limit::HandshakesPerSecPerAddr);
         }
         self.global.tokens -= 1.0;
         b.tokens -= 1.0;
@@ -172,14 +181,27 @@ mod tests {
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let got: Vec<Admit> = (0..5).map(|_| g.admit(t0, a)).collect();
         use Admit::*;
-        assert_eq!(got, [Handshake, Handshake, Handshake, Sink, Close]);
+        use Limit::*;
+        let (rate_here, open_here) = (HandshakesPerSecPerAddr, MaxConnectionsPerAddr);
+        assert_eq!(
+            got,
+            [
+                Handshake,
+                Handshake,
+                Handshake,
+                Sink(rate_here),
+                Close(open_here)
+            ]
+        );
         // Another address has its own per-address bucket but shares the global one.
         let got: Vec<Admit> = (0..4).map(|_| g.admit(t0, b)).collect();
-        assert_eq!(got, [Handshake, Handshake, Handshake, Sink]);
-        assert_eq!(g.admit(t0, "10.0.0.3".parse().unwrap()), Sink);
-        assert_eq!(g.admit(t0, "10.0.0.4".parse().unwrap()), Sink);
+        let rate = Sink(HandshakesPerSec);
+        // Both buckets are empty now: the global one is named.
+        assert_eq!(got, [Handshake, Handshake, Handshake, rate]);
+        assert_eq!(g.admit(t0, "10.0.0.3".parse().unwrap()), rate);
+        assert_eq!(g.admit(t0, "10.0.0.4".parse().unwrap()), rate);
         let e: IpAddr = "10.0.0.5".parse().unwrap();
-        assert_eq!(g.admit(t0, e), Close, "global cap");
+        assert_eq!(g.admit(t0, e), Close(MaxConnections), "global cap");
         g.closed(a);
         let later = t0 + Duration::from_secs(1);
         assert_eq!(g.admit(later, a), Handshake);

@@ -40,8 +40,10 @@ use crate::keys::{PrivateKey, PublicKey};
 use crate::proto::admit::SharedAdmission;
 use crate::proto::{Event, OpenError, SessionConfig};
 use crate::qlog;
+use crate::relay::metrics::{Handshake, Limit, LoopGauges, LoopMetrics};
 use crate::sched::Profile;
 use conn::{Conn, Sink};
+use crossbeam::utils::CachePadded;
 use deadlines::{Deadlines, Due};
 use dial::UpState;
 use names::{Answers, Query, Resolved};
@@ -55,6 +57,8 @@ const TIMER: Token = Token(2);
 /// re-reads them): one `getifaddrs` netlink dump, so a new address is refused within
 /// seconds at no measurable cost.
 const OWN_ADDRS_EVERY: Duration = Duration::from_secs(5);
+/// How often a loop copies its gauges and shaping histogram for `/metrics`.
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
 /// Everything the relay needs to run.
 #[derive(Clone)]
@@ -167,6 +171,10 @@ pub(super) struct Loop {
     /// Connections that stopped being read at the output high-water mark and have
     /// drained below it since: read them again this round.
     resume: HashSet<Token>,
+    /// This loop's counters for `/metrics`.
+    m: Arc<CachePadded<LoopMetrics>>,
+    /// When the gauges were last copied into `m`.
+    published: Instant,
 }
 
 impl Loop {
@@ -179,6 +187,7 @@ impl Loop {
         resolve_tx: crossbeam::channel::Sender<Query>,
         cfg: RelayConfig,
         shared: Arc<Shared>,
+        m: Arc<CachePadded<LoopMetrics>>,
     ) -> io::Result<Loop> {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -207,6 +216,8 @@ impl Loop {
             full_reported: 0,
             sinks: HashMap::new(),
             resume: HashSet::new(),
+            m,
+            published: Instant::now(),
         })
     }
 
@@ -279,8 +290,38 @@ impl Loop {
             self.run_timers(Instant::now());
             self.expire_shaped(Instant::now());
             self.give_back_memory();
+            if now >= self.published + PUBLISH_EVERY {
+                self.publish(now);
+            }
         }
         Ok(())
+    }
+
+    /// Copy the gauges `/metrics` shows into this loop's metrics: one pass over the
+    /// connections and their streams, once a second.
+    fn publish(&mut self, now: Instant) {
+        self.published = now;
+        let mut g = LoopGauges {
+            connections: (self.conns.len() + self.sinks.len()) as u64,
+            ..LoopGauges::default()
+        };
+        for conn in self.conns.values() {
+            g.sessions += u64::from(conn.key.is_some());
+            g.streams += conn.ups.len() as u64;
+            g.output_bytes += conn.link.session.transmit().len() as u64;
+            g.reads_paused += u64::from(conn.read_paused);
+            for up in conn.ups.values() {
+                match up.state {
+                    UpState::Resolving => g.lookups += 1,
+                    UpState::Connecting { .. } | UpState::Proxying { .. } => g.dials += 1,
+                    UpState::Connected => {}
+                }
+            }
+        }
+        self.m.publish(g, &self.lateness, self.shaping_failures);
+        self.shared
+            .metrics
+            .set_lookups_queued(self.resolve_tx.len());
     }
 
     /// Point the shaped-departure timer at the earliest one; if it cannot be armed, the
@@ -407,6 +448,7 @@ impl Loop {
         self.service_io(now, c);
         self.rearm(c);
         if let Some(conn) = self.conns.get_mut(&c) {
+            conn.count_payload(&self.m);
             if conn.read_paused
                 && conn.link.session.transmit().len() < self.limits.output_high_water
             {
@@ -467,9 +509,11 @@ impl Loop {
                 Event::Connected { peer } => {
                     let key = PublicKey(peer);
                     conn.close_at = None;
+                    self.m.handshake(Handshake::Ok);
                     qlog!(Info, "client {} authenticated", key.to_base64());
                     let max = self.limits.sessions_per_key;
                     let Some(hold) = self.shared.quotas.session(key, max) else {
+                        self.m.limit(Limit::SessionsPerKey);
                         qlog!(
                             Warn,
                             "client {} is at [server] sessions_per_key: new session closed",
@@ -504,7 +548,10 @@ impl Loop {
             if conn.draining {
                 return;
             }
-            let flushed = match conn.link.flush() {
+            let unsent = conn.link.session.transmit().len();
+            let flushed = conn.link.flush();
+            self.m.wire_out(unsent - conn.link.session.transmit().len());
+            let flushed = match flushed {
                 Ok(f) => f,
                 Err(_) => return self.drop_conn(c),
             };

@@ -4,7 +4,7 @@
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, Sender};
 use mio::{Token, Waker};
@@ -13,6 +13,7 @@ use super::Loop;
 use super::dial::per_key;
 use super::quota::Pending;
 use crate::proto::OpenError;
+use crate::relay::metrics::Limit;
 
 const RESOLVER_THREADS: usize = 4;
 
@@ -45,6 +46,8 @@ pub(super) struct Resolved {
     stream: u32,
     port: u16,
     addrs: io::Result<Vec<SocketAddr>>,
+    /// How long `getaddrinfo` took.
+    took: Duration,
 }
 
 /// Start the resolver threads every loop shares; each answer goes to the asking loop's
@@ -58,6 +61,7 @@ pub(super) fn spawn_resolvers() -> io::Result<Sender<Query>> {
             .name(format!("qnet-resolve-{i}"))
             .spawn(move || {
                 for q in rx {
+                    let asked = Instant::now();
                     let addrs = (q.host.as_str(), q.port)
                         .to_socket_addrs()
                         .map(|a| a.collect());
@@ -66,6 +70,7 @@ pub(super) fn spawn_resolvers() -> io::Result<Sender<Query>> {
                         stream: q.stream,
                         port: q.port,
                         addrs,
+                        took: asked.elapsed(),
                     };
                     // A loop that has ended no longer reads its answers.
                     if q.answers.tx.send(answer).is_ok() {
@@ -80,6 +85,8 @@ pub(super) fn spawn_resolvers() -> io::Result<Sender<Query>> {
 impl Loop {
     /// Dial the allowed addresses a name resolved to, or refuse the stream.
     pub(super) fn on_resolved(&mut self, now: Instant, r: Resolved) {
+        self.shared.metrics.lookup_took(r.took);
+        self.m.lookup(r.addrs.as_ref().is_ok_and(|a| !a.is_empty()));
         let (allowed, failure) = match r.addrs {
             Ok(addrs) if addrs.is_empty() => (vec![], OpenError::NameNotFound),
             Ok(addrs) => {
@@ -101,12 +108,16 @@ impl Loop {
         // The name resolved: its lookup becomes a dial, unless the key's dials are at
         // [server] dials_per_key.
         let (allowed, failure) = if !allowed.is_empty() && !up.hold.take(Pending::Dial, max_dials) {
+            self.m.limit(Limit::DialsPerKey);
             (vec![], OpenError::TooManyStreams)
         } else {
             (allowed, failure)
         };
+        if allowed.is_empty() && failure == OpenError::Forbidden {
+            self.m.exit_refused();
+        }
         if allowed.is_empty() {
-            let _ = conn.link.session.open_result(now, r.stream, Err(failure));
+            conn.answer(&self.m, now, r.stream, Err(failure));
             conn.ups.remove(&r.stream);
         } else {
             self.start_connect(now, r.conn, r.stream, allowed, OpenError::Failure);

@@ -31,6 +31,7 @@ use crate::keys::{PrivateKey, load_allow_list};
 use crate::proto::admit::{Admission, SharedAdmission};
 use crate::proto::replay::{ReplayCache, SharedReplay};
 use crate::qlog;
+use crate::relay::metrics::Metrics;
 
 /// Pending connections each listener holds before the kernel refuses more.
 const BACKLOG: i32 = 1024;
@@ -60,9 +61,8 @@ pub(super) struct Shared {
     halt: AtomicBool,
     /// Every loop's waker, to make them see a reload or a halt at once.
     wakers: Vec<Arc<Waker>>,
-    /// Extends dialled, and refused, across the loops.
-    pub(super) extends: AtomicU64,
-    pub(super) extends_refused: AtomicU64,
+    /// What the loops count, for `/metrics`.
+    pub(super) metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -107,6 +107,7 @@ impl Shared {
                 // One X25519 per key, computed before the lock is taken.
                 let admission = Admission::new(key.as_bytes(), set.iter().map(|k| k.0));
                 *clients.write() = admission;
+                self.metrics.set_clients_allowed(set.len());
                 self.generation.fetch_add(1, Ordering::AcqRel);
                 self.wake_all();
             }
@@ -184,14 +185,15 @@ impl Relay {
             generation: AtomicU64::new(0),
             halt: AtomicBool::new(false),
             wakers: polls.iter().map(|(_, w)| w.clone()).collect(),
-            extends: AtomicU64::new(0),
-            extends_refused: AtomicU64::new(0),
+            metrics: Metrics::new(n),
         });
+        shared.metrics.set_clients_allowed(cfg.clients.read().len());
         let resolve_tx = super::names::spawn_resolvers()?;
         let loops = polls
             .into_iter()
             .zip(listeners)
-            .map(|((poll, waker), l)| {
+            .enumerate()
+            .map(|(i, ((poll, waker), l))| {
                 Loop::new(
                     poll,
                     l,
@@ -199,6 +201,7 @@ impl Relay {
                     resolve_tx.clone(),
                     cfg.clone(),
                     shared.clone(),
+                    shared.metrics.of_loop(i),
                 )
             })
             .collect::<io::Result<Vec<_>>>()?;
@@ -222,6 +225,11 @@ impl Relay {
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         Ok(self.addr)
+    }
+
+    /// What the loops count, for `/metrics` (`relay::metrics::http::serve`).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
     }
 
     /// The number of event loops.
