@@ -96,7 +96,10 @@ impl Conn {
         let st = self.link.session.stats();
         let (sent, received) = self.counted;
         // Received is up (client to destination), sent is down.
-        m.payload(st.bytes_received - received, st.bytes_sent - sent);
+        m.payload(
+            st.bytes_received.saturating_sub(received),
+            st.bytes_sent.saturating_sub(sent),
+        );
         self.counted = (st.bytes_sent, st.bytes_received);
     }
 
