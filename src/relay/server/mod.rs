@@ -550,7 +550,8 @@ impl Loop {
             }
             let unsent = conn.link.session.transmit().len();
             let flushed = conn.link.flush();
-            self.m.wire_out(unsent - conn.link.session.transmit().len());
+            self.m
+                .wire_out(unsent.saturating_sub(conn.link.session.transmit().len()));
             let flushed = match flushed {
                 Ok(f) => f,
                 Err(_) => return self.drop_conn(c),
