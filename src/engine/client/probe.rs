@@ -91,7 +91,10 @@ fn drive(
         .map_err(|e| ProbeFault::Resolve(format!("{first} does not resolve: {e}")))?;
     let started = Instant::now();
     let std_sock = std::net::TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| ProbeFault::Connect(format!("{first} ({addr}): {e}")))?;
+        .map_err(|e| match addr.to_string() == first {
+            true => ProbeFault::Connect(format!("{first}: {e}")),
+            false => ProbeFault::Connect(format!("{first} ({addr}): {e}")),
+        })?;
     out.connect = Some(started.elapsed());
     let failed = |hop: usize, why: String| ProbeFault::Failed { hop, why };
     std_sock
