@@ -294,7 +294,10 @@ pub(crate) fn in_child(f: impl FnOnce() -> i32) -> io::Result<i32> {
     if libc::WIFEXITED(status) {
         Ok(libc::WEXITSTATUS(status))
     } else {
-        Err(io::Error::other(format!("probe child ended by signal {}", libc::WTERMSIG(status))))
+        Err(io::Error::other(format!(
+            "probe child ended by signal {}",
+            libc::WTERMSIG(status)
+        )))
     }
 }
 
@@ -351,6 +354,12 @@ fn errno_low() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_child_returns_the_childs_exit_status() {
+        assert_eq!(in_child(|| 7).unwrap(), 7);
+        assert_eq!(in_child(|| 0).unwrap(), 0);
+    }
 
     #[test]
     fn find_program_takes_a_path_as_is_and_searches_a_name() {

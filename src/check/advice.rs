@@ -62,8 +62,7 @@ impl std::fmt::Display for Line {
 /// the value it wants comes from when that is not obvious.
 pub(crate) fn config_failed(e: &ConfigError) -> String {
     let msg = e.to_string();
-    let hint = if msg.contains("relay_key") || msg.contains("QNET_RELAY_KEY") || msg.contains('@')
-    {
+    let hint = if msg.contains("relay_key") || msg.contains("QNET_RELAY_KEY") || msg.contains('@') {
         "; a relay's key is printed on the relay by `qnet pubkey < relay.key`"
     } else {
         ""
@@ -186,7 +185,9 @@ pub(crate) fn silent(s: &Silence<'_>) -> Line {
     );
     Line {
         status: Status::Fail,
-        text: format!("relay {relay} answered nothing to the handshake (it is silent to keys it does not admit):"),
+        text: format!(
+            "relay {relay} answered nothing to the handshake (it is silent to keys it does not admit):"
+        ),
         more,
     }
 }

@@ -64,8 +64,10 @@ impl Report<'_> {
 pub fn run(o: &Options, out: &mut dyn Write) -> Result<bool, Box<dyn std::error::Error>> {
     let to = parse_destination(&o.to).map_err(|e| format!("--to {e}"))?;
     let name = match (&o.name, &to) {
-        (Some(n), d) => Some(parse_destination(&format!("{n}:{}", port(d)))
-            .map_err(|_| format!("--name {n}: invalid hostname"))?),
+        (Some(n), d) => Some(
+            parse_destination(&format!("{n}:{}", port(d)))
+                .map_err(|_| format!("--name {n}: invalid hostname"))?,
+        ),
         (None, Destination::Name(..)) => Some(to.clone()),
         (None, Destination::Addr(_)) => None,
     };
@@ -78,7 +80,10 @@ pub fn run(o: &Options, out: &mut dyn Write) -> Result<bool, Box<dyn std::error:
                 |p| p.display().to_string(),
             );
             let count = format!("{} relays, {} routes", c.relays.len(), c.routes.len());
-            r.say(Line::new(Status::Ok, format!("config {what} parses ({count})")))?;
+            r.say(Line::new(
+                Status::Ok,
+                format!("config {what} parses ({count})"),
+            ))?;
             Some(c)
         }
         Err(e) => {
@@ -89,11 +94,17 @@ pub fn run(o: &Options, out: &mut dyn Write) -> Result<bool, Box<dyn std::error:
     let defaults = Config::default();
     local_checks(&mut r, cfg.as_ref().unwrap_or(&defaults))?;
     let Some(cfg) = cfg else {
-        r.say(Line::new(Status::Skip, "relays: not checked, the config did not load"))?;
+        r.say(Line::new(
+            Status::Skip,
+            "relays: not checked, the config did not load",
+        ))?;
         return Ok(!r.failed);
     };
     let Some(own) = key_check(&mut r, &cfg)? else {
-        r.say(Line::new(Status::Skip, "relays: not checked without a client key"))?;
+        r.say(Line::new(
+            Status::Skip,
+            "relays: not checked without a client key",
+        ))?;
         return Ok(!r.failed);
     };
     if let Err(e) = crate::entropy::configure(&cfg.entropy) {
@@ -134,7 +145,10 @@ fn local_checks(r: &mut Report<'_>, cfg: &Config) -> io::Result<()> {
         Line::new(Status::Skip, "jail: off (intercept.jail)")
     } else {
         match crate::jail::run::probe() {
-            Ok(()) => Line::new(Status::Ok, "jail: `qnet run` can make a network namespace here"),
+            Ok(()) => Line::new(
+                Status::Ok,
+                "jail: `qnet run` can make a network namespace here",
+            ),
             Err(e) => Line::new(Status::Fail, advice::no_jail(&e, &userns_sysctls())),
         }
     })?;
@@ -200,14 +214,24 @@ fn paths_check(
         let probe = crate::engine::client::probe(client, p, dests, o.timeout);
         let upstream = client.upstream.as_ref().map(|u| u.proxy.as_str());
         let Some(connect) = probe.connect else {
-            let fault = probe.fault.as_ref().expect("a probe without a connect has a fault");
-            r.say(Line::new(Status::Fail, advice::stopped(&hops, fault, upstream)))?;
+            let fault = probe
+                .fault
+                .as_ref()
+                .expect("a probe without a connect has a fault");
+            r.say(Line::new(
+                Status::Fail,
+                advice::stopped(&hops, fault, upstream),
+            ))?;
             continue;
         };
         let via = upstream.map_or(String::new(), |u| format!(" through {u}"));
         r.say(Line::new(
             Status::Ok,
-            format!("relay {} reachable{via} (TCP connect {})", hops[0], ms(connect)),
+            format!(
+                "relay {} reachable{via} (TCP connect {})",
+                hops[0],
+                ms(connect)
+            ),
         ))?;
         match &probe.fault {
             Some(ProbeFault::Silent { hop }) => {
@@ -236,7 +260,9 @@ fn paths_check(
             }
             None => {}
         }
-        let took = probe.handshake.map_or_else(String::new, |d| format!(" ({})", ms(d)));
+        let took = probe
+            .handshake
+            .map_or_else(String::new, |d| format!(" ({})", ms(d)));
         let what = if hops.len() == 1 {
             format!("relay {label}")
         } else {
@@ -247,7 +273,11 @@ fn paths_check(
             format!("{what}: handshake complete, key matches, this client is admitted{took}"),
         ))?;
         let exit = hops.last().expect("a path has a hop");
-        let policy = probe.opens.first().copied().unwrap_or(OpenOutcome::NoAnswer);
+        let policy = probe
+            .opens
+            .first()
+            .copied()
+            .unwrap_or(OpenOutcome::NoAnswer);
         r.say(advice::policy(exit, &show(&dests[0]), policy))?;
         match (dests.get(1), probe.opens.get(1)) {
             (Some(Destination::Name(n, _)), Some(&outcome)) => {

@@ -138,9 +138,9 @@ impl Config {
         }
         let system = Path::new(SYSTEM_CONFIG_PATH);
         // As `read_optional`: only a file that is not there is passed over.
-        searched(&get, system)
-            .into_iter()
-            .find(|p| fs::metadata(p).map_or_else(|e| e.kind() != io::ErrorKind::NotFound, |_| true))
+        searched(&get, system).into_iter().find(|p| {
+            fs::metadata(p).map_or_else(|e| e.kind() != io::ErrorKind::NotFound, |_| true)
+        })
     }
 
     /// [`Config::load_from`] with the environment and system file injected, for tests.

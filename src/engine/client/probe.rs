@@ -86,15 +86,21 @@ fn drive(
 ) -> Result<(), ProbeFault> {
     let hops = cfg.paths[p].hops.clone();
     let entry = hops[0].address.clone();
-    let first = cfg.upstream.as_ref().map_or(entry.clone(), |u| u.proxy.clone());
+    let first = cfg
+        .upstream
+        .as_ref()
+        .map_or(entry.clone(), |u| u.proxy.clone());
     let addr = super::relay_address(&first)
         .map_err(|e| ProbeFault::Resolve(format!("{first} does not resolve: {e}")))?;
     let started = Instant::now();
+    // The address beside the name only when it says more.
+    let shown = if addr.to_string() == first {
+        first.clone()
+    } else {
+        format!("{first} ({addr})")
+    };
     let std_sock = std::net::TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| match addr.to_string() == first {
-            true => ProbeFault::Connect(format!("{first}: {e}")),
-            false => ProbeFault::Connect(format!("{first} ({addr}): {e}")),
-        })?;
+        .map_err(|e| ProbeFault::Connect(format!("{shown}: {e}")))?;
     out.connect = Some(started.elapsed());
     let failed = |hop: usize, why: String| ProbeFault::Failed { hop, why };
     std_sock
@@ -139,9 +145,11 @@ fn drive(
         let now = Instant::now();
         if let Err(why) = t.advance(now, cfg.key.as_bytes()) {
             // A later hop that refuses msg1 shows as its carrier stream ending.
-            return Err(match t.is_unanswered() {
-                true => ProbeFault::Silent { hop: t.depth() - 1 },
-                false => failed(t.depth() - 1, why),
+            let hop = t.depth() - 1;
+            return Err(if t.is_unanswered() {
+                ProbeFault::Silent { hop }
+            } else {
+                failed(hop, why)
             });
         }
         if t.depth() - 1 > hop {
@@ -160,6 +168,8 @@ fn drive(
                 streams.push(s);
             }
             out.opens = vec![OpenOutcome::NoAnswer; dests.len()];
+            // The OPENs are in the exit's session: carry them down the route first.
+            continue;
         }
         if let Some(exit) = t.exit_mut().filter(|_| out.handshake.is_some()) {
             while let Some(ev) = exit.poll_event() {
@@ -181,10 +191,12 @@ fn drive(
             .flush()
             .map_err(|e| failed(hop, format!("{}: {e}", t.frontier())))?;
         if now >= deadline {
-            return match () {
-                _ if out.handshake.is_some() => Ok(()),
-                _ if t.is_unanswered() => Err(ProbeFault::Silent { hop }),
-                _ => Err(failed(hop, format!("no handshake within {timeout:?}"))),
+            return if out.handshake.is_some() {
+                Ok(())
+            } else if t.is_unanswered() {
+                Err(ProbeFault::Silent { hop })
+            } else {
+                Err(failed(hop, format!("no handshake within {timeout:?}")))
             };
         }
         let wake = t.next_timeout().map_or(deadline, |d| d.min(deadline));
