@@ -139,12 +139,18 @@ fn main() -> ExitCode {
         clients_file,
     } = cli.command
     {
+        let timeout = match std::time::Duration::try_from_secs_f64(timeout) {
+            Ok(t) if (0.01..=600.0).contains(&timeout) => t,
+            _ => {
+                eprintln!("qnet check: --timeout {timeout}: expected 0.01 to 600 seconds");
+                return ExitCode::from(2);
+            }
+        };
         return check(qnet::check::Options {
             config,
             to,
             name,
-            timeout: std::time::Duration::try_from_secs_f64(timeout)
-                .unwrap_or(std::time::Duration::from_secs(3)),
+            timeout,
             relay_key_file,
             clients_file,
         });

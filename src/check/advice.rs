@@ -211,6 +211,12 @@ pub(crate) fn stopped(hops: &[String], fault: &ProbeFault, upstream: Option<&str
             )
         }
         ProbeFault::Silent { hop } => format!("relay {} answered nothing", hops[*hop]),
+        // The route's previous hop would not dial the next: it lists no such relay.
+        ProbeFault::Failed { hop, why } if why.contains(" refused to extend to ") => format!(
+            "route stops at relay {}: {why}: list the next hop on that relay \
+             (qnet-relay --extend-to HOST:PORT@KEY, or [server] relays)",
+            hops.get(*hop).map_or("?", String::as_str)
+        ),
         ProbeFault::Failed { hop, why } => format!(
             "handshake with relay {} failed: {why}",
             hops.get(*hop).map_or("?", String::as_str)

@@ -188,6 +188,20 @@ fn stopped_paths_say_where() {
         None,
     );
     assert_eq!(t, "handshake with relay b:2 failed: x");
+    let refused = "a:1 refused to extend to b:2: forbidden by exit policy";
+    let t = stopped(
+        &hops,
+        &ProbeFault::Failed {
+            hop: 0,
+            why: refused.into(),
+        },
+        None,
+    );
+    assert!(
+        t.starts_with("route stops at relay a:1: a:1 refused"),
+        "{t}"
+    );
+    assert!(t.contains("--extend-to"), "{t}");
 }
 
 #[test]

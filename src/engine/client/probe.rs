@@ -218,3 +218,83 @@ fn drive(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::super::tests::{echo_server, relay};
+    use super::*;
+    use crate::keys::PrivateKey;
+
+    const SHORT: Duration = Duration::from_millis(400);
+
+    /// A relay admitting a fresh client key, stopped on drop.
+    struct Setup {
+        cfg: ClientConfig,
+        stop: Arc<AtomicBool>,
+    }
+
+    impl Setup {
+        fn new() -> Setup {
+            let key = PrivateKey::generate();
+            let stop = Arc::new(AtomicBool::new(false));
+            let (addr, public) = relay(&key, stop.clone());
+            Setup {
+                cfg: ClientConfig::one_relay(addr.to_string(), public, key),
+                stop,
+            }
+        }
+    }
+
+    impl Drop for Setup {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::Relaxed);
+        }
+    }
+
+    #[test]
+    fn a_good_relay_answers_each_open_as_its_policy_says() {
+        let s = Setup::new();
+        let echo = echo_server();
+        let outside = Destination::Addr(format!("127.0.0.2:{}", echo.port()).parse().unwrap());
+        let dests = [
+            Destination::Addr(echo),
+            outside,
+            Destination::Name("localhost".into(), echo.port()),
+        ];
+        let p = probe(&s.cfg, 0, &dests, Duration::from_secs(3));
+        assert_eq!(p.fault, None);
+        assert!(p.connect.is_some() && p.handshake.is_some());
+        assert_eq!(p.opens[0], OpenOutcome::Opened);
+        // The relay exits only to 127.0.0.1.
+        assert_eq!(p.opens[1], OpenOutcome::Failed(OpenError::Forbidden));
+        assert_ne!(p.opens[2], OpenOutcome::Failed(OpenError::NameNotFound));
+    }
+
+    #[test]
+    fn a_wrong_relay_key_and_a_stranger_are_both_silence() {
+        let mut s = Setup::new();
+        s.cfg.paths[0].hops[0].key = PrivateKey::generate().public().0;
+        let p = probe(&s.cfg, 0, &[], SHORT);
+        assert!(p.connect.is_some());
+        assert_eq!(p.fault, Some(ProbeFault::Silent { hop: 0 }));
+        let mut s = Setup::new();
+        s.cfg.key = PrivateKey::generate();
+        let p = probe(&s.cfg, 0, &[], SHORT);
+        assert_eq!(p.fault, Some(ProbeFault::Silent { hop: 0 }));
+        assert!(p.opens.is_empty());
+    }
+
+    #[test]
+    fn a_relay_that_is_not_there_is_a_failed_connect() {
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = free.local_addr().unwrap();
+        drop(free);
+        let cfg = ClientConfig::one_relay(addr.to_string(), [7; 32], PrivateKey::generate());
+        let p = probe(&cfg, 0, &[], SHORT);
+        assert_eq!(p.connect, None);
+        assert!(matches!(p.fault, Some(ProbeFault::Connect(_))), "{p:?}");
+    }
+}
