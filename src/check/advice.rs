@@ -62,7 +62,9 @@ impl std::fmt::Display for Line {
 /// the value it wants comes from when that is not obvious.
 pub(crate) fn config_failed(e: &ConfigError) -> String {
     let msg = e.to_string();
-    let hint = if msg.contains("relay_key") || msg.contains("QNET_RELAY_KEY") || msg.contains('@') {
+    // Only relays' keys are written in a config (the client's is a file name), so a key
+    // that does not parse is one of theirs, wherever it is written.
+    let hint = if msg.contains("invalid key") {
         "; a relay's key is printed on the relay by `qnet pubkey < relay.key`"
     } else {
         ""

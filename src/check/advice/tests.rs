@@ -254,6 +254,12 @@ fn config_errors_about_relay_keys_say_where_the_key_comes_from() {
         message: "expected `=`".into(),
     };
     assert_eq!(config_failed(&e), "config q.toml: line 3: expected `=`");
+    let e = ConfigError::Field {
+        origin: "q.toml".into(),
+        field: "upstream".into(),
+        message: "credentials must be user:password (got \"socks5://u@h:1\")".into(),
+    };
+    assert!(!config_failed(&e).contains("qnet pubkey"));
 }
 
 #[test]
