@@ -4,6 +4,7 @@
 //! are leaves; `engine` drives them; `relay` is the server role of the engine.
 #![deny(unsafe_code)]
 
+pub mod check;
 pub mod config;
 pub(crate) mod dns;
 pub mod elf;

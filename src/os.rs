@@ -281,9 +281,100 @@ pub(crate) fn connect_next(addr: std::net::SocketAddr) -> io::Result<std::os::fd
     Ok(sock)
 }
 
+/// Runs `f` in a forked child and returns its exit status (`qnet check`'s probes, so
+/// what they change of the process goes with the child). `f` must only make system
+/// calls: the child of a threaded process may not allocate or take a lock.
+pub(crate) fn in_child(f: impl FnOnce() -> i32) -> io::Result<i32> {
+    // SAFETY: the child runs `f` (system calls only, by contract) and `_exit`s.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        let code = f();
+        // SAFETY: ends the child without running the parent's exit handlers.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for our own child; `status` is alive for the call.
+        if unsafe { libc::waitpid(pid, &raw mut status, 0) } == pid {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    if libc::WIFEXITED(status) {
+        Ok(libc::WEXITSTATUS(status))
+    } else {
+        Err(io::Error::other(format!(
+            "probe child ended by signal {}",
+            libc::WTERMSIG(status)
+        )))
+    }
+}
+
+/// Whether the kernel takes a seccomp filter from this process, as `libqnet.so` installs
+/// one at load: `PR_SET_NO_NEW_PRIVS`, then a one-instruction allow-all filter, both in
+/// a forked child.
+pub fn seccomp_probe() -> io::Result<()> {
+    const NO_NEW_PRIVS: i32 = 1;
+    const FILTER: i32 = 2;
+    let allow = [libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: libc::SECCOMP_RET_ALLOW,
+    }];
+    let prog = libc::sock_fprog {
+        len: 1,
+        filter: allow.as_ptr().cast_mut(),
+    };
+    // The child's status: the failed step in the high bits, its errno in the low ones.
+    let code = in_child(|| {
+        // SAFETY: prctl with integer arguments only.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+            return NO_NEW_PRIVS << 6 | errno_low();
+        }
+        // SAFETY: `prog` points to `allow`, alive for the call; the kernel copies it.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0,
+                &raw const prog,
+            )
+        };
+        if r != 0 {
+            return FILTER << 6 | errno_low();
+        }
+        0
+    })?;
+    let e = io::Error::from_raw_os_error(code & 63);
+    match code >> 6 {
+        0 => Ok(()),
+        NO_NEW_PRIVS => Err(io::Error::other(format!("prctl(PR_SET_NO_NEW_PRIVS): {e}"))),
+        _ => Err(io::Error::other(format!("seccomp(SET_MODE_FILTER): {e}"))),
+    }
+}
+
+/// This thread's errno, cut to the six bits an exit status has room for beside a step
+/// (the errnos a prctl or seccomp returns are all below 64).
+fn errno_low() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(0) & 63
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_child_returns_the_childs_exit_status() {
+        assert_eq!(in_child(|| 7).unwrap(), 7);
+        assert_eq!(in_child(|| 0).unwrap(), 0);
+    }
 
     #[test]
     fn find_program_takes_a_path_as_is_and_searches_a_name() {

@@ -75,6 +75,32 @@ enum Command {
         #[arg(long)]
         stats: bool,
     },
+    /// Say what is wrong before running anything: the config, the key file, the jail and
+    /// the seccomp filter here, then for each relay or route: reachable, handshake (key
+    /// and allow-list), exit policy, name resolution. One line per check; exit status 0
+    /// only if none failed.
+    Check {
+        /// Config file (default: QNET_CONFIG, ~/.config/qnet/qnet.toml, /etc/qnet/qnet.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Test destination the exit relay's policy is asked about (host:port).
+        #[arg(long, value_name = "HOST:PORT", default_value = qnet::check::DEFAULT_TO)]
+        to: String,
+        /// Host name the exit relay is asked to resolve (default: the --to host, if a name).
+        #[arg(long, value_name = "HOST")]
+        name: Option<String>,
+        /// Seconds allowed for each step (connect, each handshake, the test streams).
+        #[arg(long, value_name = "SECS", default_value_t = 3.0)]
+        timeout: f64,
+        /// The relay's private key file, if at hand (same host): a silent relay then says
+        /// whether the configured relay key is wrong.
+        #[arg(long, value_name = "FILE")]
+        relay_key_file: Option<PathBuf>,
+        /// The relay's clients file, if at hand: a silent relay then says whether this
+        /// client is on it.
+        #[arg(long, value_name = "FILE")]
+        clients_file: Option<PathBuf>,
+    },
     /// Run a program with its TCP connections carried through the tunnel (LD_PRELOAD=libqnet.so),
     /// in a network jail where the kernel allows one: the program's only way out is the relay
     /// and the `intercept.bypass` destinations, which this command dials for it from outside.
@@ -104,6 +130,31 @@ fn main() -> ExitCode {
     {
         return run(config, jail, command);
     }
+    if let Command::Check {
+        config,
+        to,
+        name,
+        timeout,
+        relay_key_file,
+        clients_file,
+    } = cli.command
+    {
+        let timeout = match std::time::Duration::try_from_secs_f64(timeout) {
+            Ok(t) if (0.01..=600.0).contains(&timeout) => t,
+            _ => {
+                eprintln!("qnet check: --timeout {timeout}: expected 0.01 to 600 seconds");
+                return ExitCode::from(2);
+            }
+        };
+        return check(qnet::check::Options {
+            config,
+            to,
+            name,
+            timeout,
+            relay_key_file,
+            clients_file,
+        });
+    }
     let (name, result) = match cli.command {
         Command::Keygen => ("keygen", keygen()),
         Command::Pubkey => ("pubkey", pubkey()),
@@ -121,7 +172,7 @@ fn main() -> ExitCode {
             min_entropy,
             stats,
         } => ("entropy", entropy(bytes, sources, min_entropy, stats)),
-        Command::Run { .. } => unreachable!("handled above"),
+        Command::Run { .. } | Command::Check { .. } => unreachable!("handled above"),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -130,6 +181,18 @@ fn main() -> ExitCode {
             let msg = e.to_string().replace('\n', " ");
             eprintln!("qnet {name}: {msg}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Exit 0 when every check passed, 1 when one failed, 2 when the options are wrong.
+fn check(opts: qnet::check::Options) -> ExitCode {
+    match qnet::check::run(&opts, &mut io::stdout().lock()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("qnet check: {}", e.to_string().replace('\n', " "));
+            ExitCode::from(2)
         }
     }
 }

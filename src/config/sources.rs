@@ -118,14 +118,29 @@ impl Config {
                 }),
             };
         }
-        let user =
-            non_empty(get, "HOME").map(|home| Path::new(&home).join(".config/qnet/qnet.toml"));
-        for path in user.iter().map(PathBuf::as_path).chain([system_config]) {
-            if let Some(file) = read_optional(path)? {
-                return Ok(Some((path.to_path_buf(), file)));
+        for path in searched(get, system_config) {
+            if let Some(file) = read_optional(&path)? {
+                return Ok(Some((path, file)));
             }
         }
         Ok(None)
+    }
+
+    /// The file [`Config::load_from`] reads for `explicit`; `None` when it reads none and
+    /// starts from the defaults (for `qnet check` to name it).
+    pub fn source(explicit: Option<&Path>) -> Option<PathBuf> {
+        let get = process_env;
+        if let Some(p) = explicit {
+            return Some(p.to_path_buf());
+        }
+        if let Some(named) = non_empty(&get, "QNET_CONFIG") {
+            return Some(PathBuf::from(named));
+        }
+        let system = Path::new(SYSTEM_CONFIG_PATH);
+        // As `read_optional`: only a file that is not there is passed over.
+        searched(&get, system).into_iter().find(|p| {
+            fs::metadata(p).map_or_else(|e| e.kind() != io::ErrorKind::NotFound, |_| true)
+        })
     }
 
     /// [`Config::load_from`] with the environment and system file injected, for tests.
@@ -144,6 +159,14 @@ impl Config {
         config.apply_env(get)?;
         Ok(config)
     }
+}
+
+/// The files searched without `QNET_CONFIG`, in order: the user's, then the system's.
+fn searched(get: &impl Fn(&str) -> Option<String>, system_config: &Path) -> Vec<PathBuf> {
+    let user = non_empty(get, "HOME").map(|home| Path::new(&home).join(".config/qnet/qnet.toml"));
+    user.into_iter()
+        .chain([system_config.to_path_buf()])
+        .collect()
 }
 
 fn read_optional(path: &Path) -> Result<Option<FileText>, ConfigError> {

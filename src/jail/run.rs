@@ -102,3 +102,18 @@ pub fn run(mut cmd: Command, cfg: Option<&Config>) -> Result<std::convert::Infal
         }
     }
 }
+
+/// Whether this host lets this user make the jail: a forked child enters the namespaces
+/// `qnet run` makes (the same steps) and exits, and they end with it (`qnet check`).
+pub fn probe() -> io::Result<()> {
+    let (uid, gid) = sys::effective_ids();
+    let maps = (format!("{uid} {uid} 1"), format!("{gid} {gid} 1"));
+    let code = crate::os::in_child(|| match sys::enter_namespaces(&maps) {
+        Ok(()) => 0,
+        Err(e) => e.raw_os_error().unwrap_or(libc::EIO).clamp(1, 255),
+    })?;
+    match code {
+        0 => Ok(()),
+        errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}

@@ -15,6 +15,26 @@ use crate::engine::{Link, LinkRead};
 use crate::proto::{Role, Session};
 use crate::qlog;
 
+/// Make `link` (connected to the upstream proxy `u`) ask the proxy for `entry` first.
+pub(super) fn through_upstream(
+    link: &mut Link,
+    u: &crate::config::Upstream,
+    entry: &str,
+) -> Result<(), super::DestinationError> {
+    let target = parse_destination(entry)?;
+    let creds = if u.isolate {
+        Some(crate::socks::isolation_credentials())
+    } else {
+        u.credentials
+            .as_ref()
+            .map(|(a, b)| (a.clone().into_bytes(), b.clone().into_bytes()))
+    };
+    let (h, greeting) = crate::socks::ClientHandshake::start(target, creds);
+    link.proxy = Some(h);
+    link.proxy_out = greeting;
+    Ok(())
+}
+
 impl Client {
     /// Start a tunnel to path `p` (its handshake runs as the socket becomes writable).
     /// False when no connection could even start; the path is then down.
@@ -74,24 +94,11 @@ impl Client {
         );
         let mut link = Link::new(sock, session);
         if let Some(u) = &self.cfg.upstream {
-            let target = match parse_destination(&entry.address) {
-                Ok(d) => d,
-                Err(e) => {
-                    let _ = self.poll.registry().deregister(&mut link.sock);
-                    self.path_failed(now, p, &e.to_string());
-                    return false;
-                }
-            };
-            let creds = if u.isolate {
-                Some(crate::socks::isolation_credentials())
-            } else {
-                u.credentials
-                    .as_ref()
-                    .map(|(a, b)| (a.clone().into_bytes(), b.clone().into_bytes()))
-            };
-            let (h, greeting) = crate::socks::ClientHandshake::start(target, creds);
-            link.proxy = Some(h);
-            link.proxy_out = greeting;
+            if let Err(e) = through_upstream(&mut link, u, &entry.address) {
+                let _ = self.poll.registry().deregister(&mut link.sock);
+                self.path_failed(now, p, &e.to_string());
+                return false;
+            }
         }
         self.next_serial += 1;
         let hops = self.cfg.paths[p].hops.clone();

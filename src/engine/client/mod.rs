@@ -10,8 +10,9 @@
 //! `shared` (that state shared with this user's other processes), `tunnel` (the
 //! sessions to one path's hops, telescoped), `link` (a tunnel's connection, events and
 //! end), `paths` (which tunnels should exist: current, races, probes, the silence
-//! check), `forward` and `socks` (local listeners), `attach` (app sockets from the
-//! preload library), `flows` (streams: open, answers, pump, shaped departures).
+//! check), `probe` (one blocking trial of a path, for `qnet check`), `forward` and
+//! `socks` (local listeners), `attach` (app sockets from the preload library), `flows`
+//! (streams: open, answers, pump, shaped departures).
 
 mod attach;
 mod config;
@@ -20,6 +21,7 @@ mod forward;
 mod health;
 mod link;
 mod paths;
+mod probe;
 mod shared;
 mod socks;
 mod tunnel;
@@ -27,6 +29,7 @@ mod tunnel;
 pub use attach::Failure;
 pub(crate) use attach::{AppConn, Attach, Command};
 pub use config::{ClientConfig, DestinationError, Hop, PathConfig, parse_destination};
+pub use probe::{OpenOutcome, Probe, ProbeFault, probe};
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io::{self, ErrorKind};

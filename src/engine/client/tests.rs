@@ -12,7 +12,7 @@ use crate::relay::policy::ExitPolicy;
 use crate::relay::server::{Relay, RelayConfig};
 
 /// An echo server on loopback.
-fn echo_server() -> SocketAddr {
+pub(super) fn echo_server() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
@@ -29,7 +29,7 @@ fn echo_server() -> SocketAddr {
 
 /// A relay on loopback admitting `client`, exiting only to 127.0.0.1; runs until
 /// `stop` is set. Returns its address and public key.
-fn relay(client: &PrivateKey, stop: Arc<AtomicBool>) -> (SocketAddr, [u8; 32]) {
+pub(super) fn relay(client: &PrivateKey, stop: Arc<AtomicBool>) -> (SocketAddr, [u8; 32]) {
     relay_at("127.0.0.1", client, stop, &[])
 }
 

@@ -86,7 +86,7 @@ impl Tunnel {
     }
 
     /// Sessions built so far (1 to hops).
-    fn depth(&self) -> usize {
+    pub(super) fn depth(&self) -> usize {
         1 + self.inner.len()
     }
 
