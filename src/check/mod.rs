@@ -79,7 +79,14 @@ pub fn run(o: &Options, out: &mut dyn Write) -> Result<bool, Box<dyn std::error:
                 || "(no file: defaults and QNET_* variables)".to_owned(),
                 |p| p.display().to_string(),
             );
-            let count = format!("{} relays, {} routes", c.relays.len(), c.routes.len());
+            let n = |k: usize, one: &str, many: &str| {
+                format!("{k} {}", if k == 1 { one } else { many })
+            };
+            let count = format!(
+                "{}, {}",
+                n(c.relays.len(), "relay", "relays"),
+                n(c.routes.len(), "route", "routes")
+            );
             r.say(Line::new(
                 Status::Ok,
                 format!("config {what} parses ({count})"),
