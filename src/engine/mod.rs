@@ -13,6 +13,7 @@ pub mod log;
 pub(crate) mod preload;
 pub(crate) mod pump;
 pub(crate) mod resolve;
+pub mod rundir;
 pub(crate) mod shape;
 mod sys;
 pub(crate) mod timers;
