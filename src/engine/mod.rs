@@ -14,6 +14,7 @@ pub(crate) mod preload;
 pub(crate) mod pump;
 pub(crate) mod resolve;
 pub mod rundir;
+pub mod status;
 pub(crate) mod shape;
 mod sys;
 pub(crate) mod timers;
