@@ -8,7 +8,7 @@
 //! ignored. It can only delay a path's first try (never past [`MAX_HOLD`]), never send a
 //! byte anywhere but a configured relay.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use super::config::Hop;
@@ -24,7 +24,7 @@ pub(super) const NAME: &str = "health";
 
 /// The file under `runtime_dir` (normally `$XDG_RUNTIME_DIR`); tests give their own.
 #[cfg(test)]
-pub(crate) fn file_in(runtime_dir: &Path) -> PathBuf {
+pub(crate) fn file_in(runtime_dir: &Path) -> std::path::PathBuf {
     rundir::in_runtime(runtime_dir).join(NAME)
 }
 

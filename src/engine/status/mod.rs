@@ -18,7 +18,7 @@ mod file;
 mod show;
 
 pub use file::{Listed, Publisher, list};
-pub use show::table;
+pub use show::{json, table};
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -15,7 +15,16 @@ pub fn table(list: &[Listed]) -> String {
     let _ = writeln!(
         out,
         "{:<8} {:<15} {:<8} {:>7} {:>9} {:>9}  {:<21} {:>8} {:>7} {:>5}  {}",
-        "PID", "PROGRAM", "KIND", "STREAMS", "SENT", "RECEIVED", "RELAY", "RTT", "AGE", "EPOCH",
+        "PID",
+        "PROGRAM",
+        "KIND",
+        "STREAMS",
+        "SENT",
+        "RECEIVED",
+        "RELAY",
+        "RTT",
+        "AGE",
+        "EPOCH",
         "PROFILE"
     );
     for l in list {
@@ -23,7 +32,8 @@ pub fn table(list: &[Listed]) -> String {
         let (relay, rtt, age, epoch) = match &s.session {
             Some(x) => (
                 x.relay.clone(),
-                x.rtt_us.map_or("-".into(), |r| format!("{:.1}ms", r as f64 / 1000.0)),
+                x.rtt_us
+                    .map_or("-".into(), |r| format!("{:.1}ms", r as f64 / 1000.0)),
                 ago(Duration::from_millis(x.age_ms)),
                 x.key_epoch.to_string(),
             ),
@@ -110,4 +120,15 @@ pub(super) fn ago(d: Duration) -> String {
         60..3600 => format!("{}m{:02}s", s / 60, s % 60),
         _ => format!("{}h{:02}m", s / 3600, s / 60 % 60),
     }
+}
+
+/// `list` as one JSON document (an array of processes): pretty, or on one line (for
+/// `--watch`, a line per refresh).
+pub fn json(list: &[Listed], pretty: bool) -> String {
+    let r = match pretty {
+        true => serde_json::to_string_pretty(list),
+        false => serde_json::to_string(list),
+    };
+    // Plain data with string keys: serializing it cannot fail.
+    r.unwrap_or_else(|_| "[]".into())
 }

@@ -69,7 +69,10 @@ fn a_snapshot_round_trips_through_its_file_and_the_file_goes_with_its_publisher(
     assert!(json["tor"].is_null());
     assert_eq!(json["stale"], false);
     let t = table(&listed);
-    assert!(t.contains("forward") && t.contains("120.6 KiB") && t.contains("1m01s"), "{t}");
+    assert!(
+        t.contains("forward") && t.contains("120.6 KiB") && t.contains("1m01s"),
+        "{t}"
+    );
     assert!(t.contains("refused: udp 2"), "{t}");
     drop(p);
     assert!(!file.exists(), "removed with its publisher");
@@ -98,7 +101,10 @@ fn files_of_dead_processes_and_reused_pids_are_removed_and_garbage_is_skipped() 
     let garbage = file_of(&dir, parent);
     rundir::replace(&garbage, b"{\"version\":1,\"pid\":").unwrap();
     assert!(list(&dir, 1000).is_empty());
-    assert!(!file_of(&dir, dead).exists(), "a dead process's file is removed");
+    assert!(
+        !file_of(&dir, dead).exists(),
+        "a dead process's file is removed"
+    );
     assert!(!reused_file.exists(), "a reused pid's file is removed");
     assert!(garbage.exists());
     // A file naming another pid than its name, or another version: skipped.
@@ -113,7 +119,10 @@ fn files_of_dead_processes_and_reused_pids_are_removed_and_garbage_is_skipped() 
     let mut v2 = sample(&p, 1000);
     v2.version = VERSION + 1;
     rundir::replace(&f, &serde_json::to_vec(&v2).unwrap()).unwrap();
-    assert!(matches!(judge(&f, me, start_time_of("self")), Verdict::Skip));
+    assert!(matches!(
+        judge(&f, me, start_time_of("self")),
+        Verdict::Skip
+    ));
     drop(p);
     std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
 }
@@ -153,7 +162,10 @@ fn lateness_percentiles_are_bucket_bounds_capped_by_the_worst() {
     l.record(700_000);
     l.record(9_000_000);
     let s = LatenessStatus::of(&l);
-    assert_eq!((s.count, s.p50_us, s.p99_us, s.max_us), (100, 50, 1000, 9000));
+    assert_eq!(
+        (s.count, s.p50_us, s.p99_us, s.max_us),
+        (100, 50, 1000, 9000)
+    );
 }
 
 #[test]
