@@ -258,9 +258,9 @@ fn status(json: bool, watch: bool, interval: f64, count: Option<u64>) -> CmdResu
             // Like top: redraw in place on a terminal, one frame after another elsewhere.
             let clear = if tty { "\x1b[H\x1b[2J" } else { "" };
             let secs = now_ms / 1000 % 86400;
-            write!(
+            writeln!(
                 out,
-                "{clear}qnet status at {:02}:{:02}:{:02} UTC, every {interval}s (Ctrl-C to stop)\n",
+                "{clear}qnet status at {:02}:{:02}:{:02} UTC, every {interval}s (Ctrl-C to stop)",
                 secs / 3600,
                 secs / 60 % 60,
                 secs % 60

@@ -134,7 +134,10 @@ pub fn list(dir: &Path, now_ms: u64) -> Vec<Listed> {
             Verdict::Live(snapshot) => {
                 let age = now_ms.saturating_sub(snapshot.updated_at_ms);
                 let stale = age > STALE_AFTER.as_millis() as u64;
-                out.push(Listed { snapshot, stale });
+                out.push(Listed {
+                    snapshot: *snapshot,
+                    stale,
+                });
             }
             Verdict::Gone => {
                 // Only files `read_own` accepted come here as gone, and a torn one cannot
@@ -152,7 +155,7 @@ pub fn list(dir: &Path, now_ms: u64) -> Vec<Listed> {
 #[derive(Debug)]
 pub(super) enum Verdict {
     /// A live process's snapshot.
-    Live(Snapshot),
+    Live(Box<Snapshot>),
     /// Its process is gone: remove it.
     Gone,
     /// Not ours, not readable, not of this version, or not a snapshot.
@@ -178,7 +181,7 @@ pub(super) fn judge(path: &Path, pid: u32, now_started: Option<u64>) -> Verdict 
         // The pid was reused: the process that wrote this is gone.
         return Verdict::Gone;
     }
-    Verdict::Live(snap)
+    Verdict::Live(Box::new(snap))
 }
 
 /// The start time of process `pid` (a number, or `self`): field 22 of its stat line.

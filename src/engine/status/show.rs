@@ -14,18 +14,8 @@ pub fn table(list: &[Listed]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<8} {:<15} {:<8} {:>7} {:>9} {:>9}  {:<21} {:>8} {:>7} {:>5}  {}",
-        "PID",
-        "PROGRAM",
-        "KIND",
-        "STREAMS",
-        "SENT",
-        "RECEIVED",
-        "RELAY",
-        "RTT",
-        "AGE",
-        "EPOCH",
-        "PROFILE"
+        "{:<8} {:<15} {:<8} {:>7} {:>9} {:>9}  {:<21} {:>8} {:>7} {:>5}  PROFILE",
+        "PID", "PROGRAM", "KIND", "STREAMS", "SENT", "RECEIVED", "RELAY", "RTT", "AGE", "EPOCH",
     );
     for l in list {
         let s = &l.snapshot;
