@@ -3,11 +3,14 @@
 
   peer.py sink                       serve on 127.0.0.1 (port printed as "port N"): every
                                      connection gets REPLY bytes, then is read to EOF
-  peer.py hold PORT SEND             connect to 127.0.0.1:PORT, send SEND bytes, read the
-                                     REPLY bytes, print "ready", then hold the connection
-  peer.py check PID KIND RELAY SENT  exit 0 if the `qnet status --json` listing on stdin
+  peer.py hold PORT SEND [udp]       connect to 127.0.0.1:PORT, send SEND bytes, read the
+                                     REPLY bytes, print "ready", then hold the connection;
+                                     with "udp", first try a UDP send (qnet refuses it)
+  peer.py check PID KIND RELAY SENT [UDP]
+                                     exit 0 if the `qnet status --json` listing on stdin
                                      shows PID as KIND through RELAY (its one path, current),
-                                     one stream, SENT bytes sent and REPLY received
+                                     one stream, SENT bytes sent and REPLY received (and UDP
+                                     refused UDP sends)
   peer.py once PORT DIR              as hold with 10 bytes, then wait until DIR/status.<pid>
                                      exists (this process published) and exit normally
 """
@@ -51,22 +54,31 @@ def connect(port, send):
     return c
 
 
-def check(pid, kind, relay, sent):
+def check(pid, kind, relay, sent, udp):
     procs = {str(p["pid"]): p for p in json.load(sys.stdin)}
     p = procs.get(pid)
     ok = (p is not None and p["kind"] == kind and p["session"] is not None
           and p["session"]["relay"] == relay and p["paths"][0]["hops"] == [relay]
           and p["paths"][0]["current"] and p["streams_open"] == 1
-          and p["bytes_sent"] == sent and p["bytes_received"] == REPLY and not p["stale"])
+          and p["bytes_sent"] == sent and p["bytes_received"] == REPLY and not p["stale"]
+          and (udp is None or p["refusals"].get("udp") == udp))
     sys.exit(0 if ok else 1)
 
 
 def main():
     if sys.argv[1] == "check":
-        check(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]))
+        udp = int(sys.argv[6]) if len(sys.argv) > 6 else None
+        check(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5]), udp)
     elif sys.argv[1] == "sink":
         sink()
     elif sys.argv[1] == "hold":
+        if sys.argv[4:] == ["udp"]:
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                u.sendto(b"x", ("127.0.0.1", 9))
+                sys.exit("a UDP send was not refused")
+            except PermissionError:
+                pass
         c = connect(int(sys.argv[2]), int(sys.argv[3]))
         print("ready", flush=True)
         time.sleep(HOLD_SECS)
