@@ -131,8 +131,12 @@ pub fn list(dir: &Path, now_ms: u64) -> Vec<Listed> {
         };
         let path = e.path();
         match judge(&path, pid, start_time_of(&pid.to_string())) {
-            Verdict::Live(snapshot) => {
+            Verdict::Live(mut snapshot) => {
                 let age = now_ms.saturating_sub(snapshot.updated_at_ms);
+                // The file tells the session's age when written; the reader tells it now.
+                if let Some(session) = &mut snapshot.session {
+                    session.age_ms += age;
+                }
                 let stale = age > STALE_AFTER.as_millis() as u64;
                 out.push(Listed {
                     snapshot: *snapshot,

@@ -123,7 +123,8 @@ pub struct SessionStatus {
     pub path: usize,
     /// The exit relay's `host:port` (the relay itself for a one-relay path).
     pub relay: String,
-    /// Since the session was established, ms.
+    /// Since the session was established, ms: as of `updated_at_ms` in the file, as of
+    /// the reading in what [`list`] returns.
     pub age_ms: u64,
     /// The last measured round trip to the exit relay, µs.
     pub rtt_us: Option<u64>,

@@ -51,10 +51,13 @@ fn a_snapshot_round_trips_through_its_file_and_the_file_goes_with_its_publisher(
     assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
     assert_eq!(std::fs::metadata(&file).unwrap().mode() & 0o777, 0o600);
     let listed = list(&dir, now + 1000);
+    // As read one second after the write: the session is a second older.
+    let mut aged = snap.clone();
+    aged.session.as_mut().unwrap().age_ms += 1000;
     assert_eq!(
         listed,
         [Listed {
-            snapshot: snap.clone(),
+            snapshot: aged,
             stale: false
         }]
     );
@@ -70,7 +73,7 @@ fn a_snapshot_round_trips_through_its_file_and_the_file_goes_with_its_publisher(
     assert_eq!(json["stale"], false);
     let t = table(&listed);
     assert!(
-        t.contains("forward") && t.contains("120.6 KiB") && t.contains("1m01s"),
+        t.contains("forward") && t.contains("120.6 KiB") && t.contains("1m02s"),
         "{t}"
     );
     assert!(t.contains("refused: udp 2"), "{t}");
