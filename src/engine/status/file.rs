@@ -8,6 +8,7 @@
 //! belongs to a process that started at another time.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
@@ -18,6 +19,10 @@ use crate::engine::rundir;
 const MAX_LEN: u64 = 256 * 1024;
 /// The name's prefix.
 const PREFIX: &str = "status.";
+
+/// Set by [`Publisher::remove_own`]: the process is exiting, its engine thread (which
+/// the exit does not stop) must not write its file again.
+static EXITING: AtomicBool = AtomicBool::new(false);
 
 /// This process's status file and what stays the same in it.
 #[derive(Debug)]
@@ -78,17 +83,20 @@ impl Publisher {
     /// Replace the file with `snap`. Errors are the caller's to ignore: status is
     /// advisory and must never stop a tunnel.
     pub fn write(&self, snap: &Snapshot) -> std::io::Result<()> {
-        if std::process::id() != self.pid {
-            // A fork child's copy: the file is the parent's.
+        if std::process::id() != self.pid || EXITING.load(Ordering::Relaxed) {
+            // A fork child's copy (the file is the parent's), or the process is exiting.
             return Ok(());
         }
         let body = serde_json::to_vec(snap).map_err(std::io::Error::other)?;
         rundir::replace(&self.file, &body)
     }
 
-    /// Remove this process's file in `dir`, if any: for an exit handler, which runs in
-    /// whichever process exits (a fork child removes only its own).
+    /// This process is exiting: write no more, and remove its file in `dir`, if any. For
+    /// an exit handler, which runs in whichever process exits (a fork child removes only
+    /// its own). A write already past its check may still land; the next reader removes
+    /// that file, since its process is gone.
     pub fn remove_own(dir: &Path) {
+        EXITING.store(true, Ordering::Relaxed);
         let _ = std::fs::remove_file(file_of(dir, std::process::id()));
     }
 }
