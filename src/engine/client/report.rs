@@ -1,6 +1,6 @@
 //! This process's status file (`engine::status`), written from the loop after a service
 //! round: at once when the session comes or goes, within a second of any other change
-//! (streams, bytes, paths' health), and every [`HEARTBEAT`] when nothing changed, so a
+//! (streams, bytes, paths' health, shaping), and every [`HEARTBEAT`] when nothing changed, so a
 //! reader can tell a live process from a stuck one. Between writes a round costs a
 //! comparison of a few counters: no system call, no allocation.
 
@@ -25,6 +25,8 @@ struct Seen {
     /// Paths that are up, as bits (the first 64).
     up: u64,
     shaping_failures: u64,
+    /// Shaped departures timed.
+    departures: u64,
 }
 
 /// The writer's state in the loop.
@@ -94,6 +96,7 @@ impl Client {
             ),
             up,
             shaping_failures: self.stats.shaping_failures,
+            departures: self.stats.lateness.buckets.iter().sum(),
         }
     }
 

@@ -141,9 +141,12 @@ pub fn list(dir: &Path, now_ms: u64) -> Vec<Listed> {
         match judge(&path, pid, start_time_of(&pid.to_string())) {
             Verdict::Live(mut snapshot) => {
                 let age = now_ms.saturating_sub(snapshot.updated_at_ms);
-                // The file tells the session's age when written; the reader tells it now.
+                // The file tells times as of its writing; the reader tells them as of now.
                 if let Some(session) = &mut snapshot.session {
                     session.age_ms += age;
+                }
+                for p in &mut snapshot.paths {
+                    p.retry_in_ms = p.retry_in_ms.map(|ms| ms.saturating_sub(age));
                 }
                 let stale = age > STALE_AFTER.as_millis() as u64;
                 out.push(Listed {

@@ -110,7 +110,8 @@ pub struct PathStatus {
     pub hops: Vec<String>,
     /// `up` (new streams may go there) or `down` (retried later).
     pub state: String,
-    /// For a down path: how long until its next try, ms.
+    /// For a down path: how long until its next try, ms (as of the writing in the file,
+    /// as of the reading in what [`list`] returns).
     pub retry_in_ms: Option<u64>,
     /// New streams go to this path now.
     pub current: bool,

@@ -17,12 +17,20 @@ fn scratch(name: &str) -> PathBuf {
 
 fn sample(p: &Publisher, now_ms: u64) -> Snapshot {
     let mut s = p.blank(now_ms);
-    s.paths = vec![PathStatus {
-        hops: vec!["127.0.0.1:7000".into()],
-        state: "up".into(),
-        retry_in_ms: None,
-        current: true,
-    }];
+    s.paths = vec![
+        PathStatus {
+            hops: vec!["127.0.0.1:7000".into()],
+            state: "up".into(),
+            retry_in_ms: None,
+            current: true,
+        },
+        PathStatus {
+            hops: vec!["127.0.0.1:7001".into(), "[::1]:7002".into()],
+            state: "down".into(),
+            retry_in_ms: Some(5000),
+            current: false,
+        },
+    ];
     s.session = Some(SessionStatus {
         path: 0,
         relay: "127.0.0.1:7000".into(),
@@ -54,6 +62,7 @@ fn a_snapshot_round_trips_through_its_file_and_the_file_goes_with_its_publisher(
     // As read one second after the write: the session is a second older.
     let mut aged = snap.clone();
     aged.session.as_mut().unwrap().age_ms += 1000;
+    aged.paths[1].retry_in_ms = Some(4000);
     assert_eq!(
         listed,
         [Listed {
@@ -77,6 +86,11 @@ fn a_snapshot_round_trips_through_its_file_and_the_file_goes_with_its_publisher(
         "{t}"
     );
     assert!(t.contains("refused: udp 2"), "{t}");
+    assert!(t.contains("path 127.0.0.1:7000  up  current"), "{t}");
+    assert!(
+        t.contains("path 127.0.0.1:7001 -> [::1]:7002  down, retry in 4s"),
+        "{t}"
+    );
     drop(p);
     assert!(!file.exists(), "removed with its publisher");
     assert!(list(&dir, now).is_empty());
