@@ -24,6 +24,8 @@ struct Seen {
     bytes: (u64, u64),
     /// Paths that are up, as bits (the first 64).
     up: u64,
+    /// The earliest and latest retry of a down path (a failed probe moves one).
+    retries: (Option<Instant>, Option<Instant>),
     shaping_failures: u64,
     /// Shaped departures timed.
     departures: u64,
@@ -95,6 +97,7 @@ impl Client {
                 self.closed.bytes_received + live.bytes_received,
             ),
             up,
+            retries: (self.health.retries().min(), self.health.retries().max()),
             shaping_failures: self.stats.shaping_failures,
             departures: self.stats.lateness.buckets.iter().sum(),
         }

@@ -74,7 +74,9 @@ fn path_line(p: &PathStatus) -> String {
     let mut line = p.hops.join(" -> ");
     match p.retry_in_ms {
         Some(ms) if p.state == "down" => {
-            let _ = write!(line, "  down, retry in {}", ago(Duration::from_millis(ms)));
+            // Rounded up: "in 0s" would say it is being tried now.
+            let secs = ms.div_ceil(1000);
+            let _ = write!(line, "  down, retry in {}", ago(Duration::from_secs(secs)));
         }
         _ => {
             let _ = write!(line, "  {}", p.state);
