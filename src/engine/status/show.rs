@@ -22,8 +22,7 @@ pub fn table(list: &[Listed]) -> String {
         let (relay, rtt, age, epoch) = match &s.session {
             Some(x) => (
                 x.relay.clone(),
-                x.rtt_us
-                    .map_or("-".into(), |r| format!("{:.1}ms", r as f64 / 1000.0)),
+                x.rtt_us.map_or("-".into(), rtt),
                 ago(Duration::from_millis(x.age_ms)),
                 x.key_epoch.to_string(),
             ),
@@ -86,6 +85,15 @@ fn path_line(p: &PathStatus) -> String {
         line.push_str("  current");
     }
     line
+}
+
+/// A round trip: µs below a millisecond, else ms.
+fn rtt(us: u64) -> String {
+    if us < 1000 {
+        format!("{us}us")
+    } else {
+        format!("{:.1}ms", us as f64 / 1000.0)
+    }
 }
 
 /// A byte count in binary units.

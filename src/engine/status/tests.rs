@@ -85,7 +85,7 @@ fn a_snapshot_round_trips_through_its_file_and_the_file_goes_with_its_publisher(
         t.contains("forward") && t.contains("120.6 KiB") && t.contains("1m02s"),
         "{t}"
     );
-    assert!(t.contains("refused: udp 2"), "{t}");
+    assert!(t.contains("refused: udp 2") && t.contains(" 350us "), "{t}");
     assert!(t.contains("path 127.0.0.1:7000  up  current"), "{t}");
     assert!(
         t.contains("path 127.0.0.1:7001 -> [::1]:7002  down, retry in 4s"),
