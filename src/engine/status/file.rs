@@ -130,14 +130,23 @@ pub fn list(dir: &Path, now_ms: u64) -> Vec<Listed> {
     let mut out = Vec::new();
     for e in entries.flatten() {
         let name = e.file_name();
+        let path = e.path();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if let Some(pid) = unfinished_of(name) {
+            // A write its process never finished (killed between create and rename).
+            if start_time_of(&pid.to_string()).is_none() && is_own_file(&path) {
+                let _ = std::fs::remove_file(&path);
+            }
+            continue;
+        }
         let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(PREFIX))
+            .strip_prefix(PREFIX)
             .and_then(|p| p.parse::<u32>().ok())
         else {
             continue;
         };
-        let path = e.path();
         match judge(&path, pid, start_time_of(&pid.to_string())) {
             Verdict::Live(mut snapshot) => {
                 let age = now_ms.saturating_sub(snapshot.updated_at_ms);
@@ -164,6 +173,21 @@ pub fn list(dir: &Path, now_ms: u64) -> Vec<Listed> {
     }
     out.sort_by_key(|l| l.snapshot.pid);
     out
+}
+
+/// The pid in the name of an unfinished write (`rundir::replace`'s `.status.<pid>-<hex>`).
+pub(super) fn unfinished_of(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?.strip_prefix(PREFIX)?;
+    let (pid, nonce) = rest.split_once('-')?;
+    (nonce.len() == 16 && nonce.bytes().all(|b| b.is_ascii_hexdigit()))
+        .then(|| pid.parse().ok())
+        .flatten()
+}
+
+/// A regular file (not a link) that this user owns.
+fn is_own_file(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.uid() == crate::os::euid())
 }
 
 /// What a file is.

@@ -2,7 +2,7 @@ use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::file::{Verdict, file_of, judge, parse_start_time, start_time_of};
+use super::file::{Verdict, file_of, judge, parse_start_time, start_time_of, unfinished_of};
 use super::show::{ago, bytes};
 use super::*;
 use crate::engine::rundir;
@@ -140,6 +140,16 @@ fn files_of_dead_processes_and_reused_pids_are_removed_and_garbage_is_skipped() 
         judge(&f, me, start_time_of("self")),
         Verdict::Skip
     ));
+    // An unfinished write of a dead process goes; one of a live process stays.
+    let dead_tmp = dir.join(format!(".status.{dead}-0123456789abcdef"));
+    let live_tmp = dir.join(format!(".status.{me}-0123456789abcdef"));
+    std::fs::write(&dead_tmp, b"{").unwrap();
+    std::fs::write(&live_tmp, b"{").unwrap();
+    list(&dir, 1000);
+    assert!(!dead_tmp.exists() && live_tmp.exists());
+    assert_eq!(unfinished_of(".status.12-0123456789abcdef"), Some(12));
+    assert_eq!(unfinished_of(".status.12-xyz"), None);
+    assert_eq!(unfinished_of("status.12"), None);
     drop(p);
     std::fs::remove_dir_all(dir.parent().unwrap()).unwrap();
 }
