@@ -6,6 +6,8 @@
   peer.py hold PORT SEND [udp]       connect to 127.0.0.1:PORT, send SEND bytes, read the
                                      REPLY bytes, print "ready", then hold the connection;
                                      with "udp", first try a UDP send (qnet refuses it)
+  peer.py socks PORT DEST SEND       as hold, through the SOCKS5 server at 127.0.0.1:PORT to
+                                     127.0.0.1:DEST (no authentication)
   peer.py check PID KIND RELAY SENT [UDP]
                                      exit 0 if the `qnet status --json` listing on stdin
                                      shows PID as KIND through RELAY (its one path, current),
@@ -42,8 +44,28 @@ def sink():
         threading.Thread(target=serve_one, args=(c,), daemon=True).start()
 
 
-def connect(port, send):
+def socks_connect(port, dest):
     c = socket.create_connection(("127.0.0.1", port), timeout=15)
+    c.sendall(b"\x05\x01\x00")
+    if c.recv(2) != b"\x05\x00":
+        sys.exit("SOCKS5: no acceptable method")
+    c.sendall(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + dest.to_bytes(2, "big"))
+    reply = b""
+    while len(reply) < 10:
+        b = c.recv(10 - len(reply))
+        if not b:
+            sys.exit("SOCKS5: closed")
+        reply += b
+    if reply[1] != 0:
+        sys.exit("SOCKS5: CONNECT failed with %d" % reply[1])
+    return c
+
+
+def connect(port, send, dest=None):
+    if dest is None:
+        c = socket.create_connection(("127.0.0.1", port), timeout=15)
+    else:
+        c = socks_connect(port, dest)
     c.sendall(b"s" * send)
     got = 0
     while got < REPLY:
@@ -80,6 +102,11 @@ def main():
             except PermissionError:
                 pass
         c = connect(int(sys.argv[2]), int(sys.argv[3]))
+        print("ready", flush=True)
+        time.sleep(HOLD_SECS)
+        c.close()
+    elif sys.argv[1] == "socks":
+        c = connect(int(sys.argv[2]), int(sys.argv[4]), int(sys.argv[3]))
         print("ready", flush=True)
         time.sleep(HOLD_SECS)
         c.close()
