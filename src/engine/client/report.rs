@@ -1,8 +1,9 @@
 //! This process's status file (`engine::status`), written from the loop after a service
 //! round: at once when the session comes or goes, within a second of any other change
-//! (streams, bytes, paths' health, shaping), and every [`HEARTBEAT`] when nothing changed, so a
-//! reader can tell a live process from a stuck one. Between writes a round costs a
-//! comparison of a few counters: no system call, no allocation.
+//! (streams, bytes, paths' health, shaping), and every [`HEARTBEAT`] when nothing
+//! changed, so a reader can tell a live process from a stuck one. Between writes a round
+//! costs a comparison of a few counters: no system call, no allocation. The heartbeat
+//! wakes an idle engine every 10 s (the preload runtime's otherwise sleeps until due).
 
 use std::time::{Duration, Instant};
 
@@ -67,7 +68,7 @@ impl Client {
             self.reporter.as_mut().expect("checked").due = Some(due);
             return;
         }
-        let snap = self.snapshot(now, r);
+        let snap = self.snapshot(now, r, &seen);
         let r = self.reporter.as_mut().expect("checked");
         if let Err(e) = r.publisher.write(&snap) {
             crate::qlog!(Debug, "status file not written: {e}");
@@ -104,8 +105,7 @@ impl Client {
     }
 
     /// Everything `qnet status` shows of this process now.
-    fn snapshot(&self, now: Instant, r: &Reporter) -> Snapshot {
-        let seen = self.seen();
+    fn snapshot(&self, now: Instant, r: &Reporter, seen: &Seen) -> Snapshot {
         let mut snap = r.publisher.blank(self.unix_ms(now));
         snap.paths = self
             .cfg
