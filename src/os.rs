@@ -94,6 +94,15 @@ pub(crate) fn on_fork(prepare: extern "C" fn(), parent: extern "C" fn(), child: 
     unsafe { libc::pthread_atfork(Some(prepare), Some(parent), Some(child)) };
 }
 
+/// Register `f` to run when the process exits normally (`exit`, a return from `main`).
+/// Callers guard with a `Once`: a handler registered twice runs twice. Inherited by fork
+/// children, so `f` must act for whichever process runs it.
+pub(crate) fn at_exit(f: extern "C" fn()) {
+    // SAFETY: `f` is a plain function of this library; glibc ties it to this object
+    // (`__cxa_atexit` with its DSO handle), so it runs at unload if that comes first.
+    unsafe { libc::atexit(f) };
+}
+
 /// Spawn one of qnet's threads inside the app's process with every blockable signal
 /// blocked. Such a thread carries the bypass flag for its whole life (or holds our locks),
 /// so an app's handler that ran there would reach libc directly: its `connect` would go

@@ -101,6 +101,23 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         clients_file: Option<PathBuf>,
     },
+    /// List this user's running qnet processes (preloaded programs, C API programs,
+    /// forward, socks): relays and their health, session age, RTT and key epoch, streams,
+    /// bytes, shaping and refusals. Read from $XDG_RUNTIME_DIR/qnet/status.<pid>.
+    Status {
+        /// One JSON document (an array of processes); with --watch, one line per refresh.
+        #[arg(long)]
+        json: bool,
+        /// Refresh like top until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between refreshes.
+        #[arg(long, value_name = "SECS", default_value_t = 1.0)]
+        interval: f64,
+        /// With --watch: stop after this many refreshes.
+        #[arg(long, value_name = "N")]
+        count: Option<u64>,
+    },
     /// Run a program with its TCP connections carried through the tunnel (LD_PRELOAD=libqnet.so),
     /// in a network jail where the kernel allows one: the program's only way out is the relay
     /// and the `intercept.bypass` destinations, which this command dials for it from outside.
@@ -172,6 +189,12 @@ fn main() -> ExitCode {
             min_entropy,
             stats,
         } => ("entropy", entropy(bytes, sources, min_entropy, stats)),
+        Command::Status {
+            json,
+            watch,
+            interval,
+            count,
+        } => ("status", status(json, watch, interval, count)),
         Command::Run { .. } | Command::Check { .. } => unreachable!("handled above"),
     };
     match result {
@@ -228,6 +251,7 @@ fn forward(listen: &str, to: &str, config: Option<&Path>) -> CmdResult {
         .parse()
         .map_err(|e| format!("--listen {listen}: {e}"))?;
     let mut engine = qnet::engine::client::Client::new(client)?;
+    publish_status(&mut engine, qnet::engine::status::Kind::Forward);
     let addr = engine.forward(listen, dest)?;
     eprintln!("qnet forward listening on {addr}, to {to}");
     run_until_signalled(&mut engine, "forward")
@@ -255,9 +279,68 @@ fn socks(listen: &str, user: Option<String>, config: Option<&Path>) -> CmdResult
         }
     };
     let mut engine = qnet::engine::client::Client::new(client)?;
+    publish_status(&mut engine, qnet::engine::status::Kind::Socks);
     let addr = engine.socks(listen, auth)?;
     eprintln!("qnet socks listening on {addr}");
     run_until_signalled(&mut engine, "socks")
+}
+
+/// Publish the engine's status for `qnet status` (when there is a runtime directory).
+fn publish_status(engine: &mut qnet::engine::client::Client, kind: qnet::engine::status::Kind) {
+    let dir = qnet::engine::rundir::qnet_dir();
+    if let Some(p) = dir.and_then(|d| qnet::engine::status::Publisher::new(&d, kind)) {
+        engine.publish_status(p);
+    }
+}
+
+/// Print the status of this user's qnet processes: once, or every `interval` seconds
+/// (at most `count` times) with --watch.
+fn status(json: bool, watch: bool, interval: f64, count: Option<u64>) -> CmdResult {
+    use qnet::engine::status;
+    use std::io::IsTerminal as _;
+    if !(interval.is_finite() && interval > 0.0) {
+        return Err("--interval must be a positive number of seconds".into());
+    }
+    let dir = qnet::engine::rundir::qnet_dir();
+    let tty = io::stdout().is_terminal();
+    let mut frames = 0u64;
+    loop {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let list = dir
+            .as_deref()
+            .map_or(Vec::new(), |d| status::list(d, now_ms));
+        let body = match (json, dir.is_some()) {
+            (true, _) => status::json(&list, !watch) + "\n",
+            (false, true) => status::table(&list),
+            (false, false) => "no qnet processes (XDG_RUNTIME_DIR is not set)\n".into(),
+        };
+        let mut out = io::stdout().lock();
+        if watch && !json {
+            // Like top: redraw in place on a terminal, one frame after another elsewhere.
+            let clear = if tty { "\x1b[H\x1b[2J" } else { "" };
+            let secs = now_ms / 1000 % 86400;
+            writeln!(
+                out,
+                "{clear}qnet status at {:02}:{:02}:{:02} UTC, every {interval}s (Ctrl-C to stop)",
+                secs / 3600,
+                secs / 60 % 60,
+                secs % 60
+            )?;
+        }
+        out.write_all(body.as_bytes())?;
+        out.flush()?;
+        drop(out);
+        frames += 1;
+        if !watch || count.is_some_and(|c| frames >= c) {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_secs_f64(interval.min(86_400.0)));
+        if !tty && !json {
+            writeln!(io::stdout().lock())?;
+        }
+    }
 }
 
 /// Serve until SIGTERM or SIGINT, then say how the shaped departures fared.

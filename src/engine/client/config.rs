@@ -102,9 +102,7 @@ impl ClientConfig {
             session: crate::engine::session_config(&cfg.session),
             upstream: cfg.upstream.clone(),
             timing: cfg.timing.clone(),
-            health_file: std::env::var_os("XDG_RUNTIME_DIR")
-                .filter(|d| !d.is_empty())
-                .map(|d| super::shared::file_in(std::path::Path::new(&d))),
+            health_file: crate::engine::rundir::qnet_dir().map(|d| d.join(super::shared::NAME)),
         })
     }
 }

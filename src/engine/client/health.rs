@@ -208,7 +208,8 @@ impl Health {
         self.retries().filter(|&t| t > now).min()
     }
 
-    fn retries(&self) -> impl Iterator<Item = Instant> + '_ {
+    /// Every down path's retry time.
+    pub(super) fn retries(&self) -> impl Iterator<Item = Instant> + '_ {
         self.states.iter().filter_map(|s| match s {
             State::Down { retry_at, .. } => Some(*retry_at),
             State::Up => None,

@@ -206,6 +206,7 @@ impl Client {
                 }
                 let i = self.tunnel_index(serial).expect("still there");
                 self.tunnels[i].purpose = Purpose::Current;
+                self.tunnels[i].up_since = Some(now);
                 self.tried.clear();
                 if let Ok(a) = self.tunnels[i].link.sock.local_addr() {
                     self.observer.relay_local(a.ip());
@@ -440,7 +441,7 @@ impl Client {
 
     /// `now` as unix milliseconds, by the sessions' wall clock: the shared file's clock,
     /// since processes share no `Instant`.
-    fn unix_ms(&self, now: Instant) -> u64 {
+    pub(super) fn unix_ms(&self, now: Instant) -> u64 {
         self.cfg.session.clock.unix(now).as_millis() as u64
     }
 

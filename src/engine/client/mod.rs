@@ -12,7 +12,8 @@
 //! end), `paths` (which tunnels should exist: current, races, probes, the silence
 //! check), `probe` (one blocking trial of a path, for `qnet check`), `forward` and
 //! `socks` (local listeners), `attach` (app sockets from the preload library), `flows`
-//! (streams: open, answers, pump, shaped departures).
+//! (streams: open, answers, pump, shaped departures), `report` (this process's status
+//! file for `qnet status`).
 
 mod attach;
 mod config;
@@ -22,6 +23,7 @@ mod health;
 mod link;
 mod paths;
 mod probe;
+mod report;
 mod shared;
 mod socks;
 mod tunnel;
@@ -68,6 +70,11 @@ pub(crate) trait Observer: Send {
     }
     /// No session is up; counters of the sessions that ended stay.
     fn down(&self, _client: &ClientStats, _closed: &SessionStats) {}
+    /// Calls the process refused because they would bypass the tunnel, by kind, for its
+    /// status file (the preload runtime's counts; none elsewhere).
+    fn refusals(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 impl Observer for () {}
@@ -147,6 +154,8 @@ pub struct Client {
     pub stats: ClientStats,
     /// Where progress is reported.
     observer: Box<dyn Observer>,
+    /// This process's status file, if it publishes one (`publish_status`).
+    reporter: Option<report::Reporter>,
     /// Set by a test: the next step panics (fault injection, absent outside tests).
     #[cfg(test)]
     fault: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -195,6 +204,7 @@ impl Client {
             timers,
             stats: ClientStats::default(),
             observer: Box::new(()),
+            reporter: None,
             #[cfg(test)]
             fault: Default::default(),
         })
@@ -320,6 +330,7 @@ impl Client {
             .iter()
             .filter_map(|t| t.next_timeout())
             .chain(self.wake_at)
+            .chain(self.reporter.as_ref().and_then(|r| r.due))
             .min();
         deadline
             .map(|t| t.saturating_duration_since(now))
@@ -365,6 +376,7 @@ impl Client {
         self.publish();
         self.pump_dirty(now);
         self.publish();
+        self.report(now);
     }
 
     /// Tell the observer the counters (the current tunnel's session's).

@@ -8,23 +8,24 @@
 //! ignored. It can only delay a path's first try (never past [`MAX_HOLD`]), never send a
 //! byte anywhere but a configured relay.
 
-use std::fs;
-use std::io::{Read as _, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use super::config::Hop;
-use crate::fileperm::{self, Holds};
+use crate::engine::rundir;
 
 /// At most this many lines are kept (the oldest retry times go first).
 const MAX_LINES: usize = 256;
 /// A retry time further ahead than this is not believed.
 pub(super) const MAX_HOLD: Duration = Duration::from_secs(60);
 
-/// The file under `runtime_dir` (normally `$XDG_RUNTIME_DIR`).
-pub(crate) fn file_in(runtime_dir: &Path) -> PathBuf {
-    runtime_dir.join("qnet").join("health")
+/// The file's name in the qnet runtime directory (`rundir`).
+pub(super) const NAME: &str = "health";
+
+/// The file under `runtime_dir` (normally `$XDG_RUNTIME_DIR`); tests give their own.
+#[cfg(test)]
+pub(crate) fn file_in(runtime_dir: &Path) -> std::path::PathBuf {
+    rundir::in_runtime(runtime_dir).join(NAME)
 }
 
 /// How a path is named in the file.
@@ -62,22 +63,10 @@ fn parse(text: &str, now_ms: u64) -> Vec<(String, u64)> {
         .collect()
 }
 
-/// Read the file only if this user (or root) owns it and no one else may write it:
-/// the one check of files that say where to connect (`fileperm`).
+/// The file, through the runtime directory's one rule for its files (`rundir`): read
+/// only if this user (or root) owns it and no one else may write it.
 fn read_own(file: &Path) -> std::io::Result<String> {
-    // Non-blocking: a FIFO put there must not hold the engine's thread in open().
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(file)?;
-    let meta = f.metadata()?;
-    if !meta.is_file() {
-        return Err(std::io::Error::other("not a file"));
-    }
-    fileperm::check(&meta, file, "health file", Holds::Access).map_err(std::io::Error::other)?;
-    let mut text = String::new();
-    f.take(64 * 1024).read_to_string(&mut text)?;
-    Ok(text)
+    rundir::read_own(file, "health file", 64 * 1024)
 }
 
 /// Record that path `id` is down until `until_ms` (`Some`), or up (`None`).
@@ -95,40 +84,17 @@ pub(super) fn record(file: &Path, id: &str, until_ms: Option<u64>, now_ms: u64) 
 }
 
 fn write(file: &Path, lines: &[(String, u64)]) -> std::io::Result<()> {
-    let dir = file
-        .parent()
-        .ok_or_else(|| std::io::Error::other("no directory"))?;
-    match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
-    let meta = fs::metadata(dir)?;
-    fileperm::check(&meta, dir, "health directory", Holds::Access)
-        .map_err(std::io::Error::other)?;
-    let mut nonce = [0u8; 8];
-    crate::entropy::fill(&mut nonce).map_err(std::io::Error::other)?;
-    let tmp = dir.join(format!(".health-{:016x}", u64::from_le_bytes(nonce)));
     let mut text = String::new();
     for (id, t) in lines {
         text.push_str(&format!("{t} {id}\n"));
     }
-    let r = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .and_then(|mut f| f.write_all(text.as_bytes()))
-        .and_then(|()| fs::rename(&tmp, file));
-    if r.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    r
+    rundir::replace(file, text.as_bytes())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn hop(a: &str, k: u8) -> Hop {
         Hop {

@@ -53,6 +53,8 @@ pub(super) struct Tunnel {
     /// When the TCP connect started.
     pub(super) started: Instant,
     pub(super) purpose: Purpose,
+    /// When it became the current tunnel (its session's age in `qnet status`).
+    pub(super) up_since: Option<Instant>,
     /// Since when liveness is watched (it has flows and there is somewhere else to go).
     pub(super) watch_since: Option<Instant>,
     /// It went silent while watched: its path is down and it takes no new flows.
@@ -80,6 +82,7 @@ impl Tunnel {
             session_cfg,
             started: now,
             purpose,
+            up_since: None,
             watch_since: None,
             suspect: false,
         }

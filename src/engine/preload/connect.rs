@@ -78,6 +78,7 @@ pub(crate) fn route(cfg: &Config, addr: SocketAddr) -> Decision<Destination> {
 /// A connect to a bypassed address's DNS port: a local resolver would send the name
 /// upstream outside the tunnel. ECONNREFUSED, as from a port nothing listens on.
 fn refused_dns<T>(addr: SocketAddr) -> Decision<T> {
+    super::refused::count(super::refused::Refusal::Dns);
     tell_once(&format!(
         "refused a connection to {addr}: a resolver there would send names outside the tunnel \
          (intercept.bypass_dns permits it)"

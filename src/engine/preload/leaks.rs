@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 
 use super::Decision;
+use super::refused::{Refusal, count};
 use super::runtime::config;
 use crate::engine::bypass::BypassGuard;
 use crate::engine::fdtab::{self, Kind};
@@ -130,12 +131,14 @@ pub(crate) fn socket(domain: i32, ty: i32, proto: i32) -> Decision<NewSocket> {
                 Warn,
                 "refused a raw/packet socket (domain {domain}, type {base}, protocol {proto})"
             );
+            count(Refusal::Raw);
             tell_once(
                 "refused a raw/packet socket (it would bypass the tunnel); set intercept.allow_udp to permit",
             );
             Decision::Refuse(libc::EPERM)
         }
         SocketVerdict::Errno(e) => {
+            count(Refusal::Socket);
             tell_once(&format!(
                 "refused a socket qnet cannot tunnel (domain {domain}, type {}, protocol {proto}): \
                  only TCP goes through the tunnel",
@@ -163,6 +166,7 @@ pub(crate) fn datagram_send(fd: i32) -> Decision<()> {
     if fdtab::kind(fd) != Kind::Datagram {
         return Decision::Bypass;
     }
+    count(Refusal::Udp);
     tell_once(
         "refused to send UDP (it would bypass the tunnel); set intercept.allow_udp to permit",
     );
@@ -183,6 +187,7 @@ pub(crate) fn exec(path: &std::path::Path) -> Decision<()> {
     };
     let privileged = meta.permissions().mode() & 0o6000 != 0 || sys::has_file_caps(path);
     if privileged && !config().is_ok_and(|c| c.intercept.allow_setuid_exec) {
+        count(Refusal::Setuid);
         return refuse_exec(
             path,
             "is setuid/setgid or has file capabilities, so LD_PRELOAD would not apply and its \
@@ -219,6 +224,7 @@ pub(crate) fn exec(path: &std::path::Path) -> Decision<()> {
         } else {
             format!("runs {}, which {why}", program.display())
         };
+        count(Refusal::Exec);
         return refuse_exec(
             path,
             &why,
@@ -250,6 +256,7 @@ pub(crate) fn listen(local: Option<SocketAddr>) -> Decision<()> {
     if allowed {
         return Decision::Bypass;
     }
+    count(Refusal::Inbound);
     tell_once(&format!(
         "refused to listen on {local}: inbound connections would not go through the tunnel \
          (intercept.allow_inbound permits it)"
@@ -300,6 +307,7 @@ pub(crate) fn received_fd(fd: i32) -> Decision<()> {
     let Some(peer) = outside_tunnel(fd) else {
         return Decision::Bypass;
     };
+    count(Refusal::ReceivedFd);
     tell_once(&format!(
         "refused a connection to {peer} received from another process: it does not go through the tunnel"
     ));

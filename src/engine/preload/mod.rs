@@ -13,6 +13,7 @@
 //! - `tunneled`: what a tunneled fd answers (names, socket options, close).
 //! - `leaks`: the calls refused because their traffic would bypass the tunnel.
 //! - `published`: what the engine thread reports back (counters, local address).
+//! - `refused`: the refusals' counts, by kind, for the status file.
 //!
 //! The thread-local bypass flag lives in `engine::bypass` and the one-time stderr line
 //! in `engine::log`, below this module, since the resolver needs them too; both are
@@ -22,6 +23,7 @@ mod carried;
 mod connect;
 mod leaks;
 mod published;
+mod refused;
 mod runtime;
 mod tunneled;
 

@@ -79,6 +79,10 @@ impl Observer for Published {
     fn down(&self, client: &ClientStats, closed: &crate::proto::SessionStats) {
         publish_down(client, closed);
     }
+
+    fn refusals(&self) -> Vec<(&'static str, u64)> {
+        super::refused::counts()
+    }
 }
 
 /// Publish the live session's counters.

@@ -16,6 +16,7 @@ use crate::engine::bypass::{BypassGuard, bypass_thread};
 use crate::engine::client::{Attach, Client, ClientConfig, Command};
 use crate::engine::fdtab;
 use crate::engine::log::tell_once;
+use crate::engine::status;
 use crate::engine::sys;
 
 // ---- activation ---------------------------------------------------------------------
@@ -154,6 +155,7 @@ pub(crate) fn init(
 ) -> Result<(), String> {
     let _g = BypassGuard::enter();
     install_fork_handlers();
+    CAPI.store(true, Ordering::Relaxed);
     if let Some(c) = CONFIG.get() {
         return check(c);
     }
@@ -176,6 +178,9 @@ struct Engine {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// `qnet_init` was called: this process is a C API program (its status says so).
+static CAPI: AtomicBool = AtomicBool::new(false);
+
 /// `qnet_shutdown` was called: the engine stops and no new one starts.
 static SHUT_DOWN: AtomicBool = AtomicBool::new(false);
 
@@ -193,9 +198,18 @@ fn start_engine(cfg: &Config) -> Result<Engine, String> {
     client.observe(Box::new(Published));
     client.set_max_wait(std::time::Duration::from_secs(3600));
     fdtab::mark_internal(wake_tx.as_raw_fd());
+    let status_dir = status_dir();
     let builder = std::thread::Builder::new().name("qnet-engine".into());
     let thread = crate::os::spawn_signals_blocked(builder, move || {
         bypass_thread();
+        // On this thread, which bypasses the hooks, since it reads /proc.
+        let kind = match CAPI.load(Ordering::Relaxed) {
+            true => status::Kind::Capi,
+            false => status::Kind::Preload,
+        };
+        if let Some(p) = status_dir.and_then(|d| status::Publisher::new(d, kind)) {
+            client.publish_status(p);
+        }
         if let Err(e) = client.run(|_| SHUT_DOWN.load(Ordering::Acquire)) {
             tell_once(&format!("engine stopped: {e}; tunneled connections fail"));
         }
@@ -207,6 +221,26 @@ fn start_engine(cfg: &Config) -> Result<Engine, String> {
         pid: sys::getpid(),
         thread: Some(thread),
     })
+}
+
+/// The qnet runtime directory this process's status file goes to, fixed at the first
+/// engine's start; that file is removed when the process exits (each fork child's own).
+fn status_dir() -> Option<&'static std::path::Path> {
+    static DIR: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
+    extern "C" fn at_exit() {
+        if let Some(Some(d)) = DIR.get() {
+            let _g = BypassGuard::enter();
+            status::Publisher::remove_own(d);
+        }
+    }
+    DIR.get_or_init(|| {
+        let dir = crate::engine::rundir::qnet_dir();
+        if dir.is_some() {
+            crate::os::at_exit(at_exit);
+        }
+        dir
+    })
+    .as_deref()
 }
 
 /// Hand `attach` to the engine thread, starting it on first use (and again in a fork
