@@ -21,3 +21,4 @@ pub mod relay;
 pub mod sched;
 mod sockaddr;
 pub mod socks;
+pub mod tor;
