@@ -91,19 +91,17 @@ pub(crate) fn choose(
         Some(m) => Some(m).filter(|&m| usable(m)),
         None => order.into_iter().find(|&m| usable(m)),
     };
+    let offers = info.methods.join(",");
     pick.ok_or_else(|| {
-        let hint = if offered(Method::Password) && !have_password {
-            " (set tor.password or tor.password_file)"
-        } else {
-            ""
-        };
-        let forced = force.map_or(String::new(), |m| {
-            format!("{} is not among them; ", m.name())
-        });
-        TorError::Auth(format!(
-            "{forced}no usable authentication method: Tor offers {}{hint}",
-            info.methods.join(",")
-        ))
+        TorError::Auth(match force {
+            Some(m) if !offered(m) => {
+                format!("Tor does not offer {} (it offers {offers})", m.name())
+            }
+            _ if offered(Method::Password) && !have_password => {
+                format!("Tor offers {offers}: set tor.password or tor.password_file")
+            }
+            _ => format!("no usable authentication method: Tor offers {offers}"),
+        })
     })
 }
 

@@ -164,13 +164,15 @@ fn refusals_say_why() {
     );
     let e = run("HASHEDPASSWORD", None, None, false).unwrap_err();
     assert!(
-        e.contains("Tor offers HASHEDPASSWORD (set tor.password"),
+        e.contains("Tor offers HASHEDPASSWORD: set tor.password"),
         "{e}"
     );
     let e = run("SAFECOOKIE", None, None, true).unwrap_err();
     assert!(e.contains("server hash is wrong"), "{e}");
     let e = run("HASHEDPASSWORD", Some("pw"), Some(Method::Cookie), false).unwrap_err();
-    assert!(e.contains("COOKIE is not among them"), "{e}");
+    assert!(e.contains("Tor does not offer COOKIE"), "{e}");
+    let e = run("COOKIE", None, None, false);
+    assert_eq!(e, Ok(Method::Cookie));
 }
 
 #[test]

@@ -68,6 +68,9 @@ pub struct ClientConfig {
     /// Where this user's processes share what they learned of paths' health
     /// (`$XDG_RUNTIME_DIR/qnet/health`); `None`: not shared.
     pub health_file: Option<std::path::PathBuf>,
+    /// Tor's control port, when the upstream is Tor: no tunnel starts before Tor has
+    /// bootstrapped (`[tor]` with an `upstream`).
+    pub tor: Option<crate::config::TorConfig>,
 }
 
 impl ClientConfig {
@@ -84,6 +87,7 @@ impl ClientConfig {
             upstream: None,
             timing: crate::config::TimingConfig::default(),
             health_file: None,
+            tor: None,
         }
     }
 
@@ -105,6 +109,7 @@ impl ClientConfig {
             health_file: std::env::var_os("XDG_RUNTIME_DIR")
                 .filter(|d| !d.is_empty())
                 .map(|d| super::shared::file_in(std::path::Path::new(&d))),
+            tor: cfg.tor.clone().filter(|_| cfg.upstream.is_some()),
         })
     }
 }

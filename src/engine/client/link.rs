@@ -19,6 +19,19 @@ impl Client {
     /// Start a tunnel to path `p` (its handshake runs as the socket becomes writable).
     /// False when no connection could even start; the path is then down.
     pub(super) fn start_tunnel(&mut self, now: Instant, p: usize, purpose: Purpose) -> bool {
+        if let Some(why) = self.tor.as_ref().and_then(|t| t.ready().err()) {
+            // Tor would hold the SOCKS request until it can build circuits, or fail it:
+            // nothing is dialled until it says it has bootstrapped. One line per outage,
+            // in place of the "relay unusable" line that would blame the relay.
+            if !self.told_down && crate::engine::log::enabled(crate::config::LogLevel::Error) {
+                crate::engine::log::write_line(format_args!(
+                    "qnet: {why}; tunneled connections fail, nothing is sent"
+                ));
+            }
+            self.told_down = true;
+            self.path_failed(now, p, &why);
+            return false;
+        }
         let path = &self.cfg.paths[p];
         let entry = path.hops[0].clone();
         // With an upstream proxy the TCP connection goes to it, and it connects to the relay.
