@@ -28,6 +28,8 @@ struct Known {
     circuits: HashMap<u64, Circ>,
     /// By stream id.
     streams: HashMap<u64, Stream>,
+    /// qnet sessions' local addresses whose circuit is told once Tor's stream succeeds.
+    expected: Vec<SocketAddr>,
 }
 
 struct Shared {
@@ -35,6 +37,8 @@ struct Shared {
     percent: AtomicU8,
     known: Mutex<Known>,
     stop: AtomicBool,
+    /// A refusal was reported since Tor was last ready ([`TorWatch::gate`]).
+    told: AtomicBool,
     name: String,
 }
 
@@ -81,6 +85,7 @@ impl TorWatch {
                 ..Known::default()
             }),
             stop: AtomicBool::new(false),
+            told: AtomicBool::new(false),
             name: control_name(&cfg.control),
         });
         let (tx, rx) = mpsc::channel();
@@ -105,6 +110,20 @@ impl TorWatch {
         match (&k.error, p) {
             (Some(e), _) => Err(format!("Tor control port {}: {e}", self.0.name)),
             (None, p) => Err(format!("Tor not bootstrapped: {p} % ({})", k.summary)),
+        }
+    }
+
+    /// [`TorWatch::ready`], and with a refusal whether it is the first since Tor was
+    /// last ready: callers log one line per outage, not one per refused connection.
+    pub fn gate(&self) -> Result<(), (String, bool)> {
+        match self.ready() {
+            Ok(()) => {
+                if self.0.told.load(Ordering::Relaxed) {
+                    self.0.told.store(false, Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            Err(why) => Err((why, !self.0.told.swap(true, Ordering::Relaxed))),
         }
     }
 
@@ -133,6 +152,19 @@ impl TorWatch {
             summary: k.summary.clone(),
             error: k.error.clone(),
             circuits,
+        }
+    }
+
+    /// Logs (at info) which circuit and exit carry the session from `local`: now if
+    /// Tor's stream from there has succeeded, else when its event comes (the session's
+    /// handshake can finish before this thread has read that event).
+    pub fn tell_circuit(&self, local: SocketAddr) {
+        let mut k = self.0.known.lock().unwrap_or_else(|e| e.into_inner());
+        if !tell(&k, local) {
+            if k.expected.len() >= MAX_EXPECTED {
+                k.expected.remove(0);
+            }
+            k.expected.push(local);
         }
     }
 
@@ -215,11 +247,34 @@ fn follow(
             let Some(line) = ev.lines.first() else {
                 continue;
             };
+            crate::qlog!(Trace, "Tor event: {}", line.text);
             if let Some(e) = super::events::parse(&line.text) {
                 apply(s, e);
             }
         }
     }
+}
+
+/// Sessions waiting for their stream's event, at most.
+const MAX_EXPECTED: usize = 64;
+
+/// Logs the circuit of the succeeded stream from `local`; false when there is none yet.
+fn tell(k: &Known, local: SocketAddr) -> bool {
+    let Some(s) = k
+        .streams
+        .values()
+        .find(|s| s.source == Some(local) && s.status == "SUCCEEDED")
+    else {
+        return false;
+    };
+    let exit = k.circuits.get(&s.circuit).and_then(|c| c.path.last());
+    crate::qlog!(
+        Info,
+        "session from {local} via Tor circuit {} exit {}",
+        s.circuit,
+        exit.map_or("?", String::as_str)
+    );
+    true
 }
 
 /// Folds one event into what the watcher knows.
@@ -245,10 +300,16 @@ fn apply(s: &Shared, e: Event) {
                 st.source = st.source.or(old.source);
                 st.username = st.username.clone().or(old.username.clone());
             }
+            let source = st.source;
             if st.ended() {
                 k.streams.remove(&st.id);
             } else {
                 k.streams.insert(st.id, st);
+            }
+            if let Some(i) = source.and_then(|a| k.expected.iter().position(|&e| e == a)) {
+                if tell(&k, k.expected[i]) || !k.streams.values().any(|s| s.source == source) {
+                    k.expected.remove(i);
+                }
             }
             if k.streams.len() > MAX_STREAMS {
                 let oldest = k.streams.keys().min().copied();

@@ -167,6 +167,14 @@ impl Client {
         }
     }
 
+    /// Which Tor circuit and exit carry tunnel `i`: logged at info by the watcher, which
+    /// matches the tunnel's local address with Tor's STREAM events (`SOURCE_ADDR`).
+    fn tell_tor_circuit(&self, i: usize) {
+        if let (Some(tor), Ok(local)) = (&self.tor, self.tunnels[i].link.sock.local_addr()) {
+            tor.tell_circuit(local);
+        }
+    }
+
     /// The tunnel's exit session is up: what that means depends on what it was for.
     pub(super) fn tunnel_up(&mut self, now: Instant, serial: u32) {
         let Some(i) = self.tunnel_index(serial) else {
@@ -189,6 +197,7 @@ impl Client {
                     self.share_up(p, now);
                 }
                 qlog!(Info, "session to {name} established");
+                self.tell_tor_circuit(i);
                 // The race is won: the others go (they carry no flows), the old current
                 // drains. Those that started first lost to a later start: too slow, down.
                 let started = self.tunnels[i].started;
