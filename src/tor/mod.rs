@@ -138,5 +138,35 @@ impl std::str::FromStr for Method {
     }
 }
 
+/// For the `tor_reply` fuzz target: feeds `data` to the reply parser whole and again in
+/// two pieces split at `split`, and splits every line into words; panics if the two
+/// feedings disagree. Returns how many replies came out.
+#[doc(hidden)]
+pub fn fuzz_reply(data: &[u8], split: usize) -> usize {
+    fn run(pieces: &[&[u8]]) -> Result<Vec<reply::Reply>, ReplyError> {
+        let mut p = reply::Parser::new();
+        let mut out = Vec::new();
+        for piece in pieces {
+            p.push(piece)?;
+            out.extend(std::iter::from_fn(|| p.next()));
+        }
+        Ok(out)
+    }
+    let whole = run(&[data]);
+    let at = split.min(data.len());
+    let split = run(&[&data[..at], &data[at..]]);
+    assert_eq!(
+        whole, split,
+        "the reply parser depends on how input is split"
+    );
+    let replies = whole.unwrap_or_default();
+    for l in replies.iter().flat_map(|r| &r.lines) {
+        let _ = reply::words(&l.text);
+        let _ = events::parse(&l.text);
+        let _ = auth::protocol_info(&replies[0]);
+    }
+    replies.len()
+}
+
 #[cfg(test)]
 mod tests;

@@ -120,7 +120,12 @@ impl Parser {
             return Ok(());
         }
         let b = line.as_bytes();
-        if b.len() < 4 || !b[..3].iter().all(u8::is_ascii_digit) {
+        // The separator is checked before slicing after it: a multi-byte character
+        // there (found by fuzz/fuzz_targets/tor_reply.rs) is no char boundary at 4.
+        let well_formed = b.len() >= 4
+            && b[..3].iter().all(u8::is_ascii_digit)
+            && matches!(b[3], b'-' | b'+' | b' ');
+        if !well_formed {
             return Err(ReplyError::Malformed(line));
         }
         let status: u16 = line[..3]
@@ -288,6 +293,11 @@ mod tests {
         assert!(matches!(all(b"25 OK\r\n"), Err(ReplyError::Malformed(_))));
         assert!(matches!(all(b"abc OK\r\n"), Err(ReplyError::Malformed(_))));
         assert!(matches!(all(b"250*OK\r\n"), Err(ReplyError::Malformed(_))));
+        // A non-ASCII byte where the separator goes (lossily decoded to 3 bytes).
+        assert!(matches!(
+            all(b"650\xa6 CIRC\r\n"),
+            Err(ReplyError::Malformed(_))
+        ));
         assert_eq!(all(b"250-a\r\n550 b\r\n"), Err(ReplyError::Mixed(250, 550)));
         let mut p = Parser::new();
         assert_eq!(p.push(&vec![b'x'; MAX_REPLY + 1]), Err(ReplyError::TooLong));

@@ -42,6 +42,21 @@ struct Shared {
     name: String,
 }
 
+impl Shared {
+    fn new(name: String) -> Shared {
+        Shared {
+            percent: AtomicU8::new(UNKNOWN),
+            known: Mutex::new(Known {
+                error: Some("no answer yet".into()),
+                ..Known::default()
+            }),
+            stop: AtomicBool::new(false),
+            told: AtomicBool::new(false),
+            name,
+        }
+    }
+}
+
 /// A handle on the watcher thread; dropping it stops the thread (within [`TICK`]).
 pub struct TorWatch(Arc<Shared>);
 
@@ -78,16 +93,7 @@ impl TorWatch {
     /// its first answer, so a connect made right after start is judged on it. `on_thread`
     /// runs first on the new thread (the preload runtime's bypass flag).
     pub fn start(cfg: TorConfig, on_thread: fn()) -> std::io::Result<TorWatch> {
-        let shared = Arc::new(Shared {
-            percent: AtomicU8::new(UNKNOWN),
-            known: Mutex::new(Known {
-                error: Some("no answer yet".into()),
-                ..Known::default()
-            }),
-            stop: AtomicBool::new(false),
-            told: AtomicBool::new(false),
-            name: control_name(&cfg.control),
-        });
+        let shared = Arc::new(Shared::new(control_name(&cfg.control)));
         let (tx, rx) = mpsc::channel();
         let s = Arc::clone(&shared);
         let builder = std::thread::Builder::new().name("qnet-tor".into());
@@ -196,7 +202,8 @@ fn watch(s: &Shared, cfg: &TorConfig, first: mpsc::Sender<()>) {
             Err(e) => e.to_string(),
         };
         if said.as_ref() != Some(&e) {
-            crate::qlog!(Warn, "Tor control port {}: {e}", s.name);
+            // Info: whoever is refused for it (client, relay) says so at warn, once.
+            crate::qlog!(Info, "Tor control port {}: {e}", s.name);
             said = Some(e.clone());
         }
         s.known.lock().unwrap_or_else(|e| e.into_inner()).error = Some(e);
@@ -318,5 +325,85 @@ fn apply(s: &Shared, e: Event) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(w: &TorWatch, lines: &[&str]) {
+        for l in lines {
+            apply(&w.0, super::super::events::parse(l).expect(l));
+        }
+    }
+
+    #[test]
+    fn ready_only_at_100_and_one_refusal_told_per_outage() {
+        let w = TorWatch(Arc::new(Shared::new("127.0.0.1:9051".into())));
+        let e = w.ready().unwrap_err();
+        assert_eq!(e, "Tor control port 127.0.0.1:9051: no answer yet");
+        w.0.known.lock().unwrap().error = None;
+        feed(
+            &w,
+            &[r#"STATUS_CLIENT NOTICE BOOTSTRAP PROGRESS=45 TAG=x SUMMARY="Asking""#],
+        );
+        assert_eq!(
+            w.gate(),
+            Err(("Tor not bootstrapped: 45 % (Asking)".into(), true))
+        );
+        assert_eq!(
+            w.gate(),
+            Err(("Tor not bootstrapped: 45 % (Asking)".into(), false))
+        );
+        feed(
+            &w,
+            &[r#"STATUS_CLIENT NOTICE BOOTSTRAP PROGRESS=100 TAG=done SUMMARY="Done""#],
+        );
+        assert_eq!(w.gate(), Ok(()));
+        assert_eq!(w.status().bootstrap_percent, Some(100));
+        // Lost again: told again.
+        w.0.percent.store(UNKNOWN, Ordering::Release);
+        w.0.known.lock().unwrap().error = Some("Tor closed the control connection".into());
+        assert!(w.gate().unwrap_err().1);
+        assert_eq!(w.status().bootstrap_percent, None);
+    }
+
+    #[test]
+    fn streams_map_to_circuits_by_source_address() {
+        let w = TorWatch(Arc::new(Shared::new("c".into())));
+        feed(
+            &w,
+            &[
+                "CIRC 5 LAUNCHED PURPOSE=GENERAL",
+                "CIRC 5 EXTENDED $A~a PURPOSE=GENERAL",
+                "CIRC 5 BUILT $A~a,$B~b,$C~c PURPOSE=GENERAL",
+                "STREAM 9 NEW 0 10.99.0.1:7700 SOURCE_ADDR=127.0.0.1:40000 PURPOSE=USER",
+                "STREAM 9 SENTCONNECT 5 10.99.0.1:7700",
+                "STREAM 9 SUCCEEDED 5 10.99.0.1:7700",
+                "STREAM 10 NEW 0 x:1 SOURCE_ADDR=127.0.0.1:40001",
+            ],
+        );
+        let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let c = w.circuit_of(local).unwrap();
+        assert_eq!((c.circuit, c.exit.as_deref()), (5, Some("$C~c")));
+        assert_eq!(c.path.len(), 3);
+        assert_eq!(w.status().circuits.len(), 2);
+        // A session told before its stream's event is remembered until it comes.
+        let other: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+        w.tell_circuit(other);
+        assert_eq!(w.0.known.lock().unwrap().expected, vec![other]);
+        feed(&w, &["STREAM 10 SUCCEEDED 5 x:1"]);
+        assert!(w.0.known.lock().unwrap().expected.is_empty());
+        // Closed streams and circuits are forgotten.
+        feed(
+            &w,
+            &[
+                "STREAM 9 CLOSED 5 10.99.0.1:7700 REASON=DONE",
+                "CIRC 5 CLOSED",
+            ],
+        );
+        assert_eq!(w.circuit_of(local), None);
+        assert_eq!(w.circuit_of(other).unwrap().exit, None);
     }
 }
