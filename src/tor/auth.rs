@@ -185,9 +185,10 @@ fn safecookie(conn: &mut Conn, cookie: &[u8]) -> Result<String, TorError> {
     };
     let (hash, server) = (field("SERVERHASH")?, field("SERVERNONCE")?);
     if !server_hash_ok(cookie, &nonce, &server, &hash) {
+        // Either the cookie read is not this Tor's (a stale file, another Tor's, a wrong
+        // cookie_file) or the other end is not Tor: no proof is sent to it either way.
         return Err(TorError::Auth(
-            "Tor's SAFECOOKIE server hash is wrong: this is not the Tor that wrote the cookie"
-                .into(),
+            "Tor's SAFECOOKIE server hash does not match the cookie read (a stale or another Tor's cookie file, or not Tor)".into(),
         ));
     }
     Ok(format!(

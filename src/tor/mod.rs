@@ -101,7 +101,9 @@ pub fn status_lines(cfg: &TorConfig, force: Option<Method>) -> Result<Vec<String
         ),
         format!("bootstrap {} % ({})", b.percent, b.summary),
     ];
-    for circ in circuits(&mut c)? {
+    let mut circs = circuits(&mut c)?;
+    circs.sort_by_key(|c| c.id);
+    for circ in circs {
         let path = circ.path.join(",");
         out.push(format!("circuit {} {} {path}", circ.id, circ.status));
     }

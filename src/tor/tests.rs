@@ -168,7 +168,7 @@ fn refusals_say_why() {
         "{e}"
     );
     let e = run("SAFECOOKIE", None, None, true).unwrap_err();
-    assert!(e.contains("server hash is wrong"), "{e}");
+    assert!(e.contains("server hash does not match the cookie"), "{e}");
     let e = run("HASHEDPASSWORD", Some("pw"), Some(Method::Cookie), false).unwrap_err();
     assert!(e.contains("Tor does not offer COOKIE"), "{e}");
     let e = run("COOKIE", None, None, false);

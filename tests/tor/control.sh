@@ -6,7 +6,7 @@
 #
 #   tor-auth              qnet tor status against the offline Tor: SAFECOOKIE (default),
 #                         COOKIE, password, the unix socket; a wrong password, a wrong cookie
-#                         (Tor's SAFECOOKIE hash does not verify) and an unoffered method fail
+#                         (Tor's SAFECOOKIE hash does not match it) and an unoffered method fail
 #   tor-bootstrap-wait    a client with [tor] on the offline Tor: every connect fails at once
 #                         with "qnet: Tor not bootstrapped: 0 % (…)" (LD_PRELOAD and qnet run),
 #                         an unreachable control port fails closed too, and the upstream
@@ -82,7 +82,7 @@ c_tor_auth() {
     auth_case ok "authenticated with HASHEDPASSWORD" "$T/ctl-pass.toml"
     auth_case ok "^control $T/offline/control .*SAFECOOKIE" "$T/ctl-unix.toml"
     auth_case err "HASHEDPASSWORD refused: AUTHENTICATE: 515 " "$T/ctl-wrong.toml"
-    auth_case err "SAFECOOKIE server hash is wrong" "$T/ctl-badcookie.toml"
+    auth_case err "SAFECOOKIE server hash does not match the cookie read" "$T/ctl-badcookie.toml"
     auth_case err "COOKIE refused: AUTHENTICATE: 515 " "$T/ctl-badcookie.toml" --auth cookie
     auth_case err "Tor does not offer NULL (it offers COOKIE,SAFECOOKIE,HASHEDPASSWORD)" "$T/ctl.toml" --auth null
 }
