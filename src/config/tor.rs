@@ -20,7 +20,9 @@ pub enum TorControl {
     Unix(PathBuf),
 }
 
-/// How qnet talks to Tor's control port, from `[tor]`.
+/// How qnet talks to Tor's control port, from `[tor]`. The client uses it when it has an
+/// `upstream`, `qnet-relay` when it exits through one (`[server] upstream`, `--upstream`);
+/// `qnet tor` always.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TorConfig {
     /// `control`: `"127.0.0.1:9051"` or a unix socket's path (one that contains a `/`).

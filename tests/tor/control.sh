@@ -8,7 +8,8 @@
 #                         COOKIE, password, the unix socket; a wrong password, a wrong cookie
 #                         (Tor's SAFECOOKIE hash does not match it) and an unoffered method fail
 #   tor-bootstrap-wait    a client with [tor] on the offline Tor: every connect fails at once
-#                         with "qnet: Tor not bootstrapped: 0 % (…)" (LD_PRELOAD and qnet run),
+#                         with "qnet: Tor not bootstrapped: 0 % (…)" (LD_PRELOAD and qnet run,
+#                         the control port over TCP and a unix socket),
 #                         an unreachable control port fails closed too, and the upstream
 #                         listener sees no connection; without [tor] it sees one (control)
 #   tor-relay-wait        qnet-relay --upstream with [tor] on the offline Tor refuses the stream,
@@ -52,6 +53,7 @@ tor_configs() {
     client_config "$T/ctl-wrong.toml" "$nowhere" "[tor]" "$off" 'password = "wrong"'
     client_config "$T/ctl-badcookie.toml" "$nowhere" "[tor]" "$off" "cookie_file = \"$T/bad-cookie\""
     client_config "$T/wait.toml" "$nowhere" "$up" "[tor]" "$off"
+    client_config "$T/wait-unix.toml" "$nowhere" "$up" "[tor]" "control = \"$T/offline/control\""
     client_config "$T/wait-nocontrol.toml" "$nowhere" "$up" "[tor]" 'control = "127.0.0.1:9"'
     client_config "$T/count-only.toml" "$nowhere" "$up"
     client_config "$T/map.toml" "$RELAY_IP:7700" "upstream = \"socks5://127.0.0.1:$SOCKS\"" \
@@ -106,6 +108,8 @@ c_tor_bootstrap_wait() {
     # In the jail the library reaches the control port through the broker.
     refused_session run "$T/wait.toml" "qnet: Tor not bootstrapped: 0 % (Starting)"
     refused_session preload "$T/ctl.toml" "qnet: Tor not bootstrapped: 0 % (Starting)"
+    # A unix-socket control port needs no broker: the jail shares the file system.
+    refused_session run "$T/wait-unix.toml" "qnet: Tor not bootstrapped: 0 % (Starting)"
     refused_session preload "$T/wait-nocontrol.toml" "qnet: Tor control port 127.0.0.1:9: "
     settle
     n=$(since "$T/count.log" "$cm" | grep -c CONNECT || true)
