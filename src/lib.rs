@@ -22,3 +22,4 @@ pub mod relay;
 pub mod sched;
 mod sockaddr;
 pub mod socks;
+pub mod tor;

@@ -16,6 +16,7 @@ use qnet::relay::extend::ExtendPolicy;
 use qnet::relay::policy::ExitPolicy;
 use qnet::relay::server::{ExitProxy, Relay, RelayConfig};
 use qnet::sched::Profile;
+use qnet::tor::TorWatch;
 
 /// Settings only the config file's `[server]` table sets (src/config/mod.rs lists them all).
 const SERVER_ONLY: &str = "\
@@ -162,6 +163,12 @@ fn run(args: Args) -> Result<(), String> {
                 addr,
                 credentials: u.credentials.map(|(a, b)| (a.into_bytes(), b.into_bytes())),
                 isolate: u.isolate,
+                tor: match &cfg.tor {
+                    Some(t) => Some(Arc::new(
+                        TorWatch::start(t.clone(), || {}).map_err(|e| format!("tor: {e}"))?,
+                    )),
+                    None => None,
+                },
             })
         }
         None => None,

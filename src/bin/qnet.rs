@@ -133,6 +133,20 @@ enum Command {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         command: Vec<std::ffi::OsString>,
     },
+    /// Talk to Tor's control port (the config's `[tor]` table): `newnym` asks for a new
+    /// identity (new circuits for new streams), `status` prints bootstrap and circuits.
+    Tor {
+        /// newnym or status.
+        #[arg(value_parser = ["newnym", "status"])]
+        action: String,
+        /// Config file (default: QNET_CONFIG, ~/.config/qnet/qnet.toml, /etc/qnet/qnet.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Use this authentication method if Tor offers it (null, password, safecookie,
+        /// cookie) instead of the first usable one.
+        #[arg(long, value_name = "METHOD")]
+        auth: Option<qnet::tor::Method>,
+    },
 }
 
 type CmdResult = Result<(), Box<dyn Error>>;
@@ -195,6 +209,11 @@ fn main() -> ExitCode {
             interval,
             count,
         } => ("status", status(json, watch, interval, count)),
+        Command::Tor {
+            action,
+            config,
+            auth,
+        } => ("tor", tor(&action, config.as_deref(), auth)),
         Command::Run { .. } | Command::Check { .. } => unreachable!("handled above"),
     };
     match result {
@@ -218,6 +237,23 @@ fn check(opts: qnet::check::Options) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn tor(action: &str, config: Option<&Path>, auth: Option<qnet::tor::Method>) -> CmdResult {
+    let cfg = qnet::config::Config::load_from(config)?;
+    let tor = cfg
+        .tor
+        .ok_or("no [tor] table with a control port in the config")?;
+    if action == "newnym" {
+        qnet::tor::newnym_once(&tor, auth)?;
+        // Tor answers 250 even when it delays the switch (at most one per 10 s).
+        writeln!(io::stdout().lock(), "ok")?;
+    } else {
+        for line in qnet::tor::status_lines(&tor, auth)? {
+            writeln!(io::stdout().lock(), "{line}")?;
+        }
+    }
+    Ok(())
 }
 
 fn keygen() -> CmdResult {

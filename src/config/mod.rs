@@ -68,6 +68,10 @@
 //! [timing]                       # client side: the timing profile per destination
 //! profile = "performance"        # performance | default | high-security (QNET_PROFILE overrides)
 //! rules = ["10.0.0.0/8 high-security", "port:22 performance", "example.org default"]
+//! [tor]                          # when an upstream is Tor: its control port
+//! control = "127.0.0.1:9051"     # or a unix socket path; cookie/SAFECOOKIE/password from PROTOCOLINFO
+//! password_file = "tor-pass"     # or password = "..." (HashedControlPassword); cookie_file = "..."
+//! newnym_every_secs = 600        # ask Tor for a new identity this often (at least 10)
 //! ```
 //!
 //! The file must be owned by the user reading it (or root) and writable by no one else;
@@ -103,6 +107,7 @@ mod sources;
 #[cfg(test)]
 mod testutil;
 mod timing;
+mod tor;
 mod upstream;
 mod value;
 
@@ -116,6 +121,7 @@ pub use session::SessionParams;
 pub(crate) use sources::SYSTEM_CONFIG_PATH;
 pub(crate) use timing::parse_profile;
 pub use timing::{TimingConfig, TimingMatch, TimingRule};
+pub use tor::{TorConfig, TorControl};
 pub use upstream::Upstream;
 
 use value::{Origin, toml_error};
@@ -145,6 +151,8 @@ pub struct Config {
     pub entropy: EntropyConfig,
     /// Timing profiles per destination, from the `[timing]` table.
     pub timing: TimingConfig,
+    /// Tor's control port, from the `[tor]` table.
+    pub tor: Option<TorConfig>,
 }
 
 /// A configuration problem, displayed as one line naming where it is.
@@ -217,6 +225,7 @@ struct RawConfig {
     intercept: Option<intercept::RawIntercept>,
     entropy: Option<entropy::RawEntropy>,
     timing: Option<timing::RawTiming>,
+    tor: Option<tor::RawTor>,
 }
 
 impl Config {
@@ -236,11 +245,13 @@ impl Config {
         Config::from_raw(raw, &Origin(origin))
     }
 
-    /// Whether an `upstream` URL (client or `[server]`) carries a user and password.
+    /// Whether an `upstream` URL (client or `[server]`) carries a user and password, or
+    /// `[tor]` a control-port password.
     fn has_credentials(&self) -> bool {
         [&self.upstream, &self.server.upstream]
             .into_iter()
             .any(|u| u.as_ref().is_some_and(|u| u.credentials.is_some()))
+            || self.tor.as_ref().is_some_and(|t| t.password.is_some())
     }
 
     fn from_raw(raw: RawConfig, o: &Origin<'_>) -> Result<Config, ConfigError> {
@@ -270,6 +281,9 @@ impl Config {
         }
         if let Some(t) = raw.timing {
             config.timing = TimingConfig::from_raw(t, o)?;
+        }
+        if let Some(t) = raw.tor {
+            config.tor = Some(TorConfig::from_raw(t, o)?);
         }
         Ok(config)
     }

@@ -59,6 +59,9 @@ impl Config {
         }
         config.server.rebase(base);
         config.entropy.rebase(base);
+        if let Some(t) = &mut config.tor {
+            t.rebase(base);
+        }
         Ok(config)
     }
 

@@ -13,7 +13,7 @@ use super::{DIAL, MAX_REQUEST, VERSION, sys};
 use crate::config::{Config, InterceptConfig, Route};
 
 /// What the broker may dial: the first hops exactly as the config names them (the
-/// entry of every path, or the upstream proxy), and the addresses `intercept.route`
+/// entry of every path, or the upstream proxy, and then Tor's TCP control port), and the addresses `intercept.route`
 /// sends directly. `None`: the config did not load, and the broker dials nothing (the
 /// library inside fails closed with the same error).
 #[derive(Debug, Clone)]
@@ -23,7 +23,7 @@ impl Policy {
     /// The policy of `cfg`, or of no config.
     pub(super) fn new(cfg: Option<&Config>) -> Policy {
         Policy(cfg.map(|c| {
-            let hops = match &c.upstream {
+            let mut hops = match &c.upstream {
                 Some(u) => vec![u.proxy.clone()],
                 // Any path may be taken (another after a failure), so each entry may be dialled.
                 None => c
@@ -33,6 +33,13 @@ impl Policy {
                     .map(|h| h.address)
                     .collect(),
             };
+            // The library's Tor watcher asks for Tor's TCP control port (a unix socket
+            // it opens itself: the jail shares the file system).
+            if let (Some(_), Some(crate::config::TorControl::Tcp(a))) =
+                (&c.upstream, c.tor.as_ref().map(|t| &t.control))
+            {
+                hops.push(a.clone());
+            }
             (hops, c.intercept.clone())
         }))
     }
@@ -192,6 +199,20 @@ mod tests {
         let p = Policy::new(Some(&c));
         assert!(p.addresses("127.0.0.1:9050").is_ok());
         assert_eq!(p.addresses("198.51.100.1:7000"), Err(libc::EACCES));
+    }
+
+    #[test]
+    fn with_tor_its_control_port_may_be_dialled_too() {
+        let base = format!(
+            "relay = \"198.51.100.1:7000\"\nrelay_key = \"{KEY}\"\n[tor]\ncontrol = \"192.0.2.9:9051\"\n"
+        );
+        // Without an upstream the library has no Tor to watch.
+        let p = Policy::new(Some(&cfg(&base)));
+        assert_eq!(p.addresses("192.0.2.9:9051"), Err(libc::EACCES));
+        let with = format!("upstream = \"socks5h://127.0.0.1:9050\"\n{base}");
+        let p = Policy::new(Some(&cfg(&with)));
+        assert!(p.addresses("192.0.2.9:9051").is_ok());
+        assert!(p.addresses("127.0.0.1:9050").is_ok());
     }
 
     #[test]

@@ -9,6 +9,8 @@ addresses inside the test's own network namespace.
                                             "GET path from peer"
   helpers.py events PORT LOG                logs a Tor control port's STREAM and CIRC events
   helpers.py getinfo PORT KEY...            prints GETINFO answers
+  helpers.py count ADDR PORT LOG            accepts and closes TCP connections; logs
+                                            "CONNECT from peer" (what was dialled at all)
 
 The servers print "ready" once they listen.
 """
@@ -148,6 +150,18 @@ def getinfo(port, keys):
             print(ln[4:] if ln[:3] == "250" else ln)
 
 
+def count(addr, port, log):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((addr, int(port)))
+    s.listen(64)
+    print("ready", flush=True)
+    while True:
+        c, peer = s.accept()
+        log_line(log, "CONNECT from %s:%d" % peer)
+        c.close()
+
+
 def main(argv):
     if len(argv) >= 5 and argv[1] == "dns":
         dns(argv[2], argv[3], argv[4], argv[5:])
@@ -155,6 +169,8 @@ def main(argv):
         serve_http(*argv[2:])
     elif len(argv) == 4 and argv[1] == "events":
         events(argv[2], argv[3])
+    elif len(argv) == 5 and argv[1] == "count":
+        count(*argv[2:])
     elif len(argv) >= 4 and argv[1] == "getinfo":
         getinfo(argv[2], argv[3:])
     else:

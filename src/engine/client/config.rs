@@ -68,6 +68,9 @@ pub struct ClientConfig {
     /// Where this user's processes share what they learned of paths' health
     /// (`$XDG_RUNTIME_DIR/qnet/health`); `None`: not shared.
     pub health_file: Option<std::path::PathBuf>,
+    /// Tor's control port, when the upstream is Tor: no tunnel starts before Tor has
+    /// bootstrapped (`[tor]` with an `upstream`).
+    pub tor: Option<crate::config::TorConfig>,
 }
 
 impl ClientConfig {
@@ -84,6 +87,7 @@ impl ClientConfig {
             upstream: None,
             timing: crate::config::TimingConfig::default(),
             health_file: None,
+            tor: None,
         }
     }
 
@@ -103,6 +107,7 @@ impl ClientConfig {
             upstream: cfg.upstream.clone(),
             timing: cfg.timing.clone(),
             health_file: crate::engine::rundir::qnet_dir().map(|d| d.join(super::shared::NAME)),
+            tor: cfg.tor.clone().filter(|_| cfg.upstream.is_some()),
         })
     }
 }

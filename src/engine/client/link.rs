@@ -39,6 +39,19 @@ impl Client {
     /// Start a tunnel to path `p` (its handshake runs as the socket becomes writable).
     /// False when no connection could even start; the path is then down.
     pub(super) fn start_tunnel(&mut self, now: Instant, p: usize, purpose: Purpose) -> bool {
+        if let Some(why) = self.tor.as_ref().and_then(|t| t.ready().err()) {
+            // Tor would hold the SOCKS request until it can build circuits, or fail it:
+            // nothing is dialled until it says it has bootstrapped. One line per outage,
+            // in place of the "relay unusable" line that would blame the relay.
+            if !self.told_down && crate::engine::log::enabled(crate::config::LogLevel::Error) {
+                crate::engine::log::write_line(format_args!(
+                    "qnet: {why}; tunneled connections fail, nothing is sent"
+                ));
+            }
+            self.told_down = true;
+            self.path_failed(now, p, &why);
+            return false;
+        }
         let path = &self.cfg.paths[p];
         let entry = path.hops[0].clone();
         // With an upstream proxy the TCP connection goes to it, and it connects to the relay.
@@ -161,6 +174,14 @@ impl Client {
         }
     }
 
+    /// Which Tor circuit and exit carry tunnel `i`: logged at info by the watcher, which
+    /// matches the tunnel's local address with Tor's STREAM events (`SOURCE_ADDR`).
+    fn tell_tor_circuit(&self, i: usize) {
+        if let (Some(tor), Ok(local)) = (&self.tor, self.tunnels[i].link.sock.local_addr()) {
+            tor.tell_circuit(local);
+        }
+    }
+
     /// The tunnel's exit session is up: what that means depends on what it was for.
     pub(super) fn tunnel_up(&mut self, now: Instant, serial: u32) {
         let Some(i) = self.tunnel_index(serial) else {
@@ -183,6 +204,7 @@ impl Client {
                     self.share_up(p, now);
                 }
                 qlog!(Info, "session to {name} established");
+                self.tell_tor_circuit(i);
                 // The race is won: the others go (they carry no flows), the old current
                 // drains. Those that started first lost to a later start: too slow, down.
                 let started = self.tunnels[i].started;

@@ -156,6 +156,8 @@ pub struct Client {
     observer: Box<dyn Observer>,
     /// This process's status file, if it publishes one (`publish_status`).
     reporter: Option<report::Reporter>,
+    /// Tor's state, when the upstream is Tor (`ClientConfig::tor`).
+    tor: Option<crate::tor::TorWatch>,
     /// Set by a test: the next step panics (fault injection, absent outside tests).
     #[cfg(test)]
     fault: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -177,7 +179,16 @@ impl Client {
         // Without randomness the configured order stands (weights only spread load).
         let health = health::Health::new(&weights, || crate::entropy::next_u64().unwrap_or(0));
         drop(weights);
+        let tor = match &cfg.tor {
+            // Its thread is qnet's own: its connect to the control port is not tunneled.
+            Some(t) => Some(crate::tor::TorWatch::start(
+                t.clone(),
+                crate::engine::bypass::bypass_thread,
+            )?),
+            None => None,
+        };
         Ok(Client {
+            tor,
             poll,
             cfg,
             tunnels: Vec::new(),
@@ -230,6 +241,24 @@ impl Client {
     /// Whether a session new flows can use is up.
     pub fn is_connected(&self) -> bool {
         self.current().is_some()
+    }
+
+    /// The local addresses of this client's tunnels towards the upstream (Tor's
+    /// SocksPort), which Tor reports as its streams' `SOURCE_ADDR`.
+    pub fn tunnel_local_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.tunnels
+            .iter()
+            .filter_map(|t| t.link.sock.local_addr().ok())
+            .collect()
+    }
+
+    /// For `qnet status`: Tor's bootstrap and this client's sessions' circuits (only
+    /// streams from its tunnels' local addresses); `None` without `[tor]`.
+    pub fn tor_status(&self) -> Option<crate::tor::TorStatus> {
+        let mut st = self.tor.as_ref()?.status();
+        let mine = self.tunnel_local_addrs();
+        st.circuits.retain(|c| mine.contains(&c.local));
+        Some(st)
     }
 
     /// Sleep at most this long between checks of `run`'s stop condition (default 100 ms).

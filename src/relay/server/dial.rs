@@ -114,6 +114,17 @@ impl Loop {
                     conn.answer(&self.m, now, s, Err(OpenError::Forbidden));
                     return;
                 }
+                let tor = self.cfg.upstream.as_ref().and_then(|u| u.tor.as_ref());
+                if let Some(Err((why, first))) = tor.map(|t| t.gate()) {
+                    if first {
+                        qlog!(Warn, "{why}: streams through Tor are refused meanwhile");
+                    }
+                    let _ = conn
+                        .link
+                        .session
+                        .open_result(now, s, Err(OpenError::Failure));
+                    return;
+                }
                 dest
             }
             Extend::Allowed { key } => {

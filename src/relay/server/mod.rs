@@ -110,6 +110,9 @@ pub struct ExitProxy {
     /// Fresh credentials per client session: Tor's IsolateSOCKSAuth then keeps each
     /// client's streams on circuits of their own.
     pub isolate: bool,
+    /// The proxy is Tor and this watches its control port (`[tor]`): nothing is dialled
+    /// through it before Tor has bootstrapped.
+    pub tor: Option<Arc<crate::tor::TorWatch>>,
 }
 
 /// What a registered socket belongs to.
