@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -39,6 +39,8 @@ struct Shared {
     stop: AtomicBool,
     /// A refusal was reported since Tor was last ready ([`TorWatch::gate`]).
     told: AtomicBool,
+    /// Bumped at every change of what is known (`qnet status` rewrites on a change).
+    changes: AtomicU64,
     name: String,
 }
 
@@ -52,6 +54,7 @@ impl Shared {
             }),
             stop: AtomicBool::new(false),
             told: AtomicBool::new(false),
+            changes: AtomicU64::new(0),
             name,
         }
     }
@@ -61,7 +64,7 @@ impl Shared {
 pub struct TorWatch(Arc<Shared>);
 
 /// One qnet session's (or flow's) Tor stream: what `qnet status` shows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TorCircuit {
     /// The session's local address towards Tor's SocksPort (Tor's `SOURCE_ADDR`).
     pub local: SocketAddr,
@@ -76,7 +79,8 @@ pub struct TorCircuit {
 }
 
 /// What the watcher knows, for `qnet status`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct TorStatus {
     /// Bootstrap percent; `None` while the control port gives no answer.
     pub bootstrap_percent: Option<u8>,
@@ -161,6 +165,12 @@ impl TorWatch {
         }
     }
 
+    /// A count that moves whenever bootstrap, circuits or streams change: one atomic
+    /// load, for the status file's change check.
+    pub fn changes(&self) -> u64 {
+        self.0.changes.load(Ordering::Acquire)
+    }
+
     /// Logs (at info) which circuit and exit carry the session from `local`: now if
     /// Tor's stream from there has succeeded, else when its event comes (the session's
     /// handshake can finish before this thread has read that event).
@@ -207,6 +217,7 @@ fn watch(s: &Shared, cfg: &TorConfig, first: mpsc::Sender<()>) {
             said = Some(e.clone());
         }
         s.known.lock().unwrap_or_else(|e| e.into_inner()).error = Some(e);
+        s.changes.fetch_add(1, Ordering::Release);
         if let Some(tx) = first.take() {
             let _ = tx.send(());
         }
@@ -234,6 +245,7 @@ fn follow(
         k.summary = b.summary;
         k.circuits = circuits.into_iter().map(|c| (c.id, c)).collect();
         s.percent.store(b.percent, Ordering::Release);
+        s.changes.fetch_add(1, Ordering::Release);
     }
     if let Some(tx) = first.take() {
         let _ = tx.send(());
@@ -286,6 +298,7 @@ fn tell(k: &Known, local: SocketAddr) -> bool {
 
 /// Folds one event into what the watcher knows.
 fn apply(s: &Shared, e: Event) {
+    s.changes.fetch_add(1, Ordering::Release);
     let mut k = s.known.lock().unwrap_or_else(|e| e.into_inner());
     match e {
         Event::Bootstrap(b) => {

@@ -17,6 +17,8 @@
 #   tor-circuit-map       three isolated sessions with [tor] on the bootstrapped client Tor:
 #                         each names its circuit and exit, the circuit Tor's own STREAM events
 #                         give its SOURCE_ADDR, three distinct circuits
+#   tor-status-circuit    qnet forward with [tor]: `qnet status --json` shows bootstrap 100 %
+#                         and its session's circuit, the one Tor's STREAM events give
 #   tor-newnym            fixed credentials: two sessions share a circuit; after
 #                         `qnet tor newnym` the next session has another
 
@@ -169,6 +171,45 @@ c_tor_circuit_map() {
     done <"$T/map.lines"
     [ "$(awk '{ print $2 }' "$T/map.lines" | sort -u | wc -l)" = 3 ] ||
         fail_because "want 3 distinct circuits for 3 isolated sessions"
+}
+
+c_tor_status_circuit() {
+    local em fpid out got local circ want i
+    em=$(mark "$T/events.log")
+    mkdir -p -m 700 "$T/xdg"
+    XDG_RUNTIME_DIR=$T/xdg QNET_CONFIG=$T/map.toml timeout -k 5 60 "$QNET" forward \
+        --listen 127.0.0.1:9170 --to "$WEB_IP:8080" 2>"$T/status-fwd.log" &
+    fpid=$!
+    PIDS+=($fpid)
+    for i in $(seq 50); do grep -q 'listening on' "$T/status-fwd.log" 2>/dev/null && break; sleep 0.1; done
+    curl -sS --max-time 30 -o /dev/null "http://127.0.0.1:9170/big.bin" || fail_because "curl through qnet forward"
+    # The status file is rewritten within a second of the watcher seeing Tor's events.
+    for i in $(seq 30); do
+        out=$(XDG_RUNTIME_DIR=$T/xdg "$QNET" status --json 2>&1) || true
+        got=$(printf '%s' "$out" | "$PY" -c '
+import json, sys
+for p in json.load(sys.stdin):
+    t = p.get("tor") or {}
+    for c in t.get("circuits", []):
+        if t.get("bootstrap_percent") == 100 and c.get("exit"):
+            print(c["local"], c["circuit"]); sys.exit(0)' 2>/dev/null) || true
+        [ -n "$got" ] && break
+        sleep 0.2
+    done
+    # For the log (QNET_TOR_KEEP=1 keeps it): the table once the byte counts are written
+    # (within a second of a change), and Tor's own view.
+    sleep 1.2
+    XDG_RUNTIME_DIR=$T/xdg "$QNET" status >&2 || true
+    "$QNET" tor status --config "$T/map.toml" >&2 || true
+    kill "$fpid" 2>/dev/null || true
+    printf '%s\n' "$out" | head -c 600 >&2
+    [ -n "$got" ] || { fail_because "qnet status --json shows no circuit with bootstrap 100 %"; return; }
+    read -r local circ <<<"$got"
+    want=$(since "$T/events.log" "$em" | awk -v src="SOURCE_ADDR=$local" '
+        $2 != "STREAM" { next }
+        $4 == "NEW" { for (i = 7; i <= NF; i++) if ($i == src) mine[$3] = 1 }
+        $4 == "SUCCEEDED" && ($3 in mine) { print $5; exit }')
+    expect_eq "qnet status's circuit of the session from $local" "$circ" "$want" || true
 }
 
 c_tor_newnym() {

@@ -30,6 +30,8 @@ struct Seen {
     shaping_failures: u64,
     /// Shaped departures timed.
     departures: u64,
+    /// Tor's change count (bootstrap, circuits, streams), when it is watched.
+    tor: Option<u64>,
 }
 
 /// The writer's state in the loop.
@@ -101,6 +103,7 @@ impl Client {
             retries: (self.health.retries().min(), self.health.retries().max()),
             shaping_failures: self.stats.shaping_failures,
             departures: self.stats.lateness.buckets.iter().sum(),
+            tor: self.tor.as_ref().map(|t| t.changes()),
         }
     }
 
@@ -153,6 +156,7 @@ impl Client {
             .into_iter()
             .map(|(k, n)| (k.to_owned(), n))
             .collect();
+        snap.tor = self.tor_status();
         snap
     }
 }

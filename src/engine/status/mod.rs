@@ -96,11 +96,11 @@ pub struct Snapshot {
     /// start. A map, so a new kind needs no new format.
     #[serde(default)]
     pub refusals: BTreeMap<String, u64>,
-    /// Tor's view, for a client whose relays are reached through Tor: filled by the Tor
-    /// control-port client (bootstrap progress, each session's circuit); `null` until
-    /// then and for every other client. Optional, so it is added without a new version.
+    /// Tor's view, for a client whose relays are reached through Tor with `[tor]`
+    /// configured: bootstrap progress and each of this process's sessions' circuit and
+    /// exit (`tor::TorWatch`); `null` for every other client.
     #[serde(default)]
-    pub tor: Option<TorStatus>,
+    pub tor: Option<crate::tor::TorStatus>,
 }
 
 /// One configured path.
@@ -178,27 +178,6 @@ impl LatenessStatus {
             max_us,
         }
     }
-}
-
-/// Tor's part of a status (see [`Snapshot::tor`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TorStatus {
-    /// Tor's bootstrap progress, 0 to 100.
-    pub bootstrap_percent: u8,
-    /// The circuits carrying this process's sessions.
-    #[serde(default)]
-    pub circuits: Vec<TorCircuit>,
-}
-
-/// One session's Tor circuit.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TorCircuit {
-    /// The session's local address (how Tor's stream is matched to it).
-    pub local: String,
-    /// Tor's circuit id.
-    pub circuit_id: String,
-    /// The circuit's exit relay.
-    pub exit: String,
 }
 
 #[cfg(test)]

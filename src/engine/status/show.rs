@@ -64,6 +64,19 @@ pub fn table(list: &[Listed]) -> String {
         if !refused.is_empty() {
             let _ = writeln!(out, "         refused: {}", refused.join(", "));
         }
+        if let Some(t) = &s.tor {
+            let boot = t.bootstrap_percent.map_or("?".into(), |p| format!("{p} %"));
+            let err = t.error.as_ref().map_or(String::new(), |e| format!("; {e}"));
+            let _ = writeln!(out, "         tor: bootstrap {boot} ({}){err}", t.summary);
+            for c in &t.circuits {
+                let exit = c.exit.as_deref().unwrap_or("?");
+                let _ = writeln!(
+                    out,
+                    "         tor: session from {} on circuit {} exit {exit}",
+                    c.local, c.circuit
+                );
+            }
+        }
     }
     out
 }
