@@ -152,6 +152,16 @@ impl Health {
         was_up
     }
 
+    /// Path `i` cannot be tried before the first retry for a cause not its own (Tor not
+    /// bootstrapped): down that long, its backoff not grown, nothing learned about it.
+    pub(super) fn hold(&mut self, i: usize, now: Instant) {
+        self.states[i] = State::Down {
+            retry_at: now + FIRST_RETRY,
+            backoff: FIRST_RETRY,
+            good: 0,
+        };
+    }
+
     /// Path `i` is down until `until` (what another process learned): no sooner retried.
     pub(super) fn learned_down(&mut self, i: usize, until: Instant) {
         if self.states[i] == State::Up {
@@ -278,6 +288,21 @@ mod tests {
             panic!("down")
         };
         assert_eq!(backoff, MAX_RETRY);
+    }
+
+    #[test]
+    fn a_hold_for_a_cause_not_the_paths_does_not_grow_its_backoff() {
+        let t0 = Instant::now();
+        let mut h = Health::new(&[(None, 1)], || 0);
+        for k in 0..5 {
+            h.hold(0, t0 + FIRST_RETRY * k);
+        }
+        assert_eq!(h.next_retry(), Some(t0 + FIRST_RETRY * 5));
+        let State::Down { backoff, .. } = h.state(0) else {
+            panic!("down")
+        };
+        assert_eq!(backoff, FIRST_RETRY);
+        assert_eq!(h.candidates(), [0], "still tried when nothing else is up");
     }
 
     #[test]

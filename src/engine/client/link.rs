@@ -49,7 +49,10 @@ impl Client {
                 ));
             }
             self.told_down = true;
-            self.path_failed(now, p, &why);
+            // Not the relay's fault: no backoff grows and nothing goes to the shared
+            // health file, so the path is tried again as soon as Tor is ready.
+            self.health.hold(p, now);
+            self.last_failure = Some(why);
             return false;
         }
         let path = &self.cfg.paths[p];
