@@ -164,9 +164,12 @@ fn run(args: Args) -> Result<(), String> {
                 credentials: u.credentials.map(|(a, b)| (a.into_bytes(), b.into_bytes())),
                 isolate: u.isolate,
                 tor: match &cfg.tor {
-                    Some(t) => Some(Arc::new(
-                        TorWatch::start(t.clone(), || {}).map_err(|e| format!("tor: {e}"))?,
-                    )),
+                    Some(t) => {
+                        let w =
+                            TorWatch::start(t.clone(), || {}).map_err(|e| format!("tor: {e}"))?;
+                        w.first_answer();
+                        Some(Arc::new(w))
+                    }
                     None => None,
                 },
             })

@@ -61,7 +61,8 @@ impl Shared {
 }
 
 /// A handle on the watcher thread; dropping it stops the thread (within [`TICK`]).
-pub struct TorWatch(Arc<Shared>);
+/// The second field is the thread's first-answer signal, taken by [`TorWatch::first_answer`].
+pub struct TorWatch(Arc<Shared>, Mutex<Option<mpsc::Receiver<()>>>);
 
 /// One qnet session's (or flow's) Tor stream: what `qnet status` shows.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -93,9 +94,10 @@ pub struct TorStatus {
 }
 
 impl TorWatch {
-    /// Starts the watcher and waits (at most the control port's reply timeout, twice) for
-    /// its first answer, so a connect made right after start is judged on it. `on_thread`
-    /// runs first on the new thread (the preload runtime's bypass flag).
+    /// Starts the watcher; it does not wait for Tor (the caller may hold locks or run
+    /// with the hooks bypassed: a preloaded app's thread). Until its first answer the
+    /// gate refuses; [`TorWatch::first_answer`] waits for it. `on_thread` runs first on
+    /// the new thread (the preload runtime's bypass flag).
     pub fn start(cfg: TorConfig, on_thread: fn()) -> std::io::Result<TorWatch> {
         let shared = Arc::new(Shared::new(control_name(&cfg.control)));
         let (tx, rx) = mpsc::channel();
@@ -105,8 +107,18 @@ impl TorWatch {
             on_thread();
             watch(&s, &cfg, tx);
         })?;
-        let _ = rx.recv_timeout(2 * conn::REPLY_TIMEOUT);
-        Ok(TorWatch(shared))
+        Ok(TorWatch(shared, Mutex::new(Some(rx))))
+    }
+
+    /// Wait (once, at most the control port's reply timeout, twice) for the watcher's
+    /// first answer, so a connect made right after start is judged on it: on the
+    /// thread that will judge it (the client loop's, the relay's main), never on an
+    /// app's.
+    pub fn first_answer(&self) {
+        let rx = self.1.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(rx) = rx {
+            let _ = rx.recv_timeout(2 * conn::REPLY_TIMEOUT);
+        }
     }
 
     /// `Ok` once Tor has bootstrapped; else the one line that says why not: "Tor not
@@ -353,7 +365,10 @@ mod tests {
 
     #[test]
     fn ready_only_at_100_and_one_refusal_told_per_outage() {
-        let w = TorWatch(Arc::new(Shared::new("127.0.0.1:9051".into())));
+        let w = TorWatch(
+            Arc::new(Shared::new("127.0.0.1:9051".into())),
+            Mutex::new(None),
+        );
         let e = w.ready().unwrap_err();
         assert_eq!(e, "Tor control port 127.0.0.1:9051: no answer yet");
         w.0.known.lock().unwrap().error = None;
@@ -384,7 +399,7 @@ mod tests {
 
     #[test]
     fn streams_map_to_circuits_by_source_address() {
-        let w = TorWatch(Arc::new(Shared::new("c".into())));
+        let w = TorWatch(Arc::new(Shared::new("c".into())), Mutex::new(None));
         feed(
             &w,
             &[

@@ -277,6 +277,10 @@ impl Client {
     /// an error (and its flows fail closed) rather than panic forever.
     pub fn run(&mut self, mut stop: impl FnMut(&Client) -> bool) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
+        if let Some(t) = &self.tor {
+            // Here, on the loop's own thread: the first connect is judged on Tor's answer.
+            t.first_answer();
+        }
         let now = Instant::now();
         self.learn_shared(now);
         self.wake_at = self.manage_tunnels(now);
