@@ -73,10 +73,14 @@ impl Method {
 }
 
 /// The method to use: `force` if Tor offers it, else the first Tor offers of NULL, a
-/// password (if one is configured), SAFECOOKIE, COOKIE.
+/// password (if one is configured), SAFECOOKIE, and COOKIE only with a configured
+/// `cookie_file`: plain COOKIE sends the cookie itself, and whatever answers on the
+/// control port (another user's listener while Tor is down) names the file to read,
+/// where SAFECOOKIE sends nothing before the other end has proved it knows the cookie.
 pub(crate) fn choose(
     info: &ProtocolInfo,
     have_password: bool,
+    have_cookie_file: bool,
     force: Option<Method>,
 ) -> Result<Method, TorError> {
     let offered = |m: Method| info.methods.iter().any(|o| o == m.name());
@@ -89,7 +93,9 @@ pub(crate) fn choose(
     let usable = |m: Method| offered(m) && (m != Method::Password || have_password);
     let pick = match force {
         Some(m) => Some(m).filter(|&m| usable(m)),
-        None => order.into_iter().find(|&m| usable(m)),
+        None => order
+            .into_iter()
+            .find(|&m| usable(m) && (m != Method::Cookie || have_cookie_file)),
     };
     let offers = info.methods.join(",");
     pick.ok_or_else(|| {
@@ -160,7 +166,7 @@ pub(crate) fn authenticate(
         (None, Some(f)) => Some(read_secret(f, "Tor control password file")?),
         (None, None) => None,
     };
-    let method = choose(&info, password.is_some(), force)?;
+    let method = choose(&info, password.is_some(), cfg.cookie_file.is_some(), force)?;
     let line = match method {
         Method::Null => "AUTHENTICATE".to_owned(),
         Method::Password => format!("AUTHENTICATE {}", quote(password.as_deref().unwrap_or(""))),
@@ -204,7 +210,7 @@ fn cookie(cfg: &TorConfig, info: &ProtocolInfo) -> Result<Vec<u8>, TorError> {
         .as_ref()
         .or(info.cookie_file.as_ref())
         .ok_or_else(|| TorError::Auth("Tor named no cookie file (set tor.cookie_file)".into()))?;
-    let bytes = fs::read(path)
+    let bytes = read_cookie(path)
         .map_err(|e| TorError::Auth(format!("cookie file {}: {e}", path.display())))?;
     if bytes.len() != 32 {
         let m = format!(
@@ -214,6 +220,22 @@ fn cookie(cfg: &TorConfig, info: &ProtocolInfo) -> Result<Vec<u8>, TorError> {
         );
         return Err(TorError::Auth(m));
     }
+    Ok(bytes)
+}
+
+/// At most 33 bytes of a regular file: the path may come from the other end of the
+/// control connection, which must not make this read a device, a FIFO or a huge file.
+fn read_cookie(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::with_capacity(33);
+    f.take(33).read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 

@@ -171,8 +171,44 @@ fn refusals_say_why() {
     assert!(e.contains("server hash does not match the cookie"), "{e}");
     let e = run("HASHEDPASSWORD", Some("pw"), Some(Method::Cookie), false).unwrap_err();
     assert!(e.contains("Tor does not offer COOKIE"), "{e}");
-    let e = run("COOKIE", None, None, false);
-    assert_eq!(e, Ok(Method::Cookie));
+    // Plain COOKIE sends the cookie to whatever answers: only with a configured file.
+    let e = run("COOKIE", None, None, false).unwrap_err();
+    assert!(e.contains("no usable authentication method"), "{e}");
+}
+
+#[test]
+fn a_plain_cookie_is_sent_only_with_a_configured_cookie_file() {
+    let (mut c, t, path) = tor_offering("COOKIE", "configured", false);
+    let mut with_file = cfg(None);
+    with_file.cookie_file = Some(path.clone());
+    let r = auth::authenticate(&mut c, &with_file, None).map(|(m, _)| m);
+    drop(c);
+    t.join().unwrap();
+    std::fs::remove_file(path).unwrap();
+    assert_eq!(r.map_err(|e| e.to_string()), Ok(Method::Cookie));
+}
+
+#[test]
+fn a_cookie_path_named_by_the_control_port_is_read_bounded() {
+    // A fake Tor may name /dev/zero (endless) or a FIFO (blocks): neither is read.
+    for bad in ["/dev/zero", "/proc/self/status"] {
+        let (mut c, t) = fake(move |line| {
+            if line == "PROTOCOLINFO 1" {
+                protocolinfo("SAFECOOKIE", std::path::Path::new(bad))
+            } else {
+                "510 Unrecognized command\r\n".into()
+            }
+        });
+        let e = auth::authenticate(&mut c, &cfg(None), None)
+            .unwrap_err()
+            .to_string();
+        drop(c);
+        t.join().unwrap();
+        assert!(
+            e.contains("not a regular file") || e.contains("not 32"),
+            "{bad}: {e}"
+        );
+    }
 }
 
 #[test]
