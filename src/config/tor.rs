@@ -58,6 +58,14 @@ impl TorConfig {
             TorControl::Unix(o.path("tor.control", Value::String(s))?)
         } else {
             check_host_port(&s).map_err(|m| o.err("tor.control", m))?;
+            // A literal address: the control connection is made outside the tunnel (and
+            // a password goes over it in clear), so no name lookup may choose where.
+            if s.parse::<std::net::SocketAddr>().is_err() {
+                return Err(o.err(
+                    "tor.control",
+                    format!("{s:?}: an address and port (e.g. 127.0.0.1:9051) or a unix socket path, not a host name"),
+                ));
+            }
             TorControl::Tcp(s)
         };
         let mut t = TorConfig {
@@ -128,14 +136,15 @@ mod tests {
             ("[tor]\ncontrol = \"nohost\"", "tor.control:"),
             ("[tor]\ncontrol = 9051", "tor.control: expected a string"),
             (
-                "[tor]\ncontrol = \"h:1\"\npassword = \"a\"\npassword_file = \"f\"",
+                "[tor]\ncontrol = \"127.0.0.1:1\"\npassword = \"a\"\npassword_file = \"f\"",
                 "tor.password_file: give",
             ),
             (
-                "[tor]\ncontrol = \"h:1\"\nnewnym_every_secs = 5",
+                "[tor]\ncontrol = \"127.0.0.1:1\"\nnewnym_every_secs = 5",
                 "at least 10",
             ),
-            ("[tor]\ncontrol = \"h:1\"\nbogus = 1", "bogus"),
+            ("[tor]\ncontrol = \"127.0.0.1:1\"\nbogus = 1", "bogus"),
+            ("[tor]\ncontrol = \"tor.example:9051\"", "not a host name"),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text}: {e}");
