@@ -11,7 +11,8 @@ use super::Metrics;
 use super::export::{Format, render};
 use crate::qlog;
 
-/// How long one request may take to arrive, and its answer to leave.
+/// How long one request may take to arrive (all of it, not each read), and its answer
+/// to leave.
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// The most of a request that is read (a scraper's request line and headers).
 const MAX_REQUEST: usize = 8192;
@@ -42,11 +43,17 @@ pub fn serve(addr: SocketAddr, m: Arc<Metrics>) -> io::Result<SocketAddr> {
 
 /// Read one request and answer it, then close.
 fn answer(mut s: TcpStream, m: &Arc<Metrics>) -> io::Result<()> {
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
     s.set_write_timeout(Some(IO_TIMEOUT))?;
+    let deadline = std::time::Instant::now() + IO_TIMEOUT;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        // A peer trickling a byte at a time must not hold the one listener for long.
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        s.set_read_timeout(Some(left))?;
         let n = s.read(&mut chunk)?;
         if n == 0 {
             return Ok(());
@@ -161,6 +168,27 @@ mod tests {
         assert_eq!(get("POST /metrics HTTP/1.1"), Route::BadMethod);
         assert_eq!(get("GET /metrics SPDY/3"), Route::Bad);
         assert_eq!(get("garbage"), Route::Bad);
+    }
+
+    #[test]
+    fn a_trickling_peer_holds_the_listener_no_longer_than_the_deadline() {
+        let m = Metrics::new(1);
+        let addr = serve("127.0.0.1:0".parse().unwrap(), m).unwrap();
+        let mut slow = TcpStream::connect(addr).unwrap();
+        let t0 = std::time::Instant::now();
+        // A byte every 0.5 s, each within the old per-read timeout.
+        for b in b"GET /m" {
+            if slow.write_all(&[*b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        let mut fast = TcpStream::connect(addr).unwrap();
+        fast.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").unwrap();
+        let mut out = String::new();
+        fast.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+        assert!(t0.elapsed() < IO_TIMEOUT * 3, "{:?}", t0.elapsed());
     }
 
     #[test]

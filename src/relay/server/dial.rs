@@ -119,10 +119,7 @@ impl Loop {
                     if first {
                         qlog!(Warn, "{why}: streams through Tor are refused meanwhile");
                     }
-                    let _ = conn
-                        .link
-                        .session
-                        .open_result(now, s, Err(OpenError::Failure));
+                    conn.answer(&self.m, now, s, Err(OpenError::Failure));
                     return;
                 }
                 dest

@@ -13,7 +13,7 @@ use super::Loop;
 use super::dial::per_key;
 use super::quota::Pending;
 use crate::proto::OpenError;
-use crate::relay::metrics::Limit;
+use crate::relay::metrics::{Limit, Metrics};
 
 const RESOLVER_THREADS: usize = 4;
 
@@ -52,11 +52,12 @@ pub(super) struct Resolved {
 
 /// Start the resolver threads every loop shares; each answer goes to the asking loop's
 /// channel and wakes it. They end when every sender of queries is gone.
-pub(super) fn spawn_resolvers() -> io::Result<Sender<Query>> {
+pub(super) fn spawn_resolvers(metrics: Arc<Metrics>) -> io::Result<Sender<Query>> {
     let (resolve_tx, resolve_rx) = crossbeam::channel::unbounded::<Query>();
     // getaddrinfo blocks; a few threads keep slow names from stalling the event loops.
     for i in 0..RESOLVER_THREADS {
         let rx = resolve_rx.clone();
+        let metrics = metrics.clone();
         std::thread::Builder::new()
             .name(format!("qnet-resolve-{i}"))
             .spawn(move || {
@@ -72,6 +73,8 @@ pub(super) fn spawn_resolvers() -> io::Result<Sender<Query>> {
                         addrs,
                         took: asked.elapsed(),
                     };
+                    // Here, not in the loop: the histogram takes a lock.
+                    metrics.lookup_took(answer.took);
                     // A loop that has ended no longer reads its answers.
                     if q.answers.tx.send(answer).is_ok() {
                         let _ = q.answers.waker.wake();
@@ -85,7 +88,6 @@ pub(super) fn spawn_resolvers() -> io::Result<Sender<Query>> {
 impl Loop {
     /// Dial the allowed addresses a name resolved to, or refuse the stream.
     pub(super) fn on_resolved(&mut self, now: Instant, r: Resolved) {
-        self.shared.metrics.lookup_took(r.took);
         self.m.lookup(r.addrs.as_ref().is_ok_and(|a| !a.is_empty()));
         let (allowed, failure) = match r.addrs {
             Ok(addrs) if addrs.is_empty() => (vec![], OpenError::NameNotFound),

@@ -188,7 +188,7 @@ impl Relay {
             metrics: Metrics::new(n),
         });
         shared.metrics.set_clients_allowed(cfg.clients.read().len());
-        let resolve_tx = super::names::spawn_resolvers()?;
+        let resolve_tx = super::names::spawn_resolvers(shared.metrics.clone())?;
         let loops = polls
             .into_iter()
             .zip(listeners)
