@@ -147,12 +147,12 @@ pub fn list(dir: &Path, now_ms: u64) -> Vec<Listed> {
         else {
             continue;
         };
-        match judge(&path, pid, start_time_of(&pid.to_string())) {
+        match judge(&path, pid, || start_time_of(&pid.to_string())) {
             Verdict::Live(mut snapshot) => {
                 let age = now_ms.saturating_sub(snapshot.updated_at_ms);
                 // The file tells times as of its writing; the reader tells them as of now.
                 if let Some(session) = &mut snapshot.session {
-                    session.age_ms += age;
+                    session.age_ms = session.age_ms.saturating_add(age);
                 }
                 for p in &mut snapshot.paths {
                     p.retry_in_ms = p.retry_in_ms.map(|ms| ms.saturating_sub(age));
@@ -201,13 +201,15 @@ pub(super) enum Verdict {
     Skip,
 }
 
-/// Judge the file of `pid` at `path`, given the start time of the process that has that
-/// pid now (`None`: no such process).
-pub(super) fn judge(path: &Path, pid: u32, now_started: Option<u64>) -> Verdict {
+/// Judge the file of `pid` at `path`, given how to learn the start time of the process
+/// that has that pid now (`None`: no such process). The file is read first: a process
+/// that took the pid and wrote its file after a look at /proc would be judged by another
+/// process's start time, and its live file removed.
+pub(super) fn judge(path: &Path, pid: u32, now_started: impl FnOnce() -> Option<u64>) -> Verdict {
     let Ok(text) = rundir::read_own(path, "status file", MAX_LEN) else {
         return Verdict::Skip;
     };
-    let Some(started) = now_started else {
+    let Some(started) = now_started() else {
         return Verdict::Gone;
     };
     let Ok(snap) = serde_json::from_str::<Snapshot>(&text) else {

@@ -78,7 +78,11 @@ pub fn table(list: &[Listed]) -> String {
             }
         }
     }
-    out
+    // Program names, relay and Tor names come from files and other processes: no
+    // terminal escapes from them reach the screen.
+    out.chars()
+        .map(|c| if c.is_control() && c != '\n' { '?' } else { c })
+        .collect()
 }
 
 /// A path: its hops, its state, and whether new streams go there.

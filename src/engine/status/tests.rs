@@ -91,6 +91,11 @@ fn a_snapshot_round_trips_through_its_file_and_the_file_goes_with_its_publisher(
         t.contains("path 127.0.0.1:7001 -> [::1]:7002  down, retry in 4s"),
         "{t}"
     );
+    // A program name is whatever the process set: no terminal escape reaches the table.
+    let mut evil = listed[0].clone();
+    evil.snapshot.program = "x\u{1b}]0;owned\u{7}".into();
+    let t = table(&[evil]);
+    assert!(!t.chars().any(|c| c.is_control() && c != '\n'), "{t:?}");
     drop(p);
     assert!(!file.exists(), "removed with its publisher");
     assert!(list(&dir, now).is_empty());
@@ -130,14 +135,14 @@ fn files_of_dead_processes_and_reused_pids_are_removed_and_garbage_is_skipped() 
     let f = file_of(&dir, me);
     rundir::replace(&f, &serde_json::to_vec(&other).unwrap()).unwrap();
     assert!(matches!(
-        judge(&f, me, start_time_of("self")),
+        judge(&f, me, || start_time_of("self")),
         Verdict::Skip
     ));
     let mut v2 = sample(&p, 1000);
     v2.version = VERSION + 1;
     rundir::replace(&f, &serde_json::to_vec(&v2).unwrap()).unwrap();
     assert!(matches!(
-        judge(&f, me, start_time_of("self")),
+        judge(&f, me, || start_time_of("self")),
         Verdict::Skip
     ));
     // An unfinished write of a dead process goes; one of a live process stays.
@@ -162,7 +167,7 @@ fn a_file_others_may_write_is_not_believed() {
     let f = file_of(&dir, std::process::id());
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o622)).unwrap();
     assert!(matches!(
-        judge(&f, std::process::id(), start_time_of("self")),
+        judge(&f, std::process::id(), || start_time_of("self")),
         Verdict::Skip
     ));
     assert!(list(&dir, 1000).is_empty());
