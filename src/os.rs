@@ -300,7 +300,14 @@ pub(crate) fn in_child(f: impl FnOnce() -> i32) -> io::Result<i32> {
         return Err(io::Error::last_os_error());
     }
     if pid == 0 {
-        let code = f();
+        // The child holds none of the parent's descriptors (beyond stdio): a peer the
+        // parent closes meanwhile must see the close, not the child's copy.
+        // SAFETY: close_range on this process's own descriptor range; no Rust object of
+        // the child's uses them (it only runs `f`, which opens what it needs).
+        unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+        // A panic must not unwind into the parent's frames copied into the child (and
+        // go on running the parent's code there): it ends the child with 127.
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(127);
         // SAFETY: ends the child without running the parent's exit handlers.
         unsafe { libc::_exit(code) };
     }
