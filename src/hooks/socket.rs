@@ -611,6 +611,21 @@ mod tests {
             );
             libc::close(engine);
         }
+        // The peer is closed once no process holds it: a child another test forked at
+        // that moment may hold a copy for a while, and a send then would succeed.
+        let mut p = libc::pollfd {
+            fd: app,
+            // None asked: poll waits for the hang-up it always reports.
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the call.
+        let r = unsafe { libc::poll(&raw mut p, 1, 2000) };
+        assert!(
+            r == 1 && p.revents & libc::POLLHUP != 0,
+            "peer still open: {r} {:#x}",
+            p.revents
+        );
         let errno = || std::io::Error::last_os_error().raw_os_error();
         // SAFETY: a two-byte buffer, sent through the hooks; SIGPIPE is ignored in tests
         // (Rust's runtime), so the EPIPE's signal does no harm.
