@@ -96,7 +96,7 @@ fuzz_target!(|data: &[u8]| {
         _ => {
             wire.extend_from_slice(&hs.msg1);
             wire.extend_from_slice(&hs.msg3);
-            let mut sealer = Sealer::new(hs.send);
+            let mut sealer = Sealer::new(hs.cipher, hs.send);
             for _ in 0..16 {
                 let Some(p) = next_piece(&mut input) else {
                     break;
@@ -158,7 +158,7 @@ fuzz_target!(|data: &[u8]| {
     if established && sent.len() >= hs.reply.len() {
         // Only the fixture client can complete a handshake (nobody else can forge msg1),
         // so whatever follows its flight (ciphertext, msg2, pad2) is sealed with its key.
-        let (frames, end) = open_stream(client().recv, &sent[hs.reply.len()..], usize::MAX);
+        let (frames, end) = open_stream(client().cipher, client().recv, &sent[hs.reply.len()..], usize::MAX);
         assert_eq!(end, End::Incomplete(0), "relay output does not open");
         for f in &frames {
             let parsed = FrameRepr::parse(&Frame::new_unchecked(&f[..]));

@@ -163,8 +163,13 @@ pub enum End {
 /// Open every record of `wire` the way `Session` does: bytes arrive `chunk` at a time,
 /// the unconsumed tail is presented again with the next arrival, and a KEY_UPDATE
 /// frame switches the opener's key. Returns the plaintext frames (padding included).
-pub fn open_stream(secret: [u8; 32], wire: &[u8], chunk: usize) -> (Vec<Vec<u8>>, End) {
-    let mut opener = Opener::new(secret);
+pub fn open_stream(
+    cipher: qnet::proto::aead::Cipher,
+    secret: [u8; 32],
+    wire: &[u8],
+    chunk: usize,
+) -> (Vec<Vec<u8>>, End) {
+    let mut opener = Opener::new(cipher, secret);
     let mut frames = vec![];
     let mut buf = Vec::new();
     for piece in wire.chunks(chunk.max(1)) {
@@ -258,6 +263,8 @@ pub struct ClientRun {
     pub send: [u8; 32],
     /// Relay-to-client traffic secret.
     pub recv: [u8; 32],
+    /// The records' cipher both ends agreed on.
+    pub cipher: qnet::proto::aead::Cipher,
 }
 
 /// The fixture client's handshake, before msg1.
@@ -266,6 +273,7 @@ fn client_handshake(private: &[u8; 32], rng: &mut SeededRandom) -> Handshake {
     let params = TransportParams {
         stream_window: cfg.stream_window,
         session_window: cfg.session_window,
+        ciphers: cfg.ciphers,
     };
     Handshake::initiator(private, &public_key(&RELAY_PRIVATE), params, rng)
 }
@@ -300,6 +308,7 @@ fn run_client(private: &[u8; 32]) -> ClientRun {
         msg3,
         send: out.send,
         recv: out.recv,
+        cipher: out.cipher,
     }
 }
 

@@ -377,6 +377,7 @@ drain_max_ms = 400
                 rekey_interval: Duration::from_secs(60),
                 stream_window: 16384,
                 session_window: 1 << 30,
+                offer_aes: true,
             }
         );
         assert_eq!(c.server.listen.as_deref(), Some("[::]:7000"));

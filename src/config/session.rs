@@ -26,6 +26,9 @@ pub struct SessionParams {
     pub stream_window: u32,
     /// Flow-control credit per session, bytes.
     pub session_window: u32,
+    /// Offer AES-256-GCM for records where this CPU runs it in hardware (`cipher = "auto"`,
+    /// the default); `cipher = "chacha20-poly1305"` offers ChaCha20-Poly1305 only.
+    pub offer_aes: bool,
 }
 
 impl SessionParams {
@@ -45,6 +48,7 @@ impl Default for SessionParams {
             rekey_interval: Duration::from_secs(600),
             stream_window: 256 * 1024,
             session_window: 16 * 1024 * 1024,
+            offer_aes: true,
         }
     }
 }
@@ -59,6 +63,7 @@ pub(super) struct RawSession {
     rekey_secs: Option<Value>,
     stream_window: Option<Value>,
     session_window: Option<Value>,
+    cipher: Option<Value>,
 }
 
 impl SessionParams {
@@ -85,6 +90,18 @@ impl SessionParams {
         }
         if let Some(v) = raw.session_window {
             p.session_window = window(o, "session.session_window", v)?;
+        }
+        if let Some(v) = raw.cipher {
+            p.offer_aes = match o.string("session.cipher", v)?.as_str() {
+                "auto" => true,
+                "chacha20-poly1305" => false,
+                other => {
+                    return Err(o.err(
+                        "session.cipher",
+                        format!("unknown cipher {other:?} (expected auto or chacha20-poly1305)"),
+                    ));
+                }
+            };
         }
         if p.keepalive >= p.idle_timeout {
             return Err(o.err(
@@ -130,6 +147,27 @@ fn window(o: &Origin<'_>, field: &str, value: Value) -> Result<u32, ConfigError>
 #[cfg(test)]
 mod tests {
     use super::super::testutil::{err, parse};
+
+    #[test]
+    fn cipher_choices() {
+        assert!(parse("").unwrap().session.offer_aes);
+        assert!(
+            parse("[session]\ncipher = \"auto\"")
+                .unwrap()
+                .session
+                .offer_aes
+        );
+        assert!(
+            !parse("[session]\ncipher = \"chacha20-poly1305\"")
+                .unwrap()
+                .session
+                .offer_aes
+        );
+        assert_eq!(
+            err("[session]\ncipher = \"aes-128-cbc\""),
+            "config /etc/qnet/qnet.toml: session.cipher: unknown cipher \"aes-128-cbc\" (expected auto or chacha20-poly1305)"
+        );
+    }
 
     #[test]
     fn window_limits() {

@@ -153,6 +153,7 @@ pub fn session_config(p: &crate::config::SessionParams) -> crate::proto::Session
         rekey_interval: p.rekey_interval,
         stream_window: p.stream_window,
         session_window: p.session_window,
+        ciphers: crate::proto::aead::Cipher::offer(p.offer_aes),
         ..crate::proto::SessionConfig::default()
     }
 }

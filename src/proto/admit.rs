@@ -250,6 +250,7 @@ mod tests {
         let params = TransportParams {
             stream_window: cfg.stream_window,
             session_window: cfg.session_window,
+            ciphers: cfg.ciphers,
         };
         let server = Session::new(
             now,

@@ -6,8 +6,9 @@
 //!                      admission proof (`super::admit`), pad1's length, and a fresh
 //!                      ML-KEM encapsulation key (`super::kem`)
 //!          (ct)        1088 bytes: the relay's ML-KEM ciphertext, masked (`super::mask`)
-//!          <- e, ee, psk  msg2: 32 + 11 + 16, then pad2: the relay's transport parameters
-//!          -> s, se    msg3: 48 + 11 + 16, then pad3: the client's transport parameters
+//!          <- e, ee, psk  msg2: 32 + 12 + 16, then pad2: the relay's transport parameters
+//!          -> s, se    msg3: 48 + 12 + 16, then pad3: the client's transport parameters
+//!                      (the two parameter blocks agree on the records' cipher)
 //! ```
 //! The PSK is the ML-KEM shared secret (with the ciphertext bound in), so every key
 //! from msg2's payload on, the one hiding the client's static key among them, depends on
@@ -27,6 +28,7 @@ use snow::resolvers::{CryptoResolver, DefaultResolver, FallbackResolver};
 
 use super::Random;
 use super::admit::{self, AdmitKey};
+use super::aead::{Cipher, OFFER_AES_256_GCM};
 use super::elligator::{self, Ephemeral};
 use super::kem::{self, CT_LEN, EK_LEN};
 use super::mask::{self, Mask, PAD_LEN_BYTES, Part};
@@ -36,11 +38,11 @@ use super::memo::{self, Memo};
 pub const NOISE_PARAMS: &str = "Noise_XKpsk2_25519_ChaChaPoly_BLAKE2s";
 /// Prologue: binds both ends to this protocol and version (a relay or client of another
 /// version fails to authenticate msg1 or msg2, and the relay stays silent).
-pub const PROLOGUE: &[u8] = b"qnet/4 Noise_XKpsk2_25519_ChaChaPoly_BLAKE2s ML-KEM-768";
+pub const PROLOGUE: &[u8] = b"qnet/5 Noise_XKpsk2_25519_ChaChaPoly_BLAKE2s ML-KEM-768";
 /// Protocol version carried in the transport parameters.
-pub const VERSION: u8 = 4;
+pub const VERSION: u8 = 5;
 /// Encoded transport parameters.
-pub const PARAMS_LEN: usize = 9;
+pub const PARAMS_LEN: usize = 10;
 /// msg1's timestamp: the client's wall-clock time, ms since the Unix epoch, big-endian.
 pub const STAMP_LEN: usize = 8;
 /// msg1's payload: timestamp, admission hint and tag, pad length, encapsulation key.
@@ -68,6 +70,9 @@ pub struct TransportParams {
     pub stream_window: u32,
     /// Initial credit the sender grants the whole session.
     pub session_window: u32,
+    /// The record ciphers the sender offers besides ChaCha20-Poly1305
+    /// ([`super::aead::OFFER_AES_256_GCM`]); unknown bits are ignored on receipt.
+    pub ciphers: u8,
 }
 
 impl TransportParams {
@@ -76,6 +81,7 @@ impl TransportParams {
         b[0] = VERSION;
         b[1..5].copy_from_slice(&self.stream_window.to_be_bytes());
         b[5..9].copy_from_slice(&self.session_window.to_be_bytes());
+        b[9] = self.ciphers;
         b
     }
 
@@ -86,6 +92,8 @@ impl TransportParams {
         let p = TransportParams {
             stream_window: u32::from_be_bytes([b[1], b[2], b[3], b[4]]),
             session_window: u32::from_be_bytes([b[5], b[6], b[7], b[8]]),
+            // Bits this version does not know are dropped: a later version may define them.
+            ciphers: b[9] & OFFER_AES_256_GCM,
         };
         (p.stream_window >= super::frame::MAX_PAYLOAD as u32 && p.session_window >= p.stream_window)
             .then_some(p)
@@ -107,6 +115,8 @@ pub struct HandshakeOutput {
     pub peer_static: [u8; 32],
     /// The peer's transport parameters.
     pub peer_params: TransportParams,
+    /// The records' cipher, from both ends' parameters ([`Cipher::agree`]).
+    pub cipher: Cipher,
     /// Noise's handshake hash: the same at both ends of one handshake.
     pub hash: [u8; 32],
 }
@@ -657,6 +667,7 @@ impl Handshake {
             send,
             recv,
             peer_static,
+            cipher: Cipher::agree(self.params.ciphers, peer_params.ciphers),
             peer_params,
             hash,
         })

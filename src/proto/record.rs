@@ -12,7 +12,7 @@
 use chacha20::ChaCha20;
 use chacha20::cipher::{KeyIvInit, StreamCipher};
 
-use super::aead::{AeadKey, TAG_LEN};
+use super::aead::{AeadKey, Cipher, TAG_LEN};
 use super::blake2s_mac;
 use super::frame::{FrameRepr, HEADER_LEN, MAX_FRAME};
 
@@ -41,6 +41,7 @@ pub enum RecordError {
 
 /// One direction's keys: derived from a traffic secret, replaced on KEY_UPDATE.
 struct DirectionKeys {
+    cipher: Cipher,
     secret: [u8; 32],
     aead: AeadKey,
     mask: ChaCha20,
@@ -48,11 +49,12 @@ struct DirectionKeys {
 }
 
 impl DirectionKeys {
-    fn new(secret: [u8; 32]) -> Self {
-        let aead = AeadKey::new(&blake2s_mac(&secret, &[b"qnet/1 record key"]));
+    fn new(cipher: Cipher, secret: [u8; 32]) -> Self {
+        let aead = AeadKey::with(cipher, &blake2s_mac(&secret, &[cipher.record_key_label()]));
         let mask_key = blake2s_mac(&secret, &[b"qnet/1 length mask"]);
         let mask = ChaCha20::new((&mask_key).into(), (&[0u8; 12]).into());
         DirectionKeys {
+            cipher,
             secret,
             aead,
             mask,
@@ -61,7 +63,10 @@ impl DirectionKeys {
     }
 
     fn update(&mut self) {
-        *self = DirectionKeys::new(blake2s_mac(&self.secret, &[b"qnet/1 key update"]));
+        *self = DirectionKeys::new(
+            self.cipher,
+            blake2s_mac(&self.secret, &[b"qnet/1 key update"]),
+        );
     }
 
     fn next_counter(&mut self) -> Result<u64, RecordError> {
@@ -85,10 +90,10 @@ pub struct Sealer {
 }
 
 impl Sealer {
-    /// Start from a traffic secret (from the handshake split).
-    pub fn new(secret: [u8; 32]) -> Self {
+    /// Start from a traffic secret (from the handshake split) under the agreed cipher.
+    pub fn new(cipher: Cipher, secret: [u8; 32]) -> Self {
         Sealer {
-            keys: DirectionKeys::new(secret),
+            keys: DirectionKeys::new(cipher, secret),
             bytes: 0,
         }
     }
@@ -138,6 +143,11 @@ impl Sealer {
     pub fn bytes(&self) -> u64 {
         self.bytes
     }
+
+    /// The cipher this direction seals with.
+    pub fn cipher(&self) -> Cipher {
+        self.keys.cipher
+    }
 }
 
 /// Opens records for one direction.
@@ -158,10 +168,10 @@ pub struct Opened {
 }
 
 impl Opener {
-    /// Start from a traffic secret (from the handshake split).
-    pub fn new(secret: [u8; 32]) -> Self {
+    /// Start from a traffic secret (from the handshake split) under the agreed cipher.
+    pub fn new(cipher: Cipher, secret: [u8; 32]) -> Self {
         Opener {
-            keys: DirectionKeys::new(secret),
+            keys: DirectionKeys::new(cipher, secret),
             pending_len: None,
         }
     }
@@ -210,8 +220,13 @@ mod tests {
     use super::*;
     use crate::proto::frame::Frame;
 
+    const CHACHA: Cipher = Cipher::ChaCha20Poly1305;
+
     fn pair() -> (Sealer, Opener) {
-        (Sealer::new([1u8; 32]), Opener::new([1u8; 32]))
+        (
+            Sealer::new(CHACHA, [1u8; 32]),
+            Opener::new(CHACHA, [1u8; 32]),
+        )
     }
 
     fn data(d: &[u8]) -> FrameRepr<'_> {
@@ -257,6 +272,42 @@ mod tests {
     /// The first record sealed with secret [1; 32]; pins KDF labels, mask, nonce and layout.
     const GOLDEN_RECORD: &str = "7fa6833d594ecfcba9c6271bead6d0e2e20bd3e04ce7121f3c3da53791874d";
 
+    /// The same under AES-256-GCM: its own key label, the same mask and nonce layout.
+    #[cfg(feature = "aead-ring")]
+    #[test]
+    fn golden_first_record_aes_256_gcm() {
+        let mut s = Sealer::new(Cipher::Aes256Gcm, [1u8; 32]);
+        let mut wire = vec![];
+        s.seal(&mut wire, &data(b"golden"), 0);
+        let hex: String = wire.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex, GOLDEN_RECORD_AES);
+        // The length mask is the cipher's neither: the first two bytes are ChaCha's.
+        assert_eq!(hex[..4], GOLDEN_RECORD[..4]);
+        let mut o = Opener::new(Cipher::Aes256Gcm, [1u8; 32]);
+        assert_eq!(
+            open_all(&mut o, &mut wire).unwrap(),
+            vec![b"golden".to_vec()]
+        );
+    }
+
+    /// GOLDEN_RECORD's frame under AES-256-GCM.
+    #[cfg(feature = "aead-ring")]
+    const GOLDEN_RECORD_AES: &str =
+        "7fa625bcb37e302d3dd2855a31e9fa39688264ff50d547e3952fa02b480c4c";
+
+    /// A record sealed under one cipher never opens under the other, with the same secret.
+    #[cfg(feature = "aead-ring")]
+    #[test]
+    fn a_record_opens_only_under_its_own_cipher() {
+        for (a, b) in [(CHACHA, Cipher::Aes256Gcm), (Cipher::Aes256Gcm, CHACHA)] {
+            let mut s = Sealer::new(a, [1u8; 32]);
+            let mut wire = vec![];
+            s.seal(&mut wire, &data(b"which cipher"), 0);
+            let mut o = Opener::new(b, [1u8; 32]);
+            assert_eq!(o.open(&mut wire).unwrap_err(), RecordError::BadTag);
+        }
+    }
+
     #[test]
     fn partial_input_keeps_mask_state() {
         let (mut s, mut o) = pair();
@@ -285,7 +336,7 @@ mod tests {
         for i in 0..wire.len() {
             let mut w = wire.clone();
             w[i] ^= 0x01;
-            let mut o = Opener::new([1u8; 32]);
+            let mut o = Opener::new(CHACHA, [1u8; 32]);
             let r = o.open(&mut w);
             assert!(
                 matches!(r, Err(_) | Ok(None)),
@@ -302,15 +353,15 @@ mod tests {
         let mut b = vec![];
         s.seal(&mut b, &data(b"two"), 0);
         // Replay: the first record twice.
-        let mut o = Opener::new([1u8; 32]);
+        let mut o = Opener::new(CHACHA, [1u8; 32]);
         let mut w = [a.clone(), a.clone()].concat();
         assert!(open_all(&mut o, &mut w).is_err());
         // Reorder: second before first.
-        let mut o = Opener::new([1u8; 32]);
+        let mut o = Opener::new(CHACHA, [1u8; 32]);
         let mut w = [b.clone(), a.clone()].concat();
         assert!(open_all(&mut o, &mut w).is_err());
         // Truncation: a record cut short never yields data.
-        let mut o = Opener::new([1u8; 32]);
+        let mut o = Opener::new(CHACHA, [1u8; 32]);
         let mut w = a[..a.len() - 1].to_vec();
         assert_eq!(open_all(&mut o, &mut w).unwrap(), Vec::<Vec<u8>>::new());
     }

@@ -2,10 +2,11 @@
 """A second implementation of docs/PROTOCOL.md, written from the spec alone.
 
 It uses Python's standard library, the `cryptography` package (X25519, ChaCha20,
-ChaCha20-Poly1305) and the `kyber-py` package (ML-KEM-768, FIPS 203), never the Rust
-code. Part one recomputes the spec's test vectors, playing both ends of the handshake;
+ChaCha20-Poly1305, AES-256-GCM) and the `kyber-py` package (ML-KEM-768, FIPS 203), never
+the Rust code. Part one recomputes the spec's test vectors, playing both ends of the handshake;
 part two runs a Noise XKpsk2 + ML-KEM client against a real `qnet-relay` and uses every
-frame type, so a drift between the spec and the implementation fails here.
+frame type, with each record cipher the handshake can choose, so a drift between the
+spec and the implementation fails here.
 
 usage: record_spec.py [path/to/qnet-relay]   (default: target/debug/qnet-relay)
 """
@@ -15,6 +16,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import shutil
 import socket
 import struct
 import subprocess
@@ -27,23 +29,37 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from kyber_py.ml_kem import ML_KEM_768
 
 PROTOCOL_NAME = b"Noise_XKpsk2_25519_ChaChaPoly_BLAKE2s"
-PROLOGUE = b"qnet/4 Noise_XKpsk2_25519_ChaChaPoly_BLAKE2s ML-KEM-768"
-VERSION = 4  # the transport parameters' version byte
+PROLOGUE = b"qnet/5 Noise_XKpsk2_25519_ChaChaPoly_BLAKE2s ML-KEM-768"
+VERSION = 5  # the transport parameters' version byte
+PARAMS_LEN = 10  # version (1), stream_window (4), session_window (4), ciphers (1)
+OFFER_AES = 0x01  # bit 0 of the ciphers byte: the sender offers AES-256-GCM for records
 EK_LEN = 1184
 CT_LEN = 1088
 MSG1_LEN = 32 + (8 + 2 + 16 + 2 + EK_LEN) + 16
-MSG2_LEN = 32 + (9 + 2) + 16
-MSG3_LEN = 32 + 16 + (9 + 2) + 16
+MSG2_LEN = 32 + (PARAMS_LEN + 2) + 16
+MSG3_LEN = 32 + 16 + (PARAMS_LEN + 2) + 16
+assert (MSG1_LEN, MSG2_LEN, MSG3_LEN) == (1260, 60, 76)  # spec section 2's table
 MAX_PAD = 511
 MAX_PAYLOAD = 16384
 HEADER = 7
 TAG = 16
 
 PADDING, OPEN, OPEN_RESULT, DATA, WINDOW_UPDATE, CLOSE, RESET, PING, PONG, KEY_UPDATE = range(10)
+
+# The records' two AEADs (spec section 3) and the label of each one's record key.
+CHACHA = "ChaCha20-Poly1305"
+AES_GCM = "AES-256-GCM"
+RECORD_AEADS = {
+    CHACHA: (ChaCha20Poly1305, b"qnet/1 record key"),
+    AES_GCM: (AESGCM, b"qnet/5 record key AES-256-GCM"),
+}
+# Under AES-256-GCM a sender switches keys after 2^24 records at the latest. Read here as
+# "at most 2^24 records under one key, the KEY_UPDATE that ends them included".
+AES_GCM_RECORD_LIMIT = 1 << 24
 
 failures = []
 passes = []
@@ -280,8 +296,29 @@ class Symmetric:
         return hkdf(self.ck, b"", 2)
 
 
-def params(stream_window, session_window):
-    return bytes([VERSION]) + struct.pack(">II", stream_window, session_window)
+def params(stream_window, session_window, ciphers):
+    """A transport parameter block (spec section 2): 10 bytes."""
+    return bytes([VERSION]) + struct.pack(">IIB", stream_window, session_window, ciphers)
+
+
+def parse_params(block):
+    """The peer's parameter block: (stream_window, session_window, ciphers), with the
+    ciphers byte's unknown bits dropped. A block that breaks a rule fails the handshake."""
+    if len(block) != PARAMS_LEN:
+        raise ValueError("transport parameters of %d bytes" % len(block))
+    version, stream_window, session_window, ciphers = struct.unpack(">BIIB", block)
+    if version != VERSION:
+        raise ValueError("transport parameters of version %d" % version)
+    if stream_window < 16384 or session_window < stream_window:
+        raise ValueError("windows %d, %d break the rules" % (stream_window, session_window))
+    return stream_window, session_window, ciphers & OFFER_AES
+
+
+def record_cipher(mine, theirs):
+    """Spec section 3: AES-256-GCM when bit 0 is set in both ends' blocks, else ChaCha20-Poly1305.
+    `mine` and `theirs` are the two parameter blocks."""
+    both = mine[PARAMS_LEN - 1] & theirs[PARAMS_LEN - 1] & OFFER_AES
+    return AES_GCM if both else CHACHA
 
 
 def now_ms():
@@ -291,11 +328,11 @@ def now_ms():
 class Initiator:
     """The client side of XKpsk2 + ML-KEM: knows the relay's static key in advance."""
 
-    def __init__(self, static_priv, relay_pub, my_params):
+    def __init__(self, static_priv, relay_pub, my_params, prologue=PROLOGUE):
         self.s = static_priv
         self.rs = relay_pub
         self.params = my_params
-        self.sym = Symmetric(PROTOCOL_NAME, PROLOGUE)
+        self.sym = Symmetric(PROTOCOL_NAME, prologue)
         self.sym.mix_hash(relay_pub)  # pre-message <- s
 
     def msg1(self, stamp_ms=None, e=None, kem=None, pad=None, proof=None):
@@ -335,9 +372,9 @@ class Initiator:
         self.sym.mix_key(dh(self.e, self.re))
         self.sym.mix_key_and_hash(kem_psk(K, ct))
         payload = self.sym.decrypt_and_hash(m2[32:])
-        n = pad_len(payload[9:11])
+        n = pad_len(payload[PARAMS_LEN : PARAMS_LEN + 2])
         check_pad(read(n), ks[CT_LEN : CT_LEN + n])
-        return payload[:9]
+        return payload[:PARAMS_LEN]
 
     def msg3(self, pad=None):
         """msg3 then pad3, and the split: (bytes, k1, k2)."""
@@ -402,10 +439,10 @@ class Responder:
         assert client_pub == self.client_pub, "msg3's key is not the one msg1 proved"
         self.sym.mix_key(dh(self.e, client_pub))
         payload = self.sym.decrypt_and_hash(m3[48:])
-        n = pad_len(payload[9:11])
+        n = pad_len(payload[PARAMS_LEN : PARAMS_LEN + 2])
         check_pad(read(n), chacha20(self.m, 3, n))
         k1, k2 = self.sym.split()
-        return payload[:9], k1, k2
+        return payload[:PARAMS_LEN], k1, k2
 
 
 def old_msg1(version, client_priv, relay_pub, stamp=None, e=None):
@@ -429,12 +466,16 @@ def old_msg1(version, client_priv, relay_pub, stamp=None, e=None):
 
 
 class Direction:
-    def __init__(self, secret):
+    """One direction's records under the session's AEAD, `cipher` (CHACHA or AES_GCM)."""
+
+    def __init__(self, secret, cipher):
+        self.cipher = cipher
         self.set(secret)
 
     def set(self, secret):
         self.secret = secret
-        self.aead = ChaCha20Poly1305(blake2s_mac(secret, b"qnet/1 record key"))
+        aead, label = RECORD_AEADS[self.cipher]
+        self.aead = aead(blake2s_mac(secret, label))
         mask_key = blake2s_mac(secret, b"qnet/1 length mask")
         # cryptography's ChaCha20 nonce is the 32-bit LE block counter then the 96-bit nonce.
         self.mask = Cipher(algorithms.ChaCha20(mask_key, b"\0" * 16), mode=None).encryptor()
@@ -443,12 +484,26 @@ class Direction:
     def update(self):
         self.set(blake2s_mac(self.secret, b"qnet/1 key update"))
 
-    def seal(self, frame):
+    def seal_one(self, frame):
+        if self.cipher == AES_GCM:
+            assert self.counter < AES_GCM_RECORD_LIMIT, "AES-256-GCM key used for more than 2^24 records"
         length = len(frame) + TAG
         masked = bytes(a ^ b for a, b in zip(struct.pack(">H", length), self.mask.update(b"\0\0")))
         ct = self.aead.encrypt(nonce(self.counter), frame, b"")
         self.counter += 1
         return masked + ct
+
+    def seal(self, frame):
+        """The record(s) for one frame. A KEY_UPDATE is the last record under its key, so
+        the sender switches right after sealing it; under AES-256-GCM a KEY_UPDATE goes
+        first by itself when the next record would be the key's last one."""
+        out = b""
+        if self.cipher == AES_GCM and frame[0] != KEY_UPDATE and self.counter == AES_GCM_RECORD_LIMIT - 1:
+            out += self.seal(struct.pack(">BIH", KEY_UPDATE, 0, 0))
+        out += self.seal_one(frame)
+        if frame[0] == KEY_UPDATE:
+            self.update()
+        return out
 
     def open_stream(self, buf):
         """Yield frames from the front of buf (a bytearray), consuming them."""
@@ -507,34 +562,101 @@ def dest_name(name, port):
 
 # ---- part one: test vectors -----------------------------------------------------
 
+# Spec section 8, copied here as hex. None: not in the spec yet (the check fails saying so).
+SPEC = {
+    # AEAD, key = 32 bytes of 0x07, counter 1, plaintext "qnet": ciphertext || tag.
+    "aead chacha": "cb3d55141f6859329b3de20490ba61a492dc10b0",
+    "aead aes": "4ef416bec63abafeee31995a814a323b50b0d1c1",
+    # The first record of a direction whose traffic secret is 32 bytes of 0x01: DATA on
+    # stream 1, payload "golden", no padding.
+    "record chacha": "7fa6833d594ecfcba9c6271bead6d0e2e20bd3e04ce7121f3c3da53791874d",
+    "record aes": "7fa625bcb37e302d3dd2855a31e9fa39688264ff50d547e3952fa02b480c4c",
+    # A whole handshake.
+    "e rep": "6fa44919e3f6dfc49fa6423edb7b196acea1de1d700007a9d2d730d17794f117",
+    "e": "418edeb9799ab80953b72e4a98fefa25a1094dc27847b649de014c0a43b13d76",
+    "relay e rep": "5b5cb64e6907695dccbe5d4facbce5e7cd0433317b5dac7e8b57dec9d2e60b21",
+    "hint": "c0ab",
+    "tag": "3856b08472b980eac858cbdd70bb77d5",
+    "ek digest": "14319c7bc1aa830f17c8fa34d6017693781169297460540e21d1f07c848f4da2",
+    "ct digest": "5cd6293f83679a90424091accf9de399216658de4ec0b14e82fec565bdbef43d",
+    "psk": "cdf7867c0bc2df2693cd4e6877b3bf4c4b8ad19c335593077f115589c8335b2e",
+    "msg1 digest": "5052994957eee1c2b13b46de0eada6580321c4f1f78713e3af2bfefa3443e134",
+    "flight first 32": "855201daf2ffba384075d43c042b816be83b8cf20baa71c5acaa78cd0acc350c",
+    "flight digest": "7ce92b3fe23a32e04345d7c338d48327ec861358c8450b3a3ac5a3b07aa395fa",
+    "msg3 digest": "d0aa5cf7bd4945797e624481a6157e2e26566e0ff44cb555464c24a208cdb84a",
+    "handshake hash": "117f5edab1778a288c082445a7c9eb6a27285298feed0dd128aeb5b394b63aba",
+    "k1": "4b1bad605383e198c891ecdcd0d3ddcedc151f3a398ff4c81f16957d4d1290f9",
+    "k2": "9ebf2c2d7de9309fb38dd726e0cf8052a60be655f5bb1638dd9e24abd664b70c",
+}
+
+
+def spec_check(cond_fn, key, what):
+    """A check against SPEC[key] (or several keys): FAIL, saying so, while the spec has no value."""
+    keys = key if isinstance(key, tuple) else (key,)
+    missing = [k for k in keys if SPEC[k] is None]
+    if missing:
+        check(False, what + " (no value in spec section 8 yet: %s)" % ", ".join(missing))
+    else:
+        check(cond_fn(*[SPEC[k] for k in keys]), what)
+
 
 def vectors():
-    aead = ChaCha20Poly1305(b"\x07" * 32)
-    check(
-        aead.encrypt(nonce(1), b"qnet", b"").hex() == "cb3d55141f6859329b3de20490ba61a492dc10b0",
-        "vector: AEAD nonce layout and empty AAD",
+    plain = b"qnet"
+    spec_check(
+        lambda v: ChaCha20Poly1305(b"\x07" * 32).encrypt(nonce(1), plain, b"").hex() == v,
+        "aead chacha",
+        "vector: ChaCha20-Poly1305 AEAD nonce layout and empty AAD",
     )
-    d = Direction(b"\x01" * 32)
-    rec = d.seal(frame(DATA, 1, b"golden"))
-    check(
-        rec.hex() == "7fa6833d594ecfcba9c6271bead6d0e2e20bd3e04ce7121f3c3da53791874d",
-        "vector: first record (KDF labels, length mask, nonce, frame layout)",
-    )
-    o = Direction(b"\x01" * 32)
-    buf = bytearray(rec + d.seal(frame(KEY_UPDATE, 0)))
-    fr, updated = o.open_stream(buf)
-    d.update()
-    buf += d.seal(frame(DATA, 1, b"after", pad=5))
+    aes = AESGCM(b"\x07" * 32).encrypt(nonce(1), plain, b"")
+    spec_check(lambda v: aes.hex() == v, "aead aes", "vector: AES-256-GCM AEAD nonce layout and empty AAD")
+
+    for cipher, key in ((CHACHA, "record chacha"), (AES_GCM, "record aes")):
+        d = Direction(b"\x01" * 32, cipher)
+        rec = d.seal(frame(DATA, 1, b"golden"))
+        spec_check(
+            lambda v: rec.hex() == v,
+            key,
+            "vector: first %s record (its record key label, length mask, nonce, frame layout)" % cipher,
+        )
+        o = Direction(b"\x01" * 32, cipher)
+        buf = bytearray(rec + d.seal(frame(KEY_UPDATE, 0)))
+        fr, updated = o.open_stream(buf)
+        buf += d.seal(frame(DATA, 1, b"after", pad=5))
+        fr2, _ = o.open_stream(buf)
+        check(
+            [parse_frame(f) for f in fr + fr2]
+            == [(DATA, 1, b"golden"), (KEY_UPDATE, 0, b""), (DATA, 1, b"after")] and updated,
+            "vector: %s key update and padding round-trip in this implementation" % cipher,
+        )
+    # The two ciphers' record keys differ (own labels): a ChaCha record does not open as AES-GCM.
+    try:
+        Direction(b"\x01" * 32, AES_GCM).open_stream(bytearray(Direction(b"\x01" * 32, CHACHA).seal(frame(DATA, 1, b"golden"))))
+        check(False, "vector: a ChaCha20-Poly1305 record does not open under AES-256-GCM")
+    except InvalidTag:
+        check(True, "vector: a ChaCha20-Poly1305 record does not open under AES-256-GCM")
+    # The 2^24-record limit of an AES-256-GCM key, with the counter moved near it.
+    d, o = Direction(b"\x01" * 32, AES_GCM), Direction(b"\x01" * 32, AES_GCM)
+    d.counter = o.counter = AES_GCM_RECORD_LIMIT - 2
+    buf = bytearray(d.seal(frame(PING, 0, b"11111111")) + d.seal(frame(PING, 0, b"22222222")))
+    fr, _ = o.open_stream(buf)
     fr2, _ = o.open_stream(buf)
     check(
-        [parse_frame(f) for f in fr + fr2]
-        == [(DATA, 1, b"golden"), (KEY_UPDATE, 0, b""), (DATA, 1, b"after")] and updated,
-        "vector: key update and padding round-trip in this implementation",
+        [parse_frame(f) for f in fr + fr2] == [(PING, 0, b"11111111"), (KEY_UPDATE, 0, b""), (PING, 0, b"22222222")]
+        and d.counter == o.counter == 1,
+        "vector: an AES-256-GCM sender ends a key with KEY_UPDATE as its 2^24th record (this implementation)",
     )
     check(
         frame(OPEN, 1, bytes([2]) + dest_v4("192.0.2.7", 443) + b"hi")
         == bytes([0x01, 0, 0, 0, 1, 0, 10, 2, 1, 192, 0, 2, 7, 0x01, 0xBB]) + b"hi",
         "vector: OPEN frame golden bytes match src/proto/frame.rs",
+    )
+    check(
+        params(1 << 18, 1 << 24, OFFER_AES).hex() == "05000400000100000001"
+        and parse_params(params(1 << 18, 1 << 24, 0x81)) == (1 << 18, 1 << 24, OFFER_AES)
+        and record_cipher(params(1 << 18, 1 << 24, 0x81), params(1 << 18, 1 << 24, OFFER_AES)) == AES_GCM
+        and record_cipher(params(1 << 18, 1 << 24, 0x80), params(1 << 18, 1 << 24, OFFER_AES)) == CHACHA
+        and record_cipher(params(1 << 18, 1 << 24, OFFER_AES), params(1 << 18, 1 << 24, 0)) == CHACHA,
+        "vector: 10-byte transport parameters, ciphers byte (unknown bits ignored) and the cipher rule",
     )
 
     # Spec section 8, "A whole handshake": both ends played here, from the spec's inputs.
@@ -545,12 +667,11 @@ def vectors():
     relay_e = X25519PrivateKey.from_private_bytes(b"\x07" * 32)
     # Both ephemeral keys carry a low-order point, which this script does not add: it
     # takes their representatives from the spec and only decodes them.
-    e_rep = bytes.fromhex("6fa44919e3f6dfc49fa6423edb7b196acea1de1d700007a9d2d730d17794f117")
-    relay_e_rep = bytes.fromhex("5b5cb64e6907695dccbe5d4facbce5e7cd0433317b5dac7e8b57dec9d2e60b21")
+    e_rep = bytes.fromhex(SPEC["e rep"])
+    relay_e_rep = bytes.fromhex(SPEC["relay e rep"])
     epub = decode(e_rep)
     check(
-        epub.hex() == "418edeb9799ab80953b72e4a98fefa25a1094dc27847b649de014c0a43b13d76"
-        and epub != public_bytes(e),
+        epub.hex() == SPEC["e"] and epub != public_bytes(e),
         "vector: the client's representative decodes to the listed e (not the clean 0x03.. key)",
     )
     check(
@@ -561,7 +682,7 @@ def vectors():
     k, hint = admit_key(client, relay_pub)
     tag = admit_tag(k, epub, stamp)
     check(
-        hint.hex() == "c0ab" and tag.hex() == "3856b08472b980eac858cbdd70bb77d5",
+        hint.hex() == SPEC["hint"] and tag.hex() == SPEC["tag"],
         "vector: admission hint and tag (k_c from the static-static X25519, tag over the decoded e)",
     )
     # The version-3 msg1 the silence check below sends, against that version's vector.
@@ -570,60 +691,58 @@ def vectors():
         == "5dfedd3b6bd47f6fa28ee15d969d5bb0ea53774d488bdaf9df1c6e0124b3ef22612932c4eb22713978d715a30d8e63ec4e9e793404f1810b955dc7e9aa5055c35bc03e43d0d74e5567dd",
         "vector: version-3 msg1 (Noise_XK, prologue qnet/3) as version 3's spec gave it",
     )
-    kem = ML_KEM_768._keygen_internal(b"\x04" * 32, b"\x05" * 32)
+    # The version-4 msg1 the silence check below sends, against that version's vector
+    # (version 4's spec, section 8: same inputs, prologue qnet/4).
+    v4 = Initiator(client, relay_pub, None, b"qnet/4 Noise_XKpsk2_25519_ChaChaPoly_BLAKE2s ML-KEM-768")
     check(
-        digest(kem[0]) == "14319c7bc1aa830f17c8fa34d6017693781169297460540e21d1f07c848f4da2",
-        "vector: ML-KEM-768 ek from KeyGen_internal(d, z)",
+        digest(v4.msg1(stamp, (e, e_rep), ML_KEM_768._keygen_internal(b"\x04" * 32, b"\x05" * 32), pad=5))
+        == "7ef7e5fa5dea8765bcedbab7a1ad4f9bd98c2b59ea02968124f53c53afc9431c",
+        "vector: version-4 msg1 (prologue qnet/4) as version 4's spec gave it",
     )
-    ini = Initiator(client, relay_pub, params(1 << 18, 1 << 24))
-    res = Responder(relay_priv, public_bytes(client), params(1 << 18, 1 << 24))
+    kem = ML_KEM_768._keygen_internal(b"\x04" * 32, b"\x05" * 32)
+    check(digest(kem[0]) == SPEC["ek digest"], "vector: ML-KEM-768 ek from KeyGen_internal(d, z)")
+    both = params(1 << 18, 1 << 24, OFFER_AES)  # both ends: 262144, 16777216, ciphers 0x01
+    ini = Initiator(client, relay_pub, both)
+    res = Responder(relay_priv, public_bytes(client), both)
     out1 = ini.msg1(stamp, (e, e_rep), kem, pad=5)
-    check(
-        len(out1) == 1265
-        and out1[:32] == e_rep
-        and digest(out1) == "7ef7e5fa5dea8765bcedbab7a1ad4f9bd98c2b59ea02968124f53c53afc9431c",
-        "vector: msg1 then pad1 (representative, prologue qnet/4, XKpsk2 MixKey(e), time, hint, tag, pad length, ek, keystream pad)",
+    spec_check(
+        lambda v: len(out1) == 1265 and out1[:32] == e_rep and digest(out1) == v,
+        "msg1 digest",
+        "vector: msg1 then pad1 (representative, prologue qnet/5, XKpsk2 MixKey(e), time, hint, tag, pad length, ek, keystream pad)",
     )
     got_stamp = res.read_msg1(reader(out1))
     check(got_stamp == stamp and res.ek == kem[0], "vector: the relay side reads msg1, its admission proof and pad1")
     flight = res.flight((relay_e, relay_e_rep), b"\x06" * 32, pad=3)
-    check(
-        digest(res.ct) == "5cd6293f83679a90424091accf9de399216658de4ec0b14e82fec565bdbef43d",
-        "vector: ML-KEM-768 ct from Encaps_internal(ek, m)",
-    )
-    check(
-        res.psk.hex() == "cdf7867c0bc2df2693cd4e6877b3bf4c4b8ad19c335593077f115589c8335b2e",
-        "vector: psk = BLAKE2s-MAC(K, \"qnet/4 psk\" || ct)",
-    )
-    check(
-        len(flight) == 1150
-        and flight[:32].hex() == "855201daf2ffba384075d43c042b816be83b8cf20baa71c5acaa78cd0acc350c"
+    check(digest(res.ct) == SPEC["ct digest"], "vector: ML-KEM-768 ct from Encaps_internal(ek, m)")
+    check(res.psk.hex() == SPEC["psk"], "vector: psk = BLAKE2s-MAC(K, \"qnet/4 psk\" || ct)")
+    spec_check(
+        lambda first, v: len(flight) == 1088 + 60 + 3
+        and flight[:32].hex() == first
         and flight[CT_LEN : CT_LEN + 32] == relay_e_rep
-        and digest(flight) == "0103462a0030bf385262502bbc18ea442dd89106fdd5f539f1cf13c69576cb38",
-        "vector: the relay's flight, masked ct then msg2 (representative, ee, psk) then pad2",
+        and digest(flight) == v,
+        ("flight first 32", "flight digest"),
+        "vector: the relay's flight, masked ct then msg2 (representative, ee, psk, 10-byte params) then pad2",
     )
+    relay_params = ini.read_flight(reader(flight))
     check(
-        ini.read_flight(reader(flight)) == params(1 << 18, 1 << 24),
-        "vector: the client side unmasks ct, decapsulates and reads msg2 and pad2",
+        relay_params == both and parse_params(relay_params)[2] == OFFER_AES and record_cipher(both, relay_params) == AES_GCM,
+        "vector: the client side unmasks ct, decapsulates and reads msg2 and pad2; both offer AES-256-GCM",
     )
     out3, k1, k2 = ini.msg3(pad=2)
-    check(
-        len(out3) == 77 and digest(out3) == "5698b6907a6413e05a48126af02f54c8d35fe636ef831b9dfde5d5ee98811fd0",
-        "vector: msg3 then pad3 (s, se under the psk-mixed keys)",
+    spec_check(
+        lambda v: len(out3) == 76 + 2 and digest(out3) == v,
+        "msg3 digest",
+        "vector: msg3 then pad3 (s, se under the psk-mixed keys, 10-byte params)",
     )
     client_params, rk1, rk2 = res.read_msg3(reader(out3))
     check(
-        client_params == params(1 << 18, 1 << 24) and (rk1, rk2) == (k1, k2),
+        client_params == both and (rk1, rk2) == (k1, k2),
         "vector: the relay side reads msg3 and pad3, same split",
     )
-    check(
-        ini.sym.h.hex() == "1c1d7a59a39c27a14cd0fe7a2d9d89ed4e7b88b21e17743253fcee3b487f0082"
-        and res.sym.h == ini.sym.h,
-        "vector: handshake hash",
-    )
-    check(
-        k1.hex() == "4b1bad605383e198c891ecdcd0d3ddcedc151f3a398ff4c81f16957d4d1290f9"
-        and k2.hex() == "9ebf2c2d7de9309fb38dd726e0cf8052a60be655f5bb1638dd9e24abd664b70c",
+    spec_check(lambda v: ini.sym.h.hex() == v and res.sym.h == ini.sym.h, "handshake hash", "vector: handshake hash")
+    spec_check(
+        lambda v1, v2: k1.hex() == v1 and k2.hex() == v2,
+        ("k1", "k2"),
         "vector: k1 (client -> relay) and k2 (relay -> client) from Split()",
     )
 
@@ -658,9 +777,9 @@ class Echo:
 
 
 class Client:
-    def __init__(self, addr, static_priv, relay_pub, stream_window=1 << 18, session_window=1 << 24):
+    def __init__(self, addr, static_priv, relay_pub, stream_window=1 << 18, session_window=1 << 24, ciphers=OFFER_AES):
         self.sock = socket.create_connection(addr, timeout=10)
-        self.hs = Initiator(static_priv, relay_pub, params(stream_window, session_window))
+        self.hs = Initiator(static_priv, relay_pub, params(stream_window, session_window, ciphers))
         self.rx = bytearray()
         self.frames = []
         self.next_stream = 1
@@ -684,9 +803,11 @@ class Client:
             self.msg1 = self.msg1[:31] + bytes([self.msg1[31] ^ 0xC0]) + self.msg1[32:]
         self.sock.sendall(self.msg1)
         self.relay_params = self.hs.read_flight(self.recv_exact)
-        m3, k1, k2 = self.hs.msg3(pad=pad)
-        self.tx = Direction(k1)
-        self.rxd = Direction(k2)
+        self.relay_windows = parse_params(self.relay_params)[:2]  # a broken rule raises here
+        self.cipher = record_cipher(self.hs.params, self.relay_params)
+        m3, self.k1, self.k2 = self.hs.msg3(pad=pad)
+        self.tx = Direction(self.k1, self.cipher)
+        self.rxd = Direction(self.k2, self.cipher)
         self.pending_out = m3  # msg3 goes out together with the first record(s)
 
     def send(self, *frames, flush=True):
@@ -697,8 +818,7 @@ class Client:
         self.sock.sendall(out)
 
     def send_key_update(self):
-        self.send(frame(KEY_UPDATE, 0))
-        self.tx.update()
+        self.send(frame(KEY_UPDATE, 0))  # Direction.seal switches keys after it
 
     def next_frame(self):
         while not self.frames:
@@ -748,12 +868,62 @@ def silent_until_close(sock, limit=5):
         return False
 
 
+def hardware_aes():
+    """Whether this CPU has what spec section 2 names for AES-256-GCM in hardware (x86-64:
+    AES-NI and PCLMULQDQ; AArch64: AES and PMULL), from /proc/cpuinfo; None if unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return None
+    flags = set()
+    for line in info.splitlines():
+        if line.startswith(("flags", "Features")):
+            flags.update(line.split(":", 1)[1].split())
+    machine = os.uname().machine
+    if machine == "x86_64":
+        return {"aes", "pclmulqdq"} <= flags
+    if machine in ("aarch64", "arm64"):
+        return {"aes", "pmull"} <= flags
+    return None
+
+
+def start_relay(relay_bin, tmp, name, key_path, clients, config):
+    """A qnet-relay on 127.0.0.1 with `config` as its config file: (process, address)."""
+    cfg = os.path.join(tmp, name + ".toml")
+    with open(cfg, "w") as f:
+        f.write(config)
+    proc = subprocess.Popen(
+        [relay_bin, "--listen", "127.0.0.1:0", "--key", key_path, "--clients", clients,
+         "--exit-allow", "127.0.0.1/32", "--exit-allow", "[::1]/128", "--connect-timeout", "3"],
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, QNET_CONFIG=cfg),
+    )
+    line = proc.stderr.readline().decode()
+    if not line.startswith("qnet-relay listening on "):
+        proc.kill()
+        proc.wait()
+        raise RuntimeError("relay (%s) did not start: %r" % (name, line + proc.stderr.read().decode()[:500]))
+    host, port = line.split()[-1].rsplit(":", 1)
+    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    return proc, (host, int(port))
+
+
+def part(fn, *args):
+    """Run one group of live checks; an exception is a FAIL line, and the next group runs."""
+    try:
+        fn(*args)
+    except Exception as ex:  # noqa: BLE001 - every failure is reported, none stops the run
+        check(False, "%s: stopped by %s" % (fn.__name__, repr(ex)))
+
+
 def live(relay_bin):
     del relay_reps[:]  # the vectors' one is not the relay's
     tmp = tempfile.mkdtemp(prefix="qnet-interop-")
     relay_priv = X25519PrivateKey.generate()
     client_priv = X25519PrivateKey.generate()
     stranger = X25519PrivateKey.generate()
+    relay_pub = public_bytes(relay_priv)
     key_path = os.path.join(tmp, "relay.key")
     fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     os.write(fd, base64.b64encode(private_bytes(relay_priv)) + b"\n")
@@ -763,38 +933,58 @@ def live(relay_bin):
         f.write("# the interop client\n" + base64.b64encode(public_bytes(client_priv)).decode() + "\n")
     # Unauthenticated connections close after 0.3-0.7 s (spec section 2, "Failure"), so
     # the refusals below can wait for the close.
-    empty_cfg = os.path.join(tmp, "relay.toml")
-    with open(empty_cfg, "w") as f:
-        f.write("[server]\ndrain_min_ms = 300\ndrain_max_ms = 700\n")
-    proc = subprocess.Popen(
-        [relay_bin, "--listen", "127.0.0.1:0", "--key", key_path, "--clients", clients,
-         "--exit-allow", "127.0.0.1/32", "--exit-allow", "[::1]/128", "--connect-timeout", "3"],
-        stderr=subprocess.PIPE,
-        env=dict(os.environ, QNET_CONFIG=empty_cfg),
-    )
+    drain = "[server]\ndrain_min_ms = 300\ndrain_max_ms = 700\n"
+    procs = []
+
+    def relay(name, config):
+        proc, addr = start_relay(relay_bin, tmp, name, key_path, clients, config)
+        procs.append(proc)
+        return addr
+
+    def main_relay():
+        addr = relay("relay", drain)
+        part(session, addr, relay_pub, client_priv)
+        part(chacha_session, addr, relay_pub, client_priv)
+        part(cipher_choice, addr, relay_pub, client_priv)
+        part(handshakes, addr, relay_pub, client_priv)
+        part(refusals, addr, relay_pub, stranger, client_priv)
+
+    def chacha_only_relay():
+        # A relay whose config turns AES-256-GCM off (spec section 2, transport parameters).
+        chacha_relay(relay("relay-chacha", drain + '[session]\ncipher = "chacha20-poly1305"\n'), relay_pub, client_priv)
+
     try:
-        line = proc.stderr.readline().decode()
-        assert line.startswith("qnet-relay listening on "), line
-        host, port = line.split()[-1].rsplit(":", 1)
-        addr = (host, int(port))
-        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-        session(addr, public_bytes(relay_priv), client_priv)
-        handshakes(addr, public_bytes(relay_priv), client_priv)
-        refusals(addr, public_bytes(relay_priv), stranger, client_priv)
+        part(main_relay)
+        part(chacha_only_relay)
     finally:
-        proc.kill()
-        proc.wait()
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def session(addr, relay_pub, client_priv):
+    """The whole live session, the client offering AES-256-GCM: the records use what the
+    cipher rule picks from the relay's offer (AES-256-GCM where the relay offers it too)."""
     echo = Echo()
-    c = Client(addr, client_priv, relay_pub)
+    c = Client(addr, client_priv, relay_pub, ciphers=OFFER_AES)
     c.handshake()
     check(
-        c.relay_params[0] == VERSION and len(c.relay_params) == 9,
-        "handshake: relay sends version-%d transport parameters" % VERSION,
+        len(c.relay_params) == PARAMS_LEN and c.relay_params[0] == VERSION and c.relay_params[9] & ~OFFER_AES == 0,
+        "handshake: relay sends version-%d transport parameters (10 bytes, unknown cipher bits 0): %s"
+        % (VERSION, c.relay_params.hex()),
     )
-    stream_window, session_window = struct.unpack(">II", c.relay_params[1:])
+    relay_aes = bool(c.relay_params[9] & OFFER_AES)
+    hw = hardware_aes()
+    print(
+        "note  the relay %s AES-256-GCM (ciphers byte 0x%02x); this CPU runs AES in hardware: %s; "
+        "client offers 0x01, so records use %s"
+        % ("offers" if relay_aes else "does not offer", c.relay_params[9], {True: "yes", False: "no", None: "unknown"}[hw], c.cipher)
+    )
+    if hw is not None:
+        check(relay_aes == hw, "relay (default config) offers AES-256-GCM exactly when the CPU runs it in hardware")
+    stream_window, session_window = c.relay_windows
+    on = "[%s] " % c.cipher  # names the cipher in each check below
 
     # OPEN by IPv4 with first data, padding on the record, then DATA and a PING.
     sid = c.open(dest_v4("127.0.0.1", echo.port), b"first ")
@@ -808,9 +998,9 @@ def session(addr, relay_pub, client_priv):
             got += p
         elif t == PONG:
             pong = p
-    check(result == b"\x00", "OPEN by IPv4: OPEN_RESULT connected")
-    check(got == b"first second", "OPEN first data and padded DATA echoed through the relay")
-    check(pong == b"12345678", "PING answered by PONG with the same 8 bytes")
+    check(result == b"\x00", on + "OPEN by IPv4: OPEN_RESULT connected")
+    check(got == b"first second", on + "OPEN first data and padded DATA echoed through the relay")
+    check(pong == b"12345678", on + "PING answered by PONG with the same 8 bytes")
 
     # Key update mid-stream, then more data than a stream window: credit must flow back.
     c.send_key_update()
@@ -835,7 +1025,7 @@ def session(addr, relay_pub, client_priv):
                 c.send(frame(WINDOW_UPDATE, sid, struct.pack(">I", consumed)),
                        frame(WINDOW_UPDATE, 0, struct.pack(">I", consumed)))
                 consumed = 0
-    check(bytes(received) == blob, "after KEY_UPDATE, %d bytes echoed with WINDOW_UPDATE credit both ways" % len(blob))
+    check(bytes(received) == blob, on + "after KEY_UPDATE, %d bytes echoed with WINDOW_UPDATE credit both ways" % len(blob))
 
     # Half-close: our CLOSE reaches the echo server as EOF, it closes, the relay sends CLOSE.
     c.send(frame(CLOSE, sid))
@@ -845,8 +1035,8 @@ def session(addr, relay_pub, client_priv):
             break
         if t == WINDOW_UPDATE:
             continue
-        check(t == DATA, "only DATA or CLOSE on a half-closed stream (got type %d)" % t)
-    check(True, "CLOSE answered by the destination's CLOSE (half-close both ways)")
+        check(t == DATA, on + "only DATA or CLOSE on a half-closed stream (got type %d)" % t)
+    check(True, on + "CLOSE answered by the destination's CLOSE (half-close both ways)")
 
     # Hostname resolved by the relay, and IPv6.
     echo6 = None
@@ -868,9 +1058,9 @@ def session(addr, relay_pub, client_priv):
                 streams[s] = b"(failed)"
         elif t == DATA:
             streams[s] += p
-    check(streams[sid] == b"by name" and results[sid] == b"\x00", "OPEN by hostname: resolved at the relay, echoed")
+    check(streams[sid] == b"by name" and results[sid] == b"\x00", on + "OPEN by hostname: resolved at the relay, echoed")
     if echo6:
-        check(streams[sid6] == b"by v6", "OPEN by IPv6 echoed")
+        check(streams[sid6] == b"by v6", on + "OPEN by IPv6 echoed")
 
     # Failures map to their codes: refused port, exit policy, unknown name; RESET is accepted.
     closed = socket.socket()
@@ -888,18 +1078,133 @@ def session(addr, relay_pub, client_priv):
         if t == OPEN_RESULT and s in cases:
             seen[s] = p[0]
     for s, (code, what) in cases.items():
-        check(seen[s] == code, what + " (got %d)" % seen[s])
+        check(seen[s] == code, on + what + " (got %d)" % seen[s])
     c.send(frame(RESET, sid, b"\x00"))
     c.send(frame(PING, 0, b"87654321"))
     while True:
         t, s, p = c.next_frame()
         if t == PONG:
             break
-    check(p == b"87654321", "session alive after RESET")
+    check(p == b"87654321", on + "session alive after RESET")
 
     # A protocol violation (DATA for a stream never opened) ends the session without a reply.
     c.send(frame(DATA, 1001, b"x"))
-    check(wait_quiet(c.sock, 2) == b"", "protocol violation: the relay closes without replying")
+    check(wait_quiet(c.sock, 2) == b"", on + "protocol violation: the relay closes without replying")
+
+
+def ping(c, payload):
+    """True when a PING with these 8 bytes is answered by its PONG (other frames skipped)."""
+    c.send(frame(PING, 0, payload))
+    while True:
+        t, s, p = c.next_frame()
+        if t == PONG:
+            return p == payload
+
+
+def sealed_with(c, cipher, f):
+    """msg3 and pad3, then a first record holding frame `f` sealed with `cipher` under the
+    session's k1, whatever the handshake chose."""
+    c.sock.sendall(c.pending_out + Direction(c.k1, cipher).seal(f))
+    c.pending_out = b""
+
+
+def chacha_session(addr, relay_pub, client_priv):
+    """A shorter session with the client offering ChaCha20-Poly1305 only (ciphers 0x00):
+    ChaCha20-Poly1305 records both ways, whatever the relay offers; AES-256-GCM refused."""
+    echo = Echo()
+    c = Client(addr, client_priv, relay_pub, ciphers=0x00)
+    c.handshake()
+    check(c.cipher == CHACHA, "cipher rule: client offers ChaCha20-Poly1305 only, records use %s" % c.cipher)
+    on = "[%s, client ciphers 0x00] " % c.cipher
+    sid = c.open(dest_v4("127.0.0.1", echo.port), b"chacha ")
+    c.send(frame(DATA, sid, b"records", pad=200), frame(PING, 0, b"chachaPi"))
+    got, result, pong = b"", None, None
+    while len(got) < 14 or pong is None or result is None:
+        t, s, p = c.next_frame()
+        if t == OPEN_RESULT:
+            result = p
+        elif t == DATA and s == sid:
+            got += p
+        elif t == PONG:
+            pong = p
+    check(
+        result == b"\x00" and got == b"chacha records" and pong == b"chachaPi",
+        on + "OPEN with first data, padded DATA and PING: connected, echoed, PONG",
+    )
+    # KEY_UPDATE, then data within the relay's first stream window (no credit needed).
+    c.send_key_update()
+    blob = os.urandom(min(15000, c.relay_windows[0] - 14))
+    for i in range(0, len(blob), 5000):
+        c.send(frame(DATA, sid, blob[i : i + 5000]))
+    c.send(frame(CLOSE, sid))
+    received, closed = b"", False
+    while not closed:
+        t, s, p = c.next_frame()
+        if t == DATA and s == sid:
+            received += p
+        elif t == CLOSE and s == sid:
+            closed = True
+    check(received == blob, on + "after KEY_UPDATE, %d bytes echoed, then CLOSE both ways" % len(blob))
+    c.sock.close()
+
+    # The same offer, a first record sealed with AES-256-GCM: the relay ends the session.
+    c = Client(addr, client_priv, relay_pub, ciphers=0x00)
+    c.handshake()
+    sealed_with(c, AES_GCM, frame(PING, 0, b"aes-gcm!"))
+    check(
+        silent_until_close(c.sock, 3),
+        "client offers ChaCha20-Poly1305 only, first record sealed with AES-256-GCM: the relay closes without replying",
+    )
+
+
+def cipher_choice(addr, relay_pub, client_priv):
+    """A record under the cipher the rule did not pick is refused; unknown bits of the
+    ciphers byte are accepted and ignored."""
+    c = Client(addr, client_priv, relay_pub, ciphers=OFFER_AES)
+    c.handshake()
+    relay_aes = bool(c.relay_params[9] & OFFER_AES)
+    if relay_aes:
+        sealed_with(c, CHACHA, frame(PING, 0, b"chacha!!"))
+        check(
+            silent_until_close(c.sock, 3),
+            "both offer AES-256-GCM, first record sealed with ChaCha20-Poly1305: the relay closes without replying",
+        )
+    else:
+        print("note  the relay does not offer AES-256-GCM: the wrong-cipher case for AES is not run here")
+        c.sock.close()
+
+    # Bit 7 is no cipher: 0x81 is read as 0x01, 0x80 as 0x00.
+    for ciphers in (0x81, 0x80):
+        c = Client(addr, client_priv, relay_pub, ciphers=ciphers)
+        c.handshake()
+        expect = AES_GCM if ciphers & OFFER_AES and relay_aes else CHACHA
+        check(
+            c.cipher == expect and ping(c, b"bits%04x" % ciphers),
+            "client ciphers byte 0x%02x (unknown bit 7 set): accepted, ignored; %s records answer a PING" % (ciphers, expect),
+        )
+        c.sock.close()
+
+
+def chacha_relay(addr, relay_pub, client_priv):
+    """A relay whose config says cipher = "chacha20-poly1305", the client offering AES-256-GCM."""
+    c = Client(addr, client_priv, relay_pub, ciphers=OFFER_AES)
+    c.handshake()
+    check(
+        c.relay_params[9] == 0x00,
+        "relay with [session] cipher = \"chacha20-poly1305\": ciphers byte 0x%02x (no AES-256-GCM offer)" % c.relay_params[9],
+    )
+    check(
+        c.cipher == CHACHA and ping(c, b"chachaRL"),
+        "client offers AES-256-GCM, relay does not: %s records answer a PING" % c.cipher,
+    )
+    c.sock.close()
+    c = Client(addr, client_priv, relay_pub, ciphers=OFFER_AES)
+    c.handshake()
+    sealed_with(c, AES_GCM, frame(PING, 0, b"aes-gcm!"))
+    check(
+        silent_until_close(c.sock, 3),
+        "client offers AES-256-GCM, relay does not, first record sealed with AES-256-GCM: the relay closes without replying",
+    )
 
 
 def handshakes(addr, relay_pub, client_priv, count=40):
@@ -907,14 +1212,14 @@ def handshakes(addr, relay_pub, client_priv, count=40):
     with random top bits; then one whose msg1 has its representative's top bits flipped."""
     answered = 0
     for i in range(count):
-        c = Client(addr, client_priv, relay_pub)
+        c = Client(addr, client_priv, relay_pub, ciphers=i % 2)  # both record ciphers, in turn
         c.handshake(pad=(0, MAX_PAD)[i] if i < 2 else None)
         c.send(frame(PING, 0, b"%08d" % i))
         answered += c.next_frame() == (PONG, 0, b"%08d" % i)
         c.sock.close()
     check(
         answered == count,
-        "%d handshakes (pads 0, 511, then drawn; random representative top bits in msg1) each answer a PING" % count,
+        "%d handshakes (pads 0, 511, then drawn; random representative top bits in msg1; client ciphers 0x00 and 0x01 in turn) each answer a PING" % count,
     )
 
     # The top two bits do not take part in decode: a fresh msg1 with both flipped stands
@@ -954,17 +1259,17 @@ def refusals(addr, relay_pub, stranger, client_priv):
     # msg1 proving the allowed key, msg3 presenting another: the flight comes, then nothing.
     c = Client(addr, stranger, relay_pub)
     c.sock.sendall(c.hs.msg1(proof=admit_key(client_priv, relay_pub)))
-    c.hs.read_flight(c.recv_exact)
+    relay_params = c.hs.read_flight(c.recv_exact)
     m3, k1, _ = c.hs.msg3()
-    c.sock.sendall(m3 + Direction(k1).seal(frame(PING, 0, b"abcdefgh")))
+    c.sock.sendall(m3 + Direction(k1, record_cipher(c.hs.params, relay_params)).seal(frame(PING, 0, b"abcdefgh")))
     check(wait_quiet(c.sock, 1.5) == b"", "msg3 with another key than msg1 proved: no byte after msg2")
 
     # msg3 whose transport parameters carry another version byte: a rule broken, no byte after msg2.
     c = Client(addr, client_priv, relay_pub)
-    c.hs.params = bytes([3]) + c.hs.params[1:]
+    c.hs.params = bytes([4]) + c.hs.params[1:]
     c.handshake()
     c.send(frame(PING, 0, b"abcdefgh"))
-    check(wait_quiet(c.sock, 1.5) == b"", "msg3 with version-3 transport parameters: no byte after msg2")
+    check(wait_quiet(c.sock, 1.5) == b"", "msg3 with version-4 transport parameters: no byte after msg2")
 
     # An allowed client's handshake, whose msg1 and pad1 are replayed below.
     c = Client(addr, client_priv, relay_pub)
@@ -1017,6 +1322,13 @@ def refusals(addr, relay_pub, stranger, client_priv):
         check(False, "tampered masked ct: msg2 still authenticated")
     except InvalidTag:
         check(True, "tampered masked ct: the client's msg2 decryption fails")
+
+    # A version-4 client: its msg1 has a version-5 msg1's length but the prologue qnet/4,
+    # so it fails check 1 and gets no reply.
+    v4 = Initiator(client_priv, relay_pub, None, b"qnet/4 Noise_XKpsk2_25519_ChaChaPoly_BLAKE2s ML-KEM-768")
+    s = socket.create_connection(addr)
+    s.sendall(v4.msg1())
+    check(silent_until_close(s), "version-4 msg1 (prologue qnet/4, same length): no reply bytes")
 
     # Clients of older versions: their prologue and msg1 payload, no reply.
     for version, length in ((3, 74), (2, 56), (1, 48)):

@@ -154,8 +154,8 @@ impl Session {
     }
 
     fn established(&mut self, now: Instant, o: noise::HandshakeOutput) {
-        self.sealer = Some(Sealer::new(o.send));
-        self.opener = Some(Opener::new(o.recv));
+        self.sealer = Some(Sealer::new(o.cipher, o.send));
+        self.opener = Some(Opener::new(o.cipher, o.recv));
         self.send_credit = o.peer_params.session_window as u64;
         self.peer_params = Some(o.peer_params);
         self.last_rx = now;

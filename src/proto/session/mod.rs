@@ -35,6 +35,8 @@ pub struct SessionConfig {
     pub session_window: u32,
     /// Most streams open at once.
     pub max_streams: usize,
+    /// The `ciphers` byte of our transport parameters ([`crate::proto::aead::Cipher::offer`]).
+    pub ciphers: u8,
     /// The wall clock: the client stamps msg1 with it, the relay judges stamps by it.
     pub clock: Arc<dyn WallClock>,
 }
@@ -51,6 +53,7 @@ impl Default for SessionConfig {
             stream_window: 256 * 1024,
             session_window: 16 * 1024 * 1024,
             max_streams: 65_536,
+            ciphers: crate::proto::aead::Cipher::offer(true),
             clock: Arc::new(SystemClock),
         }
     }
@@ -273,6 +276,7 @@ impl Session {
         let params = TransportParams {
             stream_window: cfg.stream_window,
             session_window: cfg.session_window,
+            ciphers: cfg.ciphers,
         };
         let mut out = Vec::new();
         let (hs, admission, replay, is_client) = match role {
@@ -355,6 +359,11 @@ impl Session {
     }
 
     /// Round-trip time measured by the last PING/PONG; on a client, before any, the time
+    /// The records' cipher, once the handshake agreed on one.
+    pub fn cipher(&self) -> Option<crate::proto::aead::Cipher> {
+        self.sealer.as_ref().map(|s| s.cipher())
+    }
+
     /// from its start to the relay's handshake reply.
     pub fn rtt(&self) -> Option<Duration> {
         self.rtt
@@ -456,7 +465,7 @@ impl Session {
             return;
         };
         if sealer.bytes() >= self.cfg.rekey_bytes
-            || sealer.records() >= self.cfg.rekey_records
+            || sealer.records() >= self.cfg.rekey_records.min(sealer.cipher().max_records())
             || now.duration_since(self.key_since) >= self.cfg.rekey_interval
         {
             sealer.seal(&mut self.out, &FrameRepr::KeyUpdate, 0);
