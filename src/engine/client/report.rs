@@ -143,6 +143,7 @@ impl Client {
                 rtt_us: s.rtt().map(|d| d.as_micros() as u64),
                 key_epoch: st.key_updates_sent,
                 key_epoch_peer: st.key_updates_received,
+                cipher: s.cipher().map_or("", |c| c.name()).into(),
             })
         });
         snap.streams_open = seen.streams as u64;

@@ -133,6 +133,9 @@ pub struct SessionStatus {
     pub key_epoch: u64,
     /// Key updates received from the relay.
     pub key_epoch_peer: u64,
+    /// The records' cipher the handshake agreed on (`aes-256-gcm`, `chacha20-poly1305`).
+    #[serde(default)]
+    pub cipher: String,
 }
 
 /// Lateness of shaped departures, from the engine's histogram: a percentile is the upper

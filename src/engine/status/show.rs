@@ -47,6 +47,9 @@ pub fn table(list: &[Listed]) -> String {
         for p in &s.paths {
             let _ = writeln!(out, "         path {}", path_line(p));
         }
+        if let Some(x) = s.session.as_ref().filter(|x| !x.cipher.is_empty()) {
+            let _ = writeln!(out, "         records: {}", x.cipher);
+        }
         if s.lateness.count > 0 || s.shaping_failures > 0 {
             let l = &s.lateness;
             let _ = writeln!(

@@ -38,6 +38,7 @@ fn sample(p: &Publisher, now_ms: u64) -> Snapshot {
         rtt_us: Some(350),
         key_epoch: 2,
         key_epoch_peer: 1,
+        cipher: "aes-256-gcm".into(),
     });
     s.streams_open = 3;
     s.bytes_sent = 5000;
@@ -87,6 +88,7 @@ fn a_snapshot_round_trips_through_its_file_and_the_file_goes_with_its_publisher(
     );
     assert!(t.contains("refused: udp 2") && t.contains(" 350us "), "{t}");
     assert!(t.contains("path 127.0.0.1:7000  up  current"), "{t}");
+    assert!(t.contains("records: aes-256-gcm"), "{t}");
     assert!(
         t.contains("path 127.0.0.1:7001 -> [::1]:7002  down, retry in 4s"),
         "{t}"
