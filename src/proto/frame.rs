@@ -126,7 +126,7 @@ impl<T: AsRef<[u8]>> Frame<T> {
         if FrameType::from_u8(b[field::TYPE]).is_none() {
             return Err(FrameError::UnknownType);
         }
-        if self.padding().iter().any(|&x| x != 0) {
+        if !all_zero(self.padding()) {
             return Err(FrameError::BadPadding);
         }
         Ok(())
@@ -565,8 +565,36 @@ fn emit_dest(dest: &Destination, p: &mut [u8]) -> usize {
     }
 }
 
+/// Whether every byte is zero: ORed eight bytes at a time without an early exit, so it
+/// vectorizes (a shaped flow's padding is most of what it sends; a byte loop that stops
+/// at the first nonzero byte cost a client 7 % of its CPU under 10,000 shaped flows).
+fn all_zero(b: &[u8]) -> bool {
+    let words = b.chunks_exact(8);
+    let tail = words.remainder().iter().fold(0u8, |a, &x| a | x);
+    let body = words.fold(0u64, |a, w| {
+        a | u64::from_ne_bytes(w.try_into().expect("chunks of 8"))
+    });
+    body == 0 && tail == 0
+}
+
 #[cfg(test)]
 mod tests {
+    use super::all_zero;
+
+    /// The word-wise padding check finds a nonzero byte wherever it is, tail included.
+    #[test]
+    fn all_zero_sees_every_byte() {
+        for len in [0usize, 1, 7, 8, 9, 31, 1400] {
+            let mut b = vec![0u8; len];
+            assert!(all_zero(&b), "{len} zeros");
+            for i in 0..len {
+                b[i] = 0x80;
+                assert!(!all_zero(&b), "len {len}, byte {i}");
+                b[i] = 0;
+            }
+        }
+    }
+
     use super::*;
 
     fn roundtrip(repr: &FrameRepr<'_>, pad: usize, golden: &[u8]) {
