@@ -109,20 +109,27 @@ impl ShapedTimers {
     }
 
     /// Point the timerfd at the wheel's earliest deadline (a system call only when that
-    /// changed). If it cannot be armed, every entry comes back as stranded: the caller
-    /// resets the flows whose departure is live and counts them as shaping failures.
-    pub(crate) fn arm(&mut self, now: Instant) -> Result<(), Departures> {
+    /// changed). `Ok(true)`: a departure is due already, so the caller polls without
+    /// sleeping and serves it next, with no timer set: under load, when departures are
+    /// due back to back, programming a timer for each cost more than serving it (in a
+    /// VM each one reprograms the virtual APIC's timer). If it cannot be armed, every
+    /// entry comes back as stranded: the caller resets the flows whose departure is live
+    /// and counts them as shaping failures.
+    pub(crate) fn arm(&mut self, now: Instant) -> Result<bool, Departures> {
         let next = self.wheel.next_deadline();
+        let at = now_ns(now);
+        if next.is_some_and(|d| d <= at) {
+            return Ok(true);
+        }
         if next == self.armed_at {
-            return Ok(());
+            return Ok(false);
         }
         self.armed_at = next;
         let Some(d) = next else {
-            return Ok(());
+            return Ok(false);
         };
-        let at = now_ns(now);
-        let Err(e) = self.fd.arm(Duration::from_nanos(d.saturating_sub(at))) else {
-            return Ok(());
+        let Err(e) = self.fd.arm(Duration::from_nanos(d - at)) else {
+            return Ok(false);
         };
         qlog!(
             Error,
@@ -253,6 +260,30 @@ mod tests {
         t.fired();
         assert!(t.arm(now).is_ok());
         assert_eq!(t.armed_at, Some(base + 5_000_000));
+    }
+
+    /// Under load departures fall due back to back: one already due is served by the
+    /// next poll, which does not sleep, with no timer programmed for it.
+    #[test]
+    fn a_departure_already_due_sets_no_timer() {
+        let poll = mio::Poll::new().unwrap();
+        let mut t = ShapedTimers::new(poll.registry(), Token(9)).unwrap();
+        let now = Instant::now();
+        let base = now_ns(now);
+        t.wheel.insert(base + 5_000_000, 1);
+        assert_eq!(t.arm(now).ok(), Some(false));
+        assert_eq!(t.armed_at, Some(base + 5_000_000));
+        t.wheel.insert(base + 1_000_000, 2);
+        let later = now + Duration::from_millis(2);
+        assert_eq!(t.arm(later).ok(), Some(true), "due: poll without sleeping");
+        assert_eq!(
+            t.armed_at,
+            Some(base + 5_000_000),
+            "the timerfd was left alone"
+        );
+        let due = t.expire(later);
+        assert_eq!(due.entries(), &[(2, base + 1_000_000)]);
+        assert_eq!(t.arm(later).ok(), Some(false));
     }
 
     #[test]

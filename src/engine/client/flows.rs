@@ -410,11 +410,13 @@ impl Client {
         Some(f)
     }
 
-    /// Point the shaped-departure timer at the earliest one; if it cannot be armed, the
-    /// flows waiting on it fail closed (see `engine::timers`).
-    pub(super) fn arm_timer(&mut self, now: Instant) {
-        let Err(stranded) = self.timers.arm(now) else {
-            return;
+    /// Point the shaped-departure timer at the earliest one; true when one is due
+    /// already (poll without sleeping). If it cannot be armed, the flows waiting on it
+    /// fail closed (see `engine::timers`).
+    pub(super) fn arm_timer(&mut self, now: Instant) -> bool {
+        let stranded = match self.timers.arm(now) {
+            Ok(due) => return due,
+            Err(stranded) => stranded,
         };
         for &(key, deadline) in stranded.entries() {
             let Some(sh) = self.flows.get_mut(&key).and_then(|f| f.ep.shaper.as_mut()) else {
@@ -437,6 +439,7 @@ impl Client {
             // The next round flushes the resets.
             self.busy = true;
         }
+        false
     }
 
     /// Mark the flows whose departures are due, counting how late they are served; the

@@ -307,8 +307,13 @@ impl Client {
 
     /// One round: sleep until something is due, then serve it.
     fn step(&mut self, events: &mut Events) -> io::Result<()> {
-        self.arm_timer(Instant::now());
-        match self.poll.poll(events, Some(self.timeout(Instant::now()))) {
+        let departure_due = self.arm_timer(Instant::now());
+        let timeout = if departure_due {
+            Duration::ZERO
+        } else {
+            self.timeout(Instant::now())
+        };
+        match self.poll.poll(events, Some(timeout)) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(e),

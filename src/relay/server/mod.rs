@@ -236,10 +236,13 @@ impl Loop {
         lower_timer_slack();
         while !stop.load(Ordering::Relaxed) && !self.shared.halted() {
             self.purge_stale_deadlines();
-            self.arm_timer(Instant::now());
-            let timeout = self
-                .next_deadline()
-                .map(|t| t.saturating_duration_since(Instant::now()));
+            let departure_due = self.arm_timer(Instant::now());
+            let timeout = if departure_due {
+                Some(Duration::ZERO)
+            } else {
+                self.next_deadline()
+                    .map(|t| t.saturating_duration_since(Instant::now()))
+            };
             // Wake at least once a second so stop/reload flags are seen even without EINTR.
             let timeout = Some(
                 timeout
@@ -327,11 +330,13 @@ impl Loop {
             .set_lookups_queued(self.resolve_tx.len());
     }
 
-    /// Point the shaped-departure timer at the earliest one; if it cannot be armed, the
-    /// streams waiting on it fail closed (see `engine::timers`).
-    fn arm_timer(&mut self, now: Instant) {
-        let Err(stranded) = self.timers.arm(now) else {
-            return;
+    /// Point the shaped-departure timer at the earliest one; true when one is due
+    /// already (poll without sleeping). If it cannot be armed, the streams waiting on it
+    /// fail closed (see `engine::timers`).
+    fn arm_timer(&mut self, now: Instant) -> bool {
+        let stranded = match self.timers.arm(now) {
+            Ok(due) => return due,
+            Err(stranded) => stranded,
         };
         let mut touched = HashSet::new();
         for &(key, deadline) in stranded.entries() {
@@ -353,6 +358,7 @@ impl Loop {
         for c in touched {
             self.service(now, c);
         }
+        false
     }
 
     /// Serve the shaped streams whose departures are due.
