@@ -19,7 +19,7 @@ on late && step "$LATE_N flows through one qnet forward: memory per idle flow at
 LATE_D=$WORK/late
 mkdir -p "$LATE_D/run"
 chmod 700 "$LATE_D/run"
-LATE_SS_N=$LATE_N LATE_OPEN='' LATE_P99='' LATE_P50='' LATE_MAX='' LATE_COUNT='' LATE_MEM_FWD='' LATE_MEM_RELAY='' LATE_MEM_SST='' LATE_MEM_SSS=''
+LATE_SS_N=$LATE_N LATE_OPEN='' LATE_SP99='' LATE_SCOUNT='' LATE_SIN100='' LATE_P99='' LATE_P50='' LATE_MAX='' LATE_COUNT='' LATE_MEM_FWD='' LATE_MEM_RELAY='' LATE_MEM_SST='' LATE_MEM_SSS=''
 if ! on late; then :; elif [ -z "$QB" ]; then
     skip "lateness and memory-at-scale rows" "a C compiler (gcc)"
 else
@@ -90,6 +90,8 @@ else
         sleep 0.1
     done
     t1=$(date +%s%N)
+    # The histogram once all are open: what follows is the steady state of N open flows.
+    XDG_RUNTIME_DIR=$LATE_D/run "${S_BIN[cur]}/qnet" status --json > "$LATE_D/status0.json" 2> /dev/null || true
     if grep -q '^ready' "$LATE_D/hold.out"; then
         LATE_OPEN=$LATE_N
         note "$LATE_N flows open in $(calc '%.1f' "($t1 - $t0) / 1e9") s; held ${LATE_SECS}s"
@@ -109,6 +111,26 @@ for p in json.load(open(sys.argv[1])):
         [ -n "$LATE_OPEN" ] || LATE_OPEN=$l_open
         note "status: profile $l_prof, $l_open streams open, $LATE_COUNT departures timed: late p50 <= $LATE_P50 us, p99 <= $LATE_P99 us, max $LATE_MAX us"
         [ "$LATE_COUNT" -gt 0 ] || { echo "   WARNING: no shaped departure was timed: the lateness row is empty"; LATE_P99=; }
+        # The same percentiles of the departures after all were open (the difference of
+        # the two readings' histograms; bucket bounds as in the status file).
+        out=$(python3 -c 'import json,sys
+def buckets(f):
+    for p in json.load(open(f)):
+        if p["pid"] == int(sys.argv[3]):
+            return p["lateness"]["buckets"]
+a, b = buckets(sys.argv[1]), buckets(sys.argv[2])
+d = [y - x for x, y in zip(a, b)]
+n, bounds = sum(d), [50, 100, 200, 500, 1000, 2000, 5000, 99999]
+def pct(q):
+    need, seen = -(-n * q // 100), 0
+    for i, k in enumerate(d):
+        seen += k
+        if seen >= need:
+            return bounds[i]
+if n:
+    print(n, pct(50), pct(99), round(100 * sum(d[:2]) / n, 2))' "$LATE_D/status0.json" "$LATE_D/status.json" "$LD_PID" 2> /dev/null) &&
+            [ -n "$out" ] && read -r LATE_SCOUNT LATE_SP50 LATE_SP99 LATE_SIN100 <<< "$out" &&
+            note "after all were open: $LATE_SCOUNT departures, late p50 <= $LATE_SP50 us, p99 <= $LATE_SP99 us (99999: over 5 ms); $LATE_SIN100 % within 100 us"
     else
         echo "FAILED: lateness: no status of pid $LD_PID in qnet status --json: $(tr '\n' ' ' < "$LATE_D/status.err")"
     fi

@@ -151,6 +151,10 @@ pub struct LatenessStatus {
     pub p99_us: u64,
     /// The worst, µs.
     pub max_us: u64,
+    /// Departures per bucket: ≤ 50 µs, ≤ 100, ≤ 200, ≤ 500, ≤ 1 ms, ≤ 2 ms, ≤ 5 ms,
+    /// more (two readings give the histogram of what happened between them).
+    #[serde(default)]
+    pub buckets: [u64; 8],
 }
 
 impl LatenessStatus {
@@ -179,6 +183,7 @@ impl LatenessStatus {
             p50_us: pct(50),
             p99_us: pct(99),
             max_us,
+            buckets: l.buckets,
         }
     }
 }

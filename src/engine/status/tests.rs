@@ -200,6 +200,7 @@ fn lateness_percentiles_are_bucket_bounds_capped_by_the_worst() {
         (s.count, s.p50_us, s.p99_us, s.max_us),
         (100, 50, 1000, 9000)
     );
+    assert_eq!(s.buckets, [98, 0, 0, 0, 1, 0, 0, 1]);
 }
 
 #[test]
