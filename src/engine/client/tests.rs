@@ -184,18 +184,42 @@ fn relay_death_resets_forwarded_connections_instead_of_eof() {
 /// A TCP forwarder to `target` that can be frozen: while frozen it moves no byte either
 /// way and keeps the connections open, as a stopped relay process or a cut link does.
 fn freezable(target: SocketAddr) -> (SocketAddr, Arc<AtomicBool>) {
+    let frozen = Arc::new(AtomicBool::new(false));
+    (
+        freezable_ways(target, frozen.clone(), frozen.clone()).0,
+        frozen,
+    )
+}
+
+/// Both ends of every connection a forwarder carries (to cut them).
+type Carried = Arc<std::sync::Mutex<Vec<TcpStream>>>;
+
+/// [`freezable`] with a flag for each way: `up` (to `target`) and `down` (back); also
+/// returns the connections it carries.
+fn freezable_ways(
+    target: SocketAddr,
+    up: Arc<AtomicBool>,
+    down: Arc<AtomicBool>,
+) -> (SocketAddr, Carried) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
-    let frozen = Arc::new(AtomicBool::new(false));
-    let f = frozen.clone();
+    let carried = Carried::default();
+    let c = carried.clone();
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(a) = s else { continue };
             let Ok(b) = TcpStream::connect(target) else {
                 continue;
             };
-            for (mut from, mut to) in [(a.try_clone().unwrap(), b.try_clone().unwrap()), (b, a)] {
-                let f = f.clone();
+            let mut list = c.lock().unwrap();
+            list.push(a.try_clone().unwrap());
+            list.push(b.try_clone().unwrap());
+            drop(list);
+            let ways = [
+                (a.try_clone().unwrap(), b.try_clone().unwrap(), up.clone()),
+                (b, a, down.clone()),
+            ];
+            for (mut from, mut to, f) in ways {
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 16384];
                     loop {
@@ -219,7 +243,7 @@ fn freezable(target: SocketAddr) -> (SocketAddr, Arc<AtomicBool>) {
             }
         }
     });
-    (addr, frozen)
+    (addr, carried)
 }
 
 /// A listener that accepts and never answers: a black-holed relay. The counter says
@@ -531,5 +555,212 @@ fn relays_refuse_a_fourth_hop_that_a_modified_client_asks_for() {
     let mut s = TcpStream::connect(four).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     assert_ended(&mut s);
+    stop.store(true, Ordering::SeqCst);
+}
+
+/// An echo server on loopback that also records what each connection sent (one entry
+/// per accepted connection, in order of acceptance).
+fn recording_echo() -> (SocketAddr, Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<Vec<u8>>::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let log = log.clone();
+            let i = {
+                let mut v = log.lock().unwrap();
+                v.push(Vec::new());
+                v.len() - 1
+            };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            log.lock().unwrap()[i].extend_from_slice(&buf[..n]);
+                            if s.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Wait up to 5 s for `cond` on what the recording server saw.
+fn wait_seen(seen: &std::sync::Mutex<Vec<Vec<u8>>>, cond: impl Fn(&[Vec<u8>]) -> bool) -> bool {
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        if cond(&seen.lock().unwrap()) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    false
+}
+
+#[test]
+fn forwarded_first_bytes_reach_the_destination_before_the_relay_answers() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let key = PrivateKey::generate();
+    let (r, k) = relay(&key, stop.clone());
+    let (up, down) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (p, _) = freezable_ways(r, up, down.clone());
+    let (dest, seen) = recording_echo();
+    let (mut client, local) = forwarding_client(key, p, k, dest);
+    let s = stop.clone();
+    std::thread::spawn(move || client.run(|_| s.load(Ordering::SeqCst)));
+    timed_echo(local, b"the session is up");
+    // The relay's answers are held up: its OPEN_RESULT cannot reach the client.
+    down.store(true, Ordering::SeqCst);
+    let mut c = TcpStream::connect(local).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"optimistic").unwrap();
+    // Optimistic data: the bytes left with (or right after) OPEN, not after the answer.
+    assert!(
+        wait_seen(&seen, |v| v.len() == 2 && v[1] == b"optimistic"),
+        "the destination got {:?}",
+        seen.lock().unwrap()
+    );
+    down.store(false, Ordering::SeqCst);
+    let mut back = [0u8; 10];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"optimistic");
+    echo_round(&mut c, b"and on");
+    stop.store(true, Ordering::SeqCst);
+}
+
+#[test]
+fn a_refused_forwarded_flow_ends_as_before_optimistic_data() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let key = PrivateKey::generate();
+    let (r, k) = relay(&key, stop.clone());
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (mut client, local) = forwarding_client(key, r, k, closed);
+    let s = stop.clone();
+    std::thread::spawn(move || client.run(|_| s.load(Ordering::SeqCst)));
+    // A program that sent bytes: they were read (and sent) before the refusal, so the
+    // socket is reset, as the kernel did when they stayed unread.
+    let mut c = TcpStream::connect(local).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    c.write_all(b"to nowhere").unwrap();
+    assert_reset(&mut c, "a refused flow that sent bytes");
+    // One that sent nothing is closed cleanly, as before.
+    let mut c = TcpStream::connect(local).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 4];
+    assert_eq!(
+        c.read(&mut buf).unwrap(),
+        0,
+        "a refused flow that sent nothing"
+    );
+    stop.store(true, Ordering::SeqCst);
+}
+
+#[test]
+fn a_socks_client_gets_its_reply_before_any_data_and_its_refusal_as_before() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let key = PrivateKey::generate();
+    let (r, k) = relay(&key, stop.clone());
+    let echo = echo_server();
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mut client = Client::new(ClientConfig::one_relay(r.to_string(), k, key)).unwrap();
+    let local = client
+        .socks(
+            "127.0.0.1:0".parse().unwrap(),
+            crate::socks::SocksAuth::default(),
+        )
+        .unwrap();
+    let s = stop.clone();
+    std::thread::spawn(move || client.run(|_| s.load(Ordering::SeqCst)));
+    let socks = |dest: SocketAddr| {
+        let mut c = TcpStream::connect(local).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(&[5, 1, 0]).unwrap();
+        let mut m = [0u8; 2];
+        c.read_exact(&mut m).unwrap();
+        assert_eq!(m, [5, 0]);
+        let IpAddr::V4(ip) = dest.ip() else {
+            unreachable!()
+        };
+        let mut req = vec![5, 1, 0, 1];
+        req.extend(ip.octets());
+        req.extend(dest.port().to_be_bytes());
+        // The request and data at once, then more data before any reply.
+        req.extend(b"first ");
+        c.write_all(&req).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        c.write_all(b"second").unwrap();
+        c
+    };
+    let mut c = socks(echo);
+    let mut reply = [0u8; 10];
+    c.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[..2], [5, 0], "the reply comes first: {reply:?}");
+    let mut back = [0u8; 12];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"first second");
+    let mut c = socks(closed);
+    c.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[..2], [5, 5], "connection refused: {reply:?}");
+    assert_ended(&mut c);
+    stop.store(true, Ordering::SeqCst);
+}
+
+#[test]
+fn a_flow_whose_first_bytes_went_out_is_never_opened_again() {
+    let stop = Arc::new(AtomicBool::new(false));
+    let key = PrivateKey::generate();
+    let (r, k) = relay(&key, stop.clone());
+    let (up, down) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (p, carried) = freezable_ways(r, up, down.clone());
+    let (dest, seen) = recording_echo();
+    let (mut client, local) = forwarding_client(key, p, k, dest);
+    let s = stop.clone();
+    std::thread::spawn(move || client.run(|_| s.load(Ordering::SeqCst)));
+    timed_echo(local, b"the session is up");
+    // The relay gets everything and its answers are held up.
+    down.store(true, Ordering::SeqCst);
+    let mut sent = TcpStream::connect(local).unwrap();
+    sent.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    sent.write_all(b"only once").unwrap();
+    assert!(wait_seen(&seen, |v| v.len() == 2 && v[1] == b"only once"));
+    let mut quiet = TcpStream::connect(local).unwrap();
+    quiet
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    // The connection to the relay breaks before either flow was answered.
+    down.store(false, Ordering::SeqCst);
+    for c in carried.lock().unwrap().drain(..) {
+        let _ = c.shutdown(std::net::Shutdown::Both);
+    }
+    // The flow that sent nothing is opened again on the next session; the one that sent
+    // its bytes is not (they reached the destination) and is reset.
+    echo_round(&mut quiet, b"the quiet one");
+    assert_reset(&mut sent, "the flow that sent bytes");
+    let v = seen.lock().unwrap();
+    let copies = v.iter().filter(|c| c.as_slice() == b"only once").count();
+    assert_eq!(copies, 1, "the destination saw {v:?}");
+    drop(v);
     stop.store(true, Ordering::SeqCst);
 }
