@@ -19,7 +19,7 @@ on late && step "$LATE_N flows through one qnet forward: memory per idle flow at
 LATE_D=$WORK/late
 mkdir -p "$LATE_D/run"
 chmod 700 "$LATE_D/run"
-LATE_SS_N=$LATE_N LATE_OPEN='' LATE_SP99='' LATE_SCOUNT='' LATE_SIN100='' LATE_P99='' LATE_P50='' LATE_MAX='' LATE_COUNT='' LATE_MEM_FWD='' LATE_MEM_RELAY='' LATE_MEM_SST='' LATE_MEM_SSS=''
+LATE_SS_N=$LATE_N LATE_FLOOR_P50='' LATE_FLOOR_P99='' LATE_FLOOR_IN100='' LATE_OPEN='' LATE_SP99='' LATE_SCOUNT='' LATE_SIN100='' LATE_P99='' LATE_P50='' LATE_MAX='' LATE_COUNT='' LATE_MEM_FWD='' LATE_MEM_RELAY='' LATE_MEM_SST='' LATE_MEM_SSS=''
 if ! on late; then :; elif [ -z "$QB" ]; then
     skip "lateness and memory-at-scale rows" "a C compiler (gcc)"
 else
@@ -98,7 +98,14 @@ else
     else
         echo "   WARNING: not all $LATE_N flows open after $(calc '%.1f' "($t1 - $t0) / 1e9") s: $(tail -n 2 "$LATE_D/hold.err" | tr '\n' ' ')"
     fi
+    # The machine's own floor, under the same load: a bare timerfd's wakeups (qbench
+    # timer: 20-500 us sleeps, timer slack 1 us as in the engines), run while the flows are held.
+    "$QB" timer 20000 > "$LATE_D/timer.out" 2>&1 &
+    tp=$!
     sleep "$LATE_SECS"
+    wait "$tp" 2> /dev/null || true
+    read -r _ LATE_FLOOR_P50 _ LATE_FLOOR_P99 _ _ _ _ _ LATE_FLOOR_IN100 < "$LATE_D/timer.out" || true
+    ok "${LATE_FLOOR_P99:-}" && note "a bare timerfd meanwhile (the floor): wakeup late p50 $LATE_FLOOR_P50 us, p99 $LATE_FLOOR_P99 us; $LATE_FLOOR_IN100 % within 100 us"
     c1=$(cpu_ticks "$LD_PID") t2=$(date +%s%N)
     if XDG_RUNTIME_DIR=$LATE_D/run "${S_BIN[cur]}/qnet" status --json > "$LATE_D/status.json" 2> "$LATE_D/status.err" &&
         out=$(python3 -c 'import json,sys

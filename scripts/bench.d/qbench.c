@@ -18,6 +18,11 @@
  *   qbench start N ARGV -- ARGV ...  spawn each command line (leading VAR=VAL words go to its
  *                                 environment) once per round, N rounds, order rotating; prints
  *                                 "cmd K median_ms X p10_ms Y p90_ms Z" per command
+ *   qbench timer N                N timerfd sleeps, each to a deadline 20-500 us ahead (random,
+ *                                 timer slack 1 us as in qnet's engines); prints how late the
+ *                                 wakeups came: "p50_us X p99_us Y p999_us Z max_us W within100 P"
+ *                                 (P: % within 100 us), the machine's own floor for shaped
+ *                                 departures
  *   qbench hold HOST PORT N       open N connections, each with a 1-byte echo, then hold them;
  *                                 prints "rss0 KB", "rss1 KB", "rssN KB" (VmRSS before any,
  *                                 after the first, after all) and "ready", then waits for
@@ -33,6 +38,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/prctl.h>
+#include <sys/timerfd.h>
 #include <sys/resource.h>
 #include <spawn.h>
 #include <sys/socket.h>
@@ -400,6 +407,43 @@ static int start_bench(int n, int argc, char **argv) {
 static volatile sig_atomic_t stop;
 static void on_sig(int s) { (void)s; stop = 1; }
 
+static int cmp_u64(const void *a, const void *b) {
+    unsigned long long x = *(const unsigned long long *)a, y = *(const unsigned long long *)b;
+    return x < y ? -1 : x > y;
+}
+
+static unsigned long long mono_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (unsigned long long)t.tv_sec * 1000000000ull + (unsigned long long)t.tv_nsec;
+}
+
+static int timer_floor(int n) {
+    prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
+    int fd = timerfd_create(CLOCK_MONOTONIC, 0);
+    unsigned long long *late = calloc((size_t)n, sizeof *late);
+    if (fd < 0 || !late || n < 1) { perror("qbench timer"); return 1; }
+    srand(1);
+    int within = 0;
+    for (int i = 0; i < n; i++) {
+        unsigned long long d = mono_ns() + 20000 + (unsigned long long)(rand() % 480000);
+        struct itimerspec it = {0};
+        it.it_value.tv_sec = (time_t)(d / 1000000000ull);
+        it.it_value.tv_nsec = (long)(d % 1000000000ull);
+        unsigned long long x;
+        if (timerfd_settime(fd, TFD_TIMER_ABSTIME, &it, NULL) != 0 || read(fd, &x, sizeof x) != sizeof x) {
+            perror("qbench timer");
+            return 1;
+        }
+        late[i] = mono_ns() - d;
+        within += late[i] <= 100000;
+    }
+    qsort(late, (size_t)n, sizeof *late, cmp_u64);
+    printf("p50_us %.1f p99_us %.1f p999_us %.1f max_us %.1f within100 %.2f\n", late[n / 2] / 1e3,
+           late[(long)n * 99 / 100] / 1e3, late[(long)n * 999 / 1000] / 1e3, late[n - 1] / 1e3, 100.0 * within / n);
+    return 0;
+}
+
 static int hold(const char *host, int port, int n) {
     raise_nofile();
     printf("rss0 %ld\n", rss_kb());
@@ -440,8 +484,9 @@ int main(int argc, char **argv) {
     if (argc >= 5 && strcmp(argv[1], "paircmp") == 0)
         return pair_compare(argv[2], atol(argv[3]), atoi(argv[4]), &argv[5], argc - 5);
     if (argc >= 4 && strcmp(argv[1], "start") == 0) return start_bench(atoi(argv[2]), argc - 3, &argv[3]);
+    if (argc == 3 && strcmp(argv[1], "timer") == 0) return timer_floor(atoi(argv[2]));
     if (argc == 5 && strcmp(argv[1], "hold") == 0) return hold(argv[2], atoi(argv[3]), atoi(argv[4]));
     fprintf(stderr, "usage: qbench echo-server | conn HOST PORT N WARM | pair N MODE | paircmp MODE TOTAL CHUNKS VAR=VAL... |\n"
-                    "              start N ARGV [-- ARGV]... | hold HOST PORT N\n");
+                    "              start N ARGV [-- ARGV]... | timer N | hold HOST PORT N\n");
     return 2;
 }
