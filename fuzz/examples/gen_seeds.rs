@@ -7,6 +7,7 @@
 use std::fs;
 use std::path::Path;
 
+use qnet::proto::aead::Cipher;
 use qnet::proto::frame::{Destination, FrameRepr};
 use qnet::proto::kem::EK_LEN;
 use qnet::proto::record::Sealer;
@@ -118,7 +119,7 @@ fn main() {
 
     // record: valid record streams (chunk byte first), and frames to seal.
     let dir = root.join("record");
-    let mut sealer = Sealer::new(RECORD_SECRET);
+    let mut sealer = Sealer::new(Cipher::ChaCha20Poly1305, RECORD_SECRET);
     let mut wire = vec![0];
     let data = FrameRepr::Data {
         stream: 1,
@@ -128,11 +129,18 @@ fn main() {
     seal_repr(&mut sealer, &mut wire, &FrameRepr::KeyUpdate, 0);
     seal_repr(&mut sealer, &mut wire, &data, 40);
     write(&dir, "records-key-update", &wire);
-    let mut sealer = Sealer::new(RECORD_SECRET);
+    let mut sealer = Sealer::new(Cipher::ChaCha20Poly1305, RECORD_SECRET);
     let mut wire = vec![2];
     let ping = FrameRepr::Ping { payload: [7; 8] };
     seal_repr(&mut sealer, &mut wire, &ping, 0);
     write(&dir, "records-ping", &wire);
+    // Bit 6 of the first byte picks AES-256-GCM (see fuzz_targets/record.rs).
+    let mut sealer = Sealer::new(Cipher::Aes256Gcm, RECORD_SECRET);
+    let mut wire = vec![0x40];
+    seal_repr(&mut sealer, &mut wire, &data, 0);
+    seal_repr(&mut sealer, &mut wire, &FrameRepr::KeyUpdate, 0);
+    seal_repr(&mut sealer, &mut wire, &data, 40);
+    write(&dir, "records-aes-key-update", &wire);
     let mut pieces = vec![6];
     for (_, repr, _) in frames().iter().step_by(3) {
         pieces.extend(encode_piece(&frame_bytes(repr), 1));
@@ -151,7 +159,7 @@ fn main() {
     write(&dir, "msg3", &[&[1, 0, 0][..], &c.msg3].concat());
     let mut m = vec![1 | DRAIN, 11, 0];
     m.extend_from_slice(&c.msg3);
-    seal_repr(&mut Sealer::new(c.send), &mut m, &ping, 3);
+    seal_repr(&mut Sealer::new(c.cipher, c.send), &mut m, &ping, 3);
     write(&dir, "msg3-ping-record", &m);
 
     let window = SessionConfig::default().stream_window;

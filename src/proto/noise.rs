@@ -81,7 +81,8 @@ impl TransportParams {
         b[0] = VERSION;
         b[1..5].copy_from_slice(&self.stream_window.to_be_bytes());
         b[5..9].copy_from_slice(&self.session_window.to_be_bytes());
-        b[9] = self.ciphers;
+        // Only the bits this version defines: the others are sent as 0 (docs/PROTOCOL.md).
+        b[9] = self.ciphers & OFFER_AES_256_GCM;
         b
     }
 

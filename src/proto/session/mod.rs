@@ -358,12 +358,12 @@ impl Session {
         self.stats
     }
 
-    /// Round-trip time measured by the last PING/PONG; on a client, before any, the time
     /// The records' cipher, once the handshake agreed on one.
     pub fn cipher(&self) -> Option<crate::proto::aead::Cipher> {
         self.sealer.as_ref().map(|s| s.cipher())
     }
 
+    /// Round-trip time measured by the last PING/PONG; on a client, before any, the time
     /// from its start to the relay's handshake reply.
     pub fn rtt(&self) -> Option<Duration> {
         self.rtt
