@@ -295,6 +295,31 @@ mod tests {
     const GOLDEN_RECORD_AES: &str =
         "7fa625bcb37e302d3dd2855a31e9fa39688264ff50d547e3952fa02b480c4c";
 
+    /// A key update keeps the session's cipher: after it, an AES-256-GCM record opens
+    /// under the updated AES key and not under a ChaCha20-Poly1305 opener updated alike.
+    #[cfg(feature = "aead-ring")]
+    #[test]
+    fn a_key_update_keeps_the_cipher() {
+        let aes = Cipher::Aes256Gcm;
+        let mut s = Sealer::new(aes, [1u8; 32]);
+        s.update_key();
+        assert_eq!(s.cipher(), aes);
+        let mut wire = vec![];
+        s.seal(&mut wire, &data(b"after"), 0);
+        let mut chacha = Opener::new(CHACHA, [1u8; 32]);
+        chacha.update_key();
+        assert_eq!(
+            chacha.open(&mut wire.clone()).unwrap_err(),
+            RecordError::BadTag
+        );
+        let mut o = Opener::new(aes, [1u8; 32]);
+        o.update_key();
+        assert_eq!(
+            open_all(&mut o, &mut wire).unwrap(),
+            vec![b"after".to_vec()]
+        );
+    }
+
     /// A record sealed under one cipher never opens under the other, with the same secret.
     #[cfg(feature = "aead-ring")]
     #[test]
