@@ -149,7 +149,14 @@ impl Client {
                     Err(e) => self.stream_refused(flow_key(serial, stream), e),
                 },
                 Event::Reset { stream, .. } => {
-                    self.forget(flow_key(serial, stream));
+                    // A flow whose first bytes were read before any answer ends with an
+                    // RST, as it would have with those bytes unread (a relay answers
+                    // with OPEN_RESULT, so only a misbehaving one resets it this early).
+                    if let Some(f) = self.forget(flow_key(serial, stream)) {
+                        if f.early && !f.open {
+                            f.ep.sock.reset_on_close(None);
+                        }
+                    }
                 }
                 Event::Readable { stream } | Event::Writable { stream } => {
                     self.dirty.insert(flow_key(serial, stream));
