@@ -57,8 +57,8 @@ RECORD_AEADS = {
     CHACHA: (ChaCha20Poly1305, b"qnet/1 record key"),
     AES_GCM: (AESGCM, b"qnet/5 record key AES-256-GCM"),
 }
-# Under AES-256-GCM a sender switches keys after 2^24 records at the latest. Read here as
-# "at most 2^24 records under one key, the KEY_UPDATE that ends them included".
+# Under AES-256-GCM a sender switches keys right after a key's 2^24th record: the
+# KEY_UPDATE that ends the key is its record 2^24 + 1 (section 3).
 AES_GCM_RECORD_LIMIT = 1 << 24
 
 failures = []
@@ -486,7 +486,9 @@ class Direction:
 
     def seal_one(self, frame):
         if self.cipher == AES_GCM:
-            assert self.counter < AES_GCM_RECORD_LIMIT, "AES-256-GCM key used for more than 2^24 records"
+            assert self.counter < AES_GCM_RECORD_LIMIT or (
+                self.counter == AES_GCM_RECORD_LIMIT and frame[0] == KEY_UPDATE
+            ), "AES-256-GCM key used for more than 2^24 records before its KEY_UPDATE"
         length = len(frame) + TAG
         masked = bytes(a ^ b for a, b in zip(struct.pack(">H", length), self.mask.update(b"\0\0")))
         ct = self.aead.encrypt(nonce(self.counter), frame, b"")
@@ -496,9 +498,9 @@ class Direction:
     def seal(self, frame):
         """The record(s) for one frame. A KEY_UPDATE is the last record under its key, so
         the sender switches right after sealing it; under AES-256-GCM a KEY_UPDATE goes
-        first by itself when the next record would be the key's last one."""
+        first by itself once the key has sealed 2^24 records."""
         out = b""
-        if self.cipher == AES_GCM and frame[0] != KEY_UPDATE and self.counter == AES_GCM_RECORD_LIMIT - 1:
+        if self.cipher == AES_GCM and frame[0] != KEY_UPDATE and self.counter == AES_GCM_RECORD_LIMIT:
             out += self.seal(struct.pack(">BIH", KEY_UPDATE, 0, 0))
         out += self.seal_one(frame)
         if frame[0] == KEY_UPDATE:
@@ -636,14 +638,14 @@ def vectors():
         check(True, "vector: a ChaCha20-Poly1305 record does not open under AES-256-GCM")
     # The 2^24-record limit of an AES-256-GCM key, with the counter moved near it.
     d, o = Direction(b"\x01" * 32, AES_GCM), Direction(b"\x01" * 32, AES_GCM)
-    d.counter = o.counter = AES_GCM_RECORD_LIMIT - 2
+    d.counter = o.counter = AES_GCM_RECORD_LIMIT - 1
     buf = bytearray(d.seal(frame(PING, 0, b"11111111")) + d.seal(frame(PING, 0, b"22222222")))
     fr, _ = o.open_stream(buf)
     fr2, _ = o.open_stream(buf)
     check(
         [parse_frame(f) for f in fr + fr2] == [(PING, 0, b"11111111"), (KEY_UPDATE, 0, b""), (PING, 0, b"22222222")]
         and d.counter == o.counter == 1,
-        "vector: an AES-256-GCM sender ends a key with KEY_UPDATE as its 2^24th record (this implementation)",
+        "vector: an AES-256-GCM sender ends a key with KEY_UPDATE as its record 2^24 + 1 (this implementation)",
     )
     check(
         frame(OPEN, 1, bytes([2]) + dest_v4("192.0.2.7", 443) + b"hi")
