@@ -5,6 +5,10 @@
  *   qbench conn HOST PORT N WARM  WARM untimed then N timed sequential connections:
  *                                 connect + 100-byte echo + close; prints
  *                                 "median_us P p10_us P p90_us P mean_us P connect_median_us P"
+ *   qbench socksconn HOST PORT DPORT N WARM
+ *                                 the same through the SOCKS5 proxy at HOST:PORT (no auth)
+ *                                 to 127.0.0.1:DPORT: greeting, CONNECT, its reply, then the
+ *                                 100-byte echo; "connect" ends at the proxy's reply
  *   qbench pair N MODE            N send/recv pairs of 64 bytes on an AF_UNIX socketpair;
  *                                 MODE send|sendto|sendmsg|write; prints
  *                                 "wall_ns_per_pair X cpu_ns_per_pair Y" (cpu: this thread's
@@ -174,15 +178,35 @@ static int cmp_d(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+/* Nonzero: one_conn goes through the SOCKS5 proxy it dials, to 127.0.0.1:socks_dport. */
+static int socks_dport;
+
+/* A SOCKS5 client's side, as curl does it (greeting, then CONNECT): 0 when connected. */
+static int socks5_connect(int s) {
+    unsigned char hello[3] = {5, 1, 0}, choice[2], req[10] = {5, 1, 0, 1, 127, 0, 0, 1, 0, 0}, rep[10];
+    req[8] = (unsigned char)(socks_dport >> 8);
+    req[9] = (unsigned char)socks_dport;
+    if (write_full(s, (char *)hello, 3) != 0 || read_full(s, (char *)choice, 2) != 0 || choice[1] != 0) return -1;
+    /* An IPv4 bound address in the reply: 10 bytes (both proxies answer so for 127.0.0.1). */
+    if (write_full(s, (char *)req, 10) != 0 || read_full(s, (char *)rep, 10) != 0 || rep[1] != 0 || rep[3] != 1)
+        return -1;
+    return 0;
+}
+
 static int one_conn(const char *host, int port, double *us, double *connect_us) {
     char msg[100], got[100];
     for (int i = 0; i < 100; i++) msg[i] = (char)('a' + i % 26);
     double t0 = now_ns();
     int s = dial(host, port);
     if (s < 0) return -1;
-    *connect_us = (now_ns() - t0) / 1e3;
     int one = 1;
     setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (socks_dport && socks5_connect(s) != 0) {
+        close(s);
+        errno = EPROTO;
+        return -1;
+    }
+    *connect_us = (now_ns() - t0) / 1e3;
     if (write_full(s, msg, 100) != 0 || read_full(s, got, 100) != 0 || memcmp(msg, got, 100) != 0) {
         close(s);
         errno = EPROTO;
@@ -478,6 +502,10 @@ static int hold(const char *host, int port, int n) {
 
 int main(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "echo-server") == 0) echo_server();
+    if (argc == 7 && strcmp(argv[1], "socksconn") == 0) {
+        socks_dport = atoi(argv[4]);
+        return conn_bench(argv[2], atoi(argv[3]), atoi(argv[5]), atoi(argv[6]));
+    }
     if (argc == 6 && strcmp(argv[1], "conn") == 0) return conn_bench(argv[2], atoi(argv[3]), atoi(argv[4]), atoi(argv[5]));
     if (argc == 4 && strcmp(argv[1], "pair") == 0) return pair_bench(atol(argv[2]), argv[3]);
     if (argc == 4 && strcmp(argv[1], "pairsrv") == 0) return pair_server(argv[2], atol(argv[3]));
@@ -486,7 +514,7 @@ int main(int argc, char **argv) {
     if (argc >= 4 && strcmp(argv[1], "start") == 0) return start_bench(atoi(argv[2]), argc - 3, &argv[3]);
     if (argc == 3 && strcmp(argv[1], "timer") == 0) return timer_floor(atoi(argv[2]));
     if (argc == 5 && strcmp(argv[1], "hold") == 0) return hold(argv[2], atoi(argv[3]), atoi(argv[4]));
-    fprintf(stderr, "usage: qbench echo-server | conn HOST PORT N WARM | pair N MODE | paircmp MODE TOTAL CHUNKS VAR=VAL... |\n"
+    fprintf(stderr, "usage: qbench echo-server | conn HOST PORT N WARM | socksconn HOST PORT DPORT N WARM | pair N MODE | paircmp MODE TOTAL CHUNKS VAR=VAL... |\n"
                     "              start N ARGV [-- ARGV]... | timer N | hold HOST PORT N\n");
     return 2;
 }
