@@ -837,6 +837,20 @@ class Client:
             self.rx += d
         return self.frames.pop(0)
 
+    def collect(self, sid, want):
+        """Frames until `want` bytes of stream sid, a PONG and an OPEN_RESULT arrived:
+        (the echoed bytes, the OPEN_RESULT payload, the PONG payload)."""
+        got, result, pong = b"", None, None
+        while len(got) < want or pong is None or result is None:
+            t, s, p = self.next_frame()
+            if t == OPEN_RESULT:
+                result = p
+            elif t == DATA and s == sid:
+                got += p
+            elif t == PONG:
+                pong = p
+        return got, result, pong
+
     def open(self, dest, data=b""):
         sid = self.next_stream
         self.next_stream += 2
@@ -991,15 +1005,7 @@ def session(addr, relay_pub, client_priv):
     # OPEN by IPv4 with first data, padding on the record, then DATA and a PING.
     sid = c.open(dest_v4("127.0.0.1", echo.port), b"first ")
     c.send(frame(DATA, sid, b"second", pad=300), frame(PADDING, 0, pad=1000), frame(PING, 0, b"12345678"))
-    got, result, pong = b"", None, None
-    while len(got) < 12 or pong is None:
-        t, s, p = c.next_frame()
-        if t == OPEN_RESULT:
-            result = p
-        elif t == DATA and s == sid:
-            got += p
-        elif t == PONG:
-            pong = p
+    got, result, pong = c.collect(sid, 12)
     check(result == b"\x00", on + "OPEN by IPv4: OPEN_RESULT connected")
     check(got == b"first second", on + "OPEN first data and padded DATA echoed through the relay")
     check(pong == b"12345678", on + "PING answered by PONG with the same 8 bytes")
@@ -1120,15 +1126,7 @@ def chacha_session(addr, relay_pub, client_priv):
     on = "[%s, client ciphers 0x00] " % c.cipher
     sid = c.open(dest_v4("127.0.0.1", echo.port), b"chacha ")
     c.send(frame(DATA, sid, b"records", pad=200), frame(PING, 0, b"chachaPi"))
-    got, result, pong = b"", None, None
-    while len(got) < 14 or pong is None or result is None:
-        t, s, p = c.next_frame()
-        if t == OPEN_RESULT:
-            result = p
-        elif t == DATA and s == sid:
-            got += p
-        elif t == PONG:
-            pong = p
+    got, result, pong = c.collect(sid, 14)
     check(
         result == b"\x00" and got == b"chacha records" and pong == b"chachaPi",
         on + "OPEN with first data, padded DATA and PING: connected, echoed, PONG",

@@ -605,8 +605,17 @@ fn wait_seen(seen: &std::sync::Mutex<Vec<Vec<u8>>>, cond: impl Fn(&[Vec<u8>]) ->
     false
 }
 
-#[test]
-fn forwarded_first_bytes_reach_the_destination_before_the_relay_answers() {
+/// A forwarding client whose relay's answers can be held up (`down`), to a destination
+/// that records what reaches it, with its session up.
+struct HeldForward {
+    stop: Arc<AtomicBool>,
+    down: Arc<AtomicBool>,
+    carried: Carried,
+    seen: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    local: SocketAddr,
+}
+
+fn held_forward() -> HeldForward {
     let stop = Arc::new(AtomicBool::new(false));
     let key = PrivateKey::generate();
     let (r, k) = relay(&key, stop.clone());
@@ -614,12 +623,30 @@ fn forwarded_first_bytes_reach_the_destination_before_the_relay_answers() {
         Arc::new(AtomicBool::new(false)),
         Arc::new(AtomicBool::new(false)),
     );
-    let (p, _) = freezable_ways(r, up, down.clone());
+    let (p, carried) = freezable_ways(r, up, down.clone());
     let (dest, seen) = recording_echo();
     let (mut client, local) = forwarding_client(key, p, k, dest);
     let s = stop.clone();
     std::thread::spawn(move || client.run(|_| s.load(Ordering::SeqCst)));
     timed_echo(local, b"the session is up");
+    HeldForward {
+        stop,
+        down,
+        carried,
+        seen,
+        local,
+    }
+}
+
+#[test]
+fn forwarded_first_bytes_reach_the_destination_before_the_relay_answers() {
+    let HeldForward {
+        stop,
+        down,
+        seen,
+        local,
+        ..
+    } = held_forward();
     // The relay's answers are held up: its OPEN_RESULT cannot reach the client.
     down.store(true, Ordering::SeqCst);
     let mut c = TcpStream::connect(local).unwrap();
@@ -724,19 +751,13 @@ fn a_socks_client_gets_its_reply_before_any_data_and_its_refusal_as_before() {
 
 #[test]
 fn a_flow_whose_first_bytes_went_out_is_never_opened_again() {
-    let stop = Arc::new(AtomicBool::new(false));
-    let key = PrivateKey::generate();
-    let (r, k) = relay(&key, stop.clone());
-    let (up, down) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicBool::new(false)),
-    );
-    let (p, carried) = freezable_ways(r, up, down.clone());
-    let (dest, seen) = recording_echo();
-    let (mut client, local) = forwarding_client(key, p, k, dest);
-    let s = stop.clone();
-    std::thread::spawn(move || client.run(|_| s.load(Ordering::SeqCst)));
-    timed_echo(local, b"the session is up");
+    let HeldForward {
+        stop,
+        down,
+        carried,
+        seen,
+        local,
+    } = held_forward();
     // The relay gets everything and its answers are held up.
     down.store(true, Ordering::SeqCst);
     let mut sent = TcpStream::connect(local).unwrap();
