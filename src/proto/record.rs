@@ -148,6 +148,12 @@ impl Sealer {
     pub fn cipher(&self) -> Cipher {
         self.keys.cipher
     }
+
+    /// Tests: jump to record `n` under the current key (2^24 records take minutes).
+    #[cfg(test)]
+    pub(crate) fn skip_to(&mut self, n: u64) {
+        self.keys.counter = n;
+    }
 }
 
 /// Opens records for one direction.
@@ -212,6 +218,12 @@ impl Opener {
     /// Switch to the peer's next key (call right after opening a KEY_UPDATE frame).
     pub fn update_key(&mut self) {
         self.keys.update();
+    }
+
+    /// Tests: jump to record `n` under the current key, as [`Sealer::skip_to`].
+    #[cfg(test)]
+    pub(crate) fn skip_to(&mut self, n: u64) {
+        self.keys.counter = n;
     }
 }
 

@@ -351,6 +351,44 @@ impl Session {
 mod tests {
     use crate::proto::sim::Pair;
 
+    /// Under AES-256-GCM a sender rekeys right after a key's 2^24th record whatever its
+    /// config allows (docs/PROTOCOL.md, section 3); under ChaCha20-Poly1305 the config's
+    /// limit (2^32 by default) holds. Both counters are moved to just before the cap.
+    #[cfg(feature = "aead-ring")]
+    #[test]
+    fn the_aes_record_cap_forces_a_key_update() {
+        use crate::proto::SessionConfig;
+        use crate::proto::aead::{Cipher, OFFER_AES_256_GCM};
+        for (offer, cipher, updates) in [
+            (OFFER_AES_256_GCM, Cipher::Aes256Gcm, 1),
+            (0, Cipher::ChaCha20Poly1305, 0),
+        ] {
+            let cfg = || SessionConfig {
+                ciphers: offer,
+                ..SessionConfig::default()
+            };
+            let mut p = Pair::with_config(1, cfg(), cfg());
+            p.connect();
+            assert_eq!(p.client.cipher(), Some(cipher));
+            let n = (1 << 24) - 1;
+            p.client.sealer.as_mut().unwrap().skip_to(n);
+            p.server.opener.as_mut().unwrap().skip_to(n);
+            p.client.probe(p.now).unwrap();
+            p.drive();
+            assert_eq!(p.client.stats().key_updates_sent, updates, "{cipher:?}");
+            assert_eq!(p.server.stats().key_updates_received, updates, "{cipher:?}");
+            // The records after it open under the next key.
+            p.client.probe(p.now).unwrap();
+            p.drive();
+            assert!(p.server_error.is_none(), "{:?}", p.server_error);
+            assert_eq!(
+                p.client.cipher(),
+                Some(cipher),
+                "the update keeps the cipher"
+            );
+        }
+    }
+
     /// Regression: protocol 4's flights (1.1-1.8 KB) left their capacity in both buffers
     /// of every session for its life, 1.5 KiB more per idle session at the relay.
     #[test]
