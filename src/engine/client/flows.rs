@@ -109,6 +109,14 @@ impl Flow {
         single && self.app.is_none() && self.ep.shaper.is_none()
     }
 
+    /// Ending before the relay's answer after its first bytes were read: its socket is
+    /// reset, as the kernel would have reset it with those bytes unread ([`Flow::early`]).
+    fn reset_if_read_unanswered(&self) {
+        if self.early && !self.open {
+            self.ep.sock.reset_on_close(None);
+        }
+    }
+
     /// Back to a socket waiting for a tunnel (its socket already deregistered).
     pub(super) fn into_pending(self) -> Pending {
         Pending::plain(self.ep.sock, self.dest, self.app)
@@ -149,13 +157,9 @@ impl Client {
                     Err(e) => self.stream_refused(flow_key(serial, stream), e),
                 },
                 Event::Reset { stream, .. } => {
-                    // A flow whose first bytes were read before any answer ends with an
-                    // RST, as it would have with those bytes unread (a relay answers
-                    // with OPEN_RESULT, so only a misbehaving one resets it this early).
+                    // Only a misbehaving relay resets a stream before its OPEN_RESULT.
                     if let Some(f) = self.forget(flow_key(serial, stream)) {
-                        if f.early && !f.open {
-                            f.ep.sock.reset_on_close(None);
-                        }
+                        f.reset_if_read_unanswered();
                     }
                 }
                 Event::Readable { stream } | Event::Writable { stream } => {
@@ -207,9 +211,7 @@ impl Client {
         if f.socks {
             socks_reply(&mut f.ep.sock, Err(e));
         }
-        if f.early {
-            f.ep.sock.reset_on_close(None);
-        }
+        f.reset_if_read_unanswered();
         if let Some(app) = f.app.take() {
             app.finish(Err(Failure::Open(e)));
         }
