@@ -19,6 +19,7 @@
 
 use std::collections::VecDeque;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -30,6 +31,9 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
 /// TCP payload per packet on the exit side.
+mod session;
+use session::{Ev, SessionPad};
+
 const MSS: u32 = 1448;
 
 struct Opts {
@@ -111,9 +115,32 @@ fn parse_opts() -> Opts {
 /// FIFO) instead of one per flow.
 const PER_SESSION: &str = "(per session)";
 
+/// One configuration: a name, the per-flow schedules, and optionally a session-level
+/// padding defense run at both ends over each user's whole session.
+struct Row {
+    name: String,
+    up: Params,
+    down: Params,
+    pad: Option<Arc<dyn SessionPad>>,
+}
+
+impl Row {
+    fn new(name: String, up: Params, down: Params) -> Row {
+        Row {
+            name,
+            up,
+            down,
+            pad: None,
+        }
+    }
+    fn per_session(&self) -> bool {
+        self.name.ends_with(PER_SESSION)
+    }
+}
+
 /// The configurations compared: each mode with representative parameters, then the profiles.
-fn rows(sweep: bool) -> Vec<(String, Params, Params)> {
-    let same = |name: &str, p: Params| (name.to_owned(), p, p);
+fn rows(sweep: bool) -> Vec<Row> {
+    let same = |name: &str, p: Params| Row::new(name.to_owned(), p, p);
     let mut v = vec![
         same("off", Params::OFF),
         same("jitter", Params::OFF.with_mode(Mode::Jitter)),
@@ -128,7 +155,7 @@ fn rows(sweep: bool) -> Vec<(String, Params, Params)> {
         ),
         // Tamaraw's published rates: outgoing every 40 ms, incoming every 12 ms, counts
         // padded to multiples of 100; cells fill one TCP segment.
-        (
+        Row::new(
             "constant".to_owned(),
             Params {
                 interval_ns: 40 * MS,
@@ -172,7 +199,7 @@ fn rows(sweep: bool) -> Vec<(String, Params, Params)> {
                     padding_burst: burst,
                     ..ad(b, win)
                 };
-                v.push((
+                v.push(Row::new(
                     format!(
                         "adaptive up {}-{} down {}-{} w {}-{}ms burst {burst} {session}",
                         bu.0, bu.1, bd.0, bd.1, win.0, win.1
@@ -197,7 +224,7 @@ fn rows(sweep: bool) -> Vec<(String, Params, Params)> {
             ((10, 1, 3000, 100), (3, 8, 3000, 100)),
         ] {
             for session in ["", PER_SESSION] {
-                v.push((
+                v.push(Row::new(
                     format!(
                         "constant up {}ms×{} down {}ms×{} quiet {}ms ×{} {session}",
                         up.0, up.1, down.0, down.1, up.2, up.3
@@ -208,16 +235,20 @@ fn rows(sweep: bool) -> Vec<(String, Params, Params)> {
             }
         }
     }
-    v.push((format!("constant {PER_SESSION}"), v[4].1, v[4].2));
+    v.push(Row::new(
+        format!("constant {PER_SESSION}"),
+        v[4].up,
+        v[4].down,
+    ));
     for p in Profile::ALL {
-        v.push((
+        v.push(Row::new(
             format!("profile:{}", p.name()),
             p.params(Direction::Up),
             p.params(Direction::Down),
         ));
     }
     for p in [Profile::Default, Profile::HighSecurity] {
-        v.push((
+        v.push(Row::new(
             format!("profile:{} {PER_SESSION}", p.name()),
             p.params(Direction::Up),
             p.params(Direction::Down),
@@ -485,7 +516,8 @@ const CORRELATORS: [&str; 4] = [
     "ipd-cosine",
 ];
 
-fn run(o: &Opts, seed: u64, up: Params, down: Params, session: bool) -> RunOut {
+fn run(o: &Opts, seed: u64, row: &Row) -> RunOut {
+    let (up, down, session) = (row.up, row.down, row.per_session());
     let mut lat = Vec::new();
     let flows = generate(seed, o.users, o.secs, o.flows_per_user, &mut lat);
     let w = o.window_ms * MS;
@@ -524,6 +556,8 @@ fn run(o: &Opts, seed: u64, up: Params, down: Params, session: bool) -> RunOut {
     } else {
         (0..nf).map(|fi| vec![fi]).collect()
     };
+    // What each user's two ends see of the session, for a session-level defense.
+    let mut ends: Vec<[Vec<Ev>; 2]> = vec![[Vec::new(), Vec::new()]; o.users];
     for g in &groups {
         let user = flows[g[0]].user;
         let l = lat[user];
@@ -556,6 +590,8 @@ fn run(o: &Opts, seed: u64, up: Params, down: Params, session: bool) -> RunOut {
             out.wire[0] += u64::from(r.wire);
             entry[user].add(0, r.t, r.wire, w);
             entry_times[user].push(r.t);
+            ends[user][0].push(Ev::new(r.t, true, r.wire, r.parts.is_empty()));
+            ends[user][1].push(Ev::new(r.t + l, false, r.wire, r.parts.is_empty()));
             for &(fi, n) in &r.parts {
                 let fi = fi as usize;
                 out.real[0] += u64::from(n);
@@ -590,10 +626,31 @@ fn run(o: &Opts, seed: u64, up: Params, down: Params, session: bool) -> RunOut {
             prev = t;
             entry[user].add(1, t, r.wire, w);
             entry_times[user].push(t);
+            ends[user][1].push(Ev::new(r.t, true, r.wire, r.parts.is_empty()));
+            ends[user][0].push(Ev::new(t, false, r.wire, r.parts.is_empty()));
             for &(fi, n) in &r.parts {
                 out.real[1] += u64::from(n);
                 let fi = fi as usize;
                 last_delivery[fi] = last_delivery[fi].max(t);
+            }
+        }
+    }
+    if let Some(pad) = &row.pad {
+        for (user, [client, relay]) in ends.iter_mut().enumerate() {
+            client.sort_unstable_by_key(|e| e.t);
+            relay.sort_unstable_by_key(|e| e.t);
+            let [up, down] = pad.pad(seed ^ (user as u64) << 20, client, relay);
+            let l = lat[user];
+            for (t, n) in up {
+                out.wire[0] += u64::from(n);
+                entry[user].add(0, t, n, w);
+                entry_times[user].push(t);
+            }
+            for (t, n) in down {
+                let t = t + l + jitter(&mut jr);
+                out.wire[1] += u64::from(n);
+                entry[user].add(1, t, n, w);
+                entry_times[user].push(t);
             }
         }
     }
@@ -1095,8 +1152,8 @@ fn main() -> ExitCode {
     }
     let mut table = rows(o.sweep);
     if let Some(want) = &o.rows {
-        table.retain(|r| want.iter().any(|w| w == &r.0));
-        if !table.iter().any(|r| r.0 == "off") {
+        table.retain(|r| want.iter().any(|w| w == &r.name));
+        if !table.iter().any(|r| r.name == "off") {
             table.insert(0, rows(false).remove(0));
         }
     }
@@ -1114,9 +1171,12 @@ fn main() -> ExitCode {
         .map(|r| {
             (0..r)
                 .find(|&k| {
-                    table[k].1 == table[r].1
-                        && table[k].2 == table[r].2
-                        && table[k].0.ends_with(PER_SESSION) == table[r].0.ends_with(PER_SESSION)
+                    let (a, b) = (&table[k], &table[r]);
+                    a.up == b.up
+                        && a.down == b.down
+                        && a.per_session() == b.per_session()
+                        && a.pad.is_none()
+                        && b.pad.is_none()
                 })
                 .unwrap_or(r)
         })
@@ -1135,8 +1195,7 @@ fn main() -> ExitCode {
                 loop {
                     let j = next.fetch_add(1, Ordering::Relaxed);
                     let Some(&(r, s)) = jobs.get(j) else { break };
-                    let (name, up, down) = &table[r];
-                    let out = run(&o, 1000 + s, *up, *down, name.ends_with(PER_SESSION));
+                    let out = run(&o, 1000 + s, &table[r]);
                     results.lock().unwrap_or_else(|e| e.into_inner())[j] = Some(out);
                 }
             });
@@ -1160,7 +1219,7 @@ fn main() -> ExitCode {
             .map(|(_, out)| out)
             .collect()
     };
-    let off_row = table.iter().position(|r| r.0 == "off").expect("off row");
+    let off_row = table.iter().position(|r| r.name == "off").expect("off row");
     let chance = 1.0 / o.users as f64;
 
     println!(
@@ -1180,7 +1239,7 @@ fn main() -> ExitCode {
             .unwrap_or(0);
         best_of.push(best);
         let cells: Vec<String> = accs.iter().map(|a| ms(a, 1.0, 3)).collect();
-        println!("| {} | {} |", row.0, cells.join(" | "));
+        println!("| {} | {} |", row.name, cells.join(" | "));
     }
 
     println!("\nThe strongest correlator per configuration, and the cost:\n");
@@ -1229,7 +1288,7 @@ fn main() -> ExitCode {
         let (am, _) = mean_sd(&acc);
         println!(
             "| {} | {} | {} | {:.1} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            row.0,
+            row.name,
             CORRELATORS[c],
             ms(&acc, 1.0, 3),
             am / chance,
@@ -1255,7 +1314,7 @@ fn main() -> ExitCode {
             let (u, usd) = mean_sd(&get(1));
             let line = format!(
                 "sim,{},{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.2},{:.2}",
-                row.0,
+                row.name,
                 o.users,
                 runs.len(),
                 CORRELATORS[c],
