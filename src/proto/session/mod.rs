@@ -12,6 +12,7 @@ use super::record::{Opener, RecordError, Sealer};
 use super::replay::SharedReplay;
 use super::{Random, SystemClock, WallClock};
 
+mod floor;
 mod input;
 
 /// Tunable limits and timers of a session.
@@ -254,6 +255,8 @@ pub struct Session {
     key_since: Instant,
     ping: Option<(u64, Instant)>,
     ping_seq: u64,
+    /// The padding floor of shaped flows, while one holds.
+    floor: Option<floor::Floor>,
     rtt: Option<Duration>,
     error: Option<SessionError>,
     /// Relay: why the handshake was refused, if it was.
@@ -322,6 +325,7 @@ impl Session {
             key_since: now,
             ping: None,
             ping_seq: 0,
+            floor: None,
             rtt: None,
             error: None,
             fault: None,
@@ -482,6 +486,20 @@ impl Session {
         let len = frame_len.clamp(HEADER_LEN, MAX_FRAME);
         self.seal(now, &FrameRepr::Padding, len - HEADER_LEN);
         Ok(())
+    }
+
+    /// Keep the padding floor: until `tail` from now (each call extends it), a PADDING
+    /// record with a `frame_len`-byte frame leaves whenever nothing was sent for
+    /// `interval`. Shaped flows call this as they send (`crate::sched`'s floor).
+    pub fn keep_floor(
+        &mut self,
+        now: Instant,
+        interval: Duration,
+        frame_len: usize,
+        tail: Duration,
+    ) {
+        let len = frame_len.clamp(HEADER_LEN, MAX_FRAME);
+        self.floor = Some(floor::Floor::keep(self.floor, now, interval, len, tail));
     }
 
     // ---- streams ----------------------------------------------------------------
@@ -744,10 +762,13 @@ impl Session {
         let mut t = self.last_rx + self.cfg.idle_timeout;
         t = t.min(self.last_tx + self.cfg.keepalive);
         t = t.min(self.key_since + self.cfg.rekey_interval);
+        if let Some(due) = self.floor.and_then(|f| f.due(self.last_tx)) {
+            t = t.min(due);
+        }
         Some(t)
     }
 
-    /// Run timers: handshake and idle timeouts, keepalive PING, time-based rekey.
+    /// Run timers: handshake and idle timeouts, keepalive PING, the padding floor, time-based rekey.
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), SessionError> {
         if let Some(e) = self.error {
             return Err(e);
@@ -773,6 +794,14 @@ impl Session {
             self.ping = Some((self.ping_seq, now));
             let payload = self.ping_seq.to_be_bytes();
             self.seal(now, &FrameRepr::Ping { payload }, 0);
+        }
+        if let Some(f) = self.floor {
+            if f.due(self.last_tx).is_some_and(|due| now >= due) {
+                // One record however late the call: the floor is a rate, never a burst.
+                self.seal(now, &FrameRepr::Padding, f.frame_len() - HEADER_LEN);
+            } else if f.ended(now) {
+                self.floor = None;
+            }
         }
         self.maybe_rekey(now);
         Ok(())
