@@ -145,6 +145,11 @@ impl Shaper {
         stream: u32,
     ) -> Result<usize, ShapeError> {
         let t = now_ns(now);
+        let p = self.sched.params();
+        if p.floor_ns > 0 {
+            let ns = std::time::Duration::from_nanos;
+            session.keep_floor(now, ns(p.floor_ns), p.floor_len, ns(p.floor_tail_ns));
+        }
         let mut sent = 0;
         loop {
             let credit = if self.queued() > 0 {
@@ -258,6 +263,52 @@ mod tests {
         let st = sh.stats();
         assert!(st.data_frames > 0 && st.padding_frames > 0, "{st:?}");
         assert_eq!(got, data);
+    }
+
+    /// A `default` flow that sends keeps the session's padding floor: the silence after
+    /// its bytes is filled with small records until the floor's tail ends.
+    #[test]
+    fn a_default_flow_keeps_the_session_floor() {
+        let mut p = Pair::new(12);
+        p.connect();
+        let dest = Destination::Addr("192.0.2.1:80".parse().unwrap());
+        let (id, _) = p
+            .client
+            .open(p.now, dest, Profile::Default.wire(), &[])
+            .unwrap();
+        p.drive();
+        p.server.open_result(p.now, id, Ok(())).unwrap();
+        p.drive();
+        let params = Profile::Default.params(Direction::Up);
+        assert!(params.floor_ns > 0, "default has a floor");
+        let mut sh = Shaper::new(Profile::Default, Direction::Up, p.now)
+            .unwrap()
+            .expect("default shapes");
+        sh.push(p.now, b"GET / HTTP/1.1\r\n\r\n");
+        sh.drain(p.now, &mut p.client, id).unwrap();
+        // The shaper is not drained again, so FRONT's padding stays queued and every
+        // record from here on is the session's floor.
+        let before = p.client.stats();
+        p.advance(Duration::from_nanos(params.floor_tail_ns / 2));
+        let mid = p.client.stats();
+        let floor_records = mid.records_sent - before.records_sent;
+        let want = params.floor_tail_ns / 2 / params.floor_ns;
+        assert!(
+            (want - 1..=want + 1).contains(&floor_records),
+            "{floor_records} records in half the tail, want {want}"
+        );
+        assert_eq!(
+            mid.padding_sent - before.padding_sent,
+            floor_records * (params.floor_len - crate::proto::frame::HEADER_LEN) as u64
+        );
+        p.advance(Duration::from_nanos(params.floor_tail_ns));
+        let end = p.client.stats();
+        p.advance(Duration::from_secs(1));
+        assert_eq!(
+            p.client.stats().records_sent,
+            end.records_sent,
+            "the tail ended"
+        );
     }
 
     /// `performance` builds no shaper at all: unshaped flows run the old code path.

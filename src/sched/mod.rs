@@ -19,7 +19,7 @@ use std::collections::VecDeque;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
-pub use params::{Direction, Mode, Params, Profile, SEGMENT_FRAME};
+pub use params::{Direction, FLOOR_FRAME, Mode, Params, Profile, SEGMENT_FRAME};
 pub use verify::{Check, Violation};
 
 use modes::{FrontSchedule, JitterDist};

@@ -88,10 +88,20 @@ pub struct Params {
     pub window_min_ns: u64,
     /// adaptive: largest Rayleigh scale of the padding times (ns).
     pub window_max_ns: u64,
+    /// The session's padding floor: one small PADDING record whenever the session sent
+    /// nothing for this long (ns), while the flow is active; 0 = no floor.
+    pub floor_ns: u64,
+    /// Frame length of each floor record.
+    pub floor_len: usize,
+    /// How long the floor holds after the flow last sent (ns).
+    pub floor_tail_ns: u64,
 }
 
 /// A frame that fills one TCP segment of 1448 bytes as a record (1448 - 18).
 pub const SEGMENT_FRAME: usize = 1448 - RECORD_OVERHEAD;
+
+/// A floor record's frame: 100 bytes on the wire, the size of a keystroke's record.
+pub const FLOOR_FRAME: usize = 100 - RECORD_OVERHEAD;
 
 impl Params {
     /// Off, with every other field at a usable default.
@@ -114,6 +124,9 @@ impl Params {
         budget_max: 300,
         window_min_ns: 500 * MS,
         window_max_ns: 3000 * MS,
+        floor_ns: 0,
+        floor_len: FLOOR_FRAME,
+        floor_tail_ns: 3000 * MS,
     };
 
     /// These parameters with another mode.
@@ -131,6 +144,9 @@ impl Params {
         }
         if self.interval_ns == 0 || !(FRAME_HEADER + 1..=MAX_FRAME).contains(&self.cell) {
             return Err("constant needs an interval > 0 and a cell of 8..=16391 bytes");
+        }
+        if self.floor_ns > 0 && !(FRAME_HEADER..=MAX_FRAME).contains(&self.floor_len) {
+            return Err("a floor needs a frame of 7..=16391 bytes");
         }
         if self.pad_multiple == 0 || self.padding_burst == 0 {
             return Err("pad_multiple and padding_burst must be at least 1");
@@ -156,6 +172,7 @@ impl Params {
         self.budget_max = self.budget_max.max(self.budget_min);
         self.padding_burst = self.padding_burst.max(1);
         self.window_max_ns = self.window_max_ns.max(self.window_min_ns);
+        self.floor_len = self.floor_len.clamp(FRAME_HEADER, MAX_FRAME);
         self
     }
 }
@@ -217,14 +234,19 @@ impl Profile {
     pub fn params(self, dir: Direction) -> Params {
         match (self, dir) {
             (Profile::Performance, _) => Params::OFF,
-            // FRONT padding, data never delayed: the cheapest mode that moved accuracy at
-            // all within the 30 % bandwidth aim (docs/TIMING.md, "Choosing the profiles").
+            // FRONT padding in half-segment frames plus the session's floor of small
+            // records; data never delayed. The sweep in docs/TIMING.md ("Choosing the
+            // profiles") picked these as the best accuracy within the 30 % bandwidth aim.
             (Profile::Default, dir) => Params {
-                budget_min: if dir == Direction::Up { 20 } else { 40 },
-                budget_max: if dir == Direction::Up { 100 } else { 200 },
-                window_min_ns: 500 * MS,
-                window_max_ns: 3000 * MS,
+                budget_min: if dir == Direction::Up { 40 } else { 75 },
+                budget_max: if dir == Direction::Up { 200 } else { 380 },
+                padding_len: 700,
+                window_min_ns: 300 * MS,
+                window_max_ns: 2000 * MS,
                 padding_burst: 1,
+                floor_ns: 50 * MS,
+                floor_len: FLOOR_FRAME,
+                floor_tail_ns: 3000 * MS,
                 ..Params::OFF.with_mode(Mode::Adaptive)
             },
             // Tamaraw's rates (outgoing cell every 40 ms, incoming every 12 ms, bursts padded
