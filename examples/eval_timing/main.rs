@@ -515,12 +515,13 @@ struct RunOut {
     fct: Vec<u64>,
 }
 
-const CORRELATORS: [&str; 5] = [
+const CORRELATORS: [&str; 6] = [
     "pearson-bytes",
     "pearson-pkts",
     "spearman-bytes",
     "ipd-cosine",
     "burst-match",
+    "window-cosine",
 ];
 
 fn run(o: &Opts, seed: u64, row: &Row) -> RunOut {
@@ -705,6 +706,8 @@ fn correlate(
         .map(|s| burst::Bursts::new(&s.events))
         .collect();
     let mut scratch = burst::Scratch::default();
+    let exit_l: Vec<burst::LogPkts> = exit.iter().map(burst::LogPkts::new).collect();
+    let entry_l: Vec<burst::LogPkts> = entry.iter().map(burst::LogPkts::new).collect();
     for fi in 0..nf {
         let (a, b) = span[fi];
         let ipd_x = ipds(&exit_first[fi]);
@@ -741,6 +744,15 @@ fn correlate(
             scores[2][at] = sp as f32;
             scores[3][at] = cos as f32;
             scores[4][at] = burst::burst_match(&exit_b[fi], &entry_b[u], &mut scratch) as f32;
+            scores[5][at] = burst::window_cosine(
+                &exit_l[fi],
+                &entry_l[u],
+                a,
+                b,
+                o.window_ms * MS,
+                o.max_lag,
+                &mut scratch,
+            ) as f32;
         }
     }
     scores.iter().map(|s| evaluate(s, owners, nu)).collect()
