@@ -30,6 +30,7 @@ use qnet::sched::{
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 
+mod burst;
 /// TCP payload per packet on the exit side.
 mod session;
 use session::{Ev, SessionPad};
@@ -569,11 +570,14 @@ fn schedule(
     out
 }
 
-/// Per-window counts of one observation point, up and down.
+/// Per-window counts of one observation point, up and down, and the events themselves
+/// (for the burst correlators).
 #[derive(Clone)]
 struct Series {
     bytes: [Vec<f32>; 2],
     pkts: [Vec<f32>; 2],
+    /// Every (time, bytes) added, per direction, in the order added.
+    events: [Vec<(u64, u32)>; 2],
 }
 
 impl Series {
@@ -581,6 +585,7 @@ impl Series {
         Series {
             bytes: [vec![0.0; n], vec![0.0; n]],
             pkts: [vec![0.0; n], vec![0.0; n]],
+            events: [Vec::new(), Vec::new()],
         }
     }
     /// `bytes` seen at `t`, as TCP segments of at most one MSS each.
@@ -588,6 +593,7 @@ impl Series {
         let i = ((t / w) as usize).min(self.bytes[dir].len() - 1);
         self.bytes[dir][i] += bytes as f32;
         self.pkts[dir][i] += bytes.div_ceil(MSS) as f32;
+        self.events[dir].push((t, bytes));
     }
 }
 
@@ -605,11 +611,13 @@ struct RunOut {
     fct: Vec<u64>,
 }
 
-const CORRELATORS: [&str; 4] = [
+const CORRELATORS: [&str; 6] = [
     "pearson-bytes",
     "pearson-pkts",
     "spearman-bytes",
     "ipd-cosine",
+    "burst-match",
+    "window-cosine",
 ];
 
 fn run(o: &Opts, seed: u64, row: &Row) -> RunOut {
@@ -797,6 +805,15 @@ fn correlate(
     let mut scores = vec![vec![0f32; nf * nu]; CORRELATORS.len()];
     let mut xs = Vec::new();
     let mut ys = Vec::new();
+    // Bursts once per flow and per user, not per pair.
+    let exit_b: Vec<burst::Bursts> = exit.iter().map(|s| burst::Bursts::new(&s.events)).collect();
+    let entry_b: Vec<burst::Bursts> = entry
+        .iter()
+        .map(|s| burst::Bursts::new(&s.events))
+        .collect();
+    let mut scratch = burst::Scratch::default();
+    let exit_l: Vec<burst::LogPkts> = exit.iter().map(burst::LogPkts::new).collect();
+    let entry_l: Vec<burst::LogPkts> = entry.iter().map(burst::LogPkts::new).collect();
     for fi in 0..nf {
         let (a, b) = span[fi];
         let ipd_x = ipds(&exit_first[fi]);
@@ -832,6 +849,16 @@ fn correlate(
             scores[1][at] = pp as f32;
             scores[2][at] = sp as f32;
             scores[3][at] = cos as f32;
+            scores[4][at] = burst::burst_match(&exit_b[fi], &entry_b[u], &mut scratch) as f32;
+            scores[5][at] = burst::window_cosine(
+                &exit_l[fi],
+                &entry_l[u],
+                a,
+                b,
+                o.window_ms * MS,
+                o.max_lag,
+                &mut scratch,
+            ) as f32;
         }
     }
     scores.iter().map(|s| evaluate(s, owners, nu)).collect()
