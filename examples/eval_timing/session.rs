@@ -4,12 +4,12 @@
 //!
 //! The hook is padding-only: a defense here never delays data (that is the per-flow
 //! schedulers' job), so the exit observer and the latency figures are unchanged by it,
-//! and its cost is bandwidth alone. Padding one end sends is not shown to the other
-//! end's machine, so the two ends can be simulated one after the other.
+//! and its cost is bandwidth alone. Padding one end sends is not among the other end's
+//! events: a defense whose ends react to each other's padding simulates the crossing
+//! itself (mb.rs does).
 
 /// One record as an end sees it: sent by this end or received from the other.
 #[derive(Clone, Copy, Debug)]
-#[allow(dead_code)] // read by the defenses of the next commits
 pub(crate) struct Ev {
     /// When this end sent or received it (ns).
     pub(crate) t: u64,
@@ -18,6 +18,7 @@ pub(crate) struct Ev {
     /// Record bytes on the wire.
     pub(crate) wire: u32,
     /// A padding record of the per-flow schedulers (not data).
+    #[allow(dead_code)] // mb.rs deliberately maps these as normal packets (see there)
     pub(crate) padding: bool,
 }
 
