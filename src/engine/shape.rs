@@ -211,20 +211,23 @@ mod tests {
     use crate::proto::sim::Pair;
     use std::time::Duration;
 
+    /// A connected pair with one accepted stream of `profile`.
+    fn open_pair(seed: u64, profile: Profile) -> (Pair, u32) {
+        let mut p = Pair::new(seed);
+        p.connect();
+        let dest = Destination::Addr("192.0.2.1:80".parse().unwrap());
+        let (id, _) = p.client.open(p.now, dest, profile.wire(), &[]).unwrap();
+        p.drive();
+        p.server.open_result(p.now, id, Ok(())).unwrap();
+        p.drive();
+        (p, id)
+    }
+
     /// Every record a high-security (constant-rate) stream puts on the wire has one size,
     /// data cell or padding cell, and the bytes still arrive intact and in order.
     #[test]
     fn constant_cells_are_one_record_size_and_carry_the_bytes() {
-        let mut p = Pair::new(11);
-        p.connect();
-        let dest = Destination::Addr("192.0.2.1:80".parse().unwrap());
-        let (id, _) = p
-            .client
-            .open(p.now, dest, Profile::HighSecurity.wire(), &[])
-            .unwrap();
-        p.drive();
-        p.server.open_result(p.now, id, Ok(())).unwrap();
-        p.drive();
+        let (mut p, id) = open_pair(11, Profile::HighSecurity);
         let mut sh = Shaper::new(Profile::HighSecurity, Direction::Up, p.now)
             .unwrap()
             .expect("high-security shapes");
@@ -269,16 +272,7 @@ mod tests {
     /// its bytes is filled with small records until the floor's tail ends.
     #[test]
     fn a_default_flow_keeps_the_session_floor() {
-        let mut p = Pair::new(12);
-        p.connect();
-        let dest = Destination::Addr("192.0.2.1:80".parse().unwrap());
-        let (id, _) = p
-            .client
-            .open(p.now, dest, Profile::Default.wire(), &[])
-            .unwrap();
-        p.drive();
-        p.server.open_result(p.now, id, Ok(())).unwrap();
-        p.drive();
+        let (mut p, id) = open_pair(12, Profile::Default);
         let params = Profile::Default.params(Direction::Up);
         assert!(params.floor_ns > 0, "default has a floor");
         let mut sh = Shaper::new(Profile::Default, Direction::Up, p.now)
