@@ -905,7 +905,7 @@ fn run(o: &Opts, seed: u64, row: &Row) -> RunOut {
             client.sort_unstable_by_key(|e| e.t);
             relay.sort_unstable_by_key(|e| e.t);
             let mut added = match &row.pad {
-                Some(pad) => pad.pad(seed ^ (user as u64) << 20, client, relay),
+                Some(pad) => pad.pad(seed ^ ((user as u64) << 20), client, relay),
                 None => [Vec::new(), Vec::new()],
             };
             if let Some(fl) = &floor {

@@ -68,7 +68,7 @@ pub(crate) struct BurstFront {
 
 impl BurstFront {
     fn end(&self, seed: u64, ev: &[Ev], e: usize) -> Vec<(u64, u32)> {
-        let mut r = ChaCha20Rng::seed_from_u64(seed ^ (e as u64 + 1) * 0x9e37_79b9);
+        let mut r = ChaCha20Rng::seed_from_u64(seed ^ ((e as u64 + 1) * 0x9e37_79b9));
         let mut out = Vec::new();
         let mut last: Option<u64> = None;
         for v in ev.iter().filter(|v| !v.padding && (v.sent || self.on_recv)) {
