@@ -305,6 +305,39 @@ fn rows(sweep: bool) -> Vec<Row> {
                 ));
             }
         }
+        // The default with each burst's first bytes held a random while (latency for
+        // hiding when bursts start).
+        for (max, gap) in [(10, 20), (20, 20), (40, 20), (80, 20), (150, 20), (300, 20)] {
+            let held = |p: Params| Params {
+                burst_delay_max_ns: max * MS,
+                burst_gap_ns: gap * MS,
+                hold_cap_ns: (max * MS).max(p.hold_cap_ns),
+                ..p
+            };
+            v.push(Row::new(
+                format!("default + burst delay 0-{max}ms gap {gap}ms"),
+                held(Profile::Default.params(Direction::Up)),
+                held(Profile::Default.params(Direction::Down)),
+            ));
+        }
+        // high-security candidates: one cell stream per session that stays on.
+        for (up_ms, down_ms, quiet_s, cap_ms) in
+            [(40, 12, 60, 2000), (20, 6, 60, 2000), (40, 12, 5, 2000)]
+        {
+            let c = |iv: u64| Params {
+                interval_ns: iv * MS,
+                cell: SEGMENT_FRAME,
+                quiet_ns: quiet_s * 1000 * MS,
+                pad_multiple: 1,
+                hold_cap_ns: cap_ms * MS,
+                ..Params::OFF.with_mode(Mode::Constant)
+            };
+            v.push(Row::new(
+                format!("constant up {up_ms}ms down {down_ms}ms quiet {quiet_s}s cap {cap_ms}ms {PER_SESSION}"),
+                c(up_ms),
+                c(down_ms),
+            ));
+        }
         v.push(Row {
             name: "session front per burst (90 % 120 B)".to_owned(),
             up: Params::OFF,

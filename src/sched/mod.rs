@@ -154,6 +154,8 @@ pub struct FlowSched {
     closed: bool,
     /// Release time of the newest chunk: later chunks never leave before it.
     last_release: u64,
+    /// When bytes last arrived (adaptive: a burst ends after `burst_gap_ns` without).
+    last_arrival: Option<u64>,
     state: State,
     verifier: Verifier,
     /// A violation found in `on_data`, reported by the next `poll`.
@@ -169,7 +171,8 @@ impl FlowSched {
         let params = params.sanitized();
         let mut rng = ChaCha20Rng::from_seed(seed);
         let (state, lo, hi) = match params.mode {
-            Mode::Off | Mode::Constant | Mode::Adaptive => (State::Plain, 0, 0),
+            Mode::Off | Mode::Constant => (State::Plain, 0, 0),
+            Mode::Adaptive => (State::Plain, 0, params.burst_delay_max_ns),
             Mode::Jitter => {
                 let d = JitterDist::new(
                     &mut rng,
@@ -231,6 +234,7 @@ impl FlowSched {
             queued: 0,
             closed: false,
             last_release: now,
+            last_arrival: None,
             state,
             verifier,
             pending: None,
@@ -287,6 +291,18 @@ impl FlowSched {
                 }
                 Some(delay)
             }
+            State::Adaptive { .. } if self.params.burst_delay_max_ns > 0 => {
+                // A burst's first bytes wait a random while, so its start on the wire is
+                // not the destination's; the rest of it follows them without delay.
+                let idle = self
+                    .last_arrival
+                    .is_none_or(|t| now.saturating_sub(t) >= self.params.burst_gap_ns);
+                Some(if idle && self.queued == 0 {
+                    modes::uniform_u64(&mut self.rng, 0, self.params.burst_delay_max_ns)
+                } else {
+                    0
+                })
+            }
             State::Constant(st) => {
                 if !st.active {
                     // Restart on the flow's own grid, at the first slot not before now.
@@ -306,6 +322,7 @@ impl FlowSched {
             None => now,
         };
         self.queued += len;
+        self.last_arrival = Some(now);
         self.chunks.push_back(Chunk {
             arrival: now,
             release,

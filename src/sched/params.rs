@@ -88,6 +88,10 @@ pub struct Params {
     pub window_min_ns: u64,
     /// adaptive: largest Rayleigh scale of the padding times (ns).
     pub window_max_ns: u64,
+    /// adaptive: the first bytes of each burst wait a uniform 0..=this (ns); 0 = never.
+    pub burst_delay_max_ns: u64,
+    /// adaptive: the silence (ns) after which arriving bytes start a new burst.
+    pub burst_gap_ns: u64,
     /// The session's padding floor: one small PADDING record whenever the session sent
     /// nothing for this long (ns), while the flow is active; 0 = no floor.
     pub floor_ns: u64,
@@ -124,6 +128,8 @@ impl Params {
         budget_max: 300,
         window_min_ns: 500 * MS,
         window_max_ns: 3000 * MS,
+        burst_delay_max_ns: 0,
+        burst_gap_ns: 20 * MS,
         floor_ns: 0,
         floor_len: FLOOR_FRAME,
         floor_tail_ns: 3000 * MS,

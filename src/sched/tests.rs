@@ -181,8 +181,55 @@ fn test_params(mode: Mode) -> Params {
         budget_max: 60,
         window_min_ns: 50 * MS,
         window_max_ns: 400 * MS,
+        burst_delay_max_ns: 30 * MS,
         ..Params::OFF.with_mode(mode)
     }
+}
+
+/// Adaptive with a burst delay: the first bytes after a silence wait at most the delay,
+/// bytes that follow them within the gap leave with them, and the draws vary.
+#[test]
+fn a_burst_start_waits_at_most_its_delay_and_the_rest_follows_it() {
+    let p = Params {
+        burst_delay_max_ns: 100 * MS,
+        burst_gap_ns: 20 * MS,
+        hold_cap_ns: 100 * MS,
+        budget_min: 0,
+        budget_max: 0,
+        ..Params::OFF.with_mode(Mode::Adaptive)
+    };
+    let mut waits = Vec::new();
+    for n in 0..20 {
+        let mut f = FlowSched::new(p, seed(n), 0);
+        // Two bursts: 3 chunks 1 ms apart at 0 and at 500 ms.
+        let arr = [
+            (0, 100),
+            (MS, 100),
+            (2 * MS, 100),
+            (500 * MS, 100),
+            (501 * MS, 100),
+        ];
+        let sent = drive(&mut f, &arr, &UNLIMITED).expect("no violation");
+        check_flow(&p, &arr, &sent, false);
+        let data: Vec<u64> = sent
+            .iter()
+            .filter(|s| matches!(s.dep, Departure::Data { .. }))
+            .map(|s| s.at)
+            .collect();
+        let first_of = |t0: u64| data.iter().copied().find(|&t| t >= t0).unwrap();
+        for t0 in [0, 500 * MS] {
+            let w = first_of(t0) - t0;
+            assert!(w <= p.burst_delay_max_ns, "burst at {t0} waited {w}");
+            waits.push(w);
+        }
+        // Bytes within the gap never wait longer than the burst's start did.
+        assert!(
+            data.iter()
+                .all(|&t| t <= first_of(0).max(2 * MS) || t >= 500 * MS)
+        );
+    }
+    waits.sort_unstable();
+    assert!(waits[waits.len() - 1] - waits[0] > 20 * MS, "{waits:?}");
 }
 
 #[test]
@@ -431,6 +478,7 @@ fn adaptive_spends_its_budget_in_a_rayleigh_front_without_delaying_data() {
     let p = Params {
         window_min_ns: scale,
         window_max_ns: scale,
+        burst_delay_max_ns: 0,
         ..test_params(Mode::Adaptive)
     };
     let mut spent = Vec::new();
