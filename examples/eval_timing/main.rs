@@ -338,34 +338,38 @@ fn rows(sweep: bool) -> Vec<Row> {
                 c(down_ms),
             ));
         }
-        v.push(Row {
-            name: "session front per burst (90 % 120 B)".to_owned(),
-            up: Params::OFF,
-            down: Params::OFF,
-            pad: Some(Arc::new(session::BurstFront {
-                gap_ns: 200 * MS,
-                budget: [(40, 120), (40, 120)],
-                scale: (200 * MS, 1000 * MS),
-                small: 0.9,
-                small_len: 120,
-                on_recv: true,
-                burst: (0, 0),
-            })),
-        });
-        v.push(Row {
-            name: "session decoy bursts (5-30 segments)".to_owned(),
-            up: Params::OFF,
-            down: Params::OFF,
-            pad: Some(Arc::new(session::BurstFront {
-                gap_ns: 200 * MS,
-                budget: [(1, 3), (1, 3)],
-                scale: (200 * MS, 1000 * MS),
-                small: 1.0,
-                small_len: 100,
-                on_recv: true,
-                burst: (5, 30),
-            })),
-        });
+        // Session-level FRONT after every burst: mostly small records, or decoy bursts.
+        for (name, budget, small, small_len, burst) in [
+            (
+                "session front per burst (90 % 120 B)",
+                (40, 120),
+                0.9,
+                120,
+                (0, 0),
+            ),
+            (
+                "session decoy bursts (5-30 segments)",
+                (1, 3),
+                1.0,
+                100,
+                (5, 30),
+            ),
+        ] {
+            v.push(Row {
+                name: name.to_owned(),
+                up: Params::OFF,
+                down: Params::OFF,
+                pad: Some(Arc::new(session::BurstFront {
+                    gap_ns: 200 * MS,
+                    budget: [budget, budget],
+                    scale: (200 * MS, 1000 * MS),
+                    small,
+                    small_len,
+                    on_recv: true,
+                    burst,
+                })),
+            });
+        }
     }
     v.push(Row::new(
         format!("constant {PER_SESSION}"),

@@ -43,11 +43,9 @@ pub(crate) trait SessionPad: Send + Sync {
 }
 
 use rand_chacha::ChaCha20Rng;
-use rand_core::{RngCore, SeedableRng};
+use rand_core::SeedableRng;
 
-fn unit(r: &mut ChaCha20Rng) -> f64 {
-    (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-}
+use crate::unit;
 
 /// FRONT triggered by every burst a session's end takes part in, not only a flow's start:
 /// after data that follows `gap_ns` of silence at this end, `budget_min..=budget_max`
@@ -107,10 +105,10 @@ impl SessionPad for BurstFront {
     }
 }
 
-/// A floor of small records: on a grid of `slot_ns` from the session's first record to its
-/// last (plus `tail_ns`), an end that sent nothing during a slot sends one `len`-byte
-/// padding record at the slot's end, so sparse traffic (keystrokes, requests) and silence
-/// give the same packet counts.
+/// The session's padding floor as the engine runs it (`src/proto/session/floor.rs`): an
+/// end sends one `len`-byte padding record after `slot_ns` of silence, for `tail_ns` after
+/// its last record of a shaped flow (data or per-flow padding), so sparse traffic
+/// (keystrokes, requests) and silence give the same packet counts.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Floor {
     pub(crate) slot_ns: [u64; 2],
@@ -119,32 +117,13 @@ pub(crate) struct Floor {
 }
 
 impl Floor {
-    fn end(
-        &self,
-        ev: &[Ev],
-        extra: &[(u64, u32)],
-        e: usize,
-        start: u64,
-        stop: u64,
-    ) -> Vec<(u64, u32)> {
+    /// End `e`'s floor records, given what it sent (`ev`, and `extra` padding added).
+    fn end(&self, ev: &[Ev], extra: &[(u64, u32)], e: usize) -> Vec<(u64, u32)> {
         let mut sent: Vec<u64> = ev.iter().filter(|v| v.sent).map(|v| v.t).collect();
         sent.extend(extra.iter().map(|x| x.0));
         sent.sort_unstable();
         let slot = self.slot_ns[e];
         let mut out = Vec::new();
-        if self.tail_ns == 0 {
-            // The whole session, first record to last.
-            let mut t = start;
-            while t + slot <= stop {
-                let a = sent.partition_point(|&x| x < t);
-                let b = sent.partition_point(|&x| x < t + slot);
-                if a == b {
-                    out.push((t + slot - 1, self.len));
-                }
-                t += slot;
-            }
-            return out;
-        }
         // As the engine does it: a record after `slot` of silence, for `tail_ns` after
         // this end's last record of a shaped flow (data or per-flow padding).
         let own: Vec<u64> = ev.iter().filter(|v| v.sent).map(|v| v.t).collect();
@@ -179,7 +158,6 @@ impl Floor {
                 }
             }
         }
-        let _ = (start, stop);
         out
     }
 }
@@ -207,16 +185,5 @@ pub(crate) fn apply_floor(
     relay: &[Ev],
     added: &[Vec<(u64, u32)>; 2],
 ) -> [Vec<(u64, u32)>; 2] {
-    let first = client
-        .first()
-        .map_or(0, |v| v.t)
-        .min(relay.first().map_or(0, |v| v.t));
-    let last = client
-        .last()
-        .map_or(0, |v| v.t)
-        .max(relay.last().map_or(0, |v| v.t));
-    [
-        fl.end(client, &added[0], 0, first, last),
-        fl.end(relay, &added[1], 1, first, last),
-    ]
+    [fl.end(client, &added[0], 0), fl.end(relay, &added[1], 1)]
 }
