@@ -483,9 +483,14 @@ impl Session {
     /// Send a PADDING record whose frame is `frame_len` bytes (at least the 7-byte header).
     pub fn send_padding(&mut self, now: Instant, frame_len: usize) -> Result<(), StreamError> {
         self.check_live()?;
+        self.seal_padding(now, frame_len);
+        Ok(())
+    }
+
+    /// Seal one PADDING record whose frame is `frame_len` bytes, clamped to a valid frame.
+    fn seal_padding(&mut self, now: Instant, frame_len: usize) {
         let len = frame_len.clamp(HEADER_LEN, MAX_FRAME);
         self.seal(now, &FrameRepr::Padding, len - HEADER_LEN);
-        Ok(())
     }
 
     /// Keep the padding floor: until `tail` from now (each call extends it), a PADDING
@@ -498,8 +503,9 @@ impl Session {
         frame_len: usize,
         tail: Duration,
     ) {
-        let len = frame_len.clamp(HEADER_LEN, MAX_FRAME);
-        self.floor = Some(floor::Floor::keep(self.floor, now, interval, len, tail));
+        self.floor = Some(floor::Floor::keep(
+            self.floor, now, interval, frame_len, tail,
+        ));
     }
 
     // ---- streams ----------------------------------------------------------------
@@ -798,7 +804,7 @@ impl Session {
         if let Some(f) = self.floor {
             if f.due(self.last_tx).is_some_and(|due| now >= due) {
                 // One record however late the call: the floor is a rate, never a burst.
-                self.seal(now, &FrameRepr::Padding, f.frame_len() - HEADER_LEN);
+                self.seal_padding(now, f.frame_len());
             } else if f.ended(now) {
                 self.floor = None;
             }
