@@ -96,6 +96,11 @@ struct ConstState {
     missed: bool,
     /// Last data arrival, departure or close: the quiet period counts from it.
     last_data: u64,
+    /// A head byte reached the cap: every queued byte leaves off the grid until the
+    /// source falls behind the cells (a backlog the cells could never carry).
+    draining: bool,
+    /// When a departure last emptied the queue.
+    emptied_at: u64,
 }
 
 enum State {
@@ -137,6 +142,8 @@ pub(crate) enum Fault {
     OffGrid,
     /// Adaptive: hand out padding times without spending the budget.
     OverBudget,
+    /// Constant: drain a backlog off the grid without a byte having waited its cap.
+    DrainWithoutCap,
     /// Topological: k = 2.
     TopoK,
     /// Topological: a delay one nanosecond off the formula.
@@ -202,6 +209,8 @@ impl FlowSched {
                 cells: 0,
                 missed: false,
                 last_data: now,
+                draining: false,
+                emptied_at: now,
             }),
             Mode::Adaptive => {
                 let budget = modes::uniform_u64(
@@ -304,6 +313,12 @@ impl FlowSched {
                 })
             }
             State::Constant(st) => {
+                if st.draining && self.queued == 0 && now.saturating_sub(st.emptied_at) >= interval
+                {
+                    // Nothing came for a whole cell interval after the drain caught up: the
+                    // source is slower than the cells, so its bytes go back on the grid.
+                    st.draining = false;
+                }
                 if !st.active {
                     // Restart on the flow's own grid, at the first slot not before now.
                     let ceil = now.saturating_sub(st.t0).div_ceil(interval);
@@ -321,6 +336,7 @@ impl FlowSched {
             Some(d) => self.schedule(now, d),
             None => now,
         };
+        self.verifier.arrival(now, len);
         self.queued += len;
         self.last_arrival = Some(now);
         self.chunks.push_back(Chunk {
@@ -512,23 +528,50 @@ impl FlowSched {
                 self.verifier.slot(now, reported)?;
                 if self.queued > 0 && credit > 0 {
                     st.last_data = now;
-                    return self.poll_data(now, credit, cell);
+                    return self.poll_cell(now, credit, cell);
                 }
                 // No bytes, or no credit for them: padding keeps the rate.
                 return self.padding(now, cell);
             }
         }
-        // Off the grid only when the head byte has waited its cap.
-        let head = self.chunks.front().map(|c| c.arrival);
-        if let Some(head) = head.filter(|&h| credit > 0 && now >= h.saturating_add(p.hold_cap_ns)) {
-            self.verifier.cap_release(now, head)?;
-            self.stats.cap_releases += 1;
-            if let State::Constant(st) = &mut self.state {
-                st.last_data = now;
-            }
-            return self.poll_data(now, credit, cell);
+        // Off the grid: a head byte that waited its cap starts a drain, and a drain sends
+        // every queued byte, so a backlog leaves at the path's speed rather than one
+        // queue-full per cap (the engine reads no more than its queue holds).
+        let Some(head) = self.chunks.front().map(|c| c.arrival) else {
+            return Ok(None);
+        };
+        if credit == 0 {
+            return Ok(None);
         }
-        Ok(None)
+        let early_drain = self.fault(Fault::DrainWithoutCap);
+        let State::Constant(st) = &mut self.state else {
+            unreachable!("constant mode has constant state");
+        };
+        if st.draining || early_drain {
+            self.verifier.drain(now)?;
+        } else if now >= head.saturating_add(p.hold_cap_ns) {
+            self.verifier.cap_release(now, head)?;
+            st.draining = true;
+        } else {
+            return Ok(None);
+        }
+        st.last_data = now;
+        self.stats.cap_releases += 1;
+        self.poll_cell(now, credit, cell)
+    }
+
+    /// A constant-mode data cell; notes when it empties the queue (a drain ends from there).
+    fn poll_cell(
+        &mut self,
+        now: u64,
+        credit: usize,
+        cell: usize,
+    ) -> Result<Option<Departure>, Violation> {
+        let d = self.poll_data(now, credit, cell)?;
+        if let (0, State::Constant(st)) = (self.queued, &mut self.state) {
+            st.emptied_at = now;
+        }
+        Ok(d)
     }
 
     fn poll_adaptive(&mut self, now: u64, credit: usize) -> Result<Option<Departure>, Violation> {
@@ -590,7 +633,12 @@ impl FlowSched {
         let head = self.chunks.front();
         match &self.state {
             State::Constant(st) => {
-                let cap = head.map(|c| c.arrival.saturating_add(self.params.hold_cap_ns));
+                let wait = if st.draining {
+                    0
+                } else {
+                    self.params.hold_cap_ns
+                };
+                let cap = head.map(|c| c.arrival.saturating_add(wait));
                 let slot = st.active.then(|| st.t0 + st.n * self.params.interval_ns);
                 match (slot, cap) {
                     (Some(a), Some(b)) => Some(a.min(b)),

@@ -353,6 +353,94 @@ fn constant_keeps_the_rate_with_padding_when_credit_runs_out() {
     assert_eq!(f.queued(), 100_000 - payload);
 }
 
+/// Runs a source with `total` bytes ready at t = 0 through `p`, the way the engine does:
+/// every ms it reads what a 256 KiB queue has room for, then sends everything due.
+/// Returns each DATA departure's (time, bytes).
+fn engine_bulk(p: Params, total: usize) -> Vec<(u64, usize)> {
+    const QUEUE: usize = 256 * 1024;
+    let mut f = FlowSched::new(p, seed(17), 0);
+    let (mut read, mut out, mut now) = (0, Vec::new(), 0);
+    while out.iter().map(|d: &(u64, usize)| d.1).sum::<usize>() < total {
+        assert!(now < 60_000 * MS, "bulk never finished");
+        let n = (total - read).min(QUEUE - f.queued());
+        if n > 0 {
+            f.on_data(now, n);
+            read += n;
+        }
+        while let Some(d) = f.poll(now, usize::MAX).expect("no violation") {
+            if let Departure::Data { bytes, frame_len } = d {
+                assert_eq!(frame_len, p.cell);
+                out.push((now, bytes));
+            }
+        }
+        now += MS;
+    }
+    out
+}
+
+/// The bug: bytes beyond the engine's 256 KiB queue waited in socket buffers the cap did
+/// not reach, so a high-security download moved one queue-full per 2 s cap (4.7 MB: 35 s).
+#[test]
+fn high_security_bulk_is_not_throttled_to_a_queue_per_cap() {
+    let p = Profile::HighSecurity.params(Direction::Down);
+    let total = 4_700_000;
+    let sent = engine_bulk(p, total);
+    let done = sent.last().map_or(0, |d| d.0);
+    assert!(
+        done <= p.hold_cap_ns + 50 * MS,
+        "4.7 MB took {} ms",
+        done / MS
+    );
+    // Before the cap, the bytes kept to the grid: one cell per slot, at most.
+    for (i, d) in sent.iter().take_while(|d| d.0 < p.hold_cap_ns).enumerate() {
+        assert_eq!(
+            d.0 % p.interval_ns,
+            0,
+            "cell {i} off the grid at {} ns",
+            d.0
+        );
+    }
+}
+
+/// A drain lasts while the source outpaces the cells; bytes that come after the queue sat
+/// empty for a cell interval wait for the grid again.
+#[test]
+fn a_drain_ends_when_the_source_falls_behind_the_cells() {
+    let p = Profile::HighSecurity.params(Direction::Down);
+    let grid = |t: u64| t % p.interval_ns == 0;
+    let mut f = FlowSched::new(p, seed(18), 0);
+    f.on_data(0, 1_000_000);
+    let poll_all = |f: &mut FlowSched, now: u64| {
+        let mut bytes = 0;
+        while let Some(d) = f.poll(now, usize::MAX).expect("no violation") {
+            if let Departure::Data { bytes: b, .. } = d {
+                bytes += b;
+            }
+        }
+        bytes
+    };
+    let cap = p.hold_cap_ns;
+    assert!(poll_all(&mut f, cap - MS) < 200 * SEGMENT_FRAME);
+    assert!(poll_all(&mut f, cap + 1) > 0, "the cap starts a drain");
+    assert_eq!(f.queued(), 0, "the drain takes the whole backlog at once");
+    // Within an interval of emptying: still draining, the bytes leave at once.
+    let t = cap + 1 + p.interval_ns / 2;
+    assert!(!grid(t));
+    f.on_data(t, 20_000);
+    assert_eq!(poll_all(&mut f, t), 20_000);
+    // A whole interval of silence later: back on the grid, one cell per slot.
+    let t = t + p.interval_ns + 1;
+    f.on_data(t, 20_000);
+    assert_eq!(
+        poll_all(&mut f, t),
+        0,
+        "off-grid bytes after the source fell behind"
+    );
+    let slot = t.div_ceil(p.interval_ns) * p.interval_ns;
+    assert_eq!(poll_all(&mut f, slot), SEGMENT_FRAME - FRAME_HEADER);
+    assert_eq!(f.next_deadline(), Some(slot + p.interval_ns));
+}
+
 #[test]
 fn constant_skips_missed_slots_instead_of_bursting() {
     let p = Params {
@@ -576,6 +664,11 @@ fn each_verifier_check_catches_its_fault() {
             Check::Size,
         ),
         (test_params(Mode::Constant), Fault::OffGrid, Check::Grid),
+        (
+            test_params(Mode::Constant),
+            Fault::DrainWithoutCap,
+            Check::Grid,
+        ),
         (
             test_params(Mode::Adaptive),
             Fault::OverBudget,

@@ -128,6 +128,11 @@ pub(crate) struct Verifier {
     slack: u64,
     cell: usize,
     next_free_slot: u64,
+    /// A verified cap release started a drain that no slow arrival has ended yet.
+    draining: bool,
+    /// Bytes arrived and not yet departed, and when a departure last left none.
+    queued: u64,
+    emptied_at: u64,
     // adaptive
     budget: u32,
     padding_sent: u32,
@@ -150,6 +155,9 @@ impl Verifier {
             slack: p.grid_slack_ns,
             cell: p.cell,
             next_free_slot: now,
+            draining: false,
+            queued: 0,
+            emptied_at: now,
             budget: 0,
             padding_sent: 0,
             topo_draws: 0,
@@ -160,6 +168,15 @@ impl Verifier {
     /// The padding budget the adaptive mode drew for this flow.
     pub(crate) fn set_budget(&mut self, budget: u32) {
         self.budget = budget;
+    }
+
+    /// `len` bytes arrived at `now`. An arrival to an empty queue a whole cell interval after
+    /// it emptied ends a drain: the source no longer outpaces the cells.
+    pub(crate) fn arrival(&mut self, now: u64, len: usize) {
+        if self.queued == 0 && now.saturating_sub(self.emptied_at) >= self.interval {
+            self.draining = false;
+        }
+        self.queued += len as u64;
     }
 
     /// A release time chosen for newly arrived bytes (delaying modes).
@@ -257,6 +274,10 @@ impl Verifier {
         if t.bytes == 0 || t.bytes > limit {
             return fail(Check::Size, now, t.bytes as u64, limit as u64);
         }
+        self.queued = self.queued.saturating_sub(t.bytes as u64);
+        if self.queued == 0 {
+            self.emptied_at = now;
+        }
         self.frame_len(now, frame_len, t.bytes)
     }
 
@@ -291,11 +312,21 @@ impl Verifier {
         Ok(())
     }
 
-    /// A constant-mode cell released off the grid because its head byte reached the cap.
-    pub(crate) fn cap_release(&self, now: u64, head_arrival: u64) -> Result<(), Violation> {
+    /// A constant-mode cell released off the grid because its head byte reached the cap;
+    /// it starts a drain.
+    pub(crate) fn cap_release(&mut self, now: u64, head_arrival: u64) -> Result<(), Violation> {
         // Only a byte that really waited its cap may break the grid.
         if now.saturating_sub(head_arrival) < self.cap {
             return fail(Check::Grid, now, now - head_arrival.min(now), self.cap);
+        }
+        self.draining = true;
+        Ok(())
+    }
+
+    /// A constant-mode cell of a drain, off the grid.
+    pub(crate) fn drain(&self, now: u64) -> Result<(), Violation> {
+        if !self.draining {
+            return fail(Check::Grid, now, now, self.emptied_at);
         }
         Ok(())
     }
