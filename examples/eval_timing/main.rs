@@ -9,7 +9,7 @@
 //! control, flow-control credit (unlimited here), cross traffic at the relay.
 //!
 //! `cargo run --release --example eval_timing -- [--users N] [--seeds N] [--secs S]
-//! [--window-ms W] [--quick] [--check] [--rows a,b,…]` (see `scripts/eval-timing`).
+//! [--window-ms W] [--quick] [--check] [--rows a,b*,…]` (see `scripts/eval-timing`).
 //!
 //! For the real run through the tunnel (`scripts/eval-timing-real`): `--flows-per-user N`
 //! fixes the generator's flow count, `--emit-flows FILE` writes the first seed's flows as
@@ -32,6 +32,7 @@ use rand_core::{RngCore, SeedableRng};
 
 mod burst;
 mod mb;
+mod regulate;
 mod session;
 use maybenot_machines::StaticMachine;
 use session::{Ev, SessionPad};
@@ -125,6 +126,8 @@ struct Row {
     up: Params,
     down: Params,
     pad: Option<Arc<dyn SessionPad>>,
+    /// A session regulator per direction (up, down) in place of the flow schedulers.
+    reg: Option<[regulate::Reg; 2]>,
 }
 
 impl Row {
@@ -134,6 +137,7 @@ impl Row {
             up,
             down,
             pad: None,
+            reg: None,
         }
     }
     fn per_session(&self) -> bool {
@@ -368,6 +372,7 @@ fn rows(sweep: bool) -> Vec<Row> {
                     on_recv: true,
                     burst,
                 })),
+                reg: None,
             });
         }
     }
@@ -391,12 +396,54 @@ fn rows(sweep: bool) -> Vec<Row> {
         ));
     }
     v.extend(
+        regulator_rows()
+            .into_iter()
+            .filter(|(default_set, _)| sweep || *default_set)
+            .map(|(_, r)| r),
+    );
+    v.extend(
         maybenot_rows()
             .into_iter()
             .filter(|(default_set, _)| sweep || *default_set)
             .map(|(_, r)| r),
     );
     v
+}
+
+/// RegulaTor with its data held to its slots (`regulate.rs`), one regulator per session
+/// and direction: `(r, d, t, n, u, c)` as in the paper, `c` in ms; `true` marks the rows
+/// of the default set.
+fn regulator_rows() -> Vec<(bool, Row)> {
+    [
+        (true, 277.0, 0.94, 3.55, 3550, 3.95, 1770),
+        (true, 277.0, 0.94, 3.55, 3550, 3.95, 200),
+        (false, 100.0, 0.9, 3.55, 1000, 4.0, 1770),
+        (true, 100.0, 0.9, 3.55, 1000, 4.0, 200),
+        (false, 100.0, 0.9, 1.0, 1000, 4.0, 50),
+        (false, 50.0, 0.8, 3.55, 300, 4.0, 200),
+        (false, 500.0, 0.95, 3.55, 8000, 3.95, 1770),
+        // Within `default`'s latency aim: bytes wait at most 10 or 20 ms.
+        (false, 100.0, 0.9, 3.55, 1000, 4.0, 10),
+        (false, 100.0, 0.9, 3.55, 1000, 4.0, 20),
+        (false, 200.0, 0.9, 3.55, 1000, 4.0, 10),
+        (false, 50.0, 0.9, 3.55, 1000, 4.0, 10),
+        (false, 277.0, 0.98, 3.55, 8000, 3.95, 200),
+        (false, 277.0, 0.94, 3.55, 2000, 3.95, 500),
+    ]
+    .into_iter()
+    .flat_map(|(default_set, r, d, t, n, u, c)| {
+        // Per session as the paper's, and per flow as the engine's schedulers are.
+        [PER_SESSION, "(per flow)"].map(|per| {
+            let mut row = Row::new(
+                format!("regulator r {r} d {d} t {t} n {n} u {u} c {c}ms {per}"),
+                Params::OFF,
+                Params::OFF,
+            );
+            row.reg = Some(regulate::Reg::pair(r, d, t, n, u, c * MS));
+            (default_set, row)
+        })
+    })
+    .collect()
 }
 
 /// maybenot's machines run per session at both ends (`mb.rs`), with the per-flow
@@ -411,6 +458,7 @@ fn maybenot_rows() -> Vec<(bool, Row)> {
         up: Params::OFF,
         down: Params::OFF,
         pad: Some(Arc::new(mb::Mb::new(client, relay))),
+        reg: None,
     };
     let front = |b: u32, win: (f64, f64)| StaticMachine::Front {
         padding_budget_max: b,
@@ -878,15 +926,21 @@ fn run(o: &Opts, seed: u64, row: &Row) -> RunOut {
             v.sort_unstable();
             v
         };
+        // The session closes 3 s after its last byte either way (a regulator pads until then).
+        let end = g
+            .iter()
+            .flat_map(|&fi| flows[fi].up.iter().chain(&flows[fi].down))
+            .map(|a| a.0)
+            .max()
+            .unwrap_or(created)
+            + 3000 * MS;
+        let sched_dir = |dir: usize, p: Params, holds: &mut Vec<u32>| match &row.reg {
+            Some(reg) => regulate::schedule(&reg[dir], &tagged(dir), end, holds),
+            None => schedule(p, flow_seed(seed, g[0], dir as u8), created, &tagged(dir), holds),
+        };
         // Upstream: records leave the client (entry sees them at once); the relay writes
         // their bytes to the destination after the path latency.
-        let recs = schedule(
-            up,
-            flow_seed(seed, g[0], 0),
-            created,
-            &tagged(0),
-            &mut out.holds,
-        );
+        let recs = sched_dir(0, up, &mut out.holds);
         for r in &recs {
             out.wire[0] += u64::from(r.wire);
             entry[user].add(0, r.t, r.wire, w);
@@ -913,13 +967,7 @@ fn run(o: &Opts, seed: u64, row: &Row) -> RunOut {
                 exit_times[fi].push(t);
             }
         }
-        let recs = schedule(
-            down,
-            flow_seed(seed, g[0], 1),
-            created,
-            &tagged(1),
-            &mut out.holds,
-        );
+        let recs = sched_dir(1, down, &mut out.holds);
         let mut prev = 0;
         for r in &recs {
             out.wire[1] += u64::from(r.wire);
@@ -1483,7 +1531,11 @@ fn main() -> ExitCode {
     // Rows named with --rows may be sweep rows.
     let mut table = rows(o.sweep || o.rows.is_some());
     if let Some(want) = &o.rows {
-        table.retain(|r| want.iter().any(|w| w == &r.name));
+        // A name ending in `*` picks every row it starts.
+        let named = |w: &String, name: &str| {
+            w == name || w.strip_suffix('*').is_some_and(|p| name.starts_with(p))
+        };
+        table.retain(|r| want.iter().any(|w| named(w, &r.name)));
         if !table.iter().any(|r| r.name == "off") {
             table.insert(0, rows(false).remove(0));
         }
@@ -1508,6 +1560,8 @@ fn main() -> ExitCode {
                         && a.per_session() == b.per_session()
                         && a.pad.is_none()
                         && b.pad.is_none()
+                        && a.reg.is_none()
+                        && b.reg.is_none()
                 })
                 .unwrap_or(r)
         })

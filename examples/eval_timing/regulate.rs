@@ -1,0 +1,153 @@
+//! RegulaTor's rate regulation with the data held to its slots (Holland and Hopper,
+//! "RegulaTor: A Straightforward Website Fingerprinting Defense", PETS 2022), one
+//! regulator per session and direction.
+//!
+//! `mb.rs` runs maybenot's RegulaTor machines, but its hook cannot hold data, so there
+//! they only add padding. Here the regulator owns the session's sending: a burst of data
+//! starts a *surge*, records then leave at the rate `r · d^s` packets per second (`s`
+//! seconds since the surge, never below 1 per second), each slot carrying queued data or,
+//! while the padding budget lasts, a padding record; a queue longer than `t` seconds of
+//! the current rate starts a new surge; a byte that has waited `c` leaves at once. Every
+//! record is one TCP segment, as in `constant`. The paper's upload rule (one upload
+//! packet per `u` downloads) is replaced by the same regulator upstream with the rate and
+//! budget divided by `u`: under that rule a request after a pause, with no download
+//! running, would wait for the cap.
+
+use std::collections::VecDeque;
+
+use super::{FRAME_HEADER, RECORD_OVERHEAD, Rec, SEGMENT_FRAME};
+
+/// One direction's regulator parameters, in the paper's units.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Reg {
+    /// Packets per second at a surge.
+    pub(crate) r: f64,
+    /// The rate's decay per second since the surge.
+    pub(crate) d: f64,
+    /// Surge threshold: more than `t` × the current rate packets queued.
+    pub(crate) t: f64,
+    /// Padding records per session and direction.
+    pub(crate) n: u32,
+    /// Longest a byte waits for a slot (ns).
+    pub(crate) c_ns: u64,
+}
+
+impl Reg {
+    /// The paper's download regulator `(r, d, t, n, c)` and its upstream counterpart,
+    /// rate and budget divided by `u`.
+    pub(crate) fn pair(r: f64, d: f64, t: f64, n: u32, u: f64, c_ns: u64) -> [Reg; 2] {
+        let down = Reg { r, d, t, n, c_ns };
+        let up = Reg {
+            r: r / u,
+            n: (f64::from(n) / u) as u32,
+            ..down
+        };
+        [up, down]
+    }
+
+    fn rate(&self, now: u64, surge: u64) -> f64 {
+        let s = now.saturating_sub(surge) as f64 / 1e9;
+        (self.r * self.d.powf(s)).max(1.0)
+    }
+}
+
+const PAYLOAD: u32 = (SEGMENT_FRAME - FRAME_HEADER) as u32;
+const WIRE: u32 = (SEGMENT_FRAME + RECORD_OVERHEAD) as u32;
+
+/// The records one direction of a session sends for tagged arrivals `(time, bytes, flow)`
+/// until the session closes at `end` (no padding after it); each data record's oldest
+/// byte's wait goes to `holds` (µs).
+pub(crate) fn schedule(reg: &Reg, arr: &[(u64, u32, u32)], end: u64, holds: &mut Vec<u32>) -> Vec<Rec> {
+    let mut q: VecDeque<(u64, u32, u32)> = VecDeque::new();
+    let mut queued: u64 = 0;
+    let mut out = Vec::new();
+    // When the current rate started, while the regulator runs.
+    let mut surge: Option<u64> = None;
+    let mut next_slot = u64::MAX;
+    let mut pad_left = reg.n;
+    let mut i = 0;
+    loop {
+        let slot = surge.map(|_| next_slot);
+        let cap = q.front().map(|h| h.0.saturating_add(reg.c_ns));
+        let Some(now) = [arr.get(i).map(|a| a.0), slot, cap]
+            .into_iter()
+            .flatten()
+            .min()
+        else {
+            break;
+        };
+        while i < arr.len() && arr[i].0 <= now {
+            q.push_back(arr[i]);
+            queued += u64::from(arr[i].1);
+            i += 1;
+        }
+        if queued > 0 {
+            let packets = queued.div_ceil(u64::from(PAYLOAD)) as f64;
+            match surge {
+                None => {
+                    surge = Some(now);
+                    next_slot = now;
+                }
+                Some(s) if packets > reg.t * reg.rate(now, s) => {
+                    surge = Some(now);
+                    next_slot = next_slot.min(now + (1e9 / reg.r) as u64);
+                }
+                Some(_) => {}
+            }
+        }
+        // Bytes that waited the cap leave now, off the slots.
+        while q.front().is_some_and(|h| now >= h.0.saturating_add(reg.c_ns)) {
+            out.push(data(&mut q, &mut queued, now, holds));
+        }
+        let Some(s) = surge.filter(|_| next_slot <= now) else {
+            continue;
+        };
+        if queued > 0 {
+            out.push(data(&mut q, &mut queued, now, holds));
+        } else if pad_left > 0 && now < end {
+            pad_left -= 1;
+            out.push(Rec {
+                t: now,
+                wire: WIRE,
+                parts: Vec::new(),
+            });
+        }
+        if queued == 0 && (pad_left == 0 || now >= end) {
+            // Nothing to send and nothing to pad with: the next data starts a surge.
+            surge = None;
+        } else {
+            next_slot = now + (1e9 / reg.rate(now, s)) as u64;
+        }
+    }
+    out
+}
+
+/// One segment-sized data record from the head of the session's queue, at `now`.
+fn data(
+    q: &mut VecDeque<(u64, u32, u32)>,
+    queued: &mut u64,
+    now: u64,
+    holds: &mut Vec<u32>,
+) -> Rec {
+    holds.push(((now - q[0].0) / 1000) as u32);
+    let mut parts = Vec::with_capacity(1);
+    let mut left = PAYLOAD;
+    while left > 0 {
+        let Some(h) = q.front_mut() else {
+            break;
+        };
+        let n = left.min(h.1);
+        parts.push((h.2, n));
+        h.1 -= n;
+        left -= n;
+        *queued -= u64::from(n);
+        if h.1 == 0 {
+            q.pop_front();
+        }
+    }
+    Rec {
+        t: now,
+        wire: WIRE,
+        parts,
+    }
+}
