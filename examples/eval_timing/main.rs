@@ -126,8 +126,8 @@ struct Row {
     up: Params,
     down: Params,
     pad: Option<Arc<dyn SessionPad>>,
-    /// A session regulator per direction (up, down) in place of the flow schedulers.
-    reg: Option<[regulate::Reg; 2]>,
+    /// A regulator in place of the flow schedulers.
+    reg: Option<Regulation>,
 }
 
 impl Row {
@@ -410,6 +410,15 @@ fn rows(sweep: bool) -> Vec<Row> {
     v
 }
 
+/// What holds a row's data instead of the flow schedulers (`regulate.rs`).
+#[derive(Clone, Copy)]
+enum Regulation {
+    /// RegulaTor's surge-and-decay rate, per direction (up, down).
+    Rate([regulate::Reg; 2]),
+    /// Surakav-style: another session of the traffic model is the reference; the cap (ns).
+    Follow(u64),
+}
+
 /// RegulaTor with its data held to its slots (`regulate.rs`), one regulator per session
 /// and direction: `(r, d, t, n, u, c)` as in the paper, `c` in ms; `true` marks the rows
 /// of the default set.
@@ -439,10 +448,21 @@ fn regulator_rows() -> Vec<(bool, Row)> {
                 Params::OFF,
                 Params::OFF,
             );
-            row.reg = Some(regulate::Reg::pair(r, d, t, n, u, c * MS));
+            row.reg = Some(Regulation::Rate(regulate::Reg::pair(r, d, t, n, u, c * MS)));
             (default_set, row)
         })
     })
+    .chain(
+        [(false, 200), (false, 1770), (false, 20)].map(|(default_set, c)| {
+            let mut row = Row::new(
+                format!("surakav-style reference c {c}ms {PER_SESSION}"),
+                Params::OFF,
+                Params::OFF,
+            );
+            row.reg = Some(Regulation::Follow(c * MS));
+            (default_set, row)
+        }),
+    )
     .collect()
 }
 
@@ -905,6 +925,17 @@ fn run(o: &Opts, seed: u64, row: &Row) -> RunOut {
     } else {
         (0..nf).map(|fi| vec![fi]).collect()
     };
+    // Surakav-style rows: another draw of the traffic model, one reference session per user.
+    let refs = match row.reg {
+        Some(Regulation::Follow(_)) => generate(
+            seed ^ 0x5eed,
+            o.users,
+            o.secs,
+            o.flows_per_user,
+            &mut Vec::new(),
+        ),
+        _ => Vec::new(),
+    };
     // What each user's two ends see of the session, for a session-level defense.
     let mut ends: Vec<[Vec<Ev>; 2]> = vec![[Vec::new(), Vec::new()]; o.users];
     for g in &groups {
@@ -935,8 +966,18 @@ fn run(o: &Opts, seed: u64, row: &Row) -> RunOut {
             .unwrap_or(created)
             + 3000 * MS;
         let sched_dir = |dir: usize, p: Params, holds: &mut Vec<u32>| match &row.reg {
-            Some(reg) => regulate::schedule(&reg[dir], &tagged(dir), end, holds),
-            None => schedule(p, flow_seed(seed, g[0], dir as u8), created, &tagged(dir), holds),
+            Some(Regulation::Rate(reg)) => regulate::schedule(&reg[dir], &tagged(dir), end, holds),
+            Some(Regulation::Follow(c)) => {
+                let reference = reference_for(&refs, user, dir, created, end);
+                regulate::follow(&reference, *c, &tagged(dir), end, holds)
+            }
+            None => schedule(
+                p,
+                flow_seed(seed, g[0], dir as u8),
+                created,
+                &tagged(dir),
+                holds,
+            ),
         };
         // Upstream: records leave the client (entry sees them at once); the relay writes
         // their bytes to the destination after the path latency.
@@ -1028,6 +1069,40 @@ fn run(o: &Opts, seed: u64, row: &Row) -> RunOut {
     }
     let owners: Vec<usize> = flows.iter().map(|f| f.user).collect();
     out.attack = correlate(o, &entry, &entry_times, &exit, &exit_first, &span, &owners);
+    out
+}
+
+/// User `user`'s reference session from `refs` in direction `dir` (0 up, 1 down), moved to
+/// start at `created` and repeated, a second apart, until `end`.
+fn reference_for(
+    refs: &[Flow],
+    user: usize,
+    dir: usize,
+    created: u64,
+    end: u64,
+) -> Vec<(u64, u32)> {
+    let mine = || refs.iter().filter(|f| f.user == user);
+    let mut one: Vec<(u64, u32)> = mine()
+        .flat_map(|f| if dir == 0 { &f.up } else { &f.down })
+        .copied()
+        .collect();
+    one.sort_unstable();
+    let (Some(start), Some(last)) = (mine().map(|f| f.start).min(), one.last().map(|a| a.0)) else {
+        return Vec::new();
+    };
+    let period = last.saturating_sub(start) + 1000 * MS;
+    let mut out = Vec::new();
+    for k in 0.. {
+        let shift = created + k * period;
+        if shift >= end {
+            break;
+        }
+        out.extend(
+            one.iter()
+                .map(|&(t, n)| (t - start.min(t) + shift, n))
+                .take_while(|a| a.0 < end),
+        );
+    }
     out
 }
 

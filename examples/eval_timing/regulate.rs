@@ -57,7 +57,12 @@ const WIRE: u32 = (SEGMENT_FRAME + RECORD_OVERHEAD) as u32;
 /// The records one direction of a session sends for tagged arrivals `(time, bytes, flow)`
 /// until the session closes at `end` (no padding after it); each data record's oldest
 /// byte's wait goes to `holds` (µs).
-pub(crate) fn schedule(reg: &Reg, arr: &[(u64, u32, u32)], end: u64, holds: &mut Vec<u32>) -> Vec<Rec> {
+pub(crate) fn schedule(
+    reg: &Reg,
+    arr: &[(u64, u32, u32)],
+    end: u64,
+    holds: &mut Vec<u32>,
+) -> Vec<Rec> {
     let mut q: VecDeque<(u64, u32, u32)> = VecDeque::new();
     let mut queued: u64 = 0;
     let mut out = Vec::new();
@@ -96,7 +101,10 @@ pub(crate) fn schedule(reg: &Reg, arr: &[(u64, u32, u32)], end: u64, holds: &mut
             }
         }
         // Bytes that waited the cap leave now, off the slots.
-        while q.front().is_some_and(|h| now >= h.0.saturating_add(reg.c_ns)) {
+        while q
+            .front()
+            .is_some_and(|h| now >= h.0.saturating_add(reg.c_ns))
+        {
             out.push(data(&mut q, &mut queued, now, holds));
         }
         let Some(s) = surge.filter(|_| next_slot <= now) else {
@@ -150,4 +158,56 @@ fn data(
         wire: WIRE,
         parts,
     }
+}
+
+/// Surakav-style regulation: records leave only where a reference trace has packets, one
+/// segment per reference segment, carrying queued data or else padding; no byte waits
+/// longer than `c_ns`. Surakav draws its reference from a trained generator; the harness
+/// passes another session of its own traffic model (`reference`: (time, bytes), sorted,
+/// already placed on this session's clock), so this measures the mechanism, not the GAN.
+pub(crate) fn follow(
+    reference: &[(u64, u32)],
+    c_ns: u64,
+    arr: &[(u64, u32, u32)],
+    end: u64,
+    holds: &mut Vec<u32>,
+) -> Vec<Rec> {
+    let mut q: VecDeque<(u64, u32, u32)> = VecDeque::new();
+    let mut queued: u64 = 0;
+    let mut out = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    loop {
+        let slot = reference.get(j).map(|r| r.0).filter(|&t| t < end);
+        let cap = q.front().map(|h| h.0.saturating_add(c_ns));
+        let Some(now) = [arr.get(i).map(|a| a.0), slot, cap]
+            .into_iter()
+            .flatten()
+            .min()
+        else {
+            break;
+        };
+        while i < arr.len() && arr[i].0 <= now {
+            q.push_back(arr[i]);
+            queued += u64::from(arr[i].1);
+            i += 1;
+        }
+        while q.front().is_some_and(|h| now >= h.0.saturating_add(c_ns)) {
+            out.push(data(&mut q, &mut queued, now, holds));
+        }
+        while j < reference.len() && reference[j].0 <= now && reference[j].0 < end {
+            for _ in 0..reference[j].1.div_ceil(PAYLOAD) {
+                out.push(if queued > 0 {
+                    data(&mut q, &mut queued, now, holds)
+                } else {
+                    Rec {
+                        t: now,
+                        wire: WIRE,
+                        parts: Vec::new(),
+                    }
+                });
+            }
+            j += 1;
+        }
+    }
+    out
 }
