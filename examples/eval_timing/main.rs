@@ -140,6 +140,13 @@ impl Row {
             reg: None,
         }
     }
+    /// A row whose data `reg` holds, the flow schedulers off.
+    fn regulated(name: String, reg: Regulation) -> Row {
+        Row {
+            reg: Some(reg),
+            ..Row::new(name, Params::OFF, Params::OFF)
+        }
+    }
     fn per_session(&self) -> bool {
         self.name.ends_with(PER_SESSION)
     }
@@ -443,24 +450,18 @@ fn regulator_rows() -> Vec<(bool, Row)> {
     .flat_map(|(default_set, r, d, t, n, u, c)| {
         // Per session as the paper's, and per flow as the engine's schedulers are.
         [PER_SESSION, "(per flow)"].map(|per| {
-            let mut row = Row::new(
-                format!("regulator r {r} d {d} t {t} n {n} u {u} c {c}ms {per}"),
-                Params::OFF,
-                Params::OFF,
-            );
-            row.reg = Some(Regulation::Rate(regulate::Reg::pair(r, d, t, n, u, c * MS)));
-            (default_set, row)
+            let name = format!("regulator r {r} d {d} t {t} n {n} u {u} c {c}ms {per}");
+            let reg = Regulation::Rate(regulate::Reg::pair(r, d, t, n, u, c * MS));
+            (default_set, Row::regulated(name, reg))
         })
     })
     .chain(
         [(false, 200), (false, 1770), (false, 20)].map(|(default_set, c)| {
-            let mut row = Row::new(
-                format!("surakav-style reference c {c}ms {PER_SESSION}"),
-                Params::OFF,
-                Params::OFF,
-            );
-            row.reg = Some(Regulation::Follow(c * MS));
-            (default_set, row)
+            let name = format!("surakav-style reference c {c}ms {PER_SESSION}");
+            (
+                default_set,
+                Row::regulated(name, Regulation::Follow(c * MS)),
+            )
         }),
     )
     .collect()

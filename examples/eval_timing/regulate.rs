@@ -54,6 +54,99 @@ impl Reg {
 const PAYLOAD: u32 = (SEGMENT_FRAME - FRAME_HEADER) as u32;
 const WIRE: u32 = (SEGMENT_FRAME + RECORD_OVERHEAD) as u32;
 
+/// A session direction's held bytes: tagged arrivals `(time, bytes, flow)` come in, and
+/// leave as segment-sized records on the regulator's slots or when they waited the cap.
+struct Held<'a> {
+    arr: &'a [(u64, u32, u32)],
+    next: usize,
+    q: VecDeque<(u64, u32, u32)>,
+    queued: u64,
+    c_ns: u64,
+    out: Vec<Rec>,
+    /// Each data record's oldest byte's wait (µs).
+    holds: &'a mut Vec<u32>,
+}
+
+impl<'a> Held<'a> {
+    fn new(arr: &'a [(u64, u32, u32)], c_ns: u64, holds: &'a mut Vec<u32>) -> Held<'a> {
+        Held {
+            arr,
+            next: 0,
+            q: VecDeque::new(),
+            queued: 0,
+            c_ns,
+            out: Vec::new(),
+            holds,
+        }
+    }
+
+    /// The next event: an arrival, the regulator's `slot`, or the head byte's cap; None
+    /// when nothing is left to happen. Arrivals due by then are queued.
+    fn advance(&mut self, slot: Option<u64>) -> Option<u64> {
+        let cap = self.q.front().map(|h| h.0.saturating_add(self.c_ns));
+        let now = [self.arr.get(self.next).map(|a| a.0), slot, cap]
+            .into_iter()
+            .flatten()
+            .min()?;
+        while let Some(&a) = self.arr.get(self.next).filter(|a| a.0 <= now) {
+            self.q.push_back(a);
+            self.queued += u64::from(a.1);
+            self.next += 1;
+        }
+        Some(now)
+    }
+
+    /// Bytes that waited the cap leave at `now`, off the slots.
+    fn release_capped(&mut self, now: u64) {
+        while self
+            .q
+            .front()
+            .is_some_and(|h| now >= h.0.saturating_add(self.c_ns))
+        {
+            self.data(now);
+        }
+    }
+
+    /// One segment-sized data record from the head of the queue, at `now`.
+    fn data(&mut self, now: u64) {
+        self.holds.push(((now - self.q[0].0) / 1000) as u32);
+        let mut parts = Vec::with_capacity(1);
+        let mut left = PAYLOAD;
+        while let Some(h) = self.q.front_mut().filter(|_| left > 0) {
+            let n = left.min(h.1);
+            parts.push((h.2, n));
+            h.1 -= n;
+            left -= n;
+            self.queued -= u64::from(n);
+            if h.1 == 0 {
+                self.q.pop_front();
+            }
+        }
+        self.out.push(Rec {
+            t: now,
+            wire: WIRE,
+            parts,
+        });
+    }
+
+    /// One slot at `now`: data if any is queued, else padding when `pad` allows; true when
+    /// a record left.
+    fn slot(&mut self, now: u64, pad: bool) -> bool {
+        if self.queued > 0 {
+            self.data(now);
+        } else if pad {
+            self.out.push(Rec {
+                t: now,
+                wire: WIRE,
+                parts: Vec::new(),
+            });
+        } else {
+            return false;
+        }
+        true
+    }
+}
+
 /// The records one direction of a session sends for tagged arrivals `(time, bytes, flow)`
 /// until the session closes at `end` (no padding after it); each data record's oldest
 /// byte's wait goes to `holds` (µs).
@@ -63,31 +156,14 @@ pub(crate) fn schedule(
     end: u64,
     holds: &mut Vec<u32>,
 ) -> Vec<Rec> {
-    let mut q: VecDeque<(u64, u32, u32)> = VecDeque::new();
-    let mut queued: u64 = 0;
-    let mut out = Vec::new();
+    let mut h = Held::new(arr, reg.c_ns, holds);
     // When the current rate started, while the regulator runs.
     let mut surge: Option<u64> = None;
     let mut next_slot = u64::MAX;
     let mut pad_left = reg.n;
-    let mut i = 0;
-    loop {
-        let slot = surge.map(|_| next_slot);
-        let cap = q.front().map(|h| h.0.saturating_add(reg.c_ns));
-        let Some(now) = [arr.get(i).map(|a| a.0), slot, cap]
-            .into_iter()
-            .flatten()
-            .min()
-        else {
-            break;
-        };
-        while i < arr.len() && arr[i].0 <= now {
-            q.push_back(arr[i]);
-            queued += u64::from(arr[i].1);
-            i += 1;
-        }
-        if queued > 0 {
-            let packets = queued.div_ceil(u64::from(PAYLOAD)) as f64;
+    while let Some(now) = h.advance(surge.map(|_| next_slot)) {
+        if h.queued > 0 {
+            let packets = h.queued.div_ceil(u64::from(PAYLOAD)) as f64;
             match surge {
                 None => {
                     surge = Some(now);
@@ -100,64 +176,22 @@ pub(crate) fn schedule(
                 Some(_) => {}
             }
         }
-        // Bytes that waited the cap leave now, off the slots.
-        while q
-            .front()
-            .is_some_and(|h| now >= h.0.saturating_add(reg.c_ns))
-        {
-            out.push(data(&mut q, &mut queued, now, holds));
-        }
+        h.release_capped(now);
         let Some(s) = surge.filter(|_| next_slot <= now) else {
             continue;
         };
-        if queued > 0 {
-            out.push(data(&mut q, &mut queued, now, holds));
-        } else if pad_left > 0 && now < end {
+        let data = h.queued > 0;
+        if h.slot(now, pad_left > 0 && now < end) && !data {
             pad_left -= 1;
-            out.push(Rec {
-                t: now,
-                wire: WIRE,
-                parts: Vec::new(),
-            });
         }
-        if queued == 0 && (pad_left == 0 || now >= end) {
+        if h.queued == 0 && (pad_left == 0 || now >= end) {
             // Nothing to send and nothing to pad with: the next data starts a surge.
             surge = None;
         } else {
             next_slot = now + (1e9 / reg.rate(now, s)) as u64;
         }
     }
-    out
-}
-
-/// One segment-sized data record from the head of the session's queue, at `now`.
-fn data(
-    q: &mut VecDeque<(u64, u32, u32)>,
-    queued: &mut u64,
-    now: u64,
-    holds: &mut Vec<u32>,
-) -> Rec {
-    holds.push(((now - q[0].0) / 1000) as u32);
-    let mut parts = Vec::with_capacity(1);
-    let mut left = PAYLOAD;
-    while left > 0 {
-        let Some(h) = q.front_mut() else {
-            break;
-        };
-        let n = left.min(h.1);
-        parts.push((h.2, n));
-        h.1 -= n;
-        left -= n;
-        *queued -= u64::from(n);
-        if h.1 == 0 {
-            q.pop_front();
-        }
-    }
-    Rec {
-        t: now,
-        wire: WIRE,
-        parts,
-    }
+    h.out
 }
 
 /// Surakav-style regulation: records leave only where a reference trace has packets, one
@@ -172,42 +206,17 @@ pub(crate) fn follow(
     end: u64,
     holds: &mut Vec<u32>,
 ) -> Vec<Rec> {
-    let mut q: VecDeque<(u64, u32, u32)> = VecDeque::new();
-    let mut queued: u64 = 0;
-    let mut out = Vec::new();
-    let (mut i, mut j) = (0, 0);
-    loop {
-        let slot = reference.get(j).map(|r| r.0).filter(|&t| t < end);
-        let cap = q.front().map(|h| h.0.saturating_add(c_ns));
-        let Some(now) = [arr.get(i).map(|a| a.0), slot, cap]
-            .into_iter()
-            .flatten()
-            .min()
-        else {
-            break;
-        };
-        while i < arr.len() && arr[i].0 <= now {
-            q.push_back(arr[i]);
-            queued += u64::from(arr[i].1);
-            i += 1;
-        }
-        while q.front().is_some_and(|h| now >= h.0.saturating_add(c_ns)) {
-            out.push(data(&mut q, &mut queued, now, holds));
-        }
-        while j < reference.len() && reference[j].0 <= now && reference[j].0 < end {
-            for _ in 0..reference[j].1.div_ceil(PAYLOAD) {
-                out.push(if queued > 0 {
-                    data(&mut q, &mut queued, now, holds)
-                } else {
-                    Rec {
-                        t: now,
-                        wire: WIRE,
-                        parts: Vec::new(),
-                    }
-                });
+    let reference: Vec<(u64, u32)> = reference.iter().copied().filter(|r| r.0 < end).collect();
+    let mut h = Held::new(arr, c_ns, holds);
+    let mut j = 0;
+    while let Some(now) = h.advance(reference.get(j).map(|r| r.0)) {
+        h.release_capped(now);
+        while let Some(&(_, bytes)) = reference.get(j).filter(|r| r.0 <= now) {
+            for _ in 0..bytes.div_ceil(PAYLOAD) {
+                h.slot(now, true);
             }
             j += 1;
         }
     }
-    out
+    h.out
 }
