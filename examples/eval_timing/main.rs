@@ -115,6 +115,9 @@ fn parse_opts() -> Opts {
     o
 }
 
+/// The flow tag of the byte that opens an early session (no flow's: never at the exit).
+const OPENER: u32 = u32::MAX;
+
 /// Rows whose name ends so run one scheduler per user session (all its flows in one
 /// FIFO) instead of one per flow.
 const PER_SESSION: &str = "(per session)";
@@ -128,6 +131,9 @@ struct Row {
     pad: Option<Arc<dyn SessionPad>>,
     /// A regulator in place of the flow schedulers.
     reg: Option<Regulation>,
+    /// Per-session rows: the session opens a uniform 0..=this (ns) before its first flow,
+    /// and its scheduler starts then (as a session opened at program start would).
+    lead_ns: u64,
 }
 
 impl Row {
@@ -138,6 +144,7 @@ impl Row {
             down,
             pad: None,
             reg: None,
+            lead_ns: 0,
         }
     }
     /// A row whose data `reg` holds, the flow schedulers off.
@@ -331,10 +338,16 @@ fn rows(sweep: bool) -> Vec<Row> {
                 held(Profile::Default.params(Direction::Down)),
             ));
         }
-        // high-security candidates: one cell stream per session that stays on.
-        for (up_ms, down_ms, quiet_s, cap_ms) in
-            [(40, 12, 60, 2000), (20, 6, 60, 2000), (40, 12, 5, 2000)]
-        {
+        // high-security candidates: one cell stream per session that stays on, opened with
+        // the first flow or up to `lead_s` before it.
+        for (up_ms, down_ms, quiet_s, cap_ms, lead_s) in [
+            (40, 12, 60, 2000, 0),
+            (20, 6, 60, 2000, 0),
+            (40, 12, 5, 2000, 0),
+            (40, 12, 60, 60_000, 0),
+            (40, 12, 60, 2000, 10),
+            (40, 12, 60, 60_000, 10),
+        ] {
             let c = |iv: u64| Params {
                 interval_ns: iv * MS,
                 cell: SEGMENT_FRAME,
@@ -343,11 +356,19 @@ fn rows(sweep: bool) -> Vec<Row> {
                 hold_cap_ns: cap_ms * MS,
                 ..Params::OFF.with_mode(Mode::Constant)
             };
-            v.push(Row::new(
-                format!("constant up {up_ms}ms down {down_ms}ms quiet {quiet_s}s cap {cap_ms}ms {PER_SESSION}"),
-                c(up_ms),
-                c(down_ms),
-            ));
+            let early = if lead_s > 0 {
+                format!(" opened 0-{lead_s}s early")
+            } else {
+                String::new()
+            };
+            v.push(Row {
+                lead_ns: lead_s * 1000 * MS,
+                ..Row::new(
+                    format!("constant up {up_ms}ms down {down_ms}ms quiet {quiet_s}s cap {cap_ms}ms{early} {PER_SESSION}"),
+                    c(up_ms),
+                    c(down_ms),
+                )
+            });
         }
         // Session-level FRONT after every burst: mostly small records, or decoy bursts.
         for (name, budget, small, small_len, burst) in [
@@ -380,6 +401,7 @@ fn rows(sweep: bool) -> Vec<Row> {
                     burst,
                 })),
                 reg: None,
+                lead_ns: 0,
             });
         }
     }
@@ -480,6 +502,7 @@ fn maybenot_rows() -> Vec<(bool, Row)> {
         down: Params::OFF,
         pad: Some(Arc::new(mb::Mb::new(client, relay))),
         reg: None,
+        lead_ns: 0,
     };
     let front = |b: u32, win: (f64, f64)| StaticMachine::Front {
         padding_budget_max: b,
@@ -942,18 +965,27 @@ fn run(o: &Opts, seed: u64, row: &Row) -> RunOut {
     for g in &groups {
         let user = flows[g[0]].user;
         let l = lat[user];
-        let created = g.iter().map(|&fi| flows[fi].start).min().unwrap_or(0);
+        let first = g.iter().map(|&fi| flows[fi].start).min().unwrap_or(0);
+        let lead = match row.lead_ns {
+            0 => 0,
+            l => {
+                ChaCha20Rng::seed_from_u64(seed ^ ((user as u64) << 8) ^ 0x1ead).next_u64() % (l + 1)
+            }
+        };
+        let created = first.saturating_sub(lead);
         let tagged = |dir: usize| -> Vec<(u64, u32, u32)> {
-            let mut v: Vec<(u64, u32, u32)> = g
-                .iter()
-                .flat_map(|&fi| {
+            // An early session starts its scheduler with one byte of no flow's (OPENER).
+            let opener = (created < first).then_some((created, 1, OPENER));
+            let mut v: Vec<(u64, u32, u32)> = opener
+                .into_iter()
+                .chain(g.iter().flat_map(|&fi| {
                     let a = if dir == 0 {
                         &flows[fi].up
                     } else {
                         &flows[fi].down
                     };
                     a.iter().map(move |&(t, n)| (t, n, fi as u32))
-                })
+                }))
                 .collect();
             v.sort_unstable();
             v
@@ -989,7 +1021,7 @@ fn run(o: &Opts, seed: u64, row: &Row) -> RunOut {
             entry_times[user].push(r.t);
             ends[user][0].push(Ev::new(r.t, true, r.wire, r.parts.is_empty()));
             ends[user][1].push(Ev::new(r.t + l, false, r.wire, r.parts.is_empty()));
-            for &(fi, n) in &r.parts {
+            for &(fi, n) in r.parts.iter().filter(|p| p.0 != OPENER) {
                 let fi = fi as usize;
                 out.real[0] += u64::from(n);
                 let t = (r.t + l + jitter(&mut jr)).max(prev_exit[fi]);
@@ -1019,7 +1051,7 @@ fn run(o: &Opts, seed: u64, row: &Row) -> RunOut {
             entry_times[user].push(t);
             ends[user][1].push(Ev::new(r.t, true, r.wire, r.parts.is_empty()));
             ends[user][0].push(Ev::new(t, false, r.wire, r.parts.is_empty()));
-            for &(fi, n) in &r.parts {
+            for &(fi, n) in r.parts.iter().filter(|p| p.0 != OPENER) {
                 out.real[1] += u64::from(n);
                 let fi = fi as usize;
                 last_delivery[fi] = last_delivery[fi].max(t);
@@ -1061,7 +1093,9 @@ fn run(o: &Opts, seed: u64, row: &Row) -> RunOut {
         ex_times.sort_unstable();
         let first = (ex_times[0] / w) as usize;
         let last = (ex_times[ex_times.len() - 1] / w) as usize;
-        span.push((first.saturating_sub(2), (last + 2).min(nw - 1)));
+        // Bytes held past the horizon land in its last window, so a span is never empty.
+        let end = (last + 2).min(nw - 1);
+        span.push((first.saturating_sub(2).min(end), end));
         ex_times.truncate(301);
     }
     let exit_first = exit_times;
@@ -1535,7 +1569,9 @@ fn traces(o: &Opts, dir: &str) -> ExitCode {
         t.sort_unstable();
         let first = (t[0] / w) as usize;
         let last = (t[t.len() - 1] / w) as usize;
-        span.push((first.saturating_sub(2), (last + 2).min(nw - 1)));
+        // Bytes held past the horizon land in its last window, so a span is never empty.
+        let end = (last + 2).min(nw - 1);
+        span.push((first.saturating_sub(2).min(end), end));
         t.truncate(301);
         exit_first.push(t);
     }
@@ -1638,6 +1674,7 @@ fn main() -> ExitCode {
                         && b.pad.is_none()
                         && a.reg.is_none()
                         && b.reg.is_none()
+                        && a.lead_ns == b.lead_ns
                 })
                 .unwrap_or(r)
         })
