@@ -969,7 +969,8 @@ fn run(o: &Opts, seed: u64, row: &Row) -> RunOut {
         let lead = match row.lead_ns {
             0 => 0,
             l => {
-                ChaCha20Rng::seed_from_u64(seed ^ ((user as u64) << 8) ^ 0x1ead).next_u64() % (l + 1)
+                ChaCha20Rng::seed_from_u64(seed ^ ((user as u64) << 8) ^ 0x1ead).next_u64()
+                    % (l + 1)
             }
         };
         let created = first.saturating_sub(lead);

@@ -22,7 +22,7 @@ use rand_core::{RngCore, SeedableRng};
 pub use params::{Direction, FLOOR_FRAME, Mode, Params, Profile, SEGMENT_FRAME};
 pub use verify::{Check, Violation};
 
-use modes::{FrontSchedule, JitterDist};
+use modes::{Backlog, FrontSchedule, JitterDist};
 use verify::{Release, Taken, Verifier};
 
 /// Largest DATA payload of one frame.
@@ -68,7 +68,8 @@ pub struct FlowSchedStats {
     pub total_hold_ns: u64,
     /// Longest wait of any DATA frame's oldest byte (ns).
     pub max_hold_ns: u64,
-    /// Releases the hold cap forced earlier than the mode's schedule.
+    /// Departures the hold cap forced off the mode's schedule (constant: every cell of a
+    /// drain).
     pub cap_releases: u64,
     /// Constant mode: grid slots skipped because `poll` came later than the slack.
     pub missed_slots: u64,
@@ -96,11 +97,10 @@ struct ConstState {
     missed: bool,
     /// Last data arrival, departure or close: the quiet period counts from it.
     last_data: u64,
-    /// A head byte reached the cap: every queued byte leaves off the grid until the
-    /// source falls behind the cells (a backlog the cells could never carry).
-    draining: bool,
-    /// When a departure last emptied the queue.
-    emptied_at: u64,
+    /// While a drain runs: a head byte reached the cap, and every queued byte leaves off
+    /// the grid until the source falls behind the cells (a backlog the cells could never
+    /// carry).
+    drain: Option<Backlog>,
 }
 
 enum State {
@@ -144,6 +144,8 @@ pub(crate) enum Fault {
     OverBudget,
     /// Constant: drain a backlog off the grid without a byte having waited its cap.
     DrainWithoutCap,
+    /// Constant: never end a drain, however slow the source becomes.
+    StickyDrain,
     /// Topological: k = 2.
     TopoK,
     /// Topological: a delay one nanosecond off the formula.
@@ -209,8 +211,7 @@ impl FlowSched {
                 cells: 0,
                 missed: false,
                 last_data: now,
-                draining: false,
-                emptied_at: now,
+                drain: None,
             }),
             Mode::Adaptive => {
                 let budget = modes::uniform_u64(
@@ -278,6 +279,7 @@ impl FlowSched {
             self.fault(Fault::TopoRebuild),
         );
         let interval = self.params.interval_ns;
+        let sticky = self.fault(Fault::StickyDrain);
         let sample = match &mut self.state {
             State::Plain if self.params.mode == Mode::Poisson => Some(modes::exponential(
                 &mut self.rng,
@@ -313,11 +315,11 @@ impl FlowSched {
                 })
             }
             State::Constant(st) => {
-                if st.draining && self.queued == 0 && now.saturating_sub(st.emptied_at) >= interval
-                {
-                    // Nothing came for a whole cell interval after the drain caught up: the
-                    // source is slower than the cells, so its bytes go back on the grid.
-                    st.draining = false;
+                if let Some(b) = &mut st.drain {
+                    if !b.arrive(now, len) && !sticky {
+                        // The source fell behind the cells: its bytes go back on the grid.
+                        st.drain = None;
+                    }
                 }
                 if !st.active {
                     // Restart on the flow's own grid, at the first slot not before now.
@@ -424,7 +426,7 @@ impl FlowSched {
         frame_len: usize,
     ) -> Result<Option<Departure>, Violation> {
         let payload = if self.params.mode == Mode::Constant {
-            self.params.max_payload.min(self.params.cell - FRAME_HEADER)
+            self.params.cell_payload()
         } else {
             self.params.max_payload
         };
@@ -528,7 +530,7 @@ impl FlowSched {
                 self.verifier.slot(now, reported)?;
                 if self.queued > 0 && credit > 0 {
                     st.last_data = now;
-                    return self.poll_cell(now, credit, cell);
+                    return self.poll_data(now, credit, cell);
                 }
                 // No bytes, or no credit for them: padding keeps the rate.
                 return self.padding(now, cell);
@@ -547,31 +549,22 @@ impl FlowSched {
         let State::Constant(st) = &mut self.state else {
             unreachable!("constant mode has constant state");
         };
-        if st.draining || early_drain {
+        if st.drain.is_some() || early_drain {
             self.verifier.drain(now)?;
         } else if now >= head.saturating_add(p.hold_cap_ns) {
             self.verifier.cap_release(now, head)?;
-            st.draining = true;
+            st.drain = Some(Backlog::start(
+                now,
+                p.interval_ns,
+                p.cell_payload(),
+                p.hold_cap_ns,
+            ));
         } else {
             return Ok(None);
         }
         st.last_data = now;
         self.stats.cap_releases += 1;
-        self.poll_cell(now, credit, cell)
-    }
-
-    /// A constant-mode data cell; notes when it empties the queue (a drain ends from there).
-    fn poll_cell(
-        &mut self,
-        now: u64,
-        credit: usize,
-        cell: usize,
-    ) -> Result<Option<Departure>, Violation> {
-        let d = self.poll_data(now, credit, cell)?;
-        if let (0, State::Constant(st)) = (self.queued, &mut self.state) {
-            st.emptied_at = now;
-        }
-        Ok(d)
+        self.poll_data(now, credit, cell)
     }
 
     fn poll_adaptive(&mut self, now: u64, credit: usize) -> Result<Option<Departure>, Violation> {
@@ -633,7 +626,7 @@ impl FlowSched {
         let head = self.chunks.front();
         match &self.state {
             State::Constant(st) => {
-                let wait = if st.draining {
+                let wait = if st.drain.is_some() {
                     0
                 } else {
                     self.params.hold_cap_ns

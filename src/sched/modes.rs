@@ -1,6 +1,7 @@
 //! The samplers behind the modes: an alias table (jitter), the topological formula,
 //! exponential delays (poisson) and FRONT's Rayleigh-placed padding times (adaptive).
-//! All draw from the flow's own ChaCha20 stream.
+//! All draw from the flow's own ChaCha20 stream. Also constant mode's drain rule
+//! ([`Backlog`]), which the scheduler and the verifier each run on their own counts.
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::RngCore;
@@ -169,5 +170,53 @@ impl FrontSchedule {
         let tail = (1.0 - u).max(f64::EPSILON / 2.0);
         let t = self.scale_ns * (-2.0 * libm::log(tail)).sqrt();
         Some(self.t0.saturating_add(t as u64))
+    }
+}
+
+/// How far a draining constant flow's source is ahead of its cells, in bytes.
+///
+/// A drain starts when a byte waited the hold cap, so the source was at least a cap's
+/// worth of cells ahead: the count starts there, and never goes above it. Arrivals add
+/// to it; every interval takes one cell's payload off. An arrival that finds it spent
+/// ends the drain: the source has fallen behind the cells. A byte rate, not the gaps
+/// between writes, so a slow source that writes often still ends it, and a bulk source
+/// whose refills come a round trip apart does not.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Backlog {
+    excess: u64,
+    at: u64,
+    interval: u64,
+    per_cell: u64,
+    most: u64,
+}
+
+impl Backlog {
+    /// A drain starting at `now` for cells of `per_cell` payload bytes every `interval`
+    /// ns, under a hold cap of `cap` ns.
+    pub(crate) fn start(now: u64, interval: u64, per_cell: usize, cap: u64) -> Backlog {
+        let interval = interval.max(1);
+        let per_cell = per_cell as u64;
+        let most = (cap / interval).max(1).saturating_mul(per_cell);
+        Backlog {
+            excess: most,
+            at: now,
+            interval,
+            per_cell,
+            most,
+        }
+    }
+
+    /// `len` bytes arrive at `now`; false when the drain is over.
+    pub(crate) fn arrive(&mut self, now: u64, len: usize) -> bool {
+        let cells = now.saturating_sub(self.at) / self.interval;
+        self.at += cells * self.interval;
+        self.excess = self
+            .excess
+            .saturating_sub(cells.saturating_mul(self.per_cell));
+        if self.excess == 0 {
+            return false;
+        }
+        self.excess = self.excess.saturating_add(len as u64).min(self.most);
+        true
     }
 }

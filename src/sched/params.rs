@@ -135,6 +135,11 @@ impl Params {
         floor_tail_ns: 3000 * MS,
     };
 
+    /// Payload bytes one constant-mode cell carries.
+    pub fn cell_payload(&self) -> usize {
+        self.max_payload.min(self.cell.saturating_sub(FRAME_HEADER))
+    }
+
     /// These parameters with another mode.
     pub const fn with_mode(self, mode: Mode) -> Params {
         Params { mode, ..self }

@@ -353,19 +353,24 @@ fn constant_keeps_the_rate_with_padding_when_credit_runs_out() {
     assert_eq!(f.queued(), 100_000 - payload);
 }
 
-/// Runs a source with `total` bytes ready at t = 0 through `p`, the way the engine does:
-/// every ms it reads what a 256 KiB queue has room for, then sends everything due.
-/// Returns each DATA departure's (time, bytes).
-fn engine_bulk(p: Params, total: usize) -> Vec<(u64, usize)> {
+/// Runs `p` for `ms` milliseconds the way the engine does: every ms, `source(t, held)`
+/// adds bytes to a socket that holds `held`, the engine reads what a 256 KiB queue has
+/// room for, then sends everything due. Returns each DATA departure's (time, bytes).
+fn run_source(
+    p: Params,
+    ms: u64,
+    mut source: impl FnMut(u64, usize) -> usize,
+) -> Vec<(u64, usize)> {
     const QUEUE: usize = 256 * 1024;
     let mut f = FlowSched::new(p, seed(17), 0);
-    let (mut read, mut out, mut now) = (0, Vec::new(), 0);
-    while out.iter().map(|d: &(u64, usize)| d.1).sum::<usize>() < total {
-        assert!(now < 60_000 * MS, "bulk never finished");
-        let n = (total - read).min(QUEUE - f.queued());
+    let (mut socket, mut out) = (0, Vec::new());
+    for step in 0..ms {
+        let now = step * MS;
+        socket += source(now, socket);
+        let n = socket.min(QUEUE - f.queued());
         if n > 0 {
             f.on_data(now, n);
-            read += n;
+            socket -= n;
         }
         while let Some(d) = f.poll(now, usize::MAX).expect("no violation") {
             if let Departure::Data { bytes, frame_len } = d {
@@ -373,9 +378,18 @@ fn engine_bulk(p: Params, total: usize) -> Vec<(u64, usize)> {
                 out.push((now, bytes));
             }
         }
-        now += MS;
     }
     out
+}
+
+/// When the last of `total` bytes left (ns); panics if some never did.
+fn done_at(sent: &[(u64, usize)], total: usize) -> u64 {
+    assert_eq!(
+        sent.iter().map(|d| d.1).sum::<usize>(),
+        total,
+        "bytes missing"
+    );
+    sent.last().map_or(0, |d| d.0)
 }
 
 /// The bug: bytes beyond the engine's 256 KiB queue waited in socket buffers the cap did
@@ -384,8 +398,8 @@ fn engine_bulk(p: Params, total: usize) -> Vec<(u64, usize)> {
 fn high_security_bulk_is_not_throttled_to_a_queue_per_cap() {
     let p = Profile::HighSecurity.params(Direction::Down);
     let total = 4_700_000;
-    let sent = engine_bulk(p, total);
-    let done = sent.last().map_or(0, |d| d.0);
+    let sent = run_source(p, 10_000, |t, _| if t == 0 { total } else { 0 });
+    let done = done_at(&sent, total);
     assert!(
         done <= p.hold_cap_ns + 50 * MS,
         "4.7 MB took {} ms",
@@ -402,43 +416,68 @@ fn high_security_bulk_is_not_throttled_to_a_queue_per_cap() {
     }
 }
 
-/// A drain lasts while the source outpaces the cells; bytes that come after the queue sat
-/// empty for a cell interval wait for the grid again.
+/// The same bug through a path with delay: a window-limited sender (128 KiB in flight)
+/// refills the socket only a round trip (50 ms, four cell intervals) after the drain
+/// emptied it. A drain that ended at the first gap longer than an interval throttled
+/// this to 16.8 s.
+#[test]
+fn high_security_bulk_refilled_a_round_trip_apart_stays_drained() {
+    let p = Profile::HighSecurity.params(Direction::Down);
+    let (total, window) = (4_700_000, 128 * 1024);
+    let mut left = total;
+    let sent = run_source(p, 20_000, |t, held| {
+        let n = if t % (50 * MS) == 0 {
+            left.min(window - held)
+        } else {
+            0
+        };
+        left -= n;
+        n
+    });
+    let done = done_at(&sent, total);
+    // 2 s on the grid, then 128 KiB per 50 ms: about 3.8 s.
+    assert!(done <= 4500 * MS, "4.7 MB took {} ms", done / MS);
+}
+
+/// A drain lasts while the source outpaces the cells, by bytes and not by the gaps
+/// between writes: a source slower than the cells that writes often goes back on the
+/// grid within a cap's worth of cells, and stays there.
 #[test]
 fn a_drain_ends_when_the_source_falls_behind_the_cells() {
-    let p = Profile::HighSecurity.params(Direction::Down);
-    let grid = |t: u64| t % p.interval_ns == 0;
-    let mut f = FlowSched::new(p, seed(18), 0);
-    f.on_data(0, 1_000_000);
-    let poll_all = |f: &mut FlowSched, now: u64| {
-        let mut bytes = 0;
-        while let Some(d) = f.poll(now, usize::MAX).expect("no violation") {
-            if let Departure::Data { bytes: b, .. } = d {
-                bytes += b;
-            }
-        }
-        bytes
-    };
-    let cap = p.hold_cap_ns;
-    assert!(poll_all(&mut f, cap - MS) < 200 * SEGMENT_FRAME);
-    assert!(poll_all(&mut f, cap + 1) > 0, "the cap starts a drain");
-    assert_eq!(f.queued(), 0, "the drain takes the whole backlog at once");
-    // Within an interval of emptying: still draining, the bytes leave at once.
-    let t = cap + 1 + p.interval_ns / 2;
-    assert!(!grid(t));
-    f.on_data(t, 20_000);
-    assert_eq!(poll_all(&mut f, t), 20_000);
-    // A whole interval of silence later: back on the grid, one cell per slot.
-    let t = t + p.interval_ns + 1;
-    f.on_data(t, 20_000);
-    assert_eq!(
-        poll_all(&mut f, t),
-        0,
-        "off-grid bytes after the source fell behind"
+    // Upstream: one 1430-byte cell every 40 ms, about 35.6 KB/s.
+    let p = Profile::HighSecurity.params(Direction::Up);
+    // 200 KB at once, then 200 bytes every 20 ms (10 KB/s) for 18 s.
+    let sent = run_source(p, 20_000, |t, _| match t {
+        0 => 200_000,
+        t if t % (20 * MS) == 0 && t <= 18_000 * MS => 200,
+        _ => 0,
+    });
+    let off_grid: Vec<u64> = sent
+        .iter()
+        .map(|d| d.0)
+        .filter(|t| t % p.interval_ns != 0)
+        .collect();
+    assert!(
+        off_grid.iter().any(|&t| t >= p.hold_cap_ns),
+        "the cap never started a drain"
     );
-    let slot = t.div_ceil(p.interval_ns) * p.interval_ns;
-    assert_eq!(poll_all(&mut f, slot), SEGMENT_FRAME - FRAME_HEADER);
-    assert_eq!(f.next_deadline(), Some(slot + p.interval_ns));
+    // At most a cap's worth of cells (50 × 1423 bytes) ahead, falling 25.6 KB/s behind:
+    // the drain is over 2.8 s after it began.
+    let over = p.hold_cap_ns + 2900 * MS;
+    let late = off_grid.iter().filter(|&&t| t > over).count();
+    assert_eq!(late, 0, "{late} cells off the grid after {} ms", over / MS);
+    // And a fast source stays drained: 20 KB every 5 ms after the backlog.
+    let fast = run_source(p, 4_000, |t, _| match t {
+        0 => 200_000,
+        t if t % (5 * MS) == 0 => 20_000,
+        _ => 0,
+    });
+    let tail = fast.iter().filter(|d| d.0 > 3000 * MS);
+    assert!(tail.clone().count() > 0);
+    assert!(
+        tail.clone().all(|d| d.0 % (5 * MS) == 0),
+        "a fast source's bytes waited for the grid during a drain"
+    );
 }
 
 #[test]
@@ -669,6 +708,7 @@ fn each_verifier_check_catches_its_fault() {
             Fault::DrainWithoutCap,
             Check::Grid,
         ),
+        (test_params(Mode::Constant), Fault::StickyDrain, Check::Grid),
         (
             test_params(Mode::Adaptive),
             Fault::OverBudget,

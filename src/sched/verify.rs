@@ -7,6 +7,7 @@
 
 use std::fmt;
 
+use super::modes::Backlog;
 use super::{FRAME_HEADER, MAX_FRAME, Mode};
 
 /// Which invariant a departure broke.
@@ -128,11 +129,13 @@ pub(crate) struct Verifier {
     slack: u64,
     cell: usize,
     next_free_slot: u64,
-    /// A verified cap release started a drain that no slow arrival has ended yet.
-    draining: bool,
-    /// Bytes arrived and not yet departed, and when a departure last left none.
-    queued: u64,
-    emptied_at: u64,
+    /// The payload of one constant cell.
+    per_cell: usize,
+    /// A drain that a verified cap release started, by the verifier's own count of the
+    /// arrivals since; None once that count says the source fell behind.
+    drain: Option<Backlog>,
+    /// When the verifier's count last ended a drain (for the violation's report).
+    drain_ended: u64,
     // adaptive
     budget: u32,
     padding_sent: u32,
@@ -155,9 +158,9 @@ impl Verifier {
             slack: p.grid_slack_ns,
             cell: p.cell,
             next_free_slot: now,
-            draining: false,
-            queued: 0,
-            emptied_at: now,
+            per_cell: p.cell_payload(),
+            drain: None,
+            drain_ended: 0,
             budget: 0,
             padding_sent: 0,
             topo_draws: 0,
@@ -170,13 +173,14 @@ impl Verifier {
         self.budget = budget;
     }
 
-    /// `len` bytes arrived at `now`. An arrival to an empty queue a whole cell interval after
-    /// it emptied ends a drain: the source no longer outpaces the cells.
+    /// `len` bytes arrived at `now`; they may end a drain (the source fell behind).
     pub(crate) fn arrival(&mut self, now: u64, len: usize) {
-        if self.queued == 0 && now.saturating_sub(self.emptied_at) >= self.interval {
-            self.draining = false;
+        if let Some(b) = &mut self.drain {
+            if !b.arrive(now, len) {
+                self.drain = None;
+                self.drain_ended = now;
+            }
         }
-        self.queued += len as u64;
     }
 
     /// A release time chosen for newly arrived bytes (delaying modes).
@@ -274,10 +278,6 @@ impl Verifier {
         if t.bytes == 0 || t.bytes > limit {
             return fail(Check::Size, now, t.bytes as u64, limit as u64);
         }
-        self.queued = self.queued.saturating_sub(t.bytes as u64);
-        if self.queued == 0 {
-            self.emptied_at = now;
-        }
         self.frame_len(now, frame_len, t.bytes)
     }
 
@@ -319,14 +319,17 @@ impl Verifier {
         if now.saturating_sub(head_arrival) < self.cap {
             return fail(Check::Grid, now, now - head_arrival.min(now), self.cap);
         }
-        self.draining = true;
+        if self.drain.is_none() {
+            self.drain = Some(Backlog::start(now, self.interval, self.per_cell, self.cap));
+        }
         Ok(())
     }
 
-    /// A constant-mode cell of a drain, off the grid.
+    /// A constant-mode cell of a drain, off the grid: value is now, bound the moment
+    /// the verifier's count ended the drain (0: none began).
     pub(crate) fn drain(&self, now: u64) -> Result<(), Violation> {
-        if !self.draining {
-            return fail(Check::Grid, now, now, self.emptied_at);
+        if self.drain.is_none() {
+            return fail(Check::Grid, now, now, self.drain_ended);
         }
         Ok(())
     }
