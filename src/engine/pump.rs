@@ -245,7 +245,7 @@ impl Endpoint {
         buf: &mut [u8],
     ) -> Result<(), PumpError> {
         if self.shaper.is_some() {
-            return self.pump_up_shaped(now, session, buf);
+            return self.pump_up_shaped(now, session, room, buf);
         }
         if !room {
             return Ok(());
@@ -289,12 +289,15 @@ impl Endpoint {
     }
 
     /// Local → shaper → session: read what the shaper has room for, then send whatever
-    /// its schedule says is due. The link's high-water mark is not consulted: the schedule
-    /// and the stream's credit bound what one flow adds to the session's output.
+    /// its schedule says is due. The schedule and the stream's credit bound what one flow
+    /// adds to the session's output, so the link's high-water mark (`room`) is consulted
+    /// only while a drain has lifted the schedule: then it stops the reading, as for an
+    /// unshaped flow, and the held bytes still leave.
     fn pump_up_shaped(
         &mut self,
         now: Instant,
         session: &mut Session,
+        mut room: bool,
         buf: &mut [u8],
     ) -> Result<(), PumpError> {
         let Some(sh) = self.shaper.as_mut() else {
@@ -304,7 +307,7 @@ impl Endpoint {
         // edge-triggered, so bytes left in the socket when the shaper was full would
         // otherwise wait for an unrelated wakeup.
         loop {
-            while self.readable && !self.read_eof {
+            while self.readable && !self.read_eof && (room || !sh.unbounded()) {
                 let cap = sh.room().min(buf.len()).min(READ_CHUNK);
                 if cap == 0 {
                     break;
@@ -326,6 +329,7 @@ impl Endpoint {
                 c.bytes_sent
                     .fetch_add(sent as u64, std::sync::atomic::Ordering::Release);
             }
+            room = room && session.transmit().len() < super::HIGH_WATER;
             if sent == 0 || !self.readable || self.read_eof || sh.room() == 0 {
                 break;
             }
@@ -377,7 +381,10 @@ mod tests {
                 ..FdInfo::for_test()
             },
         );
-        let engine = mio::net::UnixStream::from_std(UnixStream::from(engine));
+        let engine = UnixStream::from(engine);
+        // As the engine's own sockets: a read with nothing to read says WouldBlock.
+        engine.set_nonblocking(true).unwrap();
+        let engine = mio::net::UnixStream::from_std(engine);
         (UnixStream::from(app), Sock::Unix(engine), counters)
     }
 
@@ -398,6 +405,59 @@ mod tests {
             "then EOF, as TCP after an RST"
         );
         assert!(app.write(b"x").is_err(), "and writes fail");
+        fdtab::forget(app.as_raw_fd());
+    }
+
+    /// Found in review: once a high-security flow drains (its schedule lifted), it read its
+    /// socket past the link's high-water mark, which the schedule alone had bounded.
+    #[test]
+    fn a_draining_flow_stops_reading_while_the_link_is_full() {
+        use crate::engine::shape::Shaper;
+        use crate::proto::Destination;
+        use crate::proto::sim::Pair;
+        use crate::sched::{Direction, Profile};
+        use std::time::Duration;
+
+        let mut p = Pair::new(21);
+        p.connect();
+        let dest = Destination::Addr("192.0.2.1:80".parse().unwrap());
+        let (id, _) = p
+            .client
+            .open(p.now, dest, Profile::HighSecurity.wire(), &[])
+            .unwrap();
+        p.drive();
+        p.server.open_result(p.now, id, Ok(())).unwrap();
+        p.drive();
+        let (mut app, sock, _) = app_pair();
+        let mut ep = super::Endpoint::new(sock, mio::Token(1), id);
+        let sh = Shaper::new(Profile::HighSecurity, Direction::Up, p.now).unwrap();
+        ep.shaper = sh.map(Box::new);
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut pump = |ep: &mut super::Endpoint, p: &mut Pair, room: bool| {
+            ep.readable = true;
+            ep.pump_up(p.now, &mut p.client, room, &mut buf).unwrap();
+        };
+        app.write_all(&[7u8; 32 * 1024]).unwrap();
+        pump(&mut ep, &mut p, true);
+        // The cap: 2 s later the held bytes start a drain and leave.
+        p.advance(Duration::from_millis(2100));
+        pump(&mut ep, &mut p, true);
+        let sh = ep.shaper.as_ref().unwrap();
+        assert!(sh.unbounded() && sh.queued() == 0, "{sh:?}");
+        // With the link full, new bytes stay in the socket...
+        app.write_all(&[8u8; 16 * 1024]).unwrap();
+        pump(&mut ep, &mut p, false);
+        assert_eq!(
+            ep.shaper.as_ref().unwrap().queued(),
+            0,
+            "read past the high-water mark"
+        );
+        assert!(ep.readable, "the socket was not drained");
+        // ...and are read, and leave, once it has room.
+        let before = p.client.stats().records_sent;
+        pump(&mut ep, &mut p, true);
+        assert!(!ep.readable, "read to WouldBlock");
+        assert!(p.client.stats().records_sent > before);
         fdtab::forget(app.as_raw_fd());
     }
 

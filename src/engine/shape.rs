@@ -115,6 +115,12 @@ impl Shaper {
         QUEUE_MAX.saturating_sub(self.queued())
     }
 
+    /// The schedule no longer bounds what this flow sends (a constant flow's drain): the
+    /// link's high-water mark has to.
+    pub(crate) fn unbounded(&self) -> bool {
+        self.sched.is_draining()
+    }
+
     /// Bytes held.
     pub(crate) fn queued(&self) -> usize {
         self.buf.len() - self.head

@@ -647,6 +647,11 @@ impl FlowSched {
         }
     }
 
+    /// A constant flow's drain runs: its bytes leave as fast as they come, off the grid.
+    pub fn is_draining(&self) -> bool {
+        matches!(&self.state, State::Constant(st) if st.drain.is_some())
+    }
+
     /// Bytes queued and not yet departed.
     pub fn queued(&self) -> usize {
         self.queued
