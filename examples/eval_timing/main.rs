@@ -147,6 +147,13 @@ impl Row {
             lead_ns: 0,
         }
     }
+    /// A row whose session `pad` pads, the flow schedulers off.
+    fn padded(name: String, pad: Arc<dyn SessionPad>) -> Row {
+        Row {
+            pad: Some(pad),
+            ..Row::new(name, Params::OFF, Params::OFF)
+        }
+    }
     /// A row whose data `reg` holds, the flow schedulers off.
     fn regulated(name: String, reg: Regulation) -> Row {
         Row {
@@ -387,22 +394,16 @@ fn rows(sweep: bool) -> Vec<Row> {
                 (5, 30),
             ),
         ] {
-            v.push(Row {
-                name: name.to_owned(),
-                up: Params::OFF,
-                down: Params::OFF,
-                pad: Some(Arc::new(session::BurstFront {
-                    gap_ns: 200 * MS,
-                    budget: [budget, budget],
-                    scale: (200 * MS, 1000 * MS),
-                    small,
-                    small_len,
-                    on_recv: true,
-                    burst,
-                })),
-                reg: None,
-                lead_ns: 0,
-            });
+            let pad = session::BurstFront {
+                gap_ns: 200 * MS,
+                budget: [budget, budget],
+                scale: (200 * MS, 1000 * MS),
+                small,
+                small_len,
+                on_recv: true,
+                burst,
+            };
+            v.push(Row::padded(name.to_owned(), Arc::new(pad)));
         }
     }
     v.push(Row::new(
@@ -427,12 +428,7 @@ fn rows(sweep: bool) -> Vec<Row> {
     v.extend(
         regulator_rows()
             .into_iter()
-            .filter(|(default_set, _)| sweep || *default_set)
-            .map(|(_, r)| r),
-    );
-    v.extend(
-        maybenot_rows()
-            .into_iter()
+            .chain(maybenot_rows())
             .filter(|(default_set, _)| sweep || *default_set)
             .map(|(_, r)| r),
     );
@@ -496,13 +492,11 @@ fn regulator_rows() -> Vec<(bool, Row)> {
 /// rates in packets. Rows of machines that rely on `BlockOutgoing` say "(padding-only)"
 /// (the hook cannot hold data; see mb.rs).
 fn maybenot_rows() -> Vec<(bool, Row)> {
-    let row = |name: String, client: Vec<StaticMachine>, relay: Vec<StaticMachine>| Row {
-        name: format!("maybenot:{name}"),
-        up: Params::OFF,
-        down: Params::OFF,
-        pad: Some(Arc::new(mb::Mb::new(client, relay))),
-        reg: None,
-        lead_ns: 0,
+    let row = |name: String, client: Vec<StaticMachine>, relay: Vec<StaticMachine>| {
+        Row::padded(
+            format!("maybenot:{name}"),
+            Arc::new(mb::Mb::new(client, relay)),
+        )
     };
     let front = |b: u32, win: (f64, f64)| StaticMachine::Front {
         padding_budget_max: b,
@@ -578,6 +572,17 @@ fn maybenot_rows() -> Vec<(bool, Row)> {
     }
     // RegulaTor: the paper's parameters (R 277, D 0.94, T 3.55, N 3550, U 3.95, C 1.77),
     // then lower initial rates and budgets.
+    let regulator = |r: f64, n: f64, u: f64| {
+        let client = vec![StaticMachine::RegulatorClient { u, c: 1.77 }];
+        let server = StaticMachine::RegulatorServer {
+            r,
+            d: 0.94,
+            t: 3.55,
+            n,
+            b: 10,
+        };
+        (client, vec![server])
+    };
     for (r, n, u) in [
         (277.0, 3550.0, 3.95),
         (100.0, 1000.0, 3.95),
@@ -594,33 +599,23 @@ fn maybenot_rows() -> Vec<(bool, Row)> {
         (70.0, 700.0, 6.0),
     ] {
         // The best at <= 30 % total with 200 users (docs/TIMING.md) is in the default set.
+        let (client, relay) = regulator(r, n, u);
         v.push((
             (r, n, u) == (100.0, 1000.0, 8.0),
             row(
                 format!("regulator r {r} n {n} u {u} (padding-only)"),
-                vec![StaticMachine::RegulatorClient { u, c: 1.77 }],
-                vec![StaticMachine::RegulatorServer {
-                    r,
-                    d: 0.94,
-                    t: 3.55,
-                    n,
-                    b: 10,
-                }],
+                client,
+                relay,
             ),
         ));
     }
     // The session-level machine on top of our per-flow default profile.
     for (r, n, u) in [(50.0, 500.0, 8.0), (30.0, 300.0, 8.0)] {
+        let (client, relay) = regulator(r, n, u);
         let mut x = row(
             format!("regulator r {r} n {n} u {u} (padding-only) + profile:default"),
-            vec![StaticMachine::RegulatorClient { u, c: 1.77 }],
-            vec![StaticMachine::RegulatorServer {
-                r,
-                d: 0.94,
-                t: 3.55,
-                n,
-                b: 10,
-            }],
+            client,
+            relay,
         );
         x.up = Profile::Default.params(Direction::Up);
         x.down = Profile::Default.params(Direction::Down);
