@@ -161,6 +161,15 @@ impl Row {
             ..Row::new(name, Params::OFF, Params::OFF)
         }
     }
+    /// Both rows simulate the same thing, so one run serves both. A padder or regulator
+    /// is never compared: rows with one always run.
+    fn runs_as(&self, o: &Row) -> bool {
+        let plain = |r: &Row| r.pad.is_none() && r.reg.is_none();
+        plain(self)
+            && plain(o)
+            && (self.up, self.down, self.lead_ns) == (o.up, o.down, o.lead_ns)
+            && self.per_session() == o.per_session()
+    }
     fn per_session(&self) -> bool {
         self.name.ends_with(PER_SESSION)
     }
@@ -1087,11 +1096,7 @@ fn run(o: &Opts, seed: u64, row: &Row) -> RunOut {
         out.fct.push(last_delivery[fi] - f.start);
         let ex_times = &mut exit_times[fi];
         ex_times.sort_unstable();
-        let first = (ex_times[0] / w) as usize;
-        let last = (ex_times[ex_times.len() - 1] / w) as usize;
-        // Bytes held past the horizon land in its last window, so a span is never empty.
-        let end = (last + 2).min(nw - 1);
-        span.push((first.saturating_sub(2).min(end), end));
+        span.push(span_of(ex_times, w, nw));
         ex_times.truncate(301);
     }
     let exit_first = exit_times;
@@ -1101,6 +1106,16 @@ fn run(o: &Opts, seed: u64, row: &Row) -> RunOut {
     let owners: Vec<usize> = flows.iter().map(|f| f.user).collect();
     out.attack = correlate(o, &entry, &entry_times, &exit, &exit_first, &span, &owners);
     out
+}
+
+/// The windows compared for an exit flow with these sorted packet times: its active span
+/// ± 2 windows of `w` ns, within the `nw` windows. Bytes held past the horizon land in
+/// its last window, so a span is never empty.
+fn span_of(times: &[u64], w: u64, nw: usize) -> (usize, usize) {
+    let first = (times[0] / w) as usize;
+    let last = (times[times.len() - 1] / w) as usize;
+    let end = (last + 2).min(nw - 1);
+    (first.saturating_sub(2).min(end), end)
 }
 
 /// User `user`'s reference session from `refs` in direction `dir` (0 up, 1 down), moved to
@@ -1563,11 +1578,7 @@ fn traces(o: &Opts, dir: &str) -> ExitCode {
     for &i in &keep {
         let mut t = std::mem::take(&mut exit_times[i]);
         t.sort_unstable();
-        let first = (t[0] / w) as usize;
-        let last = (t[t.len() - 1] / w) as usize;
-        // Bytes held past the horizon land in its last window, so a span is never empty.
-        let end = (last + 2).min(nw - 1);
-        span.push((first.saturating_sub(2).min(end), end));
+        span.push(span_of(&t, w, nw));
         t.truncate(301);
         exit_first.push(t);
     }
@@ -1659,21 +1670,7 @@ fn main() -> ExitCode {
     );
     // Rows with the same parameters (a profile equal to a mode row) are simulated once.
     let canon: Vec<usize> = (0..table.len())
-        .map(|r| {
-            (0..r)
-                .find(|&k| {
-                    let (a, b) = (&table[k], &table[r]);
-                    a.up == b.up
-                        && a.down == b.down
-                        && a.per_session() == b.per_session()
-                        && a.pad.is_none()
-                        && b.pad.is_none()
-                        && a.reg.is_none()
-                        && b.reg.is_none()
-                        && a.lead_ns == b.lead_ns
-                })
-                .unwrap_or(r)
-        })
+        .map(|r| (0..r).find(|&k| table[k].runs_as(&table[r])).unwrap_or(r))
         .collect();
     let jobs: Vec<(usize, u64)> = (0..table.len())
         .filter(|&r| canon[r] == r)
